@@ -1,0 +1,29 @@
+"""The broker library: a Broker protocol with Redis Streams and in-memory adapters."""
+
+from .errors import (
+    AlreadySettled,
+    BrokerError,
+    BrokerUnavailable,
+    ConfigError,
+    DecodeError,
+    LeaseLost,
+)
+from .message import Message
+from .names import default_consumer_name
+from .protocol import Broker, ConsumeOptions, DeadLetter, Delivery, dead_letter_stream
+
+__all__ = [
+    "AlreadySettled",
+    "Broker",
+    "BrokerError",
+    "BrokerUnavailable",
+    "ConfigError",
+    "ConsumeOptions",
+    "DeadLetter",
+    "DecodeError",
+    "Delivery",
+    "LeaseLost",
+    "Message",
+    "dead_letter_stream",
+    "default_consumer_name",
+]

@@ -1,0 +1,103 @@
+"""The message that travels through a broker, and its wire encoding.
+
+On Redis a message is one stream entry: the reserved fields ``id``, ``created_at``,
+``payload`` (and ``prior_deliveries`` after a delayed redelivery), plus one plain field per
+header, so ``XRANGE`` shows ``traceparent`` as it is and other languages can read it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import orjson
+from cattrs.preconf.orjson import make_converter
+
+from .errors import DecodeError
+
+#: Stream fields a header may not use, because the encoding owns them.
+RESERVED_FIELDS = frozenset({"id", "created_at", "payload", "prior_deliveries"})
+
+#: The private converter for payloads; services never touch the global one.
+_converter = make_converter()
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _check_headers(_: Message, __: attrs.Attribute[Any], headers: Mapping[str, str]) -> None:
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"header {name!r} must map str to str")
+        if name in RESERVED_FIELDS or not name:
+            raise ValueError(f"header name {name!r} is reserved or empty")
+
+
+def _freeze_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
+    return dict(headers)
+
+
+@attrs.frozen
+class Message:
+    """One unit of work or one result: a JSON payload plus string headers.
+
+    ``payload`` is any JSON-compatible value (services put an attrs class through their own
+    converter first); ``headers`` carry metadata such as W3C ``traceparent``.
+    """
+
+    payload: Any
+    id: str = attrs.field(factory=_new_id)
+    headers: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_freeze_headers, validator=_check_headers
+    )
+    created_at: float = attrs.field(factory=time.time)
+
+    def with_headers(self, extra: Mapping[str, str]) -> Message:
+        """A copy with ``extra`` merged over the existing headers."""
+        return attrs.evolve(self, headers={**self.headers, **extra})
+
+
+def encode_fields(message: Message, prior_deliveries: int = 0) -> dict[str, bytes | str]:
+    """The stream fields for ``message``: reserved fields first, then one per header."""
+    fields: dict[str, bytes | str] = {
+        "id": message.id,
+        "created_at": repr(message.created_at),
+        "payload": _converter.dumps(message.payload),
+    }
+    if prior_deliveries:
+        fields["prior_deliveries"] = str(prior_deliveries)
+    fields.update(message.headers)
+    return fields
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def decode_fields(raw: Mapping[bytes | str, bytes | str]) -> tuple[Message, int]:
+    """Rebuild a message from stream fields; returns it with its prior delivery count.
+
+    Raises ``DecodeError`` for anything this library did not write (missing or malformed
+    reserved fields, non-UTF-8 header text), so the consumer can dead-letter it with a reason.
+    """
+    try:
+        fields = {_text(k): v for k, v in raw.items()}
+        missing = {"id", "payload"} - fields.keys()
+        if missing:
+            raise DecodeError(f"missing field(s): {', '.join(sorted(missing))}")
+        payload = orjson.loads(fields["payload"])
+        created_at = float(_text(fields["created_at"])) if "created_at" in fields else 0.0
+        prior = int(_text(fields["prior_deliveries"])) if "prior_deliveries" in fields else 0
+        headers = {k: _text(v) for k, v in fields.items() if k not in RESERVED_FIELDS}
+        message = Message(
+            payload=payload, id=_text(fields["id"]), headers=headers, created_at=created_at
+        )
+    except DecodeError:
+        raise
+    except (ValueError, TypeError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
+        raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
+    return message, prior

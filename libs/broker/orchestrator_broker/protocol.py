@@ -1,0 +1,186 @@
+"""The Broker protocol: at-least-once delivery through consumer groups.
+
+Every adapter (Redis Streams, in-memory) satisfies these two protocols, and one contract
+suite (``tests/broker/test_contract.py``) holds each of them to the same behaviour.
+
+A delivery's life is explicit. It is *pending* from the moment a consumer receives it until
+it is settled exactly once by one of:
+
+- ``ack()``: done, never delivered again;
+- ``nack(delay)``: hand it back, to be redelivered after ``delay`` seconds; while it waits it
+  belongs to no consumer and holds no worker slot;
+- ``dead_letter(reason)``: move it to ``<stream>:dead`` with the reason, atomically with the
+  ack.
+
+A pending delivery whose consumer stops renewing its lease (``extend_lease()``) for longer
+than ``ConsumeOptions.lease`` is presumed dead and reclaimed by another consumer of the same
+group, with its delivery count raised by one. After ``max_deliveries`` deliveries the broker
+dead-letters an entry itself rather than hand it out again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from .message import Message
+
+
+def dead_letter_stream(stream: str) -> str:
+    """Where dead letters of ``stream`` go."""
+    return f"{stream}:dead"
+
+
+def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+@attrs.frozen
+class ConsumeOptions:
+    """How a consumer reads from its group.
+
+    ``lease`` is how long a delivery may go without a lease extension before other consumers
+    may reclaim it; ``auto_extend`` renews the lease of every unsettled delivery of this
+    consumer every ``lease / 3`` seconds, so only a consumer that died (or hung its event loop)
+    loses its deliveries.
+    """
+
+    batch_size: int = attrs.field(default=100, validator=_positive)
+    block: float = attrs.field(default=2.0, validator=_positive)
+    lease: float = attrs.field(default=30.0, validator=_positive)
+    reclaim_interval: float | None = None
+    max_deliveries: int = attrs.field(default=5, validator=_positive)
+    auto_extend: bool = True
+
+    @property
+    def effective_reclaim_interval(self) -> float:
+        """How often to look for deliveries whose lease ran out (default: ``lease / 2``)."""
+        return self.reclaim_interval if self.reclaim_interval is not None else self.lease / 2
+
+
+@attrs.frozen
+class DeadLetter:
+    """An entry moved to ``<stream>:dead``, as read back for inspection or replay."""
+
+    entry_id: str
+    original_entry_id: str
+    reason: str
+    group: str
+    delivery_count: int
+    message: Message | None  # None when the original entry was corrupt or already deleted
+    raw_fields: dict[str, str]
+
+
+@runtime_checkable
+class Delivery(Protocol):
+    """One message handed to one consumer, pending until settled."""
+
+    @property
+    def message(self) -> Message: ...
+
+    @property
+    def stream(self) -> str: ...
+
+    @property
+    def group(self) -> str: ...
+
+    @property
+    def entry_id(self) -> str:
+        """The broker's id for this entry (a Redis stream id such as ``1700000000000-0``)."""
+        ...
+
+    @property
+    def delivery_count(self) -> int:
+        """1 on the first delivery; each reclaim or delayed redelivery adds one."""
+        ...
+
+    @property
+    def settled(self) -> bool: ...
+
+    async def ack(self) -> None:
+        """Mark the delivery done. Raises ``AlreadySettled`` if it was settled before."""
+        ...
+
+    async def nack(self, delay: float = 0.0) -> None:
+        """Give the delivery back, to be redelivered (count + 1) after ``delay`` seconds."""
+        ...
+
+    async def dead_letter(self, reason: str) -> None:
+        """Move the entry to ``<stream>:dead`` with ``reason``, atomically with the ack."""
+        ...
+
+    async def extend_lease(self) -> None:
+        """Renew this consumer's claim. Raises ``LeaseLost`` if another consumer took it."""
+        ...
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """Streams of messages read by consumer groups, with at-least-once delivery."""
+
+    async def publish(self, stream: str, message: Message) -> str:
+        """Append ``message`` durably to ``stream``; returns its entry id.
+
+        When this returns, the message is accepted (with Redis: written, and as durable as
+        the server's ``appendfsync`` makes it). Raises ``BrokerUnavailable`` otherwise.
+        """
+        ...
+
+    async def ensure_group(self, stream: str, group: str) -> None:
+        """Create ``group`` on ``stream`` (and the stream) if missing; idempotent.
+
+        A new group starts at the beginning of the stream, so nothing already published is
+        skipped.
+        """
+        ...
+
+    def consume(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        options: ConsumeOptions | None = None,
+    ) -> AsyncIterator[Delivery]:
+        """Deliveries for ``consumer`` as a member of ``group``, until ``close()``.
+
+        In order: this consumer's own pending entries (a restarted consumer drains its own
+        PEL first), entries whose nack delay is over, entries reclaimed from dead consumers,
+        then new entries. Corrupt or foreign entries are dead-lettered with a reason, never
+        yielded. Survives broker restarts (reconnecting with backoff) and a lost group
+        (recreating it). Ends when the broker is closed or the iterator is closed.
+        """
+        ...
+
+    async def reclaim(
+        self, stream: str, group: str, consumer: str, *, min_idle: float, count: int = 100
+    ) -> list[Delivery]:
+        """Claim for ``consumer`` the pending deliveries idle at least ``min_idle`` seconds.
+
+        ``consume`` calls this on its own every ``reclaim_interval``; it is public for tools
+        and tests.
+        """
+        ...
+
+    async def pending_count(self, stream: str, group: str) -> int:
+        """How many deliveries of ``group`` are pending (delivered, not yet settled)."""
+        ...
+
+    async def backlog(self, stream: str, group: str) -> int:
+        """How many entries wait for ``group``: undelivered plus delayed (nacked) ones."""
+        ...
+
+    async def dead_letters(self, stream: str, count: int = 100) -> list[DeadLetter]:
+        """The oldest ``count`` entries of ``<stream>:dead``."""
+        ...
+
+    async def ping(self) -> None:
+        """Check the broker answers; raises ``BrokerUnavailable`` if not."""
+        ...
+
+    async def close(self) -> None:
+        """Stop every consumer iterator and release connections; idempotent."""
+        ...
+
