@@ -20,7 +20,7 @@ dead-letters an entry itself rather than hand it out again.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -143,14 +143,16 @@ class Broker(Protocol):
         group: str,
         consumer: str,
         options: ConsumeOptions | None = None,
-    ) -> AsyncIterator[Delivery]:
+    ) -> AsyncGenerator[Delivery, None]:
         """Deliveries for ``consumer`` as a member of ``group``, until ``close()``.
 
         In order: this consumer's own pending entries (a restarted consumer drains its own
         PEL first), entries whose nack delay is over, entries reclaimed from dead consumers,
         then new entries. Corrupt or foreign entries are dead-lettered with a reason, never
         yielded. Survives broker restarts (reconnecting with backoff) and a lost group
-        (recreating it). Ends when the broker is closed or the iterator is closed.
+        (recreating it). Ends when the broker is closed or the iterator is closed
+        (``aclose()``); entries it had fetched but not yet yielded are then handed back for
+        immediate redelivery, and deliveries already yielded stay the caller's to settle.
         """
         ...
 
