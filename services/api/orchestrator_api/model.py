@@ -1,0 +1,61 @@
+"""The API's view of a task: its record and its event log entries."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import attrs
+from orchestrator_worker.messages import ErrorInfo, Usage
+
+
+class TaskStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+
+
+@attrs.frozen
+class TaskResult:
+    text: str
+    provider: str | None = None
+    model: str | None = None
+    usage: Usage | None = None
+    finish_reason: str | None = None
+
+
+@attrs.frozen
+class TaskRecord:
+    """What ``GET /v1/tasks/{id}`` shows. The prompt itself is not kept here."""
+
+    id: str
+    tenant: str
+    status: TaskStatus
+    created_at: float
+    model: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    result: TaskResult | None = None
+    error: ErrorInfo | None = None
+    metadata: dict[str, Any] = attrs.field(factory=dict)
+    trace_id: str | None = None
+
+
+@attrs.frozen
+class StoredEvent:
+    """One entry of a task's event log, as served over SSE and WebSocket.
+
+    ``id`` is opaque to clients and strictly increasing within one task's log, so
+    ``Last-Event-ID`` resumes exactly after it. ``event`` is one of ``status``, ``delta``,
+    ``result``, ``error``.
+    """
+
+    id: str
+    event: str
+    data: dict[str, Any]

@@ -1,0 +1,52 @@
+"""The TaskStore protocol: task records and event logs, owned by the API.
+
+Two implementations: ``MemoryTaskStore`` (single-process mode, tests) and ``RedisTaskStore``
+(keys expire ``CACHE_TTL_MINUTES`` after the task ends).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from orchestrator_worker.messages import ResultEvent
+
+from ..model import StoredEvent, TaskRecord
+
+
+@runtime_checkable
+class TaskStore(Protocol):
+    async def create(self, record: TaskRecord, idempotency_key: str | None = None) -> TaskRecord:
+        """Store a new queued task; with an idempotency key already used by the same tenant,
+        store nothing and return the existing record instead (compare ``.id``)."""
+        ...
+
+    async def discard(self, tenant: str, task_id: str) -> None:
+        """Remove a record whose publish failed (and its idempotency key), so no record is
+        left stuck at ``queued`` for a task that was never accepted."""
+        ...
+
+    async def get(self, tenant: str, task_id: str) -> TaskRecord | None:
+        """The record, or None when unknown, expired, or another tenant's."""
+        ...
+
+    async def apply(self, event: ResultEvent) -> bool:
+        """Apply one result event to the record and append it to the event log.
+
+        Idempotent: an event already applied (same task, attempt, seq), an event of an older
+        attempt than the newest seen, or anything after the terminal event is ignored and
+        returns False. The terminal result is written once. Sets the TTL once terminal.
+        """
+        ...
+
+    async def events(
+        self, tenant: str, task_id: str, after: str | None = None, timeout: float = 0.0
+    ) -> list[StoredEvent]:
+        """Event log entries after ``after`` (all when None). With ``timeout`` > 0 and none
+        available yet, wait up to that long for new ones (live streaming)."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise if the store's backend is unreachable."""
+        ...
+
+    async def close(self) -> None: ...
