@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The test command (README: "Test it"). On a fresh Debian machine it installs what is
+# missing -- a venv at .venv with the pinned dependencies, and redis-server from Debian's
+# packages -- then runs the linters, the type checker and the whole test suite.
+# Extra arguments go to pytest (e.g. `tests/run.sh tests/broker -x`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "tests/run.sh: redis-server missing; installing Debian's redis-server" >&2
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    # Debian's package starts a service on :6379 where systemd runs; the tests never use it.
+fi
+
+PYTHON="${PYTHON:-python3}"
+VENV=".venv"
+stamp="$VENV/.installed-$(cat pyproject.toml deployment/constraints.txt | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+    echo "tests/run.sh: installing dependencies into $VENV" >&2
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -c deployment/constraints.txt -e '.[dev]'
+    rm -f "$VENV"/.installed-*
+    touch "$stamp"
+fi
+
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
+"$VENV/bin/mypy"
+exec "$VENV/bin/python" -m pytest "$@"
