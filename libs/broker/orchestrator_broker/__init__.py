@@ -8,6 +8,7 @@ from .errors import (
     DecodeError,
     LeaseLost,
 )
+from .memory import MemoryBroker
 from .message import Message
 from .names import default_consumer_name
 from .protocol import Broker, ConsumeOptions, DeadLetter, Delivery, dead_letter_stream
@@ -23,6 +24,7 @@ __all__ = [
     "DecodeError",
     "Delivery",
     "LeaseLost",
+    "MemoryBroker",
     "Message",
     "dead_letter_stream",
     "default_consumer_name",

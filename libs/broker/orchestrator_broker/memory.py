@@ -1,0 +1,540 @@
+"""An in-memory broker with the semantics of Redis Streams consumer groups, for tests.
+
+It keeps what Redis keeps: per stream an append-only log with ids of the form
+``"<ms>-<seq>"``; per group a last-delivered position and a pending entries list (owner,
+delivery count, last delivery time on the monotonic clock); plus, per group, a queue of
+nacked entries waiting out their delay. Messages are stored as stream fields through
+``encode_fields``/``decode_fields``, exactly as on Redis, so ``publish_raw`` can plant a
+corrupt or foreign entry. Everything runs on one event loop; waiting consumers sleep on an
+event that publishes, nacks and ``close()`` wake, never in a polling loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, Mapping
+
+import attrs
+import orjson
+
+from .errors import AlreadySettled, BrokerUnavailable, DecodeError, LeaseLost
+from .message import Message, decode_fields, encode_fields
+from .protocol import ConsumeOptions, DeadLetter, Delivery, dead_letter_stream
+
+__all__ = ["MemoryBroker", "MemoryDelivery"]
+
+_Fields = dict[bytes | str, bytes | str]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="backslashreplace") if isinstance(value, bytes) else value
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq)
+
+
+class _Signal:
+    """Wakes every waiter at once; a waiter grabs the current event before it sleeps."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        event = self._event
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(timeout, 0.0)):
+                await event.wait()
+
+
+@attrs.define(eq=False)
+class _Keeper:
+    """The auto-extension of one consume() iterator: its deliveries never go idle while active."""
+
+    active: bool = True
+    held: set[str] = attrs.field(factory=set)
+
+
+@attrs.define(eq=False)
+class _Pending:
+    entry_id: str
+    fields: _Fields
+    message: Message
+    consumer: str
+    count: int
+    last_delivery: float
+    keeper: _Keeper | None = None
+
+    def idle(self, now: float) -> float:
+        if self.keeper is not None and self.keeper.active:
+            return 0.0  # auto-extended: renewed every lease / 3, so never idle past the lease
+        return now - self.last_delivery
+
+
+@attrs.define(eq=False)
+class _Delayed:
+    entry_id: str
+    fields: _Fields
+    message: Message
+    count: int
+
+
+@attrs.define(eq=False)
+class _Group:
+    next_index: int = 0  # position in the log just after the last-delivered entry
+    pel: dict[str, _Pending] = attrs.field(factory=dict)
+    delayed: list[tuple[float, int, _Delayed]] = attrs.field(factory=list)  # a heap by due time
+
+
+@attrs.define(eq=False)
+class _Stream:
+    log: list[tuple[str, _Fields]] = attrs.field(factory=list)
+    last_id: tuple[int, int] = (0, 0)
+    groups: dict[str, _Group] = attrs.field(factory=dict)
+    signal: _Signal = attrs.field(factory=_Signal)
+
+    def next_id(self) -> str:
+        ms = int(time.time() * 1000)
+        last_ms, last_seq = self.last_id
+        self.last_id = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
+        return f"{self.last_id[0]}-{self.last_id[1]}"
+
+
+@attrs.define(eq=False)
+class MemoryDelivery:
+    """One message handed to one consumer of a ``MemoryBroker``; settle it exactly once."""
+
+    _broker: MemoryBroker
+    message: Message
+    stream: str
+    group: str
+    consumer: str
+    entry_id: str
+    delivery_count: int
+    _settled: bool = False
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    def _settle(self) -> None:
+        self._broker._check_open()
+        if self._settled:
+            raise AlreadySettled(f"delivery {self.entry_id} of {self.stream} is settled already")
+        self._settled = True
+
+    async def ack(self) -> None:
+        self._settle()
+        self._broker._ack(self)
+
+    async def nack(self, delay: float = 0.0) -> None:
+        if delay < 0:
+            raise ValueError(f"delay must not be negative, got {delay!r}")
+        self._settle()
+        self._broker._nack(self, delay)
+
+    async def dead_letter(self, reason: str) -> None:
+        self._settle()
+        self._broker._dead_letter_delivery(self, reason)
+
+    async def extend_lease(self) -> None:
+        self._broker._check_open()
+        if self._settled:
+            raise AlreadySettled(f"delivery {self.entry_id} of {self.stream} is settled already")
+        self._broker._extend(self)
+
+
+class MemoryBroker:
+    """A ``Broker`` kept in process memory: same contract as Redis Streams, no durability."""
+
+    def __init__(self) -> None:
+        self._streams: dict[str, _Stream] = {}
+        self._closed = False
+        self._tiebreak = itertools.count()
+
+    # -- the Broker protocol -------------------------------------------------------------
+
+    async def publish(self, stream: str, message: Message) -> str:
+        return await self.publish_raw(stream, encode_fields(message))
+
+    async def publish_raw(
+        self, stream: str, fields: Mapping[str, bytes | str] | Mapping[bytes, bytes | str]
+    ) -> str:
+        """Append arbitrary stream fields, like a raw ``XADD``: for tests of foreign entries."""
+        self._check_open()
+        copied: _Fields = {k: v for k, v in fields.items()}
+        return self._append(stream, copied)
+
+    async def ensure_group(self, stream: str, group: str) -> None:
+        self._check_open()
+        self._stream(stream).groups.setdefault(group, _Group())
+
+    async def consume(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        options: ConsumeOptions | None = None,
+    ) -> AsyncGenerator[Delivery, None]:
+        opts = options or ConsumeOptions()
+        if self._closed:
+            return
+        st = self._stream(stream)
+        keeper = _Keeper() if opts.auto_extend else None
+        # A restarted consumer first drains what its previous life left pending (in id order).
+        own = deque(
+            sorted(
+                (e for e, p in self._group(st, group).pel.items() if p.consumer == consumer),
+                key=_id_key,
+            )
+        )
+        cursor = _Cursor(stream, group, consumer, opts, keeper, own)
+        try:
+            while not self._closed:
+                delivery = self._next(st, cursor)
+                if delivery is None:
+                    await st.signal.wait(self._wait_time(st, cursor))
+                    continue
+                if keeper is not None:
+                    keeper.held.add(delivery.entry_id)
+                yield delivery
+        finally:
+            # Deliveries fetched are yielded one at a time, so nothing fetched is left unyielded
+            # here; the yielded ones stay pending but from now on their lease runs out.
+            if keeper is not None:
+                keeper.active = False
+                now = time.monotonic()
+                group_state = st.groups.get(group)
+                for entry_id in keeper.held:
+                    pending = group_state.pel.get(entry_id) if group_state else None
+                    if pending is not None and pending.keeper is keeper:
+                        pending.keeper = None
+                        pending.last_delivery = now
+
+    async def reclaim(
+        self, stream: str, group: str, consumer: str, *, min_idle: float, count: int = 100
+    ) -> list[Delivery]:
+        self._check_open()
+        st = self._stream(stream)
+        g = self._group(st, group)
+        now = time.monotonic()
+        idle = sorted(
+            (e for e, p in g.pel.items() if p.consumer != consumer and p.idle(now) >= min_idle),
+            key=_id_key,
+        )
+        claimed: list[Delivery] = []
+        for entry_id in idle:
+            if len(claimed) >= count:
+                break
+            delivery = self._claim(st, stream, group, g.pel[entry_id], consumer, None, None)
+            if delivery is not None:
+                claimed.append(delivery)
+        return claimed
+
+    async def pending_count(self, stream: str, group: str) -> int:
+        self._check_open()
+        g = self._streams[stream].groups.get(group) if stream in self._streams else None
+        return len(g.pel) if g else 0
+
+    async def backlog(self, stream: str, group: str) -> int:
+        self._check_open()
+        st = self._streams.get(stream)
+        g = st.groups.get(group) if st else None
+        if st is None or g is None:
+            return 0
+        return len(st.log) - g.next_index + len(g.delayed)
+
+    async def dead_letters(self, stream: str, count: int = 100) -> list[DeadLetter]:
+        self._check_open()
+        st = self._streams.get(dead_letter_stream(stream))
+        return [_read_dead_letter(e, f) for e, f in st.log[:count]] if st else []
+
+    async def ping(self) -> None:
+        self._check_open()
+
+    async def close(self) -> None:
+        self._closed = True
+        for st in self._streams.values():
+            st.signal.notify()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BrokerUnavailable("the memory broker is closed")
+
+    def _stream(self, stream: str) -> _Stream:
+        st = self._streams.get(stream)
+        if st is None:
+            st = self._streams[stream] = _Stream()
+        return st
+
+    @staticmethod
+    def _group(st: _Stream, group: str) -> _Group:
+        # consume() recreates a missing group (as the Redis adapter does after NOGROUP).
+        return st.groups.setdefault(group, _Group())
+
+    def _append(self, stream: str, fields: _Fields) -> str:
+        st = self._stream(stream)
+        entry_id = st.next_id()
+        st.log.append((entry_id, fields))
+        st.signal.notify()
+        return entry_id
+
+    def _next(self, st: _Stream, cur: _Cursor) -> MemoryDelivery | None:
+        """The next delivery for ``cur`` in protocol order, or None if there is none yet."""
+        g = self._group(st, cur.group)
+        now = time.monotonic()
+        while cur.own:  # 1. this consumer's own pending entries
+            pending = g.pel.get(cur.own.popleft())
+            if pending is not None and pending.consumer == cur.consumer:
+                delivery = self._claim(
+                    st,
+                    cur.stream,
+                    cur.group,
+                    pending,
+                    cur.consumer,
+                    cur.keeper,
+                    cur.options.max_deliveries,
+                )
+                if delivery is not None:
+                    return delivery
+        while g.delayed and g.delayed[0][0] <= now:  # 2. nacked entries whose delay is over
+            _, _, delayed = heapq.heappop(g.delayed)
+            delivery = self._deliver(
+                st, cur, delayed.entry_id, delayed.fields, delayed.message, delayed.count + 1
+            )
+            if delivery is not None:
+                return delivery
+        if now >= cur.next_reclaim:  # 3. entries whose consumer stopped renewing its lease
+            cur.next_reclaim = now + cur.options.effective_reclaim_interval
+            cur.reclaimable = deque(
+                sorted(
+                    (
+                        e
+                        for e, p in g.pel.items()
+                        if p.consumer != cur.consumer and p.idle(now) >= cur.options.lease
+                    ),
+                    key=_id_key,
+                )
+            )
+        while cur.reclaimable:
+            pending = g.pel.get(cur.reclaimable.popleft())
+            if (
+                pending is not None
+                and pending.consumer != cur.consumer
+                and pending.idle(now) >= cur.options.lease
+            ):
+                delivery = self._claim(
+                    st,
+                    cur.stream,
+                    cur.group,
+                    pending,
+                    cur.consumer,
+                    cur.keeper,
+                    cur.options.max_deliveries,
+                )
+                if delivery is not None:
+                    return delivery
+        while g.next_index < len(st.log):  # 4. new entries
+            entry_id, fields = st.log[g.next_index]
+            g.next_index += 1
+            try:
+                message, prior = decode_fields(fields)
+            except DecodeError as exc:
+                self._write_dead_letter(
+                    cur.stream,
+                    cur.group,
+                    entry_id,
+                    fields,
+                    f"undecodable entry: {exc}",
+                    1,
+                    decodable=False,
+                )
+                continue
+            delivery = self._deliver(st, cur, entry_id, fields, message, prior + 1)
+            if delivery is not None:
+                return delivery
+        return None
+
+    def _wait_time(self, st: _Stream, cur: _Cursor) -> float:
+        now = time.monotonic()
+        wait = min(cur.options.block, cur.next_reclaim - now)
+        g = st.groups.get(cur.group)
+        if g is not None and g.delayed:
+            wait = min(wait, g.delayed[0][0] - now)
+        return wait
+
+    def _deliver(
+        self,
+        st: _Stream,
+        cur: _Cursor,
+        entry_id: str,
+        fields: _Fields,
+        message: Message,
+        count: int,
+    ) -> MemoryDelivery | None:
+        """Make ``entry_id`` pending for ``cur`` (or dead-letter it past max deliveries)."""
+        if count > cur.options.max_deliveries:
+            self._write_dead_letter(
+                cur.stream,
+                cur.group,
+                entry_id,
+                fields,
+                _too_many(cur.options.max_deliveries),
+                count - 1,
+            )
+            return None
+        g = self._group(st, cur.group)
+        g.pel[entry_id] = _Pending(
+            entry_id, fields, message, cur.consumer, count, time.monotonic(), cur.keeper
+        )
+        return MemoryDelivery(self, message, cur.stream, cur.group, cur.consumer, entry_id, count)
+
+    def _claim(
+        self,
+        st: _Stream,
+        stream: str,
+        group: str,
+        pending: _Pending,
+        consumer: str,
+        keeper: _Keeper | None,
+        max_deliveries: int | None,
+    ) -> MemoryDelivery | None:
+        """Hand a pending entry (again) to ``consumer`` with its count raised by one."""
+        g = self._group(st, group)
+        if max_deliveries is not None and pending.count + 1 > max_deliveries:
+            del g.pel[pending.entry_id]
+            self._write_dead_letter(
+                stream,
+                group,
+                pending.entry_id,
+                pending.fields,
+                _too_many(max_deliveries),
+                pending.count,
+            )
+            return None
+        pending.consumer = consumer
+        pending.count += 1
+        pending.last_delivery = time.monotonic()
+        pending.keeper = keeper
+        return MemoryDelivery(
+            self, pending.message, stream, group, consumer, pending.entry_id, pending.count
+        )
+
+    def _pending_of(self, delivery: MemoryDelivery) -> _Pending | None:
+        st = self._streams.get(delivery.stream)
+        g = st.groups.get(delivery.group) if st else None
+        return g.pel.get(delivery.entry_id) if g else None
+
+    # Settling acts on the entry if it is still pending in the group, whoever holds it now
+    # (Redis XACK semantics); if it was settled through another delivery, nothing happens.
+
+    def _ack(self, delivery: MemoryDelivery) -> None:
+        if self._pending_of(delivery) is not None:
+            del self._streams[delivery.stream].groups[delivery.group].pel[delivery.entry_id]
+
+    def _nack(self, delivery: MemoryDelivery, delay: float) -> None:
+        pending = self._pending_of(delivery)
+        if pending is None:
+            return
+        st = self._streams[delivery.stream]
+        g = st.groups[delivery.group]
+        del g.pel[delivery.entry_id]
+        due = time.monotonic() + delay
+        waiting = _Delayed(pending.entry_id, pending.fields, pending.message, pending.count)
+        heapq.heappush(g.delayed, (due, next(self._tiebreak), waiting))
+        st.signal.notify()  # waiting consumers recompute how long to sleep
+
+    def _dead_letter_delivery(self, delivery: MemoryDelivery, reason: str) -> None:
+        pending = self._pending_of(delivery)
+        if pending is None:
+            return
+        del self._streams[delivery.stream].groups[delivery.group].pel[delivery.entry_id]
+        self._write_dead_letter(
+            delivery.stream,
+            delivery.group,
+            delivery.entry_id,
+            pending.fields,
+            reason,
+            delivery.delivery_count,
+        )
+
+    def _extend(self, delivery: MemoryDelivery) -> None:
+        pending = self._pending_of(delivery)
+        if pending is None or pending.consumer != delivery.consumer:
+            raise LeaseLost(
+                f"delivery {delivery.entry_id} of {delivery.stream} is no longer pending "
+                f"for {delivery.consumer!r}"
+            )
+        pending.last_delivery = time.monotonic()
+
+    def _write_dead_letter(
+        self,
+        stream: str,
+        group: str,
+        entry_id: str,
+        fields: _Fields,
+        reason: str,
+        delivery_count: int,
+        *,
+        decodable: bool = True,
+    ) -> None:
+        raw = {_text(k): _text(v) for k, v in fields.items()}
+        self._append(
+            dead_letter_stream(stream),
+            {
+                "original_entry_id": entry_id,
+                "reason": reason,
+                "group": group,
+                "delivery_count": str(delivery_count),
+                "decodable": "1" if decodable else "0",
+                "raw_fields": orjson.dumps(raw),
+            },
+        )
+
+
+@attrs.define(eq=False)
+class _Cursor:
+    """Where one consume() iterator stands."""
+
+    stream: str
+    group: str
+    consumer: str
+    options: ConsumeOptions
+    keeper: _Keeper | None
+    own: deque[str]
+    next_reclaim: float = 0.0
+    reclaimable: deque[str] = attrs.field(factory=deque)
+
+
+def _too_many(max_deliveries: int) -> str:
+    return f"exceeded max deliveries ({max_deliveries})"
+
+
+def _read_dead_letter(entry_id: str, fields: _Fields) -> DeadLetter:
+    meta = {_text(k): v for k, v in fields.items()}
+    raw: dict[str, str] = orjson.loads(meta["raw_fields"])
+    message: Message | None = None
+    if _text(meta["decodable"]) == "1":
+        with contextlib.suppress(DecodeError):
+            message, _ = decode_fields({k: v for k, v in raw.items()})
+    return DeadLetter(
+        entry_id=entry_id,
+        original_entry_id=_text(meta["original_entry_id"]),
+        reason=_text(meta["reason"]),
+        group=_text(meta["group"]),
+        delivery_count=int(_text(meta["delivery_count"])),
+        message=message,
+        raw_fields=raw,
+    )
