@@ -1,0 +1,332 @@
+"""Telemetry settings, read from environment variables into one frozen attrs class.
+
+Where spans go (first match wins; the standard OpenTelemetry variables beat the seed's one):
+
+1. ``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none``: no spans at all.
+2. ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``: the full OTLP/HTTP traces URL, used as given.
+3. ``OTEL_EXPORTER_OTLP_ENDPOINT``: a base URL; ``/v1/traces`` is appended (as the SDK does).
+4. ``JAEGER_URI``: the collector's OTLP/HTTP address, ``host:port`` or a URL
+   (``http://jaeger:4318``); becomes ``http://host:port/v1/traces``. ``/v1/traces`` is
+   appended unless the path already ends with it; the port defaults to 4318.
+5. Nothing set: tracing is *off quietly*. Spans and trace ids still exist (so responses can
+   name their trace and context still crosses the broker), but nothing is exported and nothing
+   is logged about it.
+
+The service name is ``OTEL_SERVICE_NAME``, else ``APP_ID``, else ``service.name`` from
+``OTEL_RESOURCE_ATTRIBUTES``, else the caller's default. Every other
+``OTEL_RESOURCE_ATTRIBUTES`` entry (``deployment.environment.name=prod``, ...) is kept.
+
+Also read: ``OTEL_EXPORTER_OTLP[_TRACES]_HEADERS`` (``k=v,k2=v2``; never logged),
+``OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT`` (seconds, as the Python exporter reads it),
+``OTEL_EXPORTER_OTLP[_TRACES]_COMPRESSION`` (``none``/``gzip``/``deflate``),
+``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG``. The signal-specific variable wins
+over the generic one. A malformed value raises ``TelemetryConfigError`` naming the variable.
+TLS certificate variables and ``OTEL_BSP_*`` are read by the SDK itself.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import socket
+from collections.abc import Mapping
+from typing import Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import attrs
+
+from .errors import TelemetryConfigError
+
+Compression = Literal["none", "gzip", "deflate"]
+
+#: Samplers ``OTEL_TRACES_SAMPLER`` may name (those the SDK implements without extra packages).
+SAMPLERS = frozenset(
+    {
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    }
+)
+
+_OTLP_HTTP_PORT = 4318
+_TRACES_PATH = "/v1/traces"
+
+
+def package_version() -> str:
+    """This distribution's version (the default ``service.version``)."""
+    try:
+        return importlib.metadata.version("ai-orchestration")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a copy
+        return "0.0.0"
+
+
+def _default_instance_id() -> str:
+    # hostname-pid, like the broker's consumer names, so a span and a consumer match up.
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _get(environ: Mapping[str, str], name: str) -> str | None:
+    """The stripped value of ``name``, or None when unset or blank."""
+    value = environ.get(name)
+    if value is None or not value.strip():
+        return None
+    return value.strip()
+
+
+def _first(environ: Mapping[str, str], *names: str) -> tuple[str, str] | None:
+    for name in names:
+        value = _get(environ, name)
+        if value is not None:
+            return name, value
+    return None
+
+
+def _parse_bool(environ: Mapping[str, str], name: str) -> bool:
+    value = _get(environ, name)
+    if value is None:
+        return False
+    lowered = value.lower()
+    if lowered == "true":
+        return True
+    if lowered == "false":
+        return False
+    raise TelemetryConfigError(name, f"expected 'true' or 'false', got {value!r}")
+
+
+def _parse_pairs(variable: str, value: str) -> dict[str, str]:
+    """``k=v,k2=v2`` with percent-encoded values (W3C baggage style, as the spec says)."""
+    pairs: dict[str, str] = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            # Name the position, not the text: header values may be credentials.
+            raise TelemetryConfigError(
+                variable, f"entry {len(pairs) + 1} is not of the form key=value"
+            )
+        pairs[unquote(key)] = unquote(raw.strip())
+    return pairs
+
+
+def _check_url(variable: str, value: str) -> str:
+    try:
+        url = urlsplit(value)
+        url.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError as exc:
+        raise TelemetryConfigError(variable, f"not a valid URL ({exc})") from exc
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise TelemetryConfigError(
+            variable, "expected an http:// or https:// URL with a host, e.g. http://otel:4318"
+        )
+    return value
+
+
+def _append_traces_path(url: str) -> str:
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    if not path.endswith(_TRACES_PATH):
+        path += _TRACES_PATH
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def jaeger_uri_endpoint(value: str) -> str:
+    """The OTLP/HTTP traces URL that ``JAEGER_URI`` (``host:port`` or a URL) means."""
+    text = value.strip()
+    if "://" not in text:
+        text = f"http://{text}"
+    _check_url("JAEGER_URI", text)
+    parts = urlsplit(text)
+    if parts.port is None:
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+        auth = parts.netloc.rpartition("@")[0]
+        netloc = f"{auth}@{host}:{_OTLP_HTTP_PORT}" if auth else f"{host}:{_OTLP_HTTP_PORT}"
+        text = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+    return _append_traces_path(text)
+
+
+def _resolve_endpoint(environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """(traces URL, the variable it came from), by the precedence in the module docstring."""
+    if (value := _get(environ, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")) is not None:
+        return _check_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value), (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        )
+    if (value := _get(environ, "OTEL_EXPORTER_OTLP_ENDPOINT")) is not None:
+        base = _check_url("OTEL_EXPORTER_OTLP_ENDPOINT", value)
+        return f"{base.rstrip('/')}{_TRACES_PATH}", "OTEL_EXPORTER_OTLP_ENDPOINT"
+    if (value := _get(environ, "JAEGER_URI")) is not None:
+        return jaeger_uri_endpoint(value), "JAEGER_URI"
+    return None
+
+
+def _parse_exporter(environ: Mapping[str, str]) -> bool:
+    """Whether ``OTEL_TRACES_EXPORTER`` allows exporting (``otlp``, the default, or ``none``)."""
+    value = _get(environ, "OTEL_TRACES_EXPORTER")
+    if value is None:
+        return True
+    names = {name.strip().lower() for name in value.split(",") if name.strip()}
+    unknown = names - {"otlp", "none"}
+    if unknown:
+        raise TelemetryConfigError(
+            "OTEL_TRACES_EXPORTER",
+            f"unsupported exporter(s) {', '.join(sorted(unknown))}; use 'otlp' or 'none'",
+        )
+    return "otlp" in names
+
+
+def _parse_sampler(environ: Mapping[str, str]) -> tuple[str, float | None]:
+    name = (_get(environ, "OTEL_TRACES_SAMPLER") or "parentbased_always_on").lower()
+    if name not in SAMPLERS:
+        raise TelemetryConfigError(
+            "OTEL_TRACES_SAMPLER",
+            f"unknown sampler {name!r}; expected one of {', '.join(sorted(SAMPLERS))}",
+        )
+    raw = _get(environ, "OTEL_TRACES_SAMPLER_ARG")
+    if not name.endswith("traceidratio"):
+        return name, None
+    if raw is None:
+        return name, 1.0
+    try:
+        ratio = float(raw)
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio <= 1.0:
+        raise TelemetryConfigError(
+            "OTEL_TRACES_SAMPLER_ARG", f"expected a ratio between 0 and 1, got {raw!r}"
+        )
+    return name, ratio
+
+
+def _parse_timeout(environ: Mapping[str, str]) -> float:
+    found = _first(environ, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+    if found is None:
+        return 10.0
+    name, raw = found
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise TelemetryConfigError(name, f"expected a positive number of seconds, got {raw!r}")
+    return seconds
+
+
+def _parse_compression(environ: Mapping[str, str]) -> Compression:
+    found = _first(
+        environ, "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"
+    )
+    if found is None:
+        return "none"
+    name, raw = found
+    lowered = raw.lower()
+    if lowered == "gzip":
+        return "gzip"
+    if lowered == "deflate":
+        return "deflate"
+    if lowered == "none":
+        return "none"
+    raise TelemetryConfigError(name, f"expected none, gzip or deflate, got {raw!r}")
+
+
+def _redact(url: str) -> str:
+    """``url`` without credentials or query string, fit for a log line."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _frozen_dict(value: Mapping[str, str]) -> dict[str, str]:
+    return dict(value)
+
+
+@attrs.frozen
+class TelemetrySettings:
+    """What ``setup_telemetry`` needs: identity of the service and where spans go.
+
+    ``traces_endpoint`` is the full OTLP/HTTP URL (``.../v1/traces``) or None for "do not
+    export"; ``endpoint_source`` names the variable it came from (or why it is off).
+    ``headers`` may hold credentials: they stay out of ``repr`` and ``endpoint_for_log``.
+    """
+
+    service_name: str
+    service_version: str = attrs.field(factory=package_version)
+    instance_id: str = attrs.field(factory=_default_instance_id)
+    resource_attributes: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_dict)
+    traces_endpoint: str | None = None
+    endpoint_source: str | None = None
+    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_dict, repr=False)
+    timeout: float = 10.0
+    compression: Compression = "none"
+    sampler: str = attrs.field(default="parentbased_always_on")
+    sampler_arg: float | None = None
+    disabled: bool = False
+
+    @sampler.validator
+    def _check_sampler(self, _: attrs.Attribute[str], value: str) -> None:
+        if value not in SAMPLERS:
+            raise ValueError(f"unknown sampler {value!r}")
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str], *, default_service_name: str = "ai-orchestrator"
+    ) -> TelemetrySettings:
+        """Read the variables listed in this module's docstring from ``environ``."""
+        resource: dict[str, str] = {}
+        if (raw := _get(environ, "OTEL_RESOURCE_ATTRIBUTES")) is not None:
+            resource = _parse_pairs("OTEL_RESOURCE_ATTRIBUTES", raw)
+        service_name = (
+            _get(environ, "OTEL_SERVICE_NAME")
+            or _get(environ, "APP_ID")
+            or resource.pop("service.name", None)
+            or default_service_name
+        )
+        resource.pop("service.name", None)
+        version = resource.pop("service.version", None) or package_version()
+        instance_id = resource.pop("service.instance.id", None) or _default_instance_id()
+
+        disabled = _parse_bool(environ, "OTEL_SDK_DISABLED")
+        exporting = _parse_exporter(environ)
+        resolved = _resolve_endpoint(environ)  # validated even when unused: fail early
+        endpoint, source = resolved if resolved else (None, None)
+        if disabled:
+            endpoint, source = None, "OTEL_SDK_DISABLED=true"
+        elif not exporting:
+            endpoint, source = None, "OTEL_TRACES_EXPORTER=none"
+
+        headers_found = _first(
+            environ, "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"
+        )
+        headers = _parse_pairs(*headers_found) if headers_found else {}
+        sampler, sampler_arg = _parse_sampler(environ)
+        return cls(
+            service_name=service_name,
+            service_version=version,
+            instance_id=instance_id,
+            resource_attributes=resource,
+            traces_endpoint=endpoint,
+            endpoint_source=source,
+            headers=headers,
+            timeout=_parse_timeout(environ),
+            compression=_parse_compression(environ),
+            sampler=sampler,
+            sampler_arg=sampler_arg,
+            disabled=disabled,
+        )
+
+    @property
+    def exporting(self) -> bool:
+        """Whether spans are sent anywhere."""
+        return self.traces_endpoint is not None and not self.disabled
+
+    @property
+    def endpoint_for_log(self) -> str:
+        """Where spans go, for a startup log line: no credentials, headers or query string."""
+        if self.disabled:
+            return "off (OTEL_SDK_DISABLED=true)"
+        if self.traces_endpoint is None:
+            return f"off ({self.endpoint_source or 'no OTLP endpoint configured'})"
+        return f"{_redact(self.traces_endpoint)} (from {self.endpoint_source})"

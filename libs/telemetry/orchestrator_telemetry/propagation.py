@@ -1,0 +1,109 @@
+"""W3C trace context in message headers: inject on publish, extract on consume.
+
+The headers are ``traceparent``, ``tracestate`` and ``baggage`` (W3C Trace Context and
+Baggage), always these two propagators whatever ``OTEL_PROPAGATORS`` says, because the
+headers are a wire contract between services. The extractor accepts carriers with ``bytes``
+keys or values too: redis-py returns bytes unless ``decode_responses`` is on, and a plain
+dict getter would then find nothing and silently start a new trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeAlias
+
+import attrs
+from opentelemetry import trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from orchestrator_broker import Message
+
+#: A header carrier as found in the wild: str or bytes on either side.
+Carrier: TypeAlias = Mapping[str, str] | Mapping[bytes, bytes] | Mapping[str | bytes, str | bytes]
+
+#: The propagator for message headers.
+PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+
+#: The header names the propagator writes.
+TRACE_HEADERS = frozenset(PROPAGATOR.fields)
+
+
+def _text(value: str | bytes) -> str | None:
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return None
+    return value
+
+
+class HeadersGetter(Getter[Carrier]):
+    """Reads a header from a str- or bytes-keyed mapping; names match case-insensitively."""
+
+    def get(self, carrier: Carrier, key: str) -> list[str] | None:
+        mapping: Mapping[str | bytes, str | bytes] = carrier  # type: ignore[assignment]
+        for candidate in (key, key.encode()):
+            if candidate in mapping:
+                text = _text(mapping[candidate])
+                return None if text is None else [text]
+        lowered = key.lower()
+        for name, value in mapping.items():
+            if (_text(name) or "").lower() == lowered:
+                text = _text(value)
+                return None if text is None else [text]
+        return None
+
+    def keys(self, carrier: Carrier) -> list[str]:
+        return [text for name in carrier if (text := _text(name)) is not None]
+
+
+_getter = HeadersGetter()
+
+
+def inject_headers(
+    headers: Mapping[str, str] | None = None, *, context: Context | None = None
+) -> dict[str, str]:
+    """``headers`` plus the trace headers of ``context`` (default: the current context).
+
+    Stale trace headers in ``headers`` are dropped first, so a republished message never
+    carries its previous hop's parent.
+    """
+    carrier = {k: v for k, v in (headers or {}).items() if k.lower() not in TRACE_HEADERS}
+    PROPAGATOR.inject(carrier, context=context)
+    return carrier
+
+
+def inject_message(message: Message, *, context: Context | None = None) -> Message:
+    """A copy of ``message`` whose headers carry ``context`` (default: the current one)."""
+    return attrs.evolve(message, headers=inject_headers(message.headers, context=context))
+
+
+def extract_context(carrier: Carrier, *, context: Context | None = None) -> Context:
+    """The trace context (and baggage) carried by ``carrier``, on top of ``context``.
+
+    Without valid trace headers this is ``context`` (default: an empty context) unchanged,
+    so spans started from it become roots of new traces.
+    """
+    return PROPAGATOR.extract(carrier, context=context or Context(), getter=_getter)
+
+
+def remote_span_context(carrier: Carrier) -> trace.SpanContext | None:
+    """The producer's span context carried by ``carrier``, or None if there is no valid one."""
+    span_context = trace.get_current_span(extract_context(carrier)).get_span_context()
+    return span_context if span_context.is_valid else None
+
+
+def current_trace_id(context: Context | None = None) -> str | None:
+    """The current trace id as 32 hex digits (for responses and logs), or None."""
+    span_context = trace.get_current_span(context).get_span_context()
+    return trace.format_trace_id(span_context.trace_id) if span_context.is_valid else None
+
+
+def current_span_id(context: Context | None = None) -> str | None:
+    """The current span id as 16 hex digits, or None."""
+    span_context = trace.get_current_span(context).get_span_context()
+    return trace.format_span_id(span_context.span_id) if span_context.is_valid else None

@@ -1,0 +1,331 @@
+"""A Broker wrapper that traces every message across the broker; adapters stay tracing-free.
+
+``TracingBroker(broker)`` satisfies the ``Broker`` protocol itself, so services wrap whatever
+adapter they built and use the result everywhere:
+
+- ``publish`` runs in a ``send <stream>`` PRODUCER span and writes that span's context into
+  the message headers (W3C ``traceparent``/``tracestate``/``baggage``).
+- ``consume`` (and ``reclaim``) yield ``TracedDelivery`` objects. Each has a
+  ``process <stream>`` CONSUMER span, child of the producer's context *and* linked to it,
+  started when the delivery is handed out and ended when it is settled (``ack``, ``nack``,
+  ``dead_letter``; a dead letter sets error status with the reason).
+
+The consume loop does not make the span current, because one loop hands out many deliveries.
+The worker does so while it processes one, so the provider-call spans and the
+``send <results stream>`` spans it causes become children of ``process``::
+
+    broker = TracingBroker(RedisStreamsBroker.from_url(url), tracer_provider=provider)
+    async for delivery in broker.consume(stream, group, consumer):
+        with delivery.activate():          # or: with process_context(delivery):
+            answer = await provider.complete(...)            # child spans
+            await broker.publish(results_stream, result)     # "send ..." child span
+        await delivery.ack()                                 # ends "process ..."
+
+``activate()`` records an exception that escapes the block on the span (error status) and
+re-raises it; cancellation is noted as an event, not as an error. It may be entered more than
+once (e.g. once per phase). Code typed against the plain ``Delivery`` protocol can use
+``process_context(delivery)``, which activates a traced delivery and does nothing for others.
+Tasks created inside the block (``asyncio.create_task``) inherit the context.
+
+A traced delivery never settled by the time ``TracingBroker.close()`` runs has its span ended
+then, marked ``orchestrator.delivery.settlement = "abandoned"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+
+from opentelemetry import context as context_api
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+
+from orchestrator_broker import Broker, ConsumeOptions, DeadLetter, Delivery, Message
+
+from .config import package_version
+from .propagation import extract_context, inject_message
+
+#: Our own attributes (no semantic convention covers settlement yet).
+SETTLEMENT = "orchestrator.delivery.settlement"
+NACK_DELAY = "orchestrator.delivery.nack_delay"
+DEAD_LETTER_REASON = "orchestrator.delivery.dead_letter_reason"
+
+_TRACER_NAME = "orchestrator_telemetry"
+
+
+def delivery_count_attribute(system: str) -> str:
+    """The delivery-count attribute, named like semconv's ``messaging.servicebus.*`` one."""
+    return f"messaging.{system}.message.delivery_count"
+
+
+def entry_id_attribute(system: str) -> str:
+    """The broker's entry id attribute (a Redis stream id such as ``1700000000000-0``)."""
+    return f"messaging.{system}.message.entry_id"
+
+
+class TracedDelivery:
+    """A ``Delivery`` with its ``process <stream>`` span; settle it to end the span."""
+
+    def __init__(
+        self,
+        delivery: Delivery,
+        span: Span,
+        context: Context,
+        on_end: Callable[[TracedDelivery], None],
+    ) -> None:
+        self._delivery = delivery
+        self._span = span
+        self._context = context
+        self._on_end = on_end
+        self._ended = False
+
+    # -- the Delivery protocol ------------------------------------------------------------
+    @property
+    def message(self) -> Message:
+        return self._delivery.message
+
+    @property
+    def stream(self) -> str:
+        return self._delivery.stream
+
+    @property
+    def group(self) -> str:
+        return self._delivery.group
+
+    @property
+    def entry_id(self) -> str:
+        return self._delivery.entry_id
+
+    @property
+    def delivery_count(self) -> int:
+        return self._delivery.delivery_count
+
+    @property
+    def settled(self) -> bool:
+        return self._delivery.settled
+
+    async def ack(self) -> None:
+        await self._settle(self._delivery.ack(), {SETTLEMENT: "ack"})
+
+    async def nack(self, delay: float = 0.0) -> None:
+        await self._settle(self._delivery.nack(delay), {SETTLEMENT: "nack", NACK_DELAY: delay})
+
+    async def dead_letter(self, reason: str) -> None:
+        await self._settle(
+            self._delivery.dead_letter(reason),
+            {SETTLEMENT: "dead_letter", DEAD_LETTER_REASON: reason},
+            error=f"dead-lettered: {reason}",
+        )
+
+    async def extend_lease(self) -> None:
+        try:
+            await self._delivery.extend_lease()
+        except Exception as exc:
+            if not self._ended:
+                self._span.add_event("lease extension failed", {"exception.type": _name(exc)})
+            raise
+
+    # -- tracing ----------------------------------------------------------------------------
+    @property
+    def inner(self) -> Delivery:
+        """The adapter's own delivery."""
+        return self._delivery
+
+    @property
+    def span(self) -> Span:
+        """The ``process <stream>`` span (ended once the delivery is settled)."""
+        return self._span
+
+    @property
+    def context(self) -> Context:
+        """The producer's context (with its baggage) with the ``process`` span set in it."""
+        return self._context
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[Span]:
+        """Make the ``process`` span current for the block; exceptions are recorded on it."""
+        token = context_api.attach(self._context)
+        try:
+            yield self._span
+        except asyncio.CancelledError:
+            if not self._ended:
+                self._span.add_event("cancelled")
+            raise
+        except Exception as exc:
+            if not self._ended:
+                self._span.record_exception(exc)
+                self._span.set_status(Status(StatusCode.ERROR, f"{_name(exc)}: {exc}"))
+            raise
+        finally:
+            context_api.detach(token)
+
+    def end(self, settlement: str = "abandoned") -> None:
+        """End the span now without settling (idempotent); settling calls this itself."""
+        if self._ended:
+            return
+        self._ended = True
+        self._span.set_attribute(SETTLEMENT, settlement)
+        self._span.end()
+        self._on_end(self)
+
+    async def _settle(
+        self,
+        operation: Awaitable[None],
+        attributes: dict[str, str | float],
+        error: str | None = None,
+    ) -> None:
+        try:
+            await operation
+        except Exception as exc:
+            if not self._ended:
+                self._span.record_exception(exc)
+                self._span.set_status(
+                    Status(StatusCode.ERROR, f"{attributes[SETTLEMENT]} failed: {_name(exc)}")
+                )
+                self.end(f"{attributes[SETTLEMENT]} failed")
+            raise
+        if self._ended:
+            return
+        self._span.set_attributes(attributes)
+        if error is not None:
+            self._span.set_status(Status(StatusCode.ERROR, error))
+        self.end(str(attributes[SETTLEMENT]))
+
+    def __repr__(self) -> str:
+        return f"TracedDelivery({self._delivery!r})"
+
+
+def process_context(delivery: Delivery) -> contextlib.AbstractContextManager[object]:
+    """``delivery.activate()`` for a traced delivery; a no-op context for any other."""
+    if isinstance(delivery, TracedDelivery):
+        return delivery.activate()
+    return contextlib.nullcontext()
+
+
+def _name(exc: BaseException) -> str:
+    return type(exc).__qualname__
+
+
+class TracingBroker:
+    """Wraps any ``Broker`` adapter; itself a ``Broker`` whose messages carry trace context.
+
+    ``system`` is the ``messaging.system`` attribute (``"redis"`` for Redis Streams).
+    ``tracer_provider`` defaults to the global one (as ``setup_telemetry`` sets it).
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        system: str = "redis",
+        tracer_provider: trace.TracerProvider | None = None,
+    ) -> None:
+        self._broker = broker
+        self._system = system
+        provider = tracer_provider or trace.get_tracer_provider()
+        self._tracer = provider.get_tracer(_TRACER_NAME, package_version())
+        self._open: set[TracedDelivery] = set()
+        self._delivery_count_key = delivery_count_attribute(system)
+        self._entry_id_key = entry_id_attribute(system)
+
+    @property
+    def inner(self) -> Broker:
+        """The wrapped adapter."""
+        return self._broker
+
+    @property
+    def system(self) -> str:
+        return self._system
+
+    async def publish(self, stream: str, message: Message) -> str:
+        """Publish in a ``send <stream>`` PRODUCER span whose context the headers carry."""
+        attributes = {
+            "messaging.system": self._system,
+            "messaging.destination.name": stream,
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "send",
+            "messaging.message.id": message.id,
+        }
+        with self._tracer.start_as_current_span(
+            f"send {stream}", kind=SpanKind.PRODUCER, attributes=attributes
+        ) as span:
+            entry_id = await self._broker.publish(stream, inject_message(message))
+            span.set_attribute(self._entry_id_key, entry_id)
+            return entry_id
+
+    async def ensure_group(self, stream: str, group: str) -> None:
+        await self._broker.ensure_group(stream, group)
+
+    async def consume(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        options: ConsumeOptions | None = None,
+    ) -> AsyncGenerator[TracedDelivery, None]:
+        """The adapter's deliveries, each wrapped in a ``TracedDelivery`` with its span."""
+        deliveries = self._broker.consume(stream, group, consumer, options)
+        try:
+            async for delivery in deliveries:
+                yield self.trace_delivery(delivery, consumer=consumer)
+        finally:
+            await deliveries.aclose()
+
+    async def reclaim(
+        self, stream: str, group: str, consumer: str, *, min_idle: float, count: int = 100
+    ) -> list[Delivery]:
+        claimed = await self._broker.reclaim(
+            stream, group, consumer, min_idle=min_idle, count=count
+        )
+        return [self.trace_delivery(delivery, consumer=consumer) for delivery in claimed]
+
+    def trace_delivery(self, delivery: Delivery, *, consumer: str | None = None) -> TracedDelivery:
+        """Start the ``process`` span for ``delivery`` (what ``consume`` does for each)."""
+        parent = extract_context(delivery.message.headers)
+        remote = trace.get_current_span(parent).get_span_context()
+        attributes: dict[str, str | int] = {
+            "messaging.system": self._system,
+            "messaging.destination.name": delivery.stream,
+            "messaging.consumer.group.name": delivery.group,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.message.id": delivery.message.id,
+            self._delivery_count_key: delivery.delivery_count,
+            self._entry_id_key: delivery.entry_id,
+        }
+        if consumer is not None:
+            attributes["messaging.client.id"] = consumer
+        span = self._tracer.start_span(
+            f"process {delivery.stream}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=[Link(remote)] if remote.is_valid else None,
+        )
+        traced = TracedDelivery(
+            delivery, span, trace.set_span_in_context(span, parent), self._open.discard
+        )
+        self._open.add(traced)
+        return traced
+
+    async def pending_count(self, stream: str, group: str) -> int:
+        return await self._broker.pending_count(stream, group)
+
+    async def backlog(self, stream: str, group: str) -> int:
+        return await self._broker.backlog(stream, group)
+
+    async def dead_letters(self, stream: str, count: int = 100) -> list[DeadLetter]:
+        return await self._broker.dead_letters(stream, count)
+
+    async def ping(self) -> None:
+        await self._broker.ping()
+
+    async def close(self) -> None:
+        """Close the adapter and end the spans of deliveries nobody settled."""
+        try:
+            await self._broker.close()
+        finally:
+            for traced in list(self._open):
+                traced.end("abandoned")
