@@ -201,6 +201,12 @@ class MemoryBroker:
         cursor = _Cursor(stream, group, consumer, opts, keeper, own)
         try:
             while not self._closed:
+                # Yield to the loop before each read, as a network round trip would, so that
+                # one busy consumer cannot starve the others. Nothing is fetched yet here, so
+                # a cancellation at this point leaves no entry fetched but unyielded.
+                await asyncio.sleep(0)
+                if self._closed:
+                    break
                 delivery = self._next(st, cursor)
                 if delivery is None:
                     await st.signal.wait(self._wait_time(st, cursor))
@@ -437,29 +443,35 @@ class MemoryBroker:
         g = st.groups.get(delivery.group) if st else None
         return g.pel.get(delivery.entry_id) if g else None
 
-    # Settling acts on the entry if it is still pending in the group, whoever holds it now
-    # (Redis XACK semantics); if it was settled through another delivery, nothing happens.
+    # ``ack`` is XACK: it acks the entry if it is still pending, whoever holds it now, and is
+    # harmless if it is not. ``nack``, ``dead_letter`` and ``extend_lease`` act only on an
+    # entry still pending for this consumer, and raise ``LeaseLost`` (changing nothing)
+    # otherwise, so a stalled consumer cannot requeue or bury work another one took over.
 
     def _ack(self, delivery: MemoryDelivery) -> None:
         if self._pending_of(delivery) is not None:
             del self._streams[delivery.stream].groups[delivery.group].pel[delivery.entry_id]
 
-    def _nack(self, delivery: MemoryDelivery, delay: float) -> None:
+    def _owned(self, delivery: MemoryDelivery) -> _Pending:
         pending = self._pending_of(delivery)
-        if pending is None:
-            return
+        if pending is None or pending.consumer != delivery.consumer:
+            raise LeaseLost(
+                f"delivery {delivery.entry_id} of {delivery.stream} is no longer pending "
+                f"for {delivery.consumer!r}"
+            )
+        return pending
+
+    def _nack(self, delivery: MemoryDelivery, delay: float) -> None:
+        pending = self._owned(delivery)
         st = self._streams[delivery.stream]
-        g = st.groups[delivery.group]
-        del g.pel[delivery.entry_id]
+        del st.groups[delivery.group].pel[delivery.entry_id]
         due = time.monotonic() + delay
         waiting = _Delayed(pending.entry_id, pending.fields, pending.message, pending.count)
-        heapq.heappush(g.delayed, (due, next(self._tiebreak), waiting))
+        heapq.heappush(st.groups[delivery.group].delayed, (due, next(self._tiebreak), waiting))
         st.signal.notify()  # waiting consumers recompute how long to sleep
 
     def _dead_letter_delivery(self, delivery: MemoryDelivery, reason: str) -> None:
-        pending = self._pending_of(delivery)
-        if pending is None:
-            return
+        pending = self._owned(delivery)
         del self._streams[delivery.stream].groups[delivery.group].pel[delivery.entry_id]
         self._write_dead_letter(
             delivery.stream,
@@ -471,13 +483,7 @@ class MemoryBroker:
         )
 
     def _extend(self, delivery: MemoryDelivery) -> None:
-        pending = self._pending_of(delivery)
-        if pending is None or pending.consumer != delivery.consumer:
-            raise LeaseLost(
-                f"delivery {delivery.entry_id} of {delivery.stream} is no longer pending "
-                f"for {delivery.consumer!r}"
-            )
-        pending.last_delivery = time.monotonic()
+        self._owned(delivery).last_delivery = time.monotonic()
 
     def _write_dead_letter(
         self,
