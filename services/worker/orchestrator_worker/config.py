@@ -1,0 +1,185 @@
+"""The worker's settings, read once at startup from environment variables."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import attrs
+
+from orchestrator_telemetry import TelemetrySettings
+from orchestrator_telemetry.logs import LogFormat
+
+from .errors import ConfigError
+
+_T = TypeVar("_T")
+
+_NAME = re.compile(r"^[A-Za-z0-9_.:\-]+$")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_LOG_FORMATS = ("plain", "json")
+
+
+@attrs.frozen
+class WorkerSettings:
+    """Everything a worker process reads from its environment (unknown variables are ignored).
+
+    ============================ ========================= =======================================
+    Variable                     Default                   Meaning
+    ============================ ========================= =======================================
+    ``APP_ID``                   ``ai-orchestrator_worker`` service name in traces and logs
+    ``REDIS_URI``                ``redis://localhost:6379/0`` broker address: ``host:port``,
+                                                           ``redis://[user:pass@]host:port/db``
+                                                           or ``rediss://...``
+    ``JAEGER_URI``               (unset)                   trace export endpoint (unset: no
+                                                           export)
+    ``REDIS_STREAM_ID``          ``tasks``                 stream the tasks are read from
+    ``REDIS_RESULTS_STREAM_ID``  ``results``               stream result events are written to
+    ``CONSUMER_GROUP``           ``workers``               consumer group shared by all workers
+    ``CONSUMER_NAME``            ``<APP_ID>-<host>-<pid>`` this process's name in the group
+                                                           (stable across container restarts)
+    ``NUMBER_OF_WORKERS``        ``5``                     tasks run at once by this process;
+                                                           they are async, so hundreds to a few
+                                                           thousand are fine
+    ``DEFAULT_MODEL``            ``echo``                  model for tasks that name none
+    ``TASK_TIMEOUT_SECONDS``     ``300``                   a provider call longer than this
+                                                           fails the task with ``timeout``
+    ``LEASE_SECONDS``            ``30``                    a crashed worker's tasks are
+                                                           reclaimed by others after this long
+    ``MAX_DELIVERIES``           ``5``                     a task delivered this often is
+                                                           dead-lettered by the broker
+    ``SHUTDOWN_GRACE_SECONDS``   ``25``                    on SIGTERM, how long in-flight tasks
+                                                           may finish before being handed back
+    ``DELTA_FLUSH_MS``           ``100``                   answer text is coalesced into one
+                                                           ``delta`` event per task this often
+                                                           (0: publish each chunk at once)
+    ``LOG_LEVEL``                ``INFO``                  DEBUG, INFO, WARNING, ERROR
+    ``LOG_FORMAT``               ``plain``                 ``plain`` or ``json`` (one object per
+                                                           line, with trace ids)
+    ============================ ========================= =======================================
+
+    The ``OTEL_*`` variables (sampler, headers, ``OTEL_SDK_DISABLED``...) are read by
+    ``orchestrator_telemetry.TelemetrySettings`` into ``telemetry``.
+
+    A malformed value raises ``ConfigError`` (or ``TelemetryConfigError`` for the trace
+    settings) naming the variable.
+    """
+
+    app_id: str = "ai-orchestrator_worker"
+    redis_uri: str = attrs.field(default="redis://localhost:6379/0", repr=False)
+    jaeger_uri: str | None = None
+    stream: str = "tasks"
+    results_stream: str = "results"
+    consumer_group: str = "workers"
+    consumer_name: str | None = None
+    concurrency: int = 5
+    default_model: str = "echo"
+    task_timeout: float = 300.0
+    lease_seconds: float = 30.0
+    max_deliveries: int = 5
+    shutdown_grace: float = 25.0
+    delta_flush_ms: float = 100.0
+    log_level: str = "INFO"
+    log_format: LogFormat = "plain"
+    telemetry: TelemetrySettings | None = attrs.field(default=None, repr=False)
+
+    @property
+    def delta_flush_interval(self) -> float:
+        """``DELTA_FLUSH_MS`` in seconds."""
+        return self.delta_flush_ms / 1000.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> WorkerSettings:
+        """Read the variables above from ``environ``; missing or empty ones take defaults."""
+        defaults = cls()
+        values: dict[str, Any] = {}
+
+        def read(variable: str, parse: Callable[[str, str], _T]) -> _T | None:
+            raw = environ.get(variable, "").strip()
+            return parse(variable, raw) if raw else None
+
+        spec: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+            "app_id": ("APP_ID", _name),
+            "redis_uri": ("REDIS_URI", _text),
+            "jaeger_uri": ("JAEGER_URI", _text),
+            "stream": ("REDIS_STREAM_ID", _name),
+            "results_stream": ("REDIS_RESULTS_STREAM_ID", _name),
+            "consumer_group": ("CONSUMER_GROUP", _name),
+            "consumer_name": ("CONSUMER_NAME", _name),
+            "concurrency": ("NUMBER_OF_WORKERS", _int_between(1, 100_000)),
+            "default_model": ("DEFAULT_MODEL", _text),
+            "task_timeout": ("TASK_TIMEOUT_SECONDS", _seconds(positive=True)),
+            "lease_seconds": ("LEASE_SECONDS", _seconds(positive=True)),
+            "max_deliveries": ("MAX_DELIVERIES", _int_between(1, 1_000)),
+            "shutdown_grace": ("SHUTDOWN_GRACE_SECONDS", _seconds(positive=False)),
+            "delta_flush_ms": ("DELTA_FLUSH_MS", _seconds(positive=False)),
+            "log_level": ("LOG_LEVEL", _choice(_LOG_LEVELS, upper=True)),
+            "log_format": ("LOG_FORMAT", _choice(_LOG_FORMATS, upper=False)),
+        }
+        for field, (variable, parse) in spec.items():
+            value = read(variable, parse)
+            if value is not None:
+                values[field] = value
+        values["telemetry"] = TelemetrySettings.from_env(
+            environ, default_service_name=values.get("app_id", defaults.app_id)
+        )
+        settings = attrs.evolve(defaults, **values)
+        if settings.results_stream == settings.stream:
+            raise ConfigError("REDIS_RESULTS_STREAM_ID", "must differ from REDIS_STREAM_ID")
+        return settings
+
+    @property
+    def log_level_number(self) -> int:
+        """``LOG_LEVEL`` as a ``logging`` level number."""
+        return logging.getLevelNamesMapping()[self.log_level]
+
+
+def _text(_: str, raw: str) -> str:
+    return raw
+
+
+def _name(variable: str, raw: str) -> str:
+    if not _NAME.match(raw):
+        raise ConfigError(variable, f"{raw!r} may only hold letters, digits and _ . : -")
+    return raw
+
+
+def _int_between(low: int, high: int) -> Callable[[str, str], int]:
+    def parse(variable: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(variable, f"{raw!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise ConfigError(variable, f"{value} is outside {low}..{high}")
+        return value
+
+    return parse
+
+
+def _seconds(*, positive: bool) -> Callable[[str, str], float]:
+    def parse(variable: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(variable, f"{raw!r} is not a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(variable, f"{raw!r} is not a finite number")
+        if value < 0 or (positive and value == 0):
+            raise ConfigError(
+                variable, f"{raw!r} must be {'positive' if positive else 'zero or more'}"
+            )
+        return value
+
+    return parse
+
+
+def _choice(choices: tuple[str, ...], *, upper: bool) -> Callable[[str, str], str]:
+    def parse(variable: str, raw: str) -> str:
+        value = raw.upper() if upper else raw.lower()
+        if value not in choices:
+            raise ConfigError(variable, f"{raw!r} is not one of {', '.join(choices)}")
+        return value
+
+    return parse

@@ -1,0 +1,175 @@
+"""The result events of one attempt of one task: numbered, in order, with text coalesced.
+
+What a client sees for one attempt (``attempt`` = the task delivery's delivery count):
+
+1. ``started`` (seq 0), with the provider and model;
+2. zero or more ``delta`` events, each carrying the text that arrived during one flush interval
+   (``DELTA_FLUSH_MS``, ~100 ms): the first chunk arms a timer, and when it fires everything
+   buffered goes out as one event. A thousand concurrent streams thus cost about ten delta
+   events per second each, whatever their chunk rate;
+3. exactly one terminal event: ``succeeded`` carrying the *whole* answer in ``text`` (plus
+   usage and finish reason), or ``failed`` carrying ``error``.
+
+Text still buffered when the answer ends is not sent as a last delta: the ``succeeded`` event
+carries the whole answer, so the concatenated deltas are a prefix of it (empty for an answer
+faster than one flush interval, which is how an instant ``echo`` task costs three broker writes:
+``started``, ``succeeded``, and the ack). Streaming clients append deltas as they come and show
+``succeeded.text`` at the end.
+
+Events of one attempt are published strictly one after another (the next ``publish`` starts
+when the previous returned), so ``seq`` order is stream order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from orchestrator_broker import Broker, Message
+
+from .messages import ErrorInfo, EventKind, ResultEvent, Usage, converter
+
+
+class AttemptEvents:
+    """Publishes the events of one attempt; ``add()`` text, then one terminal call.
+
+    A delta publish runs in its own short task (so a slow broker does not stall the model
+    stream); if it fails, the error is raised from the next ``add()`` or terminal call.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        stream: str,
+        *,
+        task_id: str,
+        tenant: str,
+        attempt: int,
+        flush_interval: float,
+        provider: str | None = None,
+        model: str | None = None,
+    ) -> None:
+        self._broker = broker
+        self._stream = stream
+        self.task_id = task_id
+        self.tenant = tenant
+        self.attempt = attempt
+        self.provider = provider
+        self.model = model
+        self._flush_interval = flush_interval
+        self._seq = 0
+        self._parts: list[str] = []  # the whole answer so far
+        self._pending: list[str] = []  # text not yet sent in a delta
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self.terminal_published = False
+
+    @property
+    def text(self) -> str:
+        """The answer text received so far."""
+        return "".join(self._parts)
+
+    @property
+    def published(self) -> int:
+        """How many events this attempt has published (the next event's ``seq``)."""
+        return self._seq
+
+    async def started(self) -> None:
+        """Publish ``started``: the task is running (on ``provider``/``model`` if known)."""
+        await self._publish(EventKind.STARTED)
+
+    def add(self, chunk: str) -> None:
+        """Buffer a chunk of answer text; it goes out in the next delta."""
+        if self._error is not None:
+            raise self._error
+        if not chunk:
+            return
+        self._parts.append(chunk)
+        self._pending.append(chunk)
+        if self._timer is None and self._flushing is None and not self._closed:
+            self._timer = asyncio.get_running_loop().call_later(
+                self._flush_interval, self._on_timer
+            )
+
+    async def succeeded(self, usage: Usage | None, finish_reason: str | None) -> None:
+        """Publish ``succeeded`` with the whole answer (after any delta still in flight)."""
+        await self._end_deltas()
+        await self._publish(
+            EventKind.SUCCEEDED, text=self.text, usage=usage, finish_reason=finish_reason
+        )
+        self.terminal_published = True
+
+    async def failed(self, error: ErrorInfo) -> None:
+        """Publish ``failed`` with ``error`` (after any delta still in flight)."""
+        await self._end_deltas()
+        await self._publish(EventKind.FAILED, error=error)
+        self.terminal_published = True
+
+    def close(self) -> None:
+        """Stop publishing deltas (on any exit path); idempotent."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flushing is not None:
+            self._flushing.cancel()
+            self._flushing = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if not self._closed and self._pending:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        text = "".join(self._pending)
+        self._pending.clear()
+        try:
+            await self._publish(EventKind.DELTA, text=text)
+        except Exception as exc:
+            self._error = exc
+        finally:
+            self._flushing = None
+        # Text that came in while this delta was being written waits one more interval.
+        if self._pending and not self._closed and self._error is None:
+            self._timer = asyncio.get_running_loop().call_later(
+                self._flush_interval, self._on_timer
+            )
+
+    async def _end_deltas(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flushing is not None:
+            await self._flushing
+        if self._error is not None:
+            raise self._error
+
+    async def _publish(
+        self,
+        kind: EventKind,
+        *,
+        text: str = "",
+        usage: Usage | None = None,
+        error: ErrorInfo | None = None,
+        finish_reason: str | None = None,
+    ) -> None:
+        event = ResultEvent(
+            task_id=self.task_id,
+            tenant=self.tenant,
+            kind=kind,
+            attempt=self.attempt,
+            seq=self._seq,
+            at=time.time(),
+            text=text,
+            provider=self.provider,
+            model=self.model,
+            usage=usage,
+            error=error,
+            finish_reason=finish_reason,
+        )
+        # The seq is taken before the write: a failed write voids the attempt anyway.
+        self._seq += 1
+        await self._broker.publish(self._stream, Message(payload=converter.unstructure(event)))

@@ -1,0 +1,124 @@
+"""``echo``: an offline, deterministic provider that answers with the prompt itself.
+
+For demos, tests, capacity tests and benchmarks: it needs no network and no key. The answer
+is the prompt text exactly, streamed in word-sized chunks (each word with the whitespace that
+follows it, so the chunks join back to the prompt byte for byte).
+
+Task parameters it understands:
+
+- ``latency_ms`` (number, default 0): wait this long *before the first chunk*, like a model's
+  time to first token; the chunks then follow at once. 2,000 tasks with ``latency_ms=500``
+  at concurrency 1,000 therefore take about 1 s.
+- ``chunk_delay_ms`` (number, default 0): pause between chunks, to watch an answer stream in.
+- ``fail`` (string): fail after the latency with this error type (``rate_limit``,
+  ``timeout``, ``server_error``, ``unavailable``, ``invalid_request``, ``authentication``,
+  ``content_filter``), to exercise error paths end to end.
+
+Usage is approximate: tokens are counted as whitespace-separated words (input: system and
+prompt; output: the answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from ..messages import Usage
+from .errors import (
+    AuthenticationFailed,
+    ContentFiltered,
+    InvalidRequest,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+    ServerError,
+)
+from .protocol import CompletionRequest, Finish, StreamItem
+
+#: A chunk: leading whitespace on its own, then each word with the whitespace after it.
+_CHUNK = re.compile(r"\S+\s*|\s+")
+
+#: Longest simulated latency (one hour), so a typo cannot park a worker slot for days.
+_MAX_DELAY_MS = 3_600_000
+
+_FAILURES: dict[str, type[ProviderError]] = {
+    cls.type: cls
+    for cls in (
+        RateLimited,
+        ProviderTimeout,
+        ServerError,
+        ProviderUnavailable,
+        InvalidRequest,
+        AuthenticationFailed,
+        ContentFiltered,
+    )
+}
+
+
+def count_words(text: str | None) -> int:
+    """The approximate token count used by ``echo``: whitespace-separated words."""
+    return len(text.split()) if text else 0
+
+
+class EchoProvider:
+    """Answers every prompt with itself; see the module docstring for its parameters."""
+
+    name = "echo"
+
+    def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
+        # Validate before the generator starts, so bad parameters fail even unconsumed.
+        latency = _delay(request.parameters, "latency_ms")
+        chunk_delay = _delay(request.parameters, "chunk_delay_ms")
+        failure = _failure(request.parameters)
+        return self._stream(request, latency, chunk_delay, failure)
+
+    async def _stream(
+        self,
+        request: CompletionRequest,
+        latency: float,
+        chunk_delay: float,
+        failure: type[ProviderError] | None,
+    ) -> AsyncIterator[StreamItem]:
+        if latency:
+            await asyncio.sleep(latency)
+        if failure is not None:
+            raise failure(f"echo was asked to fail with {failure.type}", retry_after=1.0)
+        first = True
+        for match in _CHUNK.finditer(request.prompt):
+            if chunk_delay and not first:
+                await asyncio.sleep(chunk_delay)
+            first = False
+            yield match.group()
+        yield Finish(
+            usage=Usage(
+                input_tokens=count_words(request.system) + count_words(request.prompt),
+                output_tokens=count_words(request.prompt),
+            ),
+            finish_reason="stop",
+        )
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+def _delay(parameters: Mapping[str, Any], name: str) -> float:
+    value = parameters.get(name, 0)
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(f"parameters.{name} must be a number of milliseconds")
+    if not 0 <= value <= _MAX_DELAY_MS:
+        raise InvalidRequest(f"parameters.{name} must be between 0 and {_MAX_DELAY_MS}")
+    return float(value) / 1000.0
+
+
+def _failure(parameters: Mapping[str, Any]) -> type[ProviderError] | None:
+    value = parameters.get("fail")
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in _FAILURES:
+        raise InvalidRequest(f"parameters.fail must be one of {', '.join(sorted(_FAILURES))}")
+    return _FAILURES[value]

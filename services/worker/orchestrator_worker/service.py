@@ -1,0 +1,125 @@
+"""The worker as a process: ``serve(settings)`` wires broker, telemetry, logging and signals.
+
+``python -m orchestrator_worker`` runs it with settings from the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Mapping
+
+from orchestrator_broker import Broker
+from orchestrator_broker.redis_settings import RedisSettings
+from orchestrator_broker.redis_streams import RedisStreamsBroker
+from orchestrator_telemetry import (
+    TelemetrySettings,
+    TracingBroker,
+    process_context,
+    setup_logging,
+    setup_telemetry,
+)
+
+from .config import WorkerSettings
+from .providers import ProviderRegistry, default_registry
+from .worker import Worker
+
+log = logging.getLogger("orchestrator_worker")
+
+
+def masked_redis_uri(uri: str) -> str:
+    """``REDIS_URI`` fit for a log line: any password replaced by ``***``."""
+    try:
+        return RedisSettings.from_uri(uri).masked_url
+    except ValueError:
+        return "<unparseable REDIS_URI>"
+
+
+def connect_broker(settings: WorkerSettings) -> Broker:
+    """The Redis Streams adapter for ``REDIS_URI`` (not yet traced)."""
+    return RedisStreamsBroker.from_url(settings.redis_uri)
+
+
+async def serve(
+    settings: WorkerSettings,
+    *,
+    broker: Broker | None = None,
+    providers: ProviderRegistry | None = None,
+    install_signal_handlers: bool = True,
+) -> None:
+    """Run a worker until SIGTERM/SIGINT, then stop gracefully and release everything.
+
+    ``broker`` (an untraced adapter) defaults to one built from ``REDIS_URI``; a broker passed
+    in is wrapped for tracing but not closed. The first signal stops fetching and lets
+    in-flight tasks finish within ``SHUTDOWN_GRACE_SECONDS``; a second one hands them back
+    at once.
+    """
+    setup_logging(settings.log_level, settings.log_format)
+    telemetry_settings = settings.telemetry or TelemetrySettings.from_env(
+        {"APP_ID": settings.app_id, "JAEGER_URI": settings.jaeger_uri or ""}
+    )
+    telemetry = setup_telemetry(telemetry_settings)
+    own_broker = broker is None
+    adapter = broker if broker is not None else connect_broker(settings)
+    traced = TracingBroker(adapter, tracer_provider=telemetry.tracer_provider)
+    own_providers = providers is None
+    registry = providers or default_registry(settings.default_model)
+    worker = Worker(traced, settings, providers=registry, delivery_context=process_context)
+
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    if install_signal_handlers:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, _on_signal, worker, signum)
+            installed.append(signum)
+
+    log.info(
+        "worker %s consuming %s as %s/%s -> results on %s; broker %s; traces %s; "
+        "concurrency %d; default model %s (providers: %s)",
+        settings.app_id,
+        settings.stream,
+        settings.consumer_group,
+        worker.consumer,
+        settings.results_stream,
+        masked_redis_uri(settings.redis_uri) if own_broker else type(adapter).__name__,
+        telemetry_settings.endpoint_for_log,
+        settings.concurrency,
+        settings.default_model,
+        ", ".join(registry.names),
+    )
+    if settings.shutdown_grace >= settings.lease_seconds:
+        log.warning(
+            "SHUTDOWN_GRACE_SECONDS (%g) >= LEASE_SECONDS (%g): tasks still running late in a "
+            "shutdown may be reclaimed by other workers while they finish",
+            settings.shutdown_grace,
+            settings.lease_seconds,
+        )
+    try:
+        await worker.run()
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        if own_providers:
+            await registry.close()
+        if own_broker:
+            await traced.close()
+        await telemetry.aclose()
+        log.info("worker %s stopped", worker.consumer)
+
+
+def _on_signal(worker: Worker, signum: signal.Signals) -> None:
+    force = worker.stopping
+    log.info(
+        "%s received: %s",
+        signum.name,
+        "handing in-flight tasks back now" if force else "stopping gracefully",
+    )
+    worker.stop(force=force)
+
+
+def main(environ: Mapping[str, str] | None = None) -> None:
+    """Entry point: settings from the environment, then ``serve`` until a signal."""
+    settings = WorkerSettings.from_env(os.environ if environ is None else environ)
+    asyncio.run(serve(settings))

@@ -1,0 +1,228 @@
+"""The Worker: up to ``NUMBER_OF_WORKERS`` tasks at once from one consumer group.
+
+Concurrency is a semaphore of slots, and a delivery is asked for only once a slot is free,
+so a busy worker leaves new tasks to the other workers of the group. Each task runs as its own
+asyncio task (``TaskRunner.handle``); the broker renews their leases (``auto_extend``) while
+they run, so only a crashed worker's tasks are reclaimed, ``LEASE_SECONDS`` after it stopped.
+
+Stopping (``stop()``, SIGTERM): no new deliveries are fetched; in-flight tasks get
+``SHUTDOWN_GRACE_SECONDS`` to finish; the rest are cancelled, which hands each back with
+``nack(0)`` for immediate redelivery to another worker. ``run()`` then returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+from orchestrator_broker import Broker, BrokerError, ConsumeOptions, Delivery, default_consumer_name
+
+from .config import WorkerSettings
+from .providers import ProviderRegistry, default_registry
+from .runner import TaskRunner
+
+log = logging.getLogger(__name__)
+
+#: A context entered around each delivery's handling (e.g. making its trace span current).
+DeliveryContext = Callable[[Delivery], AbstractContextManager[Any]]
+
+#: Backoff while the broker cannot be reached at startup or the consumer breaks.
+_RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
+#: How long cancelled tasks may take to hand their deliveries back.
+_HAND_BACK_WAIT = 10.0
+
+
+def default_fetch_batch(concurrency: int) -> int:
+    """Entries read per broker round trip: a tenth of the slots, 1 to 100.
+
+    A batch is fetched when a slot is free, and its entries wait in this process until
+    slots free up; a small batch keeps that prefetch (and thus unfair load) small, a larger
+    one saves round trips when thousands of short tasks a second go through.
+    """
+    return max(1, min(100, concurrency // 10))
+
+
+class Worker:
+    """Consumes the tasks stream and runs up to ``settings.concurrency`` tasks at once.
+
+    ``providers`` defaults to ``default_registry`` (closed by the worker at the end of
+    ``run()``; a registry passed in stays the caller's to close). ``delivery_context`` wraps
+    the handling of each delivery (telemetry passes one that makes the delivery's ``process``
+    span current, so result events join the task's trace).
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        settings: WorkerSettings,
+        *,
+        providers: ProviderRegistry | None = None,
+        delivery_context: DeliveryContext | None = None,
+        fetch_batch: int | None = None,
+    ) -> None:
+        self._broker = broker
+        self._settings = settings
+        self._owns_providers = providers is None
+        self._providers = providers or default_registry(settings.default_model)
+        self._delivery_context = delivery_context
+        self.consumer = settings.consumer_name or default_consumer_name(settings.app_id)
+        self._options = ConsumeOptions(
+            batch_size=fetch_batch or default_fetch_batch(settings.concurrency),
+            lease=settings.lease_seconds,
+            max_deliveries=settings.max_deliveries,
+            auto_extend=True,
+        )
+        self._runner = TaskRunner(
+            broker,
+            self._providers,
+            results_stream=settings.results_stream,
+            task_timeout=settings.task_timeout,
+            flush_interval=settings.delta_flush_interval,
+        )
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._fetcher: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._started = False
+        self._force = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def settings(self) -> WorkerSettings:
+        return self._settings
+
+    @property
+    def in_flight(self) -> int:
+        """Tasks running right now."""
+        return len(self._tasks)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def stop(self, *, force: bool = False) -> None:
+        """Stop fetching and let ``run()`` wind down gracefully; safe from a signal handler.
+
+        ``force`` (a second Ctrl-C) skips the grace period: in-flight tasks are handed back
+        at once. Idempotent.
+        """
+        self._stopping = True
+        if force:
+            self._force.set()
+        if self._fetcher is not None and not self._fetcher.done():
+            self._fetcher.cancel()
+
+    async def run(self) -> None:
+        """Work until ``stop()`` (or the broker is closed), then drain and return.
+
+        If ``run()`` itself is cancelled, in-flight tasks are handed back without grace and
+        the cancellation propagates.
+        """
+        if self._started:
+            raise RuntimeError("a Worker runs once; make a new one")
+        self._started = True
+        self._fetcher = asyncio.create_task(self._fetch(), name=f"{self.consumer} fetch")
+        try:
+            await asyncio.wait([self._fetcher])
+            await self._drain()
+        except asyncio.CancelledError:
+            self.stop(force=True)
+            await self._hand_back({*self._tasks, self._fetcher})
+            raise
+        finally:
+            if self._owns_providers:
+                await self._providers.close()
+
+    async def _fetch(self) -> None:
+        """Take one delivery per free slot until stopped."""
+        settings = self._settings
+        failures = 0
+        while not self._stopping:
+            try:
+                await self._broker.ensure_group(settings.stream, settings.consumer_group)
+                consumer = self._broker.consume(
+                    settings.stream, settings.consumer_group, self.consumer, self._options
+                )
+                try:
+                    while not self._stopping:
+                        await self._slots.acquire()
+                        try:
+                            delivery = await anext(consumer)
+                        except BaseException:
+                            self._slots.release()
+                            raise
+                        failures = 0
+                        self._spawn(delivery)
+                finally:
+                    # Hands back what the consumer fetched but did not yield yet.
+                    await consumer.aclose()
+            except StopAsyncIteration:
+                log.info("the broker closed the tasks consumer; stopping")
+                self._stopping = True
+            except (BrokerError, OSError) as exc:
+                delay = _RETRY_DELAYS[min(failures, len(_RETRY_DELAYS) - 1)]
+                failures += 1
+                log.warning(
+                    "consuming %s failed (%s); retrying in %g s", settings.stream, exc, delay
+                )
+                await asyncio.sleep(delay)
+
+    def _spawn(self, delivery: Delivery) -> None:
+        task = asyncio.create_task(self._handle(delivery))
+        self._tasks.add(task)
+        self._idle.clear()
+        task.add_done_callback(self._finished)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        if self._delivery_context is None:
+            await self._runner.handle(delivery)
+            return
+        with self._delivery_context(delivery):
+            await self._runner.handle(delivery)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not self._tasks:
+            self._idle.set()
+        if not task.cancelled() and task.exception() is not None:
+            # handle() catches everything; this is a bug, but it must not kill the worker.
+            log.error("a task handler failed", exc_info=task.exception())
+
+    async def _drain(self) -> None:
+        """Wait up to the grace period for in-flight tasks, then hand the rest back."""
+        if self._tasks and not self._force.is_set():
+            log.info(
+                "stopping: waiting up to %g s for %d task(s) in flight",
+                self._settings.shutdown_grace,
+                len(self._tasks),
+            )
+            waiters = [
+                asyncio.create_task(self._idle.wait()),
+                asyncio.create_task(self._force.wait()),
+            ]
+            try:
+                await asyncio.wait(
+                    waiters,
+                    timeout=self._settings.shutdown_grace,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+        if self._tasks:
+            log.warning("stopping: handing %d unfinished task(s) back", len(self._tasks))
+            await self._hand_back(set(self._tasks))
+
+    async def _hand_back(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Cancel ``tasks``; each nacks its delivery for immediate redelivery."""
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait(tasks, timeout=_HAND_BACK_WAIT)
