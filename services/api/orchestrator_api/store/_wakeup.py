@@ -1,0 +1,197 @@
+"""Live waiting across API replicas: one pub/sub connection per store wakes local waiters.
+
+The replica that applies a result event is often not the one streaming that task to a
+client. ``APPLY`` publishes on the task's wake channel; each process holds one subscriber
+connection, subscribed to exactly the channels its local waiters watch (so a replica only
+hears about tasks it streams), and sets their events. A waiter then re-reads the log: the
+message carries nothing, so a lost or duplicate wake-up costs a read, never an event.
+
+A watch returns only once Redis confirmed the subscription, so anything appended after the
+waiter's next log read is certain to wake it. Confirmations are matched to the SUBSCRIBE that
+asked for them (Redis answers commands in order), never to an older one. When the
+connection drops, every waiter is woken (to re-read what it may have missed) and the
+subscriber reconnects with backoff and resubscribes; with no waiters left it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import RedisError
+
+from .errors import StoreUnavailable
+
+__all__ = ["Wakeups"]
+
+log = logging.getLogger(__name__)
+
+
+class _Batch:
+    """The waiters one SUBSCRIBE will confirm; closed to newcomers once an UNSUBSCRIBE follows."""
+
+    __slots__ = ("futures", "joinable")
+
+    def __init__(self, futures: list[asyncio.Future[None]] | None = None) -> None:
+        self.futures: list[asyncio.Future[None]] = futures or []
+        self.joinable = True
+
+
+class Wakeups:
+    """Per-channel wake-up events fed by one lazily started subscriber connection."""
+
+    def __init__(
+        self,
+        connect: Callable[[], AbstractConnection],
+        *,
+        confirm_timeout: float = 2.0,
+        ping_interval: float = 10.0,
+    ) -> None:
+        self._connect = connect
+        self._confirm_timeout = confirm_timeout
+        self._ping_interval = ping_interval
+        self._waiters: dict[bytes, set[asyncio.Event]] = {}
+        self._subscribed: set[bytes] = set()
+        # per channel, one batch of futures per SUBSCRIBE sent and not yet confirmed
+        self._unconfirmed: dict[bytes, deque[_Batch]] = {}
+        self._conn: AbstractConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @contextlib.asynccontextmanager
+    async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:
+        """An event set whenever ``channel`` is published to, from confirmation until exit.
+
+        Raises ``StoreUnavailable`` if the subscription cannot be confirmed in time.
+        """
+        if self._closed:
+            raise StoreUnavailable("the task store is closed")
+        key = channel.encode()
+        event = asyncio.Event()
+        waiters = self._waiters.setdefault(key, set())
+        waiters.add(event)
+        try:
+            await self._confirmed(key)
+            yield event
+        finally:
+            waiters.discard(event)
+            if not waiters and self._waiters.get(key) is waiters:
+                del self._waiters[key]
+                self._subscribed.discard(key)
+                for batch in self._unconfirmed.get(key, ()):
+                    batch.joinable = False  # its SUBSCRIBE is undone by this UNSUBSCRIBE
+                await self._send("UNSUBSCRIBE", key)
+
+    async def _confirmed(self, key: bytes) -> None:
+        if key in self._subscribed:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        batches = self._unconfirmed.setdefault(key, deque())
+        if batches and batches[-1].joinable:
+            batches[-1].futures.append(future)  # a SUBSCRIBE is on its way: it covers us
+        else:
+            batches.append(_Batch([future]))
+            await self._send("SUBSCRIBE", key)  # no-op while disconnected: _run subscribes
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        try:
+            async with asyncio.timeout(self._confirm_timeout):
+                await future
+        except TimeoutError:
+            raise StoreUnavailable("Redis did not confirm the wake-up subscription") from None
+
+    async def _send(self, *command: Any) -> None:
+        conn = self._conn
+        if conn is None or not conn.is_connected:
+            return
+        try:
+            await conn.send_command(*command, check_health=False)
+        except (RedisError, OSError):
+            log.debug("wake-up subscriber: send failed; it reconnects", exc_info=True)
+
+    def _wake_all(self) -> None:
+        for waiters in self._waiters.values():
+            for event in waiters:
+                event.set()
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while not self._closed and self._waiters:
+            conn = self._connect()
+            try:
+                await conn.connect()  # type: ignore[no-untyped-call]
+            except (RedisError, OSError) as exc:
+                log.warning("wake-up subscriber cannot connect to Redis: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            backoff = 0.05
+            try:
+                await self._serve(conn)
+            except (RedisError, OSError) as exc:
+                log.warning("wake-up subscriber lost its Redis connection: %s", exc)
+            finally:
+                self._conn = None
+                self._subscribed.clear()
+                with contextlib.suppress(Exception):
+                    await conn.disconnect(nowait=True)
+                self._wake_all()
+
+    async def _serve(self, conn: AbstractConnection) -> None:
+        # A fresh connection: one SUBSCRIBE for every watched channel, owning all waiters.
+        self._unconfirmed = {
+            key: deque([_Batch([f for b in self._unconfirmed.get(key, ()) for f in b.futures])])
+            for key in self._waiters
+        }
+        self._conn = conn
+        if self._waiters:
+            await conn.send_command("SUBSCRIBE", *self._waiters, check_health=False)
+        self._wake_all()  # whatever was appended while we were away
+        unanswered_ping = False
+        while not self._closed:
+            reply = await conn.read_response(timeout=self._ping_interval)
+            if reply is None:
+                if unanswered_ping:
+                    raise ConnectionError("Redis did not answer a PING on the subscriber")
+                unanswered_ping = True
+                await conn.send_command("PING", check_health=False)
+                continue
+            unanswered_ping = False
+            self._handle(reply)
+
+    def _handle(self, reply: Any) -> None:
+        if not isinstance(reply, list) or len(reply) < 2:
+            return
+        kind, key = reply[0], reply[1]
+        if isinstance(key, str):
+            key = key.encode()
+        if kind in (b"message", "message"):
+            for event in self._waiters.get(key, ()):
+                event.set()
+        elif kind in (b"subscribe", "subscribe"):
+            batches = self._unconfirmed.get(key)
+            if not batches:
+                return
+            batch = batches.popleft()
+            for future in batch.futures:
+                if not future.done():
+                    future.set_result(None)
+            if not batches:
+                del self._unconfirmed[key]
+                # the newest SUBSCRIBE answered and no UNSUBSCRIBE followed it
+                if batch.joinable and key in self._waiters:
+                    self._subscribed.add(key)
+
+    async def close(self) -> None:
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._wake_all()

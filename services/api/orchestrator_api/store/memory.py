@@ -1,0 +1,201 @@
+"""``MemoryTaskStore``: records and event logs in process memory (single-process mode, tests).
+
+Expiry follows the Redis store: ``ttl_seconds`` after the task ends, ``safety_ttl_seconds``
+after creation while it has not. Expired entries vanish on access and are swept on writes,
+so nothing accumulates; live waiters sleep on a per-task event, never in a polling loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import time
+from collections.abc import Callable
+
+import attrs
+
+from orchestrator_worker.messages import ResultEvent
+
+from ..model import StoredEvent, TaskRecord, TaskStatus
+from ._steps import QUEUED_DATA, Cursor, Step, step_for
+
+__all__ = ["DEFAULT_SAFETY_TTL", "MemoryTaskStore"]
+
+#: How long a task that never ends is kept (a lost worker result, a task stuck in a backlog).
+DEFAULT_SAFETY_TTL = 24 * 3600.0
+
+
+@attrs.define(eq=False)
+class _Entry:
+    record: TaskRecord
+    idempotency_key: str | None
+    expires_at: float
+    log: list[StoredEvent] = attrs.field(factory=list)
+    cursor: Cursor = attrs.field(factory=Cursor)
+    changed: asyncio.Event = attrs.field(factory=asyncio.Event)
+
+    def append(self, event: str, data: dict[str, object]) -> None:
+        self.log.append(StoredEvent(id=str(len(self.log) + 1), event=event, data=data))
+
+    def notify(self) -> None:
+        # Waiters hold the event they saw before reading the log; replace it so each
+        # notification wakes exactly those who may have missed something.
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+def _after_index(after: str | None) -> int:
+    """How many log entries ``after`` covers (ids are 1, 2, 3...; garbage means none)."""
+    if after is None:
+        return 0
+    try:
+        return max(int(after), 0)
+    except ValueError:
+        return 0
+
+
+class MemoryTaskStore:
+    """The TaskStore in memory; one event loop, no locking needed."""
+
+    def __init__(
+        self,
+        ttl_seconds: float,
+        *,
+        safety_ttl_seconds: float = DEFAULT_SAFETY_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ttl_seconds <= 0:
+            raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds!r}")
+        self.ttl_seconds = ttl_seconds
+        self.safety_ttl_seconds = max(safety_ttl_seconds, ttl_seconds)
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._idempotency: dict[tuple[str, str], str] = {}
+        self._expiries: list[tuple[float, str]] = []  # heap; stale items are skipped
+
+    def __repr__(self) -> str:
+        return f"MemoryTaskStore(ttl_seconds={self.ttl_seconds!r}, tasks={len(self._entries)})"
+
+    # -- expiry -------------------------------------------------------------------------
+
+    def _expire_at(self, task_id: str, entry: _Entry, at: float) -> None:
+        entry.expires_at = at
+        heapq.heappush(self._expiries, (at, task_id))
+
+    def _drop(self, task_id: str, entry: _Entry) -> None:
+        del self._entries[task_id]
+        key = entry.idempotency_key
+        if key is not None and self._idempotency.get((entry.record.tenant, key)) == task_id:
+            del self._idempotency[(entry.record.tenant, key)]
+        entry.notify()
+
+    def _sweep(self) -> None:
+        now = self._clock()
+        while self._expiries and self._expiries[0][0] <= now:
+            _, task_id = heapq.heappop(self._expiries)
+            entry = self._entries.get(task_id)
+            if entry is not None and entry.expires_at <= now:
+                self._drop(task_id, entry)
+
+    def _live(self, task_id: str) -> _Entry | None:
+        entry = self._entries.get(task_id)
+        if entry is not None and entry.expires_at <= self._clock():
+            self._drop(task_id, entry)
+            return None
+        return entry
+
+    def _owned(self, tenant: str, task_id: str) -> _Entry | None:
+        entry = self._live(task_id)
+        return entry if entry is not None and entry.record.tenant == tenant else None
+
+    # -- TaskStore ----------------------------------------------------------------------
+
+    async def create(self, record: TaskRecord, idempotency_key: str | None = None) -> TaskRecord:
+        if record.status is not TaskStatus.QUEUED:
+            raise ValueError(f"a new task must be queued, got {record.status}")
+        self._sweep()
+        if idempotency_key is not None:
+            existing_id = self._idempotency.get((record.tenant, idempotency_key))
+            if existing_id is not None:
+                existing = self._live(existing_id)
+                if existing is not None:
+                    return existing.record
+        entry = _Entry(record, idempotency_key, expires_at=0.0)
+        entry.append("status", dict(QUEUED_DATA))
+        self._entries[record.id] = entry
+        self._expire_at(record.id, entry, self._clock() + self.safety_ttl_seconds)
+        if idempotency_key is not None:
+            self._idempotency[(record.tenant, idempotency_key)] = record.id
+        return record
+
+    async def discard(self, tenant: str, task_id: str) -> None:
+        entry = self._owned(tenant, task_id)
+        if entry is not None:
+            self._drop(task_id, entry)
+
+    async def get(self, tenant: str, task_id: str) -> TaskRecord | None:
+        entry = self._owned(tenant, task_id)
+        return entry.record if entry is not None else None
+
+    async def apply(self, event: ResultEvent) -> bool:
+        self._sweep()
+        entry = self._live(event.task_id)
+        if entry is None or entry.record.tenant != event.tenant or entry.record.status.terminal:
+            return False
+        ready = entry.cursor.admit(event)
+        if ready is None:
+            return False
+        for admitted in ready:
+            self._commit(event.task_id, entry, step_for(admitted))
+        if ready:
+            entry.notify()
+        return True
+
+    def _commit(self, task_id: str, entry: _Entry, step: Step) -> None:
+        record = entry.record
+        started_at = record.started_at if record.started_at is not None else step.at
+        attempts = max(record.attempts, step.attempt)
+        if step.terminal:
+            entry.record = attrs.evolve(
+                record,
+                status=step.status,
+                attempts=attempts,
+                started_at=started_at,
+                finished_at=step.at,
+                result=step.result,
+                error=step.error,
+            )
+            self._expire_at(task_id, entry, self._clock() + self.ttl_seconds)
+        else:
+            entry.record = attrs.evolve(
+                record, status=step.status, attempts=attempts, started_at=started_at
+            )
+        entry.append(step.event, step.data)
+
+    async def events(
+        self, tenant: str, task_id: str, after: str | None = None, timeout: float = 0.0
+    ) -> list[StoredEvent]:
+        start = _after_index(after)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            entry = self._owned(tenant, task_id)
+            if entry is None:
+                return []
+            if len(entry.log) > start:
+                return entry.log[start:]
+            remaining = deadline - loop.time()
+            if remaining <= 0 or entry.record.status.terminal:
+                return []
+            changed = entry.changed
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        for entry in self._entries.values():
+            entry.notify()

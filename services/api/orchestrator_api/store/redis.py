@@ -1,0 +1,344 @@
+"""``RedisTaskStore``: records and event logs in Redis, shared by every API replica.
+
+Keys (``prefix`` defaults to ``orchestrator``), all expiring:
+
+- ``<prefix>:task:<id>`` hash: the record and the application cursor (see ``_scripts``);
+- ``<prefix>:task:<id>:log`` list: the event log (entry *k* has event id ``k + 2``; id ``1``
+  is the implied ``queued`` status event, so ``create`` writes one key, not two);
+- ``<prefix>:task:<id>:buf`` hash: events waiting for a predecessor;
+- ``<prefix>:idem:<tenant>:<key>`` string: the task id an idempotency key created.
+
+TTL: every key of a task expires ``ttl_seconds`` after the task ends (set atomically with
+the terminal event). Until then they carry ``safety_ttl_seconds`` (default 24 h, at least
+``ttl_seconds``) from creation, so a task whose result never comes does not stay forever.
+
+Writes of concurrent callers share one pipeline per event-loop turn (``_batch``); every
+multi-key change is one Lua script, so it is atomic and costs one command. Live waiting uses
+one pub/sub connection per store (``_wakeup``). Single Redis (not Cluster): the idempotency
+key lives in another slot than the task's keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import orjson
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import SSLConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from orchestrator_broker.redis_settings import RedisSettings
+from orchestrator_worker.messages import ErrorInfo, ResultEvent, Usage
+
+from ..model import StoredEvent, TaskRecord, TaskResult, TaskStatus
+from ._batch import Command, CommandBatcher
+from ._scripts import APPLY, CREATE, DISCARD, Script
+from ._steps import QUEUED_DATA, step_for
+from ._wakeup import Wakeups
+from .errors import StoreError, StoreUnavailable
+from .memory import DEFAULT_SAFETY_TTL
+
+__all__ = ["RedisTaskStore"]
+
+log = logging.getLogger(__name__)
+
+_RECORD_FIELDS = ("tn", "m", "st", "sa", "fa", "n", "r", "e")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _after_index(after: str | None) -> int:
+    if after is None:
+        return 0
+    try:
+        return max(int(after), 0)
+    except ValueError:
+        return 0  # not one of ours: replay from the start rather than lose events
+
+
+def _decode_record(fields: Sequence[Any]) -> TaskRecord:
+    tenant, fixed, status, started, finished, attempts, result, error = fields
+    meta = orjson.loads(fixed)
+    task_result = None
+    if result is not None:
+        data = orjson.loads(result)
+        usage = data.get("usage")
+        task_result = TaskResult(
+            text=data["text"],
+            provider=data.get("provider"),
+            model=data.get("model"),
+            usage=Usage(**usage) if usage is not None else None,
+            finish_reason=data.get("finish_reason"),
+        )
+    task_error = None
+    if error is not None:
+        data = orjson.loads(error)
+        task_error = ErrorInfo(type=data["type"], message=data["message"])
+    return TaskRecord(
+        id=meta["id"],
+        tenant=_text(tenant),
+        status=TaskStatus(_text(status)),
+        created_at=meta["created_at"],
+        model=meta.get("model"),
+        started_at=float(started) if started is not None else None,
+        finished_at=float(finished) if finished is not None else None,
+        attempts=int(attempts) if attempts is not None else 0,
+        result=task_result,
+        error=task_error,
+        metadata=meta.get("metadata") or {},
+        trace_id=meta.get("trace_id"),
+    )
+
+
+@contextlib.contextmanager
+def _translated(action: str) -> Any:
+    """Turn redis-py errors into the store's own, ``from`` the cause."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"Redis unreachable during {action}: {exc}") from exc
+    except RedisError as exc:
+        raise StoreError(f"Redis error during {action}: {exc}") from exc
+
+
+def _client_for(settings: RedisSettings) -> Redis:
+    extra: dict[str, Any] = {"connection_class": SSLConnection} if settings.tls else {}
+    pool = BlockingConnectionPool(
+        host=settings.host,
+        port=settings.port,
+        db=settings.db,
+        username=settings.username,
+        password=settings.password,
+        socket_connect_timeout=settings.connect_timeout,
+        socket_timeout=settings.socket_timeout,
+        max_connections=settings.max_connections,
+        timeout=settings.pool_timeout,
+        # One quick retry on a fresh connection (a pooled one may predate a Redis restart);
+        # no backoff, so a down Redis fails the request in about the connect timeout.
+        retry=Retry(NoBackoff(), 1),
+        **extra,
+    )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() disconnects it
+
+
+class RedisTaskStore:
+    """The TaskStore on Redis; safe to share between any number of API replicas."""
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        ttl_seconds: float,
+        safety_ttl_seconds: float = DEFAULT_SAFETY_TTL,
+        prefix: str = "orchestrator",
+        owns_client: bool = False,
+        location: str = "redis",
+    ) -> None:
+        if ttl_seconds <= 0:
+            raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds!r}")
+        self.ttl_seconds = ttl_seconds
+        self.safety_ttl_seconds = max(safety_ttl_seconds, ttl_seconds)
+        self._ttl_ms = str(max(int(ttl_seconds * 1000), 1))
+        self._safety_ms = str(max(int(self.safety_ttl_seconds * 1000), 1))
+        self._client = client
+        self._owns_client = owns_client
+        self._location = location
+        self._task_prefix = f"{prefix}:task:"
+        self._idem_prefix = f"{prefix}:idem:"
+        self._batcher = CommandBatcher(client)
+        pool = client.connection_pool
+        # RESP2 on the subscriber: pub/sub messages are then plain replies of read_response()
+        # (under RESP3 redis-py routes them to a push handler instead).
+        self._wakeups = Wakeups(
+            lambda: pool.connection_class(**{**pool.connection_kwargs, "protocol": 2})
+        )
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        ttl_seconds: float,
+        safety_ttl_seconds: float = DEFAULT_SAFETY_TTL,
+        prefix: str = "orchestrator",
+        **settings: Any,
+    ) -> RedisTaskStore:
+        """Connect to ``host:port``, ``redis://`` or ``rediss://`` (``RedisSettings`` rules;
+        ``settings`` override its pool and timeout fields). Connects lazily."""
+        return cls.from_settings(
+            RedisSettings.from_uri(url, **settings),
+            ttl_seconds=ttl_seconds,
+            safety_ttl_seconds=safety_ttl_seconds,
+            prefix=prefix,
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: RedisSettings,
+        *,
+        ttl_seconds: float,
+        safety_ttl_seconds: float = DEFAULT_SAFETY_TTL,
+        prefix: str = "orchestrator",
+    ) -> RedisTaskStore:
+        return cls(
+            _client_for(settings),
+            ttl_seconds=ttl_seconds,
+            safety_ttl_seconds=safety_ttl_seconds,
+            prefix=prefix,
+            owns_client=True,
+            location=settings.masked_url,
+        )
+
+    def __repr__(self) -> str:
+        return f"RedisTaskStore({self._location!r}, ttl_seconds={self.ttl_seconds!r})"
+
+    # -- keys -----------------------------------------------------------------------------
+
+    def _keys(self, task_id: str) -> tuple[str, str, str]:
+        record = self._task_prefix + task_id
+        return record, record + ":log", record + ":buf"
+
+    def _channel(self, task_id: str) -> str:
+        return self._task_prefix + task_id + ":wake"
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _run(self, *commands: Command) -> list[Any]:
+        return await self._batcher.submit(*commands)
+
+    async def _script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return (await self._run(command))[0]
+        except NoScriptError:
+            # First use on this server (or it restarted / was flushed): load, then retry.
+            await self._client.script_load(script.source)
+            return (await self._run(command))[0]
+
+    # -- TaskStore ------------------------------------------------------------------------
+
+    async def create(self, record: TaskRecord, idempotency_key: str | None = None) -> TaskRecord:
+        if record.status is not TaskStatus.QUEUED:
+            raise ValueError(f"a new task must be queued, got {record.status}")
+        fixed = orjson.dumps(
+            {
+                "id": record.id,
+                "created_at": record.created_at,
+                "model": record.model,
+                "metadata": record.metadata,
+                "trace_id": record.trace_id,
+            }
+        )
+        record_key = self._task_prefix + record.id
+        keys: tuple[str, ...] = (record_key,)
+        if idempotency_key is not None:
+            keys = (record_key, f"{self._idem_prefix}{record.tenant}:{idempotency_key}")
+        args = (record.tenant, fixed, self._safety_ms, record.id, self._task_prefix)
+        with _translated("create"):
+            reply = await self._script(CREATE, keys, args)
+        if isinstance(reply, list):
+            return _decode_record(reply)
+        return record
+
+    async def discard(self, tenant: str, task_id: str) -> None:
+        with _translated("discard"):
+            await self._script(
+                DISCARD, self._keys(task_id), (tenant, task_id, self._channel(task_id))
+            )
+
+    async def get(self, tenant: str, task_id: str) -> TaskRecord | None:
+        with _translated("get"):
+            (fields,) = await self._run(("HMGET", self._task_prefix + task_id, *_RECORD_FIELDS))
+        if fields[0] is None or _text(fields[0]) != tenant:
+            return None
+        return _decode_record(fields)
+
+    async def apply(self, event: ResultEvent) -> bool:
+        """See ``TaskStore.apply``; one atomic ``APPLY`` script call (``_steps.Cursor`` rules)."""
+        step = step_for(event)
+        payload = b""
+        if step.result is not None:
+            payload = orjson.dumps({k: v for k, v in step.data.items() if k != "attempt"})
+        elif step.error is not None:
+            payload = orjson.dumps({"type": step.error.type, "message": step.error.message})
+        args = (
+            event.tenant,
+            event.task_id,
+            event.attempt,
+            event.seq,
+            self._ttl_ms,
+            self._safety_ms,
+            self._channel(event.task_id),
+            "1" if step.terminal else "0",
+            step.status.value,
+            repr(step.at),
+            orjson.dumps([step.event, step.data]),
+            payload,
+        )
+        with _translated("apply"):
+            outcome = await self._script(APPLY, self._keys(event.task_id), args)
+        return bool(outcome)
+
+    async def _read(self, tenant: str, task_id: str, start: int) -> tuple[list[StoredEvent], bool]:
+        """Log entries with id > ``start``, and whether more may come (known and not ended)."""
+        record, log_key, _ = self._keys(task_id)
+        with _translated("events"):
+            head, entries = await self._run(
+                ("HMGET", record, "tn", "st"), ("LRANGE", log_key, max(start - 1, 0), -1)
+            )
+        if head[0] is None or _text(head[0]) != tenant:
+            return [], False
+        events: list[StoredEvent] = []
+        if start < 1:
+            events.append(StoredEvent(id="1", event="status", data=dict(QUEUED_DATA)))
+        first_id = max(start, 1) + 1
+        for offset, raw in enumerate(entries):
+            name, data = orjson.loads(raw)
+            events.append(StoredEvent(id=str(first_id + offset), event=name, data=data))
+        return events, not TaskStatus(_text(head[1])).terminal
+
+    async def events(
+        self, tenant: str, task_id: str, after: str | None = None, timeout: float = 0.0
+    ) -> list[StoredEvent]:
+        start = _after_index(after)
+        events, open_ = await self._read(tenant, task_id, start)
+        if events or not open_ or timeout <= 0:
+            return events
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with self._watch(task_id) as woken:
+            while True:
+                woken.clear()
+                events, open_ = await self._read(tenant, task_id, start)
+                remaining = deadline - loop.time()
+                if events or not open_ or remaining <= 0:
+                    return events
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await woken.wait()
+
+    @contextlib.asynccontextmanager
+    async def _watch(self, task_id: str) -> AsyncIterator[asyncio.Event]:
+        async with self._wakeups.watch(self._channel(task_id)) as woken:
+            yield woken
+
+    async def ping(self) -> None:
+        with _translated("ping"):
+            await self._client.ping()
+
+    async def close(self) -> None:
+        await self._wakeups.close()
+        await self._batcher.drain()
+        if self._owns_client:
+            await self._client.aclose()
