@@ -1,0 +1,275 @@
+"""The consume loop of the Redis adapter: one per ``consume()`` call.
+
+Each turn: recreate the group if it was lost, promote due delayed entries, drain this
+consumer's own PEL (at start and after an outage), reclaim expired leases every
+``reclaim_interval``, trim every ``trim_interval``, and otherwise ``XREADGROUP BLOCK`` for
+new entries (waking early when a delayed entry falls due or the broker closes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING
+
+from ._redis_errors import is_nogroup, is_unavailable, mapped_errors
+from .errors import BrokerError, BrokerUnavailable
+from .protocol import ConsumeOptions, Delivery
+
+if TYPE_CHECKING:
+    from .redis_streams import RedisDelivery, RedisStreamsBroker
+
+logger = logging.getLogger("orchestrator_broker.redis")
+
+#: Reconnect backoff: doubles from the first value, capped, with jitter.
+BACKOFF_FIRST = 0.1
+BACKOFF_CAP = 3.0
+
+
+class ConsumerLoop:
+    """State of one consumer: its buffer, its unsettled deliveries, its outage."""
+
+    def __init__(
+        self,
+        broker: RedisStreamsBroker,
+        stream: str,
+        group: str,
+        consumer: str,
+        options: ConsumeOptions,
+    ) -> None:
+        self.broker = broker
+        self.stream, self.group, self.consumer = stream, group, consumer
+        self.options = options
+        self.buffer: deque[RedisDelivery] = deque()  # fetched, not yet yielded
+        self.unsettled: dict[str, RedisDelivery] = {}  # fetched or yielded, not settled
+        self.pel_cursor: str | None = "0"  # None once the own PEL is drained
+        self.group_ready = False
+        self.next_reclaim = 0.0
+        self.next_trim = time.monotonic() + (broker.trim_interval or 0)
+        self.failures = 0
+        self.outage_since: float | None = None
+        self.extender: asyncio.Task[None] | None = None
+
+    async def run(self) -> AsyncGenerator[Delivery, None]:
+        broker = self.broker
+        if broker.closed:
+            return
+        broker._consumers.add(self)
+        if self.options.auto_extend:
+            self.extender = asyncio.create_task(self._extend_forever())
+        try:
+            while not broker.closed:
+                if not self.buffer:
+                    await self._fill()
+                    continue
+                delivery = self.buffer.popleft()
+                if delivery.lease_lost:
+                    continue
+                yield delivery
+        finally:
+            broker._consumers.discard(self)
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop renewing leases and hand back what was fetched but never yielded."""
+        if self.extender is not None:
+            self.extender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.extender
+            self.extender = None
+        handed, self.buffer = list(self.buffer), deque()
+        for delivery in handed:
+            self.unsettled.pop(delivery.entry_id, None)
+        if handed and not self.broker.closed_for_io:
+            await self._hand_back(handed)
+
+    async def _hand_back(self, deliveries: list[RedisDelivery]) -> None:
+        # Back on the stream for immediate redelivery, with the count they had so far
+        # (they were never yielded, so this fetch does not count).
+        calls = [self.broker._nack(d, 0, d.delivery_count - 1) for d in deliveries]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        failed = sum(isinstance(r, BaseException) for r in results)
+        if failed:
+            logger.warning(
+                "could not hand back %d unyielded entries of %s; they return when their "
+                "lease runs out", failed, self.stream,
+            )
+
+    # -- one turn ---------------------------------------------------------------------
+
+    async def _fill(self) -> None:
+        try:
+            await self._turn()
+        except BrokerError as exc:
+            cause = exc.__cause__ or exc
+            if is_nogroup(cause):
+                self._lost_group()
+            elif isinstance(exc, BrokerUnavailable) or is_unavailable(cause):
+                await self._outage(exc)
+            else:
+                raise
+        else:
+            self._recovered()
+
+    async def _turn(self) -> None:
+        broker, options = self.broker, self.options
+        if not self.group_ready:
+            await broker.ensure_group(self.stream, self.group)
+            self.group_ready = True
+        due_in = await broker._promote(self.stream, options.batch_size)
+        if self.pel_cursor is not None:
+            await self._read_own_pel()
+            if self.buffer:
+                return
+        now = time.monotonic()
+        if now >= self.next_reclaim:
+            self.next_reclaim = now + options.effective_reclaim_interval
+            self._take(
+                await broker._claim(
+                    self.stream, self.group, self.consumer, options.lease, options.batch_size,
+                    options.max_deliveries, skip=self.unsettled.__contains__,
+                )
+            )
+            if self.buffer:
+                return
+        if broker.trim_interval is not None and now >= self.next_trim:
+            self.next_trim = now + broker.trim_interval
+            await broker.trim(self.stream)
+        block = min(options.block, max(0.001, self.next_reclaim - now))
+        if due_in is not None:
+            block = min(block, max(0.001, due_in))
+        await self._read_new(block)
+
+    async def _read_own_pel(self) -> None:
+        assert self.pel_cursor is not None
+        with mapped_errors():
+            reply = await self.broker._client.xreadgroup(
+                self.group, self.consumer, {self.stream: self.pel_cursor},
+                count=self.options.batch_size,
+            )
+        entries = _entries(reply)
+        if not entries:
+            self.pel_cursor = None
+            return
+        self.pel_cursor = entries[-1][0].decode()
+        fresh = [(i, f) for i, f in entries if i.decode() not in self.unsettled]
+        self._take(
+            await self.broker._build_deliveries(
+                self.stream, self.group, self.consumer, fresh, self.options.max_deliveries
+            )
+        )
+
+    async def _read_new(self, block: float) -> None:
+        read = asyncio.ensure_future(
+            self.broker._reader.xreadgroup(
+                self.group, self.consumer, {self.stream: ">"},
+                count=self.options.batch_size, block=max(1, int(block * 1000)),
+            )
+        )
+        closed = self.broker._closed_signal()
+        try:
+            await asyncio.wait({read, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not read.done():
+                # Closing (or cancelled): whatever this read would have fetched stays
+                # pending and is reclaimed when its lease runs out.
+                read.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await read
+        if read.cancelled():
+            return
+        with mapped_errors():
+            reply = read.result()
+        self._take(
+            await self.broker._build_deliveries(
+                self.stream, self.group, self.consumer, _entries(reply),
+                self.options.max_deliveries, fresh=True,
+            )
+        )
+
+    def _take(self, deliveries: list[RedisDelivery]) -> None:
+        for delivery in deliveries:
+            delivery._tracker = self.unsettled
+            self.unsettled[delivery.entry_id] = delivery
+            self.buffer.append(delivery)
+
+    # -- outages ----------------------------------------------------------------------
+
+    def _lost_group(self) -> None:
+        logger.warning(
+            "consumer group %s of stream %s is gone (deleted, or Redis lost its data); "
+            "recreating it", self.group, self.stream,
+        )
+        self.group_ready = False
+        self.failures += 1  # a group lost again at once backs off like an outage
+
+    async def _outage(self, exc: BaseException) -> None:
+        if self.outage_since is None:
+            self.outage_since = time.monotonic()
+            logger.warning(
+                "Redis unavailable for consumer %s on %s (%s); retrying with backoff",
+                self.consumer, self.stream, exc,
+            )
+        self.failures += 1
+        await self._sleep(self._backoff())
+
+    def _recovered(self) -> None:
+        if self.outage_since is not None:
+            logger.warning(
+                "Redis is back for consumer %s on %s after %.1fs",
+                self.consumer, self.stream, time.monotonic() - self.outage_since,
+            )
+            self.outage_since = None
+            # Reads in flight when Redis went down may have left entries in our PEL.
+            self.pel_cursor = "0"
+        self.failures = 0
+
+    def _backoff(self) -> float:
+        ceiling = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** min(self.failures, 16))
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def _sleep(self, seconds: float) -> None:
+        closed = self.broker._closed_signal()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(closed), seconds)
+
+    # -- leases -----------------------------------------------------------------------
+
+    async def _extend_forever(self) -> None:
+        """Renew every unsettled delivery of this consumer in one batched call per period."""
+        interval = self.options.lease / 3
+        while True:
+            await asyncio.sleep(interval)
+            ids = list(self.unsettled)
+            if not ids:
+                continue
+            try:
+                lost = await self.broker._extend(self.stream, self.group, self.consumer, ids)
+            except BrokerError as exc:
+                logger.debug("lease renewal failed for %s: %s", self.consumer, exc)
+                continue
+            for entry_id in lost:
+                delivery = self.unsettled.pop(entry_id, None)
+                if delivery is not None and not delivery.settled:
+                    delivery.lease_lost = True
+                    logger.warning(
+                        "lease lost on entry %s of %s (consumer %s)",
+                        entry_id, self.stream, self.consumer,
+                    )
+
+
+def _entries(reply: object) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """The (id, fields) pairs of an XREADGROUP reply on one stream (RESP2 or RESP3)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        streams = list(reply.values())
+        batches = [b[0] if b and isinstance(b[0], list) else b for b in streams]
+    else:
+        batches = [item[1] for item in reply]  # type: ignore[attr-defined]
+    return [(i, f or {}) for batch in batches for i, f in batch if i is not None]

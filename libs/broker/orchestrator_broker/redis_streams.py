@@ -1,0 +1,564 @@
+"""The Redis Streams adapter: one stream per queue, consumer groups, at-least-once delivery.
+
+Layout in Redis, for a stream ``S``:
+
+- ``S``: the stream. One entry per message (fields from ``message.encode_fields``); a group
+  per kind of reader (the worker pool reads ``S`` as one group).
+- ``S:delayed``: a ZSET of nacked entries waiting for their delay, scored by due time (ms).
+  Consumers move due ones back onto ``S`` (new id, ``prior_deliveries`` set) on every
+  loop turn, atomically (Lua), so none is lost or doubled.
+- ``S:dead``: dead letters, each with the original fields plus ``dead_reason``,
+  ``dead_entry_id``, ``dead_group``, ``dead_delivery_count`` and ``dead_consumer``.
+
+Guarantees and the traps they avoid:
+
+- Settling is atomic. ``ack`` is ``XACK``; ``nack(delay)`` and ``dead_letter(reason)`` are
+  Lua scripts that check the entry is still pending for this consumer, copy it (to the
+  stream, the delay ZSET or ``S:dead``) and ``XACK`` it in one step. They ``XDEL`` the
+  original only when the stream has a single group, since another group may still need it.
+  A nacked entry comes back as a new entry that every group of the stream sees: give
+  nack-using work queues a stream of their own.
+- Delivery count = the PEL's delivery counter + ``prior_deliveries``. Reading the own PEL
+  and ``XAUTOCLAIM`` raise the counter; past ``max_deliveries`` the consumer dead-letters the
+  entry instead of yielding it.
+- Nothing is ever silently dropped: entries that cannot be decoded, entries deleted while
+  pending (``XAUTOCLAIM``'s third reply element, nil fields on an own-PEL read) are logged
+  and recorded in ``S:dead`` with a reason.
+- Retention: ``XADD`` never uses ``MAXLEN`` (it would trim pending and undelivered
+  entries). Instead consumers run ``trim()`` every ``trim_interval`` seconds: one Lua
+  script that ``XTRIM MINID``s to the oldest id any group still needs (per group, the
+  smallest of its first pending id and the successor of its last-delivered id), optionally
+  keeping acked entries younger than ``retain_acked`` seconds. A stream without groups is
+  never trimmed.
+- Blocking reads run on their own connection pool whose socket timeout is
+  ``read_timeout``; ``ConsumeOptions.block`` must stay below it (checked), or redis-py
+  would time out on every idle stream.
+- Writes are coalesced: every ``XADD`` of ``publish`` and every ``XACK`` issued within one
+  event-loop turn goes out in one pipeline. The pool is a ``BlockingConnectionPool``
+  (callers wait for a connection rather than fail at 100 connections).
+- Outages: every redis-py connection, timeout or loading error surfaces as
+  ``BrokerUnavailable``. ``publish`` fails fast (1 s connect timeout, one immediate
+  retry). Consumers reconnect by themselves with capped exponential backoff and jitter,
+  recreate a lost group (``NOGROUP``: deleted, or Redis restarted empty), and log once per
+  outage. A consumer's first reads, and its first reads after an outage, drain its own PEL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Callable, Iterable
+from typing import Any
+
+import attrs
+from redis import exceptions as rexc
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import Connection, SSLConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+
+from ._redis_coalesce import WriteCoalescer
+from ._redis_errors import is_nogroup, mapped_errors
+from ._redis_scripts import (
+    DEAD_CONSUMER,
+    DEAD_DELIVERY_COUNT,
+    DEAD_ENTRY_ID,
+    DEAD_FIELDS,
+    DEAD_GROUP,
+    DEAD_REASON,
+    DELETED_REASON,
+    Scripts,
+)
+from .errors import (
+    AlreadySettled,
+    BrokerError,
+    BrokerUnavailable,
+    ConfigError,
+    DecodeError,
+    LeaseLost,
+)
+from .message import Message, decode_fields, encode_fields
+from .protocol import ConsumeOptions, DeadLetter, Delivery, dead_letter_stream
+from .redis_settings import RedisSettings
+
+logger = logging.getLogger("orchestrator_broker.redis")
+
+#: How far below the read socket timeout ``ConsumeOptions.block`` must stay.
+BLOCK_MARGIN = 0.5
+#: Most ids renewed by one extend script call (Lua's unpack has a stack limit).
+_EXTEND_CHUNK = 1000
+
+
+def delayed_key(stream: str) -> str:
+    """The ZSET holding ``stream``'s nacked entries until they are due."""
+    return f"{stream}:delayed"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@attrs.define(eq=False)
+class RedisDelivery:
+    """One stream entry handed to one consumer; settle it exactly once."""
+
+    message: Message
+    stream: str
+    group: str
+    entry_id: str
+    delivery_count: int
+    consumer: str
+    _broker: RedisStreamsBroker = attrs.field(repr=False)
+    _tracker: dict[str, RedisDelivery] | None = attrs.field(default=None, repr=False)
+    _settled: bool = False
+    lease_lost: bool = False
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    async def ack(self) -> None:
+        await self._settle(self._broker._ack(self.stream, self.group, self.entry_id))
+
+    async def nack(self, delay: float = 0.0) -> None:
+        if delay < 0:
+            raise ValueError(f"delay must be >= 0, got {delay!r}")
+        await self._settle(self._broker._nack(self, delay, self.delivery_count))
+
+    async def dead_letter(self, reason: str) -> None:
+        await self._settle(self._broker._dead_letter(self, reason))
+
+    async def extend_lease(self) -> None:
+        if self._settled:
+            raise AlreadySettled(f"delivery {self.entry_id} is settled")
+        lost = await self._broker._extend(self.stream, self.group, self.consumer, [self.entry_id])
+        if lost:
+            self.lease_lost = True
+            self._untrack()
+            raise LeaseLost(f"entry {self.entry_id} is no longer pending for {self.consumer}")
+
+    async def _settle(self, operation: Any) -> None:
+        if self._settled:
+            operation.close()  # the un-awaited coroutine
+            raise AlreadySettled(f"delivery {self.entry_id} is settled")
+        self._settled = True
+        try:
+            await operation
+        except LeaseLost:
+            raise  # no longer ours: stays settled from this consumer's point of view
+        except BaseException:
+            # Not settled; no longer auto-extended either, so if the caller gives up the
+            # lease runs out and the entry is redelivered.
+            self._settled = False
+            raise
+        finally:
+            self._untrack()
+
+    def _untrack(self) -> None:
+        if self._tracker is not None:
+            self._tracker.pop(self.entry_id, None)
+
+
+class RedisStreamsBroker:
+    """The ``Broker`` protocol on Redis Streams (Redis >= 7.0); see the module docstring.
+
+    Construct with ``from_url`` (no I/O: connections open on first use) and ``await
+    close()`` at the end.
+    """
+
+    def __init__(
+        self,
+        settings: RedisSettings,
+        *,
+        retain_acked: float = 0.0,
+        trim_interval: float | None = 60.0,
+        max_batch: int = 1000,
+    ) -> None:
+        self.settings = settings
+        self.retain_acked = retain_acked
+        self.trim_interval = trim_interval
+        self._pool = _make_pool(settings, settings.socket_timeout)
+        self._read_pool = _make_pool(settings, settings.read_timeout)
+        self._client = Redis(connection_pool=self._pool)
+        self._reader = Redis(connection_pool=self._read_pool)
+        self._scripts = Scripts.register(self._client)
+        self._writes = WriteCoalescer(self._client, max_batch=max_batch)
+        self._closed = False  # no new work: consumers end, publish refuses
+        self._io_closed = False  # connections released: settling fails too
+        self._closed_future: asyncio.Future[None] | None = None
+        self._consumers: set[Any] = set()  # _redis_consumer.ConsumerLoop
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisStreamsBroker:
+        """A broker for ``url`` (see ``RedisSettings.from_uri``).
+
+        ``kwargs`` are ``RedisSettings`` fields (``max_connections``, ``read_timeout``, ...)
+        and this class's keyword arguments (``retain_acked``, ``trim_interval``).
+        """
+        fields = {f.name for f in attrs.fields(RedisSettings)}
+        settings_kwargs = {k: v for k, v in kwargs.items() if k in fields}
+        broker_kwargs = {k: v for k, v in kwargs.items() if k not in fields}
+        return cls(RedisSettings.from_uri(url, **settings_kwargs), **broker_kwargs)
+
+    def __repr__(self) -> str:
+        return f"<RedisStreamsBroker {self.settings.masked_url}>"
+
+    # -- Broker protocol -------------------------------------------------------------
+
+    async def publish(self, stream: str, message: Message) -> str:
+        self._check_open()
+        args: list[Any] = ["XADD", stream, "*"]
+        for name, value in encode_fields(message).items():
+            args += (name, value)
+        return _text(await self._writes.call(*args))
+
+    async def ensure_group(self, stream: str, group: str) -> None:
+        self._check_open()
+        try:
+            with mapped_errors():
+                await self._client.xgroup_create(stream, group, id="0", mkstream=True)
+        except BrokerError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def consume(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        options: ConsumeOptions | None = None,
+    ) -> AsyncGenerator[Delivery, None]:
+        from ._redis_consumer import ConsumerLoop  # the loop imports this module
+
+        options = options or ConsumeOptions()
+        limit = self.settings.read_timeout - BLOCK_MARGIN
+        if options.block > limit:
+            raise ConfigError(
+                f"ConsumeOptions.block={options.block}s must be at most read_timeout - "
+                f"{BLOCK_MARGIN}s = {limit}s, or redis-py times out on an idle stream"
+            )
+        return ConsumerLoop(self, stream, group, consumer, options).run()
+
+    async def reclaim(
+        self, stream: str, group: str, consumer: str, *, min_idle: float, count: int = 100
+    ) -> list[Delivery]:
+        found = await self._claim(stream, group, consumer, min_idle, count, None)
+        return list(found)
+
+    async def pending_count(self, stream: str, group: str) -> int:
+        self._check_open()
+        try:
+            with mapped_errors():
+                summary = await self._client.xpending(stream, group)
+        except BrokerError as exc:
+            if is_nogroup(exc.__cause__ or exc):
+                return 0
+            raise
+        return int(summary["pending"])
+
+    async def backlog(self, stream: str, group: str) -> int:
+        self._check_open()
+        with mapped_errors():
+            if not await self._client.exists(stream):
+                delayed: int = await self._client.zcard(delayed_key(stream))
+                return delayed
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.xinfo_groups(stream)
+                pipe.zcard(delayed_key(stream))
+                groups, delayed = await pipe.execute()
+            info = next((g for g in groups if _text(g["name"]) == group), None)
+            if info is None:
+                return int(delayed)
+            lag = info.get("lag")
+            if lag is None:  # Redis 7 cannot tell after deletions: count by hand
+                lag = await self._count_after(stream, _text(info["last-delivered-id"]))
+        return int(lag) + int(delayed)
+
+    async def dead_letters(self, stream: str, count: int = 100) -> list[DeadLetter]:
+        self._check_open()
+        with mapped_errors():
+            entries = await self._client.xrange(dead_letter_stream(stream), count=count)
+        return [_dead_letter_from(_text(entry_id), fields) for entry_id, fields in entries]
+
+    async def ping(self) -> None:
+        self._check_open()
+        with mapped_errors():
+            await self._client.ping()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._closed_future is not None and not self._closed_future.done():
+            self._closed_future.set_result(None)
+        for loop in list(self._consumers):
+            await loop.shutdown()
+        await self._writes.drain()
+        await self._client.aclose()
+        await self._reader.aclose()
+        await self._pool.aclose()
+        await self._read_pool.aclose()
+        self._io_closed = True
+
+    # -- beyond the protocol ----------------------------------------------------------
+
+    async def trim(self, stream: str) -> int:
+        """Drop the entries no group needs any more (see the module docstring)."""
+        self._check_open()
+        retain_ms = int(self.retain_acked * 1000)
+        result = await self._eval(self._scripts.trim, [stream], [retain_ms])
+        return int(result)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def closed_for_io(self) -> bool:
+        return self._io_closed
+
+    # -- used by deliveries and the consumer loop --------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BrokerUnavailable("the broker is closed")
+
+    def _check_io(self) -> None:
+        if self._io_closed:
+            raise BrokerUnavailable("the broker is closed")
+
+    def _closed_signal(self) -> asyncio.Future[None]:
+        if self._closed_future is None:
+            self._closed_future = asyncio.get_running_loop().create_future()
+            if self._closed:
+                self._closed_future.set_result(None)
+        return self._closed_future
+
+    async def _eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """Run ``script`` through the write coalescer (EVALSHA; loads it if Redis lost it)."""
+        self._check_io()
+        sha = script.sha
+        try:
+            return await self._writes.call("EVALSHA", sha, len(keys), *keys, *args)
+        except BrokerError as exc:
+            if not isinstance(exc.__cause__, rexc.NoScriptError):
+                raise
+        with mapped_errors():
+            await self._client.script_load(script.script)
+        return await self._writes.call("EVALSHA", sha, len(keys), *keys, *args)
+
+    async def _ack(self, stream: str, group: str, entry_id: str) -> None:
+        self._check_io()
+        await self._writes.call("XACK", stream, group, entry_id)
+
+    async def _nack(self, delivery: RedisDelivery, delay: float, prior: int) -> None:
+        d = delivery
+        result = _text(
+            await self._eval(
+                self._scripts.nack,
+                [d.stream, delayed_key(d.stream), dead_letter_stream(d.stream)],
+                [d.group, d.entry_id, d.consumer, int(delay * 1000), prior],
+            )
+        )
+        if result == "LOST":
+            raise LeaseLost(f"entry {d.entry_id} is no longer pending for {d.consumer}")
+        if result == "DELETED":
+            logger.warning(
+                "entry %s of %s was deleted while pending; recorded in %s",
+                d.entry_id, d.stream, dead_letter_stream(d.stream),
+            )
+
+    async def _dead_letter(self, delivery: RedisDelivery, reason: str) -> None:
+        await self._dead_letter_entry(
+            delivery.stream, delivery.group, delivery.consumer, delivery.entry_id,
+            reason, delivery.delivery_count,
+        )
+
+    async def _dead_letter_entry(
+        self, stream: str, group: str, consumer: str, entry_id: str, reason: str, count: int
+    ) -> None:
+        result = _text(
+            await self._eval(
+                self._scripts.dead_letter,
+                [stream, dead_letter_stream(stream)],
+                [group, entry_id, consumer, reason, count],
+            )
+        )
+        if result == "LOST":
+            raise LeaseLost(f"entry {entry_id} is no longer pending for {consumer}")
+
+    async def _extend(self, stream: str, group: str, consumer: str, ids: list[str]) -> list[str]:
+        """Renew ``ids`` for ``consumer`` in batched atomic calls; returns the lost ones."""
+        calls = [
+            self._eval(self._scripts.extend, [stream], [group, consumer, *ids[i : i + _EXTEND_CHUNK]])
+            for i in range(0, len(ids), _EXTEND_CHUNK)
+        ]
+        results = await asyncio.gather(*calls)
+        return [_text(entry_id) for lost in results for entry_id in lost]
+
+    async def _promote(self, stream: str, limit: int) -> float | None:
+        """Move due delayed entries back; returns seconds until the next is due, if any."""
+        _, wait_ms = await self._eval(self._scripts.promote, [stream, delayed_key(stream)], [limit])
+        return None if int(wait_ms) < 0 else int(wait_ms) / 1000
+
+    async def _pel_counts(
+        self, stream: str, group: str, consumer: str, ids: Iterable[str]
+    ) -> dict[str, int]:
+        """The PEL delivery counter of each id still pending for ``consumer``."""
+        with mapped_errors():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for entry_id in ids:
+                    pipe.xpending_range(stream, group, entry_id, entry_id, 1, consumer)
+                replies = await pipe.execute()
+        return {
+            _text(row["message_id"]): int(row["times_delivered"]) for rows in replies for row in rows
+        }
+
+    async def _claim(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        min_idle: float,
+        count: int,
+        max_deliveries: int | None,
+        skip: Callable[[str], bool] = lambda _: False,
+    ) -> list[RedisDelivery]:
+        """XAUTOCLAIM up to ``count`` idle entries; surfaces deleted ones in ``S:dead``."""
+        self._check_open()
+        claimed: list[tuple[bytes, dict[bytes, bytes]]] = []
+        start: bytes | str = "0-0"
+        for _ in range(10):  # bounded walk over the PEL
+            with mapped_errors():
+                reply = await self._client.xautoclaim(
+                    stream, group, consumer, int(min_idle * 1000), start, count=count - len(claimed)
+                )
+            start, entries = reply[0], reply[1]
+            deleted = reply[2] if len(reply) > 2 else []
+            claimed += entries
+            if deleted:
+                await self._record_deleted(stream, group, consumer, [_text(i) for i in deleted])
+            if _text(start) == "0-0" or len(claimed) >= count:
+                break
+        fresh = [(i, f) for i, f in claimed if not skip(_text(i))]
+        return await self._build_deliveries(stream, group, consumer, fresh, max_deliveries)
+
+    async def _record_deleted(self, stream: str, group: str, consumer: str, ids: list[str]) -> None:
+        """Entries XAUTOCLAIM found deleted (already gone from the PEL): record each one."""
+        for entry_id in ids:
+            logger.warning(
+                "entry %s of %s (group %s) was deleted before it could be redelivered; "
+                "recorded in %s", entry_id, stream, group, dead_letter_stream(stream),
+            )
+        with mapped_errors():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for entry_id in ids:
+                    pipe.xadd(
+                        dead_letter_stream(stream),
+                        {
+                            DEAD_REASON: DELETED_REASON,
+                            DEAD_ENTRY_ID: entry_id,
+                            DEAD_GROUP: group,
+                            DEAD_DELIVERY_COUNT: "0",  # unknown: the PEL entry is gone
+                            DEAD_CONSUMER: consumer,
+                        },
+                    )
+                await pipe.execute()
+
+    async def _build_deliveries(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        entries: list[tuple[bytes, dict[bytes, bytes]]],
+        max_deliveries: int | None,
+        *,
+        fresh: bool = False,
+    ) -> list[RedisDelivery]:
+        """Deliveries for entries now pending for ``consumer``; dead-letters the bad ones.
+
+        ``fresh`` entries were just read with ``>`` (PEL counter 1); others need the counter
+        from ``XPENDING``.
+        """
+        ids = [_text(i) for i, _ in entries]
+        counts = {i: 1 for i in ids} if fresh else await self._pel_counts(stream, group, consumer, ids)
+        out: list[RedisDelivery] = []
+        for entry_id, (_, fields) in zip(ids, entries, strict=True):
+            if entry_id not in counts:
+                continue  # taken by another consumer meanwhile
+            reason: str | None = None
+            if not fields:
+                reason = DELETED_REASON
+                count = counts[entry_id]
+            else:
+                try:
+                    message, prior = decode_fields(fields)
+                except DecodeError as exc:
+                    reason, count = f"undecodable entry: {exc}", counts[entry_id]
+                else:
+                    count = prior + counts[entry_id]
+                    if max_deliveries is not None and count > max_deliveries:
+                        reason = f"delivered {count} times, max_deliveries is {max_deliveries}"
+            if reason is not None:
+                logger.warning("dead-lettering entry %s of %s: %s", entry_id, stream, reason)
+                try:
+                    await self._dead_letter_entry(stream, group, consumer, entry_id, reason, count)
+                except LeaseLost:
+                    pass
+                continue
+            out.append(RedisDelivery(message, stream, group, entry_id, count, consumer, self))
+        return out
+
+    async def _count_after(self, stream: str, last_id: str, cap: int = 100_000) -> int:
+        """Entries after ``last_id`` (bounded; a lower bound past ``cap``)."""
+        total, start = 0, f"({last_id}"
+        while total < cap:
+            page = await self._client.xrange(stream, min=start, count=1000)
+            total += len(page)
+            if len(page) < 1000:
+                break
+            start = f"({_text(page[-1][0])}"
+        return total
+
+
+def _make_pool(settings: RedisSettings, socket_timeout: float) -> BlockingConnectionPool:
+    return BlockingConnectionPool(
+        connection_class=SSLConnection if settings.tls else Connection,
+        max_connections=settings.max_connections,
+        timeout=settings.pool_timeout,
+        host=settings.host,
+        port=settings.port,
+        db=settings.db,
+        username=settings.username,
+        password=settings.password,
+        socket_connect_timeout=settings.connect_timeout,
+        socket_timeout=socket_timeout,
+        # One immediate retry on a broken connection (e.g. the pool's sockets after a
+        # Redis restart); never a long loop, so callers learn of an outage at once.
+        retry=Retry(NoBackoff(), 1, supported_errors=(rexc.ConnectionError,)),
+    )
+
+
+def _dead_letter_from(entry_id: str, raw: dict[bytes, bytes]) -> DeadLetter:
+    fields = {_text(k): v for k, v in raw.items()}
+    text = {k: v.decode(errors="replace") for k, v in fields.items()}
+    original = {k: v for k, v in fields.items() if k not in DEAD_FIELDS}
+    message: Message | None = None
+    if original:
+        try:
+            message, _ = decode_fields(original)
+        except DecodeError:
+            message = None
+    return DeadLetter(
+        entry_id=entry_id,
+        original_entry_id=text.get(DEAD_ENTRY_ID, ""),
+        reason=text.get(DEAD_REASON, ""),
+        group=text.get(DEAD_GROUP, ""),
+        delivery_count=int(text.get(DEAD_DELIVERY_COUNT, "0") or 0),
+        message=message,
+        raw_fields=text,
+    )
+
+
+__all__ = ["RedisDelivery", "RedisStreamsBroker", "delayed_key"]
