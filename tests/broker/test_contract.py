@@ -198,11 +198,12 @@ async def test_a_reclaimed_delivery_is_lost_to_its_first_consumer(
         (held,) = await take(stalled, 1)
         (rescued,) = await take(rescuer, 1)
         assert rescued.entry_id == held.entry_id
-        attempt = {
+        attempts: dict[str, Callable[[], Awaitable[None]]] = {
             "extend_lease": held.extend_lease,
             "nack": held.nack,
             "dead_letter": lambda: held.dead_letter("too late"),
-        }[action]
+        }
+        attempt = attempts[action]
         with pytest.raises(LeaseLost):
             await attempt()
         # Nothing changed: the entry is still the rescuer's.

@@ -20,7 +20,6 @@ from collections import deque
 from collections.abc import AsyncGenerator, Mapping
 
 import attrs
-import orjson
 
 from .errors import AlreadySettled, BrokerUnavailable, DecodeError, LeaseLost
 from .message import Message, decode_fields, encode_fields
@@ -29,6 +28,16 @@ from .protocol import ConsumeOptions, DeadLetter, Delivery, dead_letter_stream
 __all__ = ["MemoryBroker", "MemoryDelivery"]
 
 _Fields = dict[bytes | str, bytes | str]
+
+#: Fields a dead-letter record adds after the original entry's (as the Redis adapter writes).
+DEAD_REASON = "dead_reason"
+DEAD_ENTRY_ID = "dead_entry_id"
+DEAD_GROUP = "dead_group"
+DEAD_DELIVERY_COUNT = "dead_delivery_count"
+DEAD_CONSUMER = "dead_consumer"
+DEAD_FIELDS = frozenset(
+    {DEAD_REASON, DEAD_ENTRY_ID, DEAD_GROUP, DEAD_DELIVERY_COUNT, DEAD_CONSUMER}
+)
 
 
 def _text(value: bytes | str) -> str:
@@ -365,7 +374,7 @@ class MemoryBroker:
                     fields,
                     f"undecodable entry: {exc}",
                     1,
-                    decodable=False,
+                    cur.consumer,
                 )
                 continue
             delivery = self._deliver(st, cur, entry_id, fields, message, prior + 1)
@@ -399,6 +408,7 @@ class MemoryBroker:
                 fields,
                 _too_many(cur.options.max_deliveries),
                 count - 1,
+                cur.consumer,
             )
             return None
         g = self._group(st, cur.group)
@@ -428,6 +438,7 @@ class MemoryBroker:
                 pending.fields,
                 _too_many(max_deliveries),
                 pending.count,
+                consumer,
             )
             return None
         pending.consumer = consumer
@@ -480,6 +491,7 @@ class MemoryBroker:
             pending.fields,
             reason,
             delivery.delivery_count,
+            delivery.consumer,
         )
 
     def _extend(self, delivery: MemoryDelivery) -> None:
@@ -493,21 +505,20 @@ class MemoryBroker:
         fields: _Fields,
         reason: str,
         delivery_count: int,
-        *,
-        decodable: bool = True,
+        consumer: str,
     ) -> None:
-        raw = {_text(k): _text(v) for k, v in fields.items()}
-        self._append(
-            dead_letter_stream(stream),
+        # The same layout as the Redis adapter: the original fields as they were, then ours.
+        record: _Fields = {k: v for k, v in fields.items() if _text(k) not in DEAD_FIELDS}
+        record.update(
             {
-                "original_entry_id": entry_id,
-                "reason": reason,
-                "group": group,
-                "delivery_count": str(delivery_count),
-                "decodable": "1" if decodable else "0",
-                "raw_fields": orjson.dumps(raw),
-            },
+                DEAD_REASON: reason,
+                DEAD_ENTRY_ID: entry_id,
+                DEAD_GROUP: group,
+                DEAD_DELIVERY_COUNT: str(delivery_count),
+                DEAD_CONSUMER: consumer,
+            }
         )
+        self._append(dead_letter_stream(stream), record)
 
 
 @attrs.define(eq=False)
@@ -529,18 +540,18 @@ def _too_many(max_deliveries: int) -> str:
 
 
 def _read_dead_letter(entry_id: str, fields: _Fields) -> DeadLetter:
-    meta = {_text(k): v for k, v in fields.items()}
-    raw: dict[str, str] = orjson.loads(meta["raw_fields"])
+    meta = {_text(k): _text(v) for k, v in fields.items() if _text(k) in DEAD_FIELDS}
+    original = {k: v for k, v in fields.items() if _text(k) not in DEAD_FIELDS}
     message: Message | None = None
-    if _text(meta["decodable"]) == "1":
+    if original:
         with contextlib.suppress(DecodeError):
-            message, _ = decode_fields({k: v for k, v in raw.items()})
+            message, _ = decode_fields(original)
     return DeadLetter(
         entry_id=entry_id,
-        original_entry_id=_text(meta["original_entry_id"]),
-        reason=_text(meta["reason"]),
-        group=_text(meta["group"]),
-        delivery_count=int(_text(meta["delivery_count"])),
+        original_entry_id=meta.get(DEAD_ENTRY_ID, ""),
+        reason=meta.get(DEAD_REASON, ""),
+        group=meta.get(DEAD_GROUP, ""),
+        delivery_count=int(meta.get(DEAD_DELIVERY_COUNT) or 0),
         message=message,
-        raw_fields=raw,
+        raw_fields={_text(k): _text(v) for k, v in original.items()},
     )
