@@ -1,0 +1,233 @@
+"""The results consumer: applies the workers' result events to the task store.
+
+Each API process runs one ``ResultsConsumer`` in the ``api`` consumer group of the results
+stream, so the replicas share the work and each entry is applied by one of them (at least
+once: ``TaskStore.apply`` makes redeliveries harmless).
+
+Throughput comes from concurrency, order from lanes: deliveries are applied concurrently
+(the Redis store coalesces the applies of one event-loop turn into one pipeline), but those
+of one task go through that task's lane, one after another, in stream order. Across
+replicas, or after a redelivery, the store's own ordering rules take over.
+
+Nothing is lost when the store is down: a delivery is acked only after its event is applied.
+While the store is unreachable its lane retries with backoff, holding the delivery (the
+broker keeps extending its lease) instead of nacking it, which would burn delivery counts
+until the broker dead-letters it; the in-flight limit then stops the intake, so the backlog
+waits on the stream. A payload that is not a ``ResultEvent`` is dead-lettered with the
+reason; an unexpected store error nacks with a delay (the broker dead-letters an entry after
+``max_deliveries``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable
+
+import attrs
+from cattrs.errors import BaseValidationError
+
+from orchestrator_broker import Broker, BrokerError, ConsumeOptions, Delivery, default_consumer_name
+from orchestrator_telemetry import process_context
+from orchestrator_worker.messages import ResultEvent, converter
+
+from .store import StoreUnavailable, TaskStore
+
+__all__ = ["ConsumerStats", "ResultsConsumer", "parse_result_event"]
+
+log = logging.getLogger(__name__)
+
+_Lane = deque[tuple[Delivery, ResultEvent]]
+
+
+class InvalidResultEvent(ValueError):
+    """A results stream payload that is not a ``ResultEvent``."""
+
+
+def parse_result_event(payload: object) -> ResultEvent:
+    """Structure a results stream payload; raises ``InvalidResultEvent`` with the reason."""
+    try:
+        event = converter.structure(payload, ResultEvent)
+    except (BaseValidationError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise InvalidResultEvent(f"not a ResultEvent: {type(exc).__name__}: {exc}") from exc
+    if not event.task_id or not event.tenant:
+        raise InvalidResultEvent("not a ResultEvent: empty task_id or tenant")
+    if event.attempt < 1 or event.seq < 0:
+        raise InvalidResultEvent(
+            f"not a ResultEvent: attempt {event.attempt} / seq {event.seq} out of range"
+        )
+    return event
+
+
+@attrs.define
+class ConsumerStats:
+    """Counters since start (for logs, metrics and tests)."""
+
+    applied: int = 0  # applied or buffered by the store
+    ignored: int = 0  # duplicates, stale attempts, after the terminal, unknown tasks
+    dead_lettered: int = 0
+    store_retries: int = 0
+    nacked: int = 0
+
+
+class ResultsConsumer:
+    """Consumes ``stream`` as ``consumer`` of ``group`` and applies each event to ``store``.
+
+    ``run()`` returns after ``stop()`` (or when the broker closes), once every delivery it
+    took is settled: applied and acked, or handed back with a nack.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        store: TaskStore,
+        *,
+        stream: str = "results",
+        group: str = "api",
+        consumer: str | None = None,
+        options: ConsumeOptions | None = None,
+        max_in_flight: int = 1000,
+        retry_initial: float = 0.05,
+        retry_max: float = 2.0,
+        error_nack_delay: float = 1.0,
+    ) -> None:
+        self.broker = broker
+        self.store = store
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer or default_consumer_name("api")
+        self.options = options or ConsumeOptions()
+        self.stats = ConsumerStats()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._error_nack_delay = error_nack_delay
+        self._lanes: dict[str, _Lane] = {}
+        self._lane_tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._intake: asyncio.Task[None] | None = None
+        self._store_down = False
+
+    def __repr__(self) -> str:
+        return f"ResultsConsumer({self.stream!r}, group={self.group!r}, as={self.consumer!r})"
+
+    async def run(self) -> None:
+        """Consume until ``stop()``; survives broker and store outages."""
+        if not await self._ensure_group():
+            return
+        deliveries = self.broker.consume(self.stream, self.group, self.consumer, self.options)
+        self._intake = asyncio.current_task()
+        try:
+            await self._take(deliveries)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._stopping.is_set() or task is None:
+                raise  # cancelled from outside: not ours to swallow
+            task.uncancel()  # our own stop(): a normal end
+        finally:
+            self._intake = None
+            await deliveries.aclose()
+            if self._lane_tasks:
+                await asyncio.gather(*self._lane_tasks, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Stop taking deliveries; those taken are finished (or nacked if the store is down)."""
+        self._stopping.set()
+        intake = self._intake
+        if intake is not None and intake is not asyncio.current_task():
+            intake.cancel()
+
+    async def _ensure_group(self) -> bool:
+        delay = self._retry_initial
+        while not self._stopping.is_set():
+            try:
+                await self.broker.ensure_group(self.stream, self.group)
+                return True
+            except BrokerError as exc:
+                log.warning("results consumer: cannot reach the broker yet: %s", exc)
+                await self._pause(delay)
+                delay = min(delay * 2, self._retry_max)
+        return False
+
+    async def _take(self, deliveries: AsyncGenerator[Delivery, None]) -> None:
+        async for delivery in deliveries:
+            try:
+                event = parse_result_event(delivery.message.payload)
+            except InvalidResultEvent as exc:
+                self.stats.dead_lettered += 1
+                log.warning("results consumer: dead-lettering %s: %s", delivery.entry_id, exc)
+                await self._settle(delivery.dead_letter, str(exc)[:500])
+                continue
+            await self._slots.acquire()
+            lane = self._lanes.get(event.task_id)
+            if lane is not None:
+                lane.append((delivery, event))
+                continue
+            lane = deque([(delivery, event)])
+            self._lanes[event.task_id] = lane
+            task = asyncio.get_running_loop().create_task(self._drain(event.task_id, lane))
+            self._lane_tasks.add(task)
+            task.add_done_callback(self._lane_tasks.discard)
+
+    async def _drain(self, task_id: str, lane: _Lane) -> None:
+        try:
+            while lane:
+                delivery, event = lane[0]
+                await self._handle(delivery, event)
+                lane.popleft()
+                self._slots.release()
+        finally:
+            if self._lanes.get(task_id) is lane:
+                del self._lanes[task_id]
+            for delivery, _ in lane:  # only if cancelled midway: hand them back
+                self._slots.release()
+                with contextlib.suppress(BrokerError):
+                    await delivery.nack(0.0)
+
+    async def _handle(self, delivery: Delivery, event: ResultEvent) -> None:
+        with process_context(delivery):
+            delay = self._retry_initial
+            while True:
+                try:
+                    applied = await self.store.apply(event)
+                except StoreUnavailable as exc:
+                    if self._stopping.is_set():
+                        self.stats.nacked += 1
+                        await self._settle(delivery.nack, 0.0)
+                        return
+                    self.stats.store_retries += 1
+                    if not self._store_down:
+                        self._store_down = True
+                        log.warning("results consumer: store unavailable, retrying: %s", exc)
+                    await self._pause(delay)
+                    delay = min(delay * 2, self._retry_max)
+                    continue
+                except Exception:
+                    log.exception("results consumer: applying %s failed", delivery.entry_id)
+                    self.stats.nacked += 1
+                    await self._settle(delivery.nack, self._error_nack_delay)
+                    return
+                break
+            if self._store_down:
+                self._store_down = False
+                log.info("results consumer: store reachable again")
+            if applied:
+                self.stats.applied += 1
+            else:
+                self.stats.ignored += 1
+            await self._settle(delivery.ack)
+
+    async def _settle(self, action: Callable[..., Awaitable[None]], *args: object) -> None:
+        # A failed settlement leaves the entry pending: it comes back, and apply is idempotent.
+        try:
+            await action(*args)
+        except BrokerError as exc:
+            log.warning("results consumer: settling a delivery failed: %s", exc)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, cut short by ``stop()``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
