@@ -1,0 +1,124 @@
+"""The aiohttp application: routes, middlewares, and the results consumer's lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Final, Protocol
+
+from aiohttp import web
+from opentelemetry import trace
+
+from orchestrator_broker import Broker
+
+from .config import ApiSettings
+from .problems import error_middleware
+from .routes import add_routes
+from .state import STATE, ApiState
+from .store.protocol import TaskStore
+from .streaming import DEFAULT_HEARTBEAT, StreamRegistry
+from .tasks import DEFAULT_PUBLISH_TIMEOUT, TaskService
+
+__all__ = ["RESULTS_TASK", "Runnable", "create_app"]
+
+log = logging.getLogger(__name__)
+
+#: Paths that get no server span (polled by orchestrators; they would drown real traces).
+UNTRACED_PATHS: Final = ("/health",)
+#: How long the results consumer may take to stop before it is cancelled.
+_CONSUMER_STOP_TIMEOUT: Final = 10.0
+
+
+class Runnable(Protocol):
+    """A background service: ``run()`` until ``stop()`` (the results consumer)."""
+
+    async def run(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+RESULTS_TASK = web.AppKey("orchestrator_api.results_task", asyncio.Task[None])
+
+
+def create_app(
+    settings: ApiSettings,
+    *,
+    broker: Broker,
+    store: TaskStore,
+    tracer_provider: trace.TracerProvider | None = None,
+    results_consumer: Runnable | None = None,
+    consume_results: bool = True,
+    heartbeat: float = DEFAULT_HEARTBEAT,
+    publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
+) -> web.Application:
+    """The API app on ``broker`` and ``store`` (which the caller owns and closes).
+
+    While the app runs, a results consumer applies worker results from
+    ``settings.results_stream`` to ``store`` (``consume_results=False`` leaves that to
+    someone else; tests pass their own ``results_consumer``). Every request gets a server span
+    from ``tracer_provider`` (default: the global one), whose ``traceparent`` the response
+    carries. Raises ``ConfigError`` when auth is on and there are no API keys.
+    """
+    keyring = settings.keyring()
+    streams = StreamRegistry()
+    state = ApiState(
+        settings=settings,
+        keyring=keyring,
+        broker=broker,
+        store=store,
+        tasks=TaskService(broker, store, settings.stream, publish_timeout),
+        streams=streams,
+        heartbeat=heartbeat,
+    )
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[STATE] = state
+    add_routes(app)
+    _instrument(app, tracer_provider)
+    app.on_shutdown.append(streams.close_all)
+    if consume_results or results_consumer is not None:
+        consumer = results_consumer or _default_consumer(settings, broker, store)
+        app.cleanup_ctx.append(_results_ctx(consumer))
+    return app
+
+
+def _instrument(app: web.Application, tracer_provider: trace.TracerProvider | None) -> None:
+    try:
+        from orchestrator_telemetry import instrument_app
+    except ImportError:  # pragma: no cover - telemetry is a hard dependency in the wheel
+        log.warning("orchestrator_telemetry unavailable: requests are not traced")
+        return
+    instrument_app(app, tracer_provider, exclude_paths=UNTRACED_PATHS)
+
+
+def _default_consumer(settings: ApiSettings, broker: Broker, store: TaskStore) -> Runnable:
+    from .results import ResultsConsumer
+
+    return ResultsConsumer(broker, store, stream=settings.results_stream)
+
+
+def _results_ctx(consumer: Runnable) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def results_consumer(app: web.Application) -> AsyncIterator[None]:
+        """Apply worker results while the app runs; stop consuming before the store closes."""
+        task = asyncio.create_task(consumer.run(), name="results-consumer")
+        app[RESULTS_TASK] = task
+        yield
+        await consumer.stop()
+        try:
+            async with asyncio.timeout(_CONSUMER_STOP_TIMEOUT):
+                await asyncio.shield(task)
+        except TimeoutError:
+            log.warning(
+                "results consumer did not stop in %.0fs; cancelling", _CONSUMER_STOP_TIMEOUT
+            )
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        except Exception:
+            log.exception("results consumer failed")
+
+    return results_consumer

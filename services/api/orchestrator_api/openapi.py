@@ -1,0 +1,526 @@
+"""The OpenAPI 3.1 document of the HTTP API, served at ``GET /openapi.json``.
+
+Written by hand next to the handlers it describes; ``tests/api/test_http_openapi.py`` checks
+that it lists exactly the app's routes and that real responses validate against it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Final
+
+import orjson
+
+from . import problems
+from .validation import MAX_IDEMPOTENCY_KEY, MAX_MODEL_CHARS
+
+__all__ = ["build_document", "document_bytes"]
+
+Schema = dict[str, Any]
+
+_PROBLEM_TYPES: Final = [
+    problems.TYPE_BLANK,
+    problems.TYPE_VALIDATION,
+    problems.TYPE_MALFORMED_JSON,
+    problems.TYPE_TOO_LARGE,
+    problems.TYPE_UNAVAILABLE,
+    problems.TYPE_UNAUTHORIZED,
+    problems.TYPE_NOT_FOUND,
+    problems.TYPE_UNSUPPORTED_MEDIA,
+    problems.TYPE_INTERNAL,
+]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: Schema) -> Schema:
+    return {"oneOf": [schema, {"type": "null"}]}
+
+
+def _problem(description: str, *, headers: dict[str, Any] | None = None) -> Schema:
+    response: Schema = {
+        "description": description,
+        "content": {problems.PROBLEM_CONTENT_TYPE: {"schema": _ref("Problem")}},
+        "headers": {"traceparent": {"$ref": "#/components/headers/traceparent"}},
+    }
+    if headers:
+        response["headers"].update(headers)
+    return response
+
+
+def _json(description: str, schema: Schema, headers: dict[str, Any] | None = None) -> Schema:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+        "headers": {"traceparent": {"$ref": "#/components/headers/traceparent"}, **(headers or {})},
+    }
+
+
+_SCHEMAS: Final[dict[str, Schema]] = {
+    "TaskSubmission": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["prompt"],
+        "properties": {
+            "prompt": {
+                "type": "string",
+                "minLength": 1,
+                "pattern": r"\S",
+                "description": "The prompt; at most MAX_PROMPT_CHARS characters (else 413).",
+            },
+            "model": {
+                "type": ["string", "null"],
+                "minLength": 1,
+                "maxLength": MAX_MODEL_CHARS,
+                "description": "Model to use (provider default when absent), e.g. `echo`.",
+            },
+            "system": {
+                "type": ["string", "null"],
+                "description": "System instruction; at most MAX_PROMPT_CHARS characters.",
+            },
+            "parameters": {
+                "type": ["object", "null"],
+                "description": "Model parameters, passed to the worker as they are.",
+                "properties": {
+                    "latency_ms": {
+                        "type": "number",
+                        "minimum": 0,
+                        "description": "Simulated provider latency (test providers).",
+                    }
+                },
+                "additionalProperties": True,
+            },
+            "metadata": {
+                "type": ["object", "null"],
+                "description": "Free-form data kept with the task and returned with it.",
+                "additionalProperties": True,
+            },
+        },
+    },
+    "Task": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [
+            "id",
+            "status",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "attempts",
+            "model",
+            "metadata",
+            "trace_id",
+            "result",
+            "error",
+        ],
+        "properties": {
+            "id": {"type": "string", "minLength": 1},
+            "status": {"$ref": "#/components/schemas/TaskStatus"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "started_at": {"type": ["string", "null"], "format": "date-time"},
+            "finished_at": {"type": ["string", "null"], "format": "date-time"},
+            "attempts": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Deliveries to a worker so far (a retry after a crash adds one).",
+            },
+            "model": {"type": ["string", "null"]},
+            "metadata": {"type": "object"},
+            "trace_id": {
+                "type": ["string", "null"],
+                "pattern": "^[0-9a-f]{32}$",
+                "description": "The W3C trace id of the submission: find the task's trace.",
+            },
+            "result": _nullable(_ref("TaskResult")),
+            "error": _nullable(_ref("TaskError")),
+        },
+    },
+    "TaskStatus": {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]},
+    "TaskResult": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["text", "usage", "provider", "model", "finish_reason"],
+        "properties": {
+            "text": {"type": "string"},
+            "usage": _nullable(_ref("Usage")),
+            "provider": {"type": ["string", "null"]},
+            "model": {"type": ["string", "null"]},
+            "finish_reason": {"type": ["string", "null"]},
+        },
+    },
+    "Usage": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["input_tokens", "output_tokens"],
+        "properties": {
+            "input_tokens": {"type": "integer", "minimum": 0},
+            "output_tokens": {"type": "integer", "minimum": 0},
+        },
+    },
+    "TaskError": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["type", "message"],
+        "properties": {
+            "type": {
+                "type": "string",
+                "description": "e.g. timeout, rate_limit, invalid_request, internal",
+            },
+            "message": {"type": "string"},
+        },
+    },
+    "TaskEvent": {
+        "description": (
+            "One event of a task: a WebSocket text frame, or the id/event/data fields of an "
+            "SSE message. `id` is opaque; resume after it with Last-Event-ID."
+        ),
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "event", "data"],
+        "properties": {"id": {"type": "string", "minLength": 1}},
+        "oneOf": [
+            {
+                "properties": {
+                    "event": {"const": "status"},
+                    "data": _ref("StatusEventData"),
+                }
+            },
+            {"properties": {"event": {"const": "delta"}, "data": _ref("DeltaEventData")}},
+            {"properties": {"event": {"const": "result"}, "data": _ref("ResultEventData")}},
+            {"properties": {"event": {"const": "error"}, "data": _ref("ErrorEventData")}},
+        ],
+    },
+    "StatusEventData": {
+        "type": "object",
+        "required": ["status", "attempt"],
+        "properties": {
+            "status": {"$ref": "#/components/schemas/TaskStatus"},
+            "attempt": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "0 while queued; an attempt > 1 voids the earlier deltas.",
+            },
+        },
+    },
+    "DeltaEventData": {
+        "type": "object",
+        "required": ["text", "attempt"],
+        "properties": {"text": {"type": "string"}, "attempt": {"type": "integer", "minimum": 1}},
+    },
+    "ResultEventData": {
+        "type": "object",
+        "required": ["text", "attempt"],
+        "properties": {
+            "text": {"type": "string"},
+            "usage": _nullable(_ref("Usage")),
+            "provider": {"type": ["string", "null"]},
+            "model": {"type": ["string", "null"]},
+            "finish_reason": {"type": ["string", "null"]},
+            "attempt": {"type": "integer", "minimum": 1},
+        },
+    },
+    "ErrorEventData": {
+        "type": "object",
+        "required": ["type", "message", "attempt"],
+        "properties": {
+            "type": {"type": "string"},
+            "message": {"type": "string"},
+            "attempt": {"type": "integer", "minimum": 0},
+        },
+    },
+    "Problem": {
+        "description": "RFC 9457 problem details.",
+        "type": "object",
+        "required": ["type", "title", "status", "detail"],
+        "properties": {
+            "type": {"type": "string", "enum": _PROBLEM_TYPES},
+            "title": {"type": "string"},
+            "status": {"type": "integer", "minimum": 400, "maximum": 599},
+            "detail": {"type": "string"},
+            "instance": {"type": "string", "description": "The request path."},
+            "errors": {
+                "type": "array",
+                "description": "For validation errors: what is wrong with which field.",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["field", "message"],
+                    "properties": {
+                        "field": {
+                            "type": "string",
+                            "description": 'Dotted path ("prompt", "parameters.latency_ms"); '
+                            '"" for the body itself.',
+                        },
+                        "message": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+    "Health": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["status", "checks", "service"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "unavailable"]},
+            "checks": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["broker", "store"],
+                "properties": {
+                    "broker": {"type": "string", "enum": ["ok", "unavailable"]},
+                    "store": {"type": "string", "enum": ["ok", "unavailable"]},
+                },
+            },
+            "service": {"type": "string"},
+        },
+    },
+}
+
+_RETRY_AFTER: Final = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+_LOCATION: Final = {
+    "Location": {
+        "description": "The task's URL.",
+        "schema": {"type": "string", "format": "uri-reference"},
+    }
+}
+
+_RESPONSES: Final[dict[str, Schema]] = {
+    "Unauthorized": _problem(
+        "Missing or unknown API key.",
+        headers={
+            "WWW-Authenticate": {
+                "description": 'Always a Bearer challenge (realm="ai-orchestrator").',
+                "schema": {"type": "string"},
+            }
+        },
+    ),
+    "NotFound": _problem("No such task for this tenant (unknown, expired, or another's)."),
+    "Unavailable": _problem(
+        "The broker or the task store is unreachable; nothing was accepted.", headers=_RETRY_AFTER
+    ),
+    "InternalError": _problem("An unexpected server error (details are in the server log)."),
+}
+
+_TASK_ID: Final = {
+    "name": "task_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1},
+}
+_RESUME: Final = [
+    {
+        "name": "Last-Event-ID",
+        "in": "header",
+        "required": False,
+        "description": "Resume after this event id (sent by EventSource on reconnect).",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "last_event_id",
+        "in": "query",
+        "required": False,
+        "description": "Same as the Last-Event-ID header, for clients that cannot set headers.",
+        "schema": {"type": "string"},
+    },
+]
+
+
+def _common(*names: str) -> dict[str, Any]:
+    statuses = {"Unauthorized": "401", "NotFound": "404", "Unavailable": "503"}
+    out = {statuses[name]: {"$ref": f"#/components/responses/{name}"} for name in names}
+    out["500"] = {"$ref": "#/components/responses/InternalError"}
+    return out
+
+
+def build_document() -> dict[str, Any]:
+    """The OpenAPI document as a dict."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ai-orchestrator API",
+            "version": "1",
+            "description": (
+                "Run AI prompts as asynchronous tasks: submit a prompt (202 + task id), then "
+                "poll the task, or follow its events over Server-Sent Events or a WebSocket. "
+                "Errors are RFC 9457 problem details. Responses carry the W3C `traceparent` "
+                "of the request's server span."
+            ),
+        },
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "security": [{"bearerAuth": []}],
+        "paths": {
+            "/health": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Liveness and dependencies (no authentication).",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The broker and the store answer.",
+                            "content": {"application/json": {"schema": _ref("Health")}},
+                        },
+                        "503": {
+                            "description": "A dependency does not answer; `checks` names it.",
+                            "headers": _RETRY_AFTER,
+                            "content": {"application/json": {"schema": _ref("Health")}},
+                        },
+                        "500": {"$ref": "#/components/responses/InternalError"},
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document (no authentication).",
+                    "security": [],
+                    "responses": {
+                        "200": _json("The OpenAPI 3.1 document.", {"type": "object"}),
+                        "500": {"$ref": "#/components/responses/InternalError"},
+                    },
+                }
+            },
+            "/v1/tasks": {
+                "post": {
+                    "operationId": "submitTask",
+                    "summary": "Submit a prompt as a task.",
+                    "description": (
+                        "202 when the task is durably queued. With an `Idempotency-Key` this "
+                        "tenant used before, nothing new is queued and the earlier task is "
+                        "returned with 200 (whatever the new body says)."
+                    ),
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "description": "Makes retries safe: one task per key and tenant "
+                            "(for as long as the task is kept).",
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": MAX_IDEMPOTENCY_KEY,
+                            },
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("TaskSubmission")}},
+                    },
+                    "responses": {
+                        "202": _json("Queued.", _ref("Task"), _LOCATION),
+                        "200": _json(
+                            "The task this Idempotency-Key created before.", _ref("Task"), _LOCATION
+                        ),
+                        "400": _problem(
+                            "Malformed JSON, or invalid fields (listed in `errors`), or an "
+                            "invalid Idempotency-Key."
+                        ),
+                        "413": _problem(
+                            "The body (MAX_BODY_BYTES) or the prompt "
+                            "(MAX_PROMPT_CHARS) is too large."
+                        ),
+                        "415": _problem(
+                            "The body is not JSON.",
+                            headers={
+                                "Accept-Post": {
+                                    "description": "The accepted media type.",
+                                    "schema": {"type": "string"},
+                                }
+                            },
+                        ),
+                        **_common("Unauthorized", "Unavailable"),
+                    },
+                }
+            },
+            "/v1/tasks/{task_id}": {
+                "get": {
+                    "operationId": "getTask",
+                    "summary": "A task's status, and its result or error once finished.",
+                    "parameters": [_TASK_ID],
+                    "responses": {
+                        "200": _json("The task.", _ref("Task")),
+                        **_common("Unauthorized", "NotFound", "Unavailable"),
+                    },
+                }
+            },
+            "/v1/tasks/{task_id}/events": {
+                "get": {
+                    "operationId": "taskEvents",
+                    "summary": "The task's events as Server-Sent Events.",
+                    "description": (
+                        "Messages `status`, `delta`, `result`, `error` (schema `TaskEvent`: "
+                        "SSE `id`, `event`, and `data` as one line of JSON), from the start or "
+                        "after Last-Event-ID, then live. Ends after `result` or `error`. "
+                        "A `: keepalive` comment comes every 15 s while idle."
+                    ),
+                    "parameters": [_TASK_ID, *_RESUME],
+                    "responses": {
+                        "200": {
+                            "description": "The event stream.",
+                            "headers": {
+                                "traceparent": {"$ref": "#/components/headers/traceparent"}
+                            },
+                            "content": {
+                                "text/event-stream": {
+                                    "schema": {"type": "string"},
+                                    "x-item-schema": _ref("TaskEvent"),
+                                }
+                            },
+                        },
+                        **_common("Unauthorized", "NotFound", "Unavailable"),
+                    },
+                }
+            },
+            "/v1/tasks/{task_id}/ws": {
+                "get": {
+                    "operationId": "taskWebSocket",
+                    "summary": "The task's events over a WebSocket.",
+                    "description": (
+                        "After the upgrade, the server sends each event as a JSON text frame "
+                        "(schema `TaskEvent`) and closes (1000) after `result` or `error`; "
+                        "1001 when the server shuts down (reconnect with last_event_id)."
+                    ),
+                    "parameters": [_TASK_ID, *_RESUME],
+                    "responses": {
+                        "101": {"description": "Switching to the WebSocket protocol."},
+                        "400": _problem("Not a WebSocket upgrade request."),
+                        **_common("Unauthorized", "NotFound", "Unavailable"),
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": _SCHEMAS,
+            "responses": _RESPONSES,
+            "headers": {
+                "traceparent": {
+                    "description": "W3C trace context of the request's server span.",
+                    "schema": {
+                        "type": "string",
+                        "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+                    },
+                }
+            },
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key from API_KEYS; it selects the tenant.",
+                }
+            },
+        },
+    }
+
+
+@functools.cache
+def document_bytes() -> bytes:
+    """The document, serialized once."""
+    return orjson.dumps(build_document())

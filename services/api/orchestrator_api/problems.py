@@ -1,0 +1,153 @@
+"""RFC 9457 problem details: every error leaves the API as ``application/problem+json``.
+
+Handlers raise ``Problem``; ``error_middleware`` turns it, any aiohttp ``HTTPException``
+(unknown route, wrong method, body too large) and any unexpected exception into a problem
+response. Unexpected exceptions are logged with their traceback and answered with a bare 500
+problem: nothing about the server's internals reaches the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from opentelemetry import trace
+
+__all__ = [
+    "PROBLEM_CONTENT_TYPE",
+    "FieldError",
+    "Problem",
+    "error_middleware",
+    "problem_response",
+    "trace_headers",
+]
+
+log = logging.getLogger(__name__)
+
+PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
+
+#: Problem type URIs. ``about:blank`` means "just the HTTP status" (RFC 9457 section 4.2.1).
+TYPE_BLANK: Final = "about:blank"
+TYPE_VALIDATION: Final = "urn:ai-orchestrator:problem:validation-error"
+TYPE_MALFORMED_JSON: Final = "urn:ai-orchestrator:problem:malformed-json"
+TYPE_TOO_LARGE: Final = "urn:ai-orchestrator:problem:payload-too-large"
+TYPE_UNAVAILABLE: Final = "urn:ai-orchestrator:problem:service-unavailable"
+TYPE_UNAUTHORIZED: Final = "urn:ai-orchestrator:problem:unauthorized"
+TYPE_NOT_FOUND: Final = "urn:ai-orchestrator:problem:not-found"
+TYPE_UNSUPPORTED_MEDIA: Final = "urn:ai-orchestrator:problem:unsupported-media-type"
+TYPE_INTERNAL: Final = "urn:ai-orchestrator:problem:internal-error"
+
+_TITLES: Final = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+FieldError = Mapping[str, str]  # {"field": "prompt", "message": "must be a non-empty string"}
+
+
+class Problem(Exception):
+    """An error answer: raise it from a handler and the middleware sends it."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        type: str = TYPE_BLANK,
+        title: str | None = None,
+        errors: Sequence[FieldError] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.type = type
+        self.title = title or _TITLES.get(status) or "Error"
+        self.errors = errors
+        self.headers = headers
+
+    def body(self, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": self.type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance is not None:
+            body["instance"] = instance
+        if self.errors is not None:
+            body["errors"] = list(self.errors)
+        return body
+
+
+def problem_response(problem: Problem, request: web.BaseRequest | None = None) -> web.Response:
+    """The ``application/problem+json`` response for ``problem``."""
+    instance = request.path if request is not None else None
+    response = web.Response(
+        body=orjson.dumps(problem.body(instance)),
+        status=problem.status,
+        headers=problem.headers,
+    )
+    response.content_type = PROBLEM_CONTENT_TYPE
+    return response
+
+
+def trace_headers() -> dict[str, str]:
+    """``{"traceparent": ...}`` of the current (server) span, or ``{}`` if there is none."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    return {
+        "traceparent": f"00-{context.trace_id:032x}-{context.span_id:016x}-"
+        f"{int(context.trace_flags):02x}"
+    }
+
+
+def _from_http_exception(exc: web.HTTPException) -> Problem:
+    status = exc.status
+    headers = {k: v for k, v in exc.headers.items() if k.lower() not in _DROP_HEADERS}
+    if status == 404:
+        return Problem(404, "No such resource.", type=TYPE_NOT_FOUND, headers=headers)
+    if status == 413:
+        return Problem(413, "The request body is too large.", type=TYPE_TOO_LARGE, headers=headers)
+    detail = exc.text if exc.text and not exc.text.startswith(f"{status}:") else exc.reason
+    return Problem(status, detail or exc.reason, title=exc.reason, headers=headers)
+
+
+_DROP_HEADERS: Final = frozenset({"content-type", "content-length"})
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Problems for every error, and the ``traceparent`` header on every plain response."""
+    try:
+        response = await handler(request)
+    except Problem as problem:
+        response = problem_response(problem, request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = problem_response(_from_http_exception(exc), request)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        response = problem_response(
+            Problem(500, "The server failed to handle this request.", type=TYPE_INTERNAL),
+            request,
+        )
+    if not response.prepared:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            response.headers["traceparent"] = (
+                f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+            )
+    return response

@@ -1,0 +1,196 @@
+"""The HTTP handlers: parse and check the request, call the domain code, shape the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Final
+
+import orjson
+from aiohttp import web
+
+from .model import TaskRecord
+from .problems import (
+    TYPE_NOT_FOUND,
+    TYPE_TOO_LARGE,
+    TYPE_UNAUTHORIZED,
+    TYPE_UNAVAILABLE,
+    TYPE_UNSUPPORTED_MEDIA,
+    TYPE_VALIDATION,
+    Problem,
+)
+from .state import STATE, ApiState
+from .streaming import stream_sse, stream_websocket
+from .tasks import Unavailable
+from .validation import MAX_IDEMPOTENCY_KEY, parse_submission
+from .views import task_view
+
+__all__ = ["add_routes"]
+
+log = logging.getLogger(__name__)
+
+_JSON: Final = "application/json"
+_MAX_TASK_ID: Final = 64
+_RETRY_AFTER: Final = {"Retry-After": "1"}
+_CHALLENGE: Final = 'Bearer realm="ai-orchestrator"'
+_CHALLENGE_INVALID: Final = 'Bearer realm="ai-orchestrator", error="invalid_token"'
+
+
+def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, headers=headers, content_type=_JSON)
+
+
+def _tenant(request: web.Request, state: ApiState) -> str:
+    authorization = request.headers.get("Authorization")
+    tenant = state.keyring.tenant(authorization)
+    if tenant is None:
+        missing = authorization is None
+        raise Problem(
+            401,
+            "Send 'Authorization: Bearer <API key>'." if missing else "The API key is not valid.",
+            type=TYPE_UNAUTHORIZED,
+            headers={"WWW-Authenticate": _CHALLENGE if missing else _CHALLENGE_INVALID},
+        )
+    return tenant
+
+
+def _unavailable(exc: Unavailable) -> Problem:
+    return Problem(
+        503,
+        f"The {exc.what} is unavailable right now; nothing was accepted. Retry later.",
+        type=TYPE_UNAVAILABLE,
+        headers=_RETRY_AFTER,
+    )
+
+
+async def submit_task(request: web.Request) -> web.Response:
+    """``POST /v1/tasks``: 202 with the new task, or 200 with the task an
+    ``Idempotency-Key`` already created."""
+    state = request.app[STATE]
+    tenant = _tenant(request, state)
+    content_type = request.content_type
+    if content_type != _JSON and not content_type.endswith("+json"):
+        raise Problem(
+            415,
+            f"Send the task as {_JSON}, not {content_type}.",
+            type=TYPE_UNSUPPORTED_MEDIA,
+            headers={"Accept-Post": _JSON},
+        )
+    limit = state.settings.max_body_bytes
+    length = request.content_length
+    if length is not None and length > limit:
+        raise Problem(
+            413, f"The body is {length} bytes; the limit is {limit}.", type=TYPE_TOO_LARGE
+        )
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable()):
+        raise Problem(
+            400,
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters.",
+            type=TYPE_VALIDATION,
+            title="Invalid request",
+            errors=[{"field": "Idempotency-Key", "message": "invalid header value"}],
+        )
+    # read() enforces the app's client_max_size (413) when there is no Content-Length.
+    submission = parse_submission(
+        await request.read(), max_prompt_chars=state.settings.max_prompt_chars
+    )
+    try:
+        record, created = await state.tasks.submit(tenant, submission, key)
+    except Unavailable as exc:
+        raise _unavailable(exc) from exc
+    return _json(
+        task_view(record),
+        202 if created else 200,
+        {"Location": f"/v1/tasks/{record.id}"},
+    )
+
+
+async def get_task(request: web.Request) -> web.Response:
+    """``GET /v1/tasks/{task_id}``."""
+    state = request.app[STATE]
+    tenant = _tenant(request, state)
+    record = await _record(request, state, tenant)
+    return _json(task_view(record))
+
+
+async def _record(request: web.Request, state: ApiState, tenant: str) -> TaskRecord:
+    task_id = request.match_info["task_id"]
+    record: TaskRecord | None = None
+    if len(task_id) <= _MAX_TASK_ID:
+        try:
+            record = await state.tasks.get(tenant, task_id)
+        except Unavailable as exc:
+            raise _unavailable(exc) from exc
+    if record is None:
+        raise Problem(
+            404, f"There is no task {task_id!r} (or it has expired).", type=TYPE_NOT_FOUND
+        )
+    return record
+
+
+async def task_events(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/tasks/{task_id}/events``: Server-Sent Events."""
+    state = request.app[STATE]
+    tenant = _tenant(request, state)
+    record = await _record(request, state, tenant)
+    return await stream_sse(
+        request, state.store, state.streams, tenant, record.id, heartbeat=state.heartbeat
+    )
+
+
+async def task_websocket(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/tasks/{task_id}/ws``: the same events over a WebSocket."""
+    state = request.app[STATE]
+    tenant = _tenant(request, state)
+    record = await _record(request, state, tenant)
+    return await stream_websocket(
+        request, state.store, state.streams, tenant, record.id, heartbeat=state.heartbeat
+    )
+
+
+async def health(request: web.Request) -> web.Response:
+    """``GET /health``: 200 when the broker and the store answer, else 503 naming the failure."""
+    state = request.app[STATE]
+    broker, store = await asyncio.gather(
+        _check("broker", state.broker.ping(), state.health_timeout),
+        _check("store", state.store.ping(), state.health_timeout),
+    )
+    healthy = broker == "ok" and store == "ok"
+    body = {
+        "status": "ok" if healthy else "unavailable",
+        "checks": {"broker": broker, "store": store},
+        "service": state.settings.app_id,
+    }
+    return _json(body, 200 if healthy else 503, None if healthy else _RETRY_AFTER)
+
+
+async def _check(name: str, ping: Awaitable[None], timeout: float) -> str:
+    try:
+        async with asyncio.timeout(timeout):
+            await ping
+    except TimeoutError:
+        log.warning("health: %s did not answer within %.1fs", name, timeout)
+        return "unavailable"
+    except Exception as exc:
+        log.warning("health: %s is unavailable: %s", name, exc)
+        return "unavailable"
+    return "ok"
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    """``GET /openapi.json``."""
+    from .openapi import document_bytes
+
+    return web.Response(body=document_bytes(), content_type=_JSON)
+
+
+def add_routes(app: web.Application) -> None:
+    """Register every route (the OpenAPI document lists exactly these)."""
+    app.router.add_get("/health", health, allow_head=False)
+    app.router.add_get("/openapi.json", openapi_document, allow_head=False)
+    app.router.add_post("/v1/tasks", submit_task)
+    app.router.add_get("/v1/tasks/{task_id}", get_task, allow_head=False)
+    app.router.add_get("/v1/tasks/{task_id}/events", task_events, allow_head=False)
+    app.router.add_get("/v1/tasks/{task_id}/ws", task_websocket, allow_head=False)

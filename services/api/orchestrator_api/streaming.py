@@ -1,0 +1,211 @@
+"""A task's events, live: Server-Sent Events and WebSocket.
+
+Both follow the store's event log from a position (``Last-Event-ID``), send each event with
+its log id, and end after the terminal event (``result`` or ``error``). While idle, SSE sends
+a ``: keepalive`` comment and WebSocket a ping every ``heartbeat`` seconds. When the app shuts
+down, ``StreamRegistry.close_all()`` (an ``on_shutdown`` hook) ends every open stream at once,
+so the server drains promptly; clients reconnect with the last id they saw and lose nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Iterable
+from typing import Any, Final
+
+import attrs
+import orjson
+from aiohttp import WSMsgType, web
+
+from .model import StoredEvent
+from .problems import trace_headers
+from .store.protocol import TaskStore
+
+__all__ = [
+    "DEFAULT_HEARTBEAT",
+    "TERMINAL_EVENTS",
+    "StreamRegistry",
+    "follow",
+    "format_sse",
+    "stream_sse",
+    "stream_websocket",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT: Final = 15.0
+TERMINAL_EVENTS: Final = frozenset({"result", "error"})
+
+#: Sent first on every SSE stream: how long an EventSource waits before reconnecting (ms).
+_SSE_RETRY: Final = b"retry: 2000\n\n"
+_SSE_KEEPALIVE: Final = b": keepalive\n\n"
+
+
+@attrs.define
+class StreamRegistry:
+    """The app's open event streams, so shutdown can end them."""
+
+    closing: asyncio.Event = attrs.field(factory=asyncio.Event)
+    open: int = 0
+
+    async def close_all(self, _app: web.Application | None = None) -> None:
+        """End every open stream (after its current write); new streams end at once."""
+        self.closing.set()
+
+
+def format_sse(event: StoredEvent) -> bytes:
+    """One SSE message: ``id``, ``event`` and the JSON ``data`` on one line."""
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (
+        event.id.encode(),
+        event.event.encode(),
+        orjson.dumps(event.data),
+    )
+
+
+async def follow(
+    store: TaskStore,
+    tenant: str,
+    task_id: str,
+    after: str | None,
+    *,
+    heartbeat: float,
+    stop: Iterable[Awaitable[Any]],
+) -> AsyncGenerator[StoredEvent | None, None]:
+    """The task's events after ``after``, then live ones, through the terminal event.
+
+    Yields None after ``heartbeat`` idle seconds (time for a keepalive). Ends early as soon as
+    any of ``stop`` completes, or when the task is gone (expired) while idle.
+    """
+    stoppers = [asyncio.ensure_future(s) for s in stop]
+    try:
+        while True:
+            fetch = asyncio.ensure_future(store.events(tenant, task_id, after, heartbeat))
+            done, _ = await asyncio.wait([fetch, *stoppers], return_when=asyncio.FIRST_COMPLETED)
+            if fetch not in done:
+                fetch.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await fetch
+                return
+            events = fetch.result()
+            if not events:
+                # Idle, or nothing left to wait for: the task expired, or it is finished and
+                # the client resumed after its terminal event. A finish that raced with the
+                # wait is picked up by the last look below.
+                record = await store.get(tenant, task_id)
+                if record is None:
+                    return
+                if record.status.terminal:
+                    events = await store.events(tenant, task_id, after)
+                    if not events:
+                        return
+                else:
+                    yield None
+                    continue
+            for event in events:
+                yield event
+                after = event.id
+                if event.event in TERMINAL_EVENTS:
+                    return
+    finally:
+        for stopper in stoppers:
+            stopper.cancel()
+
+
+def last_event_id(request: web.Request) -> str | None:
+    """Where a client resumes: the ``Last-Event-ID`` header or ``last_event_id`` query."""
+    value = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    return value.strip() or None if value else None
+
+
+async def stream_sse(
+    request: web.Request,
+    store: TaskStore,
+    registry: StreamRegistry,
+    tenant: str,
+    task_id: str,
+    *,
+    heartbeat: float = DEFAULT_HEARTBEAT,
+) -> web.StreamResponse:
+    """Serve the task's events as ``text/event-stream`` (the task must exist)."""
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # tell reverse proxies not to buffer the stream
+            **trace_headers(),
+        }
+    )
+    await response.prepare(request)
+    await response.write(_SSE_RETRY)
+    registry.open += 1
+    try:
+        events = follow(
+            store,
+            tenant,
+            task_id,
+            last_event_id(request),
+            heartbeat=heartbeat,
+            stop=[registry.closing.wait()],
+        )
+        async with contextlib.aclosing(events):
+            async for event in events:
+                await response.write(_SSE_KEEPALIVE if event is None else format_sse(event))
+    except ConnectionResetError:
+        return response  # the client left; nothing more to send
+    finally:
+        registry.open -= 1
+    await response.write_eof()
+    return response
+
+
+async def stream_websocket(
+    request: web.Request,
+    store: TaskStore,
+    registry: StreamRegistry,
+    tenant: str,
+    task_id: str,
+    *,
+    heartbeat: float = DEFAULT_HEARTBEAT,
+) -> web.WebSocketResponse:
+    """Serve the task's events as JSON text frames ``{"id", "event", "data"}``."""
+    ws = web.WebSocketResponse(heartbeat=heartbeat)
+    ws.headers.update(trace_headers())
+    await ws.prepare(request)
+    reader = asyncio.ensure_future(_drain(ws))
+    registry.open += 1
+    try:
+        events = follow(
+            store,
+            tenant,
+            task_id,
+            last_event_id(request),
+            heartbeat=heartbeat,
+            stop=[registry.closing.wait(), reader],
+        )
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if event is not None:  # idle: the WebSocket heartbeat pings on its own
+                    await ws.send_str(_frame(event).decode())
+    except ConnectionResetError:
+        pass
+    finally:
+        registry.open -= 1
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    code = 1001 if registry.closing.is_set() else 1000  # 1001: going away (server shutdown)
+    await ws.close(code=code)
+    return ws
+
+
+def _frame(event: StoredEvent) -> bytes:
+    return orjson.dumps({"id": event.id, "event": event.event, "data": event.data})
+
+
+async def _drain(ws: web.WebSocketResponse) -> None:
+    """Read (and ignore) what the client sends, until it closes; keeps ping/pong flowing."""
+    async for message in ws:
+        if message.type is WSMsgType.ERROR:
+            return

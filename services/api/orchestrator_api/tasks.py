@@ -1,0 +1,118 @@
+"""Accepting tasks: record first, publish second, and never report a task not published."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Final
+
+import attrs
+from opentelemetry import trace
+
+from orchestrator_broker import Broker, BrokerError, Message
+from orchestrator_worker.messages import TaskMessage, converter
+
+from .model import TaskRecord, TaskStatus
+from .store.errors import StoreError
+from .store.protocol import TaskStore
+from .validation import Submission
+
+__all__ = ["DEFAULT_PUBLISH_TIMEOUT", "TaskService", "Unavailable"]
+
+log = logging.getLogger(__name__)
+
+#: How long a publish may take before the client gets a 503 instead of waiting on.
+DEFAULT_PUBLISH_TIMEOUT: Final = 2.0
+
+
+class Unavailable(Exception):
+    """The broker or the store could not take the task; nothing was accepted (answer 503)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"the {what} is unavailable")
+        self.what = what
+
+
+@attrs.frozen
+class TaskService:
+    """The domain side of ``POST /v1/tasks`` and ``GET /v1/tasks/{id}``."""
+
+    broker: Broker
+    store: TaskStore
+    stream: str
+    publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
+
+    async def submit(
+        self, tenant: str, submission: Submission, idempotency_key: str | None = None
+    ) -> tuple[TaskRecord, bool]:
+        """Store the task as queued, publish it, and return ``(record, created)``.
+
+        ``created`` is False when ``idempotency_key`` was used before by this tenant: the
+        earlier task is returned and nothing is published. If the publish fails (or takes
+        longer than ``publish_timeout``) the record is discarded and ``Unavailable`` raised,
+        so no record stays ``queued`` for a task no worker will ever see. A publish that timed
+        out may still land; the worker's results for a discarded task are then ignored.
+        """
+        task_id = uuid.uuid4().hex
+        now = time.time()
+        span_context = trace.get_current_span().get_span_context()
+        record = TaskRecord(
+            id=task_id,
+            tenant=tenant,
+            status=TaskStatus.QUEUED,
+            created_at=now,
+            model=submission.model,
+            metadata=submission.metadata,
+            trace_id=f"{span_context.trace_id:032x}" if span_context.is_valid else None,
+        )
+        try:
+            stored = await self.store.create(record, idempotency_key)
+        except StoreError as exc:
+            raise Unavailable("task store") from exc
+        if stored.id != task_id:
+            return stored, False
+        message = Message(
+            payload=converter.unstructure(
+                TaskMessage(
+                    task_id=task_id,
+                    tenant=tenant,
+                    prompt=submission.prompt,
+                    model=submission.model,
+                    system=submission.system,
+                    parameters=submission.parameters,
+                    submitted_at=now,
+                )
+            ),
+            id=task_id,
+            created_at=now,
+        )
+        try:
+            async with asyncio.timeout(self.publish_timeout):
+                await self.broker.publish(self.stream, message)
+        except (BrokerError, TimeoutError) as exc:
+            await self._discard(tenant, task_id)
+            raise Unavailable("broker") from exc
+        except BaseException:
+            # Cancelled (client gone, shutdown) mid-publish: we cannot know if it landed, but
+            # no one was told it was accepted, so do not leave a queued record behind.
+            await self._discard(tenant, task_id)
+            raise
+        return stored, True
+
+    async def get(self, tenant: str, task_id: str) -> TaskRecord | None:
+        """The tenant's task, or None (unknown, expired, or another tenant's)."""
+        try:
+            return await self.store.get(tenant, task_id)
+        except StoreError as exc:
+            raise Unavailable("task store") from exc
+
+    async def _discard(self, tenant: str, task_id: str) -> None:
+        try:
+            # Shielded: a cancelled request must still remove its record.
+            await asyncio.shield(self.store.discard(tenant, task_id))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("could not discard task %s after a failed publish", task_id, exc_info=True)

@@ -1,0 +1,45 @@
+"""The JSON shapes the API answers with (the ``Task`` and ``Health`` schemas of openapi.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from .model import TaskRecord
+
+__all__ = ["task_view", "timestamp"]
+
+
+def timestamp(seconds: float | None) -> datetime | None:
+    """Epoch seconds as an aware UTC datetime (orjson writes RFC 3339)."""
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+def task_view(record: TaskRecord) -> dict[str, Any]:
+    """The task as ``GET /v1/tasks/{id}`` shows it; every key is always present."""
+    result = record.result
+    error = record.error
+    usage = result.usage if result is not None else None
+    return {
+        "id": record.id,
+        "status": record.status.value,
+        "created_at": timestamp(record.created_at),
+        "started_at": timestamp(record.started_at),
+        "finished_at": timestamp(record.finished_at),
+        "attempts": record.attempts,
+        "model": record.model,
+        "metadata": record.metadata,
+        "trace_id": record.trace_id,
+        "result": None
+        if result is None
+        else {
+            "text": result.text,
+            "usage": None
+            if usage is None
+            else {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
+            "provider": result.provider,
+            "model": result.model,
+            "finish_reason": result.finish_reason,
+        },
+        "error": None if error is None else {"type": error.type, "message": error.message},
+    }
