@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 import attrs
 
+from orchestrator_broker import ConfigError as BrokerConfigError
+from orchestrator_broker.redis_settings import RedisSettings
 from orchestrator_telemetry import TelemetrySettings
 from orchestrator_telemetry.logs import LogFormat
 
@@ -101,7 +103,7 @@ class WorkerSettings:
 
         spec: dict[str, tuple[str, Callable[[str, str], Any]]] = {
             "app_id": ("APP_ID", _name),
-            "redis_uri": ("REDIS_URI", _text),
+            "redis_uri": ("REDIS_URI", _redis_uri),
             "jaeger_uri": ("JAEGER_URI", _text),
             "stream": ("REDIS_STREAM_ID", _name),
             "results_stream": ("REDIS_RESULTS_STREAM_ID", _name),
@@ -136,6 +138,14 @@ class WorkerSettings:
 
 
 def _text(_: str, raw: str) -> str:
+    return raw
+
+
+def _redis_uri(variable: str, raw: str) -> str:
+    try:
+        RedisSettings.from_uri(raw)
+    except BrokerConfigError as exc:
+        raise ConfigError(variable, str(exc)) from None
     return raw
 
 

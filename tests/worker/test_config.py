@@ -1,0 +1,112 @@
+"""WorkerSettings.from_env: defaults, every variable, and errors that name the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator_worker import ConfigError, WorkerSettings
+
+
+def test_an_empty_environment_gives_the_defaults() -> None:
+    settings = WorkerSettings.from_env({})
+
+    assert settings.app_id == "ai-orchestrator_worker"
+    assert settings.stream == "tasks"
+    assert settings.results_stream == "results"
+    assert settings.consumer_group == "workers"
+    assert settings.consumer_name is None
+    assert settings.concurrency == 5
+    assert settings.default_model == "echo"
+    assert settings.task_timeout == 300
+    assert settings.lease_seconds == 30
+    assert settings.shutdown_grace == 25
+    assert settings.delta_flush_interval == pytest.approx(0.1)
+    assert settings.max_deliveries == 5
+    assert (settings.log_level, settings.log_format) == ("INFO", "plain")
+    assert settings.telemetry is not None
+    assert settings.telemetry.service_name == "ai-orchestrator_worker"
+
+
+def test_every_variable_is_read() -> None:
+    settings = WorkerSettings.from_env(
+        {
+            "APP_ID": "my-worker",
+            "REDIS_URI": "redis:6379",
+            "JAEGER_URI": "otel:4318",
+            "REDIS_STREAM_ID": "jobs",
+            "REDIS_RESULTS_STREAM_ID": "answers",
+            "CONSUMER_GROUP": "pool",
+            "CONSUMER_NAME": "w-7",
+            "NUMBER_OF_WORKERS": "1000",
+            "DEFAULT_MODEL": "openai/gpt-4o-mini",
+            "TASK_TIMEOUT_SECONDS": "12.5",
+            "LEASE_SECONDS": "10",
+            "MAX_DELIVERIES": "3",
+            "SHUTDOWN_GRACE_SECONDS": "0",
+            "DELTA_FLUSH_MS": "250",
+            "LOG_LEVEL": "debug",
+            "LOG_FORMAT": "JSON",
+            "SOMETHING_ELSE": "ignored",
+        }
+    )
+
+    assert settings.app_id == "my-worker"
+    assert settings.redis_uri == "redis:6379"
+    assert settings.jaeger_uri == "otel:4318"
+    assert (settings.stream, settings.results_stream) == ("jobs", "answers")
+    assert (settings.consumer_group, settings.consumer_name) == ("pool", "w-7")
+    assert settings.concurrency == 1000
+    assert settings.default_model == "openai/gpt-4o-mini"
+    assert settings.task_timeout == 12.5
+    assert settings.lease_seconds == 10
+    assert settings.max_deliveries == 3
+    assert settings.shutdown_grace == 0
+    assert settings.delta_flush_interval == pytest.approx(0.25)
+    assert (settings.log_level, settings.log_format) == ("DEBUG", "json")
+    assert settings.telemetry is not None
+    assert settings.telemetry.service_name == "my-worker"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("NUMBER_OF_WORKERS", "five"),
+        ("NUMBER_OF_WORKERS", "0"),
+        ("NUMBER_OF_WORKERS", "-3"),
+        ("TASK_TIMEOUT_SECONDS", "0"),
+        ("TASK_TIMEOUT_SECONDS", "nan"),
+        ("LEASE_SECONDS", "soon"),
+        ("SHUTDOWN_GRACE_SECONDS", "-1"),
+        ("DELTA_FLUSH_MS", "inf"),
+        ("MAX_DELIVERIES", "0"),
+        ("LOG_LEVEL", "LOUD"),
+        ("LOG_FORMAT", "xml"),
+        ("REDIS_STREAM_ID", "tasks with spaces"),
+        ("REDIS_RESULTS_STREAM_ID", "tasks"),
+        ("REDIS_URI", "http://cache:6379"),
+        ("REDIS_URI", "cache"),
+    ],
+)
+def test_a_malformed_value_names_its_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        WorkerSettings.from_env({variable: value})
+
+    assert raised.value.variable == variable
+    assert variable in str(raised.value)
+
+
+def test_the_redis_password_stays_out_of_repr() -> None:
+    settings = WorkerSettings.from_env({"REDIS_URI": "redis://:hunter2@cache:6379/0"})
+
+    assert "hunter2" not in repr(settings)
+
+
+def test_the_docstring_documents_every_variable() -> None:
+    doc = WorkerSettings.__doc__ or ""
+    for variable in (
+        "APP_ID", "REDIS_URI", "JAEGER_URI", "REDIS_STREAM_ID", "REDIS_RESULTS_STREAM_ID",
+        "CONSUMER_GROUP", "CONSUMER_NAME", "NUMBER_OF_WORKERS", "DEFAULT_MODEL",
+        "TASK_TIMEOUT_SECONDS", "LEASE_SECONDS", "MAX_DELIVERIES", "SHUTDOWN_GRACE_SECONDS",
+        "DELTA_FLUSH_MS", "LOG_LEVEL", "LOG_FORMAT",
+    ):  # fmt: skip
+        assert f"``{variable}``" in doc
