@@ -150,17 +150,21 @@ def jaeger_uri_endpoint(value: str) -> str:
 
 
 def _resolve_endpoint(environ: Mapping[str, str]) -> tuple[str, str] | None:
-    """(traces URL, the variable it came from), by the precedence in the module docstring."""
+    """(traces URL, the variable it came from), by the precedence in the module docstring.
+
+    Every variable that is set is checked, the overridden ones too: a malformed value is a
+    mistake worth failing on even when another variable wins.
+    """
+    candidates: list[tuple[str, str]] = []
     if (value := _get(environ, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")) is not None:
-        return _check_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value), (
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-        )
+        url = _check_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value)
+        candidates.append((url, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
     if (value := _get(environ, "OTEL_EXPORTER_OTLP_ENDPOINT")) is not None:
         base = _check_url("OTEL_EXPORTER_OTLP_ENDPOINT", value)
-        return f"{base.rstrip('/')}{_TRACES_PATH}", "OTEL_EXPORTER_OTLP_ENDPOINT"
+        candidates.append((f"{base.rstrip('/')}{_TRACES_PATH}", "OTEL_EXPORTER_OTLP_ENDPOINT"))
     if (value := _get(environ, "JAEGER_URI")) is not None:
-        return jaeger_uri_endpoint(value), "JAEGER_URI"
-    return None
+        candidates.append((jaeger_uri_endpoint(value), "JAEGER_URI"))
+    return candidates[0] if candidates else None
 
 
 def _parse_exporter(environ: Mapping[str, str]) -> bool:

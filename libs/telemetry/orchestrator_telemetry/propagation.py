@@ -23,7 +23,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from orchestrator_broker import Message
 
 #: A header carrier as found in the wild: str or bytes on either side.
-Carrier: TypeAlias = Mapping[str, str] | Mapping[bytes, bytes] | Mapping[str | bytes, str | bytes]
+Carrier: TypeAlias = (
+    Mapping[str, str | bytes] | Mapping[bytes, str | bytes] | Mapping[str | bytes, str | bytes]
+)
 
 #: The propagator for message headers.
 PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])

@@ -1,0 +1,82 @@
+"""aiohttp server and client instrumentation: one trace across an HTTP hop."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from orchestrator_telemetry import client_trace_config, current_trace_id, instrument_app
+from tests.telemetry.conftest import SpanRecorder
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def whoami(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"trace_id": current_trace_id(), "traceparent": request.headers.get("traceparent")}
+    )
+
+
+def make_app(recorder: SpanRecorder) -> web.Application:
+    app = web.Application()
+    app.router.add_get("/tasks/{task_id}", whoami)
+    app.router.add_get("/healthz", whoami)
+    instrument_app(app, recorder.provider, exclude_paths=["/healthz"])
+    return app
+
+
+async def test_server_span_continues_the_callers_trace(recorder: SpanRecorder) -> None:
+    async with TestClient(TestServer(make_app(recorder))) as client:
+        response = await client.get("/tasks/abc", headers={"traceparent": TRACEPARENT})
+        body = await response.json()
+    assert body["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+    (server,) = recorder.spans
+    assert server.kind is SpanKind.SERVER
+    assert server.name == "GET /tasks/{task_id}"
+    assert server.parent is not None
+    assert trace.format_span_id(server.parent.span_id) == "b7ad6b7169203331"
+    assert server.attributes is not None
+    assert server.attributes["http.route"] == "/tasks/{task_id}"
+
+
+async def test_a_request_without_traceparent_starts_a_trace(recorder: SpanRecorder) -> None:
+    async with TestClient(TestServer(make_app(recorder))) as client:
+        body = await (await client.get("/tasks/abc")).json()
+    (server,) = recorder.spans
+    assert server.parent is None
+    assert server.context is not None
+    assert body["trace_id"] == trace.format_trace_id(server.context.trace_id)
+
+
+def test_instrumenting_an_app_leaves_web_application_unpatched(recorder: SpanRecorder) -> None:
+    make_app(recorder)
+    assert web.Application.__module__ == "aiohttp.web_app"
+
+
+async def test_excluded_paths_get_no_span(recorder: SpanRecorder) -> None:
+    async with TestClient(TestServer(make_app(recorder))) as client:
+        body = await (await client.get("/healthz")).json()
+    assert recorder.spans == ()
+    assert body["trace_id"] is None
+
+
+async def test_client_span_propagates_to_the_server_and_hides_the_query(
+    recorder: SpanRecorder,
+) -> None:
+    async with (
+        TestServer(make_app(recorder)) as server,
+        aiohttp.ClientSession(trace_configs=[client_trace_config(recorder.provider)]) as session,
+    ):
+        url = server.make_url("/tasks/abc?api_key=secret")
+        async with session.get(url) as response:
+            body = await response.json()
+    by_kind = {span.kind: span for span in recorder.spans}
+    client_span, server_span = by_kind[SpanKind.CLIENT], by_kind[SpanKind.SERVER]
+    assert client_span.context is not None
+    assert server_span.parent is not None
+    assert server_span.parent.span_id == client_span.context.span_id
+    assert body["trace_id"] == trace.format_trace_id(client_span.context.trace_id)
+    assert "secret" not in str(client_span.attributes)
