@@ -12,6 +12,8 @@ from .memory import MemoryBroker
 from .message import Message
 from .names import default_consumer_name
 from .protocol import Broker, ConsumeOptions, DeadLetter, Delivery, dead_letter_stream
+from .redis_settings import RedisSettings
+from .redis_streams import RedisDelivery, RedisStreamsBroker
 
 __all__ = [
     "AlreadySettled",
@@ -26,6 +28,9 @@ __all__ = [
     "LeaseLost",
     "MemoryBroker",
     "Message",
+    "RedisDelivery",
+    "RedisSettings",
+    "RedisStreamsBroker",
     "dead_letter_stream",
     "default_consumer_name",
 ]
