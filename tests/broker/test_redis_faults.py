@@ -89,7 +89,7 @@ async def test_consumers_survive_a_crash_and_lose_nothing(
         )
         await publisher
         async with asyncio.timeout(30):
-            while sum(len(w.acked) for w in workers) < total // 4:
+            while sum(len(w.acked) for w in workers) < total // 4:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
 
         server.kill()  # SIGKILL mid-consume
@@ -101,8 +101,10 @@ async def test_consumers_survive_a_crash_and_lose_nothing(
         await late
 
         async with asyncio.timeout(60):
-            while not (set().union(*(w.acked for w in workers)) == set(range(total))
-                       and await settled(broker)):
+            while not (  # noqa: ASYNC110 - polling Redis
+                set().union(*(w.acked for w in workers)) == set(range(total))
+                and await settled(broker)
+            ):
                 await asyncio.sleep(0.1)
         assert all(not w.task.done() for w in workers)  # they recovered by themselves
         outage_logs = [r for r in caplog.records if UNAVAILABLE in r.getMessage()]
@@ -188,5 +190,5 @@ async def test_publish_and_ping_fail_fast_when_redis_is_down(
 
 async def wait_for(check: Callable[[], bool], timeout: float = 20.0) -> None:
     async with asyncio.timeout(timeout):
-        while not check():
+        while not check():  # noqa: ASYNC110 - polling state set by other tasks
             await asyncio.sleep(0.02)

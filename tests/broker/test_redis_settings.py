@@ -80,8 +80,13 @@ async def test_no_repr_or_log_line_shows_the_password(
         await broker.publish("s", Message("hello"))
         await broker.ping()
         shown = [
-            repr(broker), str(broker), repr(broker.settings), str(broker.settings),
-            repr(broker._pool), repr(broker._read_pool), repr(broker._client),
+            repr(broker),
+            str(broker),
+            repr(broker.settings),
+            str(broker.settings),
+            repr(broker._pool),
+            repr(broker._read_pool),
+            repr(broker._client),
         ]
         for text in shown:
             assert SECRET not in text

@@ -15,14 +15,19 @@ import random
 import time
 from collections import deque
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._redis_errors import is_nogroup, is_unavailable, mapped_errors
 from .errors import BrokerError, BrokerUnavailable
 from .protocol import ConsumeOptions, Delivery
 
 if TYPE_CHECKING:
-    from .redis_streams import RedisDelivery, RedisStreamsBroker
+    from .redis_streams import RawEntry, RedisDelivery, RedisStreamsBroker
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
 
 logger = logging.getLogger("orchestrator_broker.redis")
 
@@ -97,7 +102,9 @@ class ConsumerLoop:
         if failed:
             logger.warning(
                 "could not hand back %d unyielded entries of %s; they return when their "
-                "lease runs out", failed, self.stream,
+                "lease runs out",
+                failed,
+                self.stream,
             )
 
     # -- one turn ---------------------------------------------------------------------
@@ -131,8 +138,13 @@ class ConsumerLoop:
             self.next_reclaim = now + options.effective_reclaim_interval
             self._take(
                 await broker._claim(
-                    self.stream, self.group, self.consumer, options.lease, options.batch_size,
-                    options.max_deliveries, skip=self.unsettled.__contains__,
+                    self.stream,
+                    self.group,
+                    self.consumer,
+                    options.lease,
+                    options.batch_size,
+                    options.max_deliveries,
+                    skip=self.unsettled.__contains__,
                 )
             )
             if self.buffer:
@@ -149,15 +161,17 @@ class ConsumerLoop:
         assert self.pel_cursor is not None
         with mapped_errors():
             reply = await self.broker._client.xreadgroup(
-                self.group, self.consumer, {self.stream: self.pel_cursor},
+                self.group,
+                self.consumer,
+                {self.stream: self.pel_cursor},
                 count=self.options.batch_size,
             )
         entries = _entries(reply)
         if not entries:
             self.pel_cursor = None
             return
-        self.pel_cursor = entries[-1][0].decode()
-        fresh = [(i, f) for i, f in entries if i.decode() not in self.unsettled]
+        self.pel_cursor = _text(entries[-1][0])
+        fresh = [(i, f) for i, f in entries if _text(i) not in self.unsettled]
         self._take(
             await self.broker._build_deliveries(
                 self.stream, self.group, self.consumer, fresh, self.options.max_deliveries
@@ -167,13 +181,16 @@ class ConsumerLoop:
     async def _read_new(self, block: float) -> None:
         read = asyncio.ensure_future(
             self.broker._reader.xreadgroup(
-                self.group, self.consumer, {self.stream: ">"},
-                count=self.options.batch_size, block=max(1, int(block * 1000)),
+                self.group,
+                self.consumer,
+                {self.stream: ">"},
+                count=self.options.batch_size,
+                block=max(1, int(block * 1000)),
             )
         )
-        closed = self.broker._closed_signal()
+        waiters: set[asyncio.Future[Any]] = {read, self.broker._closed_signal()}
         try:
-            await asyncio.wait({read, closed}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not read.done():
                 # Closing (or cancelled): whatever this read would have fetched stays
@@ -187,8 +204,12 @@ class ConsumerLoop:
             reply = read.result()
         self._take(
             await self.broker._build_deliveries(
-                self.stream, self.group, self.consumer, _entries(reply),
-                self.options.max_deliveries, fresh=True,
+                self.stream,
+                self.group,
+                self.consumer,
+                _entries(reply),
+                self.options.max_deliveries,
+                fresh=True,
             )
         )
 
@@ -203,7 +224,9 @@ class ConsumerLoop:
     def _lost_group(self) -> None:
         logger.warning(
             "consumer group %s of stream %s is gone (deleted, or Redis lost its data); "
-            "recreating it", self.group, self.stream,
+            "recreating it",
+            self.group,
+            self.stream,
         )
         self.group_ready = False
         self.failures += 1  # a group lost again at once backs off like an outage
@@ -213,7 +236,9 @@ class ConsumerLoop:
             self.outage_since = time.monotonic()
             logger.warning(
                 "Redis unavailable for consumer %s on %s (%s); retrying with backoff",
-                self.consumer, self.stream, exc,
+                self.consumer,
+                self.stream,
+                exc,
             )
         self.failures += 1
         await self._sleep(self._backoff())
@@ -222,7 +247,9 @@ class ConsumerLoop:
         if self.outage_since is not None:
             logger.warning(
                 "Redis is back for consumer %s on %s after %.1fs",
-                self.consumer, self.stream, time.monotonic() - self.outage_since,
+                self.consumer,
+                self.stream,
+                time.monotonic() - self.outage_since,
             )
             self.outage_since = None
             # Reads in flight when Redis went down may have left entries in our PEL.
@@ -259,11 +286,13 @@ class ConsumerLoop:
                     delivery.lease_lost = True
                     logger.warning(
                         "lease lost on entry %s of %s (consumer %s)",
-                        entry_id, self.stream, self.consumer,
+                        entry_id,
+                        self.stream,
+                        self.consumer,
                     )
 
 
-def _entries(reply: object) -> list[tuple[bytes, dict[bytes, bytes]]]:
+def _entries(reply: Any) -> list[RawEntry]:
     """The (id, fields) pairs of an XREADGROUP reply on one stream (RESP2 or RESP3)."""
     if not reply:
         return []
@@ -271,5 +300,5 @@ def _entries(reply: object) -> list[tuple[bytes, dict[bytes, bytes]]]:
         streams = list(reply.values())
         batches = [b[0] if b and isinstance(b[0], list) else b for b in streams]
     else:
-        batches = [item[1] for item in reply]  # type: ignore[attr-defined]
+        batches = [item[1] for item in reply]
     return [(i, f or {}) for batch in batches for i, f in batch if i is not None]

@@ -20,7 +20,9 @@ DEAD_ENTRY_ID = "dead_entry_id"
 DEAD_GROUP = "dead_group"
 DEAD_DELIVERY_COUNT = "dead_delivery_count"
 DEAD_CONSUMER = "dead_consumer"
-DEAD_FIELDS = frozenset({DEAD_REASON, DEAD_ENTRY_ID, DEAD_GROUP, DEAD_DELIVERY_COUNT, DEAD_CONSUMER})
+DEAD_FIELDS = frozenset(
+    {DEAD_REASON, DEAD_ENTRY_ID, DEAD_GROUP, DEAD_DELIVERY_COUNT, DEAD_CONSUMER}
+)
 
 DELETED_REASON = "entry deleted before it could be redelivered"
 

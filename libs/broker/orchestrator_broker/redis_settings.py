@@ -57,9 +57,7 @@ class RedisSettings:
         if "://" not in uri:
             match = _HOST_PORT.match(uri)
             if match is None:
-                raise ConfigError(
-                    f"Redis address {uri!r} is neither host:port nor a redis:// URL"
-                )
+                raise ConfigError(f"Redis address {uri!r} is neither host:port nor a redis:// URL")
             return cls(host=match["host"].strip("[]"), port=_port(match["port"]), **overrides)
         parts = urlsplit(uri)
         if parts.scheme not in ("redis", "rediss"):

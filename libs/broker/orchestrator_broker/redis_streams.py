@@ -46,8 +46,9 @@ Guarantees and the traps they avoid:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -95,8 +96,17 @@ def delayed_key(stream: str) -> str:
     return f"{stream}:delayed"
 
 
+#: One stream entry's fields as redis-py returns them (bytes without decode_responses).
+RawFields = Mapping[bytes | str, bytes | str]
+RawEntry = tuple[bytes | str, RawFields]
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _text_lossy(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 @attrs.define(eq=False)
@@ -278,8 +288,8 @@ class RedisStreamsBroker:
     async def dead_letters(self, stream: str, count: int = 100) -> list[DeadLetter]:
         self._check_open()
         with mapped_errors():
-            entries = await self._client.xrange(dead_letter_stream(stream), count=count)
-        return [_dead_letter_from(_text(entry_id), fields) for entry_id, fields in entries]
+            entries: Any = await self._client.xrange(dead_letter_stream(stream), count=count)
+        return [_dead_letter_from(_text(entry_id), fields) for entry_id, fields in entries or []]
 
     async def ping(self) -> None:
         self._check_open()
@@ -366,13 +376,19 @@ class RedisStreamsBroker:
         if result == "DELETED":
             logger.warning(
                 "entry %s of %s was deleted while pending; recorded in %s",
-                d.entry_id, d.stream, dead_letter_stream(d.stream),
+                d.entry_id,
+                d.stream,
+                dead_letter_stream(d.stream),
             )
 
     async def _dead_letter(self, delivery: RedisDelivery, reason: str) -> None:
         await self._dead_letter_entry(
-            delivery.stream, delivery.group, delivery.consumer, delivery.entry_id,
-            reason, delivery.delivery_count,
+            delivery.stream,
+            delivery.group,
+            delivery.consumer,
+            delivery.entry_id,
+            reason,
+            delivery.delivery_count,
         )
 
     async def _dead_letter_entry(
@@ -391,7 +407,9 @@ class RedisStreamsBroker:
     async def _extend(self, stream: str, group: str, consumer: str, ids: list[str]) -> list[str]:
         """Renew ``ids`` for ``consumer`` in batched atomic calls; returns the lost ones."""
         calls = [
-            self._eval(self._scripts.extend, [stream], [group, consumer, *ids[i : i + _EXTEND_CHUNK]])
+            self._eval(
+                self._scripts.extend, [stream], [group, consumer, *ids[i : i + _EXTEND_CHUNK]]
+            )
             for i in range(0, len(ids), _EXTEND_CHUNK)
         ]
         results = await asyncio.gather(*calls)
@@ -412,7 +430,9 @@ class RedisStreamsBroker:
                     pipe.xpending_range(stream, group, entry_id, entry_id, 1, consumer)
                 replies = await pipe.execute()
         return {
-            _text(row["message_id"]): int(row["times_delivered"]) for rows in replies for row in rows
+            _text(row["message_id"]): int(row["times_delivered"])
+            for rows in replies
+            for row in rows
         }
 
     async def _claim(
@@ -427,11 +447,11 @@ class RedisStreamsBroker:
     ) -> list[RedisDelivery]:
         """XAUTOCLAIM up to ``count`` idle entries; surfaces deleted ones in ``S:dead``."""
         self._check_open()
-        claimed: list[tuple[bytes, dict[bytes, bytes]]] = []
+        claimed: list[RawEntry] = []
         start: bytes | str = "0-0"
         for _ in range(10):  # bounded walk over the PEL
             with mapped_errors():
-                reply = await self._client.xautoclaim(
+                reply: Any = await self._client.xautoclaim(
                     stream, group, consumer, int(min_idle * 1000), start, count=count - len(claimed)
                 )
             start, entries = reply[0], reply[1]
@@ -449,7 +469,11 @@ class RedisStreamsBroker:
         for entry_id in ids:
             logger.warning(
                 "entry %s of %s (group %s) was deleted before it could be redelivered; "
-                "recorded in %s", entry_id, stream, group, dead_letter_stream(stream),
+                "recorded in %s",
+                entry_id,
+                stream,
+                group,
+                dead_letter_stream(stream),
             )
         with mapped_errors():
             async with self._client.pipeline(transaction=False) as pipe:
@@ -471,7 +495,7 @@ class RedisStreamsBroker:
         stream: str,
         group: str,
         consumer: str,
-        entries: list[tuple[bytes, dict[bytes, bytes]]],
+        entries: list[RawEntry],
         max_deliveries: int | None,
         *,
         fresh: bool = False,
@@ -482,7 +506,9 @@ class RedisStreamsBroker:
         from ``XPENDING``.
         """
         ids = [_text(i) for i, _ in entries]
-        counts = {i: 1 for i in ids} if fresh else await self._pel_counts(stream, group, consumer, ids)
+        counts = (
+            {i: 1 for i in ids} if fresh else await self._pel_counts(stream, group, consumer, ids)
+        )
         out: list[RedisDelivery] = []
         for entry_id, (_, fields) in zip(ids, entries, strict=True):
             if entry_id not in counts:
@@ -502,10 +528,8 @@ class RedisStreamsBroker:
                         reason = f"delivered {count} times, max_deliveries is {max_deliveries}"
             if reason is not None:
                 logger.warning("dead-lettering entry %s of %s: %s", entry_id, stream, reason)
-                try:
+                with contextlib.suppress(LeaseLost):  # another consumer has it now
                     await self._dead_letter_entry(stream, group, consumer, entry_id, reason, count)
-                except LeaseLost:
-                    pass
                 continue
             out.append(RedisDelivery(message, stream, group, entry_id, count, consumer, self))
         return out
@@ -514,7 +538,7 @@ class RedisStreamsBroker:
         """Entries after ``last_id`` (bounded; a lower bound past ``cap``)."""
         total, start = 0, f"({last_id}"
         while total < cap:
-            page = await self._client.xrange(stream, min=start, count=1000)
+            page: Any = await self._client.xrange(stream, min=start, count=1000)
             total += len(page)
             if len(page) < 1000:
                 break
@@ -540,10 +564,10 @@ def _make_pool(settings: RedisSettings, socket_timeout: float) -> BlockingConnec
     )
 
 
-def _dead_letter_from(entry_id: str, raw: dict[bytes, bytes]) -> DeadLetter:
+def _dead_letter_from(entry_id: str, raw: RawFields) -> DeadLetter:
     fields = {_text(k): v for k, v in raw.items()}
-    text = {k: v.decode(errors="replace") for k, v in fields.items()}
-    original = {k: v for k, v in fields.items() if k not in DEAD_FIELDS}
+    text = {k: _text_lossy(v) for k, v in fields.items()}
+    original: RawFields = {k: v for k, v in fields.items() if k not in DEAD_FIELDS}
     message: Message | None = None
     if original:
         try:
