@@ -514,22 +514,25 @@ class RedisStreamsBroker:
             if entry_id not in counts:
                 continue  # taken by another consumer meanwhile
             reason: str | None = None
+            count = counts[entry_id]
             if not fields:
                 reason = DELETED_REASON
-                count = counts[entry_id]
             else:
                 try:
                     message, prior = decode_fields(fields)
                 except DecodeError as exc:
-                    reason, count = f"undecodable entry: {exc}", counts[entry_id]
+                    reason = f"undecodable entry: {exc}"
                 else:
-                    count = prior + counts[entry_id]
+                    count += prior
                     if max_deliveries is not None and count > max_deliveries:
-                        reason = f"delivered {count} times, max_deliveries is {max_deliveries}"
+                        reason = f"exceeded max_deliveries ({max_deliveries})"
             if reason is not None:
+                # Recorded with the deliveries that really happened: this fetch is not one.
                 logger.warning("dead-lettering entry %s of %s: %s", entry_id, stream, reason)
                 with contextlib.suppress(LeaseLost):  # another consumer has it now
-                    await self._dead_letter_entry(stream, group, consumer, entry_id, reason, count)
+                    await self._dead_letter_entry(
+                        stream, group, consumer, entry_id, reason, count - 1
+                    )
                 continue
             out.append(RedisDelivery(message, stream, group, entry_id, count, consumer, self))
         return out
@@ -581,7 +584,7 @@ def _dead_letter_from(entry_id: str, raw: RawFields) -> DeadLetter:
         group=text.get(DEAD_GROUP, ""),
         delivery_count=int(text.get(DEAD_DELIVERY_COUNT, "0") or 0),
         message=message,
-        raw_fields=text,
+        raw_fields={k: v for k, v in text.items() if k not in DEAD_FIELDS},
     )
 
 
