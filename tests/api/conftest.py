@@ -66,7 +66,6 @@ def api_client(
             store = MemoryTaskStore(settings.cache_ttl_seconds)
             owned.append(store)
         kwargs.setdefault("tracer_provider", TracerProvider())
-        kwargs.setdefault("consume_results", False)  # TEMP until results.py lands
         app = create_app(settings, broker=broker, store=store, **kwargs)
 
         async def close_owned(_: web.Application) -> None:

@@ -179,7 +179,11 @@ _SCHEMAS: Final[dict[str, Schema]] = {
         "type": "object",
         "additionalProperties": False,
         "required": ["id", "event", "data"],
-        "properties": {"id": {"type": "string", "minLength": 1}},
+        "properties": {
+            "id": {"type": "string", "minLength": 1},
+            "event": {"type": "string", "enum": ["status", "delta", "result", "error"]},
+            "data": {"type": "object"},
+        },
         "oneOf": [
             {
                 "properties": {
