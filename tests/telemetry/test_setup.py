@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -126,3 +129,28 @@ async def test_shutdown_flushes_spans_still_in_the_batch() -> None:
         await telemetry.aclose()
         # No waiting: shutdown returned only after the export.
         assert len(receiver.spans) == 50
+
+
+async def test_shutdown_gives_up_on_a_collector_that_keeps_failing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = 0
+
+    async def unavailable(_: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        return web.Response(status=503)  # retryable: the exporter would back off for 60 s
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", unavailable)
+    async with TestServer(app, host="127.0.0.1") as server:
+        telemetry = setup_telemetry(
+            settings(JAEGER_URI=f"127.0.0.1:{server.port}", OTEL_EXPORTER_OTLP_TRACES_TIMEOUT="60"),
+            set_global=False,
+        )
+        with telemetry.tracer("test").start_as_current_span("doomed"):
+            pass
+        # 30 s is only a hang guard: without the abort this takes the full 60 s export timeout.
+        await asyncio.wait_for(telemetry.aclose(timeout=0.5), timeout=30)
+    assert calls >= 1
+    assert any("did not take spans" in record.getMessage() for record in caplog.records)

@@ -20,7 +20,8 @@ Also read: ``OTEL_EXPORTER_OTLP[_TRACES]_HEADERS`` (``k=v,k2=v2``; never logged)
 ``OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT`` (seconds, as the Python exporter reads it),
 ``OTEL_EXPORTER_OTLP[_TRACES]_COMPRESSION`` (``none``/``gzip``/``deflate``),
 ``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG``. The signal-specific variable wins
-over the generic one. A malformed value raises ``TelemetryConfigError`` naming the variable.
+over the generic one. A malformed value raises ``TelemetryConfigError`` naming the variable,
+even in a variable another one overrides (a typo is worth failing on either way).
 TLS certificate variables and ``OTEL_BSP_*`` are read by the SDK itself.
 """
 

@@ -29,6 +29,8 @@ from opentelemetry import trace
 from opentelemetry.instrumentation import aiohttp_server
 from opentelemetry.instrumentation.aiohttp_client import create_trace_config
 
+from .errors import TelemetryError
+
 _init_lock = threading.Lock()
 
 
@@ -44,6 +46,11 @@ def _initialise_server_instrumentation() -> None:
             # instrument() subclasses web.Application, which aiohttp warns about.
             warnings.simplefilter("ignore", DeprecationWarning)
             instrumentor.instrument()
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            # instrument() declines (with a log line) when aiohttp's version is unsupported.
+            raise TelemetryError(
+                "opentelemetry-instrumentation-aiohttp-server refused this aiohttp"
+            )
         instrumentor.uninstrument()  # restores web.Application; the module state stays
 
 

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections.abc import Sequence
 
 import attrs
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -83,6 +85,39 @@ def build_exporter(settings: TelemetrySettings) -> OTLPSpanExporter | None:
     )
 
 
+class _BoundedExporter(SpanExporter):
+    """Delegates to the real exporter; ``abort()`` cuts its retries short, once, quietly.
+
+    The OTLP exporter retries a failed export with backoff for up to its timeout, and
+    ``force_flush`` does not bound that; a service stopping while the collector is down
+    would hang in shutdown. ``Telemetry.shutdown`` aborts the exporter when its own timeout
+    runs out, and later batches are dropped without a log line each.
+    """
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+        self._aborted = threading.Event()
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._aborted.is_set():
+            return SpanExportResult.FAILURE
+        return self.inner.export(spans)
+
+    def abort(self) -> None:
+        with self._lock:
+            if self._aborted.is_set():
+                return
+            self._aborted.set()
+        self.inner.shutdown()
+
+    def shutdown(self) -> None:
+        self.abort()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
 @attrs.define
 class Telemetry:
     """What ``setup_telemetry`` built: the provider to hand to instrumentations, and shutdown."""
@@ -106,20 +141,41 @@ class Telemetry:
             return self.tracer_provider.force_flush(int(timeout * 1000))
         return True
 
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Flush buffered spans (up to ``timeout`` seconds) and stop exporting; idempotent.
+    @property
+    def endpoint_for_log(self) -> str:
+        """Where spans go, fit for a startup log line (see ``TelemetrySettings``)."""
+        return self.settings.endpoint_for_log
 
-        Blocking (the exporter is synchronous HTTP): from async code use ``aclose()``.
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Flush buffered spans and stop exporting; idempotent.
+
+        Blocking (the exporter is synchronous HTTP): from async code use ``aclose()``. If the
+        collector does not take the spans within ``timeout`` seconds (plus at most one
+        request in flight), they are dropped with one warning rather than delaying the stop.
         """
         if self._closed:
             return
         self._closed = True
-        if isinstance(self.tracer_provider, TracerProvider):
-            if not self.tracer_provider.force_flush(int(timeout * 1000)):
-                _log.warning("telemetry: spans not flushed within %.1fs at shutdown", timeout)
-            self.tracer_provider.shutdown()
+        if not isinstance(self.tracer_provider, TracerProvider):
+            return
+        timer: threading.Timer | None = None
+        if isinstance(self.exporter, _BoundedExporter):
+            bounded = self.exporter
 
-    async def aclose(self, timeout: float = 10.0) -> None:
+            def give_up() -> None:
+                _log.warning("telemetry: collector did not take spans in %.1fs; dropped", timeout)
+                bounded.abort()
+
+            timer = threading.Timer(timeout, give_up)
+            timer.daemon = True
+            timer.start()
+        try:
+            self.tracer_provider.shutdown()  # the batch processor exports what it holds
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def aclose(self, timeout: float = 5.0) -> None:
         """``shutdown()`` in a thread, so the event loop keeps serving while spans flush."""
         await asyncio.to_thread(self.shutdown, timeout)
 
@@ -147,6 +203,7 @@ def setup_telemetry(
         )
         exporter = exporter or build_exporter(settings)
         if exporter is not None:
+            exporter = _BoundedExporter(exporter)
             sdk_provider.add_span_processor(BatchSpanProcessor(exporter))
         provider = sdk_provider
     if set_global:
