@@ -27,26 +27,21 @@ class Script:
         return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
 
-#: KEYS: record[, idempotency key]. ARGV: tenant, fixed blob, safety ttl ms, task id,
-#: record key prefix. Returns 1 when stored (or already stored by a retry of this call),
-#: else the existing record's fields (tn m st sa fa n r e) for the idempotency key.
+#: A create with an idempotency key (one without is a plain HSET + PEXPIRE).
+#: KEYS: record, idempotency key. ARGV: tenant, fixed blob, safety ttl ms, task id, record
+#: key prefix. Returns 1 when stored (or already stored by a retry of this call), else the
+#: existing record's fields (tn m st sa fa n r e) for the idempotency key.
 CREATE = Script("""
-if #KEYS > 1 then
-  local existing = redis.call('GET', KEYS[2])
-  if existing then
-    local rec = redis.call('HMGET', ARGV[5] .. existing, 'tn', 'm', 'st', 'sa', 'fa', 'n', 'r', 'e')
-    if rec[1] then
-      if existing == ARGV[4] then return 1 end
-      return rec
-    end
+local existing = redis.call('GET', KEYS[2])
+if existing then
+  local rec = redis.call('HMGET', ARGV[5] .. existing, 'tn', 'm', 'st', 'sa', 'fa', 'n', 'r', 'e')
+  if rec[1] then
+    if existing == ARGV[4] then return 1 end
+    return rec
   end
-  if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
-  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
-  redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'ik', KEYS[2])
-else
-  if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
-  redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued')
 end
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'ik', KEYS[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """)
@@ -63,39 +58,46 @@ return 1
 
 #: KEYS: record, log, buffer. ARGV: tenant, task id, attempt, seq, ttl ms, safety ttl ms,
 #: wake channel, then the step: terminal ('1'/'0'), status, at, log entry, result/error blob.
-#: Returns 0 ignored, 1 applied, 2 buffered (same rules as ``_steps.Cursor``).
+#: Returns 0 ignored, 1 applied, 2 buffered (same rules as ``_steps.Cursor``). The record
+#: changes are gathered into one HSET: every redis.call costs, and this runs per event.
 APPLY = Script("""
 local rec, log, buf = KEYS[1], KEYS[2], KEYS[3]
-local cur = redis.call('HMGET', rec, 'tn', 'st', 'ca', 'ns', 'ik')
+local cur = redis.call('HMGET', rec, 'tn', 'st', 'ca', 'ns', 'ik', 'sa')
 if cur[1] ~= ARGV[1] then return 0 end
 if cur[2] == 'succeeded' or cur[2] == 'failed' then return 0 end
 local attempt, seq = tonumber(ARGV[3]), tonumber(ARGV[4])
 local ca, ns = tonumber(cur[3] or '0'), tonumber(cur[4] or '0')
 if attempt < ca then return 0 end
 if attempt > ca then
+  if ca > 0 then redis.call('DEL', buf) end
   ca, ns = attempt, 0
-  redis.call('DEL', buf)
-  redis.call('HSET', rec, 'ca', ca, 'ns', ns)
 end
 if seq < ns then return 0 end
 local step = {ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]}
 if step[1] ~= '1' and seq > ns then
   if redis.call('HSETNX', buf, seq, cmsgpack.pack(step)) == 0 then return 0 end
   redis.call('PEXPIRE', buf, ARGV[6])
+  if ca ~= tonumber(cur[3] or '0') then redis.call('HSET', rec, 'ca', ca, 'ns', ns) end
   return 2
 end
+local fields = {}
+local started = cur[6]
 local function commit(s)
   if redis.call('RPUSH', log, s[4]) == 1 then redis.call('PEXPIRE', log, ARGV[6]) end
-  redis.call('HSETNX', rec, 'sa', s[3])
-  if s[1] == '1' then
-    local field = 'e'
-    if s[2] == 'succeeded' then field = 'r' end
-    redis.call('HSET', rec, 'st', s[2], 'n', ca, 'fa', s[3], field, s[5])
-  else
-    redis.call('HSET', rec, 'st', s[2], 'n', ca)
+  if not started then
+    started = s[3]
+    fields[#fields + 1] = 'sa'
+    fields[#fields + 1] = s[3]
   end
+  if s[1] == '1' then
+    fields[#fields + 1] = 'fa'
+    fields[#fields + 1] = s[3]
+    fields[#fields + 1] = (s[2] == 'succeeded') and 'r' or 'e'
+    fields[#fields + 1] = s[5]
+  end
+  return s[2]
 end
-commit(step)
+local status = commit(step)
 ns = seq + 1
 if step[1] == '1' then
   redis.call('DEL', buf)
@@ -107,11 +109,11 @@ else
     local packed = redis.call('HGET', buf, ns)
     if not packed then break end
     redis.call('HDEL', buf, ns)
-    commit(cmsgpack.unpack(packed))
+    status = commit(cmsgpack.unpack(packed))
     ns = ns + 1
   end
 end
-redis.call('HSET', rec, 'ca', ca, 'ns', ns)
+redis.call('HSET', rec, 'st', status, 'n', ca, 'ca', ca, 'ns', ns, unpack(fields))
 redis.call('PUBLISH', ARGV[7], '')
 return 1
 """)

@@ -241,9 +241,16 @@ class RedisTaskStore:
             }
         )
         record_key = self._task_prefix + record.id
-        keys: tuple[str, ...] = (record_key,)
-        if idempotency_key is not None:
-            keys = (record_key, f"{self._idem_prefix}{record.tenant}:{idempotency_key}")
+        if idempotency_key is None:
+            # The common case needs no script: two plain commands in the shared pipeline.
+            # Repeating them (the batcher's retry) is harmless: nobody has seen the task yet.
+            with _translated("create"):
+                await self._run(
+                    ("HSET", record_key, "tn", record.tenant, "m", fixed, "st", "queued"),
+                    ("PEXPIRE", record_key, self._safety_ms),
+                )
+            return record
+        keys = (record_key, f"{self._idem_prefix}{record.tenant}:{idempotency_key}")
         args = (record.tenant, fixed, self._safety_ms, record.id, self._task_prefix)
         with _translated("create"):
             reply = await self._script(CREATE, keys, args)
