@@ -113,3 +113,11 @@ def test_current_ids_inside_and_outside_a_span(recorder: SpanRecorder) -> None:
         ctx = span.get_span_context()
         assert current_trace_id() == trace.format_trace_id(ctx.trace_id)
         assert current_span_id() == trace.format_span_id(ctx.span_id)
+
+
+def test_tracestate_is_carried_on_to_child_spans(recorder: SpanRecorder) -> None:
+    parent = extract_context({"traceparent": TRACEPARENT, "tracestate": "vendor=abc"})
+    with recorder.provider.get_tracer("test").start_as_current_span("child", context=parent):
+        headers = inject_headers()
+    assert headers["tracestate"] == "vendor=abc"
+    assert headers["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
