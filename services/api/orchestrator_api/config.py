@@ -86,8 +86,8 @@ class ApiSettings:
     port: int = 8080
     host: str = "0.0.0.0"
     app_id: str = "ai-orchestrator_api"
-    redis_uri: str | None = None
-    jaeger_uri: str | None = None
+    redis_uri: str | None = attrs.field(default=None, repr=lambda url: repr(_mask_url(url)))
+    jaeger_uri: str | None = attrs.field(default=None, repr=lambda url: repr(_mask_url(url)))
     cache_ttl_minutes: float = 5.0
     stream: str = "tasks"
     results_stream: str = "results"

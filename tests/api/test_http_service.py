@@ -1,0 +1,134 @@
+"""serve(): the API as it runs for real, on loopback, on memory or on a throwaway Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from opentelemetry.sdk.trace import TracerProvider
+
+from orchestrator_api.config import ApiSettings
+from orchestrator_api.service import serve
+from tests.api.conftest import ACME, API_KEYS
+
+HANG = 30.0  # hang guard only
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: ApiSettings, **kwargs: Any
+) -> AsyncIterator[tuple[str, asyncio.Task[None]]]:
+    """Run ``serve`` in a task; yields its base URL and the task, stops it on exit."""
+    stop = asyncio.Event()
+    started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        serve(
+            settings,
+            host="127.0.0.1",
+            port=0,
+            tracer_provider=TracerProvider(),
+            stop=stop,
+            on_started=started.set_result,
+            **kwargs,
+        )
+    )
+    try:
+        url = await asyncio.wait_for(asyncio.shield(started), HANG)
+        yield url, task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, HANG)
+
+
+async def test_serve_answers_over_loopback_and_logs_one_masked_startup_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="orchestrator_api")
+    settings = ApiSettings(api_keys=(("acme", "sekrit-key"),))
+    async with running(settings) as (url, _), aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/health") as response:
+            assert response.status == 200
+        async with session.post(
+            f"{url}/v1/tasks",
+            json={"prompt": "x"},
+            headers={"Authorization": "Bearer sekrit-key"},
+        ) as response:
+            assert response.status == 202
+    startup = [r.getMessage() for r in caplog.records if "listening on" in r.getMessage()]
+    assert len(startup) == 1
+    assert url in startup[0]
+    assert "in-memory" in startup[0]
+    assert "sekrit" not in caplog.text
+
+
+async def test_stop_ends_open_event_streams_and_serve_returns() -> None:
+    settings = ApiSettings(api_keys=API_KEYS, shutdown_grace_seconds=5)
+    stop = asyncio.Event()
+    started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    service = asyncio.create_task(
+        serve(
+            settings,
+            host="127.0.0.1",
+            port=0,
+            tracer_provider=TracerProvider(),
+            stop=stop,
+            on_started=started.set_result,
+        )
+    )
+    url = await asyncio.wait_for(started, HANG)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{url}/v1/tasks", json={"prompt": "x"}, headers=ACME) as r:
+            task_id = (await r.json())["id"]
+        async with session.get(f"{url}/v1/tasks/{task_id}/events", headers=ACME) as stream:
+            assert stream.status == 200
+            reader = asyncio.create_task(stream.content.read())
+            await asyncio.sleep(0.1)
+            assert not reader.done()  # idle stream, task still queued
+            stop.set()  # as SIGTERM does
+            body = await asyncio.wait_for(reader, HANG)  # the server ended the stream
+    await asyncio.wait_for(service, HANG)
+    assert b"event: status" in body
+
+
+@pytest.mark.redis
+async def test_serve_on_redis_publishes_to_the_tasks_stream_and_serves_the_task(
+    redis_url: str,
+) -> None:
+    settings = ApiSettings(api_keys=API_KEYS, redis_uri=redis_url)
+    async with running(settings) as (url, _), aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/health") as response:
+            assert response.status == 200
+            assert (await response.json())["checks"] == {"broker": "ok", "store": "ok"}
+        async with session.post(
+            f"{url}/v1/tasks",
+            json={"prompt": "over redis", "model": "echo"},
+            headers={**ACME, "Idempotency-Key": "r1"},
+        ) as response:
+            assert response.status == 202
+            task = await response.json()
+        async with session.post(
+            f"{url}/v1/tasks", json={"prompt": "again"}, headers={**ACME, "Idempotency-Key": "r1"}
+        ) as response:
+            assert response.status == 200
+            assert (await response.json())["id"] == task["id"]
+        async with session.get(f"{url}/v1/tasks/{task['id']}", headers=ACME) as response:
+            assert response.status == 200
+            assert (await response.json())["status"] == "queued"
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = await client.xrange("tasks")  # type: ignore[assignment]
+        finally:
+            await client.aclose()
+        assert len(entries) == 1
+        fields = entries[0][1]
+        payload = orjson.loads(fields[b"payload"])
+        assert payload["task_id"] == task["id"]
+        assert payload["prompt"] == "over redis"
+        assert b"traceparent" in fields  # the trace crosses the broker
