@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -154,3 +156,25 @@ async def test_shutdown_gives_up_on_a_collector_that_keeps_failing(
         await asyncio.wait_for(telemetry.aclose(timeout=0.5), timeout=30)
     assert calls >= 1
     assert any("did not take spans" in record.getMessage() for record in caplog.records)
+
+
+def test_setting_up_twice_in_one_process_keeps_the_first_global_quietly() -> None:
+    # In a child process: the global provider can be set once per process.
+    script = """
+import logging, sys
+from opentelemetry import trace
+from orchestrator_telemetry import TelemetrySettings, setup_telemetry
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+first = setup_telemetry(TelemetrySettings.from_env({"APP_ID": "one"}))
+second = setup_telemetry(TelemetrySettings.from_env({"APP_ID": "two"}))
+assert trace.get_tracer_provider() is first.tracer_provider
+with trace.get_tracer("x").start_as_current_span("s") as span:
+    assert span.get_span_context().is_valid
+first.shutdown()
+second.shutdown()
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "ok", "")

@@ -189,8 +189,9 @@ def setup_telemetry(
     """Build the tracer provider ``settings`` describe; install it globally unless told not to.
 
     ``exporter`` replaces the OTLP exporter (tests pass an in-memory one); it is used even when
-    no endpoint is configured. OpenTelemetry allows setting the global provider once per
-    process, so tests pass ``set_global=False`` and hand ``telemetry.tracer_provider`` on.
+    no endpoint is configured. OpenTelemetry allows one global provider per process: a later
+    call leaves the first one global (quietly), so always hand ``telemetry.tracer_provider``
+    on explicitly (``TracingBroker``, ``instrument_app``, ``client_trace_config``).
     """
     provider: trace.TracerProvider
     if settings.disabled:
@@ -207,5 +208,15 @@ def setup_telemetry(
             sdk_provider.add_span_processor(BatchSpanProcessor(exporter))
         provider = sdk_provider
     if set_global:
-        trace.set_tracer_provider(provider)
+        _set_global(provider)
     return Telemetry(settings=settings, tracer_provider=provider, exporter=exporter)
+
+
+def _set_global(provider: trace.TracerProvider) -> None:
+    # OpenTelemetry accepts one global provider per process and logs a warning on every
+    # later attempt; a process that sets up twice (tests running a service in-process)
+    # keeps the first. Everything here takes an explicit provider, so nothing is lost.
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        trace.set_tracer_provider(provider)
+    else:
+        _log.debug("telemetry: a global tracer provider is set already; keeping it")
