@@ -106,7 +106,7 @@ class WriteCoalescer:
         """
         payload = b"".join(map(_pack, commands))
         pool = self._client.connection_pool
-        conn = await pool.get_connection()
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             await conn.send_packed_command(payload, check_health=False)
             results: list[Any] = []
