@@ -44,6 +44,11 @@ def _text(value: bytes | str) -> str:
     return value.decode(errors="backslashreplace") if isinstance(value, bytes) else value
 
 
+def _lenient_text(value: bytes | str) -> str:
+    """Text for display, as the Redis adapter shows it (undecodable bytes become U+FFFD)."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
 def _id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq)
@@ -553,5 +558,5 @@ def _read_dead_letter(entry_id: str, fields: _Fields) -> DeadLetter:
         group=meta.get(DEAD_GROUP, ""),
         delivery_count=int(meta.get(DEAD_DELIVERY_COUNT) or 0),
         message=message,
-        raw_fields={_text(k): _text(v) for k, v in original.items()},
+        raw_fields={_text(k): _lenient_text(v) for k, v in original.items()},
     )
