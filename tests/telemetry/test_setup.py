@@ -178,3 +178,14 @@ print("ok")
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )
     assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "ok", "")
+
+
+def test_a_legacy_jaeger_port_in_jaeger_uri_gets_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="orchestrator_telemetry"):
+        telemetry = setup_telemetry(settings(JAEGER_URI="jaeger:14268"), set_global=False)
+    telemetry.shutdown(timeout=0.1)
+    (record,) = [r for r in caplog.records if r.name.startswith("orchestrator_telemetry")]
+    assert "14268" in record.getMessage()
+    assert "4318" in record.getMessage()

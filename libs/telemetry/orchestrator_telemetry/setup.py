@@ -17,6 +17,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import attrs
 from opentelemetry import trace
@@ -193,6 +194,7 @@ def setup_telemetry(
     call leaves the first one global (quietly), so always hand ``telemetry.tracer_provider``
     on explicitly (``TracingBroker``, ``instrument_app``, ``client_trace_config``).
     """
+    _warn_about_legacy_jaeger_port(settings)
     provider: trace.TracerProvider
     if settings.disabled:
         provider = trace.NoOpTracerProvider()
@@ -220,3 +222,27 @@ def _set_global(provider: trace.TracerProvider) -> None:
         trace.set_tracer_provider(provider)
     else:
         _log.debug("telemetry: a global tracer provider is set already; keeping it")
+
+
+#: Jaeger's own (non-OTLP) ports, a likely leftover in an old ``JAEGER_URI``.
+_LEGACY_JAEGER_PORTS = {
+    5775: "the agent's zipkin.thrift UDP port",
+    6831: "the agent's Thrift UDP port",
+    6832: "the agent's Thrift UDP port",
+    14250: "the collector's gRPC model.proto port",
+    14268: "the collector's Thrift HTTP port",
+    16686: "the query UI port",
+    4317: "the OTLP/gRPC port (this exporter speaks OTLP/HTTP)",
+}
+
+
+def _warn_about_legacy_jaeger_port(settings: TelemetrySettings) -> None:
+    if settings.endpoint_source != "JAEGER_URI" or settings.traces_endpoint is None:
+        return
+    port = urlsplit(settings.traces_endpoint).port
+    if port in _LEGACY_JAEGER_PORTS:
+        _log.warning(
+            "JAEGER_URI port %d is Jaeger's %s; spans go over OTLP/HTTP, usually port 4318",
+            port,
+            _LEGACY_JAEGER_PORTS[port],
+        )
