@@ -327,7 +327,16 @@ class RedisTaskStore:
         async with self._watch(task_id) as woken:
             while True:
                 woken.clear()
-                events, open_ = await self._read(tenant, task_id, start)
+                try:
+                    events, open_ = await self._read(tenant, task_id, start)
+                except StoreUnavailable:
+                    # A blip while the subscriber reconnects (it wakes everyone on a lost
+                    # connection): keep the reader waiting, retrying now and then, until
+                    # its deadline; only then does the outage reach the caller.
+                    if deadline - loop.time() <= 0:
+                        raise
+                    await asyncio.sleep(min(0.2, max(deadline - loop.time(), 0.0)))
+                    continue
                 remaining = deadline - loop.time()
                 if events or not open_ or remaining <= 0:
                     return events

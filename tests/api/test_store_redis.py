@@ -1,0 +1,201 @@
+"""What only the Redis task store has: replicas, outages, the subscriber connection, scripts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from orchestrator_api.model import TaskStatus
+from orchestrator_api.store import RedisTaskStore, StoreUnavailable
+from tests.api.test_store import delta, new_record, started, succeeded, summary
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+HANG = 20.0
+
+
+@pytest.fixture
+async def stores(redis_url: str) -> AsyncIterator[Callable[..., RedisTaskStore]]:
+    """Make RedisTaskStores (each one an API replica); all closed at teardown."""
+    made: list[RedisTaskStore] = []
+
+    def make(url: str = redis_url) -> RedisTaskStore:
+        store = RedisTaskStore.from_url(url, ttl_seconds=60)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        await store.close()
+
+
+async def pubsub_clients(url: str) -> int:
+    async with aioredis.Redis.from_url(url) as client:
+        clients = await client.client_list()
+    return sum(1 for c in clients if int(c.get("sub", 0)) > 0)
+
+
+async def test_a_reader_on_one_replica_wakes_on_an_event_applied_by_another(
+    stores: Callable[..., RedisTaskStore],
+) -> None:
+    serving, applying = stores(), stores()
+    record = new_record()
+    await serving.create(record)
+
+    waiting = asyncio.create_task(serving.events("acme", record.id, after="1", timeout=HANG))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    await applying.apply(started(record))
+
+    async with asyncio.timeout(HANG):
+        assert summary(await waiting) == [("status", ("running", 1))]
+
+
+async def test_thousands_of_readers_share_one_subscriber_connection(
+    stores: Callable[..., RedisTaskStore], redis_url: str
+) -> None:
+    serving, applying = stores(), stores()
+    records = [new_record() for _ in range(300)]
+    for record in records:
+        await serving.create(record)
+    readers = [
+        asyncio.create_task(serving.events("acme", r.id, after="1", timeout=HANG)) for r in records
+    ]
+    await asyncio.sleep(0.2)
+
+    assert await pubsub_clients(redis_url) == 1
+    for record in records:
+        await applying.apply(started(record))
+    async with asyncio.timeout(HANG):
+        results = await asyncio.gather(*readers)
+    assert all(summary(r) == [("status", ("running", 1))] for r in results)
+
+
+async def test_a_reader_that_leaves_unsubscribes(
+    stores: Callable[..., RedisTaskStore], redis_url: str
+) -> None:
+    store = stores()
+    record = new_record()
+    await store.create(record)
+
+    assert await store.events("acme", record.id, after="1", timeout=0.2) == []
+
+    channel = f"orchestrator:task:{record.id}:wake"
+    async with aioredis.Redis.from_url(redis_url) as client:
+        for _ in range(100):  # the UNSUBSCRIBE is sent, not awaited: give it a moment
+            if dict(await client.pubsub_numsub(channel))[channel.encode()] == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert dict(await client.pubsub_numsub(channel))[channel.encode()] == 0
+
+
+async def test_duplicate_idempotency_keys_in_one_pipeline_create_one_task(
+    stores: Callable[..., RedisTaskStore],
+) -> None:
+    store = stores()
+    records = [new_record() for _ in range(50)]
+
+    created = await asyncio.gather(*(store.create(r, "same-key") for r in records))
+
+    (winner,) = {c.id for c in created}
+    assert [r.id for r in records if await store.get("acme", r.id) is not None] == [winner]
+
+
+async def test_concurrent_creates_all_land(stores: Callable[..., RedisTaskStore]) -> None:
+    store = stores()
+    records = [new_record() for _ in range(500)]
+
+    await asyncio.gather(*(store.create(r) for r in records))
+
+    fetched = await asyncio.gather(*(store.get("acme", r.id) for r in records))
+    assert fetched == records
+
+
+async def test_scripts_are_reloaded_after_a_script_flush(
+    stores: Callable[..., RedisTaskStore], redis_url: str
+) -> None:
+    store = stores()
+    record = new_record()
+    await store.create(record, "k")
+    async with aioredis.Redis.from_url(redis_url) as client:
+        await client.script_flush()
+
+    assert await store.apply(started(record)) is True
+    assert (await store.create(new_record(), "k")).id == record.id
+
+
+async def test_the_password_never_shows_in_repr(
+    redis_server_factory: Callable[..., RedisServer], stores: Callable[..., RedisTaskStore]
+) -> None:
+    server = redis_server_factory(password="s3cret-pw")
+    store = stores(server.url)
+
+    await store.ping()
+    assert "s3cret-pw" not in repr(store)
+    assert "***" in repr(store)
+
+
+async def test_a_down_redis_raises_store_unavailable(
+    redis_server_factory: Callable[..., RedisServer], stores: Callable[..., RedisTaskStore]
+) -> None:
+    server = redis_server_factory()
+    store = stores(server.url)
+    await store.ping()
+    server.kill()
+
+    async with asyncio.timeout(HANG):
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        with pytest.raises(StoreUnavailable):
+            await store.create(new_record())
+        with pytest.raises(StoreUnavailable):
+            await store.get("acme", "x")
+        with pytest.raises(StoreUnavailable):
+            await store.apply(started(new_record()))
+        with pytest.raises(StoreUnavailable):
+            await store.events("acme", "x")
+
+
+async def test_the_store_works_again_once_redis_is_back(
+    redis_server_factory: Callable[..., RedisServer], stores: Callable[..., RedisTaskStore]
+) -> None:
+    server = redis_server_factory(appendonly=True)
+    store = stores(server.url)
+    record = new_record()
+    await store.create(record)
+
+    server.restart()
+
+    async with asyncio.timeout(HANG):
+        assert await store.get("acme", record.id) == record
+        await store.apply(succeeded(record, 0))
+    done = await store.get("acme", record.id)
+    assert done is not None
+    assert done.status is TaskStatus.SUCCEEDED
+
+
+async def test_a_reader_waiting_through_a_redis_restart_still_wakes(
+    redis_server_factory: Callable[..., RedisServer], stores: Callable[..., RedisTaskStore]
+) -> None:
+    server = redis_server_factory(appendonly=True)
+    serving, applying = stores(server.url), stores(server.url)
+    record = new_record()
+    await serving.create(record)
+    await serving.apply(started(record))
+    waiting = asyncio.create_task(serving.events("acme", record.id, after="2", timeout=HANG))
+    await asyncio.sleep(0.2)
+
+    server.restart()
+    async with asyncio.timeout(HANG):
+        while True:  # the first tries may meet the server still loading
+            try:
+                await applying.apply(delta(record, 1, "after the restart"))
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(0.05)
+
+        assert summary(await waiting) == [("delta", ("after the restart", 1))]
