@@ -18,11 +18,14 @@ from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 from ._redis_errors import is_nogroup, is_unavailable, mapped_errors
+from ._redis_reads import build_deliveries, claim
 from .errors import BrokerError, BrokerUnavailable
 from .protocol import ConsumeOptions, Delivery
 
 if TYPE_CHECKING:
-    from .redis_streams import RawEntry, RedisDelivery, RedisStreamsBroker
+    from ._redis_delivery import RedisDelivery
+    from ._redis_reads import RawEntry
+    from .redis_streams import RedisStreamsBroker
 
 
 def _text(value: bytes | str) -> str:
@@ -137,7 +140,8 @@ class ConsumerLoop:
         if now >= self.next_reclaim:
             self.next_reclaim = now + options.effective_reclaim_interval
             self._take(
-                await broker._claim(
+                await claim(
+                    broker,
                     self.stream,
                     self.group,
                     self.consumer,
@@ -173,8 +177,13 @@ class ConsumerLoop:
         self.pel_cursor = _text(entries[-1][0])
         fresh = [(i, f) for i, f in entries if _text(i) not in self.unsettled]
         self._take(
-            await self.broker._build_deliveries(
-                self.stream, self.group, self.consumer, fresh, self.options.max_deliveries
+            await build_deliveries(
+                self.broker,
+                self.stream,
+                self.group,
+                self.consumer,
+                fresh,
+                self.options.max_deliveries,
             )
         )
 
@@ -203,7 +212,8 @@ class ConsumerLoop:
         with mapped_errors():
             reply = read.result()
         self._take(
-            await self.broker._build_deliveries(
+            await build_deliveries(
+                self.broker,
                 self.stream,
                 self.group,
                 self.consumer,

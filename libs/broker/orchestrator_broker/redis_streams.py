@@ -46,9 +46,8 @@ Guarantees and the traps they avoid:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import attrs
@@ -60,26 +59,19 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from ._redis_coalesce import WriteCoalescer
+from ._redis_delivery import RedisDelivery
 from ._redis_errors import is_nogroup, mapped_errors
+from ._redis_reads import claim, dead_letter_from
 from ._redis_scripts import (
-    DEAD_CONSUMER,
-    DEAD_DELIVERY_COUNT,
-    DEAD_ENTRY_ID,
-    DEAD_FIELDS,
-    DEAD_GROUP,
-    DEAD_REASON,
-    DELETED_REASON,
     Scripts,
 )
 from .errors import (
-    AlreadySettled,
     BrokerError,
     BrokerUnavailable,
     ConfigError,
-    DecodeError,
     LeaseLost,
 )
-from .message import Message, decode_fields, encode_fields
+from .message import Message, encode_fields
 from .protocol import ConsumeOptions, DeadLetter, Delivery, dead_letter_stream
 from .redis_settings import RedisSettings
 
@@ -96,78 +88,8 @@ def delayed_key(stream: str) -> str:
     return f"{stream}:delayed"
 
 
-#: One stream entry's fields as redis-py returns them (bytes without decode_responses).
-RawFields = Mapping[bytes | str, bytes | str]
-RawEntry = tuple[bytes | str, RawFields]
-
-
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _text_lossy(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
-
-
-@attrs.define(eq=False)
-class RedisDelivery:
-    """One stream entry handed to one consumer; settle it exactly once."""
-
-    message: Message
-    stream: str
-    group: str
-    entry_id: str
-    delivery_count: int
-    consumer: str
-    _broker: RedisStreamsBroker = attrs.field(repr=False)
-    _tracker: dict[str, RedisDelivery] | None = attrs.field(default=None, repr=False)
-    _settled: bool = False
-    lease_lost: bool = False
-
-    @property
-    def settled(self) -> bool:
-        return self._settled
-
-    async def ack(self) -> None:
-        await self._settle(self._broker._ack(self.stream, self.group, self.entry_id))
-
-    async def nack(self, delay: float = 0.0) -> None:
-        if delay < 0:
-            raise ValueError(f"delay must be >= 0, got {delay!r}")
-        await self._settle(self._broker._nack(self, delay, self.delivery_count))
-
-    async def dead_letter(self, reason: str) -> None:
-        await self._settle(self._broker._dead_letter(self, reason))
-
-    async def extend_lease(self) -> None:
-        if self._settled:
-            raise AlreadySettled(f"delivery {self.entry_id} is settled")
-        lost = await self._broker._extend(self.stream, self.group, self.consumer, [self.entry_id])
-        if lost:
-            self.lease_lost = True
-            self._untrack()
-            raise LeaseLost(f"entry {self.entry_id} is no longer pending for {self.consumer}")
-
-    async def _settle(self, operation: Any) -> None:
-        if self._settled:
-            operation.close()  # the un-awaited coroutine
-            raise AlreadySettled(f"delivery {self.entry_id} is settled")
-        self._settled = True
-        try:
-            await operation
-        except LeaseLost:
-            raise  # no longer ours: stays settled from this consumer's point of view
-        except BaseException:
-            # Not settled; no longer auto-extended either, so if the caller gives up the
-            # lease runs out and the entry is redelivered.
-            self._settled = False
-            raise
-        finally:
-            self._untrack()
-
-    def _untrack(self) -> None:
-        if self._tracker is not None:
-            self._tracker.pop(self.entry_id, None)
 
 
 class RedisStreamsBroker:
@@ -253,7 +175,7 @@ class RedisStreamsBroker:
     async def reclaim(
         self, stream: str, group: str, consumer: str, *, min_idle: float, count: int = 100
     ) -> list[Delivery]:
-        found = await self._claim(stream, group, consumer, min_idle, count, None)
+        found = await claim(self, stream, group, consumer, min_idle, count, None)
         return list(found)
 
     async def pending_count(self, stream: str, group: str) -> int:
@@ -289,7 +211,7 @@ class RedisStreamsBroker:
         self._check_open()
         with mapped_errors():
             entries: Any = await self._client.xrange(dead_letter_stream(stream), count=count)
-        return [_dead_letter_from(_text(entry_id), fields) for entry_id, fields in entries or []]
+        return [dead_letter_from(_text(entry_id), fields) for entry_id, fields in entries or []]
 
     async def ping(self) -> None:
         self._check_open()
@@ -420,123 +342,6 @@ class RedisStreamsBroker:
         _, wait_ms = await self._eval(self._scripts.promote, [stream, delayed_key(stream)], [limit])
         return None if int(wait_ms) < 0 else int(wait_ms) / 1000
 
-    async def _pel_counts(
-        self, stream: str, group: str, consumer: str, ids: Iterable[str]
-    ) -> dict[str, int]:
-        """The PEL delivery counter of each id still pending for ``consumer``."""
-        with mapped_errors():
-            async with self._client.pipeline(transaction=False) as pipe:
-                for entry_id in ids:
-                    pipe.xpending_range(stream, group, entry_id, entry_id, 1, consumer)
-                replies = await pipe.execute()
-        return {
-            _text(row["message_id"]): int(row["times_delivered"])
-            for rows in replies
-            for row in rows
-        }
-
-    async def _claim(
-        self,
-        stream: str,
-        group: str,
-        consumer: str,
-        min_idle: float,
-        count: int,
-        max_deliveries: int | None,
-        skip: Callable[[str], bool] = lambda _: False,
-    ) -> list[RedisDelivery]:
-        """XAUTOCLAIM up to ``count`` idle entries; surfaces deleted ones in ``S:dead``."""
-        self._check_open()
-        claimed: list[RawEntry] = []
-        start: bytes | str = "0-0"
-        for _ in range(10):  # bounded walk over the PEL
-            with mapped_errors():
-                reply: Any = await self._client.xautoclaim(
-                    stream, group, consumer, int(min_idle * 1000), start, count=count - len(claimed)
-                )
-            start, entries = reply[0], reply[1]
-            deleted = reply[2] if len(reply) > 2 else []
-            claimed += entries
-            if deleted:
-                await self._record_deleted(stream, group, consumer, [_text(i) for i in deleted])
-            if _text(start) == "0-0" or len(claimed) >= count:
-                break
-        fresh = [(i, f) for i, f in claimed if not skip(_text(i))]
-        return await self._build_deliveries(stream, group, consumer, fresh, max_deliveries)
-
-    async def _record_deleted(self, stream: str, group: str, consumer: str, ids: list[str]) -> None:
-        """Entries XAUTOCLAIM found deleted (already gone from the PEL): record each one."""
-        for entry_id in ids:
-            logger.warning(
-                "entry %s of %s (group %s) was deleted before it could be redelivered; "
-                "recorded in %s",
-                entry_id,
-                stream,
-                group,
-                dead_letter_stream(stream),
-            )
-        with mapped_errors():
-            async with self._client.pipeline(transaction=False) as pipe:
-                for entry_id in ids:
-                    pipe.xadd(
-                        dead_letter_stream(stream),
-                        {
-                            DEAD_REASON: DELETED_REASON,
-                            DEAD_ENTRY_ID: entry_id,
-                            DEAD_GROUP: group,
-                            DEAD_DELIVERY_COUNT: "0",  # unknown: the PEL entry is gone
-                            DEAD_CONSUMER: consumer,
-                        },
-                    )
-                await pipe.execute()
-
-    async def _build_deliveries(
-        self,
-        stream: str,
-        group: str,
-        consumer: str,
-        entries: list[RawEntry],
-        max_deliveries: int | None,
-        *,
-        fresh: bool = False,
-    ) -> list[RedisDelivery]:
-        """Deliveries for entries now pending for ``consumer``; dead-letters the bad ones.
-
-        ``fresh`` entries were just read with ``>`` (PEL counter 1); others need the counter
-        from ``XPENDING``.
-        """
-        ids = [_text(i) for i, _ in entries]
-        counts = (
-            {i: 1 for i in ids} if fresh else await self._pel_counts(stream, group, consumer, ids)
-        )
-        out: list[RedisDelivery] = []
-        for entry_id, (_, fields) in zip(ids, entries, strict=True):
-            if entry_id not in counts:
-                continue  # taken by another consumer meanwhile
-            reason: str | None = None
-            count = counts[entry_id]
-            if not fields:
-                reason = DELETED_REASON
-            else:
-                try:
-                    message, prior = decode_fields(fields)
-                except DecodeError as exc:
-                    reason = f"undecodable entry: {exc}"
-                else:
-                    count += prior
-                    if max_deliveries is not None and count > max_deliveries:
-                        reason = f"exceeded max_deliveries ({max_deliveries})"
-            if reason is not None:
-                # Recorded with the deliveries that really happened: this fetch is not one.
-                logger.warning("dead-lettering entry %s of %s: %s", entry_id, stream, reason)
-                with contextlib.suppress(LeaseLost):  # another consumer has it now
-                    await self._dead_letter_entry(
-                        stream, group, consumer, entry_id, reason, count - 1
-                    )
-                continue
-            out.append(RedisDelivery(message, stream, group, entry_id, count, consumer, self))
-        return out
-
     async def _count_after(self, stream: str, last_id: str, cap: int = 100_000) -> int:
         """Entries after ``last_id`` (bounded; a lower bound past ``cap``)."""
         total, start = 0, f"({last_id}"
@@ -564,27 +369,6 @@ def _make_pool(settings: RedisSettings, socket_timeout: float) -> BlockingConnec
         # One immediate retry on a broken connection (e.g. the pool's sockets after a
         # Redis restart); never a long loop, so callers learn of an outage at once.
         retry=Retry(NoBackoff(), 1, supported_errors=(rexc.ConnectionError,)),
-    )
-
-
-def _dead_letter_from(entry_id: str, raw: RawFields) -> DeadLetter:
-    fields = {_text(k): v for k, v in raw.items()}
-    text = {k: _text_lossy(v) for k, v in fields.items()}
-    original: RawFields = {k: v for k, v in fields.items() if k not in DEAD_FIELDS}
-    message: Message | None = None
-    if original:
-        try:
-            message, _ = decode_fields(original)
-        except DecodeError:
-            message = None
-    return DeadLetter(
-        entry_id=entry_id,
-        original_entry_id=text.get(DEAD_ENTRY_ID, ""),
-        reason=text.get(DEAD_REASON, ""),
-        group=text.get(DEAD_GROUP, ""),
-        delivery_count=int(text.get(DEAD_DELIVERY_COUNT, "0") or 0),
-        message=message,
-        raw_fields={k: v for k, v in text.items() if k not in DEAD_FIELDS},
     )
 
 
