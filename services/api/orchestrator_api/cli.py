@@ -138,9 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "submit":
             return _run_submit(args)
         environ = _environment(args.env_file)
+        from .launch import UsageError as LaunchError
         from .launch import launch
 
-        return launch(args, environ)
+        try:
+            return launch(args, environ)
+        except LaunchError as exc:
+            raise UsageError(str(exc)) from None
     except UsageError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:

@@ -31,13 +31,13 @@ def _problem_text(status: int, body: bytes) -> str:
 
 async def _sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, Any]]:
     """(event, data) pairs of a text/event-stream response."""
-    event, data_lines = "message", []
+    event, data_lines = "message", list[str]()
     async for raw in response.content:
         line = raw.decode("utf-8").rstrip("\r\n")
         if not line:
             if data_lines:
                 yield event, orjson.loads("\n".join(data_lines))
-            event, data_lines = "message", []
+            event, data_lines = "message", list[str]()
         elif line.startswith(":"):
             continue
         else:
@@ -104,14 +104,19 @@ async def _stream(session: aiohttp.ClientSession, base: str, task_id: str, out: 
     async with session.get(f"{base}/v1/tasks/{task_id}/events") as response:
         if response.status != 200:
             raise ClientError(_problem_text(response.status, await response.read()))
+        shown = ""  # the text of the current attempt printed so far
         async for event, data in _sse_events(response):
-            if event == "status" and data.get("attempt", 1) > 1:
+            if event == "status" and data.get("attempt", 1) > 1 and shown:
                 out.write(f"\n[attempt {data['attempt']}: starting over]\n")
+                shown = ""
             elif event == "delta":
                 out.write(data["text"])
                 out.flush()
+                shown += data["text"]
             elif event == "result":
-                out.write("\n")
+                # A fast answer may come whole, without deltas: print what was not shown.
+                text = data.get("text", "")
+                out.write((text[len(shown) :] if text.startswith(shown) else text) + "\n")
                 return 0
             elif event == "error":
                 detail = f"{data.get('type')}: {data.get('message')}"
