@@ -23,8 +23,10 @@ async def stores(redis_url: str) -> AsyncIterator[Callable[..., RedisTaskStore]]
     """Make RedisTaskStores (each one an API replica); all closed at teardown."""
     made: list[RedisTaskStore] = []
 
-    def make(url: str = redis_url) -> RedisTaskStore:
-        store = RedisTaskStore.from_url(url, ttl_seconds=60)
+    def make(url: str = redis_url, subscription_linger: float = 5.0) -> RedisTaskStore:
+        store = RedisTaskStore.from_url(
+            url, ttl_seconds=60, subscription_linger=subscription_linger
+        )
         made.append(store)
         return store
 
@@ -75,22 +77,43 @@ async def test_thousands_of_readers_share_one_subscriber_connection(
     assert all(summary(r) == [("status", ("running", 1))] for r in results)
 
 
-async def test_a_reader_that_leaves_unsubscribes(
+async def numsub(url: str, channel: str) -> int:
+    async with aioredis.Redis.from_url(url) as client:
+        return int(dict(await client.pubsub_numsub(channel))[channel.encode()])
+
+
+async def test_a_subscription_outlives_its_reader_briefly_then_goes(
     stores: Callable[..., RedisTaskStore], redis_url: str
 ) -> None:
-    store = stores()
+    store = stores(subscription_linger=0.3)
     record = new_record()
     await store.create(record)
-
-    assert await store.events("acme", record.id, after="1", timeout=0.2) == []
-
     channel = f"orchestrator:task:{record.id}:wake"
-    async with aioredis.Redis.from_url(redis_url) as client:
-        for _ in range(100):  # the UNSUBSCRIBE is sent, not awaited: give it a moment
-            if dict(await client.pubsub_numsub(channel))[channel.encode()] == 0:
+
+    assert await store.events("acme", record.id, after="1", timeout=0.05) == []
+    assert await numsub(redis_url, channel) == 1  # lingering for the next events() call
+
+    async with asyncio.timeout(HANG):
+        while True:
+            if await numsub(redis_url, channel) == 0:
                 break
-            await asyncio.sleep(0.02)
-        assert dict(await client.pubsub_numsub(channel))[channel.encode()] == 0
+            await asyncio.sleep(0.05)
+
+
+async def test_a_reader_returning_within_the_linger_reuses_the_subscription(
+    stores: Callable[..., RedisTaskStore],
+) -> None:
+    serving, applying = stores(subscription_linger=30.0), stores()
+    record = new_record()
+    await serving.create(record)
+    assert await serving.events("acme", record.id, after="1", timeout=0.05) == []
+
+    waiting = asyncio.create_task(serving.events("acme", record.id, after="1", timeout=HANG))
+    await asyncio.sleep(0.1)
+    await applying.apply(started(record))
+
+    async with asyncio.timeout(HANG):
+        assert summary(await waiting) == [("status", ("running", 1))]
 
 
 async def test_duplicate_idempotency_keys_in_one_pipeline_create_one_task(

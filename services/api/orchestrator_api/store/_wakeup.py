@@ -7,7 +7,10 @@ hears about tasks it streams), and sets their events. A waiter then re-reads the
 message carries nothing, so a lost or duplicate wake-up costs a read, never an event.
 
 A watch returns only once Redis confirmed the subscription, so anything appended after the
-waiter's next log read is certain to wake it. Confirmations are matched to the SUBSCRIBE that
+waiter's next log read is certain to wake it. A channel stays subscribed ``linger`` seconds
+after its last waiter left: a streaming client calls ``events()`` again right after each
+batch, and should find its subscription still there instead of paying a round trip (and the
+server a SUBSCRIBE/UNSUBSCRIBE pair) per event. Confirmations are matched to the SUBSCRIBE that
 asked for them (Redis answers commands in order), never to an older one. When the
 connection drops, every waiter is woken (to re-read what it may have missed) and the
 subscriber reconnects with backoff and resubscribes; with no waiters left it stops.
@@ -51,10 +54,12 @@ class Wakeups:
         *,
         confirm_timeout: float = 2.0,
         ping_interval: float = 10.0,
+        linger: float = 5.0,
     ) -> None:
         self._connect = connect
         self._confirm_timeout = confirm_timeout
         self._ping_interval = ping_interval
+        self._linger = linger
         self._waiters: dict[bytes, set[asyncio.Event]] = {}
         self._subscribed: set[bytes] = set()
         # per channel, one batch of futures per SUBSCRIBE sent and not yet confirmed
@@ -62,6 +67,9 @@ class Wakeups:
         self._conn: AbstractConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._idle: dict[bytes, float] = {}  # subscribed channels without waiters, since when
+        self._sweep_timer: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     @contextlib.asynccontextmanager
     async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:
@@ -73,6 +81,7 @@ class Wakeups:
             raise StoreUnavailable("the task store is closed")
         key = channel.encode()
         event = asyncio.Event()
+        self._idle.pop(key, None)
         waiters = self._waiters.setdefault(key, set())
         waiters.add(event)
         try:
@@ -82,10 +91,30 @@ class Wakeups:
             waiters.discard(event)
             if not waiters and self._waiters.get(key) is waiters:
                 del self._waiters[key]
-                self._subscribed.discard(key)
-                for batch in self._unconfirmed.get(key, ()):
-                    batch.joinable = False  # its SUBSCRIBE is undone by this UNSUBSCRIBE
-                await self._send("UNSUBSCRIBE", key)
+                self._idle[key] = asyncio.get_running_loop().time()
+                if self._sweep_timer is None:
+                    self._schedule_sweep(self._linger)
+
+    def _schedule_sweep(self, delay: float) -> None:
+        self._sweep_timer = asyncio.get_running_loop().call_later(delay, self._sweep)
+
+    def _sweep(self) -> None:
+        """Unsubscribe (in one command) the channels idle for ``linger`` seconds."""
+        self._sweep_timer = None
+        now = asyncio.get_running_loop().time()
+        expired = [key for key, since in self._idle.items() if now - since >= self._linger]
+        for key in expired:
+            del self._idle[key]
+            self._subscribed.discard(key)
+            for batch in self._unconfirmed.get(key, ()):
+                batch.joinable = False  # its SUBSCRIBE is undone by this UNSUBSCRIBE
+        if expired:
+            task = asyncio.get_running_loop().create_task(self._send("UNSUBSCRIBE", *expired))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        if self._idle:
+            oldest = min(self._idle.values())
+            self._schedule_sweep(max(oldest + self._linger - now, 0.0))
 
     async def _confirmed(self, key: bytes) -> None:
         if key in self._subscribed:
@@ -144,6 +173,7 @@ class Wakeups:
 
     async def _serve(self, conn: AbstractConnection) -> None:
         # A fresh connection: one SUBSCRIBE for every watched channel, owning all waiters.
+        self._idle.clear()  # lingering channels are not subscribed here: nothing to undo
         self._unconfirmed = {
             key: deque([_Batch([f for b in self._unconfirmed.get(key, ()) for f in b.futures])])
             for key in self._waiters
@@ -184,11 +214,16 @@ class Wakeups:
             if not batches:
                 del self._unconfirmed[key]
                 # the newest SUBSCRIBE answered and no UNSUBSCRIBE followed it
-                if batch.joinable and key in self._waiters:
+                if batch.joinable and (key in self._waiters or key in self._idle):
                     self._subscribed.add(key)
 
     async def close(self) -> None:
         self._closed = True
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
+        for pending in list(self._background):
+            pending.cancel()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

@@ -143,6 +143,7 @@ class RedisTaskStore:
         prefix: str = "orchestrator",
         owns_client: bool = False,
         location: str = "redis",
+        subscription_linger: float = 5.0,
     ) -> None:
         if ttl_seconds <= 0:
             raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds!r}")
@@ -160,7 +161,8 @@ class RedisTaskStore:
         # RESP2 on the subscriber: pub/sub messages are then plain replies of read_response()
         # (under RESP3 redis-py routes them to a push handler instead).
         self._wakeups = Wakeups(
-            lambda: pool.connection_class(**{**pool.connection_kwargs, "protocol": 2})
+            lambda: pool.connection_class(**{**pool.connection_kwargs, "protocol": 2}),
+            linger=subscription_linger,
         )
 
     @classmethod
@@ -171,6 +173,7 @@ class RedisTaskStore:
         ttl_seconds: float,
         safety_ttl_seconds: float = DEFAULT_SAFETY_TTL,
         prefix: str = "orchestrator",
+        subscription_linger: float = 5.0,
         **settings: Any,
     ) -> RedisTaskStore:
         """Connect to ``host:port``, ``redis://`` or ``rediss://`` (``RedisSettings`` rules;
@@ -180,6 +183,7 @@ class RedisTaskStore:
             ttl_seconds=ttl_seconds,
             safety_ttl_seconds=safety_ttl_seconds,
             prefix=prefix,
+            subscription_linger=subscription_linger,
         )
 
     @classmethod
@@ -190,7 +194,9 @@ class RedisTaskStore:
         ttl_seconds: float,
         safety_ttl_seconds: float = DEFAULT_SAFETY_TTL,
         prefix: str = "orchestrator",
+        subscription_linger: float = 5.0,
     ) -> RedisTaskStore:
+        """A store with its own connection pool (closed by ``close()``)."""
         return cls(
             _client_for(settings),
             ttl_seconds=ttl_seconds,
@@ -198,6 +204,7 @@ class RedisTaskStore:
             prefix=prefix,
             owns_client=True,
             location=settings.masked_url,
+            subscription_linger=subscription_linger,
         )
 
     def __repr__(self) -> str:
