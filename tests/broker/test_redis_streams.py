@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from orchestrator_broker import (
     AlreadySettled,
+    BrokerError,
     BrokerUnavailable,
     ConfigError,
     ConsumeOptions,
@@ -423,3 +424,71 @@ async def test_backlog_counts_undelivered_and_delayed_entries(
     assert await broker.backlog(STREAM, GROUP) == 2 + 1
     assert await broker.backlog("nothing-here", GROUP) == 0
     assert await broker.pending_count("nothing-here", GROUP) == 0
+
+
+async def test_one_failing_write_fails_only_its_own_caller(
+    make_broker: BrokerFactory, raw: aioredis.Redis
+) -> None:
+    broker = make_broker()
+    await raw.set("not-a-stream", "x")
+
+    results = await asyncio.gather(
+        broker.publish(STREAM, Message(1)),
+        broker.publish("not-a-stream", Message(2)),
+        broker.publish(STREAM, Message(3)),
+        return_exceptions=True,
+    )
+
+    assert isinstance(results[0], str)
+    assert isinstance(results[2], str)
+    assert isinstance(results[1], BrokerError)
+    assert not isinstance(results[1], BrokerUnavailable)
+    assert "WRONGTYPE" in str(results[1])
+    assert await raw.xlen(STREAM) == 2
+
+
+async def test_auto_extend_renews_every_delivery_in_one_batched_call(
+    make_broker: BrokerFactory,
+) -> None:
+    broker = make_broker()
+    await broker.ensure_group(STREAM, GROUP)
+    for i in range(50):
+        await broker.publish(STREAM, Message(i))
+    calls: list[int] = []
+    extend = broker._extend
+
+    async def counting_extend(stream: str, group: str, consumer: str, ids: list[str]) -> list[str]:
+        calls.append(len(ids))
+        return await extend(stream, group, consumer, ids)
+
+    broker._extend = counting_extend  # type: ignore[method-assign]
+    gen = broker.consume(STREAM, GROUP, "c1", ConsumeOptions(block=0.2, lease=0.9, batch_size=50))
+    async with asyncio.timeout(20):
+        held = [await anext(gen) for _ in range(10)]  # 40 more wait in the buffer
+        await asyncio.sleep(1.0)  # about three renewal periods
+    assert calls
+    assert all(n == 50 for n in calls)  # yielded and buffered, all in one call
+    assert len(calls) <= 4
+    for delivery in held:
+        await delivery.ack()
+    await gen.aclose()
+
+
+async def test_acks_fail_with_broker_unavailable_when_redis_is_down(
+    redis_server_factory: Callable[..., Any],
+) -> None:
+    server = redis_server_factory()
+    broker = RedisStreamsBroker.from_url(server.url)
+    try:
+        await broker.ensure_group(STREAM, GROUP)
+        await broker.publish(STREAM, Message("x"))
+        [delivery] = await take(broker, 1)
+        server.kill()
+        with pytest.raises(BrokerUnavailable) as caught:
+            await delivery.ack()
+        assert caught.value.__cause__ is not None
+        assert not delivery.settled  # it may be retried
+        server.start()
+        await delivery.ack()  # lost with the data, so a no-op, but no error
+    finally:
+        await broker.close()
