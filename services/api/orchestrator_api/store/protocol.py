@@ -1,7 +1,8 @@
 """The TaskStore protocol: task records and event logs, owned by the API.
 
 Two implementations: ``MemoryTaskStore`` (single-process mode, tests) and ``RedisTaskStore``
-(keys expire ``CACHE_TTL_MINUTES`` after the task ends).
+(keys expire ``CACHE_TTL_MINUTES`` after the task ends). Every method may raise
+``StoreUnavailable`` (a ``StoreError``) when the backend cannot be reached.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from ..model import StoredEvent, TaskRecord
 class TaskStore(Protocol):
     async def create(self, record: TaskRecord, idempotency_key: str | None = None) -> TaskRecord:
         """Store a new queued task; with an idempotency key already used by the same tenant,
-        store nothing and return the existing record instead (compare ``.id``)."""
+        store nothing and return the existing record instead (compare ``.id``).
+
+        The key expires with the record. ``record.status`` must be ``queued`` (ValueError).
+        """
         ...
 
     async def discard(self, tenant: str, task_id: str) -> None:
@@ -35,6 +39,13 @@ class TaskStore(Protocol):
         Idempotent: an event already applied (same task, attempt, seq), an event of an older
         attempt than the newest seen, or anything after the terminal event is ignored and
         returns False. The terminal result is written once. Sets the TTL once terminal.
+
+        Order-safe: a non-terminal event whose predecessor (seq - 1) has not arrived yet is
+        held back and returns True; it is appended once the gap fills, so the log is in seq
+        order. A terminal event is applied at once even across a gap (its result carries the
+        whole answer) and the held-back events are dropped. The first event of a newer
+        attempt switches to it. Events of unknown tasks (or naming another tenant) return
+        False.
         """
         ...
 
@@ -42,11 +53,18 @@ class TaskStore(Protocol):
         self, tenant: str, task_id: str, after: str | None = None, timeout: float = 0.0
     ) -> list[StoredEvent]:
         """Event log entries after ``after`` (all when None). With ``timeout`` > 0 and none
-        available yet, wait up to that long for new ones (live streaming)."""
+        available yet, wait up to that long for new ones (live streaming).
+
+        Ids are decimal strings 1, 2, 3...; an ``after`` that is not one replays from the
+        start. Returns at once, empty, for an unknown task (or another tenant's) and for a
+        finished task with nothing after ``after``: there is nothing to wait for.
+        """
         ...
 
     async def ping(self) -> None:
         """Raise if the store's backend is unreachable."""
         ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release connections and wake every waiting reader; idempotent."""
+        ...
