@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from orchestrator_api.model import StoredEvent, TaskRecord, TaskStatus
-from orchestrator_api.store import MemoryTaskStore, RedisTaskStore, TaskStore
+from orchestrator_api.store import MemoryTaskStore, RedisTaskStore, StoreUnavailable, TaskStore
 from orchestrator_worker.messages import ErrorInfo, EventKind, ResultEvent, Usage
 
 HANG = 20.0
@@ -428,6 +428,20 @@ async def test_many_readers_of_one_task_all_wake(store: TaskStore) -> None:
     async with asyncio.timeout(HANG):
         results = await asyncio.gather(*readers)
     assert all(summary(r) == [("status", ("running", 1))] for r in results)
+
+
+async def test_closing_the_store_ends_waiting_readers(store: TaskStore) -> None:
+    record = new_record()
+    await store.create(record)
+    waiting = asyncio.create_task(store.events("acme", record.id, after="1", timeout=HANG))
+    await asyncio.sleep(0.1)
+
+    await store.close()
+
+    async with asyncio.timeout(HANG / 2):
+        with pytest.raises(StoreUnavailable):
+            await waiting
+    await store.close()  # idempotent
 
 
 # -- expiry ---------------------------------------------------------------------------------------

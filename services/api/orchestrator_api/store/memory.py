@@ -19,6 +19,7 @@ from orchestrator_worker.messages import ResultEvent
 
 from ..model import StoredEvent, TaskRecord, TaskStatus
 from ._steps import QUEUED_DATA, Cursor, Step, step_for
+from .errors import StoreUnavailable
 
 __all__ = ["DEFAULT_SAFETY_TTL", "MemoryTaskStore"]
 
@@ -73,6 +74,7 @@ class MemoryTaskStore:
         self._entries: dict[str, _Entry] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
         self._expiries: list[tuple[float, str]] = []  # heap; stale items are skipped
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"MemoryTaskStore(ttl_seconds={self.ttl_seconds!r}, tasks={len(self._entries)})"
@@ -180,6 +182,8 @@ class MemoryTaskStore:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
+            if self._closed:
+                raise StoreUnavailable("the task store is closed")
             entry = self._owned(tenant, task_id)
             if entry is None:
                 return []
@@ -197,5 +201,6 @@ class MemoryTaskStore:
         return None
 
     async def close(self) -> None:
+        self._closed = True
         for entry in self._entries.values():
             entry.notify()

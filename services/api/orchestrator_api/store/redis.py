@@ -157,6 +157,7 @@ class RedisTaskStore:
         self._task_prefix = f"{prefix}:task:"
         self._idem_prefix = f"{prefix}:idem:"
         self._batcher = CommandBatcher(client)
+        self._closed = False
         pool = client.connection_pool
         # RESP2 on the subscriber: pub/sub messages are then plain replies of read_response()
         # (under RESP3 redis-py routes them to a push handler instead).
@@ -222,6 +223,8 @@ class RedisTaskStore:
     # -- plumbing -------------------------------------------------------------------------
 
     async def _run(self, *commands: Command) -> list[Any]:
+        if self._closed:
+            raise StoreUnavailable("the task store is closed")
         return await self._batcher.submit(*commands)
 
     async def _script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -340,7 +343,7 @@ class RedisTaskStore:
                     # A blip while the subscriber reconnects (it wakes everyone on a lost
                     # connection): keep the reader waiting, retrying now and then, until
                     # its deadline; only then does the outage reach the caller.
-                    if deadline - loop.time() <= 0:
+                    if self._closed or deadline - loop.time() <= 0:
                         raise
                     await asyncio.sleep(min(0.2, max(deadline - loop.time(), 0.0)))
                     continue
@@ -361,6 +364,9 @@ class RedisTaskStore:
             await self._client.ping()
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         await self._wakeups.close()
         await self._batcher.drain()
         if self._owns_client:
