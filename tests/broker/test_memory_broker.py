@@ -106,15 +106,41 @@ async def test_prior_deliveries_of_a_raw_entry_count(broker: MemoryBroker) -> No
     assert (dead.message.id, dead.delivery_count) == ("m2", 5)
 
 
-async def test_reclaim_leaves_the_claimants_own_entries_alone(broker: MemoryBroker) -> None:
-    await broker.publish(STREAM, Message(1))
+async def test_reclaim_takes_idle_entries_from_anyone_the_claimant_included(
+    broker: MemoryBroker,
+) -> None:
+    # As XAUTOCLAIM does; only a consume() iterator's own reclaim pass skips its deliveries.
+    await publish_two(broker)
     async with contextlib.aclosing(broker.consume(STREAM, GROUP, "c1", QUICK)) as consumer:
-        (delivery,) = await take(consumer, 1)
+        first, second = await take(consumer, 2)
         await asyncio.sleep(0.35)
-        assert await broker.reclaim(STREAM, GROUP, "c1", min_idle=0.3) == []
-        (claimed,) = await broker.reclaim(STREAM, GROUP, "c2", min_idle=0.3)
-        assert claimed.entry_id == delivery.entry_id
-        await claimed.ack()
+        claimed = await broker.reclaim(STREAM, GROUP, "c1", min_idle=0.3, count=1)
+        assert [(d.entry_id, d.delivery_count) for d in claimed] == [(first.entry_id, 2)]
+        (other,) = await broker.reclaim(STREAM, GROUP, "c2", min_idle=0.3)
+        assert other.entry_id == second.entry_id
+        for delivery in (*claimed, other):
+            await delivery.ack()
+
+
+async def test_a_second_iterator_with_the_same_name_reclaims_the_firsts_stalled_deliveries(
+    broker: MemoryBroker,
+) -> None:
+    await broker.publish(STREAM, Message(1))
+    first = broker.consume(STREAM, GROUP, "c1", QUICK)
+    second = broker.consume(STREAM, GROUP, "c1", QUICK)
+    try:
+        (held,) = await take(first, 1)
+        (again,) = await take(second, 1)
+        assert (again.entry_id, again.delivery_count) == (held.entry_id, 2)
+        await again.ack()
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def publish_two(broker: MemoryBroker) -> None:
+    await broker.publish(STREAM, Message(1))
+    await broker.publish(STREAM, Message(2))
 
 
 async def test_auto_extension_stops_when_the_iterator_closes(broker: MemoryBroker) -> None:

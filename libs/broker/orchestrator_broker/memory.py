@@ -73,8 +73,13 @@ class _Signal:
 
 @attrs.define(eq=False)
 class _Keeper:
-    """The auto-extension of one consume() iterator: its deliveries never go idle while active."""
+    """One consume() iterator's hold on its deliveries.
 
+    With ``auto_extend`` they never go idle while the iterator is open (the adapter for
+    Redis renews them every ``lease / 3``); a reclaim pass of the iterator skips its own.
+    """
+
+    auto_extend: bool
     active: bool = True
     held: set[str] = attrs.field(factory=set)
 
@@ -90,7 +95,7 @@ class _Pending:
     keeper: _Keeper | None = None
 
     def idle(self, now: float) -> float:
-        if self.keeper is not None and self.keeper.active:
+        if self.keeper is not None and self.keeper.active and self.keeper.auto_extend:
             return 0.0  # auto-extended: renewed every lease / 3, so never idle past the lease
         return now - self.last_delivery
 
@@ -204,7 +209,7 @@ class MemoryBroker:
         if self._closed:
             return
         st = self._stream(stream)
-        keeper = _Keeper() if opts.auto_extend else None
+        keeper = _Keeper(auto_extend=opts.auto_extend)
         # A restarted consumer first drains what its previous life left pending (in id order).
         own = deque(
             sorted(
@@ -225,20 +230,19 @@ class MemoryBroker:
                 if delivery is None:
                     await st.signal.wait(self._wait_time(st, cursor))
                     continue
-                if keeper is not None:
-                    keeper.held.add(delivery.entry_id)
+                keeper.held.add(delivery.entry_id)
                 yield delivery
         finally:
             # Deliveries fetched are yielded one at a time, so nothing fetched is left unyielded
             # here; the yielded ones stay pending but from now on their lease runs out.
-            if keeper is not None:
-                keeper.active = False
-                now = time.monotonic()
-                group_state = st.groups.get(group)
-                for entry_id in keeper.held:
-                    pending = group_state.pel.get(entry_id) if group_state else None
-                    if pending is not None and pending.keeper is keeper:
-                        pending.keeper = None
+            keeper.active = False
+            now = time.monotonic()
+            group_state = st.groups.get(group)
+            for entry_id in keeper.held:
+                pending = group_state.pel.get(entry_id) if group_state else None
+                if pending is not None and pending.keeper is keeper:
+                    pending.keeper = None
+                    if keeper.auto_extend:  # the last renewal was (about) now
                         pending.last_delivery = now
 
     async def reclaim(
@@ -249,7 +253,7 @@ class MemoryBroker:
         g = self._group(st, group)
         now = time.monotonic()
         idle = sorted(
-            (e for e, p in g.pel.items() if p.consumer != consumer and p.idle(now) >= min_idle),
+            (e for e, p in g.pel.items() if p.idle(now) >= min_idle),
             key=_id_key,
         )
         claimed: list[Delivery] = []
@@ -343,7 +347,7 @@ class MemoryBroker:
                     (
                         e
                         for e, p in g.pel.items()
-                        if p.consumer != cur.consumer and p.idle(now) >= cur.options.lease
+                        if p.keeper is not cur.keeper and p.idle(now) >= cur.options.lease
                     ),
                     key=_id_key,
                 )
@@ -352,7 +356,7 @@ class MemoryBroker:
             pending = g.pel.get(cur.reclaimable.popleft())
             if (
                 pending is not None
-                and pending.consumer != cur.consumer
+                and pending.keeper is not cur.keeper
                 and pending.idle(now) >= cur.options.lease
             ):
                 delivery = self._claim(
@@ -534,7 +538,7 @@ class _Cursor:
     group: str
     consumer: str
     options: ConsumeOptions
-    keeper: _Keeper | None
+    keeper: _Keeper
     own: deque[str]
     next_reclaim: float = 0.0
     reclaimable: deque[str] = attrs.field(factory=deque)
