@@ -28,6 +28,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import attrs
 from cattrs.errors import BaseValidationError
+from opentelemetry import trace
 
 from orchestrator_broker import Broker, BrokerError, ConsumeOptions, Delivery, default_consumer_name
 from orchestrator_telemetry import process_context
@@ -217,6 +218,16 @@ class ResultsConsumer:
                 self.stats.applied += 1
             else:
                 self.stats.ignored += 1
+            span = trace.get_current_span()  # the delivery's "process results" span, if traced
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "orchestrator.task.id": event.task_id,
+                        "orchestrator.result.kind": event.kind.value,
+                        "orchestrator.result.attempt": event.attempt,
+                        "orchestrator.result.applied": applied,
+                    }
+                )
             await self._settle(delivery.ack)
 
     async def _settle(self, action: Callable[..., Awaitable[None]], *args: object) -> None:
