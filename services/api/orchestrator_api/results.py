@@ -118,10 +118,9 @@ class ResultsConsumer:
         """Consume until ``stop()``; survives broker and store outages."""
         if not await self._ensure_group():
             return
-        deliveries = self.broker.consume(self.stream, self.group, self.consumer, self.options)
         self._intake = asyncio.current_task()
         try:
-            await self._take(deliveries)
+            await self._consume_until_stopped()
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if not self._stopping.is_set() or task is None:
@@ -129,9 +128,23 @@ class ResultsConsumer:
             task.uncancel()  # our own stop(): a normal end
         finally:
             self._intake = None
-            await deliveries.aclose()
             if self._lane_tasks:
                 await asyncio.gather(*self._lane_tasks, return_exceptions=True)
+
+    async def _consume_until_stopped(self) -> None:
+        delay = self._retry_initial
+        while not self._stopping.is_set():
+            deliveries = self.broker.consume(self.stream, self.group, self.consumer, self.options)
+            try:
+                await self._take(deliveries)
+                return  # the broker was closed
+            except BrokerError as exc:
+                # Adapters ride out outages themselves; this is a last line of defence.
+                log.warning("results consumer: consuming failed, restarting: %s", exc)
+            finally:
+                await deliveries.aclose()
+            await self._pause(delay)
+            delay = min(delay * 2, self._retry_max)
 
     async def stop(self) -> None:
         """Stop taking deliveries; those taken are finished (or nacked if the store is down)."""
