@@ -473,6 +473,10 @@ async def test_corrupt_and_foreign_entries_are_dead_lettered(
             await delivery.ack()
     dead = await broker.dead_letters(stream)
     assert len(dead) == 3
+    assert [d.entry_id for d in await broker.dead_letters(stream, count=2)] == [
+        d.entry_id for d in dead[:2]
+    ]  # oldest first
+    assert dead[0].raw_fields["payload"] == "{not json"
     assert all(d.reason and d.message is None and d.group == GROUP for d in dead)
     assert dead[1].raw_fields == {"event": "written by someone else"}
     assert await broker.pending_count(stream, GROUP) == 0
