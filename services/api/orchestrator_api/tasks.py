@@ -4,27 +4,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
-import uuid
-from typing import Final
+from typing import Any, Final
 
 import attrs
 from opentelemetry import trace
 
 from orchestrator_broker import Broker, BrokerError, Message
-from orchestrator_worker.messages import TaskMessage, converter
 
 from .model import TaskRecord, TaskStatus
 from .store.errors import StoreError
 from .store.protocol import TaskStore
 from .validation import Submission
 
-__all__ = ["DEFAULT_PUBLISH_TIMEOUT", "TaskService", "Unavailable"]
+__all__ = ["DEFAULT_PUBLISH_TIMEOUT", "TaskService", "Unavailable", "task_payload"]
 
 log = logging.getLogger(__name__)
 
 #: How long a publish may take before the client gets a 503 instead of waiting on.
 DEFAULT_PUBLISH_TIMEOUT: Final = 2.0
+
+
+def task_payload(
+    task_id: str, tenant: str, submission: Submission, submitted_at: float
+) -> dict[str, Any]:
+    """The ``TaskMessage`` payload, built directly: ``converter.unstructure`` costs several
+    microseconds per task on the hot path (tests check both stay equal)."""
+    return {
+        "task_id": task_id,
+        "tenant": tenant,
+        "prompt": submission.prompt,
+        "model": submission.model,
+        "system": submission.system,
+        "parameters": submission.parameters,
+        "submitted_at": submitted_at,
+    }
 
 
 class Unavailable(Exception):
@@ -55,7 +70,7 @@ class TaskService:
         so no record stays ``queued`` for a task no worker will ever see. A publish that timed
         out may still land; the worker's results for a discarded task are then ignored.
         """
-        task_id = uuid.uuid4().hex
+        task_id = secrets.token_hex(16)
         now = time.time()
         span_context = trace.get_current_span().get_span_context()
         record = TaskRecord(
@@ -74,19 +89,7 @@ class TaskService:
         if stored.id != task_id:
             return stored, False
         message = Message(
-            payload=converter.unstructure(
-                TaskMessage(
-                    task_id=task_id,
-                    tenant=tenant,
-                    prompt=submission.prompt,
-                    model=submission.model,
-                    system=submission.system,
-                    parameters=submission.parameters,
-                    submitted_at=now,
-                )
-            ),
-            id=task_id,
-            created_at=now,
+            payload=task_payload(task_id, tenant, submission, now), id=task_id, created_at=now
         )
         try:
             async with asyncio.timeout(self.publish_timeout):
