@@ -24,7 +24,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from typing import Any
 
 import attrs
 from cattrs.errors import BaseValidationError
@@ -107,6 +108,7 @@ class ResultsConsumer:
         self._error_nack_delay = error_nack_delay
         self._lanes: dict[str, _Lane] = {}
         self._lane_tasks: set[asyncio.Task[None]] = set()
+        self._acks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._intake: asyncio.Task[None] | None = None
         self._store_down = False
@@ -130,6 +132,8 @@ class ResultsConsumer:
             self._intake = None
             if self._lane_tasks:
                 await asyncio.gather(*self._lane_tasks, return_exceptions=True)
+            if self._acks:
+                await asyncio.gather(*self._acks, return_exceptions=True)
 
     async def _consume_until_stopped(self) -> None:
         delay = self._retry_initial
@@ -241,7 +245,14 @@ class ResultsConsumer:
                         "orchestrator.result.applied": applied,
                     }
                 )
-            await self._settle(delivery.ack)
+            # The lane moves on without waiting for the ack's round trip: the event is safely
+            # applied, and a lost ack only means a harmless redelivery.
+            self._spawn(self._settle(delivery.ack))
+
+    def _spawn(self, settlement: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(settlement)
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
 
     async def _settle(self, action: Callable[..., Awaitable[None]], *args: object) -> None:
         # A failed settlement leaves the entry pending: it comes back, and apply is idempotent.
