@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, cast
 
 import pytest
 import redis.asyncio
 
 from orchestrator_broker import Broker, MemoryBroker
+from orchestrator_broker.redis_streams import RedisStreamsBroker
 
 #: Plants raw stream fields on a stream, as a foreign producer or a corruption would.
 RawPublish = Callable[[str, Mapping[str, bytes | str]], Awaitable[None]]
-
-
-def _redis_broker_class() -> Any:
-    try:
-        module = importlib.import_module("orchestrator_broker.redis_streams")
-    except ImportError as exc:
-        pytest.skip(f"orchestrator_broker.redis_streams is not importable yet: {exc}")
-    return module.RedisStreamsBroker
 
 
 @pytest.fixture(
@@ -36,10 +26,7 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
     if request.param == "memory":
         adapter: Broker = MemoryBroker()
     else:
-        broker_class = _redis_broker_class()
-        redis_url = request.getfixturevalue("redis_url")
-        made = broker_class.from_url(redis_url)
-        adapter = cast(Broker, await made if inspect.isawaitable(made) else made)
+        adapter = RedisStreamsBroker.from_url(request.getfixturevalue("redis_url"))
     try:
         yield adapter
     finally:
