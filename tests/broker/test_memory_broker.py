@@ -226,3 +226,20 @@ async def test_dead_letter_records_keep_the_original_fields(broker: MemoryBroker
         assert (record.message.id, record.message.payload) == (message.id, message.payload)
         assert record.message.headers["dead_reason"] == "nope"
         await record.ack()
+
+
+async def test_entries_every_group_has_read_are_dropped(broker: MemoryBroker) -> None:
+    await broker.ensure_group(STREAM, GROUP)
+    for i in range(5000):
+        await broker.publish(STREAM, Message(i))
+    options = ConsumeOptions(block=0.1, lease=30.0)
+    async with contextlib.aclosing(broker.consume(STREAM, GROUP, "c1", options)) as consumer:
+        deliveries = await take(consumer, 5000)
+        await asyncio.gather(*(d.ack() for d in deliveries))
+    assert [d.message.payload for d in deliveries] == list(range(5000))
+    retained = len(broker._streams[STREAM].log)  # a peek inside: nothing public shows it
+    assert retained < 2500
+    # A group created now starts at the oldest entry still kept, as after XTRIM on Redis.
+    await broker.ensure_group(STREAM, "late")
+    assert await broker.backlog(STREAM, "late") == retained
+    assert await broker.backlog(STREAM, GROUP) == 0

@@ -29,6 +29,9 @@ __all__ = ["MemoryBroker", "MemoryDelivery"]
 
 _Fields = dict[bytes | str, bytes | str]
 
+#: Read entries a stream keeps before it drops them (see ``_Stream.trim``).
+_TRIM_AT = 1024
+
 #: Fields a dead-letter record adds after the original entry's (as the Redis adapter writes).
 DEAD_REASON = "dead_reason"
 DEAD_ENTRY_ID = "dead_entry_id"
@@ -110,7 +113,7 @@ class _Delayed:
 
 @attrs.define(eq=False)
 class _Group:
-    next_index: int = 0  # position in the log just after the last-delivered entry
+    next_index: int  # absolute position of the first entry not yet delivered
     pel: dict[str, _Pending] = attrs.field(factory=dict)
     delayed: list[tuple[float, int, _Delayed]] = attrs.field(factory=list)  # a heap by due time
 
@@ -118,9 +121,36 @@ class _Group:
 @attrs.define(eq=False)
 class _Stream:
     log: list[tuple[str, _Fields]] = attrs.field(factory=list)
+    base: int = 0  # absolute position of log[0]; what is before it was trimmed
     last_id: tuple[int, int] = (0, 0)
     groups: dict[str, _Group] = attrs.field(factory=dict)
     signal: _Signal = attrs.field(factory=_Signal)
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.log)
+
+    def group(self, name: str) -> _Group:
+        """The group, created at the first retained entry if missing."""
+        group = self.groups.get(name)
+        if group is None:
+            group = self.groups[name] = _Group(next_index=self.base)
+        return group
+
+    def trim(self) -> None:
+        """Drop entries every group has read, once they are many (amortized O(1)).
+
+        Pending and delayed entries carry their own fields, so only undelivered entries
+        are needed. A stream without groups keeps everything (nobody has read it yet), as
+        the Redis adapter's trim does; so does a dead-letter stream until a group reads it.
+        """
+        if not self.groups:
+            return
+        low = min(g.next_index for g in self.groups.values())
+        drop = low - self.base
+        if drop >= _TRIM_AT and drop * 2 >= len(self.log):
+            del self.log[:drop]
+            self.base = low
 
     def next_id(self) -> str:
         ms = int(time.time() * 1000)
@@ -196,7 +226,7 @@ class MemoryBroker:
 
     async def ensure_group(self, stream: str, group: str) -> None:
         self._check_open()
-        self._stream(stream).groups.setdefault(group, _Group())
+        self._stream(stream).group(group)
 
     async def consume(
         self,
@@ -276,7 +306,7 @@ class MemoryBroker:
         g = st.groups.get(group) if st else None
         if st is None or g is None:
             return 0
-        return len(st.log) - g.next_index + len(g.delayed)
+        return st.end - g.next_index + len(g.delayed)
 
     async def dead_letters(self, stream: str, count: int = 100) -> list[DeadLetter]:
         self._check_open()
@@ -306,7 +336,7 @@ class MemoryBroker:
     @staticmethod
     def _group(st: _Stream, group: str) -> _Group:
         # consume() recreates a missing group (as the Redis adapter does after NOGROUP).
-        return st.groups.setdefault(group, _Group())
+        return st.group(group)
 
     def _append(self, stream: str, fields: _Fields) -> str:
         st = self._stream(stream)
@@ -370,9 +400,11 @@ class MemoryBroker:
                 )
                 if delivery is not None:
                     return delivery
-        while g.next_index < len(st.log):  # 4. new entries
-            entry_id, fields = st.log[g.next_index]
+        while g.next_index < st.end:  # 4. new entries
+            entry_id, fields = st.log[g.next_index - st.base]
             g.next_index += 1
+            if g.next_index - st.base >= _TRIM_AT:
+                st.trim()
             try:
                 message, prior = decode_fields(fields)
             except DecodeError as exc:
