@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,6 +23,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from orchestrator_api.config import ApiSettings
 from orchestrator_api.service import serve
 from tests.api.conftest import ACME, API_KEYS
+from tests.support.redis_server import free_port
 
 HANG = 30.0  # hang guard only
 
@@ -132,3 +139,59 @@ async def test_serve_on_redis_publishes_to_the_tasks_stream_and_serves_the_task(
         assert payload["task_id"] == task["id"]
         assert payload["prompt"] == "over redis"
         assert b"traceparent" in fields  # the trace crosses the broker
+
+
+async def test_the_api_command_logs_its_startup_line_serves_and_drains_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "API_KEYS": "acme:sekrit-key",
+        "SHUTDOWN_GRACE_SECONDS": "5",
+    }
+    env.pop("REDIS_URI", None)
+    env.pop("JAEGER_URI", None)
+    log_path = tmp_path / "api.log"
+    with log_path.open("wb") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "orchestrator_api.cli",
+            "api",
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + HANG
+            while True:
+                try:
+                    async with session.get(f"{url}/health") as response:
+                        assert response.status == 200
+                        break
+                except aiohttp.ClientConnectionError:
+                    assert process.returncode is None, log_path.read_text()
+                    assert time.monotonic() < deadline, "the API did not start"
+                    await asyncio.sleep(0.1)
+            async with session.post(
+                f"{url}/v1/tasks",
+                json={"prompt": "x"},
+                headers={"Authorization": "Bearer sekrit-key"},
+            ) as response:
+                assert response.status == 202
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), HANG)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    output = log_path.read_text()
+    assert code == 0, output
+    assert output.count("listening on") == 1
+    assert f"127.0.0.1:{port}" in output
+    assert "sekrit" not in output

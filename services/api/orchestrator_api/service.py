@@ -60,18 +60,26 @@ async def serve(
     in-memory broker and store with the workers). Without ``tracer_provider`` it sets up
     telemetry from ``environ`` (``JAEGER_URI``, ``OTEL_*``) and flushes it at the end.
     ``host``/``port`` override the settings (port 0 picks a free port; ``on_started``
-    receives the base URL once listening).
+    receives the base URL once listening). Standalone (no ``tracer_provider``) it also sets
+    up logging from ``LOG_LEVEL``/``LOG_FORMAT``; otherwise the caller has done so.
 
     Draining: stop accepting connections, end open SSE/WebSocket streams, let in-flight
     requests finish (up to ``SHUTDOWN_GRACE_SECONDS``), stop the results consumer, then close
     what this call opened.
     """
-    from orchestrator_telemetry import TelemetrySettings, TracingBroker, setup_telemetry
+    from orchestrator_telemetry import (
+        TelemetrySettings,
+        TracingBroker,
+        setup_logging,
+        setup_telemetry,
+    )
 
     env = os.environ if environ is None else environ
     telemetry = None
     traces = "(caller's tracer provider)"
     if tracer_provider is None:
+        # Standalone service: this call owns the process's logging and tracing setup.
+        setup_logging(settings.log_level, "json" if settings.log_format == "json" else "plain")
         telemetry_settings = TelemetrySettings.from_env(env, default_service_name=settings.app_id)
         telemetry = setup_telemetry(telemetry_settings)
         tracer_provider = telemetry.tracer_provider
