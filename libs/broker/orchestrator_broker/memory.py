@@ -1,4 +1,7 @@
-"""An in-memory broker with the semantics of Redis Streams consumer groups, for tests.
+"""An in-memory broker with the semantics of Redis Streams consumer groups.
+
+It backs the test suites and the single-process mode (no ``REDIS_URI``); nothing survives
+the process.
 
 It keeps what Redis keeps: per stream an append-only log with ids of the form
 ``"<ms>-<seq>"``; per group a last-delivered position and a pending entries list (owner,
