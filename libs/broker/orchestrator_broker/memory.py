@@ -3,13 +3,14 @@
 It backs the test suites and the single-process mode (no ``REDIS_URI``); nothing survives
 the process.
 
-It keeps what Redis keeps: per stream an append-only log with ids of the form
-``"<ms>-<seq>"``; per group a last-delivered position and a pending entries list (owner,
-delivery count, last delivery time on the monotonic clock); plus, per group, a queue of
-nacked entries waiting out their delay. Messages are stored as stream fields through
-``encode_fields``/``decode_fields``, exactly as on Redis, so ``publish_raw`` can plant a
-corrupt or foreign entry. Everything runs on one event loop; waiting consumers sleep on an
-event that publishes, nacks and ``close()`` wake, never in a polling loop.
+It keeps what Redis keeps: per stream an append-only log (trimmed once every group has
+read it) with ids of the form ``"<ms>-<seq>"``; per group a last-delivered position and a
+pending entries list (owner, delivery count, last delivery time on the monotonic clock);
+plus, per group, a queue of nacked entries waiting out their delay. Messages are stored as
+stream fields through ``encode_fields``/``decode_fields``, exactly as on Redis, so
+``publish_raw`` can plant a corrupt or foreign entry. Everything runs on one event loop;
+waiting consumers sleep on an event that publishes, nacks and ``close()`` wake, never in a
+polling loop.
 """
 
 from __future__ import annotations
