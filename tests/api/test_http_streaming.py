@@ -291,3 +291,11 @@ async def test_app_shutdown_closes_open_websockets_as_going_away(
     message = await asyncio.wait_for(ws.receive(), HANG)
     assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
     assert ws.close_code == 1001
+
+
+async def test_websocket_route_without_an_upgrade_is_a_400_problem(
+    api_client: ApiClientFactory,
+) -> None:
+    client = await api_client()
+    task_id = await new_task(client)
+    await problem_of(await client.get(f"/v1/tasks/{task_id}/ws", headers=ACME), 400)
