@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 
 from orchestrator_worker import InvalidTask, ResultEvent, TaskMessage, parse_task
 from orchestrator_worker.events import event_payload
 from orchestrator_worker.messages import ErrorInfo, EventKind, Usage, converter
+from orchestrator_worker.runner import PARSED_FIELDS
 
 
 @pytest.mark.parametrize(
@@ -75,7 +77,7 @@ def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
         ({"task_id": "t", "tenant": "a", "prompt": None}, "prompt", "t"),
         ({"task_id": "t", "tenant": "a", "prompt": "p", "model": 4}, "model", "t"),
         ({"task_id": "t", "tenant": "a", "prompt": "p", "parameters": [1]}, "parameters", "t"),
-        ({"task_id": "t", "tenant": "a", "prompt": "p", "submitted_at": "x"}, "not a task", "t"),
+        ({"task_id": "t", "tenant": "a", "prompt": "p", "submitted_at": "x"}, "submitted_at", "t"),
     ],
 )
 def test_a_bad_payload_is_an_invalid_task(payload: Any, reason: str, salvaged: str | None) -> None:
@@ -84,3 +86,7 @@ def test_a_bad_payload_is_an_invalid_task(payload: Any, reason: str, salvaged: s
 
     assert reason in raised.value.reason
     assert raised.value.task_id == salvaged
+
+
+def test_the_parser_reads_every_field_of_the_contract() -> None:
+    assert {field.name for field in attrs.fields(TaskMessage)} == PARSED_FIELDS

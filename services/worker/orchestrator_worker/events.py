@@ -3,10 +3,11 @@
 What a client sees for one attempt (``attempt`` = the task delivery's delivery count):
 
 1. ``started`` (seq 0), with the provider and model;
-2. zero or more ``delta`` events, each carrying the text that arrived during one flush interval
-   (``DELTA_FLUSH_MS``, ~100 ms): the first chunk arms a timer, and when it fires everything
-   buffered goes out as one event. A thousand concurrent streams thus cost about ten delta
-   events per second each, whatever their chunk rate;
+2. zero or more ``delta`` events, each carrying the text that arrived since the previous one:
+   one worker-wide clock ticks every ``DELTA_FLUSH_MS`` (~100 ms) while any attempt has new
+   text, and on each tick every such attempt sends what it buffered as one event. A thousand
+   concurrent streams thus cost at most ten delta events per second each, whatever their
+   chunk rate;
 3. exactly one terminal event: ``succeeded`` carrying the *whole* answer in ``text`` (plus
    usage and finish reason), or ``failed`` carrying ``error``.
 
@@ -31,6 +32,34 @@ from orchestrator_broker import Broker, Message
 from .messages import ErrorInfo, EventKind, Usage
 
 
+class FlushClock:
+    """One timer for the deltas of every running attempt of a worker.
+
+    An attempt with new text marks itself dirty; the first mark arms a single timer, and when
+    it fires every dirty attempt sends its delta. Text thus waits at most one interval, and
+    an answer that arrives all at once costs a set insertion, not a timer of its own.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._dirty: set[AttemptEvents] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def mark(self, events: AttemptEvents) -> None:
+        self._dirty.add(events)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
+
+    def unmark(self, events: AttemptEvents) -> None:
+        self._dirty.discard(events)
+
+    def _tick(self) -> None:
+        self._timer = None
+        dirty, self._dirty = self._dirty, set()
+        for events in dirty:
+            events._flush_now()
+
+
 class AttemptEvents:
     """Publishes the events of one attempt; ``add()`` text, then one terminal call.
 
@@ -46,7 +75,7 @@ class AttemptEvents:
         task_id: str,
         tenant: str,
         attempt: int,
-        flush_interval: float,
+        clock: FlushClock,
         provider: str | None = None,
         model: str | None = None,
     ) -> None:
@@ -57,11 +86,11 @@ class AttemptEvents:
         self.attempt = attempt
         self.provider = provider
         self.model = model
-        self._flush_interval = flush_interval
+        self._clock = clock
         self._seq = 0
         self._parts: list[str] = []  # the whole answer so far
         self._pending: list[str] = []  # text not yet sent in a delta
-        self._timer: asyncio.TimerHandle | None = None
+        self._marked = False  # waiting in the clock's dirty set
         self._flushing: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         self._closed = False
@@ -89,10 +118,9 @@ class AttemptEvents:
             return
         self._parts.append(chunk)
         self._pending.append(chunk)
-        if self._timer is None and self._flushing is None and not self._closed:
-            self._timer = asyncio.get_running_loop().call_later(
-                self._flush_interval, self._on_timer
-            )
+        if not self._marked and self._flushing is None and not self._closed:
+            self._marked = True
+            self._clock.mark(self)
 
     async def succeeded(self, usage: Usage | None, finish_reason: str | None) -> None:
         """Publish ``succeeded`` with the whole answer (after any delta still in flight)."""
@@ -111,16 +139,17 @@ class AttemptEvents:
     def close(self) -> None:
         """Stop publishing deltas (on any exit path); idempotent."""
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._marked:
+            self._marked = False
+            self._clock.unmark(self)
         if self._flushing is not None:
             self._flushing.cancel()
             self._flushing = None
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        if not self._closed and self._pending:
+    def _flush_now(self) -> None:
+        """Called by the clock: start writing the pending text as one delta."""
+        self._marked = False
+        if not self._closed and self._pending and self._flushing is None:
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
@@ -132,17 +161,16 @@ class AttemptEvents:
             self._error = exc
         finally:
             self._flushing = None
-        # Text that came in while this delta was being written waits one more interval.
-        if self._pending and not self._closed and self._error is None:
-            self._timer = asyncio.get_running_loop().call_later(
-                self._flush_interval, self._on_timer
-            )
+        # Text that came in while this delta was being written goes with the next tick.
+        if self._pending and not self._closed and self._error is None and not self._marked:
+            self._marked = True
+            self._clock.mark(self)
 
     async def _end_deltas(self) -> None:
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._marked:
+            self._marked = False
+            self._clock.unmark(self)
         if self._flushing is not None:
             await self._flushing
         if self._error is not None:
