@@ -11,6 +11,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from orchestrator_api.model import StoredEvent
+from orchestrator_api.store import MemoryTaskStore, StoreUnavailable
 from orchestrator_broker import Message
 from orchestrator_worker.messages import ErrorInfo, EventKind, ResultEvent, Usage, converter
 from tests.api.conftest import ACME, GLOBEX, ApiClientFactory, api_state
@@ -299,3 +301,37 @@ async def test_websocket_route_without_an_upgrade_is_a_400_problem(
     client = await api_client()
     task_id = await new_task(client)
     await problem_of(await client.get(f"/v1/tasks/{task_id}/ws", headers=ACME), 400)
+
+
+class FlakyStore(MemoryTaskStore):
+    """Serves the event log once, then its backend goes away."""
+
+    calls = 0
+
+    async def events(
+        self, tenant: str, task_id: str, after: str | None = None, timeout: float = 0.0
+    ) -> list[StoredEvent]:
+        self.calls += 1
+        if self.calls > 1:
+            raise StoreUnavailable("connection refused")
+        return await super().events(tenant, task_id, after, timeout)
+
+
+async def test_sse_ends_cleanly_when_the_store_goes_away_mid_stream(
+    api_client: ApiClientFactory,
+) -> None:
+    client = await api_client(store=FlakyStore(60))
+    task_id = await new_task(client)
+    events = messages(await read_sse(await client.get(f"/v1/tasks/{task_id}/events", headers=ACME)))
+    assert [e["event"] for e in events] == ["status"]  # then the stream ended, no 500 text
+
+
+async def test_websocket_closes_with_1011_when_the_store_goes_away(
+    api_client: ApiClientFactory,
+) -> None:
+    client = await api_client(store=FlakyStore(60))
+    task_id = await new_task(client)
+    ws = await client.ws_connect(f"/v1/tasks/{task_id}/ws", headers=ACME)
+    frames = await read_ws(ws)
+    assert [f["event"] for f in frames] == ["status"]
+    assert ws.close_code == 1011

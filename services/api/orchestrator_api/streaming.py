@@ -21,6 +21,7 @@ from aiohttp import WSMsgType, web
 
 from .model import StoredEvent
 from .problems import trace_headers
+from .store.errors import StoreError
 from .store.protocol import TaskStore
 
 __all__ = [
@@ -154,9 +155,14 @@ async def stream_sse(
                 await response.write(_SSE_KEEPALIVE if event is None else format_sse(event))
     except ConnectionResetError:
         return response  # the client left; nothing more to send
+    except StoreError:
+        # The headers are sent: no problem response is possible any more. End the stream;
+        # the client reconnects with Last-Event-ID once the store is back.
+        log.warning("event stream of task %s ended: the store is unavailable", task_id)
     finally:
         registry.open -= 1
-    await response.write_eof()
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
     return response
 
 
@@ -174,6 +180,7 @@ async def stream_websocket(
     ws.headers.update(trace_headers())
     await ws.prepare(request)
     reader = asyncio.ensure_future(_drain(ws))
+    code: int | None = None
     registry.open += 1
     try:
         events = follow(
@@ -190,12 +197,16 @@ async def stream_websocket(
                     await ws.send_str(_frame(event).decode())
     except ConnectionResetError:
         pass
+    except StoreError:
+        log.warning("websocket of task %s closed: the store is unavailable", task_id)
+        code = 1011  # unexpected condition: reconnect with last_event_id later
     finally:
         registry.open -= 1
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
-    code = 1001 if registry.closing.is_set() else 1000  # 1001: going away (server shutdown)
+    if code is None:
+        code = 1001 if registry.closing.is_set() else 1000  # 1001: going away (shutdown)
     await ws.close(code=code)
     return ws
 
