@@ -147,8 +147,10 @@ class Broker(Protocol):
         """Deliveries for ``consumer`` as a member of ``group``, until ``close()``.
 
         In order: this consumer's own pending entries (a restarted consumer drains its own
-        PEL first), entries whose nack delay is over, entries reclaimed from dead consumers,
-        then new entries. Corrupt or foreign entries are dead-lettered with a reason, never
+        PEL first), entries reclaimed from dead consumers, then the rest of the stream. A
+        nacked entry is delivered again no sooner than its delay; on Redis it then re-enters
+        the stream behind the entries already waiting (the in-memory broker serves it
+        first), so the contract promises the delay, not the position. Corrupt or foreign entries are dead-lettered with a reason, never
         yielded. Survives broker restarts (reconnecting with backoff) and a lost group
         (recreating it). Ends when the broker is closed or the iterator is closed
         (``aclose()``); entries it had fetched but not yet yielded are then handed back for
