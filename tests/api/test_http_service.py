@@ -195,3 +195,19 @@ async def test_the_api_command_logs_its_startup_line_serves_and_drains_on_sigter
     assert output.count("listening on") == 1
     assert f"127.0.0.1:{port}" in output
     assert "sekrit" not in output
+
+
+async def test_serve_starts_without_redis_and_answers_503_until_it_is_there(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="orchestrator_api")
+    settings = ApiSettings(api_keys=API_KEYS, redis_uri=f"redis://127.0.0.1:{free_port()}/0")
+    async with running(settings) as (url, _), aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/health") as response:
+            assert response.status == 503
+            assert (await response.json())["status"] == "unavailable"
+        async with session.post(f"{url}/v1/tasks", json={"prompt": "x"}, headers=ACME) as r:
+            assert r.status == 503
+            assert r.content_type == "application/problem+json"
+            assert "Retry-After" in r.headers
+    assert "not reachable yet" in caplog.text

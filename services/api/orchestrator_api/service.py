@@ -138,6 +138,7 @@ async def serve(
             traces,
             auth,
         )
+        await _warn_if_unreachable(broker, store)
         if on_started is not None:
             on_started(url)
         await stop.wait()
@@ -154,6 +155,17 @@ async def serve(
         if telemetry is not None:
             await telemetry.aclose()
         log.info("%s stopped", settings.app_id)
+
+
+async def _warn_if_unreachable(broker: Broker, store: TaskStore, timeout: float = 2.0) -> None:
+    """Say so at startup when a dependency does not answer; keep serving (``/health`` is 503
+    and submissions get 503 until it is back)."""
+    for name, ping in (("broker", broker.ping), ("store", store.ping)):
+        try:
+            async with asyncio.timeout(timeout):
+                await ping()
+        except Exception as exc:
+            log.warning("%s is not reachable yet (%s); serving anyway", name, exc or type(exc))
 
 
 def _bound(runner: web.AppRunner, host: str) -> tuple[str, int]:
