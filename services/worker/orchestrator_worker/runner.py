@@ -161,11 +161,11 @@ class TaskRunner:
             route = self._providers.resolve(task.model)
         except ProviderError as exc:
             events.model = task.model
-            await events.started()
+            events.start()
             await events.failed(ErrorInfo(type=exc.type, message=exc.message))
             return
         events.provider, events.model = route.provider.name, route.model
-        await events.started()
+        events.start()  # written while the provider is already being called
         outcome = await self._call(route, task, events)
         if isinstance(outcome, Finish):
             await events.succeeded(outcome.usage, outcome.finish_reason)
