@@ -10,6 +10,8 @@ import orjson
 import pytest
 
 from orchestrator_api.config import ApiSettings
+from orchestrator_api.model import TaskRecord
+from orchestrator_api.store.memory import MemoryTaskStore
 from orchestrator_broker import BrokerUnavailable, Message
 from orchestrator_broker.memory import MemoryBroker
 from orchestrator_worker.messages import (
@@ -495,3 +497,24 @@ def test_the_hand_built_task_payload_is_what_the_converter_makes() -> None:
     )
     assert payload == converter.unstructure(expected)
     assert converter.structure(payload, TaskMessage) == expected
+
+
+class HangingStore(MemoryTaskStore):
+    """A store whose backend stopped answering (writes and reads hang)."""
+
+    async def create(self, record: TaskRecord, idempotency_key: str | None = None) -> TaskRecord:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def get(self, tenant: str, task_id: str) -> TaskRecord | None:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_store_that_hangs_is_a_503_not_a_hang(api_client: ApiClientFactory) -> None:
+    client = await api_client(store=HangingStore(60), publish_timeout=0.2)
+    response = await client.post("/v1/tasks", json={"prompt": "x"}, headers=ACME)
+    await problem_of(response, 503)
+    assert "Retry-After" in response.headers
+    assert await published(api_state(client).broker) == []  # type: ignore[arg-type]
+    await problem_of(await client.get("/v1/tasks/abc", headers=ACME), 503)

@@ -55,10 +55,10 @@ def _tenant(request: web.Request, state: ApiState) -> str:
     return tenant
 
 
-def _unavailable(exc: Unavailable) -> Problem:
+def _unavailable(exc: Unavailable, consequence: str = "") -> Problem:
     return Problem(
         503,
-        f"The {exc.what} is unavailable right now; nothing was accepted. Retry later.",
+        f"The {exc.what} is unavailable right now{consequence}. Retry later.",
         type=TYPE_UNAVAILABLE,
         headers=_RETRY_AFTER,
     )
@@ -99,7 +99,7 @@ async def submit_task(request: web.Request) -> web.Response:
     try:
         record, created = await state.tasks.submit(tenant, submission, key)
     except Unavailable as exc:
-        raise _unavailable(exc) from exc
+        raise _unavailable(exc, "; the task was not accepted") from exc
     return _json(
         task_view(record),
         202 if created else 200,

@@ -22,7 +22,7 @@ __all__ = ["DEFAULT_PUBLISH_TIMEOUT", "TaskService", "Unavailable", "task_payloa
 
 log = logging.getLogger(__name__)
 
-#: How long a publish may take before the client gets a 503 instead of waiting on.
+#: How long one store or broker call of a request may take before the client gets a 503.
 DEFAULT_PUBLISH_TIMEOUT: Final = 2.0
 
 
@@ -83,8 +83,13 @@ class TaskService:
             trace_id=f"{span_context.trace_id:032x}" if span_context.is_valid else None,
         )
         try:
-            stored = await self.store.create(record, idempotency_key)
+            async with asyncio.timeout(self.publish_timeout):
+                stored = await self.store.create(record, idempotency_key)
         except StoreError as exc:
+            raise Unavailable("task store") from exc
+        except TimeoutError as exc:
+            # The write may still land: remove it (best effort) so it cannot stay queued.
+            await self._discard(tenant, task_id)
             raise Unavailable("task store") from exc
         if stored.id != task_id:
             return stored, False
@@ -107,14 +112,17 @@ class TaskService:
     async def get(self, tenant: str, task_id: str) -> TaskRecord | None:
         """The tenant's task, or None (unknown, expired, or another tenant's)."""
         try:
-            return await self.store.get(tenant, task_id)
-        except StoreError as exc:
+            async with asyncio.timeout(self.publish_timeout):
+                return await self.store.get(tenant, task_id)
+        except (StoreError, TimeoutError) as exc:
             raise Unavailable("task store") from exc
 
     async def _discard(self, tenant: str, task_id: str) -> None:
         try:
-            # Shielded: a cancelled request must still remove its record.
-            await asyncio.shield(self.store.discard(tenant, task_id))
+            # Shielded: a cancelled request must still remove its record. Bounded: the store
+            # may be the thing that is down.
+            async with asyncio.timeout(self.publish_timeout):
+                await asyncio.shield(self.store.discard(tenant, task_id))
         except asyncio.CancelledError:
             raise
         except Exception:
