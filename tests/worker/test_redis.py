@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from orchestrator_broker import ConfigError as BrokerConfigError
 from orchestrator_broker import ConsumeOptions
 from orchestrator_broker.redis_streams import RedisStreamsBroker
+from orchestrator_worker import Worker
 from orchestrator_worker.messages import EventKind
 from tests.support.redis_server import RedisServer
 from tests.worker.support import (
@@ -20,6 +22,7 @@ from tests.worker.support import (
     collect,
     kinds,
     registry,
+    settings,
     settled,
     submit,
     wait_for,
@@ -142,3 +145,44 @@ async def test_the_worker_process_serves_until_sigterm(
     assert "***" in startup[0]
     assert "s3cret-pw" not in err
     assert "SIGTERM received" in err
+
+
+async def test_a_consumer_setting_the_broker_refuses_stops_the_worker(redis_url: str) -> None:
+    # ConsumeOptions.block (2 s) must stay below the read timeout: this broker refuses it.
+    broker = RedisStreamsBroker.from_url(redis_url, read_timeout=1.0)
+    try:
+        worker = Worker(broker, settings())
+        with pytest.raises(BrokerConfigError):
+            async with asyncio.timeout(15):
+                await worker.run()
+    finally:
+        await broker.close()
+
+
+async def test_a_task_whose_result_cannot_be_written_runs_again_after_an_outage(
+    redis_server_factory: Callable[..., RedisServer], worker_factory
+) -> None:
+    server = redis_server_factory(appendonly=True)
+    broker = RedisStreamsBroker.from_url(server.url)
+    gate = asyncio.Event()
+    fake = FakeProvider(chunks=["survived"], gate=gate)
+    try:
+        task = await submit(broker, model="fake")
+        await worker_factory(broker, providers=registry(fake))
+        await wait_for(lambda: fake.started == 1)
+
+        server.kill()
+        gate.set()  # the answer is ready while Redis is down
+        await wait_for(lambda: fake.running == 0)
+        await asyncio.sleep(0.5)
+        server.start()
+
+        events = (await collect(broker, 1, timeout=60))[task.task_id]
+        assert events[-1].kind == OK
+        # Attempt 2, or later if the first writes after the restart hit stale connections.
+        assert events[-1].attempt >= 2
+        assert [e.seq for e in events if e.attempt == events[-1].attempt] == [0, 1]
+        assert events[-1].text == "survived"
+        await wait_for(lambda: settled(broker), timeout=30)
+    finally:
+        await broker.close()

@@ -42,8 +42,10 @@ log = logging.getLogger(__name__)
 
 #: How long a broken publish waits before the task runs again.
 _REPUBLISH_DELAY = 1.0
-#: Waits between attempts to settle a delivery while the broker is unavailable.
-_SETTLE_BACKOFF = (0.2, 0.5, 1.0, 2.0)
+#: Waits between attempts to settle a delivery while the broker is unavailable: about a
+#: minute in all, enough for a Redis restart or failover. The task's slot stays taken
+#: meanwhile, which is right: this worker cannot take new tasks from a broker it cannot reach.
+_SETTLE_BACKOFF = (0.2, 0.5, 1.0, 2.0, 3.0, 5.0, 5.0, 5.0, 5.0, 10.0, 10.0, 10.0)
 #: How long a cancelled handler may take to hand its delivery back.
 _HAND_BACK_TIMEOUT = 5.0
 #: Longest reason or message copied from a payload into a dead letter or event.
@@ -254,7 +256,8 @@ class TaskRunner:
                 return
             except BrokerUnavailable as exc:
                 if wait is None:
-                    log.error("could not settle entry %s: %s", delivery.entry_id, exc)
+                    # Left pending: other workers reclaim it once this process stops.
+                    log.error("gave up settling entry %s: %s", delivery.entry_id, exc)
                     return
                 await asyncio.sleep(wait)
             except BrokerError as exc:
@@ -266,4 +269,3 @@ async def _aclose(stream: AsyncIterator[Any]) -> None:
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         await aclose()
-

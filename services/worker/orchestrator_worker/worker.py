@@ -20,6 +20,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from orchestrator_broker import Broker, BrokerError, ConsumeOptions, Delivery, default_consumer_name
+from orchestrator_broker import ConfigError as BrokerConfigError
 
 from .config import WorkerSettings
 from .providers import ProviderRegistry, default_registry
@@ -130,6 +131,10 @@ class Worker:
         try:
             await asyncio.wait([self._fetcher])
             await self._drain()
+            failure = None if self._fetcher.cancelled() else self._fetcher.exception()
+            if failure is not None:
+                # A setting the broker refuses, or a bug: in-flight work was drained above.
+                raise failure
         except asyncio.CancelledError:
             self.stop(force=True)
             await self._hand_back({*self._tasks, self._fetcher})
@@ -164,6 +169,8 @@ class Worker:
             except StopAsyncIteration:
                 log.info("the broker closed the tasks consumer; stopping")
                 self._stopping = True
+            except BrokerConfigError:
+                raise
             except (BrokerError, OSError) as exc:
                 delay = _RETRY_DELAYS[min(failures, len(_RETRY_DELAYS) - 1)]
                 failures += 1
