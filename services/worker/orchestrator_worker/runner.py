@@ -163,11 +163,11 @@ class TaskRunner:
             route = self._providers.resolve(task.model)
         except ProviderError as exc:
             events.model = task.model
-            events.start()
+            await events.started()
             await events.failed(ErrorInfo(type=exc.type, message=exc.message))
             return
         events.provider, events.model = route.provider.name, route.model
-        events.start()  # written while the provider is already being called
+        await events.started()
         outcome = await self._call(route, task, events)
         if isinstance(outcome, Finish):
             await events.succeeded(outcome.usage, outcome.finish_reason)
