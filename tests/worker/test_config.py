@@ -110,3 +110,17 @@ def test_the_docstring_documents_every_variable() -> None:
         "DELTA_FLUSH_MS", "LOG_LEVEL", "LOG_FORMAT",
     ):  # fmt: skip
         assert f"``{variable}``" in doc
+
+
+def test_the_entry_point_exits_with_one_line_on_a_bad_setting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from orchestrator_worker import main
+
+    with pytest.raises(SystemExit) as raised:
+        main({"NUMBER_OF_WORKERS": "many"})
+
+    assert raised.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "configuration error: NUMBER_OF_WORKERS: 'many' is not a whole number"
+    ]

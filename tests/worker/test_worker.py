@@ -324,3 +324,18 @@ async def test_results_carry_no_events_for_other_tasks(
     for task in tasks:
         assert events[task.task_id][-1].text == task.prompt
     assert await broker.backlog(RESULTS, "test") == 0
+
+
+async def test_each_event_message_is_named_by_task_attempt_and_seq(
+    broker: MemoryBroker, worker_factory
+) -> None:
+    task = await submit(broker)
+    await worker_factory(broker)
+    await collect(broker, 1)
+
+    await broker.ensure_group(RESULTS, "ids")
+    results = broker.consume(RESULTS, "ids", "reader")
+    ids = [(await anext(results)).message.id for _ in range(2)]
+    await results.aclose()
+
+    assert ids == [f"{task.task_id}:1:0", f"{task.task_id}:1:1"]

@@ -18,7 +18,8 @@ faster than one flush interval, which is how an instant ``echo`` task costs thre
 ``succeeded.text`` at the end.
 
 Events of one attempt are published strictly one after another (the next ``publish`` starts
-when the previous returned), so ``seq`` order is stream order.
+when the previous returned), so ``seq`` order is stream order. Each message's broker id is
+``<task_id>:<attempt>:<seq>``, the event's identity.
 """
 
 from __future__ import annotations
@@ -204,9 +205,11 @@ class AttemptEvents:
             error=error,
             finish_reason=finish_reason,
         )
+        # The message id names the event, so a re-sent copy is recognisably the same one.
+        message = Message(payload=payload, id=f"{self.task_id}:{self.attempt}:{self._seq}")
         # The seq is taken before the write: a failed write voids the attempt anyway.
         self._seq += 1
-        await self._broker.publish(self._stream, Message(payload=payload))
+        await self._broker.publish(self._stream, message)
 
 
 def event_payload(

@@ -9,12 +9,14 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from collections.abc import Mapping
 
 from orchestrator_broker import Broker
 from orchestrator_broker.redis_settings import RedisSettings
 from orchestrator_broker.redis_streams import RedisStreamsBroker
 from orchestrator_telemetry import (
+    TelemetryConfigError,
     TelemetrySettings,
     TracingBroker,
     process_context,
@@ -23,6 +25,7 @@ from orchestrator_telemetry import (
 )
 
 from .config import WorkerSettings
+from .errors import ConfigError
 from .providers import ProviderRegistry, default_registry
 from .worker import Worker
 
@@ -120,6 +123,13 @@ def _on_signal(worker: Worker, signum: signal.Signals) -> None:
 
 
 def main(environ: Mapping[str, str] | None = None) -> None:
-    """Entry point: settings from the environment, then ``serve`` until a signal."""
-    settings = WorkerSettings.from_env(os.environ if environ is None else environ)
+    """Entry point: settings from the environment, then ``serve`` until a signal.
+
+    A malformed setting exits with status 2 and one line naming the variable.
+    """
+    try:
+        settings = WorkerSettings.from_env(os.environ if environ is None else environ)
+    except (ConfigError, TelemetryConfigError) as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     asyncio.run(serve(settings))
