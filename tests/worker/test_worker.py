@@ -6,6 +6,7 @@ import asyncio
 
 from orchestrator_broker import MemoryBroker, Message
 from orchestrator_worker.messages import EventKind, Usage
+from orchestrator_worker.providers import Finish
 from tests.worker.support import (
     RESULTS,
     TASKS,
@@ -339,3 +340,23 @@ async def test_each_event_message_is_named_by_task_attempt_and_seq(
     await results.aclose()
 
     assert ids == [f"{task.task_id}:1:0", f"{task.task_id}:1:1"]
+
+
+async def test_a_bug_outside_the_provider_call_still_ends_the_task(
+    broker: MemoryBroker, worker_factory
+) -> None:
+    class BadUsage(FakeProvider):
+        async def _stream(self, request):  # type: ignore[no-untyped-def]
+            yield "text"
+            yield Finish(usage={"input_tokens": 1})  # type: ignore[arg-type]
+
+    task = await submit(broker, model="fake")
+    await worker_factory(broker, providers=registry(BadUsage()))
+
+    events = (await collect(broker, 1))[task.task_id]
+
+    assert kinds(events)[-1] == FAIL
+    assert events[-1].error is not None
+    assert events[-1].error.type == "internal"
+    await wait_for(lambda: settled(broker))
+    assert await broker.backlog(TASKS, "workers") == 0

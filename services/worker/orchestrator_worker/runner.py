@@ -10,8 +10,9 @@ The outcomes, and how the delivery is settled:
 - the provider raises ``ProviderError``: ``started``, deltas, ``failed`` (its ``type``), ack
   (retrying retryable errors with ``nack(delay)`` comes next);
 - no answer within ``TASK_TIMEOUT_SECONDS``: ``failed`` (``timeout``), ack;
-- any other exception: ``failed`` (``internal``, with a message naming only the exception
-  class: no text, no traceback, which go to the log), ack;
+- any other exception, in the provider or in the worker itself: ``failed`` (``internal``,
+  with a message naming at most the exception class: no text, no traceback, which go to the
+  log), ack;
 - the broker refuses an event: the attempt is abandoned and handed back with ``nack(1 s)``,
   to run again as the next attempt;
 - the worker shuts down past its grace period (the handler is cancelled): handed back with
@@ -48,6 +49,8 @@ _REPUBLISH_DELAY = 1.0
 _SETTLE_BACKOFF = (0.2, 0.5, 1.0, 2.0, 3.0, 5.0, 5.0, 5.0, 5.0, 10.0, 10.0, 10.0)
 #: How long a cancelled handler may take to hand its delivery back.
 _HAND_BACK_TIMEOUT = 5.0
+#: What clients see for a failure we did not foresee (details go to the log only).
+_CRASHED = "the worker failed unexpectedly"
 #: Longest reason or message copied from a payload into a dead letter or event.
 _MAX_REASON = 300
 
@@ -154,9 +157,28 @@ class TaskRunner:
         except asyncio.CancelledError:
             await self._hand_back(delivery, events)
             raise
+        except Exception:
+            # A bug outside the provider call: report the task failed rather than leave the
+            # delivery unsettled (its lease would be renewed for as long as we run).
+            log.exception("task %s attempt %d crashed", task.task_id, events.attempt)
+            if not await self._report_crash(events):
+                await self._settle(delivery, lambda: delivery.nack(_REPUBLISH_DELAY))
+                return
         finally:
             events.close()
         await self._settle(delivery, delivery.ack)
+
+    async def _report_crash(self, events: AttemptEvents) -> bool:
+        """Publish ``failed``/``internal`` unless a terminal event is out; False if we could
+        not (the delivery is then handed back to run again)."""
+        if events.terminal_published:
+            return True
+        try:
+            await events.failed(ErrorInfo(type="internal", message=_CRASHED))
+        except Exception as exc:
+            log.warning("could not report the crash of task %s: %s", events.task_id, exc)
+            return False
+        return True
 
     async def _attempt(self, task: TaskMessage, events: AttemptEvents) -> None:
         try:
@@ -207,9 +229,7 @@ class TaskRunner:
             raise
         except Exception as exc:
             log.exception("task %s: provider %s raised", task.task_id, route.provider.name)
-            return ErrorInfo(
-                type="internal", message=f"the worker failed unexpectedly ({type(exc).__name__})"
-            )
+            return ErrorInfo(type="internal", message=f"{_CRASHED} ({type(exc).__name__})")
         return finish
 
     async def _reject(self, delivery: Delivery, exc: InvalidTask) -> None:
