@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from typing import Any
 from urllib.parse import urlsplit
+
+import pytest
 
 from tests.deployment.support import (
     DOCKER_DIR,
@@ -214,6 +218,17 @@ def test_prometheus_static_targets_are_compose_services() -> None:
                 assert host in services() or host == "localhost", target
     tempo_port = tempo()["server"]["http_listen_port"]
     assert scrape_job("tempo")["static_configs"][0]["targets"] == [f"tempo:{tempo_port}"]
+
+
+def test_prometheus_config_passes_promtool() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    config = DOCKER_DIR / "prometheus" / "prometheus.yml"
+    result = subprocess.run(
+        [promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_prometheus_keeps_exemplars() -> None:
