@@ -42,7 +42,7 @@ def mount_target_of(service: str, source_suffix: str) -> str:
     for entry in services()[service]["volumes"]:
         source, target = entry.split(":")[:2]
         if source.rstrip("/").endswith(source_suffix):
-            return target
+            return str(target)
     raise AssertionError(f"{service} does not mount {source_suffix}")
 
 
@@ -187,7 +187,9 @@ def test_tempo_metrics_generator_writes_to_prometheus_remote_write() -> None:
 
 
 def scrape_job(name: str) -> dict[str, Any]:
-    jobs = {job["job_name"]: job for job in prometheus()["scrape_configs"]}
+    jobs: dict[str, dict[str, Any]] = {
+        job["job_name"]: job for job in prometheus()["scrape_configs"]
+    }
     return jobs[name]
 
 
