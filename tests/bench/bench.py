@@ -1,0 +1,326 @@
+"""The benchmark harness: ``python -m tests.bench.bench [dispatch|concurrency|http|all] [--json]``.
+
+Each benchmark starts what it needs (a throwaway redis-server on a free loopback port with
+persistence off: no RDB snapshots, no AOF; real ``ai-orchestrator`` subprocesses), warms up,
+measures, and stops everything by PID (also on Ctrl-C, SIGTERM and errors):
+
+1. ``dispatch``: ``--tasks`` (20,000) instant ``echo`` tasks published straight onto the
+   tasks stream, through ONE worker process (``NUMBER_OF_WORKERS`` = ``--workers``, 1,000);
+   tasks/s from the first publish to the last terminal result event.
+2. ``concurrency``: ``--concurrency-tasks`` (2,000) ``echo`` tasks with
+   ``latency_ms=500`` through one worker at concurrency 1,000; seconds, against the ideal
+   (1.0 s: two waves of 500 ms).
+3. ``http``: ``POST /v1/tasks`` requests/s and p50/p99 latency at 64 connections against
+   one ``ai-orchestrator api`` process (auth on, tracing off) pinned to one CPU, from a
+   separate load generator (``wrk``, else a Python aiohttp one) pinned to the other.
+
+The targets are printed next to the measurements with ``"met": true/false``; they never
+fail the run. A benchmark that stalls (bounded by ``--timeout`` per phase) or whose processes
+die is reported ``"incomplete"`` with how far it got, and the exit status is then 1.
+``--profile`` runs the services under ``py-spy record`` and adds where their CPU went.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .dispatch import DispatchConfig, run_dispatch
+from .httpbench import HttpConfig, choose_loadgen, run_http
+from .processes import BenchError, Processes, py_spy
+from .profiles import summarize
+
+__all__ = ["BENCHMARKS", "main", "run_benchmarks"]
+
+#: Targets from the issue, and the reference points measured on the 2-core machine.
+TARGETS = {
+    "dispatch": {"tasks_per_second": ">= 5000"},
+    "concurrency": {"seconds": "<= 1.25 (1.25 x ideal for other sizes)"},
+    "http": {"requests_per_second": ">= 9000", "p99_ms": "<= 25"},
+}
+REFERENCES = {
+    "dispatch": "best existing Python queues 1,000-2,400 tasks/s; bare redis-py Streams "
+    "loop ~13,000 tasks/s",
+    "concurrency": "best existing Python queues 1.9-3.2 s; bare redis-py Streams loop 1.6 s",
+    "http": "bare aiohttp hello world ~31,000 req/s on one core",
+}
+PROFILE_RATE = 100
+
+
+def _progress(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def _machine() -> dict[str, Any]:
+    load = os.getloadavg()
+    redis_version = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        redis_version = subprocess.run(
+            ["redis-server", "--version"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "usable_cpus": sorted(os.sched_getaffinity(0)),
+        "loadavg_1_5_15": [round(x, 2) for x in load],
+        "python": platform.python_version(),
+        "redis_server": redis_version,
+        "wrk": shutil.which("wrk") is not None,
+    }
+
+
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _profile(path: str | None, enabled: bool) -> dict[str, Any] | None:
+    if not enabled or path is None or not Path(path).exists():
+        return None
+    return summarize(Path(path), rate=PROFILE_RATE)
+
+
+def bench_dispatch(args: argparse.Namespace, processes: Processes) -> dict[str, Any]:
+    config = DispatchConfig(
+        tasks=args.tasks,
+        warmup=args.warmup_tasks,
+        concurrency=args.workers,
+        timeout=args.timeout,
+        profile=args.profile,
+    )
+    load = _loadavg()
+    run = run_dispatch(processes, config)
+    rate = round(run.tasks_per_second, 1)
+    return {
+        "status": "complete" if run.complete else "incomplete",
+        "error": run.error,
+        "tasks": run.published,
+        "completed": run.results,
+        "failed": run.failed,
+        "worker_concurrency": config.concurrency,
+        "seconds": round(run.seconds, 3),
+        "publish_seconds": round(run.publish_seconds, 3),
+        "tasks_per_second": rate,
+        "target": {**TARGETS["dispatch"], "met": run.complete and rate >= 5000},
+        "reference": REFERENCES["dispatch"],
+        "cpu_during_measurement": run.cpu,
+        "loadavg_before": load,
+        "profile_worker": _profile(run.worker_profile, args.profile),
+    }
+
+
+def bench_concurrency(args: argparse.Namespace, processes: Processes) -> dict[str, Any]:
+    config = DispatchConfig(
+        tasks=args.concurrency_tasks,
+        warmup=args.concurrency_warmup_tasks,
+        concurrency=args.concurrency,
+        latency_ms=args.latency_ms,
+        timeout=args.timeout,
+        profile=args.profile,
+    )
+    ideal = math.ceil(config.tasks / config.concurrency) * config.latency_ms / 1000.0
+    limit = 1.25 * ideal
+    load = _loadavg()
+    run = run_dispatch(processes, config)
+    return {
+        "status": "complete" if run.complete else "incomplete",
+        "error": run.error,
+        "tasks": run.published,
+        "completed": run.results,
+        "failed": run.failed,
+        "worker_concurrency": config.concurrency,
+        "latency_ms": config.latency_ms,
+        "seconds": round(run.seconds, 3),
+        "ideal_seconds": ideal,
+        "over_ideal": round(run.seconds / ideal, 3) if ideal else None,
+        "publish_seconds": round(run.publish_seconds, 3),
+        "target": {
+            **TARGETS["concurrency"],
+            "limit_seconds": round(limit, 3),
+            "met": run.complete and run.seconds <= limit,
+        },
+        "reference": REFERENCES["concurrency"],
+        "cpu_during_measurement": run.cpu,
+        "loadavg_before": load,
+        "profile_worker": _profile(run.worker_profile, args.profile),
+    }
+
+
+def bench_http(args: argparse.Namespace, processes: Processes) -> dict[str, Any]:
+    config = HttpConfig(
+        duration=args.duration,
+        warmup=args.http_warmup,
+        connections=args.connections,
+        loadgen=args.loadgen,
+        profile=args.profile,
+    )
+    load = _loadavg()
+    run = run_http(processes, config)
+    latency = run.loadgen.get("latency_ms", {})
+    rps = round(run.requests_per_second, 1)
+    p99 = latency.get("p99")
+    return {
+        "status": "complete" if run.complete else "incomplete",
+        "error": run.error,
+        "loadgen": run.loadgen.get("tool"),
+        "connections": config.connections,
+        "duration_s": run.loadgen.get("duration_s"),
+        "requests": run.loadgen.get("requests"),
+        "requests_per_second": rps,
+        "latency_ms": latency,
+        "errors": run.loadgen.get("errors"),
+        "tasks_stream_length": run.stream_length,
+        "auth": "on (API_KEYS, one tenant)",
+        "pinned_cpus": run.pinning,
+        "target": {
+            **TARGETS["http"],
+            "met": run.complete and rps >= 9000 and p99 is not None and p99 <= 25,
+        },
+        "reference": REFERENCES["http"],
+        "cpu_during_measurement": run.cpu,
+        "loadavg_before": load,
+        "profile_api": _profile(run.api_profile, args.profile),
+    }
+
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace, Processes], dict[str, Any]]] = {
+    "dispatch": bench_dispatch,
+    "concurrency": bench_concurrency,
+    "http": bench_http,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench.bench",
+        description="Benchmark the orchestrator: dispatch throughput, I/O-bound concurrency, "
+        "HTTP submissions. Starts its own redis-server (persistence off) and services.",
+    )
+    parser.add_argument("benchmark", nargs="?", default="all", choices=[*BENCHMARKS, "all"])
+    parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    sizes = parser.add_argument_group("sizes")
+    sizes.add_argument("--tasks", type=int, default=20_000, help="dispatch: measured tasks")
+    sizes.add_argument("--warmup-tasks", type=int, default=2_000, help="dispatch: warm-up tasks")
+    sizes.add_argument("--workers", type=int, default=1_000, help="dispatch: NUMBER_OF_WORKERS")
+    sizes.add_argument("--concurrency-tasks", type=int, default=2_000)
+    sizes.add_argument("--concurrency-warmup-tasks", type=int, default=1_000)
+    sizes.add_argument("--concurrency", type=int, default=1_000, help="concurrency: slots")
+    sizes.add_argument("--latency-ms", type=float, default=500.0, help="concurrency: per task")
+    sizes.add_argument("--duration", type=float, default=10.0, help="http: measured seconds")
+    sizes.add_argument("--http-warmup", type=float, default=2.0, help="http: warm-up seconds")
+    sizes.add_argument("--connections", type=int, default=64, help="http: connections")
+    parser.add_argument(
+        "--loadgen", choices=["auto", "wrk", "python"], default="auto",
+        help="http load generator (auto: wrk if installed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--timeout", type=float, default=120.0,
+        help="seconds a phase may take before it is reported incomplete",
+    )  # fmt: skip
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="run the services under py-spy and summarise where their CPU went",
+    )  # fmt: skip
+    parser.add_argument(
+        "--workdir", type=Path,
+        help="logs (and profiles) go here and are kept (default: a temporary directory)",
+    )  # fmt: skip
+    return parser
+
+
+def run_benchmarks(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the chosen benchmarks one after another; the JSON document as a dict."""
+    names = list(BENCHMARKS) if args.benchmark == "all" else [args.benchmark]
+    if args.profile and py_spy() is None:
+        raise BenchError("--profile needs py-spy (pip install py-spy)")
+    if "http" in names:
+        choose_loadgen(args.loadgen)  # fail before starting anything
+    keep = args.workdir is not None
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="orchestrator-bench-"))
+    result: dict[str, Any] = {
+        "machine": _machine(),
+        "redis": "throwaway redis-server per benchmark, persistence off (save '', appendonly no)",
+        "tracing": "off (no JAEGER_URI / OTEL_* in the services' environment)",
+        "workdir": str(workdir) if keep or args.profile else None,
+        "benchmarks": {},
+    }
+    try:
+        for name in names:
+            _progress(f"{name}: starting")
+            with Processes(workdir / name) as processes:
+                try:
+                    outcome = BENCHMARKS[name](args, processes)
+                except BenchError as exc:
+                    outcome = {"status": "incomplete", "error": str(exc)}
+            result["benchmarks"][name] = outcome
+            _progress(f"{name}: {outcome['status']} {_headline(name, outcome)}")
+    finally:
+        if not keep and not args.profile:
+            shutil.rmtree(workdir, ignore_errors=True)
+    result["machine"]["loadavg_after"] = _loadavg()
+    return result
+
+
+def _headline(name: str, outcome: dict[str, Any]) -> str:
+    if outcome.get("status") != "complete":
+        return str(outcome.get("error"))
+    target = outcome.get("target", {})
+    met = "met" if target.get("met") else "NOT met"
+    if name == "dispatch":
+        return f"{outcome['tasks_per_second']:.0f} tasks/s (target >= 5000: {met})"
+    if name == "concurrency":
+        return (
+            f"{outcome['seconds']:.3f} s for {outcome['tasks']} tasks, ideal "
+            f"{outcome['ideal_seconds']:g} s (target {target.get('limit_seconds')} s: {met})"
+        )
+    latency = outcome.get("latency_ms", {})
+    return (
+        f"{outcome['requests_per_second']:.0f} req/s, p50 {latency.get('p50')} ms, "
+        f"p99 {latency.get('p99')} ms ({outcome['loadgen']}; target >= 9000 req/s, "
+        f"p99 <= 25 ms: {met})"
+    )
+
+
+def _terminate(signum: int, frame: types.FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)  # stop the children on SIGTERM too
+    try:
+        result = run_benchmarks(args)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; everything it started was stopped", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    document = orjson.dumps(result, option=orjson.OPT_INDENT_2).decode()
+    if args.json:
+        print(document)
+    else:
+        for name, outcome in result["benchmarks"].items():
+            print(f"{name:12} {outcome['status']:10} {_headline(name, outcome)}")
+        print(document)
+    complete = all(o.get("status") == "complete" for o in result["benchmarks"].values())
+    return 0 if complete else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

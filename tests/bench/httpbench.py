@@ -1,0 +1,205 @@
+"""Benchmark (3): ``POST /v1/tasks`` requests/s and latency against ONE API process.
+
+The API is a real ``ai-orchestrator api`` subprocess on a throwaway redis-server, with
+authentication on (``API_KEYS``) and tracing off, pinned to the first CPU. The load comes
+from a separate process pinned to the second CPU (with the redis-server): ``wrk`` with
+``wrk_post.lua`` when installed, else ``python -m tests.bench.loadgen``. Nothing drains the
+tasks stream; it just grows for the length of the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import orjson
+from redis.asyncio import Redis
+
+from .processes import (
+    BenchError,
+    CpuMeter,
+    Processes,
+    Service,
+    free_port,
+    orchestrator_command,
+    pin,
+    service_env,
+    usable_cpus,
+    wait_http_ok,
+)
+
+__all__ = ["HttpConfig", "HttpRun", "choose_loadgen", "run_http"]
+
+WRK_SCRIPT = Path(__file__).with_name("wrk_post.lua")
+_SUMMARY = re.compile(rb"^BENCH_JSON (.*)$", re.MULTILINE)
+
+
+@attrs.frozen
+class HttpConfig:
+    duration: float
+    warmup: float
+    connections: int = 64
+    loadgen: str = "auto"  # "wrk", "python" or "auto" (wrk if installed)
+    startup_timeout: float = 30.0
+    profile: bool = False
+
+
+@attrs.define
+class HttpRun:
+    complete: bool
+    loadgen: dict[str, Any]
+    cpu: dict[str, dict[str, float]]
+    pinning: dict[str, list[int] | None]
+    stream_length: int
+    error: str | None = None
+    api_profile: str | None = None
+
+    @property
+    def requests_per_second(self) -> float:
+        seconds = float(self.loadgen.get("duration_s") or 0.0)
+        return int(self.loadgen.get("requests") or 0) / seconds if seconds else 0.0
+
+
+def choose_loadgen(wanted: str) -> str:
+    """``wrk`` or ``python``; ``auto`` takes ``wrk`` when it is on ``PATH``."""
+    if wanted == "auto":
+        return "wrk" if shutil.which("wrk") else "python"
+    if wanted == "wrk" and shutil.which("wrk") is None:
+        raise BenchError("--loadgen wrk: wrk is not installed (apt-get install -y wrk)")
+    if wanted not in ("wrk", "python"):
+        raise BenchError(f"unknown load generator {wanted!r}")
+    return wanted
+
+
+def run_http(processes: Processes, config: HttpConfig) -> HttpRun:
+    """Start redis + the API, warm up, measure; the processes stop with ``processes``."""
+    tool = choose_loadgen(config.loadgen)
+    cpus = usable_cpus()
+    api_cpus = {cpus[0]} if len(cpus) >= 2 else None
+    load_cpus = {cpus[1]} if len(cpus) >= 2 else None
+    redis = processes.redis("redis-http")
+    assert redis.process is not None
+    if load_cpus:
+        pin(redis.process.pid, load_cpus)
+    key = secrets.token_urlsafe(24)
+    port = free_port()
+    api = processes.start(
+        "api",
+        [*orchestrator_command(), "api", "--host", "127.0.0.1", "--port", str(port)],
+        service_env(
+            redis.url,
+            {"API_KEYS": f"bench:{key}", "APP_ID": "bench-api", "SHUTDOWN_GRACE_SECONDS": "1"},
+        ),
+        cpus=api_cpus,
+        profile=config.profile,
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_http_ok(f"{base}/health", config.startup_timeout, api)
+    if api_cpus:
+        pin(api.pid, api_cpus)  # again: threads started since launch
+    url = f"{base}/v1/tasks"
+    if config.warmup > 0:
+        warm = _load(processes, tool, url, key, config, config.warmup, load_cpus, "warmup")
+        if warm is None or not api.alive():
+            return _failed(api, "warm-up load produced no summary", redis.url, api_cpus, load_cpus)
+    meter = CpuMeter({"api": api.pid, "redis-server": redis.process.pid})
+    meter.start()
+    summary = _load(processes, tool, url, key, config, config.duration, load_cpus, "load")
+    cpu = meter.stop()
+    if summary is None:
+        return _failed(
+            api, "the load generator produced no summary", redis.url, api_cpus, load_cpus
+        )
+    stream_length = asyncio.run(_xlen(redis.url))
+    processes.stop(api)
+    errors = summary.get("errors", {})
+    error = None
+    if not api.alive() and api.process.returncode not in (0, None):
+        error = f"the API exited with {api.process.returncode}"
+    elif sum(errors.values()) and not summary.get("requests"):
+        error = f"no successful request: {errors}"
+    return HttpRun(
+        complete=error is None,
+        loadgen=summary,
+        cpu=cpu,
+        pinning=_pinning(api_cpus, load_cpus),
+        stream_length=stream_length,
+        error=error,
+        api_profile=str(api.profile) if api.profile else None,
+    )
+
+
+def _pinning(api: set[int] | None, load: set[int] | None) -> dict[str, list[int] | None]:
+    return {
+        "api": sorted(api) if api else None,
+        "loadgen_and_redis": sorted(load) if load else None,
+    }
+
+
+def _failed(
+    api: Service, why: str, redis_url: str, api_cpus: set[int] | None, load_cpus: set[int] | None
+) -> HttpRun:
+    if not api.alive():
+        why += f"; the API exited:\n{api.log_tail()}"
+    return HttpRun(False, {}, {}, _pinning(api_cpus, load_cpus), 0, error=why)
+
+
+def _load(
+    processes: Processes,
+    tool: str,
+    url: str,
+    key: str,
+    config: HttpConfig,
+    duration: float,
+    cpus: set[int] | None,
+    name: str,
+) -> dict[str, Any] | None:
+    """Run the load generator for ``duration`` seconds; its summary, or None if it failed."""
+    env = dict(os.environ, BENCH_API_KEY=key)
+    seconds: float
+    if tool == "wrk":
+        seconds = max(1, round(duration))
+        args = [
+            "wrk", "-t1", f"-c{config.connections}", f"-d{seconds}s", "--timeout", "5s",
+            "-s", str(WRK_SCRIPT), url,
+        ]  # fmt: skip
+    else:
+        seconds = max(0.1, duration)
+        args = [
+            sys.executable, "-m", "tests.bench.loadgen", url,
+            "--connections", str(config.connections), "--duration", str(seconds),
+        ]  # fmt: skip
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_repo_root(), env.get("PYTHONPATH")]))
+    generator = processes.start(name, args, env, cpus=cpus)
+    deadline = time.monotonic() + seconds + 30.0
+    while generator.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if generator.alive():
+        processes.stop(generator)
+        return None
+    processes.stop(generator)
+    match = _SUMMARY.search(generator.log.read_bytes())
+    if match is None:
+        return None
+    summary: dict[str, Any] = orjson.loads(match.group(1))
+    return summary
+
+
+def _repo_root() -> str:
+    return str(Path(__file__).resolve().parents[2])
+
+
+async def _xlen(url: str) -> int:
+    client = Redis.from_url(url)
+    try:
+        return int(await client.xlen("tasks"))
+    finally:
+        await client.aclose()

@@ -1,0 +1,216 @@
+"""The benchmark harness runs end to end at tiny sizes, so it cannot rot unnoticed.
+
+No timing is asserted (machines are noisy): only that each benchmark completes, counts what
+it should, reports its targets, and stops every process it started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.bench import bench
+from tests.bench.processes import py_spy
+from tests.bench.profiles import summarize
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_DISPATCH = ["--tasks", "200", "--warmup-tasks", "20", "--workers", "50"]
+TINY_CONCURRENCY = [
+    "--concurrency-tasks", "40", "--concurrency-warmup-tasks", "10",
+    "--concurrency", "20", "--latency-ms", "50",
+]  # fmt: skip
+TINY_HTTP = ["--duration", "1", "--http-warmup", "0.5", "--connections", "4"]
+
+
+def run_bench(
+    capsys: pytest.CaptureFixture[str], workdir: Path, *args: str
+) -> tuple[int, dict[str, Any]]:
+    code = bench.main([*args, "--json", "--workdir", str(workdir), "--timeout", "60"])
+    document: dict[str, Any] = orjson.loads(capsys.readouterr().out)
+    return code, document
+
+
+def started_pids(workdir: Path) -> list[int]:
+    return [
+        int(line.split()[-1])
+        for path in workdir.rglob("pids.txt")
+        for line in path.read_text().splitlines()
+    ]
+
+
+def assert_all_stopped(workdir: Path) -> None:
+    pids = started_pids(workdir)
+    assert pids, "the benchmark recorded no process"
+    alive = [pid for pid in pids if _alive(pid)]
+    assert alive == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_dispatch_counts_every_task_through_a_worker(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, document = run_bench(capsys, tmp_path, "dispatch", *TINY_DISPATCH)
+
+    result = document["benchmarks"]["dispatch"]
+    assert code == 0, result
+    assert result["status"] == "complete"
+    assert result["completed"] == result["tasks"] == 200
+    assert result["failed"] == 0
+    assert result["tasks_per_second"] > 0
+    assert isinstance(result["target"]["met"], bool)
+    assert set(result["cpu_during_measurement"]) == {"worker", "redis-server", "harness"}
+    assert_all_stopped(tmp_path)
+
+
+def test_concurrency_reports_seconds_against_the_ideal(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, document = run_bench(capsys, tmp_path, "concurrency", *TINY_CONCURRENCY)
+
+    result = document["benchmarks"]["concurrency"]
+    assert code == 0, result
+    assert result["status"] == "complete"
+    assert result["completed"] == 40
+    assert result["ideal_seconds"] == pytest.approx(0.1)
+    assert result["target"]["limit_seconds"] == pytest.approx(0.125)
+    assert_all_stopped(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "loadgen",
+    [
+        pytest.param(
+            "wrk",
+            marks=pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed"),
+        ),
+        "python",
+    ],
+)
+def test_http_measures_submissions_with_auth_on(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, loadgen: str
+) -> None:
+    code, document = run_bench(capsys, tmp_path, "http", *TINY_HTTP, "--loadgen", loadgen)
+
+    result = document["benchmarks"]["http"]
+    assert code == 0, result
+    assert result["status"] == "complete"
+    assert result["loadgen"] in {"wrk", "python-aiohttp"}
+    assert result["requests"] > 0
+    assert result["errors"]["status"] == 0  # every answer a 2xx: the key was accepted
+    # Every accepted submission is on the tasks stream (the warm-up's too).
+    assert result["tasks_stream_length"] >= result["requests"]
+    assert set(result["latency_ms"]) >= {"p50", "p99"}
+    assert_all_stopped(tmp_path)
+
+
+def test_a_stalled_benchmark_is_incomplete_and_exits_non_zero(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code = bench.main(
+        [
+            "concurrency",
+            "--json",
+            "--workdir",
+            str(tmp_path),
+            "--timeout",
+            "1",
+            "--concurrency-tasks",
+            "10",
+            "--concurrency-warmup-tasks",
+            "0",
+            "--concurrency",
+            "5",
+            "--latency-ms",
+            "60000",
+        ]
+    )
+
+    result = orjson.loads(capsys.readouterr().out)["benchmarks"]["concurrency"]
+    assert code == 1
+    assert result["status"] == "incomplete"
+    assert result["error"].startswith("0 of 10 tasks ended")
+    assert_all_stopped(tmp_path)
+
+
+def test_sigterm_stops_everything_the_harness_started(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.bench",
+            "concurrency",
+            "--json",
+            "--workdir",
+            str(tmp_path),
+            "--concurrency-tasks",
+            "10",
+            "--concurrency-warmup-tasks",
+            "0",
+            "--latency-ms",
+            "60000",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(started_pids(tmp_path)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(started_pids(tmp_path)) >= 2, "redis and the worker never started"
+        os.kill(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    assert process.returncode == 130, stderr
+    assert_all_stopped(tmp_path)
+
+
+@pytest.mark.skipif(py_spy() is None, reason="py-spy not installed")
+def test_profile_adds_where_the_worker_spent_its_cpu(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, document = run_bench(capsys, tmp_path, "dispatch", *TINY_DISPATCH, "--profile")
+
+    result = document["benchmarks"]["dispatch"]
+    assert code == 0, result
+    assert result["profile_worker"]["samples"] > 0
+    assert result["profile_worker"]["self_pct_top"]
+    assert_all_stopped(tmp_path)
+
+
+def test_profile_summary_of_raw_stacks(tmp_path: Path) -> None:
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        "run (/x/site-packages/aiohttp/web.py:10);handle (/x/orchestrator_api/routes.py:5) 3\n"
+        "run (/x/site-packages/aiohttp/web.py:10) 1\n"
+    )
+
+    summary = summarize(raw, rate=100)
+
+    assert summary["samples"] == 4
+    assert summary["busy_seconds"] == 0.04
+    assert summary["self_pct_top"][0] == ["handle (/x/orchestrator_api/routes.py)", 75.0]
+    assert summary["self_pct_by_package"] == {"orchestrator_api": 75.0, "aiohttp": 25.0}
+    assert ["run (aiohttp/web.py)", 100.0] in summary["inclusive_pct_top"]
