@@ -42,7 +42,7 @@ import orjson
 
 from .dispatch import DispatchConfig, run_dispatch
 from .httpbench import HttpConfig, choose_loadgen, run_http
-from .processes import BenchError, Processes, py_spy
+from .processes import PROFILE_RATE, BenchError, Processes, py_spy
 from .profiles import summarize
 
 __all__ = ["BENCHMARKS", "main", "run_benchmarks"]
@@ -59,7 +59,6 @@ REFERENCES = {
     "concurrency": "best existing Python queues 1.9-3.2 s; bare redis-py Streams loop 1.6 s",
     "http": "bare aiohttp hello world ~31,000 req/s on one core",
 }
-PROFILE_RATE = 100
 
 
 def _progress(text: str) -> None:
@@ -117,9 +116,17 @@ def bench_dispatch(args: argparse.Namespace, processes: Processes) -> dict[str, 
         "target": {**TARGETS["dispatch"], "met": run.complete and rate >= 5000},
         "reference": REFERENCES["dispatch"],
         "cpu_during_measurement": run.cpu,
+        "worker_cpu_us_per_task": _per(run.cpu, "worker", run.results, 1e6),
         "loadavg_before": load,
         "profile_worker": _profile(run.worker_profile, args.profile),
     }
+
+
+def _per(cpu: dict[str, dict[str, float]], name: str, count: int, scale: float) -> float | None:
+    """CPU time of process ``name`` per unit of work (load-independent, unlike rates)."""
+    if name not in cpu or not count:
+        return None
+    return round(cpu[name]["cpu_seconds"] * scale / count, 1)
 
 
 def bench_concurrency(args: argparse.Namespace, processes: Processes) -> dict[str, Any]:
@@ -154,6 +161,7 @@ def bench_concurrency(args: argparse.Namespace, processes: Processes) -> dict[st
         },
         "reference": REFERENCES["concurrency"],
         "cpu_during_measurement": run.cpu,
+        "worker_cpu_us_per_task": _per(run.cpu, "worker", run.results, 1e6),
         "loadavg_before": load,
         "profile_worker": _profile(run.worker_profile, args.profile),
     }
@@ -191,6 +199,7 @@ def bench_http(args: argparse.Namespace, processes: Processes) -> dict[str, Any]
         },
         "reference": REFERENCES["http"],
         "cpu_during_measurement": run.cpu,
+        "api_cpu_us_per_request": _per(run.cpu, "api", int(run.loadgen.get("requests") or 0), 1e6),
         "loadavg_before": load,
         "profile_api": _profile(run.api_profile, args.profile),
     }

@@ -42,6 +42,8 @@ __all__ = [
 
 #: How long a SIGTERMed process may take to exit before it gets SIGKILL.
 STOP_GRACE = 15.0
+#: py-spy samples per second (the summaries turn sample counts into seconds with it).
+PROFILE_RATE = 100
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -199,7 +201,7 @@ class Processes:
         *,
         cpus: set[int] | None = None,
         profile: bool = False,
-        profile_rate: int = 200,
+        profile_rate: int = PROFILE_RATE,
     ) -> Service:
         """Start ``args`` with output to ``<workdir>/<name>.log``.
 

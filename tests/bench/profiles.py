@@ -54,17 +54,23 @@ def _area(frame: str) -> str:
 
 
 def summarize(path: Path, top: int = 15, rate: int | None = None) -> dict[str, Any]:
-    """Top functions by self and by inclusive samples, and self samples per package."""
+    """Top functions by self and by inclusive samples, and self samples per package.
+
+    Samples taken while importing (start-up) are left out and counted apart.
+    """
     leaf: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     areas: Counter[str] = Counter()
-    total = 0
+    total = imports = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
         frames = stack.split(";")
+        if any(f.startswith("_find_and_load ") for f in frames):
+            imports += count  # start-up (and rare lazy) imports: not the steady state
+            continue
         total += count
         leaf[_short(frames[-1])] += count
         areas[_area(frames[-1])] += count
@@ -74,7 +80,11 @@ def summarize(path: Path, top: int = 15, rate: int | None = None) -> dict[str, A
     def shares(counter: Counter[str], n: int) -> list[list[Any]]:
         return [[name, round(100.0 * c / total, 1)] for name, c in counter.most_common(n)]
 
-    summary: dict[str, Any] = {"samples": total, "file": str(path)}
+    summary: dict[str, Any] = {
+        "samples": total,
+        "import_samples_excluded": imports,
+        "file": str(path),
+    }
     if rate:
         summary["busy_seconds"] = round(total / rate, 2)
     if total:
