@@ -492,3 +492,23 @@ async def test_acks_fail_with_broker_unavailable_when_redis_is_down(
         await delivery.ack()  # lost with the data, so a no-op, but no error
     finally:
         await broker.close()
+
+
+async def test_cancelling_a_consuming_task_always_ends_it(make_broker: BrokerFactory) -> None:
+    # redis-py sends through asyncio.wait_for, which on Python 3.11 can swallow a cancel
+    # that lands as a command completes; the loop must still end.
+    broker = make_broker()
+    await broker.ensure_group(STREAM, GROUP)
+    options = ConsumeOptions(block=0.01, reclaim_interval=0.001)
+
+    async def consume() -> None:
+        async for delivery in broker.consume(STREAM, GROUP, "c1", options):
+            await delivery.ack()
+
+    for i in range(40):
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.002 * (i % 10))
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=10)  # no second cancel to rescue it
+        assert task in done, f"cancel {i} was swallowed"
+        assert task.cancelled()

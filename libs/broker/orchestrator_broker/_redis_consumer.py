@@ -72,6 +72,7 @@ class ConsumerLoop:
             self.extender = asyncio.create_task(self._extend_forever())
         try:
             while not broker.closed:
+                _honour_swallowed_cancel()
                 if not self.buffer:
                     await self._fill()
                     continue
@@ -300,6 +301,19 @@ class ConsumerLoop:
                         self.stream,
                         self.consumer,
                     )
+
+
+def _honour_swallowed_cancel() -> None:
+    """Raise ``CancelledError`` if our task was cancelled but the cancel never arrived.
+
+    On Python 3.11, ``asyncio.wait_for`` (which redis-py uses to send every command)
+    returns the inner result instead of raising when a cancel lands just as the inner
+    operation completes. The loop would then spin on forever in a task that is being
+    cancelled (observed: ``Task.cancel()`` then ``await task`` hanging in the fault tests).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _entries(reply: Any) -> list[RawEntry]:
