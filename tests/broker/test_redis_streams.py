@@ -512,3 +512,46 @@ async def test_cancelling_a_consuming_task_always_ends_it(make_broker: BrokerFac
         done, _ = await asyncio.wait({task}, timeout=10)  # no second cancel to rescue it
         assert task in done, f"cancel {i} was swallowed"
         assert task.cancelled()
+
+
+async def test_nacking_an_entry_deleted_meanwhile_records_it(
+    make_broker: BrokerFactory, raw: aioredis.Redis
+) -> None:
+    broker = make_broker()
+    await broker.ensure_group(STREAM, GROUP)
+    entry_id = await broker.publish(STREAM, Message("vanishes"))
+    [delivery] = await take(broker, 1)
+    await raw.xdel(STREAM, entry_id)
+
+    await delivery.nack(delay=5)
+
+    [dead] = await broker.dead_letters(STREAM)
+    assert (dead.original_entry_id, dead.reason) == (entry_id, DELETED_REASON)
+    assert await raw.zcard(delayed_key(STREAM)) == 0
+    assert await broker.pending_count(STREAM, GROUP) == 0
+
+
+async def test_a_group_deleted_over_and_over_does_not_spin(
+    make_broker: BrokerFactory, raw: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = make_broker()
+    await broker.ensure_group(STREAM, GROUP)
+    turns = 0
+    ensure = broker.ensure_group
+
+    async def counting_ensure(stream: str, group: str) -> None:
+        nonlocal turns
+        turns += 1
+        await ensure(stream, group)
+        await raw.xgroup_destroy(stream, group)  # gone again before the read
+
+    broker.ensure_group = counting_ensure  # type: ignore[method-assign]
+    gen = broker.consume(STREAM, GROUP, "c1", ConsumeOptions(block=0.1))
+    task = asyncio.ensure_future(anext(gen))
+    with caplog.at_level(logging.WARNING, logger="orchestrator_broker.redis"):
+        await asyncio.sleep(2.0)
+    task.cancel()
+    await asyncio.wait({task})
+    await gen.aclose()
+    assert 2 <= turns <= 30  # backing off, not hundreds of attempts
+    assert caplog.text.count("is gone") == 1

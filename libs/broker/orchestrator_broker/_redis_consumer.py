@@ -60,6 +60,7 @@ class ConsumerLoop:
         self.next_reclaim = 0.0
         self.next_trim = time.monotonic() + (broker.trim_interval or 0)
         self.failures = 0
+        self.nogroup_streak = 0
         self.outage_since: float | None = None
         self.extender: asyncio.Task[None] | None = None
 
@@ -119,7 +120,7 @@ class ConsumerLoop:
         except BrokerError as exc:
             cause = exc.__cause__ or exc
             if is_nogroup(cause):
-                self._lost_group()
+                await self._lost_group()
             elif isinstance(exc, BrokerUnavailable) or is_unavailable(cause):
                 await self._outage(exc)
             else:
@@ -232,15 +233,19 @@ class ConsumerLoop:
 
     # -- outages ----------------------------------------------------------------------
 
-    def _lost_group(self) -> None:
-        logger.warning(
-            "consumer group %s of stream %s is gone (deleted, or Redis lost its data); "
-            "recreating it",
-            self.group,
-            self.stream,
-        )
+    async def _lost_group(self) -> None:
         self.group_ready = False
-        self.failures += 1  # a group lost again at once backs off like an outage
+        self.nogroup_streak += 1
+        if self.nogroup_streak == 1:
+            logger.warning(
+                "consumer group %s of stream %s is gone (deleted, or Redis lost its data); "
+                "recreating it",
+                self.group,
+                self.stream,
+            )
+        else:  # lost again right after recreating it: back off like an outage
+            self.failures += 1
+            await self._sleep(self._backoff())
 
     async def _outage(self, exc: BaseException) -> None:
         if self.outage_since is None:
@@ -266,6 +271,7 @@ class ConsumerLoop:
             # Reads in flight when Redis went down may have left entries in our PEL.
             self.pel_cursor = "0"
         self.failures = 0
+        self.nogroup_streak = 0
 
     def _backoff(self) -> float:
         ceiling = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** min(self.failures, 16))
