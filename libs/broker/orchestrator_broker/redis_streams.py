@@ -1,46 +1,70 @@
 """The Redis Streams adapter: one stream per queue, consumer groups, at-least-once delivery.
 
+Needs Redis >= 7.0. Build it with ``RedisStreamsBroker.from_url(uri, **options)`` (no I/O
+until first use; ``uri`` as ``RedisSettings.from_uri`` accepts) and ``await close()`` it.
+
 Layout in Redis, for a stream ``S``:
 
-- ``S``: the stream. One entry per message (fields from ``message.encode_fields``); a group
-  per kind of reader (the worker pool reads ``S`` as one group).
-- ``S:delayed``: a ZSET of nacked entries waiting for their delay, scored by due time (ms).
-  Consumers move due ones back onto ``S`` (new id, ``prior_deliveries`` set) on every
-  loop turn, atomically (Lua), so none is lost or doubled.
-- ``S:dead``: dead letters, each with the original fields plus ``dead_reason``,
-  ``dead_entry_id``, ``dead_group``, ``dead_delivery_count`` and ``dead_consumer``.
+- ``S``: the stream. One entry per message (fields from ``message.encode_fields``: ``id``,
+  ``created_at``, ``payload``, ``prior_deliveries``, then one plain field per header).
+- ``S:delayed``: a ZSET of nacked entries waiting out their delay, scored by due time (ms,
+  server clock). Consumers move due ones back onto ``S`` (new id, ``prior_deliveries``
+  set) at every loop turn, atomically (Lua), so none is lost or doubled; a consumer blocked
+  in ``XREADGROUP`` wakes up when the next one falls due.
+- ``S:dead``: dead letters: the original entry's fields plus ``dead_reason``,
+  ``dead_entry_id``, ``dead_group``, ``dead_delivery_count`` (deliveries actually handed
+  out) and ``dead_consumer``. ``dead_letters(S)`` reads them back as ``DeadLetter``
+  (``raw_fields`` = the original fields only; ``message`` is None if they do not decode).
 
-Guarantees and the traps they avoid:
+Guarantees, and the traps they avoid:
 
 - Settling is atomic. ``ack`` is ``XACK``; ``nack(delay)`` and ``dead_letter(reason)`` are
-  Lua scripts that check the entry is still pending for this consumer, copy it (to the
-  stream, the delay ZSET or ``S:dead``) and ``XACK`` it in one step. They ``XDEL`` the
-  original only when the stream has a single group, since another group may still need it.
-  A nacked entry comes back as a new entry that every group of the stream sees: give
-  nack-using work queues a stream of their own.
+  Lua scripts that check the entry is still pending for this consumer (else ``LeaseLost``),
+  copy it (back onto the stream for ``nack(0)``, into ``S:delayed``, or into ``S:dead``) and
+  ``XACK`` it in one step (Redis 7.0 has no ``XNACK``). They ``XDEL`` the original only when
+  the stream has a single group, as another group may still need it. A nacked entry comes
+  back as a new entry that every group of the stream sees: give nack-using work queues a
+  stream of their own (one group).
 - Delivery count = the PEL's delivery counter + ``prior_deliveries``. Reading the own PEL
   and ``XAUTOCLAIM`` raise the counter; past ``max_deliveries`` the consumer dead-letters the
-  entry instead of yielding it.
-- Nothing is ever silently dropped: entries that cannot be decoded, entries deleted while
-  pending (``XAUTOCLAIM``'s third reply element, nil fields on an own-PEL read) are logged
-  and recorded in ``S:dead`` with a reason.
+  entry (reason "exceeded max_deliveries (N)") instead of yielding it.
+- Nothing is silently dropped: undecodable entries (reason "undecodable entry: ..."), and
+  entries deleted while pending (``XAUTOCLAIM``'s third reply element, nil fields on an
+  own-PEL read, a nack of a deleted entry) are logged and recorded in ``S:dead``, the latter
+  with reason "entry deleted before it could be redelivered".
+- Leases: ``extend_lease()`` is a Lua ``XCLAIM ... JUSTID`` guarded by an ownership check
+  (idle time reset, counter untouched). With ``auto_extend`` a consumer renews all its
+  unsettled deliveries, yielded or still buffered, in one batched call every ``lease / 3``.
+  A delivery whose ack/nack failed (Redis down) is no longer renewed: if the caller gives
+  up, its lease runs out and it is redelivered. Every ``reclaim_interval`` a consumer
+  ``XAUTOCLAIM``s entries idle for longer than ``lease``.
+- A consumer's first reads, and its first reads after an outage, drain its own PEL
+  (``XREADGROUP ... 0``) before new entries (``>``), so a restarted consumer with the same
+  name resumes its pending work. Closing the iterator, or the broker, hands entries that
+  were fetched but not yet yielded back onto the stream (immediate redelivery, count kept).
 - Retention: ``XADD`` never uses ``MAXLEN`` (it would trim pending and undelivered
-  entries). Instead consumers run ``trim()`` every ``trim_interval`` seconds: one Lua
-  script that ``XTRIM MINID``s to the oldest id any group still needs (per group, the
-  smallest of its first pending id and the successor of its last-delivered id), optionally
-  keeping acked entries younger than ``retain_acked`` seconds. A stream without groups is
-  never trimmed.
-- Blocking reads run on their own connection pool whose socket timeout is
-  ``read_timeout``; ``ConsumeOptions.block`` must stay below it (checked), or redis-py
-  would time out on every idle stream.
-- Writes are coalesced: every ``XADD`` of ``publish`` and every ``XACK`` issued within one
-  event-loop turn goes out in one pipeline. The pool is a ``BlockingConnectionPool``
-  (callers wait for a connection rather than fail at 100 connections).
-- Outages: every redis-py connection, timeout or loading error surfaces as
-  ``BrokerUnavailable``. ``publish`` fails fast (1 s connect timeout, one immediate
-  retry). Consumers reconnect by themselves with capped exponential backoff and jitter,
-  recreate a lost group (``NOGROUP``: deleted, or Redis restarted empty), and log once per
-  outage. A consumer's first reads, and its first reads after an outage, drain its own PEL.
+  entries). Instead consumers run ``trim()`` every ``trim_interval`` seconds (default 60;
+  None disables): one Lua script that ``XTRIM MINID``s to the oldest id any group of the
+  stream still needs (per group, the smaller of its first pending id and the successor of
+  its last-delivered id), keeping acked entries younger than ``retain_acked`` seconds
+  (default 0). A stream without groups is never trimmed, and a group nobody reads any more
+  holds retention back for the whole stream: ``XGROUP DESTROY`` it.
+- Blocking reads use their own connection pool whose socket timeout is ``read_timeout``
+  (default 30 s); ``ConsumeOptions.block`` must be at least 0.5 s below it (``ConfigError``
+  otherwise), or redis-py would raise ``TimeoutError`` on every idle stream. That pool also
+  has ``max_connections``: one connection per concurrently reading consumer.
+- Writes are coalesced: every ``XADD`` of ``publish``, every ``XACK`` and every settle or
+  lease script issued within one event-loop turn goes out in one round trip, packed as RESP
+  directly (about twice redis-py's pipeline throughput). The pools are
+  ``BlockingConnectionPool``s (callers wait up to ``pool_timeout`` for a connection rather
+  than fail past a fixed count).
+- Outages: every redis-py connection, timeout, loading, OOM or read-only error surfaces as
+  ``BrokerUnavailable`` (raised ``from`` the cause); ``publish`` fails fast (1 s connect
+  timeout, no retry loop), so an API can answer 503 at once. Consumers reconnect by
+  themselves with exponential backoff and jitter capped at 3 s, recreate a lost group
+  (``NOGROUP``: deleted, or Redis restarted empty) at ``0``, and log once per outage.
+- A task cancelled while consuming always ends, even when redis-py's ``wait_for`` swallowed
+  the cancel (Python 3.11).
 """
 
 from __future__ import annotations
