@@ -108,3 +108,19 @@ async def test_a_wrong_password_is_unavailable_without_echoing_it(
         assert SECRET not in str(caught.value)
     finally:
         await broker.close()
+
+
+async def test_from_url_splits_settings_and_broker_options() -> None:
+    broker = RedisStreamsBroker.from_url(
+        "redis://cache:6380/1", max_connections=7, read_timeout=9.0, retain_acked=60.0
+    )
+    try:
+        assert broker.settings == RedisSettings(
+            host="cache", port=6380, db=1, max_connections=7, read_timeout=9.0
+        )
+        assert broker.retain_acked == 60.0
+        assert broker._pool.max_connections == 7
+    finally:
+        await broker.close()
+    with pytest.raises(ConfigError, match="max_conections"):
+        RedisStreamsBroker.from_url("redis://cache", max_conections=7)

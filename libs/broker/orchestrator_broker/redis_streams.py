@@ -153,8 +153,12 @@ class RedisStreamsBroker:
         and this class's keyword arguments (``retain_acked``, ``trim_interval``).
         """
         fields = {f.name for f in attrs.fields(RedisSettings)}
+        own = {"retain_acked", "trim_interval", "max_batch"}
+        unknown = sorted(kwargs.keys() - fields - own)
+        if unknown:
+            raise ConfigError(f"unknown Redis broker option(s): {', '.join(unknown)}")
         settings_kwargs = {k: v for k, v in kwargs.items() if k in fields}
-        broker_kwargs = {k: v for k, v in kwargs.items() if k not in fields}
+        broker_kwargs = {k: v for k, v in kwargs.items() if k in own}
         return cls(RedisSettings.from_uri(url, **settings_kwargs), **broker_kwargs)
 
     def __repr__(self) -> str:
