@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import orjson
 
 from .dispatch import DispatchConfig, run_dispatch
@@ -99,10 +100,24 @@ def bench_dispatch(args: argparse.Namespace, processes: Processes) -> dict[str, 
         concurrency=args.workers,
         timeout=args.timeout,
         profile=args.profile,
+        extra_env=args.service_env,
     )
     load = _loadavg()
     run = run_dispatch(processes, config)
     rate = round(run.tasks_per_second, 1)
+    baseline = None
+    if args.baseline:
+        _progress("dispatch: baseline (bare redis-py Streams worker)")
+        bare = run_dispatch(processes, attrs.evolve(config, bare=True, profile=False))
+        baseline = {
+            "what": "tests/bench/bare_worker.py: XREADGROUP, XADD result + XACK pipelined",
+            "status": "complete" if bare.complete else "incomplete",
+            "error": bare.error,
+            "tasks_per_second": round(bare.tasks_per_second, 1),
+            "worker_cpu_us_per_task": _per(bare.cpu, "worker", bare.results, 1e6),
+            "orchestrator_over_baseline": _ratio(rate, bare.tasks_per_second),
+            "cpu_during_measurement": bare.cpu,
+        }
     return {
         "status": "complete" if run.complete else "incomplete",
         "error": run.error,
@@ -118,8 +133,13 @@ def bench_dispatch(args: argparse.Namespace, processes: Processes) -> dict[str, 
         "cpu_during_measurement": run.cpu,
         "worker_cpu_us_per_task": _per(run.cpu, "worker", run.results, 1e6),
         "loadavg_before": load,
+        "baseline": baseline,
         "profile_worker": _profile(run.worker_profile, args.profile),
     }
+
+
+def _ratio(measured: float, baseline: float) -> float | None:
+    return round(measured / baseline, 3) if baseline else None
 
 
 def _per(cpu: dict[str, dict[str, float]], name: str, count: int, scale: float) -> float | None:
@@ -137,11 +157,25 @@ def bench_concurrency(args: argparse.Namespace, processes: Processes) -> dict[st
         latency_ms=args.latency_ms,
         timeout=args.timeout,
         profile=args.profile,
+        extra_env=args.service_env,
     )
     ideal = math.ceil(config.tasks / config.concurrency) * config.latency_ms / 1000.0
     limit = 1.25 * ideal
     load = _loadavg()
     run = run_dispatch(processes, config)
+    baseline = None
+    if args.baseline:
+        _progress("concurrency: baseline (bare redis-py Streams worker)")
+        bare = run_dispatch(processes, attrs.evolve(config, bare=True, profile=False))
+        baseline = {
+            "what": "tests/bench/bare_worker.py: XREADGROUP, XADD result + XACK pipelined",
+            "status": "complete" if bare.complete else "incomplete",
+            "error": bare.error,
+            "seconds": round(bare.seconds, 3),
+            "worker_cpu_us_per_task": _per(bare.cpu, "worker", bare.results, 1e6),
+            "orchestrator_over_baseline": _ratio(run.seconds, bare.seconds),
+            "cpu_during_measurement": bare.cpu,
+        }
     return {
         "status": "complete" if run.complete else "incomplete",
         "error": run.error,
@@ -163,6 +197,7 @@ def bench_concurrency(args: argparse.Namespace, processes: Processes) -> dict[st
         "cpu_during_measurement": run.cpu,
         "worker_cpu_us_per_task": _per(run.cpu, "worker", run.results, 1e6),
         "loadavg_before": load,
+        "baseline": baseline,
         "profile_worker": _profile(run.worker_profile, args.profile),
     }
 
@@ -174,12 +209,28 @@ def bench_http(args: argparse.Namespace, processes: Processes) -> dict[str, Any]
         connections=args.connections,
         loadgen=args.loadgen,
         profile=args.profile,
+        extra_env=args.service_env,
     )
     load = _loadavg()
     run = run_http(processes, config)
     latency = run.loadgen.get("latency_ms", {})
     rps = round(run.requests_per_second, 1)
     p99 = latency.get("p99")
+    baseline = None
+    if args.baseline:
+        _progress("http: baseline (bare aiohttp handler)")
+        bare = run_http(processes, attrs.evolve(config, bare=True, profile=False))
+        requests = int(bare.loadgen.get("requests") or 0)
+        baseline = {
+            "what": "tests/bench/bare_api.py: auth dict lookup, JSON body, 202 JSON; no Redis",
+            "status": "complete" if bare.complete else "incomplete",
+            "error": bare.error,
+            "requests_per_second": round(bare.requests_per_second, 1),
+            "latency_ms": bare.loadgen.get("latency_ms", {}),
+            "api_cpu_us_per_request": _per(bare.cpu, "api", requests, 1e6),
+            "orchestrator_over_baseline": _ratio(rps, bare.requests_per_second),
+            "cpu_during_measurement": bare.cpu,
+        }
     return {
         "status": "complete" if run.complete else "incomplete",
         "error": run.error,
@@ -201,6 +252,7 @@ def bench_http(args: argparse.Namespace, processes: Processes) -> dict[str, Any]
         "cpu_during_measurement": run.cpu,
         "api_cpu_us_per_request": _per(run.cpu, "api", int(run.loadgen.get("requests") or 0), 1e6),
         "loadavg_before": load,
+        "baseline": baseline,
         "profile_api": _profile(run.api_profile, args.profile),
     }
 
@@ -210,6 +262,13 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace, Processes], dict[str, Any]]]
     "concurrency": bench_concurrency,
     "http": bench_http,
 }
+
+
+def _assignment(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,8 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a phase may take before it is reported incomplete",
     )  # fmt: skip
     parser.add_argument(
+        "--baseline", action="store_true",
+        help="also run each benchmark against a bare equivalent (tests/bench/bare_*.py) on "
+        "the same machine at the same moment, to calibrate the targets",
+    )  # fmt: skip
+    parser.add_argument(
         "--profile", action="store_true",
         help="run the services under py-spy and summarise where their CPU went",
+    )  # fmt: skip
+    parser.add_argument(
+        "--service-env", type=_assignment, action="append", default=[], metavar="NAME=VALUE",
+        help="extra environment for the services, to try a setting (repeatable; recorded in "
+        "the JSON), e.g. OTEL_TRACES_SAMPLER=always_off",
     )  # fmt: skip
     parser.add_argument(
         "--workdir", type=Path,
@@ -263,6 +332,7 @@ def run_benchmarks(args: argparse.Namespace) -> dict[str, Any]:
         "machine": _machine(),
         "redis": "throwaway redis-server per benchmark, persistence off (save '', appendonly no)",
         "tracing": "off (no JAEGER_URI / OTEL_* in the services' environment)",
+        "service_env_overrides": args.service_env,
         "workdir": str(workdir) if keep or args.profile else None,
         "benchmarks": {},
     }
@@ -309,6 +379,7 @@ def _terminate(signum: int, frame: types.FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.service_env = dict(args.service_env)
     previous = signal.signal(signal.SIGTERM, _terminate)  # stop the children on SIGTERM too
     try:
         result = run_benchmarks(args)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from .processes import (
     CpuMeter,
     Processes,
     Service,
+    bench_module_env,
     orchestrator_command,
     service_env,
 )
@@ -50,6 +52,8 @@ class DispatchConfig:
     timeout: float = 120.0  # per phase (warm-up, measurement): a stall ends the run
     startup_timeout: float = 30.0
     profile: bool = False
+    extra_env: Mapping[str, str] = attrs.field(factory=dict)  # e.g. OTEL_TRACES_SAMPLER
+    bare: bool = False  # run tests.bench.bare_worker instead: the calibration point
 
 
 @attrs.define
@@ -73,20 +77,22 @@ class DispatchRun:
 
 def run_dispatch(processes: Processes, config: DispatchConfig) -> DispatchRun:
     """Start redis + one worker, warm up, measure; the processes stop with ``processes``."""
-    redis = processes.redis(f"redis-{config.concurrency}-{config.latency_ms:g}")
-    worker = processes.start(
-        "worker",
-        [*orchestrator_command(), "worker"],
-        service_env(
-            redis.url,
-            {
-                "NUMBER_OF_WORKERS": str(config.concurrency),
-                "APP_ID": "bench-worker",
-                "SHUTDOWN_GRACE_SECONDS": "1",
-            },
-        ),
-        profile=config.profile,
+    redis = processes.redis("redis-bare" if config.bare else "redis")
+    env = service_env(
+        redis.url,
+        {
+            "NUMBER_OF_WORKERS": str(config.concurrency),
+            "APP_ID": "bench-worker",
+            "SHUTDOWN_GRACE_SECONDS": "1",
+            **config.extra_env,
+        },
     )
+    if config.bare:
+        command = [sys.executable, "-m", "tests.bench.bare_worker"]
+        worker = processes.start("bare-worker", command, bench_module_env(env))
+    else:
+        command = [*orchestrator_command(), "worker"]
+        worker = processes.start("worker", command, env, profile=config.profile)
     assert redis.process is not None
     run = asyncio.run(_measure(redis.url, worker, redis.process.pid, config))
     processes.stop(worker)

@@ -16,6 +16,7 @@ import secrets
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from .processes import (
     CpuMeter,
     Processes,
     Service,
+    bench_module_env,
     free_port,
     orchestrator_command,
     pin,
@@ -50,6 +52,8 @@ class HttpConfig:
     loadgen: str = "auto"  # "wrk", "python" or "auto" (wrk if installed)
     startup_timeout: float = 30.0
     profile: bool = False
+    extra_env: Mapping[str, str] = attrs.field(factory=dict)  # e.g. OTEL_TRACES_SAMPLER
+    bare: bool = False  # run tests.bench.bare_api instead: the calibration point
 
 
 @attrs.define
@@ -85,22 +89,27 @@ def run_http(processes: Processes, config: HttpConfig) -> HttpRun:
     cpus = usable_cpus()
     api_cpus = {cpus[0]} if len(cpus) >= 2 else None
     load_cpus = {cpus[1]} if len(cpus) >= 2 else None
-    redis = processes.redis("redis-http")
+    redis = processes.redis("redis-bare" if config.bare else "redis")
     assert redis.process is not None
     if load_cpus:
         pin(redis.process.pid, load_cpus)
     key = secrets.token_urlsafe(24)
     port = free_port()
-    api = processes.start(
-        "api",
-        [*orchestrator_command(), "api", "--host", "127.0.0.1", "--port", str(port)],
-        service_env(
-            redis.url,
-            {"API_KEYS": f"bench:{key}", "APP_ID": "bench-api", "SHUTDOWN_GRACE_SECONDS": "1"},
-        ),
-        cpus=api_cpus,
-        profile=config.profile,
+    env = service_env(
+        redis.url,
+        {
+            "API_KEYS": f"bench:{key}",
+            "APP_ID": "bench-api",
+            "SHUTDOWN_GRACE_SECONDS": "1",
+            **config.extra_env,
+        },
     )
+    if config.bare:
+        command = [sys.executable, "-m", "tests.bench.bare_api", "--port", str(port)]
+        api = processes.start("bare-api", command, bench_module_env(env), cpus=api_cpus)
+    else:
+        command = [*orchestrator_command(), "api", "--host", "127.0.0.1", "--port", str(port)]
+        api = processes.start("api", command, env, cpus=api_cpus, profile=config.profile)
     base = f"http://127.0.0.1:{port}"
     wait_http_ok(f"{base}/health", config.startup_timeout, api)
     if api_cpus:
@@ -177,7 +186,7 @@ def _load(
             sys.executable, "-m", "tests.bench.loadgen", url,
             "--connections", str(config.connections), "--duration", str(seconds),
         ]  # fmt: skip
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_repo_root(), env.get("PYTHONPATH")]))
+        env = bench_module_env(env)
     generator = processes.start(name, args, env, cpus=cpus)
     deadline = time.monotonic() + seconds + 30.0
     while generator.alive() and time.monotonic() < deadline:
@@ -191,10 +200,6 @@ def _load(
         return None
     summary: dict[str, Any] = orjson.loads(match.group(1))
     return summary
-
-
-def _repo_root() -> str:
-    return str(Path(__file__).resolve().parents[2])
 
 
 async def _xlen(url: str) -> int:

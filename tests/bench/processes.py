@@ -32,12 +32,16 @@ __all__ = [
     "CpuMeter",
     "Processes",
     "Service",
+    "bench_module_env",
     "cpu_seconds",
     "free_port",
     "orchestrator_command",
     "pin",
     "py_spy",
+    "repo_root",
     "service_env",
+    "usable_cpus",
+    "wait_http_ok",
 ]
 
 #: How long a SIGTERMed process may take to exit before it gets SIGKILL.
@@ -59,6 +63,18 @@ def orchestrator_command() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-m", "orchestrator_api.cli"]
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def bench_module_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` plus the repository on ``PYTHONPATH``, to run ``python -m tests.bench.X``."""
+    merged = dict(env)
+    path = [str(repo_root()), *filter(None, [merged.get("PYTHONPATH")])]
+    merged["PYTHONPATH"] = os.pathsep.join(path)
+    return merged
 
 
 def py_spy() -> str | None:

@@ -121,6 +121,25 @@ def test_http_measures_submissions_with_auth_on(
     assert_all_stopped(tmp_path)
 
 
+def test_baseline_runs_the_bare_equivalents_under_the_same_conditions(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, document = run_bench(
+        capsys, tmp_path, "all", "--baseline", *TINY_DISPATCH, *TINY_CONCURRENCY, *TINY_HTTP
+    )
+
+    assert code == 0, document
+    benchmarks = document["benchmarks"]
+    for name in ("dispatch", "concurrency", "http"):
+        baseline = benchmarks[name]["baseline"]
+        assert baseline["status"] == "complete", (name, baseline)
+        assert baseline["orchestrator_over_baseline"] > 0
+    assert benchmarks["dispatch"]["baseline"]["tasks_per_second"] > 0
+    assert benchmarks["concurrency"]["baseline"]["seconds"] > 0
+    assert benchmarks["http"]["baseline"]["requests_per_second"] > 0
+    assert_all_stopped(tmp_path)
+
+
 def test_a_stalled_benchmark_is_incomplete_and_exits_non_zero(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
