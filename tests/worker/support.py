@@ -63,27 +63,33 @@ async def submit(broker: Broker, prompt: str = "hello world", **fields: Any) -> 
 
 
 async def collect(
-    broker: Broker, terminals: int, *, timeout: float = 30.0, consumer: str = "reader"
+    broker: Broker,
+    terminals: int,
+    *,
+    events: int | None = None,
+    timeout: float = 30.0,
+    consumer: str = "reader",
 ) -> dict[str, list[ResultEvent]]:
-    """Result events by task id, in stream order, until ``terminals`` tasks have ended."""
-    events: dict[str, list[ResultEvent]] = defaultdict(list)
-    ended = 0
-    if terminals == 0:
-        return events
+    """Result events by task id, in stream order, until ``terminals`` tasks have ended
+    (or, with ``events``, until that many events arrived)."""
+    found: dict[str, list[ResultEvent]] = defaultdict(list)
+    ended = seen = 0
+    if terminals == 0 and not events:
+        return found
     deliveries = broker.consume(RESULTS, "test", consumer)
     try:
         async with asyncio.timeout(timeout):
             async for delivery in deliveries:
                 event = converter.structure(delivery.message.payload, ResultEvent)
                 await delivery.ack()
-                events[event.task_id].append(event)
-                if event.terminal:
-                    ended += 1
-                    if ended >= terminals:
-                        break
+                found[event.task_id].append(event)
+                seen += 1
+                ended += event.terminal
+                if (terminals and ended >= terminals) or (events and seen >= events):
+                    break
     finally:
         await deliveries.aclose()
-    return events
+    return found
 
 
 def kinds(events: Sequence[ResultEvent]) -> list[EventKind]:

@@ -45,18 +45,36 @@ async def answer(provider: Provider, prompt: str, **parameters: Any) -> tuple[li
 @pytest.mark.parametrize(
     "prompt", ["hello", "  lead and trail  ", "tabs\tand\nnewlines\n\n", "", "   ", "ünï ☃ 😀"]
 )
-async def test_echo_chunks_join_back_to_the_prompt(prompt: str) -> None:
-    chunks, finish = await answer(EchoProvider(), prompt)
+@pytest.mark.parametrize("chunk_delay_ms", [0, 1])
+async def test_echo_chunks_join_back_to_the_prompt(prompt: str, chunk_delay_ms: int) -> None:
+    chunks, finish = await answer(EchoProvider(), prompt, chunk_delay_ms=chunk_delay_ms)
 
     assert "".join(chunks) == prompt
     assert all(chunks)
     assert finish.finish_reason == "stop"
 
 
-async def test_echo_streams_word_sized_chunks() -> None:
-    chunks, _ = await answer(EchoProvider(), "one two  three")
+async def test_echo_streams_one_word_per_chunk_with_a_chunk_delay() -> None:
+    chunks, _ = await answer(EchoProvider(), " one two  three", chunk_delay_ms=1)
 
-    assert chunks == ["one ", "two  ", "three"]
+    assert chunks == [" ", "one ", "two  ", "three"]
+
+
+async def test_echo_without_a_delay_sends_runs_of_whole_words() -> None:
+    prompt = " ".join(f"word{i:03d}" for i in range(200))  # 1,599 characters
+    chunks, _ = await answer(EchoProvider(), prompt)
+
+    assert "".join(chunks) == prompt
+    assert len(chunks) > 5
+    assert all(len(chunk) <= 200 for chunk in chunks)
+    assert all(chunk.endswith(" ") for chunk in chunks[:-1])
+
+
+async def test_echo_keeps_an_overlong_word_whole() -> None:
+    prompt = "short " + "x" * 500 + " tail"
+    chunks, _ = await answer(EchoProvider(), prompt)
+
+    assert chunks == ["short ", "x" * 500 + " ", "tail"]
 
 
 async def test_echo_counts_words_as_tokens() -> None:
@@ -76,9 +94,9 @@ async def test_echo_latency_comes_before_the_first_chunk() -> None:
     waited = loop.time() - started
     rest = [item async for item in stream]
 
-    assert first == "x "
+    assert first == "x y"
     assert waited >= 0.04  # a lower bound only: sleeping never ends early
-    assert rest[0] == "y"
+    assert isinstance(rest[0], Finish)
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,9 @@ async def test_result_events_carry_the_submitters_trace(
     await memory.ensure_group(RESULTS, "test")
     tracer = provider.get_tracer("test")
     with tracer.start_as_current_span("POST /v1/tasks") as request_span:
-        task = TaskMessage(task_id="t-1", tenant="a", prompt="traced")
+        task = TaskMessage(
+            task_id="t-1", tenant="a", prompt="traced", parameters={"latency_ms": 300}
+        )
         await traced.publish(TASKS, Message(payload=converter.unstructure(task)))
     trace_id = trace.format_trace_id(request_span.get_span_context().trace_id)
 

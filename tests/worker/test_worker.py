@@ -29,14 +29,35 @@ async def test_echo_answers_with_the_prompt_exactly(broker: MemoryBroker, worker
 
     events = (await collect(broker, 1))[task.task_id]
 
-    assert kinds(events) == [S, OK]
-    started, result = events
+    assert kinds(events) == [OK], "an instant answer needs no started event"
+    (result,) = events
     assert result.text == prompt
     assert result.usage == Usage(input_tokens=2 + 5, output_tokens=5)
     assert result.finish_reason == "stop"
-    assert (started.provider, started.model) == ("echo", "echo")
     assert (result.provider, result.model) == ("echo", "echo")
-    assert (result.task_id, result.tenant, result.attempt) == (task.task_id, "tenant-a", 1)
+    assert (result.task_id, result.tenant, result.attempt, result.seq) == (
+        task.task_id,
+        "tenant-a",
+        1,
+        0,
+    )
+
+
+async def test_a_slow_task_is_reported_started_before_it_ends(
+    broker: MemoryBroker, worker_factory
+) -> None:
+    gate = asyncio.Event()
+    slow = FakeProvider(gate=gate)
+    task = await submit(broker, model="fake")
+    await worker_factory(broker, providers=registry(slow), delta_flush_ms=20)
+
+    first = (await collect(broker, 0, events=1))[task.task_id]
+    gate.set()
+    rest = (await collect(broker, 1))[task.task_id]
+
+    assert [(e.kind, e.seq, e.provider, e.model) for e in first] == [(S, 0, "fake", "fake")]
+    assert kinds(rest) == [OK]
+    assert rest[0].seq == 1
 
 
 async def test_the_task_is_acked_once_it_ended(broker: MemoryBroker, worker_factory) -> None:
@@ -86,7 +107,7 @@ async def test_an_answer_faster_than_one_flush_has_no_deltas(
     task = await submit(broker, "one two three four five six")
     await worker_factory(broker, delta_flush_ms=10_000)
 
-    assert kinds((await collect(broker, 1))[task.task_id]) == [S, OK]
+    assert kinds((await collect(broker, 1))[task.task_id]) == [OK]
 
 
 async def test_a_task_without_model_uses_the_default_model(
@@ -110,7 +131,7 @@ async def test_an_unknown_model_fails_with_invalid_model(
 
     events = (await collect(broker, 1))[task.task_id]
 
-    assert kinds(events) == [S, FAIL]
+    assert kinds(events) == [FAIL]
     assert events[-1].error is not None
     assert events[-1].error.type == "invalid_model"
     assert "nonesuch/large" in events[-1].error.message
@@ -139,7 +160,7 @@ async def test_a_provider_error_is_reported_with_its_type(
 
     events = (await collect(broker, 1))[task.task_id]
 
-    assert kinds(events) == [S, FAIL]
+    assert kinds(events) == [FAIL]
     assert events[-1].error is not None
     assert events[-1].error.type == "rate_limit"
 
@@ -193,7 +214,7 @@ async def test_a_redelivered_task_reports_its_attempt(broker: MemoryBroker, work
 
     events = (await collect(broker, 1))[task.task_id]
 
-    assert [(event.kind, event.attempt, event.seq) for event in events] == [(S, 2, 0), (OK, 2, 1)]
+    assert [(event.kind, event.attempt, event.seq) for event in events] == [(OK, 2, 0)]
 
 
 async def test_never_more_tasks_in_flight_than_slots(broker: MemoryBroker, worker_factory) -> None:
@@ -260,7 +281,7 @@ async def test_tasks_unfinished_after_the_grace_period_are_handed_back(
     fast = FakeProvider(chunks=["done"])
     await worker_factory(broker, providers=registry(fast), consumer_name="worker-2")
     events = (await collect(broker, 1))[task.task_id]
-    assert [(event.kind, event.attempt) for event in events] == [(S, 1), (S, 2), (OK, 2)]
+    assert [(event.kind, event.attempt) for event in events] == [(S, 1), (OK, 2)]
     assert events[-1].text == "done"
 
 
@@ -330,7 +351,7 @@ async def test_results_carry_no_events_for_other_tasks(
 async def test_each_event_message_is_named_by_task_attempt_and_seq(
     broker: MemoryBroker, worker_factory
 ) -> None:
-    task = await submit(broker)
+    task = await submit(broker, parameters={"latency_ms": 200})
     await worker_factory(broker)
     await collect(broker, 1)
 

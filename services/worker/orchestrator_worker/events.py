@@ -1,20 +1,23 @@
 """The result events of one attempt of one task: numbered, in order, with text coalesced.
 
-What a client sees for one attempt (``attempt`` = the task delivery's delivery count):
+What a client sees for one attempt (``attempt`` = the task delivery's delivery count), with
+``seq`` 0, 1, 2... in this order:
 
-1. ``started`` (seq 0), with the provider and model;
-2. zero or more ``delta`` events, each carrying the text that arrived since the previous one:
-   one worker-wide clock ticks every ``DELTA_FLUSH_MS`` (~100 ms) while any attempt has new
-   text, and on each tick every such attempt sends what it buffered as one event. A thousand
-   concurrent streams thus cost at most ten delta events per second each, whatever their
-   chunk rate;
+1. ``started``, with the provider and model: the task is running. It is written at the next
+   tick of the worker's flush clock (every ``DELTA_FLUSH_MS``, ~100 ms), so *an attempt that
+   ends within that time has no* ``started`` *event*: its terminal event (seq 0) says all
+   there is to say, and an instant ``echo`` task costs two broker writes (the result and the
+   ack) instead of three. The API applies such a terminal event alone (the record goes from
+   ``queued`` to ``succeeded``, ``started_at`` taken from the event);
+2. zero or more ``delta`` events, each carrying the text that arrived since the previous one,
+   written on the same ticks. A thousand concurrent streams thus cost at most ten delta
+   events per second each, whatever their chunk rate;
 3. exactly one terminal event: ``succeeded`` carrying the *whole* answer in ``text`` (plus
    usage and finish reason), or ``failed`` carrying ``error``.
 
 Text still buffered when the answer ends is not sent as a last delta: the ``succeeded`` event
 carries the whole answer, so the concatenated deltas are a prefix of it (empty for an answer
-faster than one flush interval, which is how an instant ``echo`` task costs three broker writes:
-``started``, ``succeeded``, and the ack). Streaming clients append deltas as they come and show
+faster than one flush interval). Streaming clients append deltas as they come and show
 ``succeeded.text`` at the end.
 
 Events of one attempt are published strictly one after another (the next ``publish`` starts
@@ -34,11 +37,12 @@ from .messages import ErrorInfo, EventKind, Usage
 
 
 class FlushClock:
-    """One timer for the deltas of every running attempt of a worker.
+    """One timer for the pending events of every running attempt of a worker.
 
-    An attempt with new text marks itself dirty; the first mark arms a single timer, and when
-    it fires every dirty attempt sends its delta. Text thus waits at most one interval, and
-    an answer that arrives all at once costs a set insertion, not a timer of its own.
+    An attempt with something to write (its ``started``, new text) marks itself dirty; the
+    first mark arms a single timer, and when it fires every dirty attempt writes. Nothing
+    waits more than one interval, and an attempt that ends before the tick costs a set
+    insertion, not a timer or a task of its own.
     """
 
     def __init__(self, interval: float) -> None:
@@ -62,10 +66,11 @@ class FlushClock:
 
 
 class AttemptEvents:
-    """Publishes the events of one attempt; ``add()`` text, then one terminal call.
+    """Publishes the events of one attempt: ``begin()``, ``add()`` text, one terminal call.
 
-    A delta publish runs in its own short task (so a slow broker does not stall the model
-    stream); if it fails, the error is raised from the next ``add()`` or terminal call.
+    ``started`` and deltas are written on clock ticks, each tick's writes in a short task of
+    their own (so a slow broker does not stall the model stream); if one fails, the error is
+    raised from the next ``add()`` or from the terminal call.
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class AttemptEvents:
         self._seq = 0
         self._parts: list[str] = []  # the whole answer so far
         self._pending: list[str] = []  # text not yet sent in a delta
+        self._started_due = False  # begin() was called and ``started`` is not written yet
         self._marked = False  # waiting in the clock's dirty set
         self._flushing: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
@@ -107,13 +113,15 @@ class AttemptEvents:
         """How many events this attempt has published (the next event's ``seq``)."""
         return self._seq
 
-    async def started(self) -> None:
-        """Publish ``started``: the task is running (on ``provider``/``model`` if known).
+    def begin(self) -> None:
+        """The attempt runs (on ``provider``/``model``): ``started`` goes out at the next tick,
+        unless a terminal event comes first."""
+        self._started_due = True
+        self._mark()
 
-        Awaited before the provider is called. Writing it in the background instead saves
-        one broker round trip of latency per task but costs a task creation, ~8% more CPU
-        per echo task; a round trip is nothing next to a model's answer time.
-        """
+    async def started(self) -> None:
+        """Publish ``started`` now (``begin()`` defers it to the next tick)."""
+        self._started_due = False
         await self._publish(EventKind.STARTED)
 
     def add(self, chunk: str) -> None:
@@ -124,26 +132,24 @@ class AttemptEvents:
             return
         self._parts.append(chunk)
         self._pending.append(chunk)
-        if not self._marked and self._flushing is None and not self._closed:
-            self._marked = True
-            self._clock.mark(self)
+        self._mark()
 
     async def succeeded(self, usage: Usage | None, finish_reason: str | None) -> None:
-        """Publish ``succeeded`` with the whole answer (after any delta still in flight)."""
-        await self._end_deltas()
+        """Publish ``succeeded`` with the whole answer (after any write still in flight)."""
+        await self._end_flushing()
         await self._publish(
             EventKind.SUCCEEDED, text=self.text, usage=usage, finish_reason=finish_reason
         )
         self.terminal_published = True
 
     async def failed(self, error: ErrorInfo) -> None:
-        """Publish ``failed`` with ``error`` (after any delta still in flight)."""
-        await self._end_deltas()
+        """Publish ``failed`` with ``error`` (after any write still in flight)."""
+        await self._end_flushing()
         await self._publish(EventKind.FAILED, error=error)
         self.terminal_published = True
 
     def close(self) -> None:
-        """Stop publishing deltas (on any exit path); idempotent."""
+        """Stop publishing from the clock (on any exit path); idempotent."""
         self._closed = True
         if self._marked:
             self._marked = False
@@ -152,28 +158,39 @@ class AttemptEvents:
             self._flushing.cancel()
             self._flushing = None
 
+    def _mark(self) -> None:
+        if not self._marked and self._flushing is None and not self._closed:
+            self._marked = True
+            self._clock.mark(self)
+
     def _flush_now(self) -> None:
-        """Called by the clock: start writing the pending text as one delta."""
+        """Called by the clock: start writing what is due."""
         self._marked = False
-        if not self._closed and self._pending and self._flushing is None:
+        if self._closed or self._flushing is not None:
+            return
+        if self._started_due or self._pending:
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
-        text = "".join(self._pending)
-        self._pending.clear()
         try:
-            await self._publish(EventKind.DELTA, text=text)
+            if self._started_due:
+                self._started_due = False
+                await self._publish(EventKind.STARTED)
+            if self._pending:
+                text = "".join(self._pending)
+                self._pending.clear()
+                await self._publish(EventKind.DELTA, text=text)
         except Exception as exc:
             self._error = exc
         finally:
             self._flushing = None
-        # Text that came in while this delta was being written goes with the next tick.
-        if self._pending and not self._closed and self._error is None and not self._marked:
-            self._marked = True
-            self._clock.mark(self)
+        # Text that came in while this was being written goes with the next tick.
+        if self._pending and self._error is None:
+            self._mark()
 
-    async def _end_deltas(self) -> None:
+    async def _end_flushing(self) -> None:
         self._closed = True
+        self._started_due = False  # the terminal event implies it
         if self._marked:
             self._marked = False
             self._clock.unmark(self)

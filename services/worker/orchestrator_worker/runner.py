@@ -5,11 +5,13 @@ The outcomes, and how the delivery is settled:
 - the payload is not a ``TaskMessage``: dead-lettered with the reason (and, when it names a
   task id and tenant, a ``failed`` event of type ``invalid_task`` is published first, so the
   client does not wait for a task that will never run);
-- unknown model: ``started``, ``failed`` (``invalid_model``), ack;
-- the provider answers: ``started``, deltas, ``succeeded``, ack;
-- the provider raises ``ProviderError``: ``started``, deltas, ``failed`` (its ``type``), ack
+- unknown model: ``failed`` (``invalid_model``), ack;
+- the provider answers: ``started``, deltas, ``succeeded``, ack (``started`` and deltas only
+  for answers that take longer than one flush interval: see ``events``);
+- the provider raises ``ProviderError``: [``started``, deltas], ``failed`` (its ``type``), ack
   (retrying retryable errors with ``nack(delay)`` comes next);
-- no answer within ``TASK_TIMEOUT_SECONDS``: ``failed`` (``timeout``), ack;
+- no answer within ``TASK_TIMEOUT_SECONDS``: ``started``, deltas, ``failed`` (``timeout``),
+  ack;
 - any other exception, in the provider or in the worker itself: ``failed`` (``internal``,
   with a message naming at most the exception class: no text, no traceback, which go to the
   log), ack;
@@ -185,11 +187,10 @@ class TaskRunner:
             route = self._providers.resolve(task.model)
         except ProviderError as exc:
             events.model = task.model
-            await events.started()
             await events.failed(ErrorInfo(type=exc.type, message=exc.message))
             return
         events.provider, events.model = route.provider.name, route.model
-        await events.started()
+        events.begin()
         outcome = await self._call(route, task, events)
         if isinstance(outcome, Finish):
             await events.succeeded(outcome.usage, outcome.finish_reason)

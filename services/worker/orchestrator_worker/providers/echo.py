@@ -1,15 +1,18 @@
 """``echo``: an offline, deterministic provider that answers with the prompt itself.
 
 For demos, tests, capacity tests and benchmarks: it needs no network and no key. The answer
-is the prompt text exactly, streamed in word-sized chunks (each word with the whitespace that
-follows it, so the chunks join back to the prompt byte for byte).
+is the prompt text exactly, streamed in chunks cut at word boundaries (each word keeps the
+whitespace that follows it, so the chunks join back to the prompt byte for byte): one word per
+chunk when ``chunk_delay_ms`` is set, otherwise runs of words up to ~200 characters, since
+chunks that arrive together are coalesced anyway and each one costs a little CPU.
 
 Task parameters it understands:
 
 - ``latency_ms`` (number, default 0): wait this long *before the first chunk*, like a model's
   time to first token; the chunks then follow at once. 2,000 tasks with ``latency_ms=500``
   at concurrency 1,000 therefore take about 1 s.
-- ``chunk_delay_ms`` (number, default 0): pause between chunks, to watch an answer stream in.
+- ``chunk_delay_ms`` (number, default 0): pause between chunks (then one word each), to
+  watch an answer stream in.
 - ``fail`` (string): fail after the latency with this error type (``rate_limit``,
   ``timeout``, ``server_error``, ``unavailable``, ``invalid_request``, ``authentication``,
   ``content_filter``), to exercise error paths end to end.
@@ -40,6 +43,9 @@ from .protocol import CompletionRequest, Finish, StreamItem
 
 #: A chunk: leading whitespace on its own, then each word with the whitespace after it.
 _CHUNK = re.compile(r"\S+\s*|\s+")
+
+#: Longest run of words sent as one chunk when there is no pause between chunks.
+_GROUP_CHARS = 200
 
 #: Longest simulated latency (one hour), so a typo cannot park a worker slot for days.
 _MAX_DELAY_MS = 3_600_000
@@ -86,12 +92,16 @@ class EchoProvider:
             await asyncio.sleep(latency)
         if failure is not None:
             raise failure(f"echo was asked to fail with {failure.type}", retry_after=1.0)
-        first = True
-        for match in _CHUNK.finditer(request.prompt):
-            if chunk_delay and not first:
-                await asyncio.sleep(chunk_delay)
-            first = False
-            yield match.group()
+        if chunk_delay:
+            first = True
+            for match in _CHUNK.finditer(request.prompt):
+                if not first:
+                    await asyncio.sleep(chunk_delay)
+                first = False
+                yield match.group()
+        else:
+            for chunk in _grouped(request.prompt):
+                yield chunk
         yield Finish(
             usage=Usage(
                 input_tokens=count_words(request.system) + count_words(request.prompt),
@@ -102,6 +112,21 @@ class EchoProvider:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+def _grouped(text: str) -> list[str]:
+    """``text`` in runs of whole words of up to ``_GROUP_CHARS`` (a longer word alone)."""
+    if len(text) <= _GROUP_CHARS:
+        return [text] if text else []
+    chunks: list[str] = []
+    start = end = 0
+    for match in _CHUNK.finditer(text):
+        if match.end() - start > _GROUP_CHARS and end > start:
+            chunks.append(text[start:end])
+            start = end
+        end = match.end()
+    chunks.append(text[start:end])
+    return chunks
 
 
 def _delay(parameters: Mapping[str, Any], name: str) -> float:
