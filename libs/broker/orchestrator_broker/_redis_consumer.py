@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._redis_errors import is_nogroup, is_unavailable, mapped_errors
 from ._redis_reads import build_deliveries, claim
-from .errors import BrokerError, BrokerUnavailable
+from .errors import BrokerError, BrokerUnavailable, LeaseLost
 from .protocol import ConsumeOptions, Delivery
 
 if TYPE_CHECKING:
@@ -89,8 +89,7 @@ class ConsumerLoop:
         """Stop renewing leases and hand back what was fetched but never yielded."""
         if self.extender is not None:
             self.extender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.extender
+            await asyncio.wait({self.extender})  # unlike await, never eats our own cancel
             self.extender = None
         handed, self.buffer = list(self.buffer), deque()
         for delivery in handed:
@@ -103,7 +102,8 @@ class ConsumerLoop:
         # (they were never yielded, so this fetch does not count).
         calls = [self.broker._nack(d, 0, d.delivery_count - 1) for d in deliveries]
         results = await asyncio.gather(*calls, return_exceptions=True)
-        failed = sum(isinstance(r, BaseException) for r in results)
+        # LeaseLost: another consumer has it already, nothing to hand back.
+        failed = sum(isinstance(r, Exception) and not isinstance(r, LeaseLost) for r in results)
         if failed:
             logger.warning(
                 "could not hand back %d unyielded entries of %s; they return when their "
@@ -207,8 +207,9 @@ class ConsumerLoop:
                 # Closing (or cancelled): whatever this read would have fetched stays
                 # pending and is reclaimed when its lease runs out.
                 read.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await read
+                await asyncio.wait({read})  # unlike await, never eats our own cancel
+                if not read.cancelled():
+                    read.exception()  # mark it retrieved: moot now
         if read.cancelled():
             return
         with mapped_errors():
