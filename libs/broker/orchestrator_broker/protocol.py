@@ -150,11 +150,12 @@ class Broker(Protocol):
         PEL first), entries reclaimed from dead consumers, then the rest of the stream. A
         nacked entry is delivered again no sooner than its delay; on Redis it then re-enters
         the stream behind the entries already waiting (the in-memory broker serves it
-        first), so the contract promises the delay, not the position. Corrupt or foreign entries are dead-lettered with a reason, never
-        yielded. Survives broker restarts (reconnecting with backoff) and a lost group
-        (recreating it). Ends when the broker is closed or the iterator is closed
-        (``aclose()``); entries it had fetched but not yet yielded are then handed back for
-        immediate redelivery, and deliveries already yielded stay the caller's to settle.
+        first), so the contract promises the delay, not the position. Corrupt or foreign
+        entries are dead-lettered with a reason, never yielded. Survives broker restarts
+        (reconnecting with backoff) and a lost group (recreating it). Ends when the broker
+        is closed or the iterator is closed (``aclose()``); deliveries already yielded stay
+        the caller's to settle, and entries a read was fetching at that moment come back to
+        the group once their lease runs out.
         """
         ...
 
