@@ -9,7 +9,7 @@ from .errors import ConfigError, WorkerError
 from .events import AttemptEvents
 from .messages import ErrorInfo, EventKind, ResultEvent, TaskMessage, Usage
 from .runner import InvalidTask, TaskRunner, parse_task
-from .service import connect_broker, main, serve
+from .service import connect_broker, main, serve, tune_gc
 from .worker import Worker, default_fetch_batch
 
 __all__ = [
@@ -30,4 +30,5 @@ __all__ = [
     "main",
     "parse_task",
     "serve",
+    "tune_gc",
 ]
