@@ -1,0 +1,330 @@
+"""The whole system as the local deployment runs it: ``deployment/local/stack.py up`` starts a
+private redis-server (AOF), ``ai-orchestrator api`` and two ``ai-orchestrator worker``
+processes, all exporting traces to an in-process OTLP receiver.
+
+These tests share one stack (none of them disturbs the others): volume, streaming, tenant
+isolation and the cross-service trace. Fault tests live in ``test_faults.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import attrs
+import pytest
+
+from tests.e2e.support import (
+    ROOT,
+    STACK_SCRIPT,
+    Api,
+    Event,
+    clean_env,
+    final_attempt_text,
+    prompt_of,
+    wait_until,
+)
+from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+ALPHA_KEY = "e2e-alpha-key-0123456789abcdef"
+BETA_KEY = "e2e-beta-key-fedcba9876543210"
+API_APP_ID = "e2e-api"
+WORKER_APP_ID = "e2e-worker"
+
+
+@attrs.frozen
+class Stack:
+    url: str
+    redis_url: str
+    pids: dict[str, int]
+    logs: Path
+    receiver: OtlpReceiver
+
+
+def _run_stack(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(STACK_SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        # Export spans every 100 ms so the trace test need not wait for the default 5 s.
+        env=clean_env(OTEL_BSP_SCHEDULE_DELAY="100"),
+    )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One stack for the module, brought down (by its recorded PIDs) at the end."""
+    directory = tmp_path_factory.mktemp("stack")
+    api_env = directory / "api_env"
+    api_env.write_text(
+        f"APP_ID={API_APP_ID}\nAPI_KEYS=alpha:{ALPHA_KEY},beta:{BETA_KEY}\nLOG_LEVEL=INFO\n",
+        encoding="utf-8",
+    )
+    worker_env = directory / "worker_env"
+    worker_env.write_text(
+        f"APP_ID={WORKER_APP_ID}\nNUMBER_OF_WORKERS=64\nDEFAULT_MODEL=echo\nLEASE_SECONDS=10\n",
+        encoding="utf-8",
+    )
+    state_dir = directory / "state"
+    with OtlpReceiver().in_thread() as receiver:
+        result = _run_stack(
+            "up",
+            "--state-dir", str(state_dir),
+            "--workers", "2",
+            "--api-port", "0",
+            "--api-env", str(api_env),
+            "--worker-env", str(worker_env),
+            "--jaeger-uri", receiver.host_port,
+            "--json",
+            "--timeout", "90",
+            timeout=150,
+        )  # fmt: skip
+        try:
+            assert result.returncode == 0, result.stderr
+            state: dict[str, Any] = json.loads(result.stdout)
+            yield Stack(
+                url=state["api_url"],
+                redis_url=state["redis_url"],
+                pids={name: entry["pid"] for name, entry in state["processes"].items()},
+                logs=Path(state["logs"]),
+                receiver=receiver,
+            )
+        finally:
+            down = _run_stack("down", "--state-dir", str(state_dir), "--timeout", "20", timeout=90)
+            assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture
+async def alpha(stack: Stack) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as session:
+        yield Api(session, stack.url, ALPHA_KEY)
+
+
+@pytest.fixture
+async def beta(stack: Stack) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as session:
+        yield Api(session, stack.url, BETA_KEY)
+
+
+# ---- 1. volume --------------------------------------------------------------------------
+
+
+async def test_500_concurrent_tasks_all_succeed_with_their_own_answers(
+    stack: Stack, alpha: Api
+) -> None:
+    prompts = {index: prompt_of(index, words=3) for index in range(500)}
+    limit = asyncio.Semaphore(50)
+
+    async def submit(prompt: str) -> dict[str, Any]:
+        async with limit:
+            return await alpha.submit(prompt)
+
+    accepted = await asyncio.gather(*(submit(prompt) for prompt in prompts.values()))
+    ids = [task["id"] for task in accepted]
+    assert len(set(ids)) == 500
+    assert all(task["status"] == "queued" for task in accepted)
+
+    done = await alpha.wait_all(ids, timeout=120)
+
+    failures = {i: t for i, t in done.items() if t["status"] != "succeeded"}
+    assert not failures, f"{len(failures)} failed, e.g. {next(iter(failures.values()))}"
+    for task_id, prompt in zip(ids, prompts.values(), strict=True):
+        result = done[task_id]["result"]
+        assert result["text"] == prompt
+        assert result["provider"] == "echo"
+
+
+# ---- 2. streaming -----------------------------------------------------------------------
+
+#: A prompt that echo streams word by word: with chunk_delay_ms the answer takes ~1.5 s and
+#: arrives as several coalesced deltas.
+STREAMED_PROMPT = " ".join(f"word{n}" for n in range(24))
+STREAMING = {"latency_ms": 200, "chunk_delay_ms": 60}
+
+
+def _check_stream(events: list[Event], expected_text: str) -> None:
+    """Ids strictly increase, the deltas of the final attempt spell the start of the result
+    (without gaps or repeats), the result comes last, once.
+
+    The worker does not send text still buffered at the end as a last delta: the result
+    carries the whole answer, so the deltas are a prefix of it (orchestrator_worker/events.py).
+    """
+    assert events, "no events"
+    ids = [int(event.id) for event in events]
+    assert ids == sorted(set(ids)), f"ids repeat or go back: {ids}"
+    assert events[0].event == "status"
+    assert events[-1].event == "result", [e.event for e in events]
+    assert [e.event for e in events].count("result") == 1
+    result = events[-1].data
+    assert result["text"] == expected_text
+    deltas = [e for e in events if e.event == "delta"]
+    assert len(deltas) >= 2, f"expected several deltas, got {len(deltas)}"
+    streamed = final_attempt_text(events)
+    assert result["text"].startswith(streamed), (streamed, result["text"])
+    # Most of the answer streamed: at most the last flush interval's words came only whole.
+    assert len(streamed) >= len(result["text"]) // 2, (streamed, result["text"])
+
+
+async def test_sse_delivers_every_delta_and_the_result(alpha: Api) -> None:
+    task = await alpha.submit(STREAMED_PROMPT, **STREAMING)
+    events = await alpha.sse(task["id"], timeout=60)
+    _check_stream(events, STREAMED_PROMPT)
+    # Read again after the end: the same log, from the first event.
+    again = await alpha.sse(task["id"], timeout=30)
+    assert again == events
+
+
+async def test_websocket_delivers_every_delta_and_the_result(alpha: Api) -> None:
+    task = await alpha.submit(STREAMED_PROMPT, **STREAMING)
+    frames = await alpha.ws(task["id"], timeout=60)
+    _check_stream(frames, STREAMED_PROMPT)
+    assert frames == await alpha.sse(task["id"], timeout=30)
+
+
+async def test_sse_resumes_after_last_event_id_without_loss_or_repeat(alpha: Api) -> None:
+    task = await alpha.submit(STREAMED_PROMPT, **STREAMING)
+    first: list[Event] = []
+    # Hang up mid-stream, after the second delta.
+    async with contextlib.aclosing(alpha.sse_stream(task["id"], timeout=60)) as stream:
+        async for event in stream:
+            first.append(event)
+            if sum(e.event == "delta" for e in first) >= 2:
+                break
+    assert first[-1].event == "delta", "the answer ended before the test could hang up"
+    rest = await alpha.sse(task["id"], last_event_id=first[-1].id, timeout=60)
+
+    joined = first + rest
+    _check_stream(joined, STREAMED_PROMPT)
+    assert rest, "nothing after the resume point"
+    assert int(rest[0].id) > int(first[-1].id)
+    # The whole log, read in one go now the task is done, is exactly the two parts.
+    assert joined == await alpha.sse(task["id"], timeout=30)
+
+
+async def test_websocket_resumes_after_last_event_id(alpha: Api) -> None:
+    task = await alpha.submit(STREAMED_PROMPT, **STREAMING)
+    full = await alpha.sse(task["id"], timeout=60)
+    middle = len(full) // 2
+    rest = await alpha.ws(task["id"], last_event_id=full[middle - 1].id, timeout=30)
+    assert rest == full[middle:]
+
+
+# ---- 5. tenants -------------------------------------------------------------------------
+
+
+async def test_tenants_see_only_their_own_tasks(alpha: Api, beta: Api) -> None:
+    mine = await alpha.submit("alpha's secret prompt")
+    theirs = await beta.submit("beta's secret prompt")
+    assert (await alpha.wait_done(mine["id"]))["result"]["text"] == "alpha's secret prompt"
+    assert (await beta.wait_done(theirs["id"]))["result"]["text"] == "beta's secret prompt"
+
+    for reader, other in ((alpha, theirs["id"]), (beta, mine["id"])):
+        status, body = await reader.get(other)
+        assert status == 404, body
+        assert "secret" not in str(body)
+        async with reader.session.get(
+            f"{reader.base}/v1/tasks/{other}/events", headers=reader.headers
+        ) as response:
+            assert response.status == 404
+            assert response.content_type == "application/problem+json"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await reader.ws(other, timeout=10)
+        assert refused.value.status == 404
+
+
+async def test_requests_without_a_valid_key_are_refused(stack: Stack, alpha: Api) -> None:
+    task = await alpha.submit("for alpha only")
+    nobody = Api(alpha.session, stack.url, None)
+    wrong = Api(alpha.session, stack.url, "not-a-key")
+    for client in (nobody, wrong):
+        status, _, body = await client.post_task("x")
+        assert status == 401, body
+        assert (await client.get(task["id"]))[0] == 401
+
+
+# ---- 6. one trace across both services --------------------------------------------------
+
+
+def _one(spans: list[ReceivedSpan], name: str, service: str) -> ReceivedSpan:
+    found = [s for s in spans if s.name == name and s.service_name == service]
+    assert found, (
+        f"no {name!r} span from {service}; got {[(s.service_name, s.name) for s in spans]}"
+    )
+    return found[0]
+
+
+async def test_one_trace_spans_the_api_the_broker_and_the_worker(stack: Stack, alpha: Api) -> None:
+    # 300 ms: long enough for a started event (sent at the first ~100 ms flush tick).
+    status, headers, task = await alpha.post_task("trace me", latency_ms=300)
+    assert status == 202, task
+    traceparent = headers["traceparent"]
+    trace_id = traceparent.split("-")[1]
+    assert task["trace_id"] == trace_id
+    assert (await alpha.wait_done(task["id"]))["status"] == "succeeded"
+
+    def mine() -> list[ReceivedSpan]:
+        return [s for s in stack.receiver.spans if s.trace_id == trace_id]
+
+    def complete() -> bool:
+        names = {(s.service_name, s.name) for s in mine()}
+        return {
+            (API_APP_ID, "send tasks"),
+            (WORKER_APP_ID, "process tasks"),
+            (WORKER_APP_ID, "send results"),
+            (API_APP_ID, "process results"),
+        } <= names
+
+    try:
+        await wait_until("the task's trace arrived", complete, timeout=30)
+    except AssertionError as exc:
+        got = [(s.service_name, s.name, s.kind) for s in mine()]
+        raise AssertionError(f"{exc}; spans of trace {trace_id}: {got}") from None
+    await asyncio.sleep(1.0)  # the last export batches (100 ms apart) arrive
+    spans = mine()
+    by_id = {s.span_id: s for s in spans}
+
+    server = [s for s in spans if s.kind == "SERVER" and s.service_name == API_APP_ID]
+    assert len(server) == 1, [(s.name, s.kind) for s in spans]
+    server_span = server[0]
+    assert server_span.parent_span_id == ""
+    assert "POST" in server_span.name
+
+    send_tasks = _one(spans, "send tasks", API_APP_ID)
+    assert send_tasks.kind == "PRODUCER"
+    assert send_tasks.parent_span_id == server_span.span_id
+
+    process_tasks = _one(spans, "process tasks", WORKER_APP_ID)
+    assert process_tasks.kind == "CONSUMER"
+    assert process_tasks.parent_span_id == send_tasks.span_id
+    assert send_tasks.span_id in {link.span_id for link in process_tasks.links}
+
+    worker_children = [s for s in spans if s.parent_span_id == process_tasks.span_id]
+    send_results = [s for s in worker_children if s.name == "send results"]
+    assert send_results, "no send results span under process tasks"
+    assert all(s.kind == "PRODUCER" and s.service_name == WORKER_APP_ID for s in send_results)
+
+    process_results = [s for s in spans if s.name == "process results"]
+    assert all(s.service_name == API_APP_ID and s.kind == "CONSUMER" for s in process_results)
+    send_result_ids = {s.span_id for s in send_results}
+    assert all(s.parent_span_id in send_result_ids for s in process_results)
+
+    assert {s.service_name for s in spans} == {API_APP_ID, WORKER_APP_ID}
+
+    worker_spans = [s for s in spans if s.service_name == WORKER_APP_ID]
+    # The model call is a CLIENT span under "process tasks" (doc/architecture.md).
+    provider = [s for s in worker_children if s.kind == "CLIENT"]
+    shape = [
+        (s.name, s.kind, getattr(by_id.get(s.parent_span_id), "name", "")) for s in worker_spans
+    ]
+    assert provider, f"no provider call span (CLIENT) under process tasks; worker spans: {shape}"
