@@ -1,0 +1,304 @@
+"""Faults on real processes: a worker killed mid-task, Redis down and back, graceful shutdown.
+
+Each test gets its own redis-server (``redis_server_factory``) and its own ``ai-orchestrator
+api``/``worker`` subprocesses, killed or stopped by PID; ``services`` stops what is left.
+Workers get a short ``LEASE_SECONDS`` so a dead worker's tasks are reclaimed quickly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+
+from tests.e2e.support import (
+    Api,
+    Event,
+    Service,
+    Services,
+    clean_env,
+    prompt_of,
+    wait_healthy,
+    wait_until,
+)
+from tests.support.redis_server import RedisServer
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+KEY = "e2e-faults-key-0123456789abcdef"
+TASKS_STREAM = "tasks"
+WORKER_GROUP = "workers"
+
+
+def api_env(server: RedisServer, **extra: str) -> dict[str, str]:
+    return clean_env(
+        REDIS_URI=server.url, API_KEYS=f"faults:{KEY}", APP_ID="e2e-faults-api", **extra
+    )
+
+
+def worker_env(server: RedisServer, name: str, **extra: str) -> dict[str, str]:
+    settings = {
+        "REDIS_URI": server.url,
+        "APP_ID": "e2e-faults-worker",
+        "CONSUMER_NAME": name,
+        "NUMBER_OF_WORKERS": "4",
+        "LEASE_SECONDS": "2",
+        "SHUTDOWN_GRACE_SECONDS": "1",
+        **extra,
+    }
+    return clean_env(**settings)
+
+
+def pending_by_consumer(server: RedisServer) -> dict[str, int]:
+    """Entries of the tasks stream each worker holds right now (XPENDING summary)."""
+    with (
+        redis.Redis.from_url(server.url, decode_responses=True) as client,
+        contextlib.suppress(redis.ResponseError),  # no stream or group yet
+    ):
+        summary: dict[str, Any] = client.xpending(TASKS_STREAM, WORKER_GROUP)
+        return {c["name"]: int(c["pending"]) for c in summary["consumers"] or []}
+    return {}
+
+
+async def start_api(
+    services: Services, session: aiohttp.ClientSession, env: dict[str, str]
+) -> tuple[Service, Api]:
+    api = services.api(env)
+    await wait_healthy(session, api)
+    assert api.url is not None
+    return api, Api(session, api.url, KEY)
+
+
+async def wait_running(client: Api, task_ids: list[str], *, timeout: float = 30.0) -> None:
+    async def all_running() -> bool:
+        states = [(await client.get(task_id))[1]["status"] for task_id in task_ids]
+        return all(state == "running" for state in states)
+
+    await wait_until("tasks running", all_running, timeout=timeout, interval=0.1)
+
+
+def check_answers(done: dict[str, dict[str, Any]], prompts: dict[str, str]) -> None:
+    assert set(done) == set(prompts)
+    for task_id, prompt in prompts.items():
+        task = done[task_id]
+        assert task["status"] == "succeeded", task
+        assert task["result"]["text"] == prompt
+
+
+# ---- 3. a worker killed mid-task ----------------------------------------------------------
+
+
+async def test_tasks_of_a_worker_killed_mid_task_finish_on_the_other_worker(
+    redis_server_factory: Callable[..., RedisServer],
+    services: Services,
+    session: aiohttp.ClientSession,
+) -> None:
+    server = redis_server_factory()
+    _, client = await start_api(services, session, api_env(server))
+    doomed = services.worker(worker_env(server, "doomed"), name="worker-doomed")
+    survivor = services.worker(worker_env(server, "survivor"), name="worker-survivor")
+
+    prompts: dict[str, str] = {}
+    for index in range(8):
+        prompt = prompt_of(index, words=4)
+        task = await client.submit(prompt, latency_ms=2500)
+        prompts[task["id"]] = prompt
+
+    def both_busy() -> bool:
+        pending = pending_by_consumer(server)
+        return pending.get("doomed", 0) > 0 and pending.get("survivor", 0) > 0
+
+    await wait_until("both workers hold tasks", both_busy, timeout=45)
+    held = pending_by_consumer(server)["doomed"]
+    doomed.kill()  # SIGKILL: no hand-back, no goodbye; only the lease expiring frees its tasks
+
+    done = await client.wait_all(list(prompts), timeout=90)
+    check_answers(done, prompts)
+    retried = [task for task in done.values() if task["attempts"] >= 2]
+    assert len(retried) >= held >= 1, (held, [t["attempts"] for t in done.values()])
+    assert survivor.alive()
+
+    # A retried task's stream says so: a status for attempt 2, and the result of that attempt.
+    task = retried[0]
+    events = await client.sse(task["id"], timeout=30)
+    statuses = [e.data["attempt"] for e in events if e.event == "status"]
+    assert max(statuses) == task["attempts"], events
+    assert events[-1].event == "result"
+    assert events[-1].data["attempt"] == task["attempts"]
+    assert events[-1].data["text"] == prompts[task["id"]]
+
+
+# ---- 4. Redis down and back ---------------------------------------------------------------
+
+
+async def expect_unavailable(response: aiohttp.ClientResponse) -> dict[str, Any]:
+    body: dict[str, Any] = await response.json(content_type=None)
+    assert response.status == 503, body
+    assert response.headers.get("Retry-After"), dict(response.headers)
+    return body
+
+
+async def test_api_answers_503_while_redis_is_down_and_recovers_by_itself(
+    redis_server_factory: Callable[..., RedisServer],
+    services: Services,
+    session: aiohttp.ClientSession,
+) -> None:
+    server = redis_server_factory(appendonly=True)
+    api, client = await start_api(services, session, api_env(server))
+    worker = services.worker(worker_env(server, "w1"))
+    warm = await client.submit("before the outage")
+    assert (await client.wait_done(warm["id"], timeout=60))["status"] == "succeeded"
+    # Accepted just before Redis dies: AOF (fsync always) keeps it, so it must still finish.
+    accepted = await client.submit("accepted before the crash", latency_ms=1000)
+
+    server.kill()
+
+    # Several submissions while Redis is down: each a quick 503 problem, never 500 or 202.
+    for attempt in range(3):
+        started = time.monotonic()
+        async with session.post(
+            f"{api.url}/v1/tasks",
+            json={"prompt": f"during the outage {attempt}", "model": "echo"},
+            headers=client.headers,
+            timeout=aiohttp.ClientTimeout(total=30),  # a hang guard, not a timing assertion
+        ) as response:
+            body = await expect_unavailable(response)
+            assert response.content_type == "application/problem+json"
+            assert body["status"] == 503
+        print(f"POST during the outage answered in {time.monotonic() - started:.2f}s")
+    async with session.get(
+        f"{api.url}/health", timeout=aiohttp.ClientTimeout(total=30)
+    ) as response:
+        health = await expect_unavailable(response)
+        assert health["status"] != "ok"
+    async with session.get(
+        f"{api.url}/v1/tasks/{warm['id']}",
+        headers=client.headers,
+        timeout=aiohttp.ClientTimeout(total=30),
+    ) as response:
+        await expect_unavailable(response)
+
+    server.start()  # same port, same directory: the AOF brings the data back
+
+    accepted_after: list[dict[str, Any]] = []
+
+    async def accepts_again() -> bool:
+        status, _, body = await client.post_task("after the outage")
+        assert status in (202, 503), (status, body)  # never 500 on the way back
+        if status == 202:
+            accepted_after.append(body)
+        return status == 202
+
+    await wait_until("the API accepts tasks again", accepts_again, timeout=60, interval=0.5)
+    after = accepted_after[0]
+    finished = await client.wait_done(after["id"], timeout=60)
+    assert finished["status"] == "succeeded"
+    assert finished["result"]["text"] == "after the outage"
+    survived = await client.wait_done(accepted["id"], timeout=60)
+    assert survived["status"] == "succeeded", survived
+    assert survived["result"]["text"] == "accepted before the crash"
+    async with session.get(f"{api.url}/health") as response:
+        assert response.status == 200
+    assert api.alive()
+    assert worker.alive()
+
+
+# ---- 9. graceful shutdown -----------------------------------------------------------------
+
+
+async def test_sigterm_lets_a_workers_in_flight_tasks_finish(
+    redis_server_factory: Callable[..., RedisServer],
+    services: Services,
+    session: aiohttp.ClientSession,
+) -> None:
+    server = redis_server_factory()
+    _, client = await start_api(services, session, api_env(server))
+    worker = services.worker(worker_env(server, "w1", SHUTDOWN_GRACE_SECONDS="20"))
+    prompts = {}
+    for index in range(3):
+        task = await client.submit(prompt_of(index), latency_ms=2000)
+        prompts[task["id"]] = prompt_of(index)
+    await wait_running(client, list(prompts))
+
+    worker.signal(signal.SIGTERM)
+
+    assert await worker.wait_exit(timeout=40) == 0, worker.tail()
+    # The only worker is gone: the tasks finished in it, within its grace period.
+    done = await client.wait_all(list(prompts), timeout=30)
+    check_answers(done, prompts)
+    assert all(task["attempts"] == 1 for task in done.values())
+
+
+async def test_sigterm_hands_unfinished_tasks_back_to_another_worker(
+    redis_server_factory: Callable[..., RedisServer],
+    services: Services,
+    session: aiohttp.ClientSession,
+) -> None:
+    server = redis_server_factory()
+    _, client = await start_api(services, session, api_env(server))
+    leaving = services.worker(
+        worker_env(server, "leaving", SHUTDOWN_GRACE_SECONDS="0.5"), name="worker-leaving"
+    )
+    prompts = {}
+    for index in range(3):
+        task = await client.submit(prompt_of(index), latency_ms=5000)
+        prompts[task["id"]] = prompt_of(index)
+    await wait_running(client, list(prompts))
+    taker = services.worker(worker_env(server, "taker"), name="worker-taker")
+
+    leaving.signal(signal.SIGTERM)  # grace 0.5 s < 5 s of work: the tasks are handed back
+
+    assert await leaving.wait_exit(timeout=30) == 0, leaving.tail()
+    done = await client.wait_all(list(prompts), timeout=60)
+    check_answers(done, prompts)
+    assert all(task["attempts"] >= 2 for task in done.values()), list(done.values())
+    assert taker.alive()
+
+
+async def test_sigterm_to_the_api_ends_open_streams_and_exits_0(
+    redis_server_factory: Callable[..., RedisServer],
+    services: Services,
+    session: aiohttp.ClientSession,
+) -> None:
+    server = redis_server_factory()
+    api, client = await start_api(services, session, api_env(server))
+    task = await client.submit("nobody will run me")  # no worker: the task stays queued
+
+    sse_events: list[Event] = []
+    first_event = asyncio.Event()
+
+    async def read_sse() -> None:
+        async with contextlib.aclosing(client.sse_stream(task["id"], timeout=60)) as stream:
+            async for event in stream:
+                sse_events.append(event)
+                first_event.set()
+
+    async def read_ws() -> int | None:
+        async with session.ws_connect(
+            f"{api.url}/v1/tasks/{task['id']}/ws", headers=client.headers
+        ) as ws:
+            async for _ in ws:
+                pass
+            return ws.close_code
+
+    sse_reader = asyncio.create_task(read_sse())
+    ws_reader = asyncio.create_task(read_ws())
+    async with asyncio.timeout(30):
+        await first_event.wait()
+    await asyncio.sleep(0.3)  # let the WebSocket handshake finish too
+
+    api.signal(signal.SIGTERM)
+
+    async with asyncio.timeout(30):  # hang guard: the streams must end by themselves
+        await sse_reader
+        close_code = await ws_reader
+    assert [e.event for e in sse_events] == ["status"]
+    assert close_code == 1001  # going away
+    assert await api.wait_exit(timeout=30) == 0, api.tail()
