@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from tests.e2e.support import (
     Service,
     Services,
     clean_env,
+    final_attempt_text,
     prompt_of,
     wait_healthy,
     wait_until,
@@ -302,3 +304,80 @@ async def test_sigterm_to_the_api_ends_open_streams_and_exits_0(
     assert [e.event for e in sse_events] == ["status"]
     assert close_code == 1001  # going away
     assert await api.wait_exit(timeout=30) == 0, api.tail()
+
+
+async def test_api_answers_503_while_redis_hangs_and_recovers_when_it_resumes(
+    redis_server_factory: Callable[..., RedisServer],
+    services: Services,
+    session: aiohttp.ClientSession,
+) -> None:
+    """A Redis that accepts connections but never answers (SIGSTOP: a frozen host, a full
+    network buffer) must not hang requests: the API times out and answers 503."""
+    server = redis_server_factory(appendonly=True)
+    api, client = await start_api(services, session, api_env(server))
+    services.worker(worker_env(server, "w1"))
+    warm = await client.submit("before the freeze")
+    assert (await client.wait_done(warm["id"], timeout=60))["status"] == "succeeded"
+    assert server.process is not None
+    redis_pid = server.process.pid
+
+    os.kill(redis_pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        async with session.post(
+            f"{api.url}/v1/tasks",
+            json={"prompt": "during the freeze", "model": "echo"},
+            headers=client.headers,
+            timeout=aiohttp.ClientTimeout(total=45),  # a hang guard, not a timing assertion
+        ) as response:
+            body = await expect_unavailable(response)
+            assert response.content_type == "application/problem+json", body
+        print(f"POST during the freeze answered in {time.monotonic() - started:.2f}s")
+        async with session.get(
+            f"{api.url}/health", timeout=aiohttp.ClientTimeout(total=45)
+        ) as response:
+            await expect_unavailable(response)
+    finally:
+        os.kill(redis_pid, signal.SIGCONT)
+
+    accepted_after: list[dict[str, Any]] = []
+
+    async def accepts_again() -> bool:
+        status, _, body = await client.post_task("after the freeze")
+        assert status in (202, 503), (status, body)
+        if status == 202:
+            accepted_after.append(body)
+        return status == 202
+
+    await wait_until("the API accepts tasks again", accepts_again, timeout=60, interval=0.5)
+    finished = await client.wait_done(accepted_after[0]["id"], timeout=60)
+    assert finished["result"]["text"] == "after the freeze"
+
+
+async def test_a_stream_ended_by_api_shutdown_resumes_on_another_replica_without_loss(
+    redis_server_factory: Callable[..., RedisServer],
+    services: Services,
+    session: aiohttp.ClientSession,
+) -> None:
+    server = redis_server_factory()
+    leaving, first_api = await start_api(services, session, api_env(server))
+    _, second_api = await start_api(services, session, api_env(server))
+    services.worker(worker_env(server, "w1"))
+    prompt = " ".join(f"w{n}" for n in range(30))
+    task = await first_api.submit(prompt, latency_ms=200, chunk_delay_ms=80)
+
+    before: list[Event] = []
+    async with contextlib.aclosing(first_api.sse_stream(task["id"], timeout=60)) as stream:
+        async for event in stream:
+            before.append(event)
+            if sum(e.event == "delta" for e in before) == 2:
+                leaving.signal(signal.SIGTERM)  # the server ends the stream; we read to EOF
+    assert before[-1].event != "result", "the answer ended before the API was stopped"
+
+    after = await second_api.sse(task["id"], last_event_id=before[-1].id, timeout=60)
+    joined = before + after
+    assert joined == await second_api.sse(task["id"], timeout=30)
+    assert joined[-1].event == "result"
+    assert joined[-1].data["text"] == prompt
+    assert prompt.startswith(final_attempt_text(joined))
+    assert await leaving.wait_exit(timeout=30) == 0, leaving.tail()
