@@ -69,6 +69,16 @@ def pending_by_consumer(server: RedisServer) -> dict[str, int]:
     return {}
 
 
+def consumers(server: RedisServer) -> set[str]:
+    """The workers that have read from the tasks stream's group so far (XINFO CONSUMERS)."""
+    with (
+        redis.Redis.from_url(server.url, decode_responses=True) as client,
+        contextlib.suppress(redis.ResponseError),  # no stream or group yet
+    ):
+        return {c["name"] for c in client.xinfo_consumers(TASKS_STREAM, WORKER_GROUP)}
+    return set()
+
+
 async def start_api(
     services: Services, session: aiohttp.ClientSession, env: dict[str, str]
 ) -> tuple[Service, Api]:
@@ -107,6 +117,10 @@ async def test_tasks_of_a_worker_killed_mid_task_finish_on_the_other_worker(
     doomed = services.worker(worker_env(server, "doomed"), name="worker-doomed")
     survivor = services.worker(worker_env(server, "survivor"), name="worker-survivor")
 
+    # Both must be reading before the tasks arrive, or the first could take them all.
+    await wait_until(
+        "both workers consume", lambda: {"doomed", "survivor"} <= consumers(server), timeout=45
+    )
     prompts: dict[str, str] = {}
     for index in range(8):
         prompt = prompt_of(index, words=4)
@@ -274,27 +288,30 @@ async def test_sigterm_to_the_api_ends_open_streams_and_exits_0(
     task = await client.submit("nobody will run me")  # no worker: the task stays queued
 
     sse_events: list[Event] = []
-    first_event = asyncio.Event()
+    ws_frames: list[str] = []
+    sse_open, ws_open = asyncio.Event(), asyncio.Event()
 
     async def read_sse() -> None:
         async with contextlib.aclosing(client.sse_stream(task["id"], timeout=60)) as stream:
             async for event in stream:
                 sse_events.append(event)
-                first_event.set()
+                sse_open.set()
 
     async def read_ws() -> int | None:
         async with session.ws_connect(
             f"{api.url}/v1/tasks/{task['id']}/ws", headers=client.headers
         ) as ws:
-            async for _ in ws:
-                pass
+            async for message in ws:
+                if message.type is aiohttp.WSMsgType.TEXT:
+                    ws_frames.append(message.data)
+                    ws_open.set()
             return ws.close_code
 
     sse_reader = asyncio.create_task(read_sse())
     ws_reader = asyncio.create_task(read_ws())
-    async with asyncio.timeout(30):
-        await first_event.wait()
-    await asyncio.sleep(0.3)  # let the WebSocket handshake finish too
+    async with asyncio.timeout(30):  # both streams are open: each has sent the queued status
+        await sse_open.wait()
+        await ws_open.wait()
 
     api.signal(signal.SIGTERM)
 
@@ -302,6 +319,7 @@ async def test_sigterm_to_the_api_ends_open_streams_and_exits_0(
         await sse_reader
         close_code = await ws_reader
     assert [e.event for e in sse_events] == ["status"]
+    assert len(ws_frames) == 1
     assert close_code == 1001  # going away
     assert await api.wait_exit(timeout=30) == 0, api.tail()
 
