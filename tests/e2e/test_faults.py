@@ -381,7 +381,7 @@ async def test_a_stream_ended_by_api_shutdown_resumes_on_another_replica_without
     leaving, first_api = await start_api(services, session, api_env(server))
     _, second_api = await start_api(services, session, api_env(server))
     services.worker(worker_env(server, "w1"))
-    prompt = " ".join(f"w{n}" for n in range(30))
+    prompt = " ".join(f"w{n}" for n in range(50))  # ~4 s of streaming
     task = await first_api.submit(prompt, latency_ms=200, chunk_delay_ms=80)
 
     before: list[Event] = []
