@@ -132,6 +132,10 @@ async def test_tasks_of_a_worker_killed_mid_task_finish_on_the_other_worker(
         return pending.get("doomed", 0) > 0 and pending.get("survivor", 0) > 0
 
     await wait_until("both workers hold tasks", both_busy, timeout=45)
+    # Clients follow every task live over SSE through the crash.
+    followers = {
+        task_id: asyncio.create_task(client.sse(task_id, timeout=90)) for task_id in prompts
+    }
     held = pending_by_consumer(server)["doomed"]
     doomed.kill()  # SIGKILL: no hand-back, no goodbye; only the lease expiring frees its tasks
 
@@ -141,14 +145,20 @@ async def test_tasks_of_a_worker_killed_mid_task_finish_on_the_other_worker(
     assert len(retried) >= held >= 1, (held, [t["attempts"] for t in done.values()])
     assert survivor.alive()
 
-    # A retried task's stream says so: a status for attempt 2, and the result of that attempt.
-    task = retried[0]
-    events = await client.sse(task["id"], timeout=30)
-    statuses = [e.data["attempt"] for e in events if e.event == "status"]
-    assert max(statuses) == task["attempts"], events
-    assert events[-1].event == "result"
-    assert events[-1].data["attempt"] == task["attempts"]
-    assert events[-1].data["text"] == prompts[task["id"]]
+    # Each live stream ended with the answer; a retried task's stream says so: a status for
+    # the new attempt, then the result of that attempt.
+    streams = dict(zip(followers, await asyncio.gather(*followers.values()), strict=True))
+    for task_id, events in streams.items():
+        task = done[task_id]
+        ids = [int(event.id) for event in events]
+        assert ids == sorted(set(ids)), ids
+        assert events[-1].event == "result", events
+        assert events[-1].data["text"] == prompts[task_id]
+        assert events[-1].data["attempt"] == task["attempts"]
+        assert prompts[task_id].startswith(final_attempt_text(events))
+        if task["attempts"] >= 2:
+            statuses = [e.data["attempt"] for e in events if e.event == "status"]
+            assert max(statuses) == task["attempts"], events
 
 
 # ---- 4. Redis down and back ---------------------------------------------------------------
