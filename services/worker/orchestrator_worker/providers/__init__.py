@@ -6,16 +6,26 @@ from .errors import (
     ContentFiltered,
     InvalidModel,
     InvalidRequest,
+    MalformedResponse,
+    Overloaded,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
+    QuotaExceeded,
     RateLimited,
     ServerError,
+    StreamInterrupted,
     from_http_status,
+    parse_duration,
     parse_retry_after,
+    retry_after_from_headers,
 )
+from .gemini import GeminiProvider
+from .openai import OpenAIProvider
+from .parameters import validate_parameters
 from .protocol import CompletionRequest, Finish, Provider, StreamItem
-from .registry import ProviderRegistry, Route, default_registry
+from .registry import ProviderRegistry, Route, default_registry, registry_from_env
+from .settings import GeminiSettings, HttpSettings, OpenAISettings, ProviderSettings, Secret
 
 __all__ = [
     "AuthenticationFailed",
@@ -23,18 +33,33 @@ __all__ = [
     "ContentFiltered",
     "EchoProvider",
     "Finish",
+    "GeminiProvider",
+    "GeminiSettings",
+    "HttpSettings",
     "InvalidModel",
     "InvalidRequest",
+    "MalformedResponse",
+    "OpenAIProvider",
+    "OpenAISettings",
+    "Overloaded",
     "Provider",
     "ProviderError",
     "ProviderRegistry",
+    "ProviderSettings",
     "ProviderTimeout",
     "ProviderUnavailable",
+    "QuotaExceeded",
     "RateLimited",
     "Route",
+    "Secret",
     "ServerError",
+    "StreamInterrupted",
     "StreamItem",
     "default_registry",
     "from_http_status",
+    "parse_duration",
     "parse_retry_after",
+    "registry_from_env",
+    "retry_after_from_headers",
+    "validate_parameters",
 ]

@@ -2,19 +2,26 @@
 
 The part before the first ``/`` names the provider; the rest is the provider's own model name
 (a bare prefix such as ``echo`` is its own model name).
+
+A worker process builds its registry with ``registry_from_env(os.environ)``: ``echo``,
+``openai`` and ``gemini``, configured from the worker's environment only (see ``settings``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import attrs
+from opentelemetry import trace
 
 from .echo import EchoProvider
 from .errors import InvalidModel
+from .gemini import GeminiProvider
+from .openai import OpenAIProvider
 from .protocol import Provider
+from .settings import ProviderSettings
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,36 @@ class ProviderRegistry:
             await self.close()
 
 
-def default_registry(default_model: str = "echo") -> ProviderRegistry:
-    """The providers available without configuration: ``echo`` (real ones come next)."""
-    return ProviderRegistry([EchoProvider()], default_model=default_model)
+def default_registry(
+    default_model: str = "echo",
+    *,
+    settings: ProviderSettings | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> ProviderRegistry:
+    """``echo`` alone without ``settings``; with them, also ``openai`` and ``gemini``.
+
+    ``tracer_provider`` (default: the global one) receives the providers' GenAI spans.
+    """
+    providers: list[Provider] = [EchoProvider()]
+    if settings is not None:
+        providers.append(OpenAIProvider(settings.openai, tracer_provider=tracer_provider))
+        providers.append(GeminiProvider(settings.gemini, tracer_provider=tracer_provider))
+    return ProviderRegistry(providers, default_model=default_model)
+
+
+def registry_from_env(
+    environ: Mapping[str, str],
+    *,
+    default_model: str = "echo",
+    tracer_provider: trace.TracerProvider | None = None,
+) -> ProviderRegistry:
+    """A worker's providers: ``echo``, ``openai`` and ``gemini`` configured from ``environ``.
+
+    Raises ``ConfigError`` naming the variable when a provider setting is malformed. Nothing
+    connects yet: sessions open on each provider's first call.
+    """
+    return default_registry(
+        default_model,
+        settings=ProviderSettings.from_env(environ),
+        tracer_provider=tracer_provider,
+    )

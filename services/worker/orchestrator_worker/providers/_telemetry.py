@@ -1,0 +1,119 @@
+"""The span of one provider call, with the OpenTelemetry GenAI semantic conventions.
+
+One CLIENT span per call, named ``chat <model>``, a child of whatever span is current when
+the stream is first iterated (the worker's ``process`` span). Attributes follow the GenAI
+conventions as of semconv 1.37+ (``gen_ai.provider.name``, which replaced the deprecated
+``gen_ai.system``): operation, provider, request model and parameters, server address, and
+at the end the response model and id, finish reasons, token usage, or ``error.type``.
+
+Prompts and answers go on the span only with ``TRACE_CONTENT=true`` (as the JSON attributes
+``gen_ai.system_instructions``, ``gen_ai.input.messages``, ``gen_ai.output.messages``): they
+may be personal data. The span is never made current (the stream yields to the worker in
+between), so nothing else parents under it; no exception text or stack is recorded, only
+the error's type and its secret-free message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import yarl
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from ..messages import Usage
+from .errors import ProviderError
+from .parameters import span_attributes
+
+#: ``gen_ai.provider.name`` values (semconv's ``GenAiProviderNameValues``).
+PROVIDER_OPENAI = "openai"
+PROVIDER_GEMINI = "gcp.gemini"
+
+_TRACER_NAME = "orchestrator_worker.providers"
+
+
+def get_tracer(tracer_provider: trace.TracerProvider | None) -> trace.Tracer:
+    """The providers' tracer from ``tracer_provider``, else the global one (looked up per
+    call by the OpenTelemetry proxy, so a provider built before ``setup_telemetry`` works)."""
+    return trace.get_tracer(_TRACER_NAME, tracer_provider=tracer_provider)
+
+
+class CallSpan:
+    """The span of one call: opened at construction, ended by ``end()`` (idempotent)."""
+
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        *,
+        provider: str,
+        model: str,
+        url: yarl.URL,
+        parameters: Mapping[str, Any],
+        prompt: str,
+        system: str | None,
+        trace_content: bool,
+    ) -> None:
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": provider,
+            "gen_ai.request.model": model,
+            "server.address": url.host or "",
+            "server.port": url.port or (443 if url.scheme == "https" else 80),
+            **span_attributes(parameters),
+        }
+        if trace_content:
+            attributes["gen_ai.input.messages"] = _json(
+                [{"role": "user", "parts": [{"type": "text", "content": prompt}]}]
+            )
+            if system:
+                attributes["gen_ai.system_instructions"] = _json(
+                    [{"type": "text", "content": system}]
+                )
+        self._span = tracer.start_span(f"chat {model}", kind=SpanKind.CLIENT, attributes=attributes)
+        self.trace_content = trace_content
+        self._ended = False
+
+    def response(self, *, model: str | None = None, response_id: str | None = None) -> None:
+        """What the provider said about itself (first chunk): served model, response id."""
+        if model:
+            self._span.set_attribute("gen_ai.response.model", model)
+        if response_id:
+            self._span.set_attribute("gen_ai.response.id", response_id)
+
+    def succeeded(self, usage: Usage | None, finish_reason: str | None, text: str) -> None:
+        """The answer is complete: usage, finish reason, and the text when content is on."""
+        if finish_reason:
+            self._span.set_attribute("gen_ai.response.finish_reasons", (finish_reason,))
+        if usage is not None:
+            self._span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
+            self._span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+        if self.trace_content:
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "parts": [{"type": "text", "content": text}],
+            }
+            if finish_reason:
+                message["finish_reason"] = finish_reason
+            self._span.set_attribute("gen_ai.output.messages", _json([message]))
+
+    def failed(self, error: ProviderError) -> None:
+        """The call failed: ``error.type`` and an ERROR status with the (secret-free) message."""
+        self._span.set_attribute("error.type", error.type)
+        if error.status is not None:
+            self._span.set_attribute("http.response.status_code", error.status)
+        self._span.set_status(Status(StatusCode.ERROR, error.message))
+
+    def cancelled(self) -> None:
+        """The worker stopped reading (task timeout, shutdown)."""
+        self._span.set_attribute("error.type", "cancelled")
+
+    def end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._span.end()
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
