@@ -19,7 +19,9 @@ from typing import Any
 
 import aiohttp
 import attrs
+import orjson
 import pytest
+import redis.asyncio as aioredis
 
 from tests.e2e.support import (
     ROOT,
@@ -39,6 +41,7 @@ ALPHA_KEY = "e2e-alpha-key-0123456789abcdef"
 BETA_KEY = "e2e-beta-key-fedcba9876543210"
 API_APP_ID = "e2e-api"
 WORKER_APP_ID = "e2e-worker"
+RESULTS_STREAM = "results"
 
 
 @attrs.frozen
@@ -153,6 +156,63 @@ STREAMED_PROMPT = " ".join(f"word{n}" for n in range(24))
 STREAMING = {"latency_ms": 200, "chunk_delay_ms": 60}
 
 
+class ResultsTap:
+    """Reads the ``results`` stream as the workers write it (plain ``XREAD``, outside the
+    API's consumer group, so nothing is taken from the API): what was published, to compare
+    with what the API serves. Reading live beats ``XRANGE`` afterwards, which could race
+    with the broker trimming acknowledged entries."""
+
+    def __init__(self, redis_url: str) -> None:
+        self._client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        self._reader: asyncio.Task[None] | None = None
+        self.events: list[dict[str, Any]] = []
+
+    async def __aenter__(self) -> ResultsTap:
+        newest: Any = await self._client.xrevrange(RESULTS_STREAM, count=1)
+        self._reader = asyncio.create_task(self._read(newest[0][0] if newest else "0-0"))
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._reader is not None
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        await self._client.aclose()
+
+    async def _read(self, last: str) -> None:
+        async with asyncio.timeout(120):  # bounded, whatever happens
+            while True:
+                # RESP2 replies: [(stream, [(entry id, fields), ...])].
+                replies: Any = await self._client.xread({RESULTS_STREAM: last}, block=500)
+                for _, entries in replies:
+                    for entry_id, fields in entries:
+                        last = entry_id
+                        self.events.append(orjson.loads(fields["payload"]))
+
+    def of(self, task_id: str) -> list[dict[str, Any]]:
+        return [event for event in self.events if event["task_id"] == task_id]
+
+    async def wait_terminal(self, task_id: str) -> list[dict[str, Any]]:
+        def finished() -> bool:
+            return any(e["kind"] in ("succeeded", "failed") for e in self.of(task_id))
+
+        await wait_until(f"the terminal event of {task_id} on the stream", finished, timeout=30)
+        return self.of(task_id)
+
+
+def _check_every_delta_served(published: list[dict[str, Any]], served: list[Event]) -> None:
+    """The final attempt's deltas as the worker wrote them are exactly the ones served."""
+    attempt = max(event["attempt"] for event in published)
+    written = sorted(
+        (e for e in published if e["attempt"] == attempt and e["kind"] == "delta"),
+        key=lambda e: e["seq"],
+    )
+    got = [e.data["text"] for e in served if e.event == "delta" and e.data["attempt"] == attempt]
+    assert got == [e["text"] for e in written]
+    terminal = [e for e in published if e["attempt"] == attempt and e["kind"] == "succeeded"]
+    assert served[-1].data["text"] == terminal[0]["text"]
+
+
 def _check_stream(events: list[Event], expected_text: str) -> None:
     """Ids strictly increase, the deltas of the final attempt spell the start of the result
     (without gaps or repeats), the result comes last, once.
@@ -176,19 +236,25 @@ def _check_stream(events: list[Event], expected_text: str) -> None:
     assert len(streamed) >= len(result["text"]) // 2, (streamed, result["text"])
 
 
-async def test_sse_delivers_every_delta_and_the_result(alpha: Api) -> None:
-    task = await alpha.submit(STREAMED_PROMPT, **STREAMING)
-    events = await alpha.sse(task["id"], timeout=60)
+async def test_sse_delivers_every_delta_and_the_result(stack: Stack, alpha: Api) -> None:
+    async with ResultsTap(stack.redis_url) as tap:
+        task = await alpha.submit(STREAMED_PROMPT, **STREAMING)
+        events = await alpha.sse(task["id"], timeout=60)
+        published = await tap.wait_terminal(task["id"])
     _check_stream(events, STREAMED_PROMPT)
+    _check_every_delta_served(published, events)
     # Read again after the end: the same log, from the first event.
     again = await alpha.sse(task["id"], timeout=30)
     assert again == events
 
 
-async def test_websocket_delivers_every_delta_and_the_result(alpha: Api) -> None:
-    task = await alpha.submit(STREAMED_PROMPT, **STREAMING)
-    frames = await alpha.ws(task["id"], timeout=60)
+async def test_websocket_delivers_every_delta_and_the_result(stack: Stack, alpha: Api) -> None:
+    async with ResultsTap(stack.redis_url) as tap:
+        task = await alpha.submit(STREAMED_PROMPT, **STREAMING)
+        frames = await alpha.ws(task["id"], timeout=60)
+        published = await tap.wait_terminal(task["id"])
     _check_stream(frames, STREAMED_PROMPT)
+    _check_every_delta_served(published, frames)
     assert frames == await alpha.sse(task["id"], timeout=30)
 
 
