@@ -43,9 +43,13 @@ class RunningWorker:
 
 
 async def start_worker(
-    broker: Broker, *, providers: ProviderRegistry | None = None, **overrides: Any
+    broker: Broker,
+    *,
+    providers: ProviderRegistry | None = None,
+    started_after: float = 1.0,
+    **overrides: Any,
 ) -> RunningWorker:
-    worker = Worker(broker, settings(**overrides), providers=providers)
+    worker = Worker(broker, settings(**overrides), providers=providers, started_after=started_after)
     # The results group exists before anything is published, as the API's would.
     await broker.ensure_group(RESULTS, "test")
     return RunningWorker(worker, asyncio.create_task(worker.run()))

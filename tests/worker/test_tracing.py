@@ -42,7 +42,7 @@ async def test_result_events_carry_the_submitters_trace(
         await traced.publish(TASKS, Message(payload=converter.unstructure(task)))
     trace_id = trace.format_trace_id(request_span.get_span_context().trace_id)
 
-    worker = Worker(traced, settings(), delivery_context=process_context)
+    worker = Worker(traced, settings(), delivery_context=process_context, started_after=0.05)
     running = asyncio.create_task(worker.run())
     results = memory.consume(RESULTS, "test", "reader")
     headers = [(await anext(results)).message.headers for _ in range(2)]

@@ -3,15 +3,18 @@
 What a client sees for one attempt (``attempt`` = the task delivery's delivery count), with
 ``seq`` 0, 1, 2... in this order:
 
-1. ``started``, with the provider and model: the task is running. It is written at the next
-   tick of the worker's flush clock (every ``DELTA_FLUSH_MS``, ~100 ms), so *an attempt that
-   ends within that time has no* ``started`` *event*: its terminal event (seq 0) says all
-   there is to say, and an instant ``echo`` task costs two broker writes (the result and the
-   ack) instead of three. The API applies such a terminal event alone (the record goes from
-   ``queued`` to ``succeeded``, ``started_at`` taken from the event);
+1. ``started``, with the provider and model: the task is running. It is written just before
+   the first delta, or once the attempt has run for about a second (``started_after``)
+   without text, whichever comes first. So *an attempt that ends sooner and without deltas
+   has no* ``started`` *event*: its terminal event (seq 0) says all there is to say, and an
+   instant ``echo`` task costs two broker writes (the result and the ack) instead of three.
+   The API applies such a terminal event alone (the record goes from ``queued`` to
+   ``succeeded``, ``started_at`` taken from the event). Model calls of several seconds show
+   ``running`` within a second, or sooner with their first text;
 2. zero or more ``delta`` events, each carrying the text that arrived since the previous one,
-   written on the same ticks. A thousand concurrent streams thus cost at most ten delta
-   events per second each, whatever their chunk rate;
+   written on the ticks of the worker's flush clock (every ``DELTA_FLUSH_MS``, ~100 ms). A
+   thousand concurrent streams thus cost at most ten delta events per second each, whatever
+   their chunk rate;
 3. exactly one terminal event: ``succeeded`` carrying the *whole* answer in ``text`` (plus
    usage and finish reason), or ``failed`` carrying ``error``.
 
@@ -39,10 +42,11 @@ from .messages import ErrorInfo, EventKind, Usage
 class FlushClock:
     """One timer for the pending events of every running attempt of a worker.
 
-    An attempt with something to write (its ``started``, new text) marks itself dirty; the
-    first mark arms a single timer, and when it fires every dirty attempt writes. Nothing
-    waits more than one interval, and an attempt that ends before the tick costs a set
-    insertion, not a timer or a task of its own.
+    An attempt with something to write (new text, a ``started`` falling due) marks itself
+    dirty; the first mark arms a single timer, and when it fires every dirty attempt writes
+    what is due (or stays dirty for the next tick). Text waits at most one interval, and an
+    attempt that ends before writing anything costs a set insertion, not a timer or a task of
+    its own.
     """
 
     def __init__(self, interval: float) -> None:
@@ -60,9 +64,10 @@ class FlushClock:
 
     def _tick(self) -> None:
         self._timer = None
+        now = asyncio.get_running_loop().time()
         dirty, self._dirty = self._dirty, set()
         for events in dirty:
-            events._flush_now()
+            events._on_tick(now)
 
 
 class AttemptEvents:
@@ -82,6 +87,7 @@ class AttemptEvents:
         tenant: str,
         attempt: int,
         clock: FlushClock,
+        started_after: float = 0.0,
         provider: str | None = None,
         model: str | None = None,
     ) -> None:
@@ -93,11 +99,12 @@ class AttemptEvents:
         self.provider = provider
         self.model = model
         self._clock = clock
+        self._started_after = started_after
         self._seq = 0
         self._parts: list[str] = []  # the whole answer so far
         self._pending: list[str] = []  # text not yet sent in a delta
-        self._started_due = False  # begin() was called and ``started`` is not written yet
-        self._marked = False  # waiting in the clock's dirty set
+        self._started_due_at: float | None = None  # loop time; None: not to be written
+        self._marked = False  # waiting in the delta clock's dirty set
         self._flushing: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         self._closed = False
@@ -114,14 +121,15 @@ class AttemptEvents:
         return self._seq
 
     def begin(self) -> None:
-        """The attempt runs (on ``provider``/``model``): ``started`` goes out at the next tick,
-        unless a terminal event comes first."""
-        self._started_due = True
+        """The attempt runs (on ``provider``/``model``): ``started`` goes out before the first
+        delta, or at the first tick ``started_after`` seconds from now, unless a terminal
+        event comes first."""
+        self._started_due_at = asyncio.get_running_loop().time() + self._started_after
         self._mark()
 
     async def started(self) -> None:
-        """Publish ``started`` now (``begin()`` defers it to the next tick)."""
-        self._started_due = False
+        """Publish ``started`` now."""
+        self._started_due_at = None
         await self._publish(EventKind.STARTED)
 
     def add(self, chunk: str) -> None:
@@ -151,9 +159,7 @@ class AttemptEvents:
     def close(self) -> None:
         """Stop publishing from the clock (on any exit path); idempotent."""
         self._closed = True
-        if self._marked:
-            self._marked = False
-            self._clock.unmark(self)
+        self._unmark()
         if self._flushing is not None:
             self._flushing.cancel()
             self._flushing = None
@@ -163,18 +169,25 @@ class AttemptEvents:
             self._marked = True
             self._clock.mark(self)
 
-    def _flush_now(self) -> None:
-        """Called by the clock: start writing what is due."""
+    def _unmark(self) -> None:
+        self._marked = False
+        self._clock.unmark(self)
+
+    def _on_tick(self, now: float) -> None:
+        """Called by the clock: start writing what is due, or wait for the next tick."""
         self._marked = False
         if self._closed or self._flushing is not None:
-            return
-        if self._started_due or self._pending:
+            return  # a write in flight re-marks when done if more text came
+        due = self._started_due_at
+        if self._pending or (due is not None and now >= due):
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
+        elif due is not None:
+            self._mark()
 
     async def _flush(self) -> None:
         try:
-            if self._started_due:
-                self._started_due = False
+            if self._started_due_at is not None:  # always before the first delta
+                self._started_due_at = None
                 await self._publish(EventKind.STARTED)
             if self._pending:
                 text = "".join(self._pending)
@@ -190,10 +203,8 @@ class AttemptEvents:
 
     async def _end_flushing(self) -> None:
         self._closed = True
-        self._started_due = False  # the terminal event implies it
-        if self._marked:
-            self._marked = False
-            self._clock.unmark(self)
+        self._started_due_at = None  # the terminal event implies it
+        self._unmark()
         if self._flushing is not None:
             await self._flushing
         if self._error is not None:

@@ -6,8 +6,8 @@ The outcomes, and how the delivery is settled:
   task id and tenant, a ``failed`` event of type ``invalid_task`` is published first, so the
   client does not wait for a task that will never run);
 - unknown model: ``failed`` (``invalid_model``), ack;
-- the provider answers: ``started``, deltas, ``succeeded``, ack (``started`` and deltas only
-  for answers that take longer than one flush interval: see ``events``);
+- the provider answers: ``started``, deltas, ``succeeded``, ack (no ``started`` for an
+  answer that takes under a second and streams no delta: see ``events``);
 - the provider raises ``ProviderError``: [``started``, deltas], ``failed`` (its ``type``), ack
   (retrying retryable errors with ``nack(delay)`` comes next);
 - no answer within ``TASK_TIMEOUT_SECONDS``: ``started``, deltas, ``failed`` (``timeout``),
@@ -123,12 +123,14 @@ class TaskRunner:
         results_stream: str,
         task_timeout: float,
         flush_interval: float,
+        started_after: float = 1.0,
     ) -> None:
         self._broker = broker
         self._providers = providers
         self._results = results_stream
         self._timeout = task_timeout
         self._clock = FlushClock(flush_interval)
+        self._started_after = started_after
 
     async def handle(self, delivery: Delivery) -> None:
         """Run one delivery to its end and settle it; raises nothing but ``CancelledError``."""
@@ -144,6 +146,7 @@ class TaskRunner:
             tenant=task.tenant,
             attempt=delivery.delivery_count,
             clock=self._clock,
+            started_after=self._started_after,
         )
         try:
             await self._attempt(task, events)

@@ -53,7 +53,8 @@ class Worker:
     ``providers`` defaults to ``default_registry`` (closed by the worker at the end of
     ``run()``; a registry passed in stays the caller's to close). ``delivery_context`` wraps
     the handling of each delivery (telemetry passes one that makes the delivery's ``process``
-    span current, so result events join the task's trace).
+    span current, so result events join the task's trace). ``started_after``: how long an
+    attempt without text runs before its ``started`` event is written (see ``events``).
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class Worker:
         providers: ProviderRegistry | None = None,
         delivery_context: DeliveryContext | None = None,
         fetch_batch: int | None = None,
+        started_after: float = 1.0,
     ) -> None:
         self._broker = broker
         self._settings = settings
@@ -83,6 +85,7 @@ class Worker:
             results_stream=settings.results_stream,
             task_timeout=settings.task_timeout,
             flush_interval=settings.delta_flush_interval,
+            started_after=started_after,
         )
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
