@@ -375,7 +375,7 @@ class FakeLLM:
             if got == expected:
                 return None
             # OpenAI's real 401 quotes (part of) the key it received.
-            error = {
+            error: dict[str, Any] = {
                 "message": f"Incorrect API key provided: {got}.",
                 "type": "invalid_request_error",
                 "param": None,
@@ -385,7 +385,7 @@ class FakeLLM:
         got = request.headers.get("x-goog-api-key", "")
         if got == expected:
             return None
-        error = {
+        gemini_error: dict[str, Any] = {
             "code": 400,
             "message": f"API key not valid: {got}. Please pass a valid API key.",
             "status": "INVALID_ARGUMENT",
@@ -397,7 +397,7 @@ class FakeLLM:
                 }
             ],
         }
-        return web.json_response({"error": error}, status=400)
+        return web.json_response({"error": gemini_error}, status=400)
 
 
 def _route(path: str) -> tuple[str, str | None, bool]:

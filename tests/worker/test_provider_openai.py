@@ -3,6 +3,7 @@ over real HTTP on loopback)."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -15,11 +16,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from orchestrator_worker.messages import Usage
+from orchestrator_broker import MemoryBroker
+from orchestrator_worker.messages import EventKind, Usage
 from orchestrator_worker.providers import (
     AuthenticationFailed,
     CompletionRequest,
     ContentFiltered,
+    EchoProvider,
     HttpSettings,
     InvalidModel,
     InvalidRequest,
@@ -29,6 +32,7 @@ from orchestrator_worker.providers import (
     Overloaded,
     Provider,
     ProviderError,
+    ProviderRegistry,
     ProviderTimeout,
     ProviderUnavailable,
     QuotaExceeded,
@@ -38,6 +42,7 @@ from orchestrator_worker.providers import (
     StreamInterrupted,
 )
 from tests.support.fake_llm import FakeLLM, Reply, collect, free_port
+from tests.worker import support
 
 KEY = "sk-test-0123456789"
 
@@ -580,6 +585,40 @@ async def test_the_span_parents_under_the_current_span(
     chat = next(s for s in spans[1].get_finished_spans() if s.name.startswith("chat"))
     assert chat.parent is not None
     assert chat.parent.span_id == parent.get_span_context().span_id
+
+
+async def test_concurrent_streams_each_get_their_own_answer(
+    fake: FakeLLM, make_provider: MakeProvider
+) -> None:
+    fake.default = Reply(chunk_delay=0.01)  # echo the prompt word by word, interleaved
+    provider = make_provider()
+    prompts = [f"task {i} says hello" for i in range(40)]
+
+    results = await asyncio.gather(*(collect(provider.stream(ask(p))) for p in prompts))
+
+    assert [got.text for got in results] == prompts
+    assert all(got.error is None for got in results)
+
+
+async def test_a_task_runs_through_the_worker(fake: FakeLLM, make_provider: MakeProvider) -> None:
+    fake.script(Reply.answer("Hello", " from", " openai", usage=(4, 3)))
+    broker = MemoryBroker()
+    registry = ProviderRegistry([EchoProvider(), make_provider()])
+    running = await support.start_worker(broker, providers=registry)
+    try:
+        task = await support.submit(broker, "hi", model="openai/gpt-4o-mini")
+        found = await support.collect(broker, 1)
+    finally:
+        await running.stop()
+        await broker.close()
+
+    last = found[task.task_id][-1]
+    assert last.kind is EventKind.SUCCEEDED
+    assert last.text == "Hello from openai"
+    assert last.provider == "openai"
+    assert last.model == "gpt-4o-mini"
+    assert last.usage == Usage(input_tokens=4, output_tokens=3)
+    assert last.finish_reason == "stop"
 
 
 def test_the_provider_repr_shows_no_key() -> None:

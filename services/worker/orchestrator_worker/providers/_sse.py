@@ -94,7 +94,7 @@ async def sse_events(
             piece = await anext(chunks)
         except StopAsyncIteration:
             return
-        except aiohttp.ServerTimeoutError as exc:
+        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
             raise ProviderTimeout(f"{label}: no data for too long while streaming") from exc
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
             raise StreamInterrupted(

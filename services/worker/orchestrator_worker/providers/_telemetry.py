@@ -74,6 +74,7 @@ class CallSpan:
         self._span = tracer.start_span(f"chat {model}", kind=SpanKind.CLIENT, attributes=attributes)
         self.trace_content = trace_content
         self._ended = False
+        self._outcome = False
 
     def response(self, *, model: str | None = None, response_id: str | None = None) -> None:
         """What the provider said about itself (first chunk): served model, response id."""
@@ -84,6 +85,7 @@ class CallSpan:
 
     def succeeded(self, usage: Usage | None, finish_reason: str | None, text: str) -> None:
         """The answer is complete: usage, finish reason, and the text when content is on."""
+        self._outcome = True
         if finish_reason:
             self._span.set_attribute("gen_ai.response.finish_reasons", (finish_reason,))
         if usage is not None:
@@ -100,14 +102,16 @@ class CallSpan:
 
     def failed(self, error: ProviderError) -> None:
         """The call failed: ``error.type`` and an ERROR status with the (secret-free) message."""
+        self._outcome = True
         self._span.set_attribute("error.type", error.type)
         if error.status is not None:
             self._span.set_attribute("http.response.status_code", error.status)
         self._span.set_status(Status(StatusCode.ERROR, error.message))
 
     def cancelled(self) -> None:
-        """The worker stopped reading (task timeout, shutdown)."""
-        self._span.set_attribute("error.type", "cancelled")
+        """The worker stopped reading before the end (task timeout, shutdown)."""
+        if not self._outcome:
+            self._span.set_attribute("error.type", "cancelled")
 
     def end(self) -> None:
         if not self._ended:

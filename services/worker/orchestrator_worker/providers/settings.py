@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import attrs
 import yarl
@@ -187,7 +187,7 @@ def _connections(variable: str, raw: str) -> int:
 
 
 def _boolean(variable: str, raw: str) -> bool:
-    value: Any = raw.lower()
+    value = raw.lower()
     if value in ("1", "true", "yes", "on"):
         return True
     if value in ("0", "false", "no", "off"):
