@@ -135,6 +135,12 @@ def test_echo_checks_its_own_knobs(parameters: dict[str, Any], valid: bool) -> N
     assert (validate_parameters("echo/anything", parameters) == []) is valid
 
 
+def test_messages_read_plainly() -> None:
+    assert validate_parameters("echo", {"latency_ms": "slow"}) == [
+        ("parameters.latency_ms", "must be a number from 0 to 3600000")
+    ]
+
+
 def test_echo_failures_match_the_echo_provider() -> None:
     assert frozenset(echo_module._FAILURES) == ECHO_FAILURES
 

@@ -93,12 +93,19 @@ def _is_number(value: Any) -> bool:
 
 
 def _number(low: float, high: float) -> Check:
+    message = f"must be a number from {_plain(low)} to {_plain(high)}"
+
     def check(_: str, value: Any) -> str | None:
         if not _is_number(value) or not low <= value <= high:
-            return f"must be a number from {low:g} to {high:g}"
+            return message
         return None
 
     return check
+
+
+def _plain(number: float) -> str:
+    """``3600000`` rather than ``3.6e+06``, ``0.5`` rather than ``0.50``."""
+    return str(int(number)) if float(number).is_integer() else str(number)
 
 
 def _integer(low: int, high: int | None = None) -> Check:
