@@ -227,6 +227,14 @@ class FakeLLM:
             else:
                 self._keys[api] = key
 
+    def reset(self) -> None:
+        """Forget the script, the responder, required keys and the request log."""
+        self._script.clear()
+        self._responder = None
+        self._keys.clear()
+        self.requests.clear()
+        self.default = Reply()
+
     @property
     def count(self) -> int:
         """How many requests arrived."""

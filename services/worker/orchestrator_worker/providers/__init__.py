@@ -1,4 +1,10 @@
-"""LLM providers behind one small protocol, routed by model prefix."""
+"""LLM providers behind one small protocol, routed by model prefix.
+
+``echo`` (offline), ``openai/<model>`` (any OpenAI-compatible Chat Completions API) and
+``gemini/<model>`` (Google's Generative Language API); ``registry_from_env`` builds a worker's
+registry from its environment (``settings``), ``validate_parameters`` checks a task's
+parameters by model prefix (the API runs it at submit time), ``errors`` classifies failures.
+"""
 
 from .echo import EchoProvider
 from .errors import (
