@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from typing import Any
 
 from orchestrator_broker import Broker, Message
@@ -40,34 +41,53 @@ from .messages import ErrorInfo, EventKind, Usage
 
 
 class FlushClock:
-    """One timer for the pending events of every running attempt of a worker.
+    """One timer for the pending writes of every running attempt of a worker.
 
-    An attempt with something to write (new text, a ``started`` falling due) marks itself
-    dirty; the first mark arms a single timer, and when it fires every dirty attempt writes
-    what is due (or stays dirty for the next tick). Text waits at most one interval, and an
-    attempt that ends before writing anything costs a set insertion, not a timer or a task of
-    its own.
+    An attempt with new text marks itself dirty; the first mark arms a single timer, ticking
+    every ``interval`` while anything is pending, and on each tick every dirty attempt writes
+    its delta. Text thus waits at most one interval, and an attempt that ends before writing
+    anything costs a set insertion, not a timer or a task of its own.
+
+    ``started`` events fall due ``started_after`` seconds after their attempt began: as that
+    delay is the same for all, they wait in a first-in-first-out queue and a tick pops only
+    those due, whatever the number of long-running attempts.
     """
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, started_after: float = 0.0) -> None:
         self.interval = interval
+        self.started_after = started_after
         self._dirty: set[AttemptEvents] = set()
+        self._due: deque[tuple[float, AttemptEvents]] = deque()
         self._timer: asyncio.TimerHandle | None = None
 
     def mark(self, events: AttemptEvents) -> None:
+        """``events`` has text to write at the next tick."""
         self._dirty.add(events)
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
+        self._arm()
 
     def unmark(self, events: AttemptEvents) -> None:
         self._dirty.discard(events)
 
+    def expect_started(self, events: AttemptEvents) -> None:
+        """``events`` began now; its ``started`` falls due ``started_after`` from now."""
+        self._due.append((asyncio.get_running_loop().time() + self.started_after, events))
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
+
     def _tick(self) -> None:
         self._timer = None
-        now = asyncio.get_running_loop().time()
         dirty, self._dirty = self._dirty, set()
         for events in dirty:
-            events._on_tick(now)
+            events._on_tick()
+        due = self._due
+        now = asyncio.get_running_loop().time()
+        while due and due[0][0] <= now:
+            due.popleft()[1]._on_started_due()  # ended attempts ignore it
+        if due or self._dirty:
+            self._arm()
 
 
 class AttemptEvents:
@@ -87,7 +107,6 @@ class AttemptEvents:
         tenant: str,
         attempt: int,
         clock: FlushClock,
-        started_after: float = 0.0,
         provider: str | None = None,
         model: str | None = None,
     ) -> None:
@@ -99,11 +118,10 @@ class AttemptEvents:
         self.provider = provider
         self.model = model
         self._clock = clock
-        self._started_after = started_after
         self._seq = 0
         self._parts: list[str] = []  # the whole answer so far
         self._pending: list[str] = []  # text not yet sent in a delta
-        self._started_due_at: float | None = None  # loop time; None: not to be written
+        self._started_due = False  # begun, and ``started`` not written yet
         self._marked = False  # waiting in the delta clock's dirty set
         self._flushing: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
@@ -122,14 +140,14 @@ class AttemptEvents:
 
     def begin(self) -> None:
         """The attempt runs (on ``provider``/``model``): ``started`` goes out before the first
-        delta, or at the first tick ``started_after`` seconds from now, unless a terminal
-        event comes first."""
-        self._started_due_at = asyncio.get_running_loop().time() + self._started_after
-        self._mark()
+        delta, or at the first tick ``clock.started_after`` seconds from now, unless a
+        terminal event comes first."""
+        self._started_due = True
+        self._clock.expect_started(self)
 
     async def started(self) -> None:
         """Publish ``started`` now."""
-        self._started_due_at = None
+        self._started_due = False
         await self._publish(EventKind.STARTED)
 
     def add(self, chunk: str) -> None:
@@ -163,6 +181,9 @@ class AttemptEvents:
         if self._flushing is not None:
             self._flushing.cancel()
             self._flushing = None
+        # The clock's started queue may hold this object up to ``started_after`` longer.
+        self._parts.clear()
+        self._pending.clear()
 
     def _mark(self) -> None:
         if not self._marked and self._flushing is None and not self._closed:
@@ -173,21 +194,22 @@ class AttemptEvents:
         self._marked = False
         self._clock.unmark(self)
 
-    def _on_tick(self, now: float) -> None:
-        """Called by the clock: start writing what is due, or wait for the next tick."""
+    def _on_tick(self) -> None:
+        """Called by the clock for new text: write it (with ``started`` first if not out)."""
         self._marked = False
-        if self._closed or self._flushing is not None:
-            return  # a write in flight re-marks when done if more text came
-        due = self._started_due_at
-        if self._pending or (due is not None and now >= due):
+        if self._pending and not self._closed and self._flushing is None:
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
-        elif due is not None:
-            self._mark()
+        # (a write in flight re-marks when done if more text came)
+
+    def _on_started_due(self) -> None:
+        """Called by the clock ``started_after`` after ``begin()``."""
+        if self._started_due and not self._closed and self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
         try:
-            if self._started_due_at is not None:  # always before the first delta
-                self._started_due_at = None
+            if self._started_due:  # always before the first delta
+                self._started_due = False
                 await self._publish(EventKind.STARTED)
             if self._pending:
                 text = "".join(self._pending)
@@ -203,7 +225,7 @@ class AttemptEvents:
 
     async def _end_flushing(self) -> None:
         self._closed = True
-        self._started_due_at = None  # the terminal event implies it
+        self._started_due = False  # the terminal event implies it
         self._unmark()
         if self._flushing is not None:
             await self._flushing

@@ -129,8 +129,7 @@ class TaskRunner:
         self._providers = providers
         self._results = results_stream
         self._timeout = task_timeout
-        self._clock = FlushClock(flush_interval)
-        self._started_after = started_after
+        self._clock = FlushClock(flush_interval, started_after)
 
     async def handle(self, delivery: Delivery) -> None:
         """Run one delivery to its end and settle it; raises nothing but ``CancelledError``."""
@@ -146,7 +145,6 @@ class TaskRunner:
             tenant=task.tenant,
             attempt=delivery.delivery_count,
             clock=self._clock,
-            started_after=self._started_after,
         )
         try:
             await self._attempt(task, events)
