@@ -15,8 +15,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,44 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serving_in_thread(
+    start: Callable[[], Awaitable[object]],
+    stop: Callable[[], Awaitable[object]],
+    *,
+    timeout: float = 10.0,
+) -> Iterator[None]:
+    """Run an asyncio server (``start()`` ... ``stop()``) on a private loop in a daemon thread
+    for the ``with`` block: for module-scoped fixtures, which outlive each test's loop."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(start())
+        except BaseException as exc:  # reported to the caller below
+            failure.append(exc)
+            ready.set()
+            loop.close()
+            return
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(stop())
+        loop.close()
+
+    thread = threading.Thread(target=serve, name="e2e-server", daemon=True)
+    thread.start()
+    if not ready.wait(timeout) or failure:
+        raise RuntimeError(f"server did not start: {failure}")
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
 
 
 # ---- processes ----------------------------------------------------------------------------
@@ -262,10 +301,10 @@ class Api:
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
     async def post_task(
-        self, prompt: str, *, timeout: float = 30.0, **parameters: Any
+        self, prompt: str, *, model: str = "echo", timeout: float = 30.0, **parameters: Any
     ) -> tuple[int, dict[str, str], dict[str, Any]]:
-        """``POST /v1/tasks`` with the echo model: (status, headers, JSON body)."""
-        body: dict[str, Any] = {"prompt": prompt, "model": "echo"}
+        """``POST /v1/tasks`` (the echo model unless told): (status, headers, JSON body)."""
+        body: dict[str, Any] = {"prompt": prompt, "model": model}
         if parameters:
             body["parameters"] = parameters
         async with self.session.post(

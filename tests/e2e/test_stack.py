@@ -31,8 +31,10 @@ from tests.e2e.support import (
     clean_env,
     final_attempt_text,
     prompt_of,
+    serving_in_thread,
     wait_until,
 )
+from tests.support.fake_llm import FakeLLM
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -80,7 +82,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         encoding="utf-8",
     )
     state_dir = directory / "state"
-    with OtlpReceiver().in_thread() as receiver:
+    fake = FakeLLM()  # the OpenAI-compatible API the workers' openai provider calls
+    with (
+        OtlpReceiver().in_thread() as receiver,
+        serving_in_thread(fake.start, fake.close),
+    ):
+        with worker_env.open("a", encoding="utf-8") as env_file:
+            env_file.write(f"OPENAI_BASE_URL={fake.openai_base_url}\n")
         result = _run_stack(
             "up",
             "--state-dir", str(state_dir),
@@ -394,3 +402,37 @@ async def test_one_trace_spans_the_api_the_broker_and_the_worker(stack: Stack, a
         (s.name, s.kind, getattr(by_id.get(s.parent_span_id), "name", "")) for s in worker_spans
     ]
     assert provider, f"no provider call span (CLIENT) under process tasks; worker spans: {shape}"
+
+
+async def test_a_real_provider_call_is_a_client_span_in_the_tasks_trace(
+    stack: Stack, alpha: Api
+) -> None:
+    """An openai task (against a fake OpenAI-compatible server on loopback) runs the real
+    provider client; its call is a ``chat <model>`` CLIENT span under ``process tasks``."""
+    status, headers, task = await alpha.post_task("ask the model", model="openai/gpt-e2e")
+    assert status == 202, task
+    trace_id = headers["traceparent"].split("-")[1]
+    done = await alpha.wait_done(task["id"])
+    assert done["status"] == "succeeded", done["error"]
+    assert done["result"]["text"] == "ask the model"  # the fake echoes the prompt
+
+    def mine() -> list[ReceivedSpan]:
+        return [s for s in stack.receiver.spans if s.trace_id == trace_id]
+
+    def has_call() -> bool:
+        names = {s.name for s in mine()}
+        return "process tasks" in names and any(s.kind == "CLIENT" for s in mine())
+
+    try:
+        await wait_until("the model call's span arrived", has_call, timeout=30)
+    except AssertionError as exc:
+        got = [(s.service_name, s.name, s.kind) for s in mine()]
+        raise AssertionError(f"{exc}; spans of trace {trace_id}: {got}") from None
+    spans = mine()
+    process_tasks = _one(spans, "process tasks", WORKER_APP_ID)
+    call = next(s for s in spans if s.kind == "CLIENT")
+    assert call.service_name == WORKER_APP_ID
+    assert call.parent_span_id == process_tasks.span_id
+    assert call.name == "chat gpt-e2e"
+    assert call.attributes.get("gen_ai.provider.name") == "openai"
+    assert "ask the model" not in str(call.attributes)  # no content on spans by default
