@@ -404,7 +404,7 @@ async def test_silence_past_the_read_timeout_is_a_timeout(
 ) -> None:
     fake.script(Reply.stalled(30, "first ", "second", after=1))
 
-    got = await collect(make_provider(read_timeout=0.3).stream(ask()))
+    got = await collect(make_provider(read_timeout=1.0).stream(ask()))
 
     assert got.chunks == ["first "]
     assert isinstance(got.error, ProviderTimeout)
@@ -416,7 +416,7 @@ async def test_no_response_headers_within_the_read_timeout_is_a_timeout(
 ) -> None:
     fake.script(Reply.answer("late", delay=30))
 
-    got = await collect(make_provider(read_timeout=0.3).stream(ask()))
+    got = await collect(make_provider(read_timeout=1.0).stream(ask()))
 
     assert isinstance(got.error, ProviderTimeout)
 

@@ -94,7 +94,7 @@ def _providers(
     base_url: str | None, fake: FakeLLM, tracer_provider: TracerProvider
 ) -> list[OpenAIProvider | GeminiProvider]:
     # TRACE_CONTENT on: the most that can go on a span.
-    http = HttpSettings(read_timeout=0.3, trace_content=True)
+    http = HttpSettings(read_timeout=1.0, trace_content=True)
     return [
         OpenAIProvider(
             OpenAISettings(
