@@ -26,7 +26,7 @@ from orchestrator_telemetry import (
 )
 from orchestrator_worker import service as worker_service
 from orchestrator_worker.config import WorkerSettings
-from orchestrator_worker.providers import default_registry
+from orchestrator_worker.providers import registry_from_env
 from orchestrator_worker.worker import Worker
 
 from . import service as api_service
@@ -117,7 +117,11 @@ async def _run_single_process(args: argparse.Namespace, environ: Mapping[str, st
     telemetry = setup_telemetry(telemetry_settings)
     adapter, store, backend = api_service.build_resources(api)
     broker = TracingBroker(adapter, tracer_provider=telemetry.tracer_provider)
-    registry = default_registry(worker_settings.default_model)
+    registry = registry_from_env(
+        env,
+        default_model=worker_settings.default_model,
+        tracer_provider=telemetry.tracer_provider,
+    )
     worker = Worker(
         broker, worker_settings, providers=registry, delivery_context=process_context
     )
