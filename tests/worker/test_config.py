@@ -124,3 +124,43 @@ def test_the_entry_point_exits_with_one_line_on_a_bad_setting(
     assert capsys.readouterr().err.strip().splitlines() == [
         "configuration error: NUMBER_OF_WORKERS: 'many' is not a whole number"
     ]
+
+
+def test_provider_settings_are_read_and_keys_stay_hidden() -> None:
+    settings = WorkerSettings.from_env({"OPENAI_API_KEY": "sk-very-secret", "GEMINI_API_KEY": "g"})
+
+    assert settings.providers is not None
+    assert "sk-very-secret" not in repr(settings)
+    assert "sk-very-secret" not in repr(settings.providers)
+
+
+async def test_a_default_model_no_provider_serves_stops_the_process_at_startup() -> None:
+    import asyncio
+    import os
+    import sys
+
+    from tests.support.redis_server import free_port
+
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "JAEGER"))},
+        "DEFAULT_MODEL": "nonesuch/model",
+        "REDIS_URI": f"redis://127.0.0.1:{free_port()}/0",  # never contacted
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "orchestrator_worker",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        _, err = await process.communicate()
+
+    assert process.returncode == 2
+    assert (
+        err.decode()
+        .strip()
+        .splitlines()[-1]
+        .startswith("configuration error: DEFAULT_MODEL: 'nonesuch/model' names no provider")
+    )

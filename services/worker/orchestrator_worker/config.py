@@ -15,6 +15,7 @@ from orchestrator_telemetry import TelemetrySettings
 from orchestrator_telemetry.logs import LogFormat
 
 from .errors import ConfigError
+from .providers.settings import ProviderSettings
 
 _T = TypeVar("_T")
 
@@ -62,7 +63,9 @@ class WorkerSettings:
     ============================ ========================= =======================================
 
     The ``OTEL_*`` variables (sampler, headers, ``OTEL_SDK_DISABLED``...) are read by
-    ``orchestrator_telemetry.TelemetrySettings`` into ``telemetry``.
+    ``orchestrator_telemetry.TelemetrySettings`` into ``telemetry``; the provider variables
+    (``OPENAI_API_KEY``, ``GEMINI_API_KEY``, base URLs, timeouts) by
+    ``providers.ProviderSettings`` into ``providers``.
 
     A malformed value raises ``ConfigError`` (or ``TelemetryConfigError`` for the trace
     settings) naming the variable.
@@ -85,6 +88,7 @@ class WorkerSettings:
     log_level: str = "INFO"
     log_format: LogFormat = "plain"
     telemetry: TelemetrySettings | None = attrs.field(default=None, repr=False)
+    providers: ProviderSettings | None = attrs.field(default=None, repr=False)
 
     @property
     def delta_flush_interval(self) -> float:
@@ -123,6 +127,7 @@ class WorkerSettings:
             value = read(variable, parse)
             if value is not None:
                 values[field] = value
+        values["providers"] = ProviderSettings.from_env(environ)
         values["telemetry"] = TelemetrySettings.from_env(
             environ, default_service_name=values.get("app_id", defaults.app_id)
         )

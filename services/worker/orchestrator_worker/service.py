@@ -27,7 +27,7 @@ from orchestrator_telemetry import (
 
 from .config import WorkerSettings
 from .errors import ConfigError
-from .providers import ProviderRegistry, default_registry
+from .providers import InvalidModel, ProviderRegistry, default_registry
 from .worker import Worker
 
 log = logging.getLogger("orchestrator_worker")
@@ -65,11 +65,25 @@ async def serve(
         {"APP_ID": settings.app_id, "JAEGER_URI": settings.jaeger_uri or ""}
     )
     telemetry = setup_telemetry(telemetry_settings)
+    own_providers = providers is None
+    registry = providers or default_registry(
+        settings.default_model,
+        settings=settings.providers,
+        tracer_provider=telemetry.tracer_provider,
+    )
+    try:
+        registry.resolve(settings.default_model)
+    except InvalidModel:
+        if own_providers:
+            await registry.close()
+        await telemetry.aclose()
+        known = ", ".join(registry.names)
+        raise ConfigError(
+            "DEFAULT_MODEL", f"{settings.default_model!r} names no provider (known: {known})"
+        ) from None
     own_broker = broker is None
     adapter = broker if broker is not None else connect_broker(settings)
     traced = TracingBroker(adapter, tracer_provider=telemetry.tracer_provider)
-    own_providers = providers is None
-    registry = providers or default_registry(settings.default_model)
     worker = Worker(traced, settings, providers=registry, delivery_context=process_context)
 
     loop = asyncio.get_running_loop()
@@ -145,7 +159,7 @@ def main(environ: Mapping[str, str] | None = None) -> None:
     """
     try:
         settings = WorkerSettings.from_env(os.environ if environ is None else environ)
+        asyncio.run(serve(settings))
     except (ConfigError, TelemetryConfigError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    asyncio.run(serve(settings))

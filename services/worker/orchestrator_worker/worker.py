@@ -50,11 +50,12 @@ def default_fetch_batch(concurrency: int) -> int:
 class Worker:
     """Consumes the tasks stream and runs up to ``settings.concurrency`` tasks at once.
 
-    ``providers`` defaults to ``default_registry`` (closed by the worker at the end of
-    ``run()``; a registry passed in stays the caller's to close). ``delivery_context`` wraps
-    the handling of each delivery (telemetry passes one that makes the delivery's ``process``
-    span current, so result events join the task's trace). ``started_after``: how long an
-    attempt without text runs before its ``started`` event is written (see ``events``).
+    ``providers`` defaults to ``default_registry`` with ``settings.providers`` (closed by
+    the worker at the end of ``run()``; a registry passed in stays the caller's to close).
+    ``delivery_context`` wraps the handling of each delivery (telemetry passes one that makes
+    the delivery's ``process`` span current, so result events join the task's trace).
+    ``started_after``: how long an attempt without text runs before its ``started`` event is
+    written (see ``events``).
     """
 
     def __init__(
@@ -70,7 +71,9 @@ class Worker:
         self._broker = broker
         self._settings = settings
         self._owns_providers = providers is None
-        self._providers = providers or default_registry(settings.default_model)
+        self._providers = providers or default_registry(
+            settings.default_model, settings=settings.providers
+        )
         self._delivery_context = delivery_context
         self.consumer = settings.consumer_name or default_consumer_name(settings.app_id)
         self._options = ConsumeOptions(
