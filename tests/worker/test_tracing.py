@@ -15,6 +15,7 @@ from orchestrator_broker import MemoryBroker, Message
 from orchestrator_telemetry import TracingBroker, process_context
 from orchestrator_worker import TaskMessage, Worker
 from orchestrator_worker.messages import converter
+from orchestrator_worker.providers import EchoProvider, ProviderRegistry
 from tests.worker.support import RESULTS, TASKS, settings, wait_for
 
 
@@ -42,7 +43,13 @@ async def test_result_events_carry_the_submitters_trace(
         await traced.publish(TASKS, Message(payload=converter.unstructure(task)))
     trace_id = trace.format_trace_id(request_span.get_span_context().trace_id)
 
-    worker = Worker(traced, settings(), delivery_context=process_context, started_after=0.05)
+    worker = Worker(
+        traced,
+        settings(),
+        providers=ProviderRegistry([EchoProvider(tracer_provider=provider)]),
+        delivery_context=process_context,
+        started_after=0.05,
+    )
     running = asyncio.create_task(worker.run())
     results = memory.consume(RESULTS, "test", "reader")
     headers = [(await anext(results)).message.headers for _ in range(2)]
@@ -63,3 +70,10 @@ async def test_result_events_carry_the_submitters_trace(
     assert len(sends) == 2
     assert all(span.parent is not None for span in sends)
     assert {span.parent.span_id for span in sends if span.parent} == {process.context.span_id}
+    (call,) = [span for span in finished if span.name == "chat echo"]
+    assert call.kind is trace.SpanKind.CLIENT
+    assert call.parent is not None
+    assert call.parent.span_id == process.context.span_id
+    assert call.attributes is not None
+    assert call.attributes["gen_ai.provider.name"] == "echo"
+    assert call.attributes["gen_ai.usage.output_tokens"] == 1

@@ -19,6 +19,10 @@ Task parameters it understands:
 
 Usage is approximate: tokens are counted as whitespace-separated words (input: system and
 prompt; output: the answer).
+
+Like the real providers, each call is a ``chat echo`` CLIENT span (GenAI conventions:
+``gen_ai.provider.name`` ``echo``, request model, usage, finish reason or ``error.type``), a
+child of the worker's ``process`` span, so a trace looks the same whatever the model.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ..messages import Usage
 from .errors import (
@@ -70,9 +77,15 @@ def count_words(text: str | None) -> int:
 
 
 class EchoProvider:
-    """Answers every prompt with itself; see the module docstring for its parameters."""
+    """Answers every prompt with itself; see the module docstring for its parameters.
+
+    ``tracer_provider`` defaults to the global one (looked up when used).
+    """
 
     name = "echo"
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
 
     def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
         # Validate before the generator starts, so bad parameters fail even unconsumed.
@@ -88,27 +101,45 @@ class EchoProvider:
         chunk_delay: float,
         failure: type[ProviderError] | None,
     ) -> AsyncIterator[StreamItem]:
-        if latency:
-            await asyncio.sleep(latency)
-        if failure is not None:
-            raise failure(f"echo was asked to fail with {failure.type}", retry_after=1.0)
-        if chunk_delay:
-            first = True
-            for match in _CHUNK.finditer(request.prompt):
-                if not first:
-                    await asyncio.sleep(chunk_delay)
-                first = False
-                yield match.group()
-        else:
-            for chunk in _grouped(request.prompt):
-                yield chunk
-        yield Finish(
-            usage=Usage(
+        span = self._tracer.start_span(
+            "chat echo",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": "echo",
+                "gen_ai.request.model": request.model,
+            },
+        )
+        try:
+            if latency:
+                await asyncio.sleep(latency)
+            if failure is not None:
+                raise failure(f"echo was asked to fail with {failure.type}", retry_after=1.0)
+            if chunk_delay:
+                first = True
+                for match in _CHUNK.finditer(request.prompt):
+                    if not first:
+                        await asyncio.sleep(chunk_delay)
+                    first = False
+                    yield match.group()
+            else:
+                for chunk in _grouped(request.prompt):
+                    yield chunk
+            usage = Usage(
                 input_tokens=count_words(request.system) + count_words(request.prompt),
                 output_tokens=count_words(request.prompt),
-            ),
-            finish_reason="stop",
-        )
+            )
+            if span.is_recording():
+                span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
+                span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+                span.set_attribute("gen_ai.response.finish_reasons", ("stop",))
+            yield Finish(usage=usage, finish_reason="stop")
+        except ProviderError as exc:
+            span.set_attribute("error.type", exc.type)
+            span.set_status(Status(StatusCode.ERROR, exc.message))
+            raise
+        finally:
+            span.end()
 
     async def close(self) -> None:
         """Nothing to release."""
