@@ -13,8 +13,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from orchestrator_telemetry import (
+    ContextOnlyTracerProvider,
     TelemetrySettings,
     current_trace_id,
     extract_context,
@@ -38,9 +40,11 @@ def test_unconfigured_tracing_has_no_exporter_but_real_trace_ids(
         telemetry = setup_telemetry(settings(), set_global=False)
         assert telemetry.exporter is None
         assert not telemetry.exporting
-        assert isinstance(telemetry.tracer_provider, TracerProvider)
+        # Nothing is exported, so nothing is recorded: only span contexts are made.
+        assert isinstance(telemetry.tracer_provider, ContextOnlyTracerProvider)
         assert threading.active_count() == threads_before  # no export worker thread
         with telemetry.tracer("test").start_as_current_span("request") as span:
+            assert not span.is_recording()
             assert span.get_span_context().is_valid
             assert current_trace_id() is not None
             assert "traceparent" in inject_headers()
@@ -55,9 +59,21 @@ def test_unconfigured_tracing_has_no_exporter_but_real_trace_ids(
 def test_unconfigured_tracing_continues_an_incoming_trace() -> None:
     telemetry = setup_telemetry(settings(), set_global=False)
     parent = extract_context({"traceparent": TRACEPARENT})
-    with telemetry.tracer("test").start_as_current_span("child", context=parent):
+    with telemetry.tracer("test").start_as_current_span("child", context=parent) as span:
         assert current_trace_id() == "0af7651916cd43dd8448eb211c80319c"
+        assert span.get_span_context().span_id != int("b7ad6b7169203331", 16)
+        assert span.get_span_context().trace_flags.sampled  # the caller's decision, passed on
     telemetry.shutdown()
+
+
+def test_an_exporter_passed_in_records_even_without_an_endpoint() -> None:
+    exporter = InMemorySpanExporter()
+    telemetry = setup_telemetry(settings(), set_global=False, exporter=exporter)
+    assert isinstance(telemetry.tracer_provider, TracerProvider)
+    with telemetry.tracer("test").start_as_current_span("recorded") as span:
+        assert span.is_recording()
+    telemetry.shutdown()
+    assert [s.name for s in exporter.get_finished_spans()] == ["recorded"]
 
 
 def test_sdk_disabled_uses_a_no_op_provider_that_passes_context_through() -> None:
@@ -76,6 +92,7 @@ def test_resource_carries_service_identity_and_extra_attributes() -> None:
     telemetry = setup_telemetry(
         settings(OTEL_RESOURCE_ATTRIBUTES="deployment.environment.name=staging"),
         set_global=False,
+        exporter=InMemorySpanExporter(),  # a recording provider: the resource goes with spans
     )
     assert isinstance(telemetry.tracer_provider, TracerProvider)
     attributes = telemetry.tracer_provider.resource.attributes

@@ -58,7 +58,14 @@ class Message:
 
     def with_headers(self, extra: Mapping[str, str]) -> Message:
         """A copy with ``extra`` merged over the existing headers."""
-        return attrs.evolve(self, headers={**self.headers, **extra})
+        return self.replace_headers({**self.headers, **extra})
+
+    def replace_headers(self, headers: Mapping[str, str]) -> Message:
+        """A copy with exactly ``headers`` (``attrs.evolve`` without its per-call
+        introspection: tracing calls this on every publish). Name every field here."""
+        return Message(
+            payload=self.payload, id=self.id, headers=headers, created_at=self.created_at
+        )
 
 
 def encode_fields(message: Message, prior_deliveries: int = 0) -> dict[str, bytes | str]:

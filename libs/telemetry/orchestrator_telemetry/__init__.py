@@ -16,6 +16,7 @@ See ``tracing_broker`` for how a worker makes a delivery's ``process`` span curr
 """
 
 from .config import TelemetrySettings, jaeger_uri_endpoint
+from .context_only import ContextOnlyTracerProvider, is_context_only
 from .errors import TelemetryConfigError, TelemetryError
 from .instrumentation import client_trace_config, instrument_app, server_middleware
 from .logs import JsonFormatter, LoggingSettings, TraceContextFilter, setup_logging
@@ -25,12 +26,14 @@ from .propagation import (
     extract_context,
     inject_headers,
     inject_message,
+    inject_span_context,
     remote_span_context,
 )
 from .setup import Telemetry, setup_telemetry
 from .tracing_broker import TracedDelivery, TracingBroker, process_context
 
 __all__ = [
+    "ContextOnlyTracerProvider",
     "JsonFormatter",
     "LoggingSettings",
     "Telemetry",
@@ -46,7 +49,9 @@ __all__ = [
     "extract_context",
     "inject_headers",
     "inject_message",
+    "inject_span_context",
     "instrument_app",
+    "is_context_only",
     "jaeger_uri_endpoint",
     "process_context",
     "remote_span_context",

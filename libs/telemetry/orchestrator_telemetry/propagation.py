@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TypeAlias
 
-import attrs
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
@@ -27,8 +26,10 @@ Carrier: TypeAlias = (
     Mapping[str, str | bytes] | Mapping[bytes, str | bytes] | Mapping[str | bytes, str | bytes]
 )
 
+_BAGGAGE = W3CBaggagePropagator()
+
 #: The propagator for message headers.
-PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), _BAGGAGE])
 
 #: The header names the propagator writes.
 TRACE_HEADERS = frozenset(PROPAGATOR.fields)
@@ -66,6 +67,37 @@ class HeadersGetter(Getter[Carrier]):
 _getter = HeadersGetter()
 
 
+def traceparent(span_context: trace.SpanContext) -> str:
+    """The W3C ``traceparent`` value for ``span_context`` (version 00)."""
+    return (
+        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+        f"{span_context.trace_flags:02x}"
+    )
+
+
+def inject_span_context(
+    headers: Mapping[str, str] | None,
+    span_context: trace.SpanContext,
+    context: Context | None = None,
+) -> dict[str, str]:
+    """``headers`` plus ``traceparent``/``tracestate`` of ``span_context`` and the baggage of
+    ``context`` (default: the current one): what ``PROPAGATOR`` writes, without a span.
+
+    An unsampled context is written too (flags ``00``): the trace id still travels. An invalid
+    one writes no ``traceparent``. Stale trace headers in ``headers`` are dropped first.
+    """
+    carrier: dict[str, str] = {}
+    if headers:
+        carrier = {k: v for k, v in headers.items() if k.lower() not in TRACE_HEADERS}
+    if span_context.is_valid:
+        carrier["traceparent"] = traceparent(span_context)
+        if span_context.trace_state:
+            carrier["tracestate"] = span_context.trace_state.to_header()
+    if baggage.get_all(context):
+        _BAGGAGE.inject(carrier, context=context)
+    return carrier
+
+
 def inject_headers(
     headers: Mapping[str, str] | None = None, *, context: Context | None = None
 ) -> dict[str, str]:
@@ -74,14 +106,13 @@ def inject_headers(
     Stale trace headers in ``headers`` are dropped first, so a republished message never
     carries its previous hop's parent.
     """
-    carrier = {k: v for k, v in (headers or {}).items() if k.lower() not in TRACE_HEADERS}
-    PROPAGATOR.inject(carrier, context=context)
-    return carrier
+    span_context = trace.get_current_span(context).get_span_context()
+    return inject_span_context(headers, span_context, context)
 
 
 def inject_message(message: Message, *, context: Context | None = None) -> Message:
     """A copy of ``message`` whose headers carry ``context`` (default: the current one)."""
-    return attrs.evolve(message, headers=inject_headers(message.headers, context=context))
+    return message.replace_headers(inject_headers(message.headers, context=context))
 
 
 def extract_context(carrier: Carrier, *, context: Context | None = None) -> Context:

@@ -45,7 +45,8 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from orchestrator_broker import Broker, ConsumeOptions, DeadLetter, Delivery, Message
 
 from .config import package_version
-from .propagation import extract_context, inject_message
+from .context_only import ContextOnlyTracer
+from .propagation import extract_context, inject_message, inject_span_context
 
 #: Our own attributes (no semantic convention covers settlement yet).
 SETTLEMENT = "orchestrator.delivery.settlement"
@@ -226,6 +227,8 @@ class TracingBroker:
         self._system = system
         provider = tracer_provider or trace.get_tracer_provider()
         self._tracer = provider.get_tracer(_TRACER_NAME, package_version())
+        # Tracing off: spans are never recorded, so skip building them (ids still travel).
+        self._ids_only = self._tracer if isinstance(self._tracer, ContextOnlyTracer) else None
         self._open: set[TracedDelivery] = set()
         self._delivery_count_key = delivery_count_attribute(system)
         self._entry_id_key = entry_id_attribute(system)
@@ -241,6 +244,13 @@ class TracingBroker:
 
     async def publish(self, stream: str, message: Message) -> str:
         """Publish in a ``send <stream>`` PRODUCER span whose context the headers carry."""
+        ids_only = self._ids_only
+        if ids_only is not None:
+            # The span would record nothing: only its context (a fresh span id in the current
+            # trace, or a new trace) goes into the headers, as W3C asks.
+            current = context_api.get_current()
+            headers = inject_span_context(message.headers, ids_only.span_context(current), current)
+            return await self._broker.publish(stream, message.replace_headers(headers))
         attributes = {
             "messaging.system": self._system,
             "messaging.destination.name": stream,
@@ -284,6 +294,18 @@ class TracingBroker:
     def trace_delivery(self, delivery: Delivery, *, consumer: str | None = None) -> TracedDelivery:
         """Start the ``process`` span for ``delivery`` (what ``consume`` does for each)."""
         parent = extract_context(delivery.message.headers)
+        ids_only = self._ids_only
+        if ids_only is not None:
+            span: Span = trace.NonRecordingSpan(ids_only.span_context(parent))
+        else:
+            span = self._process_span(delivery, parent, consumer)
+        traced = TracedDelivery(
+            delivery, span, trace.set_span_in_context(span, parent), self._open.discard
+        )
+        self._open.add(traced)
+        return traced
+
+    def _process_span(self, delivery: Delivery, parent: Context, consumer: str | None) -> Span:
         remote = trace.get_current_span(parent).get_span_context()
         attributes: dict[str, str | int] = {
             "messaging.system": self._system,
@@ -297,18 +319,13 @@ class TracingBroker:
         }
         if consumer is not None:
             attributes["messaging.client.id"] = consumer
-        span = self._tracer.start_span(
+        return self._tracer.start_span(
             f"process {delivery.stream}",
             context=parent,
             kind=SpanKind.CONSUMER,
             attributes=attributes,
             links=[Link(remote)] if remote.is_valid else None,
         )
-        traced = TracedDelivery(
-            delivery, span, trace.set_span_in_context(span, parent), self._open.discard
-        )
-        self._open.add(traced)
-        return traced
 
     async def pending_count(self, stream: str, group: str) -> int:
         return await self._broker.pending_count(stream, group)

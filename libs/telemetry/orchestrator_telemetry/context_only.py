@@ -1,0 +1,143 @@
+"""A tracer provider for "tracing off": real trace ids and W3C flags, nothing recorded.
+
+When no span goes anywhere, recording spans only to drop them cost a busy API about a third
+of its CPU. ``ContextOnlyTracerProvider`` makes ``NonRecordingSpan`` s with fresh ids, so
+responses still name their trace (``traceparent``, a task's ``trace_id``) and context still
+crosses the broker, but it keeps no attributes, events or timings.
+
+The span contexts are those the SDK would make with the configured sampler: a child keeps
+its parent's trace id and ``tracestate``; the sampled flag is the sampler's decision
+(``parentbased_*`` follows the parent, ``always_on``/``always_off``/``traceidratio`` decide
+for roots as the SDK does) and the random-trace-id flag is set as the SDK sets it. So a
+downstream service that does export (a worker with ``JAEGER_URI`` behind an API without it)
+samples exactly as it did when this service recorded and dropped its spans.
+
+Code that wants to skip work for spans nobody records checks ``is_context_only(tracer)``
+once, or ``span.is_recording()`` per span.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+from opentelemetry import context as context_api
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+from opentelemetry.trace import (
+    INVALID_SPAN_ID,
+    INVALID_TRACE_ID,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+)
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util import types
+from opentelemetry.util._decorator import _agnosticcontextmanager
+
+__all__ = ["ContextOnlyTracer", "ContextOnlyTracerProvider", "is_context_only"]
+
+_SAMPLED = TraceFlags.SAMPLED
+_RANDOM = TraceFlags.RANDOM_TRACE_ID
+_EMPTY_STATE = TraceState()
+_getrandbits = random.getrandbits
+
+
+def _root_rule(sampler: str, ratio: float | None) -> int | None:
+    """For roots: always sample (-1), never (None), or sample below this trace-id bound."""
+    base = sampler.removeprefix("parentbased_")
+    if base == "always_on":
+        return -1
+    if base == "always_off":
+        return None
+    if base == "traceidratio":
+        return TraceIdRatioBased.get_bound_for_rate(1.0 if ratio is None else ratio)
+    raise ValueError(f"unknown sampler {sampler!r}")
+
+
+class ContextOnlyTracer(trace.Tracer):
+    """Starts non-recording spans with the ids and flags a sampling SDK tracer would give."""
+
+    def __init__(self, sampler: str = "parentbased_always_on", ratio: float | None = None):
+        self._parent_based = sampler.startswith("parentbased_")
+        self._bound = _root_rule(sampler, ratio)
+
+    def _sampled(self, trace_id: int) -> bool:
+        bound = self._bound
+        if bound is None:
+            return False
+        return bound < 0 or trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < bound
+
+    def span_context(self, context: Context | None = None) -> SpanContext:
+        """A new span context: a child of the span in ``context`` (default: current), or a root."""
+        parent = trace.get_current_span(context).get_span_context()
+        span_id = _getrandbits(64)
+        while span_id == INVALID_SPAN_ID:  # pragma: no cover - one chance in 2**64
+            span_id = _getrandbits(64)
+        if parent.is_valid:
+            trace_id = parent.trace_id
+            flags = parent.trace_flags
+            sampled = flags.sampled if self._parent_based else self._sampled(trace_id)
+            bits = (_SAMPLED if sampled else 0) | (flags & _RANDOM)
+            return SpanContext(trace_id, span_id, False, TraceFlags(bits), parent.trace_state)
+        trace_id = _getrandbits(128)
+        while trace_id == INVALID_TRACE_ID:  # pragma: no cover - one chance in 2**128
+            trace_id = _getrandbits(128)
+        bits = (_SAMPLED | _RANDOM) if self._sampled(trace_id) else _RANDOM
+        return SpanContext(trace_id, span_id, False, TraceFlags(bits), _EMPTY_STATE)
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> trace.Span:
+        return NonRecordingSpan(self.span_context(context))
+
+    @_agnosticcontextmanager
+    def start_as_current_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[trace.Span]:
+        span = NonRecordingSpan(self.span_context(context))
+        token = context_api.attach(trace.set_span_in_context(span, context))
+        try:
+            yield span
+        finally:
+            context_api.detach(token)
+
+
+class ContextOnlyTracerProvider(trace.TracerProvider):
+    """Hands out one ``ContextOnlyTracer`` (names and versions do not matter: nothing is kept)."""
+
+    def __init__(self, sampler: str = "parentbased_always_on", ratio: float | None = None):
+        self._tracer = ContextOnlyTracer(sampler, ratio)
+
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: types.Attributes = None,
+    ) -> trace.Tracer:
+        return self._tracer
+
+
+def is_context_only(tracer: trace.Tracer) -> bool:
+    """Whether ``tracer`` never records (only makes span contexts): skip span bookkeeping."""
+    return isinstance(tracer, ContextOnlyTracer)
