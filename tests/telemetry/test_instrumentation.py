@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from orchestrator_telemetry import client_trace_config, current_trace_id, instrument_app
 from tests.telemetry.conftest import SpanRecorder
@@ -80,3 +81,76 @@ async def test_client_span_propagates_to_the_server_and_hides_the_query(
     assert server_span.parent.span_id == client_span.context.span_id
     assert body["trace_id"] == trace.format_trace_id(client_span.context.trace_id)
     assert "secret" not in str(client_span.attributes)
+
+
+async def test_server_span_follows_the_http_semantic_conventions(recorder: SpanRecorder) -> None:
+    async with TestClient(TestServer(make_app(recorder))) as client:
+        response = await client.get("/tasks/abc?api_key=secret", headers={"User-Agent": "ua/1"})
+        assert response.status == 200
+        port = response.url.port
+    (server,) = recorder.spans
+    assert server.attributes is not None
+    attributes = dict(server.attributes)
+    assert attributes.pop("client.address") == "127.0.0.1"
+    assert attributes == {
+        "http.request.method": "GET",
+        "http.route": "/tasks/{task_id}",
+        "url.path": "/tasks/abc",
+        "url.scheme": "http",
+        "server.address": "127.0.0.1",
+        "server.port": port,
+        "network.protocol.version": "1.1",
+        "user_agent.original": "ua/1",
+        "http.response.status_code": 200,
+    }
+    assert server.status.status_code is StatusCode.UNSET
+
+
+async def failing(request: web.Request) -> web.Response:
+    if request.match_info["how"] == "raise":
+        raise RuntimeError("boom")
+    return web.Response(status=int(request.match_info["how"]))
+
+
+@pytest.mark.parametrize(
+    ("how", "status", "error_type"),
+    [("503", StatusCode.ERROR, "503"), ("404", StatusCode.UNSET, None)],
+)
+async def test_5xx_responses_are_errors_and_4xx_are_not(
+    recorder: SpanRecorder, how: str, status: StatusCode, error_type: str | None
+) -> None:
+    app = web.Application()
+    app.router.add_get("/fail/{how}", failing)
+    instrument_app(app, recorder.provider)
+    async with TestClient(TestServer(app)) as client:
+        await client.get(f"/fail/{how}")
+    (server,) = recorder.spans
+    assert server.attributes is not None
+    assert server.attributes["http.response.status_code"] == int(how)
+    assert server.attributes.get("error.type") == error_type
+    assert server.status.status_code is status
+
+
+async def test_an_exception_is_recorded_on_the_span(recorder: SpanRecorder) -> None:
+    app = web.Application()
+    app.router.add_get("/fail/{how}", failing)
+    instrument_app(app, recorder.provider)
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.get("/fail/raise")).status == 500
+    (server,) = recorder.spans
+    assert server.attributes is not None
+    assert server.attributes["error.type"] == "RuntimeError"
+    assert server.status.status_code is StatusCode.ERROR
+    assert [event.name for event in server.events] == ["exception"]
+
+
+async def test_unknown_routes_and_methods_get_generic_span_names(recorder: SpanRecorder) -> None:
+    async with TestClient(TestServer(make_app(recorder))) as client:
+        await client.get("/nowhere")
+        await client.request("PROPFIND", "/tasks/abc")  # a method semconv does not name
+    names = sorted((span.name, dict(span.attributes or {})) for span in recorder.spans)
+    assert [(name, attributes["http.request.method"]) for name, attributes in names] == [
+        ("GET", "GET"),
+        ("HTTP", "_OTHER"),
+    ]
+    assert names[1][1]["http.request.method_original"] == "PROPFIND"
