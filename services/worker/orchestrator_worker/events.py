@@ -162,7 +162,11 @@ class AttemptEvents:
 
     async def succeeded(self, usage: Usage | None, finish_reason: str | None) -> None:
         """Publish ``succeeded`` with the whole answer (after any write still in flight)."""
-        await self._end_flushing()
+        in_flight = self._end_flushing()
+        if in_flight is not None:
+            await in_flight
+        if self._error is not None:
+            raise self._error
         await self._publish(
             EventKind.SUCCEEDED, text=self.text, usage=usage, finish_reason=finish_reason
         )
@@ -170,7 +174,11 @@ class AttemptEvents:
 
     async def failed(self, error: ErrorInfo) -> None:
         """Publish ``failed`` with ``error`` (after any write still in flight)."""
-        await self._end_flushing()
+        in_flight = self._end_flushing()
+        if in_flight is not None:
+            await in_flight
+        if self._error is not None:
+            raise self._error
         await self._publish(EventKind.FAILED, error=error)
         self.terminal_published = True
 
@@ -223,14 +231,12 @@ class AttemptEvents:
         if self._pending and self._error is None:
             self._mark()
 
-    async def _end_flushing(self) -> None:
+    def _end_flushing(self) -> asyncio.Task[None] | None:
+        """No more clock writes; the write still in flight, if any, to wait for."""
         self._closed = True
         self._started_due = False  # the terminal event implies it
         self._unmark()
-        if self._flushing is not None:
-            await self._flushing
-        if self._error is not None:
-            raise self._error
+        return self._flushing
 
     async def _publish(
         self,

@@ -219,8 +219,9 @@ class TaskRunner:
                             events.add(item)
                         else:
                             finish = item
-                finally:
-                    await _aclose(stream)
+                except BaseException:
+                    await _aclose(stream)  # exhausted streams are closed already
+                    raise
         except ProviderError as exc:
             log.info("task %s failed: %s: %s", task.task_id, exc.type, exc.message)
             return ErrorInfo(type=exc.type, message=exc.message)
