@@ -186,3 +186,23 @@ async def test_a_task_whose_result_cannot_be_written_runs_again_after_an_outage(
         await wait_for(lambda: settled(broker), timeout=30)
     finally:
         await broker.close()
+
+
+async def test_stop_lets_in_flight_tasks_finish_through_redis(
+    redis_broker: RedisStreamsBroker, worker_factory
+) -> None:
+    gate = asyncio.Event()
+    fake = FakeProvider(gate=gate, chunks=["finished"])
+    for _ in range(3):
+        await submit(redis_broker, model="fake")
+    running = await worker_factory(redis_broker, providers=registry(fake), concurrency=1)
+    await wait_for(lambda: fake.started == 1)
+
+    running.worker.stop()
+    gate.set()
+    await running.stop()
+
+    events = await collect(redis_broker, 1)
+    assert [task_events[-1].text for task_events in events.values()] == ["finished"]
+    assert await redis_broker.pending_count(TASKS, "workers") == 0
+    assert await redis_broker.backlog(TASKS, "workers") == 2
