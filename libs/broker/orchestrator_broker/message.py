@@ -7,8 +7,8 @@ header, so ``XRANGE`` shows ``traceparent`` as it is and other languages can rea
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +26,9 @@ _converter = make_converter()
 
 
 def _new_id() -> str:
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex (minus its version bits) at a third of
+    # the cost: one per published message.
+    return os.urandom(16).hex()
 
 
 def _check_headers(_: Message, __: attrs.Attribute[Any], headers: Mapping[str, str]) -> None:
@@ -68,12 +70,22 @@ class Message:
         )
 
 
+def _dumps(payload: Any) -> bytes:
+    # JSON-compatible payloads (the contract) go straight to orjson; the converter's
+    # unstructure pass over a plain dict cost more than the encoding itself. Anything orjson
+    # refuses (an attrs instance, a set, non-str keys) still goes through the converter.
+    try:
+        return orjson.dumps(payload)
+    except TypeError:
+        return _converter.dumps(payload)
+
+
 def encode_fields(message: Message, prior_deliveries: int = 0) -> dict[str, bytes | str]:
     """The stream fields for ``message``: reserved fields first, then one per header."""
     fields: dict[str, bytes | str] = {
         "id": message.id,
         "created_at": repr(message.created_at),
-        "payload": _converter.dumps(message.payload),
+        "payload": _dumps(message.payload),
     }
     if prior_deliveries:
         fields["prior_deliveries"] = str(prior_deliveries)
