@@ -6,6 +6,7 @@ import enum
 from typing import Any
 
 import attrs
+
 from orchestrator_worker.messages import ErrorInfo, Usage
 
 

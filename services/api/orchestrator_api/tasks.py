@@ -13,6 +13,7 @@ from opentelemetry import trace
 
 from orchestrator_broker import Broker, BrokerError, Message
 
+from .deadlines import Deadlines
 from .model import TaskRecord, TaskStatus
 from .store.errors import StoreError
 from .store.protocol import TaskStore
@@ -58,6 +59,7 @@ class TaskService:
     store: TaskStore
     stream: str
     publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
+    deadlines: Deadlines = attrs.field(factory=Deadlines, eq=False, repr=False)
 
     async def submit(
         self, tenant: str, submission: Submission, idempotency_key: str | None = None
@@ -83,7 +85,7 @@ class TaskService:
             trace_id=f"{span_context.trace_id:032x}" if span_context.is_valid else None,
         )
         try:
-            async with asyncio.timeout(self.publish_timeout):
+            with self.deadlines.bound(self.publish_timeout):
                 stored = await self.store.create(record, idempotency_key)
         except StoreError as exc:
             raise Unavailable("task store") from exc
@@ -97,7 +99,7 @@ class TaskService:
             payload=task_payload(task_id, tenant, submission, now), id=task_id, created_at=now
         )
         try:
-            async with asyncio.timeout(self.publish_timeout):
+            with self.deadlines.bound(self.publish_timeout):
                 await self.broker.publish(self.stream, message)
         except (BrokerError, TimeoutError) as exc:
             await self._discard(tenant, task_id)
@@ -112,7 +114,7 @@ class TaskService:
     async def get(self, tenant: str, task_id: str) -> TaskRecord | None:
         """The tenant's task, or None (unknown, expired, or another tenant's)."""
         try:
-            async with asyncio.timeout(self.publish_timeout):
+            with self.deadlines.bound(self.publish_timeout):
                 return await self.store.get(tenant, task_id)
         except (StoreError, TimeoutError) as exc:
             raise Unavailable("task store") from exc
