@@ -1,0 +1,223 @@
+"""The API's metrics: HTTP traffic, accepted and finished tasks, tokens and cost per tenant,
+the results consumer, and the queues, served on ``GET /metrics`` (no auth).
+
+Label cardinality stays bounded: ``route`` is the route template (``/v1/tasks/{task_id}``,
+``unmatched`` for any path without a route), ``method`` one of the standard methods (else
+``_OTHER``), ``status`` the response code; ``tenant`` comes from ``API_KEYS`` (a handful per
+deployment); ``model`` and ``provider`` are what tasks name, which clients choose, so each
+family keeps at most ``Registry.max_series`` label sets (the rest count under
+``__overflow__``). No task id, prompt or key is ever a label.
+
+Everything here is O(1) per request or result: a dict lookup and a few additions. Queue
+depths are read from the broker at scrape time, at most every two seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Final
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from aiohttp.web_urldispatcher import AbstractResource
+
+from orchestrator_broker import Broker
+from orchestrator_telemetry.metrics import HistogramChild, Registry
+from orchestrator_telemetry.queue_metrics import QueueMetrics
+from orchestrator_worker.messages import EventKind, ResultEvent
+
+from .results import ConsumerStats
+from .streaming import StreamRegistry
+
+__all__ = ["HTTP_BUCKETS", "METRICS", "RESULT_DELAY_BUCKETS", "ApiMetrics"]
+
+#: Request latency buckets (seconds): sub-millisecond answers up to slow 503s.
+HTTP_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+#: From a worker publishing a result event to the API applying it (seconds).
+RESULT_DELAY_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+_METHODS: Final = frozenset(
+    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
+)
+#: The consumer group the workers read tasks with (their ``CONSUMER_GROUP`` default).
+DEFAULT_WORKER_GROUP: Final = "workers"
+#: Status recorded for a request whose client went away before the answer (nginx's code).
+CLIENT_CLOSED: Final = 499
+
+
+class ApiMetrics:
+    """The API's metric families on ``registry`` (a new one by default)."""
+
+    def __init__(self, registry: Registry | None = None) -> None:
+        self.registry = registry = registry or Registry()
+        self.http = registry.histogram(
+            "orchestrator_api_http_request_duration_seconds",
+            "HTTP requests by method, route template and status, and how long they took "
+            "(SSE and WebSocket requests last as long as their stream).",
+            ("method", "route", "status"),
+            buckets=HTTP_BUCKETS,
+        )
+        self.tasks_accepted = registry.counter(
+            "orchestrator_api_tasks_accepted_total",
+            "Tasks accepted (202) by tenant and requested model (default: the worker's).",
+            ("tenant", "model"),
+        )
+        self.tasks_finished = registry.counter(
+            "orchestrator_api_tasks_finished_total",
+            "Terminal results applied, by tenant, provider, model and status.",
+            ("tenant", "provider", "model", "status"),
+        )
+        self.tokens = registry.counter(
+            "orchestrator_api_tokens_total",
+            "Tokens of applied results, by tenant, provider, model and direction (input, output).",
+            ("tenant", "provider", "model", "direction"),
+        )
+        self.cost = registry.counter(
+            "orchestrator_api_cost_usd_total",
+            "Cost in US dollars of applied results (the worker's MODEL_PRICES), by tenant, "
+            "provider and model.",
+            ("tenant", "provider", "model"),
+        )
+        self.result_delay = registry.histogram(
+            "orchestrator_api_result_delay_seconds",
+            "From a worker publishing a result event to this API applying it, by event kind.",
+            ("kind",),
+            buckets=RESULT_DELAY_BUCKETS,
+        )
+        self.result_events = registry.counter(
+            "orchestrator_api_result_events_total",
+            "Result events taken by the results consumer, by outcome (applied, ignored "
+            "duplicates or stale, dead_lettered invalid, nacked after an error).",
+            ("outcome",),
+        )
+        self.store_retries = registry.counter(
+            "orchestrator_api_results_store_retries_total",
+            "Times the results consumer waited for the task store to come back.",
+        )
+        self.open_streams = registry.gauge(
+            "orchestrator_api_open_streams",
+            "SSE and WebSocket event streams open right now.",
+        )
+        self._delay = {kind: self.result_delay.labels(kind.value) for kind in EventKind}
+        self.queues: QueueMetrics | None = None
+
+    # ---- hooks ----------------------------------------------------------------------------
+
+    def task_accepted(self, tenant: str, model: str | None) -> None:
+        """A new task was accepted (not an idempotent replay)."""
+        self.tasks_accepted.labels(tenant, model or "default").inc()
+
+    def result_applied(self, event: ResultEvent) -> None:
+        """The results consumer applied ``event`` (the delivery's span is current, so the
+        delay histogram's exemplar names the task's trace)."""
+        self._delay[event.kind].observe_traced(max(0.0, time.time() - event.at))
+        if event.kind is not EventKind.SUCCEEDED and event.kind is not EventKind.FAILED:
+            return
+        tenant, provider, model = event.tenant, event.provider or "none", event.model or "none"
+        self.tasks_finished.labels(tenant, provider, model, event.kind.value).inc()
+        usage = event.usage
+        if usage is not None:
+            if usage.input_tokens > 0:
+                self.tokens.labels(tenant, provider, model, "input").inc(usage.input_tokens)
+            if usage.output_tokens > 0:
+                self.tokens.labels(tenant, provider, model, "output").inc(usage.output_tokens)
+        cost = getattr(event, "cost_usd", None)
+        if cost:
+            self.cost.labels(tenant, provider, model).inc(cost)
+
+    # ---- scrape-time collection -----------------------------------------------------------
+
+    def watch_consumer(self, stats: ConsumerStats) -> None:
+        """Copy the results consumer's counters into the registry at each scrape."""
+        outcomes = {
+            name: self.result_events.labels(name)
+            for name in ("applied", "ignored", "dead_lettered", "nacked")
+        }
+
+        def collect() -> None:
+            outcomes["applied"].value = float(stats.applied)
+            outcomes["ignored"].value = float(stats.ignored)
+            outcomes["dead_lettered"].value = float(stats.dead_lettered)
+            outcomes["nacked"].value = float(stats.nacked)
+            self.store_retries.labels().value = float(stats.store_retries)
+
+        self.registry.add_collector(collect)
+
+    def watch_streams(self, streams: StreamRegistry) -> None:
+        """Report the app's open SSE/WebSocket streams at each scrape."""
+
+        def collect() -> None:
+            self.open_streams.set(float(streams.open))
+
+        self.registry.add_collector(collect)
+
+    def watch_queues(
+        self,
+        broker: Broker,
+        *,
+        tasks_stream: str,
+        results_stream: str,
+        worker_group: str = DEFAULT_WORKER_GROUP,
+        results_group: str = "api",
+    ) -> QueueMetrics:
+        """Backlog and pending of the tasks stream (the workers' group) and of the results
+        stream (the API's group), plus both dead-letter streams, read at scrape time."""
+        self.queues = QueueMetrics(
+            self.registry,
+            broker,
+            [(tasks_stream, worker_group), (results_stream, results_group)],
+        )
+        return self.queues
+
+    # ---- HTTP -----------------------------------------------------------------------------
+
+    def middleware(self) -> Middleware:
+        """Times every request into ``orchestrator_api_http_request_duration_seconds``.
+
+        Put it inside the tracing middleware (so exemplars carry the request's trace id) and
+        outside the problem-JSON error middleware (so it sees the statuses clients see).
+        """
+        histogram = self.http
+        children: dict[tuple[str, AbstractResource | None, int], HistogramChild] = {}
+        perf = time.perf_counter
+
+        def child(method: str, resource: AbstractResource | None, status: int) -> HistogramChild:
+            key = (method, resource, status)
+            found = children.get(key)
+            if found is None:
+                route = "unmatched" if resource is None else resource.canonical
+                label = method if method in _METHODS else "_OTHER"
+                found = histogram.labels(label, route, str(status))
+                if method in _METHODS and len(children) < 10_000:
+                    children[key] = found
+            return found
+
+        @web.middleware
+        async def observed(request: web.Request, handler: Handler) -> web.StreamResponse:
+            start = perf()
+            status = 500
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except web.HTTPException as exc:
+                status = exc.status
+                raise
+            except asyncio.CancelledError:
+                status = CLIENT_CLOSED
+                raise
+            finally:
+                elapsed = perf() - start
+                child(request.method, request.match_info.route.resource, status).observe_traced(
+                    elapsed
+                )
+
+        return observed
+
+
+#: The app's metrics, for handlers that count (``request.app[METRICS]``).
+METRICS = web.AppKey("orchestrator_api.metrics", ApiMetrics)
