@@ -21,7 +21,7 @@ def test_an_empty_environment_gives_the_defaults() -> None:
     assert settings.lease_seconds == 30
     assert settings.shutdown_grace == 25
     assert settings.delta_flush_interval == pytest.approx(0.1)
-    assert settings.max_deliveries == 5
+    assert (settings.max_attempts, settings.max_deliveries) == (5, 6)
     assert (settings.log_level, settings.log_format) == ("INFO", "plain")
     assert settings.telemetry is not None
     assert settings.telemetry.service_name == "ai-orchestrator_worker"
@@ -59,7 +59,7 @@ def test_every_variable_is_read() -> None:
     assert settings.default_model == "openai/gpt-4o-mini"
     assert settings.task_timeout == 12.5
     assert settings.lease_seconds == 10
-    assert settings.max_deliveries == 3
+    assert (settings.max_attempts, settings.max_deliveries) == (2, 3)
     assert settings.shutdown_grace == 0
     assert settings.delta_flush_interval == pytest.approx(0.25)
     assert (settings.log_level, settings.log_format) == ("DEBUG", "json")

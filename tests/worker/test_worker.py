@@ -143,7 +143,7 @@ async def test_a_task_over_its_timeout_fails_with_timeout(
     broker: MemoryBroker, worker_factory
 ) -> None:
     task = await submit(broker, parameters={"latency_ms": 60_000})
-    await worker_factory(broker, task_timeout=0.2)
+    await worker_factory(broker, task_timeout=0.2, max_attempts=1)  # timeouts are retried
 
     events = (await collect(broker, 1))[task.task_id]
 
@@ -155,14 +155,15 @@ async def test_a_task_over_its_timeout_fails_with_timeout(
 async def test_a_provider_error_is_reported_with_its_type(
     broker: MemoryBroker, worker_factory
 ) -> None:
-    task = await submit(broker, parameters={"fail": "rate_limit"})
+    # (a non-retryable one: retryable errors are retried, see test_retries.py)
+    task = await submit(broker, parameters={"fail": "content_filter"})
     await worker_factory(broker)
 
     events = (await collect(broker, 1))[task.task_id]
 
     assert kinds(events) == [FAIL]
     assert events[-1].error is not None
-    assert events[-1].error.type == "rate_limit"
+    assert events[-1].error.type == "content_filter"
 
 
 async def test_an_unexpected_exception_fails_as_internal_without_details(
@@ -214,7 +215,8 @@ async def test_a_redelivered_task_reports_its_attempt(broker: MemoryBroker, work
 
     events = (await collect(broker, 1))[task.task_id]
 
-    assert [(event.kind, event.attempt, event.seq) for event in events] == [(OK, 2, 0)]
+    # A retried attempt says so at once (clients drop what an earlier attempt streamed).
+    assert [(event.kind, event.attempt, event.seq) for event in events] == [(S, 2, 0), (OK, 2, 1)]
 
 
 async def test_never_more_tasks_in_flight_than_slots(broker: MemoryBroker, worker_factory) -> None:
@@ -284,7 +286,7 @@ async def test_tasks_unfinished_after_the_grace_period_are_handed_back(
     fast = FakeProvider(chunks=["done"])
     await worker_factory(broker, providers=registry(fast), consumer_name="worker-2")
     events = (await collect(broker, 1))[task.task_id]
-    assert [(event.kind, event.attempt) for event in events] == [(OK, 2)]
+    assert [(event.kind, event.attempt) for event in events] == [(S, 2), (OK, 2)]
     assert events[-1].text == "done"
 
 

@@ -15,7 +15,11 @@ from orchestrator_telemetry import TelemetrySettings
 from orchestrator_telemetry.logs import LogFormat
 
 from .errors import ConfigError
+from .limits import parse_concurrency
+from .pricing import Price, load_prices_file, parse_prices
 from .providers.settings import ProviderSettings
+from .retry import RetryPolicy
+from .routing import parse_aliases
 
 _T = TypeVar("_T")
 
@@ -50,8 +54,39 @@ class WorkerSettings:
                                                            fails the task with ``timeout``
     ``LEASE_SECONDS``            ``30``                    a crashed worker's tasks are
                                                            reclaimed by others after this long
-    ``MAX_DELIVERIES``           ``5``                     a task delivered this often is
-                                                           dead-lettered by the broker
+    ``MAX_ATTEMPTS``             ``5``                     provider attempts per task: a task
+                                                           still failing retryably after this
+                                                           many fails (the last error's type)
+                                                           and is dead-lettered; a delivery past
+                                                           it (earlier ones crashed) fails with
+                                                           ``attempts_exhausted``, dead-lettered
+    ``MAX_DELIVERIES``           ``MAX_ATTEMPTS + 1``      the broker's backstop: a task
+                                                           delivered this often is dead-lettered
+                                                           silently; must exceed MAX_ATTEMPTS,
+                                                           so the worker's limit bites first
+                                                           and the client hears of it
+    ``RETRY_BASE_SECONDS``       ``1``                     backoff of a retryable failure:
+    ``RETRY_MAX_SECONDS``        ``60``                    random in 0..min(max, base*2^(n-1))
+                                                           after attempt n, plus any wait the
+                                                           provider asked for (Retry-After); see
+                                                           ``retry``
+    ``MODEL_ALIASES``            (none)                    ``fast=openai/gpt-4o-mini|gemini/
+                                                           gemini-2.0-flash,smart=openai/gpt-4o``:
+                                                           names for model lists, later ones the
+                                                           fallbacks (see ``routing``)
+    ``PROVIDER_CONCURRENCY``     (no limits)               ``openai=50,gemini=20``: calls open at
+                                                           once per provider and process
+    ``BREAKER_FAILURES``         ``5``                     retryable failures in a row that open
+                                                           a provider's circuit (0: never)
+    ``BREAKER_COOLDOWN_SECONDS`` ``30``                    how long an open circuit sends no
+                                                           call before one probe (see
+                                                           ``breaker``)
+    ``MODEL_PRICES``             (none)                    ``openai/gpt-4o-mini=0.15:0.60,...``:
+                                                           USD per million input:output tokens,
+                                                           for ``cost_usd`` (see ``pricing``)
+    ``MODEL_PRICES_FILE``        (none)                    the same as a JSON file
+                                                           ``{"model": {"input": x, "output":
+                                                           y}}``; MODEL_PRICES entries win
     ``SHUTDOWN_GRACE_SECONDS``   ``25``                    on SIGTERM, how long in-flight tasks
                                                            may finish before being handed back
     ``DELTA_FLUSH_MS``           ``100``                   answer text is coalesced into one
@@ -82,7 +117,15 @@ class WorkerSettings:
     default_model: str = "echo"
     task_timeout: float = 300.0
     lease_seconds: float = 30.0
-    max_deliveries: int = 5
+    max_attempts: int = 5
+    max_deliveries: int = 6
+    retry_base: float = 1.0
+    retry_max: float = 60.0
+    model_aliases: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict, hash=False)
+    provider_concurrency: Mapping[str, int] = attrs.field(factory=dict, hash=False)
+    breaker_failures: int = 5
+    breaker_cooldown: float = 30.0
+    model_prices: Mapping[str, Price] = attrs.field(factory=dict, hash=False, repr=False)
     shutdown_grace: float = 25.0
     delta_flush_ms: float = 100.0
     log_level: str = "INFO"
@@ -117,7 +160,14 @@ class WorkerSettings:
             "default_model": ("DEFAULT_MODEL", _text),
             "task_timeout": ("TASK_TIMEOUT_SECONDS", _seconds(positive=True)),
             "lease_seconds": ("LEASE_SECONDS", _seconds(positive=True)),
-            "max_deliveries": ("MAX_DELIVERIES", _int_between(1, 1_000)),
+            "max_attempts": ("MAX_ATTEMPTS", _int_between(1, 999)),
+            "max_deliveries": ("MAX_DELIVERIES", _int_between(2, 1_000)),
+            "retry_base": ("RETRY_BASE_SECONDS", _seconds(positive=False)),
+            "retry_max": ("RETRY_MAX_SECONDS", _seconds(positive=False)),
+            "model_aliases": ("MODEL_ALIASES", parse_aliases),
+            "provider_concurrency": ("PROVIDER_CONCURRENCY", parse_concurrency),
+            "breaker_failures": ("BREAKER_FAILURES", _int_between(0, 1_000_000)),
+            "breaker_cooldown": ("BREAKER_COOLDOWN_SECONDS", _seconds(positive=True)),
             "shutdown_grace": ("SHUTDOWN_GRACE_SECONDS", _seconds(positive=False)),
             "delta_flush_ms": ("DELTA_FLUSH_MS", _seconds(positive=False)),
             "log_level": ("LOG_LEVEL", _choice(_LOG_LEVELS, upper=True)),
@@ -127,6 +177,10 @@ class WorkerSettings:
             value = read(variable, parse)
             if value is not None:
                 values[field] = value
+        prices = read("MODEL_PRICES_FILE", load_prices_file) or {}
+        prices.update(read("MODEL_PRICES", parse_prices) or {})
+        values["model_prices"] = prices
+        _check_attempts(values, defaults)
         values["providers"] = ProviderSettings.from_env(environ)
         values["telemetry"] = TelemetrySettings.from_env(
             environ, default_service_name=values.get("app_id", defaults.app_id)
@@ -134,12 +188,48 @@ class WorkerSettings:
         settings = attrs.evolve(defaults, **values)
         if settings.results_stream == settings.stream:
             raise ConfigError("REDIS_RESULTS_STREAM_ID", "must differ from REDIS_STREAM_ID")
+        if settings.retry_max < settings.retry_base:
+            raise ConfigError(
+                "RETRY_MAX_SECONDS",
+                f"{settings.retry_max:g} is less than RETRY_BASE_SECONDS ({settings.retry_base:g})",
+            )
         return settings
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """``MAX_ATTEMPTS`` and the ``RETRY_*`` backoff."""
+        return RetryPolicy(max_attempts=self.max_attempts, base=self.retry_base, cap=self.retry_max)
 
     @property
     def log_level_number(self) -> int:
         """``LOG_LEVEL`` as a ``logging`` level number."""
         return logging.getLevelNamesMapping()[self.log_level]
+
+
+def _check_attempts(values: dict[str, Any], defaults: WorkerSettings) -> None:
+    """MAX_ATTEMPTS < MAX_DELIVERIES, filling in whichever is unset.
+
+    The worker reports and dead-letters a task itself once its attempts are spent, either
+    after its last retryable failure or when a delivery arrives past ``MAX_ATTEMPTS``
+    (earlier ones crashed). The broker's own ``MAX_DELIVERIES`` limit dead-letters without
+    a word to the client, so it must leave the worker that one delivery more.
+    """
+    attempts: int | None = values.get("max_attempts")
+    deliveries: int | None = values.get("max_deliveries")
+    if attempts is None and deliveries is None:
+        return
+    if deliveries is None:
+        assert attempts is not None
+        values["max_deliveries"] = attempts + 1
+        return
+    if attempts is None:
+        values["max_attempts"] = attempts = min(defaults.max_attempts, deliveries - 1)
+    if attempts >= deliveries:
+        raise ConfigError(
+            "MAX_ATTEMPTS",
+            f"{attempts} must be less than MAX_DELIVERIES ({deliveries}): the broker "
+            "dead-letters silently at MAX_DELIVERIES, the worker reports to the client",
+        )
 
 
 def _text(_: str, raw: str) -> str:

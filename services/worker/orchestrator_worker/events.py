@@ -3,34 +3,42 @@
 What a client sees for one attempt (``attempt`` = the task delivery's delivery count), with
 ``seq`` 0, 1, 2... in this order:
 
-1. ``started``, with the provider and model: the task is running. It is written just before
-   the first delta, or once the attempt has run for about a second (``started_after``)
-   without text, whichever comes first. So *an attempt that ends sooner and without deltas
-   has no* ``started`` *event*: its terminal event (seq 0) says all there is to say, and an
-   instant ``echo`` task costs two broker writes (the result and the ack) instead of three.
-   The API applies such a terminal event alone (the record goes from ``queued`` to
-   ``succeeded``, ``started_at`` taken from the event). Model calls of several seconds show
-   ``running`` within a second, or sooner with their first text;
+1. ``started``, with the provider and model: the task is running. For a first attempt it is
+   written just before the first delta, or once the attempt has run for about a second
+   (``started_after``) without text, whichever comes first. So *a first attempt that ends
+   sooner and without deltas has no* ``started`` *event*: its terminal event (seq 0) says all
+   there is to say, and an instant ``echo`` task costs two broker writes (the result and the
+   ack) instead of three. The API applies such a terminal event alone (the record goes from
+   ``queued`` to ``succeeded``, ``started_at`` taken from the event). Model calls of several
+   seconds show ``running`` within a second, or sooner with their first text.
+   A *retried* attempt (``attempt`` > 1) writes ``started`` at once, as it begins: it tells
+   streaming clients to drop the text of the earlier attempt before any new text arrives,
+   so they never show a spliced answer;
 2. zero or more ``delta`` events, each carrying the text that arrived since the previous one,
    written on the ticks of the worker's flush clock (every ``DELTA_FLUSH_MS``, ~100 ms). A
    thousand concurrent streams thus cost at most ten delta events per second each, whatever
    their chunk rate;
 3. exactly one terminal event: ``succeeded`` carrying the *whole* answer in ``text`` (plus
-   usage and finish reason), or ``failed`` carrying ``error``.
+   usage, finish reason and cost), or ``failed`` carrying ``error``.
 
-Text still buffered when the answer ends is not sent as a last delta: the ``succeeded`` event
-carries the whole answer, so the concatenated deltas are a prefix of it (empty for an answer
-faster than one flush interval). Streaming clients append deltas as they come and show
-``succeeded.text`` at the end.
+An attempt that published at least one delta sends the text still buffered at its end as a
+last delta just before ``succeeded``, so *the deltas of an attempt concatenate to exactly its
+result text*. An attempt that published no delta (an answer faster than one flush interval)
+sends no delta at all: ``succeeded.text`` carries the answer. Streaming clients append the
+deltas of the latest attempt as they come (dropping what they hold when a ``started`` of a
+newer attempt arrives) and may take ``succeeded.text`` as the final word.
 
-Events of one attempt are published strictly one after another (the next ``publish`` starts
-when the previous returned), so ``seq`` order is stream order. Each message's broker id is
-``<task_id>:<attempt>:<seq>``, the event's identity.
+A retryable failure that is retried (``nack``) publishes no terminal event for its attempt:
+the next attempt's ``started`` supersedes it. Events of one attempt are published strictly
+one after another (the next ``publish`` starts when the previous returned), so ``seq`` order
+is stream order. Each message's broker id is ``<task_id>:<attempt>:<seq>``, the event's
+identity.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from typing import Any
@@ -119,6 +127,7 @@ class AttemptEvents:
         self.model = model
         self._clock = clock
         self._seq = 0
+        self._deltas = 0  # delta events written (or being written)
         self._parts: list[str] = []  # the whole answer so far
         self._pending: list[str] = []  # text not yet sent in a delta
         self._started_due = False  # begun, and ``started`` not written yet
@@ -138,12 +147,20 @@ class AttemptEvents:
         """How many events this attempt has published (the next event's ``seq``)."""
         return self._seq
 
-    def begin(self) -> None:
+    @property
+    def deltas(self) -> int:
+        """How many ``delta`` events this attempt has written (or is writing)."""
+        return self._deltas
+
+    def begin(self, *, at_once: bool = False) -> None:
         """The attempt runs (on ``provider``/``model``): ``started`` goes out before the first
         delta, or at the first tick ``clock.started_after`` seconds from now, unless a
-        terminal event comes first."""
+        terminal event comes first; with ``at_once`` (a retried attempt), right away."""
         self._started_due = True
-        self._clock.expect_started(self)
+        if at_once and self._flushing is None and not self._closed:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush(text=False))
+        else:
+            self._clock.expect_started(self)
 
     async def started(self) -> None:
         """Publish ``started`` now."""
@@ -160,15 +177,39 @@ class AttemptEvents:
         self._pending.append(chunk)
         self._mark()
 
-    async def succeeded(self, usage: Usage | None, finish_reason: str | None) -> None:
-        """Publish ``succeeded`` with the whole answer (after any write still in flight)."""
+    def discard_text(self) -> bool:
+        """Forget the answer text received so far (a fallback to another model within this
+        attempt starts over); False, forgetting nothing, if some of it went out in a delta:
+        only a new attempt can take published text back."""
+        if self._deltas:
+            return False
+        # A write in flight has not taken any text yet (it counts its delta when it does).
+        self._parts.clear()
+        self._pending.clear()
+        return True
+
+    async def succeeded(
+        self, usage: Usage | None, finish_reason: str | None, cost_usd: float | None = None
+    ) -> None:
+        """Publish ``succeeded`` with the whole answer (after any write still in flight, and
+        after a last delta with the rest of the text if this attempt streamed deltas)."""
         in_flight = self._end_flushing()
         if in_flight is not None:
             await in_flight
         if self._error is not None:
             raise self._error
+        if self._deltas and self._pending:
+            # The deltas then spell the result exactly.
+            text = "".join(self._pending)
+            self._pending.clear()
+            self._deltas += 1
+            await self._publish(EventKind.DELTA, text=text)
         await self._publish(
-            EventKind.SUCCEEDED, text=self.text, usage=usage, finish_reason=finish_reason
+            EventKind.SUCCEEDED,
+            text=self.text,
+            usage=usage,
+            finish_reason=finish_reason,
+            cost_usd=cost_usd,
         )
         self.terminal_published = True
 
@@ -181,6 +222,15 @@ class AttemptEvents:
             raise self._error
         await self._publish(EventKind.FAILED, error=error)
         self.terminal_published = True
+
+    async def abandon(self) -> None:
+        """End the attempt without a terminal event (it will be retried): no more clock
+        writes, and the write in flight, if any, finished first, so that every event of
+        this attempt is out before the task is handed back. Raises nothing."""
+        in_flight = self._end_flushing()
+        if in_flight is not None:
+            with contextlib.suppress(Exception):
+                await in_flight
 
     def close(self) -> None:
         """Stop publishing from the clock (on any exit path); idempotent."""
@@ -214,14 +264,16 @@ class AttemptEvents:
         if self._started_due and not self._closed and self._flushing is None:
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
 
-    async def _flush(self) -> None:
+    async def _flush(self, *, text: bool = True) -> None:
+        """Write ``started`` if due, then (with ``text``) the text pending as a delta."""
         try:
             if self._started_due:  # always before the first delta
                 self._started_due = False
                 await self._publish(EventKind.STARTED)
-            if self._pending:
+            if text and self._pending:
                 text = "".join(self._pending)
                 self._pending.clear()
+                self._deltas += 1
                 await self._publish(EventKind.DELTA, text=text)
         except Exception as exc:
             self._error = exc
@@ -234,8 +286,11 @@ class AttemptEvents:
     def _end_flushing(self) -> asyncio.Task[None] | None:
         """No more clock writes; the write still in flight, if any, to wait for."""
         self._closed = True
-        self._started_due = False  # the terminal event implies it
         self._unmark()
+        if self._flushing is None:
+            self._started_due = False  # the terminal event implies it
+        # else the write in flight (perhaps not begun yet) still writes ``started`` before
+        # any delta it takes
         return self._flushing
 
     async def _publish(
@@ -246,6 +301,7 @@ class AttemptEvents:
         usage: Usage | None = None,
         error: ErrorInfo | None = None,
         finish_reason: str | None = None,
+        cost_usd: float | None = None,
     ) -> None:
         payload = event_payload(
             task_id=self.task_id,
@@ -260,6 +316,7 @@ class AttemptEvents:
             usage=usage,
             error=error,
             finish_reason=finish_reason,
+            cost_usd=cost_usd,
         )
         # The message id names the event, so a re-sent copy is recognisably the same one.
         message = Message(payload=payload, id=f"{self.task_id}:{self.attempt}:{self._seq}")
@@ -282,6 +339,7 @@ def event_payload(
     usage: Usage | None = None,
     error: ErrorInfo | None = None,
     finish_reason: str | None = None,
+    cost_usd: float | None = None,
 ) -> dict[str, Any]:
     """What ``converter.unstructure(ResultEvent(...))`` gives, built directly.
 
@@ -305,4 +363,5 @@ def event_payload(
         ),
         "error": None if error is None else {"type": error.type, "message": error.message},
         "finish_reason": finish_reason,
+        "cost_usd": cost_usd,
     }

@@ -67,6 +67,9 @@ class ResultEvent:
     usage: Usage | None = None
     error: ErrorInfo | None = None
     finish_reason: str | None = None
+    #: SUCCEEDED: what the answer cost in US dollars, from the worker's price table
+    #: (``MODEL_PRICES``) and ``usage``; None when the model has no price or no usage.
+    cost_usd: float | None = None
 
     @property
     def terminal(self) -> bool:

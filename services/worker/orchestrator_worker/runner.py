@@ -5,13 +5,29 @@ The outcomes, and how the delivery is settled:
 - the payload is not a ``TaskMessage``: dead-lettered with the reason (and, when it names a
   task id and tenant, a ``failed`` event of type ``invalid_task`` is published first, so the
   client does not wait for a task that will never run);
+- the delivery count is past ``MAX_ATTEMPTS`` (earlier deliveries crashed a worker, lost
+  their lease or were handed back at shutdown): ``failed`` (``attempts_exhausted``), then
+  dead-lettered with the reason; no provider is called;
 - unknown model: ``failed`` (``invalid_model``), ack;
-- the provider answers: ``started``, deltas, ``succeeded``, ack (no ``started`` for an
-  answer that takes under a second and streams no delta: see ``events``);
-- the provider raises ``ProviderError``: [``started``, deltas], ``failed`` (its ``type``), ack
-  (retrying retryable errors with ``nack(delay)`` comes next);
-- no answer within ``TASK_TIMEOUT_SECONDS``: ``started``, deltas, ``failed`` (``timeout``),
-  ack;
+- the provider answers: ``started``, deltas, ``succeeded`` (with ``cost_usd`` from the price
+  table), ack (no ``started`` for a first attempt that takes under a second and streams no
+  delta: see ``events``);
+- the provider raises a non-retryable ``ProviderError`` (400, 401/403, 404, content filter,
+  quota): [``started``, deltas], ``failed`` (its ``type``), ack, at once;
+- a *retryable* failure (``ProviderError.retryable``: rate limit, 5xx/overloaded, timeout,
+  connection error, cut stream, malformed answer; or no answer within
+  ``TASK_TIMEOUT_SECONDS``): when the task's model is an alias with a next target, and none
+  of this attempt's text went out in a delta yet, that target is tried at once, within the
+  same attempt (the result's ``provider``/``model`` say who answered). Otherwise the attempt
+  ends with no terminal event and the task is handed back with ``nack(delay)``, ``delay``
+  from ``retry.RetryPolicy`` (exponential backoff, full jitter, at least the provider's
+  ``Retry-After``): it waits in the broker, holding no worker slot, and its next delivery is
+  the next attempt, whose ``started`` event tells streaming clients to drop the text of this
+  one. If this was attempt ``MAX_ATTEMPTS``: ``failed`` (the last error's type, the message
+  saying the attempts are exhausted), then dead-lettered with the reason;
+- the provider's circuit is open (``breaker``): the alias's next target, if any; else the
+  task is handed back untried for the rest of the cooldown (with jitter), or, on its last
+  attempt, fails like an exhausted retry (error type: what tripped the circuit);
 - any other exception, in the provider or in the worker itself: ``failed`` (``internal``,
   with a message naming at most the exception class: no text, no traceback, which go to the
   log), ack;
@@ -19,6 +35,12 @@ The outcomes, and how the delivery is settled:
   to run again as the next attempt;
 - the worker shuts down past its grace period (the handler is cancelled): handed back with
   ``nack(0)`` for immediate redelivery, or acked if its terminal event was already out.
+
+Every hand-back raises the delivery count, which is the attempt number: deferrals for an
+open circuit and shutdown hand-backs use up attempts too, so ``MAX_ATTEMPTS`` bounds how
+long a task can go round. Each decision is a span event on the delivery's ``process`` span
+(``orchestrator.retry``, ``orchestrator.fallback``, ``orchestrator.deferred``,
+``orchestrator.attempts_exhausted``) and a call on ``WorkerHooks`` (for metrics).
 """
 
 from __future__ import annotations
@@ -27,6 +49,9 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+
+import attrs
+from opentelemetry import trace
 
 from orchestrator_broker import (
     AlreadySettled,
@@ -37,9 +62,22 @@ from orchestrator_broker import (
     LeaseLost,
 )
 
+from .breaker import BreakerCall
 from .events import AttemptEvents, FlushClock
+from .hooks import WorkerHooks, safe_hooks
+from .limits import ProviderGuards
 from .messages import ErrorInfo, TaskMessage
-from .providers import CompletionRequest, Finish, ProviderError, ProviderRegistry, Route
+from .pricing import PriceTable
+from .providers import (
+    CompletionRequest,
+    Finish,
+    Overloaded,
+    ProviderError,
+    ProviderRegistry,
+    Route,
+)
+from .retry import RetryPolicy
+from .routing import ModelRouter
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +150,29 @@ PARSED_FIELDS = frozenset(
 )
 
 
+@attrs.frozen
+class _Failed:
+    """A provider call that did not answer: what to report, and what to do next."""
+
+    provider: str
+    error: ErrorInfo
+    retryable: bool
+    retry_after: float | None = None
+    harder: bool = False  # back off one step more (overloaded)
+
+
+#: How a delivery ends: one of its settling calls, ready to run (and re-run) by ``_settle``.
+_Settle = Callable[[], Awaitable[None]]
+
+
 class TaskRunner:
-    """Runs deliveries of the tasks stream; shared by every task of a worker."""
+    """Runs deliveries of the tasks stream; shared by every task of a worker.
+
+    ``router`` maps model names (and aliases) to routes (default: the registry alone);
+    ``retry`` says how often and how late failures run again; ``guards`` hold each
+    provider's concurrency limit and circuit breaker; ``prices`` give ``cost_usd``;
+    ``hooks`` hear every retry, fallback, deferral and dead letter.
+    """
 
     def __init__(
         self,
@@ -124,12 +183,26 @@ class TaskRunner:
         task_timeout: float,
         flush_interval: float,
         started_after: float = 1.0,
+        router: ModelRouter | None = None,
+        retry: RetryPolicy | None = None,
+        guards: ProviderGuards | None = None,
+        prices: PriceTable | None = None,
+        hooks: WorkerHooks | None = None,
     ) -> None:
         self._broker = broker
         self._providers = providers
         self._results = results_stream
         self._timeout = task_timeout
         self._clock = FlushClock(flush_interval, started_after)
+        self._router = router or ModelRouter(providers)
+        self._retry = retry or RetryPolicy()
+        self._guards = guards or ProviderGuards()
+        self._prices = prices or PriceTable()
+        self._hooks = safe_hooks(hooks)
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._retry
 
     async def handle(self, delivery: Delivery) -> None:
         """Run one delivery to its end and settle it; raises nothing but ``CancelledError``."""
@@ -146,8 +219,9 @@ class TaskRunner:
             attempt=delivery.delivery_count,
             clock=self._clock,
         )
+        settle: _Settle = delivery.ack
         try:
-            await self._attempt(task, events)
+            settle = await self._attempt(task, events, delivery)
         except BrokerError as exc:
             log.warning(
                 "task %s attempt %d abandoned, the broker refused an event: %s",
@@ -167,9 +241,10 @@ class TaskRunner:
             if not await self._report_crash(events):
                 await self._settle(delivery, lambda: delivery.nack(_REPUBLISH_DELAY))
                 return
+            settle = delivery.ack
         finally:
             events.close()
-        await self._settle(delivery, delivery.ack)
+        await self._settle(delivery, settle)
 
     async def _report_crash(self, events: AttemptEvents) -> bool:
         """Publish ``failed``/``internal`` unless a terminal event is out; False if we could
@@ -183,25 +258,179 @@ class TaskRunner:
             return False
         return True
 
-    async def _attempt(self, task: TaskMessage, events: AttemptEvents) -> None:
+    async def _attempt(
+        self, task: TaskMessage, events: AttemptEvents, delivery: Delivery
+    ) -> _Settle:
+        """Run this attempt: its targets in turn until one answers; how to settle."""
+        attempt = events.attempt
+        if attempt > self._retry.max_attempts:
+            return await self._crashed_too_often(task, events, delivery)
         try:
-            route = self._providers.resolve(task.model)
+            routes = self._router.routes(task.model)
         except ProviderError as exc:
             events.model = task.model
             await events.failed(ErrorInfo(type=exc.type, message=exc.message))
-            return
-        events.provider, events.model = route.provider.name, route.model
-        events.begin()
-        outcome = await self._call(route, task, events)
-        if isinstance(outcome, Finish):
-            await events.succeeded(outcome.usage, outcome.finish_reason)
-        else:
-            await events.failed(outcome)
+            return delivery.ack
+        last: _Failed | None = None  # the last target that failed retryably
+        blocked: list[tuple[str, float]] = []  # (provider, seconds) of open circuits skipped
+        begun = False
+        for route in routes:
+            name = route.provider.name
+            guard = self._guards[name]
+            wait = guard.breaker.retry_in()
+            if wait > 0:
+                blocked.append((name, wait))
+                continue
+            if last is not None:
+                if not events.discard_text():
+                    break  # text of the failed target went out: only a new attempt voids it
+                self._fell_back(task, last.provider, name, last.error.type)
+            elif blocked:
+                self._fell_back(task, blocked[-1][0], name, "circuit_open")
+            async with guard.slot():
+                call = guard.breaker.admit()
+                if call is None:  # opened (or a probe began) while this task waited
+                    blocked.append((name, guard.breaker.retry_in()))
+                    continue
+                events.provider, events.model = name, route.model
+                if not begun:
+                    begun = True
+                    events.begin(at_once=attempt > 1)
+                outcome = await self._call(route, task, events, call)
+            if isinstance(outcome, Finish):
+                cost = self._prices.cost(name, route.model, outcome.usage)
+                if cost is not None:
+                    _current_span_attribute("orchestrator.task.cost_usd", cost)
+                await events.succeeded(outcome.usage, outcome.finish_reason, cost)
+                return delivery.ack
+            if not outcome.retryable:
+                await events.failed(outcome.error)
+                return delivery.ack
+            last = outcome
+        if last is None:
+            return await self._defer(task, events, delivery, blocked)
+        return await self._retry_later(task, events, delivery, last)
+
+    def _fell_back(self, task: TaskMessage, old: str, new: str, reason: str) -> None:
+        log.info("task %s: %s -> %s (%s)", task.task_id, old, new, reason)
+        _span_event(
+            "orchestrator.fallback",
+            {"orchestrator.from": old, "orchestrator.to": new, "error.type": reason},
+        )
+        self._hooks.fallback(old, new, reason)
+
+    async def _retry_later(
+        self, task: TaskMessage, events: AttemptEvents, delivery: Delivery, failure: _Failed
+    ) -> _Settle:
+        """A retryable failure: hand the task back with a backoff, or give up."""
+        attempt = events.attempt
+        if self._retry.exhausted(attempt):
+            message = f"gave up after {attempt} attempt(s); the last one: {failure.error.message}"
+            return await self._give_up(
+                task, events, delivery, ErrorInfo(type=failure.error.type, message=message)
+            )
+        delay = self._retry.delay(attempt, hint=failure.retry_after, harder=failure.harder)
+        await events.abandon()
+        log.info(
+            "task %s attempt %d failed (%s on %s); retrying in %.2f s",
+            task.task_id,
+            attempt,
+            failure.error.type,
+            failure.provider,
+            delay,
+        )
+        _span_event(
+            "orchestrator.retry",
+            {
+                "orchestrator.attempt": attempt,
+                "orchestrator.retry.delay": delay,
+                "orchestrator.retry.reason": failure.error.type,
+                "orchestrator.provider": failure.provider,
+                **(
+                    {"orchestrator.retry.retry_after": failure.retry_after}
+                    if failure.retry_after is not None
+                    else {}
+                ),
+            },
+        )
+        self._hooks.retry_scheduled(failure.provider, failure.error.type, attempt, delay)
+        return lambda: delivery.nack(delay)
+
+    async def _defer(
+        self,
+        task: TaskMessage,
+        events: AttemptEvents,
+        delivery: Delivery,
+        blocked: list[tuple[str, float]],
+    ) -> _Settle:
+        """Every target's circuit is open: hand the task back untried, or give up."""
+        provider, wait = min(blocked, key=lambda item: item[1])
+        attempt = events.attempt
+        if self._retry.exhausted(attempt):
+            breaker = self._guards[provider].breaker
+            kind = breaker.last_error or "unavailable"
+            message = (
+                f"gave up after {attempt} attempt(s): provider {provider} keeps failing "
+                f"({kind}) and its circuit is open"
+            )
+            events.model = task.model
+            error = ErrorInfo(type=kind, message=message)
+            return await self._give_up(task, events, delivery, error)
+        delay = self._retry.deferral(wait)
+        log.info(
+            "task %s attempt %d: circuit of %s open; handed back for %.2f s",
+            task.task_id,
+            attempt,
+            provider,
+            delay,
+        )
+        _span_event(
+            "orchestrator.deferred",
+            {
+                "orchestrator.attempt": attempt,
+                "orchestrator.retry.delay": delay,
+                "orchestrator.retry.reason": "circuit_open",
+                "orchestrator.provider": provider,
+            },
+        )
+        self._hooks.deferred(provider, delay)
+        return lambda: delivery.nack(delay)
+
+    async def _crashed_too_often(
+        self, task: TaskMessage, events: AttemptEvents, delivery: Delivery
+    ) -> _Settle:
+        """A delivery past ``MAX_ATTEMPTS``: earlier attempts never reported an end."""
+        limit = self._retry.max_attempts
+        message = (
+            f"gave up after {limit} attempt(s): the task was delivered {events.attempt} times "
+            "and earlier attempts ended without a result (worker crash, lost lease or shutdown)"
+        )
+        events.model = task.model
+        return await self._give_up(
+            task, events, delivery, ErrorInfo(type="attempts_exhausted", message=message)
+        )
+
+    async def _give_up(
+        self, task: TaskMessage, events: AttemptEvents, delivery: Delivery, error: ErrorInfo
+    ) -> _Settle:
+        """Tell the client (``failed``), then dead-letter the task with the reason."""
+        reason = f"attempts exhausted ({events.attempt}): {error.type}: {error.message}"
+        reason = reason[:_MAX_REASON]
+        await events.failed(error)
+        log.warning("task %s dead-lettered: %s", task.task_id, reason)
+        _span_event(
+            "orchestrator.attempts_exhausted",
+            {"orchestrator.attempt": events.attempt, "error.type": error.type},
+        )
+        self._hooks.dead_lettered(reason, error.type)
+        return lambda: delivery.dead_letter(reason)
 
     async def _call(
-        self, route: Route, task: TaskMessage, events: AttemptEvents
-    ) -> Finish | ErrorInfo:
-        """Stream the answer into ``events``; the finish, or the error to report."""
+        self, route: Route, task: TaskMessage, events: AttemptEvents, call: BreakerCall
+    ) -> Finish | _Failed:
+        """Stream the answer into ``events``; the finish, or why there is none. Reports the
+        outcome to the provider's circuit breaker."""
+        name = route.provider.name
         request = CompletionRequest(
             model=route.model,
             prompt=task.prompt,
@@ -222,17 +451,39 @@ class TaskRunner:
                 except BaseException:
                     await _aclose(stream)  # exhausted streams are closed already
                     raise
+            call.succeeded()
         except ProviderError as exc:
-            log.info("task %s failed: %s: %s", task.task_id, exc.type, exc.message)
-            return ErrorInfo(type=exc.type, message=exc.message)
+            log.info("task %s: %s failed: %s: %s", task.task_id, name, exc.type, exc.message)
+            if exc.retryable:
+                call.failed(exc.type)
+            elif exc.status is not None:
+                call.succeeded()  # the provider is up: it answered, with a refusal
+            return _Failed(
+                provider=name,
+                error=ErrorInfo(type=exc.type, message=exc.message),
+                retryable=exc.retryable,
+                retry_after=exc.retry_after,
+                harder=isinstance(exc, Overloaded),
+            )
         except TimeoutError:
-            log.info("task %s timed out after %g s", task.task_id, self._timeout)
-            return ErrorInfo(type="timeout", message=f"no answer within {self._timeout:g} s")
+            log.info("task %s: %s timed out after %g s", task.task_id, name, self._timeout)
+            call.failed("timeout")
+            return _Failed(
+                provider=name,
+                error=ErrorInfo(type="timeout", message=f"no answer within {self._timeout:g} s"),
+                retryable=True,
+            )
         except (BrokerError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            log.exception("task %s: provider %s raised", task.task_id, route.provider.name)
-            return ErrorInfo(type="internal", message=f"{_CRASHED} ({type(exc).__name__})")
+            log.exception("task %s: provider %s raised", task.task_id, name)
+            return _Failed(
+                provider=name,
+                error=ErrorInfo(type="internal", message=f"{_CRASHED} ({type(exc).__name__})"),
+                retryable=False,
+            )
+        finally:
+            call.release()  # no verdict unless one was given above
         return finish
 
     async def _reject(self, delivery: Delivery, exc: InvalidTask) -> None:
@@ -292,3 +543,16 @@ async def _aclose(stream: AsyncIterator[Any]) -> None:
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+def _span_event(name: str, attributes: dict[str, Any]) -> None:
+    """A decision, as an event on the current span (the delivery's ``process`` span)."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(name, attributes)
+
+
+def _current_span_attribute(key: str, value: Any) -> None:
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute(key, value)

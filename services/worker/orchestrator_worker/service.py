@@ -27,8 +27,8 @@ from orchestrator_telemetry import (
 
 from .config import WorkerSettings
 from .errors import ConfigError
-from .providers import InvalidModel, ProviderRegistry, default_registry
-from .worker import Worker
+from .providers import ProviderRegistry, default_registry
+from .worker import Worker, check_settings
 
 log = logging.getLogger("orchestrator_worker")
 
@@ -55,6 +55,9 @@ async def serve(
 ) -> None:
     """Run a worker until SIGTERM/SIGINT, then stop gracefully and release everything.
 
+    Raises ``ConfigError`` (naming the variable) when ``DEFAULT_MODEL``, ``MODEL_ALIASES``
+    or ``PROVIDER_CONCURRENCY`` do not fit the providers.
+
     ``broker`` (an untraced adapter) defaults to one built from ``REDIS_URI``; a broker passed
     in is wrapped for tracing but not closed. The first signal stops fetching and lets
     in-flight tasks finish within ``SHUTDOWN_GRACE_SECONDS``; a second one hands them back
@@ -72,15 +75,12 @@ async def serve(
         tracer_provider=telemetry.tracer_provider,
     )
     try:
-        registry.resolve(settings.default_model)
-    except InvalidModel:
+        check_settings(settings, registry)
+    except ConfigError:
         if own_providers:
             await registry.close()
         await telemetry.aclose()
-        known = ", ".join(registry.names)
-        raise ConfigError(
-            "DEFAULT_MODEL", f"{settings.default_model!r} names no provider (known: {known})"
-        ) from None
+        raise
     own_broker = broker is None
     adapter = broker if broker is not None else connect_broker(settings)
     traced = TracingBroker(adapter, tracer_provider=telemetry.tracer_provider)

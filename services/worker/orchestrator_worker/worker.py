@@ -23,7 +23,12 @@ from orchestrator_broker import Broker, BrokerError, ConsumeOptions, Delivery, d
 from orchestrator_broker import ConfigError as BrokerConfigError
 
 from .config import WorkerSettings
+from .errors import ConfigError
+from .hooks import WorkerHooks, safe_hooks
+from .limits import ProviderGuards
+from .pricing import PriceTable
 from .providers import ProviderRegistry, default_registry
+from .routing import ModelRouter
 from .runner import TaskRunner
 
 log = logging.getLogger(__name__)
@@ -35,6 +40,22 @@ DeliveryContext = Callable[[Delivery], AbstractContextManager[Any]]
 _RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
 #: How long cancelled tasks may take to hand their deliveries back.
 _HAND_BACK_WAIT = 10.0
+
+
+def check_settings(
+    settings: WorkerSettings, providers: ProviderRegistry, *, default_model: bool = True
+) -> None:
+    """Raise ``ConfigError`` naming the variable if ``MODEL_ALIASES``,
+    ``PROVIDER_CONCURRENCY`` or (with ``default_model``) the registry's default model name
+    providers ``providers`` lacks, or if ``MAX_ATTEMPTS`` is not below ``MAX_DELIVERIES``
+    (see ``config``)."""
+    ModelRouter(providers, settings.model_aliases).check(default_model=default_model)
+    ProviderGuards(concurrency=settings.provider_concurrency).check(providers.names)
+    if settings.max_attempts >= settings.max_deliveries:
+        raise ConfigError(
+            "MAX_ATTEMPTS",
+            f"{settings.max_attempts} must be less than MAX_DELIVERIES ({settings.max_deliveries})",
+        )
 
 
 def default_fetch_batch(concurrency: int) -> int:
@@ -55,7 +76,12 @@ class Worker:
     ``delivery_context`` wraps the handling of each delivery (telemetry passes one that makes
     the delivery's ``process`` span current, so result events join the task's trace).
     ``started_after``: how long an attempt without text runs before its ``started`` event is
-    written (see ``events``).
+    written (see ``events``). ``hooks`` hear every retry, fallback, deferral, dead letter and
+    circuit breaker change (for metrics; ``guards`` exposes breaker states and calls in
+    flight per provider).
+
+    Raises ``ConfigError`` (naming the variable) for model aliases or provider limits that
+    do not fit ``providers``.
     """
 
     def __init__(
@@ -67,6 +93,7 @@ class Worker:
         delivery_context: DeliveryContext | None = None,
         fetch_batch: int | None = None,
         started_after: float = 1.0,
+        hooks: WorkerHooks | None = None,
     ) -> None:
         self._broker = broker
         self._settings = settings
@@ -82,6 +109,16 @@ class Worker:
             max_deliveries=settings.max_deliveries,
             auto_extend=True,
         )
+        self._hooks = safe_hooks(hooks)
+        self.router = ModelRouter(self._providers, settings.model_aliases)
+        self.guards = ProviderGuards(
+            concurrency=settings.provider_concurrency,
+            breaker_failures=settings.breaker_failures,
+            breaker_cooldown=settings.breaker_cooldown,
+            on_breaker_change=self._hooks.breaker_changed,
+        )
+        # (serve() checks the default model too; an embedding caller may route every task)
+        check_settings(settings, self._providers, default_model=False)
         self._runner = TaskRunner(
             broker,
             self._providers,
@@ -89,6 +126,11 @@ class Worker:
             task_timeout=settings.task_timeout,
             flush_interval=settings.delta_flush_interval,
             started_after=started_after,
+            router=self.router,
+            retry=settings.retry_policy,
+            guards=self.guards,
+            prices=PriceTable(settings.model_prices),
+            hooks=self._hooks,
         )
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()

@@ -1,0 +1,119 @@
+"""Per-provider guards: a concurrency limit and a circuit breaker for each provider.
+
+``PROVIDER_CONCURRENCY="openai=50,gemini=20"`` caps the calls one worker process has open
+at once to each listed provider (unlisted providers: no cap beyond ``NUMBER_OF_WORKERS``).
+A task over the cap waits for a free place in its worker slot; the cap is per process, so
+the fleet-wide figure is the cap times the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+
+from .breaker import CircuitBreaker, StateListener
+from .errors import ConfigError
+
+__all__ = ["ProviderGuard", "ProviderGuards", "parse_concurrency"]
+
+_PROVIDER = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+VARIABLE = "PROVIDER_CONCURRENCY"
+
+
+def parse_concurrency(variable: str, raw: str) -> dict[str, int]:
+    """``provider=limit,...`` as a mapping; ``ConfigError`` naming ``variable``."""
+    limits: dict[str, int] = {}
+    for entry in raw.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, equals, number = entry.partition("=")
+        name = name.strip()
+        if not equals or not _PROVIDER.match(name):
+            raise ConfigError(variable, f"{entry!r} is not provider=limit (e.g. openai=50)")
+        try:
+            limit = int(number.strip())
+        except ValueError:
+            problem = f"{name}: {number.strip()!r} is not a whole number"
+            raise ConfigError(variable, problem) from None
+        if not 1 <= limit <= 1_000_000:
+            raise ConfigError(variable, f"{name}: {limit} is outside 1..1000000")
+        if name in limits:
+            raise ConfigError(variable, f"{name} is listed twice")
+        limits[name] = limit
+    return limits
+
+
+class ProviderGuard:
+    """The breaker and the concurrency limit of one provider."""
+
+    def __init__(self, breaker: CircuitBreaker, limit: int | None) -> None:
+        self.breaker = breaker
+        self.limit = limit
+        self._slots = asyncio.Semaphore(limit) if limit else None
+        #: Calls to this provider running now (for metrics and tests).
+        self.in_flight = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the provider's places for a call (waiting for one if all are taken)."""
+        if self._slots is not None:
+            await self._slots.acquire()
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            if self._slots is not None:
+                self._slots.release()
+
+
+class ProviderGuards:
+    """The guards of every provider, made on first use."""
+
+    def __init__(
+        self,
+        *,
+        concurrency: Mapping[str, int] | None = None,
+        breaker_failures: int = 5,
+        breaker_cooldown: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_breaker_change: StateListener | None = None,
+    ) -> None:
+        self._limits = dict(concurrency or {})
+        self._failures = breaker_failures
+        self._cooldown = breaker_cooldown
+        self._clock = clock
+        self._on_change = on_breaker_change
+        self._guards: dict[str, ProviderGuard] = {}
+
+    def __getitem__(self, provider: str) -> ProviderGuard:
+        guard = self._guards.get(provider)
+        if guard is None:
+            breaker = CircuitBreaker(
+                provider,
+                failures=self._failures,
+                cooldown=self._cooldown,
+                clock=self._clock,
+                on_change=self._on_change,
+            )
+            guard = self._guards[provider] = ProviderGuard(breaker, self._limits.get(provider))
+        return guard
+
+    @property
+    def guards(self) -> dict[str, ProviderGuard]:
+        """The guards made so far, by provider (for metrics: breaker state, calls in flight)."""
+        return dict(self._guards)
+
+    def check(self, providers: Iterable[str]) -> None:
+        """``ConfigError`` naming ``PROVIDER_CONCURRENCY`` if it limits an unknown provider."""
+        known = set(providers)
+        for name in self._limits:
+            if name not in known:
+                raise ConfigError(
+                    VARIABLE, f"{name!r} is not a provider (known: {', '.join(sorted(known))})"
+                )
