@@ -158,7 +158,7 @@ class AttemptEvents:
         terminal event comes first; with ``at_once`` (a retried attempt), right away."""
         self._started_due = True
         if at_once and self._flushing is None and not self._closed:
-            self._flushing = asyncio.get_running_loop().create_task(self._flush(text=False))
+            self._flushing = asyncio.get_running_loop().create_task(self._flush(with_text=False))
         else:
             self._clock.expect_started(self)
 
@@ -264,13 +264,13 @@ class AttemptEvents:
         if self._started_due and not self._closed and self._flushing is None:
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
 
-    async def _flush(self, *, text: bool = True) -> None:
-        """Write ``started`` if due, then (with ``text``) the text pending as a delta."""
+    async def _flush(self, *, with_text: bool = True) -> None:
+        """Write ``started`` if due, then (``with_text``) the text pending as a delta."""
         try:
             if self._started_due:  # always before the first delta
                 self._started_due = False
                 await self._publish(EventKind.STARTED)
-            if text and self._pending:
+            if with_text and self._pending:
                 text = "".join(self._pending)
                 self._pending.clear()
                 self._deltas += 1
