@@ -14,6 +14,7 @@ from opentelemetry import trace
 from orchestrator_broker import Broker
 
 from .config import ApiSettings
+from .metrics import METRICS, ApiMetrics
 from .problems import error_middleware
 from .routes import add_routes
 from .state import STATE, ApiState
@@ -25,8 +26,9 @@ __all__ = ["RESULTS_TASK", "Runnable", "create_app"]
 
 log = logging.getLogger(__name__)
 
-#: Paths that get no server span (polled by orchestrators; they would drown real traces).
-UNTRACED_PATHS: Final = ("/health",)
+#: Paths that get no server span (polled by orchestrators and Prometheus; they would drown
+#: real traces).
+UNTRACED_PATHS: Final = ("/health", "/metrics")
 #: How long the results consumer may take to stop before it is cancelled.
 _CONSUMER_STOP_TIMEOUT: Final = 10.0
 
@@ -52,6 +54,7 @@ def create_app(
     consume_results: bool = True,
     heartbeat: float = DEFAULT_HEARTBEAT,
     publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
+    metrics: ApiMetrics | None = None,
 ) -> web.Application:
     """The API app on ``broker`` and ``store`` (which the caller owns and closes).
 
@@ -59,7 +62,9 @@ def create_app(
     ``settings.results_stream`` to ``store`` (``consume_results=False`` leaves that to
     someone else; tests pass their own ``results_consumer``). Every request gets a server span
     from ``tracer_provider`` (default: the global one), whose ``traceparent`` the response
-    carries. Raises ``ConfigError`` when auth is on and there are no API keys.
+    carries. ``GET /metrics`` (no auth) serves ``metrics`` (default: new ``ApiMetrics``;
+    single-process mode passes one on the registry it shares with the worker). Raises
+    ``ConfigError`` when auth is on and there are no API keys.
     """
     keyring = settings.keyring()
     streams = StreamRegistry()
@@ -72,18 +77,39 @@ def create_app(
         streams=streams,
         heartbeat=heartbeat,
     )
+    metrics = metrics or ApiMetrics()
+    # Inside the tracing middleware (added below, outermost): exemplars get the request's
+    # trace id; outside the error middleware: it sees the statuses clients see.
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[metrics.middleware(), error_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[STATE] = state
+    app[METRICS] = metrics
     add_routes(app)
+    _add_metrics(app, metrics, settings, broker, streams)
     _instrument(app, tracer_provider)
     app.on_shutdown.append(streams.close_all)
     if consume_results or results_consumer is not None:
-        consumer = results_consumer or _default_consumer(settings, broker, store)
+        consumer = results_consumer or _default_consumer(settings, broker, store, metrics)
         app.cleanup_ctx.append(_results_ctx(consumer))
     return app
+
+
+def _add_metrics(
+    app: web.Application,
+    metrics: ApiMetrics,
+    settings: ApiSettings,
+    broker: Broker,
+    streams: StreamRegistry,
+) -> None:
+    from orchestrator_telemetry.metrics_http import metrics_handler
+
+    metrics.watch_streams(streams)
+    metrics.watch_queues(
+        broker, tasks_stream=settings.stream, results_stream=settings.results_stream
+    )
+    app.router.add_get("/metrics", metrics_handler(metrics.registry), allow_head=False)
 
 
 def _instrument(app: web.Application, tracer_provider: trace.TracerProvider | None) -> None:
@@ -95,10 +121,16 @@ def _instrument(app: web.Application, tracer_provider: trace.TracerProvider | No
     instrument_app(app, tracer_provider, exclude_paths=UNTRACED_PATHS)
 
 
-def _default_consumer(settings: ApiSettings, broker: Broker, store: TaskStore) -> Runnable:
+def _default_consumer(
+    settings: ApiSettings, broker: Broker, store: TaskStore, metrics: ApiMetrics
+) -> Runnable:
     from .results import ResultsConsumer
 
-    return ResultsConsumer(broker, store, stream=settings.results_stream)
+    consumer = ResultsConsumer(
+        broker, store, stream=settings.results_stream, on_applied=metrics.result_applied
+    )
+    metrics.watch_consumer(consumer.stats)
+    return consumer
 
 
 def _results_ctx(consumer: Runnable) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -391,6 +391,28 @@ def build_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics (no authentication).",
+                    "description": (
+                        "OpenMetrics 1.0 (with trace-id exemplars) when `Accept` asks for "
+                        "`application/openmetrics-text`, else the Prometheus 0.0.4 text format. "
+                        "See doc/operations.md for what each metric means."
+                    ),
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The metrics.",
+                            "content": {
+                                "text/plain": {"schema": {"type": "string"}},
+                                "application/openmetrics-text": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "500": {"$ref": "#/components/responses/InternalError"},
+                    },
+                }
+            },
             "/v1/tasks": {
                 "post": {
                     "operationId": "submitTask",

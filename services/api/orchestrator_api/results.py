@@ -77,6 +77,9 @@ class ConsumerStats:
 class ResultsConsumer:
     """Consumes ``stream`` as ``consumer`` of ``group`` and applies each event to ``store``.
 
+    ``on_applied`` (metrics) is called with each event the store applied; it must be quick
+    and must not raise.
+
     ``run()`` returns after ``stop()`` (or when the broker closes), once every delivery it
     took is settled: applied and acked, or handed back with a nack.
     """
@@ -94,6 +97,7 @@ class ResultsConsumer:
         retry_initial: float = 0.05,
         retry_max: float = 2.0,
         error_nack_delay: float = 1.0,
+        on_applied: Callable[[ResultEvent], None] | None = None,
     ) -> None:
         self.broker = broker
         self.store = store
@@ -106,6 +110,7 @@ class ResultsConsumer:
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._error_nack_delay = error_nack_delay
+        self._on_applied = on_applied
         self._lanes: dict[str, _Lane] = {}
         self._lane_tasks: set[asyncio.Task[None]] = set()
         self._acks: set[asyncio.Task[None]] = set()
@@ -233,6 +238,11 @@ class ResultsConsumer:
                 log.info("results consumer: store reachable again")
             if applied:
                 self.stats.applied += 1
+                if self._on_applied is not None:  # metrics; the delivery's span is current
+                    try:
+                        self._on_applied(event)
+                    except Exception:
+                        log.exception("results consumer: on_applied failed")
             else:
                 self.stats.ignored += 1
             span = trace.get_current_span()  # the delivery's "process results" span, if traced

@@ -10,6 +10,7 @@ from typing import Final
 import orjson
 from aiohttp import web
 
+from .metrics import METRICS
 from .model import TaskRecord
 from .problems import (
     TYPE_NOT_FOUND,
@@ -100,6 +101,8 @@ async def submit_task(request: web.Request) -> web.Response:
         record, created = await state.tasks.submit(tenant, submission, key)
     except Unavailable as exc:
         raise _unavailable(exc, "; the task was not accepted") from exc
+    if created:
+        request.app[METRICS].task_accepted(tenant, submission.model)
     return _json(
         task_view(record),
         202 if created else 200,
