@@ -1,0 +1,198 @@
+"""The API's ``GET /metrics`` after real traffic: a real app over loopback HTTP on the
+in-memory broker and store, with a real Worker answering the tasks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import attrs
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from opentelemetry.sdk.trace import TracerProvider
+
+from orchestrator_api.app import create_app
+from orchestrator_api.config import ApiSettings
+from orchestrator_api.store.memory import MemoryTaskStore
+from orchestrator_broker import MemoryBroker
+from orchestrator_telemetry import TracingBroker, process_context
+from orchestrator_telemetry.metrics import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_PROMETHEUS
+from orchestrator_worker.config import WorkerSettings
+from orchestrator_worker.worker import Worker
+from tests.metrics.exposition import Family, names, parse, value
+
+ACME = {"Authorization": "Bearer key-acme"}
+GLOBEX = {"Authorization": "Bearer key-globex"}
+OPENMETRICS = {"Accept": "application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"}
+
+
+@attrs.frozen
+class Stack:
+    client: TestClient[Any, Any]
+    broker: TracingBroker
+    worker: Worker
+
+
+@pytest.fixture
+async def stack(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+) -> AsyncIterator[Stack]:
+    settings = ApiSettings(
+        api_keys=(("acme", "key-acme"), ("globex", "key-globex")), host="127.0.0.1", port=0
+    )
+    # Traced as in production: the worker's events and the API's applies join each task's
+    # trace, so latency exemplars carry trace ids.
+    provider = TracerProvider()
+    broker = TracingBroker(MemoryBroker(), tracer_provider=provider)
+    store = MemoryTaskStore(settings.cache_ttl_seconds)
+    app = create_app(settings, broker=broker, store=store, tracer_provider=provider)
+
+    async def close(_: web.Application) -> None:
+        await store.close()
+
+    app.on_cleanup.append(close)
+    client = await aiohttp_client(app)
+    worker = Worker(
+        broker,
+        WorkerSettings(consumer_name="metrics-worker", concurrency=8, shutdown_grace=2.0),
+        delivery_context=process_context,
+    )
+    running = asyncio.create_task(worker.run())
+    try:
+        yield Stack(client, broker, worker)
+    finally:
+        worker.stop(force=True)
+        async with asyncio.timeout(15):
+            await running
+        await client.close()
+        await broker.close()
+
+
+async def scrape(client: TestClient[Any, Any], *, openmetrics: bool = False) -> dict[str, Family]:
+    response = await client.get("/metrics", headers=OPENMETRICS if openmetrics else None)
+    assert response.status == 200
+    expected = CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_PROMETHEUS
+    assert response.headers["Content-Type"] == expected
+    return parse(await response.text(), openmetrics=openmetrics)
+
+
+async def run_task(client: TestClient[Any, Any], headers: dict[str, str], **body: Any) -> Any:
+    response = await client.post(
+        "/v1/tasks", json={"prompt": "one two three", **body}, headers=headers
+    )
+    assert response.status == 202, await response.text()
+    task = await response.json()
+    async with asyncio.timeout(20):
+        while True:
+            polled = await client.get(f"/v1/tasks/{task['id']}", headers=headers)
+            record = await polled.json()
+            if record["status"] in ("succeeded", "failed"):
+                return record
+            await asyncio.sleep(0.02)
+
+
+async def test_metrics_needs_no_api_key_and_answers_both_formats(stack: Stack) -> None:
+    plain = await scrape(stack.client)
+    openmetrics = await scrape(stack.client, openmetrics=True)
+
+    assert "orchestrator_broker_up" in names(plain)
+    assert "orchestrator_broker_up" in names(openmetrics)
+
+
+async def test_requests_are_counted_by_route_template_and_status(stack: Stack) -> None:
+    record = await run_task(stack.client, ACME)
+    await stack.client.get("/v1/tasks/does-not-exist", headers=ACME)
+    await stack.client.get(f"/v1/tasks/{record['id']}")  # no key: 401
+    await stack.client.get("/no/such/path")
+
+    families = await scrape(stack.client)
+    count = "orchestrator_api_http_request_duration_seconds_count"
+
+    assert value(families, count, method="POST", route="/v1/tasks", status="202") == 1
+    assert value(families, count, method="GET", route="/v1/tasks/{task_id}", status="404") == 1
+    assert value(families, count, method="GET", route="/v1/tasks/{task_id}", status="401") == 1
+    assert value(families, count, route="unmatched", status="404") == 1
+    routes = {
+        s.labels["route"]
+        for s in families["orchestrator_api_http_request_duration_seconds"].samples
+    }
+    assert not any(record["id"] in route for route in routes), "a task id became a label"
+
+
+async def test_tasks_tokens_and_status_are_counted_per_tenant(stack: Stack) -> None:
+    await run_task(stack.client, ACME)
+    await run_task(stack.client, ACME, model="echo")
+    await run_task(stack.client, GLOBEX, parameters={"fail": "rate_limit"})
+
+    families = await scrape(stack.client)
+
+    accepted = "orchestrator_api_tasks_accepted_total"
+    assert value(families, accepted, tenant="acme", model="default") == 1
+    assert value(families, accepted, tenant="acme", model="echo") == 1
+    assert value(families, accepted, tenant="globex") == 1
+    finished = "orchestrator_api_tasks_finished_total"
+    assert value(families, finished, tenant="acme", status="succeeded", provider="echo") == 2
+    assert value(families, finished, tenant="globex", status="failed") == 1
+    tokens = "orchestrator_api_tokens_total"
+    assert value(families, tokens, tenant="acme", direction="input") >= 6  # 3 words, twice
+    assert value(families, tokens, tenant="acme", direction="output") >= 6
+    assert value(families, "orchestrator_api_result_events_total", outcome="applied") >= 3
+
+
+async def test_an_idempotent_replay_is_not_counted_as_accepted(stack: Stack) -> None:
+    headers = {**ACME, "Idempotency-Key": "same"}
+    first = await stack.client.post("/v1/tasks", json={"prompt": "x"}, headers=headers)
+    again = await stack.client.post("/v1/tasks", json={"prompt": "x"}, headers=headers)
+    assert (first.status, again.status) == (202, 200)
+
+    families = await scrape(stack.client)
+
+    assert value(families, "orchestrator_api_tasks_accepted_total", tenant="acme") == 1
+
+
+async def test_result_delay_is_observed_with_trace_exemplars(stack: Stack) -> None:
+    for _ in range(3):
+        await run_task(stack.client, ACME)
+
+    families = await scrape(stack.client, openmetrics=True)
+    delay = families["orchestrator_api_result_delay_seconds"]
+
+    assert value(families, "orchestrator_api_result_delay_seconds_count", kind="succeeded") >= 3
+    exemplars = [s.exemplar for s in delay.samples if s.exemplar is not None]
+    assert exemplars
+    assert all(len(e.labels["trace_id"]) == 32 for e in exemplars)
+    latency = families["orchestrator_api_http_request_duration_seconds"]
+    assert any(s.exemplar is not None for s in latency.samples)
+
+
+async def test_queue_gauges_show_the_backlog_and_pending_of_both_streams(stack: Stack) -> None:
+    await run_task(stack.client, ACME)
+
+    families = await scrape(stack.client)
+
+    assert value(families, "orchestrator_broker_up") == 1
+    assert value(families, "orchestrator_queue_backlog", stream="tasks", group="workers") == 0
+    assert value(families, "orchestrator_queue_pending", stream="results", group="api") >= 0
+    assert value(families, "orchestrator_queue_dead_letters", stream="tasks") == 0
+
+
+async def test_a_growing_backlog_shows_when_no_worker_takes_tasks(stack: Stack) -> None:
+    stack.worker.stop(force=True)
+    await asyncio.sleep(0.1)
+    for _ in range(3):
+        response = await stack.client.post("/v1/tasks", json={"prompt": "x"}, headers=ACME)
+        assert response.status == 202
+    families = await scrape(stack.client)
+
+    assert value(families, "orchestrator_queue_backlog", stream="tasks", group="workers") >= 3
+
+
+async def test_a_broker_that_is_down_reads_as_down_without_stale_depths(stack: Stack) -> None:
+    await stack.broker.close()
+
+    families = await scrape(stack.client)
+
+    assert value(families, "orchestrator_broker_up") == 0
+    assert "orchestrator_queue_backlog" not in names(families)
