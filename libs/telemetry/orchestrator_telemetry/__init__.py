@@ -21,6 +21,7 @@ from .errors import TelemetryConfigError, TelemetryError
 from .instrumentation import client_trace_config, instrument_app, server_middleware
 from .logs import JsonFormatter, LoggingSettings, TraceContextFilter, setup_logging
 from .propagation import (
+    current_span_context,
     current_span_id,
     current_trace_id,
     extract_context,
@@ -44,6 +45,7 @@ __all__ = [
     "TracedDelivery",
     "TracingBroker",
     "client_trace_config",
+    "current_span_context",
     "current_span_id",
     "current_trace_id",
     "extract_context",

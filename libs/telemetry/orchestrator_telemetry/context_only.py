@@ -37,6 +37,8 @@ from opentelemetry.trace.span import TraceState
 from opentelemetry.util import types
 from opentelemetry.util._decorator import _agnosticcontextmanager
 
+from .propagation import current_span_context
+
 __all__ = ["ContextOnlyTracer", "ContextOnlyTracerProvider", "is_context_only"]
 
 _SAMPLED = TraceFlags.SAMPLED
@@ -72,7 +74,7 @@ class ContextOnlyTracer(trace.Tracer):
 
     def span_context(self, context: Context | None = None) -> SpanContext:
         """A new span context: a child of the span in ``context`` (default: current), or a root."""
-        parent = trace.get_current_span(context).get_span_context()
+        parent = current_span_context(context)
         span_id = _getrandbits(64)
         while span_id == INVALID_SPAN_ID:  # pragma: no cover - one chance in 2**64
             span_id = _getrandbits(64)

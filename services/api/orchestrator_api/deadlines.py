@@ -34,7 +34,8 @@ class Deadlines:
     def bound(self, seconds: float) -> _Bound:
         """``with deadlines.bound(2.0): await ...``: TimeoutError if the block takes longer.
 
-        Used from inside a task, around awaits; blocks of one task must not nest.
+        Used from inside a task, around awaits; blocks of one task must not nest. The object
+        may be entered again by the same task (each time with a fresh deadline).
         """
         return _Bound(self, seconds)
 
@@ -58,14 +59,16 @@ class _Bound:
     def __init__(self, owner: Deadlines, seconds: float) -> None:
         self._owner = owner
         self._seconds = seconds
+        self._task: asyncio.Task[object] | None = None
 
     def __enter__(self) -> None:
-        task = asyncio.current_task()
+        task = self._task
         if task is None:
-            raise RuntimeError("Deadlines.bound() must be used inside a task")
+            task = self._task = asyncio.current_task()
+            if task is None:
+                raise RuntimeError("Deadlines.bound() must be used inside a task")
         owner = self._owner
         loop = task.get_loop()
-        self._task = task
         self._cancelling = task.cancelling()
         owner._open[task] = loop.time() + self._seconds
         if owner._timer is None or owner._loop is not loop:
@@ -79,6 +82,7 @@ class _Bound:
         tb: TracebackType | None,
     ) -> None:
         owner, task = self._owner, self._task
+        assert task is not None  # entered
         del owner._open[task]
         if task in owner._expired:
             owner._expired.discard(task)

@@ -15,7 +15,8 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from opentelemetry import trace
+
+from orchestrator_telemetry.propagation import current_span_context, traceparent
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
@@ -104,13 +105,8 @@ def problem_response(problem: Problem, request: web.BaseRequest | None = None) -
 
 def trace_headers() -> dict[str, str]:
     """``{"traceparent": ...}`` of the current (server) span, or ``{}`` if there is none."""
-    context = trace.get_current_span().get_span_context()
-    if not context.is_valid:
-        return {}
-    return {
-        "traceparent": f"00-{context.trace_id:032x}-{context.span_id:016x}-"
-        f"{int(context.trace_flags):02x}"
-    }
+    context = current_span_context()
+    return {"traceparent": traceparent(context)} if context.is_valid else {}
 
 
 def _from_http_exception(exc: web.HTTPException) -> Problem:
@@ -145,9 +141,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             request,
         )
     if not response.prepared:
-        context = trace.get_current_span().get_span_context()
+        context = current_span_context()
         if context.is_valid:
-            response.headers["traceparent"] = (
-                f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
-            )
+            response.headers["traceparent"] = traceparent(context)
     return response
