@@ -26,6 +26,8 @@ _T = TypeVar("_T")
 _NAME = re.compile(r"^[A-Za-z0-9_.:\-]+$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _LOG_FORMATS = ("plain", "json")
+#: Where a worker serves ``GET /metrics`` unless ``METRICS_PORT`` says otherwise.
+DEFAULT_METRICS_PORT = 9100
 
 
 @attrs.frozen
@@ -95,6 +97,15 @@ class WorkerSettings:
     ``LOG_LEVEL``                ``INFO``                  DEBUG, INFO, WARNING, ERROR
     ``LOG_FORMAT``               ``plain``                 ``plain`` or ``json`` (one object per
                                                            line, with trace ids)
+    ``METRICS_PORT``             ``9100``                  port of ``GET /metrics`` (Prometheus;
+                                                           the image's healthcheck probes it);
+                                                           0 picks a free port. Set: a port that
+                                                           cannot be bound stops the worker.
+                                                           Unset: the worker runs on without
+                                                           metrics (several on one host)
+    ``METRICS_HOST``             ``127.0.0.1``             address it binds: loopback by
+                                                           default; ``0.0.0.0`` in containers
+                                                           so Prometheus can scrape it
     ============================ ========================= =======================================
 
     The ``OTEL_*`` variables (sampler, headers, ``OTEL_SDK_DISABLED``...) are read by
@@ -130,6 +141,8 @@ class WorkerSettings:
     delta_flush_ms: float = 100.0
     log_level: str = "INFO"
     log_format: LogFormat = "plain"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None  # None: METRICS_PORT unset, DEFAULT_METRICS_PORT
     telemetry: TelemetrySettings | None = attrs.field(default=None, repr=False)
     providers: ProviderSettings | None = attrs.field(default=None, repr=False)
 
@@ -172,6 +185,8 @@ class WorkerSettings:
             "delta_flush_ms": ("DELTA_FLUSH_MS", _seconds(positive=False)),
             "log_level": ("LOG_LEVEL", _choice(_LOG_LEVELS, upper=True)),
             "log_format": ("LOG_FORMAT", _choice(_LOG_FORMATS, upper=False)),
+            "metrics_host": ("METRICS_HOST", _host),
+            "metrics_port": ("METRICS_PORT", _int_between(0, 65_535)),
         }
         for field, (variable, parse) in spec.items():
             value = read(variable, parse)
@@ -194,6 +209,12 @@ class WorkerSettings:
                 f"{settings.retry_max:g} is less than RETRY_BASE_SECONDS ({settings.retry_base:g})",
             )
         return settings
+
+    @property
+    def metrics_address(self) -> tuple[str, int]:
+        """Where ``GET /metrics`` listens: ``METRICS_HOST`` and ``METRICS_PORT`` (9100)."""
+        port = DEFAULT_METRICS_PORT if self.metrics_port is None else self.metrics_port
+        return self.metrics_host, port
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -233,6 +254,12 @@ def _check_attempts(values: dict[str, Any], defaults: WorkerSettings) -> None:
 
 
 def _text(_: str, raw: str) -> str:
+    return raw
+
+
+def _host(variable: str, raw: str) -> str:
+    if any(ch.isspace() or ch in "/@" for ch in raw):
+        raise ConfigError(variable, f"{raw!r} is not a host name or address")
     return raw
 
 

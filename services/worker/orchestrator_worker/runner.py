@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -67,6 +68,7 @@ from .events import AttemptEvents, FlushClock
 from .hooks import WorkerHooks, safe_hooks
 from .limits import ProviderGuards
 from .messages import ErrorInfo, TaskMessage
+from .metrics import WorkerMetrics
 from .pricing import PriceTable
 from .providers import (
     CompletionRequest,
@@ -171,7 +173,8 @@ class TaskRunner:
     ``router`` maps model names (and aliases) to routes (default: the registry alone);
     ``retry`` says how often and how late failures run again; ``guards`` hold each
     provider's concurrency limit and circuit breaker; ``prices`` give ``cost_usd``;
-    ``hooks`` hear every retry, fallback, deferral and dead letter.
+    ``hooks`` hear every retry, fallback, deferral and dead letter; ``metrics`` count
+    outcomes, model calls, tokens, cost and task latency.
     """
 
     def __init__(
@@ -188,6 +191,7 @@ class TaskRunner:
         guards: ProviderGuards | None = None,
         prices: PriceTable | None = None,
         hooks: WorkerHooks | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._broker = broker
         self._providers = providers
@@ -199,6 +203,7 @@ class TaskRunner:
         self._guards = guards or ProviderGuards()
         self._prices = prices or PriceTable()
         self._hooks = safe_hooks(hooks)
+        self._metrics = metrics
 
     @property
     def retry(self) -> RetryPolicy:
@@ -229,6 +234,8 @@ class TaskRunner:
                 events.attempt,
                 exc,
             )
+            if self._metrics is not None:
+                self._metrics.task_requeued("broker_error")
             await self._settle(delivery, lambda: delivery.nack(_REPUBLISH_DELAY))
             return
         except asyncio.CancelledError:
@@ -256,6 +263,8 @@ class TaskRunner:
         except Exception as exc:
             log.warning("could not report the crash of task %s: %s", events.task_id, exc)
             return False
+        if self._metrics is not None:
+            self._metrics.task_failed(events.provider, events.model, "internal")
         return True
 
     async def _attempt(
@@ -270,10 +279,14 @@ class TaskRunner:
         except ProviderError as exc:
             events.model = task.model
             await events.failed(ErrorInfo(type=exc.type, message=exc.message))
+            if self._metrics is not None:  # the model name is the client's: not a label
+                self._metrics.task_failed(None, None, exc.type, submitted_at=task.submitted_at)
             return delivery.ack
         last: _Failed | None = None  # the last target that failed retryably
         blocked: list[tuple[str, float]] = []  # (provider, seconds) of open circuits skipped
         begun = False
+        began = 0.0  # monotonic start of the first call of this attempt
+        metrics = self._metrics
         for route in routes:
             name = route.provider.name
             guard = self._guards[name]
@@ -296,15 +309,39 @@ class TaskRunner:
                 if not begun:
                     begun = True
                     events.begin(at_once=attempt > 1)
+                    began = time.monotonic()
+                    if metrics is not None:
+                        metrics.attempt_started(name, route.model, attempt, task.submitted_at)
+                called = time.monotonic()
                 outcome = await self._call(route, task, events, call)
+                if metrics is not None:
+                    error = None if isinstance(outcome, Finish) else outcome.error.type
+                    metrics.provider_called(name, route.model, time.monotonic() - called, error)
             if isinstance(outcome, Finish):
                 cost = self._prices.cost(name, route.model, outcome.usage)
                 if cost is not None:
                     _current_span_attribute("orchestrator.task.cost_usd", cost)
                 await events.succeeded(outcome.usage, outcome.finish_reason, cost)
+                if metrics is not None:
+                    metrics.task_succeeded(
+                        name,
+                        route.model,
+                        outcome.usage,
+                        cost,
+                        run_seconds=time.monotonic() - began,
+                        submitted_at=task.submitted_at,
+                    )
                 return delivery.ack
             if not outcome.retryable:
                 await events.failed(outcome.error)
+                if metrics is not None:
+                    metrics.task_failed(
+                        name,
+                        route.model,
+                        outcome.error.type,
+                        run_seconds=time.monotonic() - began,
+                        submitted_at=task.submitted_at,
+                    )
                 return delivery.ack
             last = outcome
         if last is None:
@@ -417,6 +454,10 @@ class TaskRunner:
         reason = f"attempts exhausted ({events.attempt}): {error.type}: {error.message}"
         reason = reason[:_MAX_REASON]
         await events.failed(error)
+        if self._metrics is not None:
+            self._metrics.task_failed(
+                events.provider, events.model, error.type, submitted_at=task.submitted_at
+            )
         log.warning("task %s dead-lettered: %s", task.task_id, reason)
         _span_event(
             "orchestrator.attempts_exhausted",
@@ -488,6 +529,8 @@ class TaskRunner:
 
     async def _reject(self, delivery: Delivery, exc: InvalidTask) -> None:
         reason = f"invalid task: {exc.reason}"[:_MAX_REASON]
+        if self._metrics is not None:
+            self._metrics.task_rejected()
         log.warning("dead-lettering entry %s: %s", delivery.entry_id, reason)
         if exc.task_id is not None and exc.tenant is not None:
             events = AttemptEvents(
@@ -515,6 +558,8 @@ class TaskRunner:
                     await delivery.ack()
                 else:
                     await delivery.nack(0)
+                    if self._metrics is not None:
+                        self._metrics.task_requeued("shutdown")
         except (BrokerError, TimeoutError) as exc:
             log.warning("could not hand back task %s: %s", events.task_id, exc)
 

@@ -24,9 +24,11 @@ from orchestrator_telemetry import (
     setup_logging,
     setup_telemetry,
 )
+from orchestrator_telemetry.metrics_http import MetricsServer, start_metrics_server
 
 from .config import WorkerSettings
 from .errors import ConfigError
+from .metrics import WorkerMetrics
 from .providers import ProviderRegistry, default_registry
 from .worker import Worker, check_settings
 
@@ -84,7 +86,10 @@ async def serve(
     own_broker = broker is None
     adapter = broker if broker is not None else connect_broker(settings)
     traced = TracingBroker(adapter, tracer_provider=telemetry.tracer_provider)
-    worker = Worker(traced, settings, providers=registry, delivery_context=process_context)
+    metrics = WorkerMetrics()
+    worker = Worker(
+        traced, settings, providers=registry, delivery_context=process_context, metrics=metrics
+    )
 
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
@@ -115,9 +120,13 @@ async def serve(
             settings.lease_seconds,
         )
     tune_gc()
+    server: MetricsServer | None = None
     try:
+        server = await _serve_metrics(metrics, settings)
         await worker.run()
     finally:
+        if server is not None:
+            await server.close()
         for signum in installed:
             loop.remove_signal_handler(signum)
         if own_providers:
@@ -126,6 +135,29 @@ async def serve(
             await traced.close()
         await telemetry.aclose()
         log.info("worker %s stopped", worker.consumer)
+
+
+async def _serve_metrics(metrics: WorkerMetrics, settings: WorkerSettings) -> MetricsServer | None:
+    """``GET /metrics`` on ``METRICS_HOST:METRICS_PORT``. A port that cannot be bound is a
+    ``ConfigError`` when ``METRICS_PORT`` was set, and a warning when it was not (several
+    workers on one host: the first takes the default port)."""
+    host, port = settings.metrics_address
+    try:
+        server = await start_metrics_server(metrics.registry, host, port)
+    except OSError as exc:
+        if settings.metrics_port is not None:
+            raise ConfigError(
+                "METRICS_PORT", f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+            ) from None
+        log.warning(
+            "no metrics: cannot listen on %s:%d (%s); set METRICS_PORT to choose a port",
+            host,
+            port,
+            exc.strerror or exc,
+        )
+        return None
+    log.info("metrics on %s", server.url)
+    return server
 
 
 def tune_gc() -> None:

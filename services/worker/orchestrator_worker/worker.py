@@ -26,6 +26,7 @@ from .config import WorkerSettings
 from .errors import ConfigError
 from .hooks import WorkerHooks, safe_hooks
 from .limits import ProviderGuards
+from .metrics import WorkerMetrics
 from .pricing import PriceTable
 from .providers import ProviderRegistry, default_registry
 from .routing import ModelRouter
@@ -78,7 +79,9 @@ class Worker:
     ``started_after``: how long an attempt without text runs before its ``started`` event is
     written (see ``events``). ``hooks`` hear every retry, fallback, deferral, dead letter and
     circuit breaker change (for metrics; ``guards`` exposes breaker states and calls in
-    flight per provider).
+    flight per provider). ``metrics`` count outcomes, model calls, tokens, cost, latency,
+    in-flight tasks, breaker states and the tasks queue (they also serve as ``hooks`` when
+    none are given); serve them with ``service`` or ``orchestrator_telemetry.metrics_http``.
 
     Raises ``ConfigError`` (naming the variable) for model aliases or provider limits that
     do not fit ``providers``.
@@ -94,6 +97,7 @@ class Worker:
         fetch_batch: int | None = None,
         started_after: float = 1.0,
         hooks: WorkerHooks | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._broker = broker
         self._settings = settings
@@ -109,7 +113,7 @@ class Worker:
             max_deliveries=settings.max_deliveries,
             auto_extend=True,
         )
-        self._hooks = safe_hooks(hooks)
+        self._hooks = safe_hooks(hooks if hooks is not None else metrics)
         self.router = ModelRouter(self._providers, settings.model_aliases)
         self.guards = ProviderGuards(
             concurrency=settings.provider_concurrency,
@@ -131,6 +135,7 @@ class Worker:
             guards=self.guards,
             prices=PriceTable(settings.model_prices),
             hooks=self._hooks,
+            metrics=metrics,
         )
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -140,6 +145,18 @@ class Worker:
         self._force = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        if metrics is not None:
+            metrics.watch(lambda: len(self._tasks), settings.concurrency)
+            metrics.watch_breakers(self._breaker_states)
+            metrics.watch_queue(broker, settings.stream, settings.consumer_group)
+
+    def _breaker_states(self) -> list[tuple[str, str]]:
+        """(provider, circuit state) of every provider, for metrics."""
+        made = self.guards.guards
+        return [
+            (name, made[name].breaker.state.value if name in made else "closed")
+            for name in self._providers.names
+        ]
 
     @property
     def settings(self) -> WorkerSettings:
