@@ -47,9 +47,16 @@ async def start_worker(
     *,
     providers: ProviderRegistry | None = None,
     started_after: float = 1.0,
+    hooks: Any = None,
     **overrides: Any,
 ) -> RunningWorker:
-    worker = Worker(broker, settings(**overrides), providers=providers, started_after=started_after)
+    worker = Worker(
+        broker,
+        settings(**overrides),
+        providers=providers,
+        started_after=started_after,
+        hooks=hooks,
+    )
     # The results group exists before anything is published, as the API's would.
     await broker.ensure_group(RESULTS, "test")
     return RunningWorker(worker, asyncio.create_task(worker.run()))
