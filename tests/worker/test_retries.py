@@ -420,3 +420,20 @@ async def test_the_cost_comes_from_the_price_table(
     assert result.cost_usd == pytest.approx((1000 * 0.15 + 2000 * 0.60) / 1e6)
     assert events[unpriced.task_id][-1].cost_usd is None
     assert events[echoed.task_id][-1].cost_usd == pytest.approx((2 * 1.0 + 2 * 2.0) / 1e6)
+
+
+async def test_a_fallback_within_an_attempt_drops_the_unsent_text_of_the_failed_target(
+    broker: MemoryBroker, start, fake: TimedFakeLLM
+) -> None:
+    fake.script(Reply.cut("spliced", " text"), Reply.answer("clean", " answer"))
+    task = await submit(broker, model="fast")
+    await start(
+        model_aliases={"fast": ("openai/gpt-4o-mini", "gemini/gemini-2.0-flash")},
+        delta_flush_ms=500,  # the cut text is still buffered when the stream breaks
+    )
+
+    events = (await collect(broker, 1))[task.task_id]
+
+    assert [(e.kind, e.attempt) for e in events] == [(OK, 1)]
+    assert events[0].text == "clean answer"
+    assert events[0].provider == "gemini"

@@ -112,6 +112,21 @@ async def serve(
         settings.default_model,
         ", ".join(registry.names),
     )
+    log.info(
+        "retries: up to %d attempt(s), backoff %g..%g s with full jitter; circuit breaker: %s; "
+        "provider limits: %s; model aliases: %s; %d model price(s)",
+        settings.max_attempts,
+        settings.retry_base,
+        settings.retry_max,
+        (
+            f"opens after {settings.breaker_failures} failures for {settings.breaker_cooldown:g} s"
+            if settings.breaker_failures
+            else "off"
+        ),
+        ", ".join(f"{k}={v}" for k, v in settings.provider_concurrency.items()) or "none",
+        ", ".join(f"{k}={'|'.join(v)}" for k, v in settings.model_aliases.items()) or "none",
+        len(settings.model_prices),
+    )
     if settings.shutdown_grace >= settings.lease_seconds:
         log.warning(
             "SHUTDOWN_GRACE_SECONDS (%g) >= LEASE_SECONDS (%g): tasks still running late in a "
