@@ -142,7 +142,7 @@ class HistogramChild:
         self.sum = 0.0
         #: Per bucket: the latest (trace id, value, unix time) exemplar, or None.
         self.exemplars: list[tuple[int, float, float] | None] = [None] * (len(bounds) + 1)
-        self._after = [0.0] * (len(bounds) + 1)  # monotonic time of the next traced exemplar
+        self._after = [0.0] * (len(bounds) + 1)  # perf_counter time of the next traced exemplar
         self._interval = exemplar_interval
 
     @property
@@ -157,14 +157,18 @@ class HistogramChild:
         if trace_id:
             self.exemplars[index] = (trace_id, value, time.time())
 
-    def observe_traced(self, value: float) -> None:
+    def observe_traced(self, value: float, now: float | None = None) -> None:
         """Count ``value``, with the current trace as its bucket's exemplar if that bucket got
         none in the last ``exemplar_interval``. The span lookup (about a microsecond) is what
-        this limits: an unsampled request's bucket looks again after a tenth of the interval."""
+        this limits: an unsampled request's bucket looks again after a tenth of the interval.
+
+        ``now`` is ``time.perf_counter()`` if the caller has just read it (saves a clock read).
+        """
         index = bisect_left(self.bounds, value)
         self.counts[index] += 1
         self.sum += value
-        now = time.monotonic()
+        if now is None:
+            now = time.perf_counter()
         if now >= self._after[index]:
             trace_id = current_trace_id()
             if trace_id:
@@ -342,7 +346,7 @@ class Histogram(_Family[HistogramChild]):
     def observe(self, value: float, trace_id: int = 0) -> None:
         self._unlabelled().observe(value, trace_id)
 
-    def observe_traced(self, value: float) -> None:
+    def observe_traced(self, value: float, now: float | None = None) -> None:
         self._unlabelled().observe_traced(value)
 
 

@@ -20,7 +20,7 @@ from typing import Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from aiohttp.web_urldispatcher import AbstractResource
+from aiohttp.web_urldispatcher import AbstractRoute
 
 from orchestrator_broker import Broker
 from orchestrator_telemetry.metrics import HistogramChild, Registry
@@ -182,18 +182,18 @@ class ApiMetrics:
         outside the problem-JSON error middleware (so it sees the statuses clients see).
         """
         histogram = self.http
-        children: dict[tuple[str, AbstractResource | None, int], HistogramChild] = {}
+        # Keyed by the matched route object: its method and template are fixed. Unmatched
+        # requests (404/405) get a fresh system route each time, so they are not cached.
+        children: dict[tuple[AbstractRoute, int], HistogramChild] = {}
         perf = time.perf_counter
 
-        def child(method: str, resource: AbstractResource | None, status: int) -> HistogramChild:
-            key = (method, resource, status)
-            found = children.get(key)
-            if found is None:
-                route = "unmatched" if resource is None else resource.canonical
-                label = method if method in _METHODS else "_OTHER"
-                found = histogram.labels(label, route, str(status))
-                if method in _METHODS and len(children) < 10_000:
-                    children[key] = found
+        def child(request: web.Request, route: AbstractRoute, status: int) -> HistogramChild:
+            resource = route.resource
+            method = request.method if request.method in _METHODS else "_OTHER"
+            if resource is None:
+                return histogram.labels(method, "unmatched", str(status))
+            found = histogram.labels(method, resource.canonical, str(status))
+            children[route, status] = found
             return found
 
         @web.middleware
@@ -211,10 +211,12 @@ class ApiMetrics:
                 status = CLIENT_CLOSED
                 raise
             finally:
-                elapsed = perf() - start
-                child(request.method, request.match_info.route.resource, status).observe_traced(
-                    elapsed
-                )
+                end = perf()
+                route = request.match_info.route
+                found = children.get((route, status))
+                if found is None:
+                    found = child(request, route, status)
+                found.observe_traced(end - start, end)
 
         return observed
 
