@@ -48,15 +48,17 @@ class WriteCoalescer:
         self._scheduled = False
         self._inflight: set[asyncio.Task[None]] = set()
 
-    async def call(self, *args: Any) -> Any:
-        """Run one command in the next pipeline; raises ``BrokerError`` subclasses."""
+    def call(self, *args: Any) -> asyncio.Future[Any]:
+        """Queue one command for the next pipeline; await the result, which raises
+        ``BrokerError`` subclasses. (A plain function returning the future: one coroutine
+        frame less to create and resume per publish.)"""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((args, future))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
-        return await future
+        return future
 
     def _flush(self) -> None:
         self._scheduled = False

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TypeAlias, cast
 
-from opentelemetry import baggage, trace
 from opentelemetry import context as context_api
+from opentelemetry import trace
+from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
@@ -82,10 +83,8 @@ def current_span_context(context: Context | None = None) -> trace.SpanContext:
 
 def traceparent(span_context: trace.SpanContext) -> str:
     """The W3C ``traceparent`` value for ``span_context`` (version 00)."""
-    return (
-        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-        f"{span_context.trace_flags:02x}"
-    )
+    # SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, ...).
+    return f"00-{span_context[0]:032x}-{span_context[1]:016x}-{span_context[3]:02x}"
 
 
 def inject_span_context(
@@ -106,7 +105,7 @@ def inject_span_context(
         carrier["traceparent"] = traceparent(span_context)
         if span_context.trace_state:
             carrier["tracestate"] = span_context.trace_state.to_header()
-    if baggage.get_all(context):
+    if (context_api.get_current() if context is None else context).get(_BAGGAGE_KEY):
         _BAGGAGE.inject(carrier, context=context)
     return carrier
 

@@ -70,7 +70,9 @@ async def submit_task(request: web.Request) -> web.Response:
     ``Idempotency-Key`` already created."""
     state = request.app[STATE]
     tenant = _tenant(request, state)
-    content_type = request.content_type
+    headers = request.headers
+    # The usual exact header skips aiohttp's parse of it (parameters, case) on every request.
+    content_type = _JSON if headers.get("Content-Type") == _JSON else request.content_type
     if content_type != _JSON and not content_type.endswith("+json"):
         raise Problem(
             415,
@@ -84,7 +86,7 @@ async def submit_task(request: web.Request) -> web.Response:
         raise Problem(
             413, f"The body is {length} bytes; the limit is {limit}.", type=TYPE_TOO_LARGE
         )
-    key = request.headers.get("Idempotency-Key")
+    key = headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable()):
         raise Problem(
             400,

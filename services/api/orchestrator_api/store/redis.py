@@ -227,10 +227,11 @@ class RedisTaskStore:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    async def _run(self, *commands: Command) -> list[Any]:
+    def _run(self, *commands: Command) -> asyncio.Future[list[Any]]:
+        # A plain function returning the batcher's future: no coroutine frame per call.
         if self._closed:
             raise StoreUnavailable("the task store is closed")
-        return await self._batcher.submit(*commands)
+        return self._batcher.submit(*commands)
 
     async def _script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
