@@ -18,9 +18,12 @@ from orchestrator_broker import Broker, MemoryBroker, Message
 from orchestrator_broker.redis_streams import RedisStreamsBroker
 from orchestrator_telemetry import TracingBroker, process_context
 from orchestrator_telemetry.metrics_http import MetricsServer, start_metrics_server
+from orchestrator_worker import config as config_module
 from orchestrator_worker.config import WorkerSettings
+from orchestrator_worker.errors import ConfigError
 from orchestrator_worker.messages import TaskMessage, converter
 from orchestrator_worker.metrics import WorkerMetrics
+from orchestrator_worker.service import _serve_metrics
 from orchestrator_worker.worker import Worker
 from tests.e2e.support import Services, clean_env, free_port
 from tests.metrics.exposition import Family, names, parse, value
@@ -249,3 +252,45 @@ async def test_a_worker_process_serves_metrics_on_its_metrics_port(
     # Read at most ~2 s ago: before or after the worker took the task, never more.
     assert value(families, "orchestrator_queue_backlog", stream="tasks", group="workers") <= 1
     assert "orchestrator_task_total_seconds_bucket" in names(openmetrics)
+
+
+# ---- METRICS_HOST / METRICS_PORT ----------------------------------------------------------
+
+
+def test_metrics_listen_on_loopback_9100_unless_told_otherwise() -> None:
+    assert WorkerSettings.from_env({}).metrics_address == ("127.0.0.1", 9100)
+    settings = WorkerSettings.from_env({"METRICS_PORT": "9200", "METRICS_HOST": "0.0.0.0"})
+    assert settings.metrics_address == ("0.0.0.0", 9200)
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [("METRICS_PORT", "http"), ("METRICS_PORT", "70000"), ("METRICS_HOST", "a b")],
+)
+def test_a_malformed_metrics_setting_is_named(variable: str, raw: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        WorkerSettings.from_env({variable: raw})
+
+
+async def test_an_explicit_metrics_port_that_is_taken_stops_the_worker() -> None:
+    holder = await start_metrics_server(WorkerMetrics().registry, "127.0.0.1", 0)
+    try:
+        settings = WorkerSettings(metrics_port=holder.port)
+        with pytest.raises(ConfigError, match="METRICS_PORT"):
+            await _serve_metrics(WorkerMetrics(), settings)
+    finally:
+        await holder.close()
+
+
+async def test_the_default_metrics_port_taken_only_warns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    holder = await start_metrics_server(WorkerMetrics().registry, "127.0.0.1", 0)
+    monkeypatch.setattr(config_module, "DEFAULT_METRICS_PORT", holder.port)
+    try:
+        server = await _serve_metrics(WorkerMetrics(), WorkerSettings())
+    finally:
+        await holder.close()
+
+    assert server is None
+    assert "no metrics" in caplog.text

@@ -1,0 +1,96 @@
+"""Queue gauges: read from the broker at scrape time, cached, shared by concurrent scrapes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from orchestrator_broker import MemoryBroker, Message
+from orchestrator_telemetry.metrics import Registry
+from orchestrator_telemetry.queue_metrics import QueueMetrics
+from tests.metrics.exposition import names, parse, value
+
+
+class CountingBroker(MemoryBroker):
+    """A MemoryBroker that counts the calls the gauges make, and can be made slow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.delay = 0.0
+
+    async def backlog(self, stream: str, group: str) -> int:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        return await super().backlog(stream, group)
+
+    async def pending_count(self, stream: str, group: str) -> int:
+        self.calls += 1
+        return await super().pending_count(stream, group)
+
+
+async def read(registry: Registry) -> dict[str, Any]:
+    await registry.collect()
+    return parse(registry.expose().decode())
+
+
+async def test_backlog_pending_and_dead_letters_are_read_from_the_broker() -> None:
+    broker = CountingBroker()
+    registry = Registry()
+    QueueMetrics(registry, broker, [("tasks", "workers")])
+    await broker.ensure_group("tasks", "workers")
+    for index in range(3):
+        await broker.publish("tasks", Message(payload={"n": index}))
+    consumer = broker.consume("tasks", "workers", "c1")
+    delivery = await anext(consumer)
+    await delivery.dead_letter("test")
+
+    families = await read(registry)
+    await consumer.aclose()
+    await broker.close()
+
+    # Of three tasks one is dead-lettered; the consumer may have fetched the others already.
+    backlog = value(families, "orchestrator_queue_backlog", stream="tasks", group="workers")
+    pending = value(families, "orchestrator_queue_pending", stream="tasks", group="workers")
+    assert backlog + pending == 2
+    assert value(families, "orchestrator_queue_dead_letters", stream="tasks") == 1
+    assert value(families, "orchestrator_broker_up") == 1
+
+
+async def test_reads_are_cached_for_the_ttl() -> None:
+    broker = CountingBroker()
+    registry = Registry()
+    QueueMetrics(registry, broker, [("tasks", "workers")], ttl=60.0)
+
+    for _ in range(5):
+        await read(registry)
+    await broker.close()
+
+    assert broker.calls == 2  # one backlog and one pending read for five scrapes
+
+
+async def test_concurrent_scrapes_share_one_read() -> None:
+    broker = CountingBroker()
+    broker.delay = 0.2
+    registry = Registry()
+    QueueMetrics(registry, broker, [("tasks", "workers")], ttl=0.0)
+
+    results = await asyncio.gather(*(read(registry) for _ in range(5)))
+    await broker.close()
+
+    assert broker.calls == 2
+    assert all(value(r, "orchestrator_broker_up") == 1 for r in results)
+
+
+async def test_a_broker_that_does_not_answer_in_time_reads_as_down() -> None:
+    broker = CountingBroker()
+    broker.delay = 30.0
+    registry = Registry()
+    QueueMetrics(registry, broker, [("tasks", "workers")], timeout=0.05)
+
+    async with asyncio.timeout(10):  # hang guard: the gauges give up after ~0.1 s
+        families = await read(registry)
+    await broker.close()
+
+    assert value(families, "orchestrator_broker_up") == 0
+    assert "orchestrator_queue_backlog" not in names(families)
