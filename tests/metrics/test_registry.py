@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
+from orchestrator_api.metrics import ApiMetrics
 from orchestrator_telemetry.metrics import (
     CONTENT_TYPE_OPENMETRICS,
     MAX_LABEL_VALUE,
@@ -18,6 +21,8 @@ from orchestrator_telemetry.metrics import (
     current_trace_id,
     wants_openmetrics,
 )
+from orchestrator_worker.messages import Usage
+from orchestrator_worker.metrics import WorkerMetrics
 from tests.metrics.exposition import parse, value
 
 
@@ -292,3 +297,30 @@ def test_sample_names_lists_every_series_name() -> None:
 def test_openmetrics_is_chosen_from_the_accept_header(accept: str | None, expected: bool) -> None:
     assert wants_openmetrics(accept) is expected
     assert CONTENT_TYPE_OPENMETRICS.startswith("application/openmetrics-text")
+
+
+def test_the_services_metrics_pass_promtools_lint() -> None:
+    """Naming conventions (units, _total, help texts) as Prometheus' own linter sees them."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    registry = Registry()
+    api, worker = ApiMetrics(registry), WorkerMetrics(registry)
+    api.task_accepted("acme", None)
+    api.http.labels("GET", "/v1/tasks/{task_id}", "200").observe(0.01)
+    api.open_streams.set(1)
+    worker.attempt_started("echo", "echo", 1, time.time())
+    worker.provider_called("echo", "echo", 0.1)
+    worker.task_succeeded("echo", "echo", Usage(3, 4), 0.001, run_seconds=0.1)
+    worker.task_failed(None, None, "invalid_model")
+    worker.breaker_changed("openai", "closed", "open")
+    worker.in_flight.set(1)
+
+    result = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=registry.expose(),
+        capture_output=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, (result.stdout + result.stderr).decode()
