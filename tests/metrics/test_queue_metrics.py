@@ -37,7 +37,7 @@ async def read(registry: Registry) -> dict[str, Any]:
 async def test_backlog_pending_and_dead_letters_are_read_from_the_broker() -> None:
     broker = CountingBroker()
     registry = Registry()
-    QueueMetrics(registry, broker, [("tasks", "workers")])
+    QueueMetrics(registry, broker, [("tasks", "workers")], dead_letter_streams=["tasks"])
     await broker.ensure_group("tasks", "workers")
     for index in range(3):
         await broker.publish("tasks", Message(payload={"n": index}))
@@ -94,3 +94,26 @@ async def test_a_broker_that_does_not_answer_in_time_reads_as_down() -> None:
 
     assert value(families, "orchestrator_broker_up") == 0
     assert "orchestrator_queue_backlog" not in names(families)
+
+
+async def test_api_and_worker_on_one_registry_share_the_queue_gauges() -> None:
+    broker = CountingBroker()
+    registry = Registry()
+    first = QueueMetrics.on(registry, broker)
+    first.watch("tasks", "workers")
+    second = QueueMetrics.on(registry, broker)
+    second.watch("results", "api", dead_letters=True)
+    second.watch("tasks", "workers")
+
+    families = await read(registry)
+    await broker.close()
+
+    assert first is second
+    backlog = {
+        (s.labels["stream"], s.labels["group"])
+        for s in families["orchestrator_queue_backlog"].samples
+    }
+    assert backlog == {("tasks", "workers"), ("results", "api")}
+    assert {s.labels["stream"] for s in families["orchestrator_queue_dead_letters"].samples} == {
+        "results"
+    }

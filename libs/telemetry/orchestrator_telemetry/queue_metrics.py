@@ -7,14 +7,18 @@
 - ``orchestrator_queue_pending{stream,group}``: delivered to a consumer and not settled yet
   (running, or held by a consumer that died until its lease runs out): ``Broker.pending_count``;
 - ``orchestrator_queue_dead_letters{stream}``: entries in ``<stream>:dead``, counted up to
-  ``dead_letter_cap`` (read every ``dead_letter_ttl`` seconds, as it fetches the entries;
-  ``None`` leaves this gauge to another process);
+  ``dead_letter_cap``, for the streams watched with ``dead_letters=True`` (read every
+  ``dead_letter_ttl`` seconds, as it fetches the entries);
 - ``orchestrator_broker_up``: 1 when the broker answered the last refresh, else 0.
 
 A refresh runs at most once per ``ttl`` seconds whatever the number of scrapers (concurrent
 scrapes share one refresh), and each broker call is bounded by ``timeout``: a scrape of a
 process whose Redis is down answers at once with ``orchestrator_broker_up 0`` and without the
 queue series (a stale depth would look like a healthy one).
+
+One registry holds one ``QueueMetrics``: ``QueueMetrics.on(registry, broker)`` returns the
+one already there, so the API and a worker sharing a process (single-process mode) add
+their streams to the same gauges.
 """
 
 from __future__ import annotations
@@ -22,19 +26,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Sequence
 
 from orchestrator_broker import Broker
 
-from .metrics import Registry
+from .metrics import MetricError, Registry
 
 __all__ = ["QueueMetrics"]
 
 log = logging.getLogger(__name__)
 
 
+_ON_REGISTRY: weakref.WeakKeyDictionary[Registry, QueueMetrics] = weakref.WeakKeyDictionary()
+
+
 class QueueMetrics:
-    """Backlog, pending and dead-letter gauges of ``watched`` (stream, group) pairs."""
+    """Backlog, pending and dead-letter gauges of ``watched`` (stream, group) pairs
+    (``watch()`` adds more); dead letters are read for ``dead_letter_streams``."""
+
+    @classmethod
+    def on(cls, registry: Registry, broker: Broker) -> QueueMetrics:
+        """The queue gauges of ``registry``, made on first use with ``broker``."""
+        found = _ON_REGISTRY.get(registry)
+        if found is None:
+            found = cls(registry, broker, ())
+        return found
 
     def __init__(
         self,
@@ -42,13 +59,18 @@ class QueueMetrics:
         broker: Broker,
         watched: Sequence[tuple[str, str]],
         *,
+        dead_letter_streams: Sequence[str] = (),
         ttl: float = 2.0,
         timeout: float = 1.0,
-        dead_letter_ttl: float | None = 30.0,
+        dead_letter_ttl: float = 30.0,
         dead_letter_cap: int = 100,
     ) -> None:
+        if registry in _ON_REGISTRY:
+            raise MetricError("this registry has queue gauges already: use QueueMetrics.on()")
+        _ON_REGISTRY[registry] = self
         self._broker = broker
-        self._watched = tuple(watched)
+        self._watched = list(dict.fromkeys(watched))
+        self._dead_streams = list(dict.fromkeys(dead_letter_streams))
         self._ttl = ttl
         self._timeout = timeout
         self._dead_letter_ttl = dead_letter_ttl
@@ -76,6 +98,13 @@ class QueueMetrics:
             "1 if the broker answered the last queue metrics refresh, else 0.",
         )
         registry.add_collector(self.refresh)
+
+    def watch(self, stream: str, group: str, *, dead_letters: bool = False) -> None:
+        """Also report ``stream`` for ``group`` (and its dead letters if asked)."""
+        if (stream, group) not in self._watched:
+            self._watched.append((stream, group))
+        if dead_letters and stream not in self._dead_streams:
+            self._dead_streams.append(stream)
 
     async def refresh(self) -> None:
         """Read the gauges from the broker unless read less than ``ttl`` seconds ago."""
@@ -105,14 +134,10 @@ class QueueMetrics:
                     for stream, group in self._watched
                 ]
                 dead = None
-                if (
-                    self._dead_letter_ttl is not None
-                    and time.monotonic() - self._dead_letters_read >= self._dead_letter_ttl
-                ):
-                    streams = dict.fromkeys(stream for stream, _ in self._watched)
+                if time.monotonic() - self._dead_letters_read >= self._dead_letter_ttl:
                     dead = {
                         stream: len(await self._broker.dead_letters(stream, self._dead_letter_cap))
-                        for stream in streams
+                        for stream in self._dead_streams
                     }
         except Exception as exc:  # the broker is down or slow: say so, show no stale depth
             log.debug("queue metrics: the broker did not answer: %r", exc)

@@ -166,12 +166,10 @@ class ApiMetrics:
     ) -> QueueMetrics:
         """Backlog and pending of the tasks stream (the workers' group) and of the results
         stream (the API's group), plus both dead-letter streams, read at scrape time."""
-        self.queues = QueueMetrics(
-            self.registry,
-            broker,
-            [(tasks_stream, worker_group), (results_stream, results_group)],
-        )
-        return self.queues
+        self.queues = queues = QueueMetrics.on(self.registry, broker)
+        queues.watch(tasks_stream, worker_group, dead_letters=True)
+        queues.watch(results_stream, results_group, dead_letters=True)
+        return queues
 
     # ---- HTTP -----------------------------------------------------------------------------
 

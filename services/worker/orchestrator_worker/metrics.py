@@ -262,5 +262,6 @@ class WorkerMetrics:
     def watch_queue(self, broker: Broker, stream: str, group: str) -> QueueMetrics:
         """Backlog and pending of the tasks stream for ``group``, read at scrape time (the
         dead-letter count is the API's to read: it fetches entries)."""
-        self.queues = QueueMetrics(self.registry, broker, [(stream, group)], dead_letter_ttl=None)
-        return self.queues
+        self.queues = queues = QueueMetrics.on(self.registry, broker)
+        queues.watch(stream, group)
+        return queues
