@@ -55,6 +55,7 @@ _SERVICE_VARIABLES = frozenset(
         "REDIS_RESULTS_STREAM_ID",
         "API_KEYS",
         "API_KEYS_FILE",
+        "METRICS_HOST",
         "AUTH_DISABLED",
         "MAX_BODY_BYTES",
         "MAX_PROMPT_CHARS",

@@ -25,7 +25,11 @@ class RedisServer:
     """One ``redis-server`` process; ``kill()`` and ``start()`` may be called repeatedly."""
 
     def __init__(
-        self, directory: Path, *, port: int | None = None, appendonly: bool = False,
+        self,
+        directory: Path,
+        *,
+        port: int | None = None,
+        appendonly: bool = False,
         password: str | None = None,
     ) -> None:
         self.directory = directory
@@ -46,13 +50,20 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [
             binary,
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.directory),
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always",
-            "--logfile", str(self.directory / "redis.log"),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
+            "--logfile",
+            str(self.directory / "redis.log"),
         ]
         if self.password:
             args += ["--requirepass", self.password]
@@ -61,9 +72,10 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited early; see {self.directory}/redis.log")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
-            ) as conn:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn,
+            ):
                 conn.sendall(b"PING\r\n")
                 reply = conn.recv(64)
                 if reply.startswith((b"+PONG", b"-NOAUTH")):

@@ -59,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     def service(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument(
-            "--env-file", type=Path, action="append", default=[], metavar="FILE",
+            "--env-file",
+            type=Path,
+            action="append",
+            default=[],
+            metavar="FILE",
             help="read NAME=value settings from FILE (repeatable; real variables win)",
         )
         return sub
@@ -85,25 +89,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     submit = commands.add_parser(
-        "submit", help="Submit a prompt to a running API.",
+        "submit",
+        help="Submit a prompt to a running API.",
         description="Submit a prompt to a running API and print the task, or its answer.",
     )
     submit.add_argument("prompt", help="the prompt text ('-' reads standard input)")
     submit.add_argument("--model", help="model name, e.g. echo or openai/gpt-4o-mini")
     submit.add_argument("--system", help="system instruction")
     submit.add_argument(
-        "--param", action="append", default=[], metavar="NAME=VALUE",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="a model parameter (VALUE parsed as JSON when it is JSON), repeatable",
     )
     mode = submit.add_mutually_exclusive_group()
     mode.add_argument("--wait", action="store_true", help="wait for the answer and print it")
     mode.add_argument("--stream", action="store_true", help="print the answer as it streams")
     submit.add_argument(
-        "--url", default=os.environ.get("ORCHESTRATOR_URL", "http://127.0.0.1:8080"),
+        "--url",
+        default=os.environ.get("ORCHESTRATOR_URL", "http://127.0.0.1:8080"),
         help="the API's base URL (default: ORCHESTRATOR_URL or http://127.0.0.1:8080)",
     )
     submit.add_argument(
-        "--api-key", default=os.environ.get("ORCHESTRATOR_API_KEY"),
+        "--api-key",
+        default=os.environ.get("ORCHESTRATOR_API_KEY"),
         help="bearer key (default: ORCHESTRATOR_API_KEY)",
     )
     submit.add_argument(
@@ -125,9 +135,7 @@ def _run_submit(args: argparse.Namespace) -> int:
         body["parameters"] = dict(_parse_param(p) for p in args.param)
     mode = "wait" if args.wait else "stream" if args.stream else "submit"
     try:
-        return asyncio.run(
-            submit(args.url, args.api_key, body, mode=mode, timeout=args.timeout)
-        )
+        return asyncio.run(submit(args.url, args.api_key, body, mode=mode, timeout=args.timeout))
     except ClientError as exc:
         _fail(str(exc), code=1)
 

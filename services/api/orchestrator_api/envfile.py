@@ -31,7 +31,9 @@ def parse_env_file(path: Path) -> dict[str, str]:
             quote, value = value[0], value[1:-1]
             if quote == '"':
                 value = (
-                    value.replace("\\\\", "\0").replace("\\n", "\n").replace('\\"', '"')
+                    value.replace("\\\\", "\0")
+                    .replace("\\n", "\n")
+                    .replace('\\"', '"')
                     .replace("\0", "\\")
                 )
         elif " #" in value:

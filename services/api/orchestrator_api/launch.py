@@ -59,9 +59,7 @@ def launch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
-def _api_settings(
-    environ: Mapping[str, str], *, host: str | None, port: int | None
-) -> ApiSettings:
+def _api_settings(environ: Mapping[str, str], *, host: str | None, port: int | None) -> ApiSettings:
     settings = ApiSettings.from_env(environ)
     if port is not None and not 0 <= port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, got {port}")
@@ -122,9 +120,7 @@ async def _run_single_process(args: argparse.Namespace, environ: Mapping[str, st
         default_model=worker_settings.default_model,
         tracer_provider=telemetry.tracer_provider,
     )
-    worker = Worker(
-        broker, worker_settings, providers=registry, delivery_context=process_context
-    )
+    worker = Worker(broker, worker_settings, providers=registry, delivery_context=process_context)
     if api.auth_disabled:
         log.warning(
             "authentication is OFF (no API_KEYS): every request acts as tenant 'default'; "
