@@ -9,10 +9,9 @@ the fleet-wide figure is the cap times the number of worker processes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from .breaker import CircuitBreaker, StateListener
 from .errors import ConfigError
@@ -58,18 +57,17 @@ class ProviderGuard:
         #: Calls to this provider running now (for metrics and tests).
         self.in_flight = 0
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the provider's places for a call (waiting for one if all are taken)."""
+    async def acquire(self) -> None:
+        """Take one of the provider's places for a call (waiting for one if all are taken);
+        give it back with ``release()``."""
         if self._slots is not None:
             await self._slots.acquire()
         self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            if self._slots is not None:
-                self._slots.release()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        if self._slots is not None:
+            self._slots.release()
 
 
 class ProviderGuards:

@@ -300,7 +300,8 @@ class TaskRunner:
                 self._fell_back(task, last.provider, name, last.error.type)
             elif blocked:
                 self._fell_back(task, blocked[-1][0], name, "circuit_open")
-            async with guard.slot():
+            await guard.acquire()  # (plain calls: this runs for every task)
+            try:
                 call = guard.breaker.admit()
                 if call is None:  # opened (or a probe began) while this task waited
                     blocked.append((name, guard.breaker.retry_in()))
@@ -317,6 +318,8 @@ class TaskRunner:
                 if metrics is not None:
                     error = None if isinstance(outcome, Finish) else outcome.error.type
                     metrics.provider_called(name, route.model, time.monotonic() - called, error)
+            finally:
+                guard.release()
             if isinstance(outcome, Finish):
                 cost = self._prices.cost(name, route.model, outcome.usage)
                 if cost is not None:
