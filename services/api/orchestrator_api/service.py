@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -139,6 +140,8 @@ async def serve(
             auth,
         )
         await _warn_if_unreachable(broker, store)
+        if telemetry is not None:
+            _tune_gc()  # standalone: this process is the API's alone
         if on_started is not None:
             on_started(url)
         await stop.wait()
@@ -155,6 +158,20 @@ async def serve(
         if telemetry is not None:
             await telemetry.aclose()
         log.info("%s stopped", settings.app_id)
+
+
+def _tune_gc() -> None:
+    """Fewer, cheaper garbage collections for the serving process; call once set up.
+
+    What is alive after startup (modules, app, clients) is frozen out of the collector's
+    sight, and the youngest generation is collected every 10,000 net allocations instead of
+    700: a busy API allocates that in a few milliseconds (objects per request: the request,
+    its headers, futures, the record, the message), and every collection walked them all.
+    Cycles are still collected, in larger batches. (The worker service does the same.)
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
 
 
 async def _warn_if_unreachable(broker: Broker, store: TaskStore, timeout: float = 2.0) -> None:
