@@ -13,7 +13,7 @@ from orchestrator_broker import ConsumeOptions, MemoryBroker
 from orchestrator_worker.breaker import BreakerState
 from orchestrator_worker.messages import Usage
 from orchestrator_worker.pricing import Price
-from orchestrator_worker.providers import ProviderRegistry
+from orchestrator_worker.providers import ProviderRegistry, ServerError
 from tests.support.fake_llm import RecordedRequest, Reply
 from tests.worker.faults import (
     FAIL,
@@ -29,9 +29,11 @@ from tests.worker.faults import (
 )
 from tests.worker.support import (
     TASKS,
+    FakeProvider,
     RunningWorker,
     collect,
     kinds,
+    registry,
     settled,
     submit,
     wait_for,
@@ -437,3 +439,27 @@ async def test_a_fallback_within_an_attempt_drops_the_unsent_text_of_the_failed_
     assert [(e.kind, e.attempt) for e in events] == [(OK, 1)]
     assert events[0].text == "clean answer"
     assert events[0].provider == "gemini"
+
+
+async def test_hooks_that_raise_do_not_break_task_handling(
+    broker: MemoryBroker, worker_factory
+) -> None:
+    class Broken(RecordingHooks):
+        def retry_scheduled(self, *args: Any) -> None:
+            raise RuntimeError("metrics bug")
+
+        def dead_lettered(self, *args: Any) -> None:
+            raise RuntimeError("metrics bug")
+
+    failing = FakeProvider(chunks=(), error=ServerError("down", status=500))
+    task = await submit(broker, model="fake")
+    await worker_factory(
+        broker, providers=registry(failing), hooks=Broken(), max_attempts=2, **FAST_RETRIES
+    )
+
+    events = (await collect(broker, 1))[task.task_id]
+
+    assert (events[-1].kind, events[-1].attempt) == (FAIL, 2)
+    assert failing.started == 2
+    await wait_for(lambda: settled(broker))
+    assert len(await broker.dead_letters(TASKS)) == 1
