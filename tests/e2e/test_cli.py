@@ -95,6 +95,13 @@ async def test_run_mode_answers_submit_wait_and_stream_without_redis(
     assert "authentication is OFF" in run.log()
     assert run.alive()
 
+    # One /metrics serves both halves of the process: the API's and the worker's series.
+    async with session.get(f"{run.url}/metrics") as response:
+        assert response.status == 200
+        exposition = await response.text()
+    assert 'orchestrator_api_tasks_accepted_total{tenant="default"' in exposition
+    assert 'orchestrator_worker_tasks_succeeded_total{provider="echo",model="echo"} 2' in exposition
+
 
 async def test_run_refuses_a_non_loopback_host_without_keys() -> None:
     # 192.0.2.1 (TEST-NET-1) is on no interface: even if the check were missing, nothing

@@ -24,13 +24,16 @@ from orchestrator_telemetry import (
     setup_logging,
     setup_telemetry,
 )
+from orchestrator_telemetry.metrics import Registry
 from orchestrator_worker import service as worker_service
 from orchestrator_worker.config import WorkerSettings
+from orchestrator_worker.metrics import WorkerMetrics
 from orchestrator_worker.providers import registry_from_env
 from orchestrator_worker.worker import Worker
 
 from . import service as api_service
 from .config import ApiSettings, ConfigError
+from .metrics import ApiMetrics
 
 log = logging.getLogger("orchestrator_api")
 
@@ -120,7 +123,15 @@ async def _run_single_process(args: argparse.Namespace, environ: Mapping[str, st
         default_model=worker_settings.default_model,
         tracer_provider=telemetry.tracer_provider,
     )
-    worker = Worker(broker, worker_settings, providers=registry, delivery_context=process_context)
+    # One registry: GET /metrics of the API shows the worker's series too.
+    shared = Registry()
+    worker = Worker(
+        broker,
+        worker_settings,
+        providers=registry,
+        delivery_context=process_context,
+        metrics=WorkerMetrics(shared),
+    )
     if api.auth_disabled:
         log.warning(
             "authentication is OFF (no API_KEYS): every request acts as tenant 'default'; "
@@ -145,6 +156,7 @@ async def _run_single_process(args: argparse.Namespace, environ: Mapping[str, st
             tracer_provider=telemetry.tracer_provider,
             stop=stop,
             environ=env,
+            metrics=ApiMetrics(shared),
         )
     finally:
         stop.set()

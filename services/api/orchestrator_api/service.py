@@ -17,6 +17,7 @@ from orchestrator_broker import Broker
 
 from .app import create_app
 from .config import ApiSettings
+from .metrics import ApiMetrics
 from .store.protocol import TaskStore
 
 __all__ = ["build_resources", "serve"]
@@ -53,6 +54,7 @@ async def serve(
     stop: asyncio.Event | None = None,
     on_started: Callable[[str], None] | None = None,
     environ: Mapping[str, str] | None = None,
+    metrics: ApiMetrics | None = None,
 ) -> None:
     """Serve the API until SIGTERM/SIGINT (or until ``stop`` is set), then drain.
 
@@ -102,7 +104,9 @@ async def serve(
     else:
         backend = "caller's"
 
-    app = create_app(settings, broker=broker, store=store, tracer_provider=tracer_provider)
+    app = create_app(
+        settings, broker=broker, store=store, tracer_provider=tracer_provider, metrics=metrics
+    )
     runner = web.AppRunner(
         app,
         access_log=log if settings.log_level == "DEBUG" else None,
