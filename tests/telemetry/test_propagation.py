@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from opentelemetry import baggage, trace
 from opentelemetry.context import attach, detach
 
@@ -121,3 +124,55 @@ def test_tracestate_is_carried_on_to_child_spans(recorder: SpanRecorder) -> None
         headers = inject_headers()
     assert headers["tracestate"] == "vendor=abc"
     assert headers["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+
+
+@pytest.mark.parametrize(
+    "carrier",
+    [
+        {},
+        {"traceparent": TRACEPARENT, "x": "y"},
+        {b"traceparent": TRACEPARENT.encode(), b"baggage": b"k=v"},
+        {"Traceparent": "bad", "traceparent": TRACEPARENT},
+        {"TRACEPARENT": TRACEPARENT, "TraceParent": "second"},
+        {b"traceparent": b"bytes-first", "traceparent": TRACEPARENT},
+        {"Traceparent": TRACEPARENT, b"traceparent": b"exact-bytes"},
+        {"traceparent": b"\xff\xfe", "TRACEPARENT": TRACEPARENT},
+        {b"\xff": b"x", "tracestate": "a=b", "Baggage": "k=v"},
+    ],
+)
+def test_the_one_pass_header_pick_matches_the_getter(carrier: dict[Any, Any]) -> None:
+    from orchestrator_telemetry.propagation import TRACE_HEADERS, HeadersGetter, _trace_headers
+
+    getter = HeadersGetter()
+    expected = {}
+    for name in TRACE_HEADERS:
+        value = getter.get(carrier, name)
+        if value is not None:
+            expected[name] = value[0]
+    assert _trace_headers(carrier) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        TRACEPARENT,
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03",
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+        "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        " 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01 ",
+        "garbage",
+    ],
+)
+def test_the_traceparent_fast_path_extracts_what_the_propagator_does(value: str) -> None:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    expected = TraceContextTextMapPropagator().extract({"traceparent": value})
+    got = extract_context({"traceparent": value})
+    assert trace.get_current_span(got).get_span_context() == (
+        trace.get_current_span(expected).get_span_context()
+    )

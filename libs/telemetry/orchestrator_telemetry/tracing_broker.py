@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from types import TracebackType
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
@@ -144,23 +145,9 @@ class TracedDelivery:
         """The producer's context (with its baggage) with the ``process`` span set in it."""
         return self._context
 
-    @contextlib.contextmanager
-    def activate(self) -> Iterator[Span]:
+    def activate(self) -> contextlib.AbstractContextManager[Span]:
         """Make the ``process`` span current for the block; exceptions are recorded on it."""
-        token = context_api.attach(self._context)
-        try:
-            yield self._span
-        except asyncio.CancelledError:
-            if not self._ended:
-                self._span.add_event("cancelled")
-            raise
-        except Exception as exc:
-            if not self._ended:
-                self._span.record_exception(exc)
-                self._span.set_status(Status(StatusCode.ERROR, f"{_name(exc)}: {exc}"))
-            raise
-        finally:
-            context_api.detach(token)
+        return _Activation(self)
 
     def end(self, settlement: str = "abandoned") -> None:
         """End the span now without settling (idempotent); settling calls this itself."""
@@ -196,6 +183,38 @@ class TracedDelivery:
 
     def __repr__(self) -> str:
         return f"TracedDelivery({self._delivery!r})"
+
+
+class _Activation:
+    """``TracedDelivery.activate()``: a class, not a generator, as it runs for every task."""
+
+    __slots__ = ("_delivery", "_token")
+
+    def __init__(self, delivery: TracedDelivery) -> None:
+        self._delivery = delivery
+
+    def __enter__(self) -> Span:
+        delivery = self._delivery
+        self._token = context_api.attach(delivery._context)
+        return delivery._span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            delivery = self._delivery
+            if exc is None or delivery._ended:
+                return
+            if isinstance(exc, asyncio.CancelledError):
+                delivery._span.add_event("cancelled")
+            elif isinstance(exc, Exception):
+                delivery._span.record_exception(exc)
+                delivery._span.set_status(Status(StatusCode.ERROR, f"{_name(exc)}: {exc}"))
+        finally:
+            context_api.detach(self._token)
 
 
 def process_context(delivery: Delivery) -> contextlib.AbstractContextManager[object]:
