@@ -133,6 +133,7 @@ async def test_task_shows_result_once_the_worker_succeeded(api_client: ApiClient
             model="echo-1",
             usage=Usage(input_tokens=3, output_tokens=2),
             finish_reason="stop",
+            cost_usd=0.0125,
             **common,
         )
     )
@@ -145,7 +146,9 @@ async def test_task_shows_result_once_the_worker_succeeded(api_client: ApiClient
         "provider": "echo",
         "model": "echo-1",
         "finish_reason": "stop",
+        "cost_usd": 0.0125,
     }
+    assert (done["cached"], done["joined"]) == (False, False)
     assert done["error"] is None
 
 
@@ -502,7 +505,12 @@ def test_the_hand_built_task_payload_is_what_the_converter_makes() -> None:
 class HangingStore(MemoryTaskStore):
     """A store whose backend stopped answering (writes and reads hang)."""
 
-    async def create(self, record: TaskRecord, idempotency_key: str | None = None) -> TaskRecord:
+    async def create(
+        self,
+        record: TaskRecord,
+        idempotency_key: str | None = None,
+        cache_key: str | None = None,
+    ) -> TaskRecord:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 

@@ -65,6 +65,7 @@ def succeeded(record: TaskRecord, seq: int, text: str = "done", attempt: int = 1
         model="m-1",
         usage=Usage(input_tokens=3, output_tokens=5),
         finish_reason="stop",
+        cost_usd=0.0042,
     )
 
 
@@ -199,6 +200,7 @@ async def test_a_task_runs_to_success(store: TaskStore) -> None:
         "provider": "fake",
         "model": "m-1",
         "finish_reason": "stop",
+        "cost_usd": 0.0042,
         "attempt": 1,
     }
     ids = [int(e.id) for e in events]
@@ -217,6 +219,7 @@ async def test_a_task_runs_to_success(store: TaskStore) -> None:
         "m-1",
         "stop",
     )
+    assert done.result.cost_usd == 0.0042
     assert done.error is None
 
 

@@ -28,6 +28,9 @@ class TaskResult:
     model: str | None = None
     usage: Usage | None = None
     finish_reason: str | None = None
+    #: What producing the answer cost in US dollars (the worker's price table); None when
+    #: unpriced; 0.0 for an answer reused from the prompt cache or an identical task.
+    cost_usd: float | None = None
 
 
 @attrs.frozen
@@ -46,6 +49,12 @@ class TaskRecord:
     error: ErrorInfo | None = None
     metadata: dict[str, Any] = attrs.field(factory=dict)
     trace_id: str | None = None
+    #: The answer is another task's (the tenant's prompt cache, or the identical task this
+    #: one joined), not a provider call of this task's own.
+    cached: bool = False
+    #: The id of the identical in-flight task this one follows (its status, events, result
+    #: and error), instead of running itself; None for a task that runs (or a cache hit).
+    joined: str | None = None
 
 
 @attrs.frozen

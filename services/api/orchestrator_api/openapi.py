@@ -11,6 +11,8 @@ from typing import Any, Final
 
 import orjson
 
+from orchestrator_worker.providers.parameters import PARAMETERS
+
 from . import problems
 from .validation import MAX_IDEMPOTENCY_KEY, MAX_MODEL_CHARS
 
@@ -58,6 +60,87 @@ def _json(description: str, schema: Schema, headers: dict[str, Any] | None = Non
     }
 
 
+#: The value of each known task parameter, valid for at least one provider (the API checks
+#: more per model prefix; ``tests/api`` keeps this table equal to ``PARAMETERS``).
+_PARAMETER_VALUES: Final[dict[str, Schema]] = {
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+    "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+    "top_k": {"type": "integer", "minimum": 1},
+    "max_tokens": {"type": "integer", "minimum": 1},
+    "max_completion_tokens": {"type": "integer", "minimum": 1},
+    "stop": {
+        "oneOf": [
+            {"type": "string", "minLength": 1},
+            {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 5,
+                "items": {"type": "string", "minLength": 1},
+            },
+        ],
+        "description": "Up to 4 sequences for openai, 5 for gemini.",
+    },
+    "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+    "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+    "seed": {"type": "integer", "description": "32-bit for gemini."},
+    "reasoning_effort": {
+        "enum": ["none", "minimal", "low", "medium", "high", "xhigh"],
+    },
+    "thinking_budget": {
+        "type": "integer",
+        "minimum": -1,
+        "description": "-1: dynamic, 0: off.",
+    },
+    "latency_ms": {
+        "type": "number",
+        "minimum": 0,
+        "maximum": 3_600_000,
+        "description": "Simulated provider latency.",
+    },
+    "chunk_delay_ms": {
+        "type": "number",
+        "minimum": 0,
+        "maximum": 3_600_000,
+        "description": "Simulated pause between streamed words.",
+    },
+    "fail": {
+        "enum": sorted(
+            {
+                "rate_limit",
+                "timeout",
+                "server_error",
+                "unavailable",
+                "invalid_request",
+                "authentication",
+                "content_filter",
+            }
+        ),
+        "description": "Make the task fail with this error type.",
+    },
+}
+
+
+def _parameter(name: str) -> Schema:
+    """A parameter's schema: its value, or null (absent), and which providers take it."""
+    value = dict(_PARAMETER_VALUES[name])
+    who = ", ".join(sorted(PARAMETERS[name].providers))
+    note = value.pop("description", "")
+    schema: Schema = {
+        "oneOf": [value, {"type": "null"}],
+        "description": f"For {who}. {note}".strip(),
+    }
+    return schema
+
+
+_COST: Final[Schema] = {
+    "type": ["number", "null"],
+    "minimum": 0,
+    "description": (
+        "What this task's provider calls cost in US dollars (the worker's MODEL_PRICES); null "
+        "when the model has no price; 0 for a reused answer (cached or joined)."
+    ),
+}
+
 _SCHEMAS: Final[dict[str, Schema]] = {
     "TaskSubmission": {
         "type": "object",
@@ -82,15 +165,29 @@ _SCHEMAS: Final[dict[str, Schema]] = {
             },
             "parameters": {
                 "type": ["object", "null"],
-                "description": "Model parameters, passed to the worker as they are.",
-                "properties": {
-                    "latency_ms": {
-                        "type": "number",
-                        "minimum": 0,
-                        "description": "Simulated provider latency (test providers).",
-                    }
-                },
+                "description": (
+                    "Model parameters, one vocabulary for every provider. Checked against "
+                    "the model's provider at submit: `echo`, `openai/...` and `gemini/...` "
+                    "reject a parameter they do not support, or a value out of range, with "
+                    "a 400 naming it (`parameters.<name>`). Other models (or none: the "
+                    "worker's default) get only the value checks below; unknown names pass "
+                    "through to the worker."
+                ),
+                "properties": {name: _parameter(name) for name in _PARAMETER_VALUES},
                 "additionalProperties": True,
+            },
+            "cache": {
+                "type": ["boolean", "null"],
+                "default": True,
+                "description": (
+                    "Use this tenant's prompt cache (default true): the same model (as "
+                    "submitted), system, prompt and parameters within CACHE_TTL_MINUTES of "
+                    "an identical task's success get its answer at once, without a provider "
+                    "call (the task is `succeeded` and `cached` on submit); while an "
+                    "identical task is still in flight the new one joins it (`joined`) "
+                    "instead of running twice. Never shared across tenants. `false`: no "
+                    "lookup, no joining, and the answer is not cached."
+                ),
             },
             "metadata": {
                 "type": ["object", "null"],
@@ -114,6 +211,8 @@ _SCHEMAS: Final[dict[str, Schema]] = {
             "trace_id",
             "result",
             "error",
+            "cached",
+            "joined",
         ],
         "properties": {
             "id": {"type": "string", "minLength": 1},
@@ -135,19 +234,38 @@ _SCHEMAS: Final[dict[str, Schema]] = {
             },
             "result": _nullable(_ref("TaskResult")),
             "error": _nullable(_ref("TaskError")),
+            "cached": {
+                "type": "boolean",
+                "description": (
+                    "The answer is an identical earlier task's, not a provider call of this "
+                    "task's own: served from the tenant's prompt cache (then `attempts` is 0 "
+                    "and the task succeeded on submit), or the result of the task it joined."
+                ),
+            },
+            "joined": {
+                "type": "boolean",
+                "description": (
+                    "This task joined an identical task of the tenant's that was in flight: "
+                    "it shows that task's status, attempts, events, result and error (with "
+                    "its own id, created_at and metadata), and runs no provider call itself. "
+                    "If that task could not be queued after all, this one fails with "
+                    "`unavailable` (submit again)."
+                ),
+            },
         },
     },
     "TaskStatus": {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]},
     "TaskResult": {
         "type": "object",
         "additionalProperties": False,
-        "required": ["text", "usage", "provider", "model", "finish_reason"],
+        "required": ["text", "usage", "provider", "model", "finish_reason", "cost_usd"],
         "properties": {
             "text": {"type": "string"},
             "usage": _nullable(_ref("Usage")),
             "provider": {"type": ["string", "null"]},
             "model": {"type": ["string", "null"]},
             "finish_reason": {"type": ["string", "null"]},
+            "cost_usd": _COST,
         },
     },
     "Usage": {
@@ -222,7 +340,12 @@ _SCHEMAS: Final[dict[str, Schema]] = {
             "provider": {"type": ["string", "null"]},
             "model": {"type": ["string", "null"]},
             "finish_reason": {"type": ["string", "null"]},
-            "attempt": {"type": "integer", "minimum": 1},
+            "cost_usd": _COST,
+            "attempt": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "0 for an answer served from the prompt cache.",
+            },
         },
     },
     "ErrorEventData": {
@@ -418,9 +541,11 @@ def build_document() -> dict[str, Any]:
                     "operationId": "submitTask",
                     "summary": "Submit a prompt as a task.",
                     "description": (
-                        "202 when the task is durably queued. With an `Idempotency-Key` this "
-                        "tenant used before, nothing new is queued and the earlier task is "
-                        "returned with 200 (whatever the new body says)."
+                        "202 when the task is durably queued; also 202, with nothing queued, "
+                        "when the prompt cache answered it (`succeeded`, `cached`) or it "
+                        "joined an identical task in flight (`joined`; see `cache`). With an "
+                        "`Idempotency-Key` this tenant used before, nothing new is queued and "
+                        "the earlier task is returned with 200 (whatever the new body says)."
                     ),
                     "parameters": [
                         {
@@ -441,7 +566,11 @@ def build_document() -> dict[str, Any]:
                         "content": {"application/json": {"schema": _ref("TaskSubmission")}},
                     },
                     "responses": {
-                        "202": _json("Queued.", _ref("Task"), _LOCATION),
+                        "202": _json(
+                            "Queued (or answered from the cache, or joined).",
+                            _ref("Task"),
+                            _LOCATION,
+                        ),
                         "200": _json(
                             "The task this Idempotency-Key created before.", _ref("Task"), _LOCATION
                         ),

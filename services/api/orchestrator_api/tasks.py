@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
 from typing import Any, Final
 
 import attrs
+import orjson
 
 from orchestrator_broker import Broker, BrokerError, Message
 from orchestrator_telemetry.propagation import current_span_context
@@ -19,7 +21,7 @@ from .store.errors import StoreError
 from .store.protocol import TaskStore
 from .validation import Submission
 
-__all__ = ["DEFAULT_PUBLISH_TIMEOUT", "TaskService", "Unavailable", "task_payload"]
+__all__ = ["DEFAULT_PUBLISH_TIMEOUT", "TaskService", "Unavailable", "cache_key", "task_payload"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,18 @@ def task_payload(
         "parameters": submission.parameters,
         "submitted_at": submitted_at,
     }
+
+
+def cache_key(tenant: str, submission: Submission) -> str:
+    """The prompt cache key of ``submission`` for ``tenant``: a digest of the tenant, the model
+    as submitted, the system prompt, the prompt and the parameters (canonical JSON: sorted
+    keys), so equal requests match, another tenant's never do, and no prompt is kept as a key.
+    """
+    canonical = orjson.dumps(
+        (tenant, submission.model, submission.system, submission.prompt, submission.parameters),
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.blake2b(canonical, digest_size=20).hexdigest()
 
 
 class Unavailable(Exception):
@@ -67,7 +81,10 @@ class TaskService:
         """Store the task as queued, publish it, and return ``(record, created)``.
 
         ``created`` is False when ``idempotency_key`` was used before by this tenant: the
-        earlier task is returned and nothing is published. If the publish fails (or takes
+        earlier task is returned and nothing is published. Unless the submission opts out
+        (``cache``), the tenant's identical answer within the TTL is reused (the task is
+        returned ``succeeded``, ``cached``) and an identical task in flight is joined (the
+        task follows it): neither is published. If the publish fails (or takes
         longer than ``publish_timeout``) the record is discarded and ``Unavailable`` raised,
         so no record stays ``queued`` for a task no worker will ever see. A publish that timed
         out may still land; the worker's results for a discarded task are then ignored.
@@ -87,7 +104,11 @@ class TaskService:
         bound = self.deadlines.bound(self.publish_timeout)
         try:
             with bound:
-                stored = await self.store.create(record, idempotency_key)
+                stored = await self.store.create(
+                    record,
+                    idempotency_key,
+                    cache_key(tenant, submission) if submission.cache else None,
+                )
         except StoreError as exc:
             raise Unavailable("task store") from exc
         except TimeoutError as exc:
@@ -96,6 +117,8 @@ class TaskService:
             raise Unavailable("task store") from exc
         if stored.id != task_id:
             return stored, False
+        if stored.cached or stored.joined is not None:
+            return stored, True  # answered, or answered with another: nothing to run
         message = Message(
             payload=task_payload(task_id, tenant, submission, now), id=task_id, created_at=now
         )

@@ -6,11 +6,12 @@ describes the same rules, and the tests hold the two together.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Final, cast
 
 import attrs
 import orjson
+
+from orchestrator_worker.providers.parameters import validate_parameters
 
 from .problems import (
     TYPE_MALFORMED_JSON,
@@ -24,7 +25,7 @@ __all__ = ["MAX_IDEMPOTENCY_KEY", "MAX_MODEL_CHARS", "Submission", "parse_submis
 
 MAX_MODEL_CHARS: Final = 200
 MAX_IDEMPOTENCY_KEY: Final = 255
-_FIELDS: Final = frozenset({"prompt", "model", "system", "parameters", "metadata"})
+_FIELDS: Final = frozenset({"prompt", "model", "system", "parameters", "metadata", "cache"})
 
 
 @attrs.frozen
@@ -36,6 +37,8 @@ class Submission:
     system: str | None = None
     parameters: dict[str, Any] = attrs.field(factory=dict)
     metadata: dict[str, Any] = attrs.field(factory=dict)
+    #: Whether the tenant's prompt cache applies (``"cache": false`` opts out).
+    cache: bool = True
 
 
 def parse_submission(body: bytes, *, max_prompt_chars: int) -> Submission:
@@ -65,11 +68,17 @@ def parse_submission(body: bytes, *, max_prompt_chars: int) -> Submission:
         errors.append({"field": "model", "message": f"must be 1 to {MAX_MODEL_CHARS} characters"})
     system = _optional_text(data, "system", errors)
     parameters = _optional_object(data, "parameters", errors)
-    if parameters and "latency_ms" in parameters:
-        latency = parameters["latency_ms"]
-        if type(latency) not in (int, float) or not math.isfinite(latency) or latency < 0:
-            errors.append({"field": "parameters.latency_ms", "message": "must be a number >= 0"})
+    if parameters:
+        # Checked against the model's provider (the worker's own rules): an unsupported or
+        # invalid parameter is a 400 now, not a failed task later.
+        errors.extend(
+            {"field": field, "message": message}
+            for field, message in validate_parameters(model, parameters)
+        )
     metadata = _optional_object(data, "metadata", errors)
+    cache = data.get("cache")
+    if cache is not None and type(cache) is not bool:
+        errors.append({"field": "cache", "message": "must be true or false"})
     if errors:
         raise _invalid(errors)
 
@@ -87,6 +96,7 @@ def parse_submission(body: bytes, *, max_prompt_chars: int) -> Submission:
         system=system,
         parameters=parameters or {},
         metadata=metadata or {},
+        cache=cache is not False,
     )
 
 

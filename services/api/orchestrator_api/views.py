@@ -40,6 +40,9 @@ def task_view(record: TaskRecord) -> dict[str, Any]:
             "provider": result.provider,
             "model": result.model,
             "finish_reason": result.finish_reason,
+            "cost_usd": result.cost_usd,
         },
         "error": None if error is None else {"type": error.type, "message": error.message},
+        "cached": record.cached,
+        "joined": record.joined is not None,
     }

@@ -6,6 +6,12 @@ metadata, trace_id), ``st`` status, ``sa``/``fa`` started/finished at, ``n`` att
 cursor ``ca`` (attempt followed) / ``ns`` (next seq). The log is a list of orjson
 ``[event, data]`` entries; the first, ``queued``, entry is implied, not stored. ``buf`` holds
 events that overtook a predecessor (seq -> cmsgpack'd step), until the gap fills.
+
+Shared answers (``_sharing``): ``c`` = ``1`` on a cache hit; ``j`` the leader a follower
+reads through (while its own ``st`` stays ``queued``); ``ck`` the cache key a leader leads.
+A cache key ``<prefix>:cache:<tenant>:<digest>`` is a hash (``r`` the result blob, ``l`` the
+log entry, both as a hit shows them), ``<cache key>:lead`` the leader's id, and
+``<record>:fol`` the list of a leader's followers.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import hashlib
 
 import attrs
 
-__all__ = ["APPLY", "CREATE", "DISCARD", "Script"]
+__all__ = ["APPLY", "CREATE", "DISCARD", "SUBMIT", "Script"]
 
 
 @attrs.frozen
@@ -27,14 +33,15 @@ class Script:
         return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
 
-#: A create with an idempotency key (one without is a plain HSET + PEXPIRE).
-#: KEYS: record, idempotency key. ARGV: tenant, fixed blob, safety ttl ms, task id, record
-#: key prefix. Returns 1 when stored (or already stored by a retry of this call), else the
-#: existing record's fields (tn m st sa fa n r e) for the idempotency key.
+#: A create with an idempotency key and no cache key (one with neither is a plain HSET +
+#: PEXPIRE). KEYS: record, idempotency key. ARGV: tenant, fixed blob, safety ttl ms, task id,
+#: record key prefix. Returns 1 when stored (or already stored by a retry of this call), else
+#: the existing record's fields (tn m st sa fa n r e j c) for the idempotency key.
 CREATE = Script("""
 local existing = redis.call('GET', KEYS[2])
 if existing then
-  local rec = redis.call('HMGET', ARGV[5] .. existing, 'tn', 'm', 'st', 'sa', 'fa', 'n', 'r', 'e')
+  local rec = redis.call('HMGET', ARGV[5] .. existing,
+    'tn', 'm', 'st', 'sa', 'fa', 'n', 'r', 'e', 'j', 'c')
   if rec[1] then
     if existing == ARGV[4] then return 1 end
     return rec
@@ -46,23 +53,94 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """)
 
-#: KEYS: record, log, buffer. ARGV: tenant, task id, wake channel. Returns 1 if removed.
+#: A create with a cache key: idempotency key first, then a cache hit, then joining the
+#: leader in flight, else leading. KEYS: record, idempotency key ('' for none), cache key,
+#: lead key. ARGV: tenant, fixed blob, safety ttl ms, task id, record key prefix, ttl ms,
+#: created at. Returns the fields (tn m st sa fa n r e j c) of the record stored, or of the
+#: idempotency key's record; a retry of this call returns what its first run stored.
+SUBMIT = Script("""
+local F = {'tn', 'm', 'st', 'sa', 'fa', 'n', 'r', 'e', 'j', 'c'}
+local mine = redis.call('HMGET', KEYS[1], unpack(F))
+if mine[1] then return mine end
+if KEYS[2] ~= '' then
+  local existing = redis.call('GET', KEYS[2])
+  if existing then
+    local rec = redis.call('HMGET', ARGV[5] .. existing, unpack(F))
+    if rec[1] then return rec end
+  end
+end
+local ttl = ARGV[3]
+local hit = redis.call('HMGET', KEYS[3], 'r', 'l')
+if hit[1] and hit[2] then
+  ttl = ARGV[6]
+  redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'succeeded', 'sa', ARGV[7],
+    'fa', ARGV[7], 'n', '0', 'r', hit[1], 'c', '1')
+  local log = KEYS[1] .. ':log'
+  redis.call('RPUSH', log, hit[2])
+  redis.call('PEXPIRE', log, ttl)
+else
+  local leader = redis.call('GET', KEYS[4])
+  local st = leader and redis.call('HGET', ARGV[5] .. leader, 'st')
+  if st == 'queued' or st == 'running' then
+    redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'j', leader)
+    local fol = ARGV[5] .. leader .. ':fol'
+    redis.call('RPUSH', fol, ARGV[4])
+    redis.call('PEXPIRE', fol, ARGV[3])
+  else
+    redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[3])
+    redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'ck', KEYS[3])
+  end
+end
+if KEYS[2] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ttl)
+  redis.call('HSET', KEYS[1], 'ik', KEYS[2])
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return redis.call('HMGET', KEYS[1], unpack(F))
+""")
+
+#: KEYS: record, log, buffer. ARGV: tenant, task id, wake channel, then for a leader's
+#: followers (they fail: ``_sharing.ORPHANED``): ttl ms, finished at, error blob, log entry.
+#: Returns 1 if removed.
 DISCARD = Script("""
-local cur = redis.call('HMGET', KEYS[1], 'tn', 'ik')
+local cur = redis.call('HMGET', KEYS[1], 'tn', 'ik', 'ck')
 if cur[1] ~= ARGV[1] then return 0 end
 if cur[2] and redis.call('GET', cur[2]) == ARGV[2] then redis.call('DEL', cur[2]) end
+if cur[3] then
+  local lead = cur[3] .. ':lead'
+  if redis.call('GET', lead) == ARGV[2] then redis.call('DEL', lead) end
+  local fol = KEYS[1] .. ':fol'
+  local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[2])
+  for _, f in ipairs(redis.call('LRANGE', fol, 0, -1)) do
+    local fk = prefix .. f
+    local fcur = redis.call('HMGET', fk, 'st', 'ik')
+    if fcur[1] == 'queued' then
+      redis.call('HSET', fk, 'st', 'failed', 'fa', ARGV[5], 'e', ARGV[6])
+      redis.call('RPUSH', fk .. ':log', ARGV[7])
+      redis.call('PEXPIRE', fk .. ':log', ARGV[4])
+      redis.call('PEXPIRE', fk, ARGV[4])
+      if fcur[2] and redis.call('GET', fcur[2]) == f then
+        redis.call('PEXPIRE', fcur[2], ARGV[4])
+      end
+      redis.call('PUBLISH', fk .. ':wake', '')
+    end
+  end
+  redis.call('DEL', fol)
+end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('PUBLISH', ARGV[3], '')
 return 1
 """)
 
 #: KEYS: record, log, buffer. ARGV: tenant, task id, attempt, seq, ttl ms, safety ttl ms,
-#: wake channel, then the step: terminal ('1'/'0'), status, at, log entry, result/error blob.
+#: wake channel, then the step: terminal ('1'/'0'), status, at, log entry, result/error blob,
+#: then for a success: the cache entry's result blob and log entry (filled in if the task
+#: leads a cache key, whose lead it then releases; its followers expire with it).
 #: Returns 0 ignored, 1 applied, 2 buffered (same rules as ``_steps.Cursor``). The record
 #: changes are gathered into one HSET: every redis.call costs, and this runs per event.
 APPLY = Script("""
 local rec, log, buf = KEYS[1], KEYS[2], KEYS[3]
-local cur = redis.call('HMGET', rec, 'tn', 'st', 'ca', 'ns', 'ik', 'sa')
+local cur = redis.call('HMGET', rec, 'tn', 'st', 'ca', 'ns', 'ik', 'sa', 'ck')
 if cur[1] ~= ARGV[1] then return 0 end
 if cur[2] == 'succeeded' or cur[2] == 'failed' then return 0 end
 local attempt, seq = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -104,6 +182,23 @@ if step[1] == '1' then
   redis.call('PEXPIRE', rec, ARGV[5])
   redis.call('PEXPIRE', log, ARGV[5])
   if cur[5] and redis.call('GET', cur[5]) == ARGV[2] then redis.call('PEXPIRE', cur[5], ARGV[5]) end
+  if cur[7] then
+    local lead = cur[7] .. ':lead'
+    if redis.call('GET', lead) == ARGV[2] then redis.call('DEL', lead) end
+    if step[2] == 'succeeded' then
+      redis.call('HSET', cur[7], 'r', ARGV[13], 'l', ARGV[14])
+      redis.call('PEXPIRE', cur[7], ARGV[5])
+    end
+    local fol = rec .. ':fol'
+    local prefix = string.sub(rec, 1, #rec - #ARGV[2])
+    for _, f in ipairs(redis.call('LRANGE', fol, 0, -1)) do
+      local fk = prefix .. f
+      redis.call('PEXPIRE', fk, ARGV[5])
+      local fik = redis.call('HGET', fk, 'ik')
+      if fik and redis.call('GET', fik) == f then redis.call('PEXPIRE', fik, ARGV[5]) end
+    end
+    redis.call('DEL', fol)
+  end
 else
   while true do
     local packed = redis.call('HGET', buf, ns)

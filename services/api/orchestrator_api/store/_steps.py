@@ -56,6 +56,7 @@ def step_for(event: ResultEvent) -> Step:
             model=event.model,
             usage=event.usage,
             finish_reason=event.finish_reason,
+            cost_usd=event.cost_usd,
         )
         usage = event.usage
         data = {
@@ -68,6 +69,7 @@ def step_for(event: ResultEvent) -> Step:
             "provider": event.provider,
             "model": event.model,
             "finish_reason": event.finish_reason,
+            "cost_usd": event.cost_usd,
             "attempt": attempt,
         }
         return Step("result", data, TaskStatus.SUCCEEDED, attempt, event.at, result=result)

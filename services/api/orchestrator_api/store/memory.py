@@ -1,8 +1,10 @@
 """``MemoryTaskStore``: records and event logs in process memory (single-process mode, tests).
 
 Expiry follows the Redis store: ``ttl_seconds`` after the task ends, ``safety_ttl_seconds``
-after creation while it has not. Expired entries vanish on access and are swept on writes,
-so nothing accumulates; live waiters sleep on a per-task event, never in a polling loop.
+after creation while it has not; a cached answer ``ttl_seconds`` after its task succeeded.
+Expired entries vanish on access and are swept on writes, so nothing accumulates; live
+waiters sleep on a per-task event, never in a polling loop. Cache hits and joined tasks
+follow ``_sharing``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import attrs
 
 from orchestrator_worker.messages import ResultEvent
 
-from ..model import StoredEvent, TaskRecord, TaskStatus
+from ..model import StoredEvent, TaskRecord, TaskResult, TaskStatus
+from ._sharing import ORPHANED, cache_hit, mirror, orphaned, result_data, reused_events
 from ._steps import QUEUED_DATA, Cursor, Step, step_for
 from .errors import StoreUnavailable
 
@@ -35,6 +38,8 @@ class _Entry:
     log: list[StoredEvent] = attrs.field(factory=list)
     cursor: Cursor = attrs.field(factory=Cursor)
     changed: asyncio.Event = attrs.field(factory=asyncio.Event)
+    cache_key: tuple[str, str] | None = None  # a leader's (tenant, key)
+    followers: list[str] = attrs.field(factory=list)  # a leader's joined tasks
 
     def append(self, event: str, data: dict[str, object]) -> None:
         self.log.append(StoredEvent(id=str(len(self.log) + 1), event=event, data=data))
@@ -74,6 +79,9 @@ class MemoryTaskStore:
         self._entries: dict[str, _Entry] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
         self._expiries: list[tuple[float, str]] = []  # heap; stale items are skipped
+        self._cache: dict[tuple[str, str], tuple[TaskResult, float]] = {}  # -> expires at
+        self._cache_expiries: list[tuple[float, tuple[str, str]]] = []  # heap, like above
+        self._leaders: dict[tuple[str, str], str] = {}  # (tenant, key) -> task id
         self._closed = False
 
     def __repr__(self) -> str:
@@ -90,7 +98,13 @@ class MemoryTaskStore:
         key = entry.idempotency_key
         if key is not None and self._idempotency.get((entry.record.tenant, key)) == task_id:
             del self._idempotency[(entry.record.tenant, key)]
+        self._release(task_id, entry)
         entry.notify()
+
+    def _release(self, task_id: str, entry: _Entry) -> None:
+        """End ``entry``'s leadership of its cache key (new submissions run again)."""
+        if entry.cache_key is not None and self._leaders.get(entry.cache_key) == task_id:
+            del self._leaders[entry.cache_key]
 
     def _sweep(self) -> None:
         now = self._clock()
@@ -99,6 +113,11 @@ class MemoryTaskStore:
             entry = self._entries.get(task_id)
             if entry is not None and entry.expires_at <= now:
                 self._drop(task_id, entry)
+        while self._cache_expiries and self._cache_expiries[0][0] <= now:
+            _, key = heapq.heappop(self._cache_expiries)
+            cached = self._cache.get(key)
+            if cached is not None and cached[1] <= now:
+                del self._cache[key]
 
     def _live(self, task_id: str) -> _Entry | None:
         entry = self._entries.get(task_id)
@@ -113,32 +132,89 @@ class MemoryTaskStore:
 
     # -- TaskStore ----------------------------------------------------------------------
 
-    async def create(self, record: TaskRecord, idempotency_key: str | None = None) -> TaskRecord:
+    async def create(
+        self,
+        record: TaskRecord,
+        idempotency_key: str | None = None,
+        cache_key: str | None = None,
+    ) -> TaskRecord:
         if record.status is not TaskStatus.QUEUED:
             raise ValueError(f"a new task must be queued, got {record.status}")
         self._sweep()
+        tenant = record.tenant
         if idempotency_key is not None:
-            existing_id = self._idempotency.get((record.tenant, idempotency_key))
+            existing_id = self._idempotency.get((tenant, idempotency_key))
             if existing_id is not None:
                 existing = self._live(existing_id)
                 if existing is not None:
-                    return existing.record
+                    return self._shown(existing)
         entry = _Entry(record, idempotency_key, expires_at=0.0)
         entry.append("status", dict(QUEUED_DATA))
+        expires_at = self._clock() + self.safety_ttl_seconds
+        leader: _Entry | None = None  # set when the new task follows it
+        if cache_key is not None:
+            key = (tenant, cache_key)
+            cached = self._cache.get(key)
+            if cached is not None and cached[1] > self._clock():
+                entry.record = cache_hit(record, cached[0], record.created_at)
+                entry.append("result", result_data(cached[0], 0) | {"cost_usd": 0.0})
+                expires_at = self._clock() + self.ttl_seconds
+            else:
+                leader_id = self._leaders.get(key)
+                leader = self._live(leader_id) if leader_id is not None else None
+                if leader is not None and not leader.record.status.terminal:
+                    entry.record = attrs.evolve(record, joined=leader_id)
+                    leader.followers.append(record.id)
+                else:
+                    leader = None
+                    entry.cache_key = key
+                    self._leaders[key] = record.id
         self._entries[record.id] = entry
-        self._expire_at(record.id, entry, self._clock() + self.safety_ttl_seconds)
+        self._expire_at(record.id, entry, expires_at)
         if idempotency_key is not None:
-            self._idempotency[(record.tenant, idempotency_key)] = record.id
-        return record
+            self._idempotency[(tenant, idempotency_key)] = record.id
+        return entry.record if leader is None else mirror(entry.record, leader.record)
+
+    def _source(self, entry: _Entry) -> _Entry | None:
+        """Whose progress ``entry`` shows: its leader's while it follows one (None once the
+        leader is gone), else its own."""
+        leader_id = entry.record.joined
+        if leader_id is None or entry.record.status.terminal:
+            return entry
+        return self._live(leader_id)
+
+    def _shown(self, entry: _Entry) -> TaskRecord:
+        source = self._source(entry)
+        if source is entry or source is None:
+            return entry.record
+        return mirror(entry.record, source.record)
 
     async def discard(self, tenant: str, task_id: str) -> None:
         entry = self._owned(tenant, task_id)
-        if entry is not None:
-            self._drop(task_id, entry)
+        if entry is None:
+            return
+        self._drop(task_id, entry)
+        # Its followers were told their task was accepted: they fail, rather than vanish.
+        now = time.time()
+        for follower_id in entry.followers:
+            follower = self._live(follower_id)
+            if follower is None or follower.record.status.terminal:
+                continue
+            follower.record = orphaned(follower.record, now)
+            follower.append(
+                "error", {"type": ORPHANED.type, "message": ORPHANED.message, "attempt": 0}
+            )
+            self._expire_at(follower_id, follower, self._clock() + self.ttl_seconds)
+            follower.notify()
 
     async def get(self, tenant: str, task_id: str) -> TaskRecord | None:
         entry = self._owned(tenant, task_id)
-        return entry.record if entry is not None else None
+        if entry is None:
+            return None
+        source = self._source(entry)
+        if source is None:
+            return None
+        return entry.record if source is entry else mirror(entry.record, source.record)
 
     async def apply(self, event: ResultEvent) -> bool:
         self._sweep()
@@ -168,12 +244,30 @@ class MemoryTaskStore:
                 result=step.result,
                 error=step.error,
             )
-            self._expire_at(task_id, entry, self._clock() + self.ttl_seconds)
+            expires_at = self._clock() + self.ttl_seconds
+            self._expire_at(task_id, entry, expires_at)
+            self._finish_leader(task_id, entry, step, expires_at)
         else:
             entry.record = attrs.evolve(
                 record, status=step.status, attempts=attempts, started_at=started_at
             )
         entry.append(step.event, step.data)
+
+    def _finish_leader(self, task_id: str, entry: _Entry, step: Step, expires_at: float) -> None:
+        """A leader ended: cache its answer (success only), release the key, and let its
+        followers expire with it (they read through it)."""
+        key = entry.cache_key
+        if key is None:
+            return
+        self._release(task_id, entry)
+        if step.result is not None:
+            self._cache[key] = (step.result, expires_at)
+            heapq.heappush(self._cache_expiries, (expires_at, key))
+        for follower_id in entry.followers:
+            follower = self._entries.get(follower_id)
+            if follower is not None:
+                self._expire_at(follower_id, follower, expires_at)
+        entry.followers.clear()
 
     async def events(
         self, tenant: str, task_id: str, after: str | None = None, timeout: float = 0.0
@@ -184,11 +278,13 @@ class MemoryTaskStore:
         while True:
             if self._closed:
                 raise StoreUnavailable("the task store is closed")
-            entry = self._owned(tenant, task_id)
+            own = self._owned(tenant, task_id)
+            entry = None if own is None else self._source(own)
             if entry is None:
                 return []
             if len(entry.log) > start:
-                return entry.log[start:]
+                events = entry.log[start:]
+                return events if entry is own else reused_events(events)
             remaining = deadline - loop.time()
             if remaining <= 0 or entry.record.status.terminal:
                 return []

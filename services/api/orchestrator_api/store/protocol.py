@@ -1,8 +1,8 @@
 """The TaskStore protocol: task records and event logs, owned by the API.
 
 Two implementations: ``MemoryTaskStore`` (single-process mode, tests) and ``RedisTaskStore``
-(keys expire ``CACHE_TTL_MINUTES`` after the task ends). Every method may raise
-``StoreUnavailable`` (a ``StoreError``) when the backend cannot be reached.
+(keys expire ``CACHE_TTL_MINUTES`` after the task ends; so do cached answers). Every method
+may raise ``StoreUnavailable`` (a ``StoreError``) when the backend cannot be reached.
 """
 
 from __future__ import annotations
@@ -16,17 +16,30 @@ from ..model import StoredEvent, TaskRecord
 
 @runtime_checkable
 class TaskStore(Protocol):
-    async def create(self, record: TaskRecord, idempotency_key: str | None = None) -> TaskRecord:
-        """Store a new queued task; with an idempotency key already used by the same tenant,
-        store nothing and return the existing record instead (compare ``.id``).
+    async def create(
+        self,
+        record: TaskRecord,
+        idempotency_key: str | None = None,
+        cache_key: str | None = None,
+    ) -> TaskRecord:
+        """Store a new queued task and return it as stored; with an idempotency key already
+        used by the same tenant, store nothing and return the existing record instead
+        (compare ``.id``). The key expires with the record.
 
-        The key expires with the record. ``record.status`` must be ``queued`` (ValueError).
+        With a ``cache_key`` (a digest of what the task asks, never the prompt itself;
+        looked up within ``record.tenant`` only) the task may instead be stored as a cache
+        hit (returned ``succeeded`` and ``cached``), or as a follower of the identical task
+        in flight (returned with ``joined`` set, showing that task's progress), see
+        ``_sharing``; neither is to be published. Otherwise it leads the key until it ends.
+        The idempotency key is checked first. ``record.status`` must be ``queued``
+        (ValueError).
         """
         ...
 
     async def discard(self, tenant: str, task_id: str) -> None:
-        """Remove a record whose publish failed (and its idempotency key), so no record is
-        left stuck at ``queued`` for a task that was never accepted."""
+        """Remove a record whose publish failed (and its idempotency key, and its lead of a
+        cache key), so no record is left stuck at ``queued`` for a task that was never
+        accepted. Tasks that joined it in the meantime fail (``_sharing.ORPHANED``)."""
         ...
 
     async def get(self, tenant: str, task_id: str) -> TaskRecord | None:

@@ -6,7 +6,10 @@ Keys (``prefix`` defaults to ``orchestrator``), all expiring:
 - ``<prefix>:task:<id>:log`` list: the event log (entry *k* has event id ``k + 2``; id ``1``
   is the implied ``queued`` status event, so ``create`` writes one key, not two);
 - ``<prefix>:task:<id>:buf`` hash: events waiting for a predecessor;
-- ``<prefix>:idem:<tenant>:<key>`` string: the task id an idempotency key created.
+- ``<prefix>:idem:<tenant>:<key>`` string: the task id an idempotency key created;
+- ``<prefix>:cache:<tenant>:<digest>`` hash: a cached answer (expires ``ttl_seconds`` after
+  its task succeeded), ``...:lead`` the id of the task in flight for it, and
+  ``<prefix>:task:<id>:fol`` that task's followers (see ``_scripts`` and ``_sharing``).
 
 TTL: every key of a task expires ``ttl_seconds`` after the task ends (set atomically with
 the terminal event). Until then they carry ``safety_ttl_seconds`` (default 24 h, at least
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -40,7 +44,8 @@ from orchestrator_worker.messages import ErrorInfo, ResultEvent, Usage
 
 from ..model import StoredEvent, TaskRecord, TaskResult, TaskStatus
 from ._batch import Command, CommandBatcher
-from ._scripts import APPLY, CREATE, DISCARD, Script
+from ._scripts import APPLY, CREATE, DISCARD, SUBMIT, Script
+from ._sharing import ORPHANED, mirror, reused_events
 from ._steps import QUEUED_DATA, step_for
 from ._wakeup import Wakeups
 from .errors import StoreError, StoreUnavailable
@@ -50,7 +55,9 @@ __all__ = ["RedisTaskStore"]
 
 log = logging.getLogger(__name__)
 
-_RECORD_FIELDS = ("tn", "m", "st", "sa", "fa", "n", "r", "e")
+_RECORD_FIELDS = ("tn", "m", "st", "sa", "fa", "n", "r", "e", "j", "c")
+_LEADER_FIELDS = _RECORD_FIELDS[:8]
+_TERMINAL = frozenset({b"succeeded", b"failed", "succeeded", "failed"})
 
 
 def _text(value: bytes | str) -> str:
@@ -67,7 +74,8 @@ def _after_index(after: str | None) -> int:
 
 
 def _decode_record(fields: Sequence[Any]) -> TaskRecord:
-    tenant, fixed, status, started, finished, attempts, result, error = fields
+    tenant, fixed, status, started, finished, attempts, result, error, *sharing = fields
+    joined, cached = sharing if sharing else (None, None)
     meta = orjson.loads(fixed)
     task_result = None
     if result is not None:
@@ -79,6 +87,7 @@ def _decode_record(fields: Sequence[Any]) -> TaskRecord:
             model=data.get("model"),
             usage=Usage(**usage) if usage is not None else None,
             finish_reason=data.get("finish_reason"),
+            cost_usd=data.get("cost_usd"),
         )
     task_error = None
     if error is not None:
@@ -97,6 +106,8 @@ def _decode_record(fields: Sequence[Any]) -> TaskRecord:
         error=task_error,
         metadata=meta.get("metadata") or {},
         trace_id=meta.get("trace_id"),
+        cached=cached is not None,
+        joined=_text(joined) if joined is not None else None,
     )
 
 
@@ -161,6 +172,7 @@ class RedisTaskStore:
         self._location = location
         self._task_prefix = f"{prefix}:task:"
         self._idem_prefix = f"{prefix}:idem:"
+        self._cache_prefix = f"{prefix}:cache:"
         self._batcher = CommandBatcher(client)
         self._closed = False
         pool = client.connection_pool
@@ -244,7 +256,12 @@ class RedisTaskStore:
 
     # -- TaskStore ------------------------------------------------------------------------
 
-    async def create(self, record: TaskRecord, idempotency_key: str | None = None) -> TaskRecord:
+    async def create(
+        self,
+        record: TaskRecord,
+        idempotency_key: str | None = None,
+        cache_key: str | None = None,
+    ) -> TaskRecord:
         if record.status is not TaskStatus.QUEUED:
             raise ValueError(f"a new task must be queued, got {record.status}")
         fixed = orjson.dumps(
@@ -257,8 +274,8 @@ class RedisTaskStore:
             }
         )
         record_key = self._task_prefix + record.id
-        if idempotency_key is None:
-            # The common case needs no script: two plain commands in the shared pipeline.
+        if idempotency_key is None and cache_key is None:
+            # The plainest case needs no script: two plain commands in the shared pipeline.
             # Repeating them (the batcher's retry) is harmless: nobody has seen the task yet.
             # (try/except inline: _translated's generator costs a few us on every submission.)
             try:
@@ -269,33 +286,85 @@ class RedisTaskStore:
             except (RedisError, OSError) as exc:
                 raise _translate("create", exc) from exc
             return record
-        keys = (record_key, f"{self._idem_prefix}{record.tenant}:{idempotency_key}")
-        args = (record.tenant, fixed, self._safety_ms, record.id, self._task_prefix)
-        with _translated("create"):
-            reply = await self._script(CREATE, keys, args)
-        if isinstance(reply, list):
-            return _decode_record(reply)
-        return record
+        idem = "" if idempotency_key is None else self._idem_prefix + record.tenant + ":"
+        idem += idempotency_key or ""
+        if cache_key is None:
+            keys: tuple[str, ...] = (record_key, idem)
+            args: tuple[Any, ...] = (
+                record.tenant,
+                fixed,
+                self._safety_ms,
+                record.id,
+                self._task_prefix,
+            )
+            script = CREATE
+        else:
+            cache = self._cache_prefix + record.tenant + ":" + cache_key
+            keys = (record_key, idem, cache, cache + ":lead")
+            args = (
+                record.tenant,
+                fixed,
+                self._safety_ms,
+                record.id,
+                self._task_prefix,
+                self._ttl_ms,
+                repr(record.created_at),
+            )
+            script = SUBMIT
+        try:
+            reply = await self._script(script, keys, args)
+            if not isinstance(reply, list):
+                return record
+            return await self._shown(_decode_record(reply)) or record
+        except (RedisError, OSError) as exc:
+            raise _translate("create", exc) from exc
+
+    async def _shown(self, record: TaskRecord) -> TaskRecord | None:
+        """``record`` as shown: through its leader while it follows one (None once the
+        leader is gone)."""
+        leader_id = record.joined
+        if leader_id is None or record.status.terminal:
+            return record
+        (fields,) = await self._run(("HMGET", self._task_prefix + leader_id, *_LEADER_FIELDS))
+        if fields[0] is None:
+            return None
+        return mirror(record, _decode_record(fields))
 
     async def discard(self, tenant: str, task_id: str) -> None:
+        error = {"type": ORPHANED.type, "message": ORPHANED.message}
+        args = (
+            tenant,
+            task_id,
+            self._channel(task_id),
+            self._ttl_ms,
+            repr(time.time()),
+            orjson.dumps(error),
+            orjson.dumps(["error", {**error, "attempt": 0}]),
+        )
         with _translated("discard"):
-            await self._script(
-                DISCARD, self._keys(task_id), (tenant, task_id, self._channel(task_id))
-            )
+            await self._script(DISCARD, self._keys(task_id), args)
 
     async def get(self, tenant: str, task_id: str) -> TaskRecord | None:
         with _translated("get"):
             (fields,) = await self._run(("HMGET", self._task_prefix + task_id, *_RECORD_FIELDS))
-        if fields[0] is None or _text(fields[0]) != tenant:
-            return None
-        return _decode_record(fields)
+            if fields[0] is None or _text(fields[0]) != tenant:
+                return None
+            record = _decode_record(fields)
+            if record.joined is None:
+                return record
+            return await self._shown(record)
 
     async def apply(self, event: ResultEvent) -> bool:
         """See ``TaskStore.apply``; one atomic ``APPLY`` script call (``_steps.Cursor`` rules)."""
         step = step_for(event)
-        payload = b""
+        payload = cached = cached_entry = b""
         if step.result is not None:
-            payload = orjson.dumps({k: v for k, v in step.data.items() if k != "attempt"})
+            result = {k: v for k, v in step.data.items() if k != "attempt"}
+            payload = orjson.dumps(result)
+            # What a cache hit shows (used only if the task leads a cache key).
+            result["cost_usd"] = 0.0
+            cached = orjson.dumps(result)
+            cached_entry = orjson.dumps(["result", {**result, "attempt": 0}])
         elif step.error is not None:
             payload = orjson.dumps({"type": step.error.type, "message": step.error.message})
         args = (
@@ -311,20 +380,34 @@ class RedisTaskStore:
             repr(step.at),
             orjson.dumps([step.event, step.data]),
             payload,
+            cached,
+            cached_entry,
         )
         with _translated("apply"):
             outcome = await self._script(APPLY, self._keys(event.task_id), args)
         return bool(outcome)
 
-    async def _read(self, tenant: str, task_id: str, start: int) -> tuple[list[StoredEvent], bool]:
-        """Log entries with id > ``start``, and whether more may come (known and not ended)."""
+    async def _read(
+        self, tenant: str, task_id: str, start: int
+    ) -> tuple[list[StoredEvent], bool, str]:
+        """Log entries with id > ``start``, whether more may come (known and not ended), and
+        whose log it is (a follower reads its leader's)."""
         record, log_key, _ = self._keys(task_id)
         with _translated("events"):
             head, entries = await self._run(
-                ("HMGET", record, "tn", "st"), ("LRANGE", log_key, max(start - 1, 0), -1)
+                ("HMGET", record, "tn", "st", "j"), ("LRANGE", log_key, max(start - 1, 0), -1)
             )
-        if head[0] is None or _text(head[0]) != tenant:
-            return [], False
+            if head[0] is None or _text(head[0]) != tenant:
+                return [], False, task_id
+            source = task_id
+            if head[2] is not None and head[1] not in _TERMINAL:
+                source = _text(head[2])
+                record, log_key, _ = self._keys(source)
+                head, entries = await self._run(
+                    ("HMGET", record, "tn", "st"), ("LRANGE", log_key, max(start - 1, 0), -1)
+                )
+                if head[0] is None:
+                    return [], False, task_id
         events: list[StoredEvent] = []
         if start < 1:
             events.append(StoredEvent(id="1", event="status", data=dict(QUEUED_DATA)))
@@ -332,22 +415,24 @@ class RedisTaskStore:
         for offset, raw in enumerate(entries):
             name, data = orjson.loads(raw)
             events.append(StoredEvent(id=str(first_id + offset), event=name, data=data))
-        return events, not TaskStatus(_text(head[1])).terminal
+        if source != task_id:
+            events = reused_events(events)
+        return events, not TaskStatus(_text(head[1])).terminal, source
 
     async def events(
         self, tenant: str, task_id: str, after: str | None = None, timeout: float = 0.0
     ) -> list[StoredEvent]:
         start = _after_index(after)
-        events, open_ = await self._read(tenant, task_id, start)
+        events, open_, source = await self._read(tenant, task_id, start)
         if events or not open_ or timeout <= 0:
             return events
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        async with self._watch(task_id) as woken:
+        async with self._watch(source) as woken:
             while True:
                 woken.clear()
                 try:
-                    events, open_ = await self._read(tenant, task_id, start)
+                    events, open_, _ = await self._read(tenant, task_id, start)
                 except StoreUnavailable:
                     # A blip while the subscriber reconnects (it wakes everyone on a lost
                     # connection): keep the reader waiting, retrying now and then, until

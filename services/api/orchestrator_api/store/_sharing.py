@@ -1,0 +1,112 @@
+"""Shared answers, the same in every store: prompt cache hits and tasks that join another.
+
+A task submitted with a cache key (``TaskStore.create``) is one of three kinds:
+
+- a *cache hit*: the tenant's identical task succeeded within the TTL, so the new task is
+  created already ``succeeded`` with a copy of that answer (``cached``), and never published;
+- a *follower*: an identical task (its *leader*) is queued or running, so the new task keeps
+  its own id, creation time and metadata but shows the leader's status, attempts, events,
+  result and error (``joined``), and is never published;
+- a *leader*: neither, so it is published and runs; identical submissions join it until it
+  ends. Its success fills the cache; its failure caches nothing (its followers fail with it).
+
+A reused answer cost nothing: its ``cost_usd`` is 0.0 (the leader's result keeps the real
+cost), so summing ``cost_usd`` over tasks gives what was spent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from orchestrator_worker.messages import ErrorInfo
+
+from ..model import StoredEvent, TaskRecord, TaskResult, TaskStatus
+
+__all__ = [
+    "ORPHANED",
+    "cache_hit",
+    "mirror",
+    "orphaned",
+    "result_data",
+    "reused",
+    "reused_events",
+]
+
+#: What a follower fails with when its leader could not be queued (its publish failed).
+ORPHANED = ErrorInfo(
+    type="unavailable",
+    message="the identical task this one joined could not be queued; submit it again",
+)
+
+
+def reused(result: TaskResult) -> TaskResult:
+    """``result`` as a task that did not produce it shows it: nothing spent."""
+    return attrs.evolve(result, cost_usd=0.0)
+
+
+def result_data(result: TaskResult, attempt: int) -> dict[str, Any]:
+    """The ``result`` event data of ``result`` (the keys ``_steps.step_for`` writes)."""
+    usage = result.usage
+    return {
+        "text": result.text,
+        "usage": (
+            None
+            if usage is None
+            else {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+        ),
+        "provider": result.provider,
+        "model": result.model,
+        "finish_reason": result.finish_reason,
+        "cost_usd": result.cost_usd,
+        "attempt": attempt,
+    }
+
+
+def cache_hit(record: TaskRecord, result: TaskResult, at: float) -> TaskRecord:
+    """The new ``record`` served from the cache: succeeded at once, no attempt made."""
+    return attrs.evolve(
+        record,
+        status=TaskStatus.SUCCEEDED,
+        started_at=at,
+        finished_at=at,
+        attempts=0,
+        result=reused(result),
+        cached=True,
+    )
+
+
+def mirror(own: TaskRecord, leader: TaskRecord) -> TaskRecord:
+    """A follower as it is shown: its own id, times of creation, model, metadata and trace;
+    the leader's progress (a start before the follower existed shows as its creation)."""
+    started = leader.started_at
+    if started is not None and started < own.created_at:
+        started = own.created_at
+    finished = leader.finished_at
+    if finished is not None and started is not None and finished < started:
+        finished = started
+    result = leader.result
+    return attrs.evolve(
+        own,
+        status=leader.status,
+        started_at=started,
+        finished_at=finished,
+        attempts=leader.attempts,
+        result=None if result is None else reused(result),
+        error=leader.error,
+        cached=leader.status is TaskStatus.SUCCEEDED,
+    )
+
+
+def orphaned(own: TaskRecord, at: float) -> TaskRecord:
+    """A follower whose leader was discarded: failed on its own (``joined`` is kept)."""
+    return attrs.evolve(own, status=TaskStatus.FAILED, finished_at=at, error=ORPHANED)
+
+
+def reused_events(events: list[StoredEvent]) -> list[StoredEvent]:
+    """A leader's events as its followers read them: the result shows nothing spent."""
+    if not events or events[-1].event != "result":
+        return events
+    last = events[-1]
+    return [*events[:-1], attrs.evolve(last, data={**last.data, "cost_usd": 0.0})]
