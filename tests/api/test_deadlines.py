@@ -58,7 +58,7 @@ async def test_only_the_late_blocks_time_out() -> None:
     results = await asyncio.wait_for(
         asyncio.gather(wait(0.02, 10), wait(5.0, 0.05), wait(0.02, 10)), timeout=10
     )
-    assert results == ["timeout", "done", "timeout"]
+    assert list(results) == ["timeout", "done", "timeout"]
 
 
 async def test_a_deadline_object_works_on_a_later_event_loop() -> None:
