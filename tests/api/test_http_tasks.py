@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
 from typing import Any
 
@@ -350,6 +351,25 @@ async def test_chunked_body_over_max_body_bytes_is_a_413(api_client: ApiClientFa
         "/v1/tasks", data=chunks(), headers={**ACME, "Content-Type": "application/json"}
     )
     await problem_of(response, 413)
+
+
+@pytest.mark.parametrize(("size", "status"), [(100, 202), (40_000, 413)])
+async def test_a_compressed_body_is_limited_by_its_decompressed_size(
+    api_client: ApiClientFactory, size: int, status: int
+) -> None:
+    settings = ApiSettings(api_keys=API_KEYS, max_body_bytes=2048)
+    client = await api_client(settings=settings)
+    body = gzip.compress(orjson.dumps({"prompt": "x", "metadata": {"pad": "x" * size}}))
+    assert len(body) < 2048
+    response = await client.post(
+        "/v1/tasks",
+        data=body,
+        headers={**ACME, "Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    if status == 413:
+        await problem_of(response, 413)
+    else:
+        assert response.status == status, await response.text()
 
 
 async def test_prompt_over_max_prompt_chars_is_a_413(api_client: ApiClientFactory) -> None:
