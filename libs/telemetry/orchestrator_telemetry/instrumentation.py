@@ -40,7 +40,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
 
 from .config import package_version
 from .context_only import ContextOnlyTracer
-from .propagation import PROPAGATOR
+from .propagation import extract_context
 
 __all__ = ["client_trace_config", "instrument_app", "server_middleware"]
 
@@ -56,7 +56,7 @@ def _parent(request: web.BaseRequest) -> Context:
     """The caller's context from ``traceparent``/``baggage``, else an empty one (a root)."""
     headers = request.headers
     if "traceparent" in headers or "baggage" in headers:
-        return PROPAGATOR.extract(headers, context=_EMPTY)
+        return extract_context(headers, context=_EMPTY)
     return _EMPTY
 
 
