@@ -387,3 +387,18 @@ async def test_opting_out_or_another_tenant_calls_the_provider_again(running: Ru
 
     assert (private["cached"], theirs["cached"]) == (False, False)
     assert running.echo.calls == 3
+
+
+async def test_shared_tasks_are_counted_in_the_metrics(api_client: ApiClientFactory) -> None:
+    client = await api_client()
+    first = await submit(client, {"prompt": "x"})
+    await submit(client, {"prompt": "x"})  # joined
+    await finish(client, first["id"])
+    await submit(client, {"prompt": "x"})  # hit
+    await submit(client, {"prompt": "x"})  # hit
+
+    text = await (await client.get("/metrics")).text()
+
+    assert 'orchestrator_api_tasks_shared_total{tenant="acme",outcome="joined"} 1' in text
+    assert 'orchestrator_api_tasks_shared_total{tenant="acme",outcome="hit"} 2' in text
+    assert 'orchestrator_api_tasks_accepted_total{tenant="acme",model="default"} 4' in text

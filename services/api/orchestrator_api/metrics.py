@@ -66,6 +66,13 @@ class ApiMetrics:
             "Tasks accepted (202) by tenant and requested model (default: the worker's).",
             ("tenant", "model"),
         )
+        self.tasks_shared = registry.counter(
+            "orchestrator_api_tasks_shared_total",
+            "Accepted tasks that made no provider call of their own, by tenant and how: "
+            "answered from the prompt cache (hit) or joined to an identical task in flight "
+            "(joined).",
+            ("tenant", "outcome"),
+        )
         self.tasks_finished = registry.counter(
             "orchestrator_api_tasks_finished_total",
             "Terminal results applied, by tenant, provider, model and status.",
@@ -110,6 +117,10 @@ class ApiMetrics:
     def task_accepted(self, tenant: str, model: str | None) -> None:
         """A new task was accepted (not an idempotent replay)."""
         self.tasks_accepted.labels(tenant, model or "default").inc()
+
+    def task_shared(self, tenant: str, outcome: str) -> None:
+        """An accepted task was a prompt cache ``hit`` or ``joined`` an identical one."""
+        self.tasks_shared.labels(tenant, outcome).inc()
 
     def result_applied(self, event: ResultEvent) -> None:
         """The results consumer applied ``event`` (the delivery's span is current, so the

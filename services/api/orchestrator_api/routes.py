@@ -103,7 +103,10 @@ async def submit_task(request: web.Request) -> web.Response:
     except Unavailable as exc:
         raise _unavailable(exc, "; the task was not accepted") from exc
     if created:
-        request.app[METRICS].task_accepted(tenant, submission.model)
+        metrics = request.app[METRICS]
+        metrics.task_accepted(tenant, submission.model)
+        if record.cached or record.joined is not None:
+            metrics.task_shared(tenant, "hit" if record.joined is None else "joined")
     return _json(
         task_view(record),
         202 if created else 200,

@@ -56,12 +56,16 @@ return 1
 #: A create with a cache key: idempotency key first, then a cache hit, then joining the
 #: leader in flight, else leading. KEYS: record, idempotency key ('' for none), cache key,
 #: lead key. ARGV: tenant, fixed blob, safety ttl ms, task id, record key prefix, ttl ms,
-#: created at. Returns the fields (tn m st sa fa n r e j c) of the record stored, or of the
-#: idempotency key's record; a retry of this call returns what its first run stored.
+#: created at. Returns 1 when the task was stored as it is (to lead the key), else the fields
+#: (tn m st sa fa n r e j c) of the hit or follower stored, or of the idempotency key's
+#: record; a retry of this call answers as its first run did.
 SUBMIT = Script("""
 local F = {'tn', 'm', 'st', 'sa', 'fa', 'n', 'r', 'e', 'j', 'c'}
 local mine = redis.call('HMGET', KEYS[1], unpack(F))
-if mine[1] then return mine end
+if mine[1] then
+  if mine[9] or mine[10] then return mine end
+  return 1
+end
 if KEYS[2] ~= '' then
   local existing = redis.call('GET', KEYS[2])
   if existing then
@@ -70,6 +74,7 @@ if KEYS[2] ~= '' then
   end
 end
 local ttl = ARGV[3]
+local shared = true
 local hit = redis.call('HMGET', KEYS[3], 'r', 'l')
 if hit[1] and hit[2] then
   ttl = ARGV[6]
@@ -89,6 +94,7 @@ else
   else
     redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[3])
     redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'ck', KEYS[3])
+    shared = false
   end
 end
 if KEYS[2] ~= '' then
@@ -96,7 +102,8 @@ if KEYS[2] ~= '' then
   redis.call('HSET', KEYS[1], 'ik', KEYS[2])
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
-return redis.call('HMGET', KEYS[1], unpack(F))
+if shared then return redis.call('HMGET', KEYS[1], unpack(F)) end
+return 1
 """)
 
 #: KEYS: record, log, buffer. ARGV: tenant, task id, wake channel, then for a leader's
