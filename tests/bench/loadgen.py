@@ -23,8 +23,14 @@ from collections.abc import Sequence
 import aiohttp
 import orjson
 
+# "cache": false: every request takes the full path (record + publish); with the prompt
+# cache on, identical requests would join the first one and publish nothing.
 BODY = orjson.dumps(
-    {"prompt": "Hello, orchestrator! Echo this back, word by word.", "model": "echo"}
+    {
+        "prompt": "Hello, orchestrator! Echo this back, word by word.",
+        "model": "echo",
+        "cache": False,
+    }
 )
 
 

@@ -3,7 +3,9 @@
 -- No response() callback on purpose: it would make wrk hand every response to Lua. wrk
 -- already counts non-2xx/3xx answers in errors.status.
 wrk.method = "POST"
-wrk.body = '{"prompt": "Hello, orchestrator! Echo this back, word by word.", "model": "echo"}'
+-- "cache": false: every request takes the full path (record + publish); with the prompt cache
+-- on, identical requests would join the first one and publish nothing.
+wrk.body = '{"prompt": "Hello, orchestrator! Echo this back, word by word.", "model": "echo", "cache": false}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_API_KEY") or "")
 
