@@ -402,3 +402,25 @@ async def test_shared_tasks_are_counted_in_the_metrics(api_client: ApiClientFact
     assert 'orchestrator_api_tasks_shared_total{tenant="acme",outcome="joined"} 1' in text
     assert 'orchestrator_api_tasks_shared_total{tenant="acme",outcome="hit"} 2' in text
     assert 'orchestrator_api_tasks_accepted_total{tenant="acme",model="default"} 4' in text
+
+
+async def test_the_document_rejects_and_accepts_the_cache_field_as_the_api_does(
+    api_client: ApiClientFactory,
+) -> None:
+    from tests.api.test_http_openapi import validator
+
+    client = await api_client()
+    schema = validator(
+        await fetch_document(client), {"$ref": "#/components/schemas/TaskSubmission"}
+    )
+    for body, status in (
+        ({"prompt": "x", "cache": "no"}, 400),
+        ({"prompt": "x", "cache": 0}, 400),
+        ({"prompt": "x", "parameters": {"top_k": 0}}, 400),
+        ({"prompt": "x", "parameters": {"stop": []}}, 400),
+        ({"prompt": "x", "cache": False}, 202),
+        ({"prompt": "x", "cache": True, "parameters": {"stop": "\n", "seed": 1}}, 202),
+    ):
+        response = await client.post("/v1/tasks", json=body, headers=ACME)
+        assert response.status == status, (body, await response.text())
+        assert schema.is_valid(body) is (status == 202), body
