@@ -68,7 +68,10 @@ class ApiSettings:
       (one process only, nothing survives a restart).
     - ``JAEGER_URI`` [unset]: where traces go (OTLP/HTTP endpoint of a collector); unset =
       tracing ids are still made and returned, nothing is exported.
-    - ``CACHE_TTL_MINUTES`` [5]: how long a finished task (record, result, events) is kept.
+    - ``CACHE_TTL_MINUTES`` [5]: how long a finished task (record, result, events) is kept,
+      and how long a tenant's identical submission (same model, system, prompt and
+      parameters) is answered from the prompt cache after a success (``"cache": false`` in a
+      submission opts out).
     - ``REDIS_STREAM_ID`` [tasks]: stream the API publishes tasks on.
     - ``REDIS_RESULTS_STREAM_ID`` [results]: stream the API reads worker results from.
     - ``API_KEYS`` [unset]: ``tenant:key`` pairs, comma-separated; clients send
