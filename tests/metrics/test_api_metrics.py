@@ -80,7 +80,10 @@ async def scrape(client: TestClient[Any, Any], *, openmetrics: bool = False) -> 
 
 async def run_task(client: TestClient[Any, Any], headers: dict[str, str], **body: Any) -> Any:
     response = await client.post(
-        "/v1/tasks", json={"prompt": "one two three", **body}, headers=headers
+        # cache off: each call runs (identical prompts would otherwise be served from cache)
+        "/v1/tasks",
+        json={"prompt": "one two three", "cache": False, **body},
+        headers=headers,
     )
     assert response.status == 202, await response.text()
     task = await response.json()
@@ -182,7 +185,9 @@ async def test_a_growing_backlog_shows_when_no_worker_takes_tasks(stack: Stack) 
     stack.worker.stop(force=True)
     await asyncio.sleep(0.1)
     for _ in range(3):
-        response = await stack.client.post("/v1/tasks", json={"prompt": "x"}, headers=ACME)
+        response = await stack.client.post(
+            "/v1/tasks", json={"prompt": "x", "cache": False}, headers=ACME
+        )
         assert response.status == 202
     families = await scrape(stack.client)
 
