@@ -188,4 +188,3 @@ class Broker(Protocol):
     async def close(self) -> None:
         """Stop every consumer iterator and release connections; idempotent."""
         ...
-
