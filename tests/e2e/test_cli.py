@@ -93,6 +93,7 @@ async def test_run_mode_answers_submit_wait_and_stream_without_redis(
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout == "the answer, streamed word by word\n"
     assert "authentication is OFF" in run.log()
+    assert "broker and store: in-memory" in run.log()  # the startup line names the backend
     assert run.alive()
 
     # One /metrics serves both halves of the process: the API's and the worker's series.

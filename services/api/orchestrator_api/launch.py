@@ -157,6 +157,7 @@ async def _run_single_process(args: argparse.Namespace, environ: Mapping[str, st
             stop=stop,
             environ=env,
             metrics=ApiMetrics(shared),
+            labels=(backend, telemetry_settings.endpoint_for_log),
         )
     finally:
         stop.set()

@@ -55,6 +55,7 @@ async def serve(
     on_started: Callable[[str], None] | None = None,
     environ: Mapping[str, str] | None = None,
     metrics: ApiMetrics | None = None,
+    labels: tuple[str, str] | None = None,
 ) -> None:
     """Serve the API until SIGTERM/SIGINT (or until ``stop`` is set), then drain.
 
@@ -63,7 +64,8 @@ async def serve(
     in-memory broker and store with the workers). Without ``tracer_provider`` it sets up
     telemetry from ``environ`` (``JAEGER_URI``, ``OTEL_*``) and flushes it at the end.
     ``host``/``port`` override the settings (port 0 picks a free port; ``on_started``
-    receives the base URL once listening). Standalone (no ``tracer_provider``) it also sets
+    receives the base URL once listening; ``labels`` name the caller's broker/store and trace
+    endpoint in the startup line). Standalone (no ``tracer_provider``) it also sets
     up logging from ``LOG_LEVEL``/``LOG_FORMAT``; otherwise the caller has done so.
 
     Draining: stop accepting connections, end open SSE/WebSocket streams, let in-flight
@@ -79,7 +81,7 @@ async def serve(
 
     env = os.environ if environ is None else environ
     telemetry = None
-    traces = "(caller's tracer provider)"
+    traces = labels[1] if labels else "(caller's tracer provider)"
     if tracer_provider is None:
         # Standalone service: this call owns the process's logging and tracing setup.
         setup_logging(settings.log_level, "json" if settings.log_format == "json" else "plain")
@@ -102,7 +104,7 @@ async def serve(
         else:
             await built_store.close()
     else:
-        backend = "caller's"
+        backend = labels[0] if labels else "caller's"
 
     app = create_app(
         settings, broker=broker, store=store, tracer_provider=tracer_provider, metrics=metrics
