@@ -64,6 +64,7 @@ from orchestrator_broker import (
 )
 
 from .breaker import BreakerCall
+from .deadlines import Deadlines
 from .events import AttemptEvents, FlushClock
 from .hooks import WorkerHooks, safe_hooks
 from .limits import ProviderGuards
@@ -197,6 +198,7 @@ class TaskRunner:
         self._providers = providers
         self._results = results_stream
         self._timeout = task_timeout
+        self._deadlines = Deadlines(task_timeout)
         self._clock = FlushClock(flush_interval, started_after)
         self._router = router or ModelRouter(providers)
         self._retry = retry or RetryPolicy()
@@ -484,7 +486,7 @@ class TaskRunner:
         )
         finish = Finish()
         try:
-            async with asyncio.timeout(self._timeout):
+            with self._deadlines.start():  # asyncio.timeout, minus a timer per task
                 stream = route.provider.stream(request)
                 try:
                     async for item in stream:
