@@ -45,6 +45,17 @@ _SAMPLED = TraceFlags.SAMPLED
 _RANDOM = TraceFlags.RANDOM_TRACE_ID
 _EMPTY_STATE = TraceState()
 _getrandbits = random.getrandbits
+#: The flags a new span context can have, made once (indexed by their bits).
+_FLAGS = tuple(TraceFlags(bits) for bits in range(4))
+
+
+def _valid_context(
+    trace_id: int, span_id: int, flags: TraceFlags, state: TraceState
+) -> SpanContext:
+    """``SpanContext(trace_id, span_id, False, flags, state)`` for ids known to be valid
+    (non-zero, in range), minus the constructor's checks: three of these per task.
+    A test holds it equal to the constructor's result."""
+    return tuple.__new__(SpanContext, (trace_id, span_id, False, flags, state, True))
 
 
 def _root_rule(sampler: str, ratio: float | None) -> int | None:
@@ -81,14 +92,14 @@ class ContextOnlyTracer(trace.Tracer):
         if parent.is_valid:
             trace_id = parent.trace_id
             flags = parent.trace_flags
-            sampled = flags.sampled if self._parent_based else self._sampled(trace_id)
+            sampled = flags & _SAMPLED if self._parent_based else self._sampled(trace_id)
             bits = (_SAMPLED if sampled else 0) | (flags & _RANDOM)
-            return SpanContext(trace_id, span_id, False, TraceFlags(bits), parent.trace_state)
+            return _valid_context(trace_id, span_id, _FLAGS[bits], parent.trace_state)
         trace_id = _getrandbits(128)
         while trace_id == INVALID_TRACE_ID:  # pragma: no cover - one chance in 2**128
             trace_id = _getrandbits(128)
         bits = (_SAMPLED | _RANDOM) if self._sampled(trace_id) else _RANDOM
-        return SpanContext(trace_id, span_id, False, TraceFlags(bits), _EMPTY_STATE)
+        return _valid_context(trace_id, span_id, _FLAGS[bits], _EMPTY_STATE)
 
     def start_span(
         self,
