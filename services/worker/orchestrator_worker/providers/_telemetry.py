@@ -15,7 +15,9 @@ the error's type and its secret-free message.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -117,6 +119,21 @@ class CallSpan:
         if not self._ended:
             self._ended = True
             self._span.end()
+
+    @contextlib.contextmanager
+    def ending(self) -> Iterator[None]:
+        """Around a whole call: a ``ProviderError`` marks the span failed, a cancel or an
+        abandoned stream marks it cancelled, and the span ends either way."""
+        try:
+            yield
+        except ProviderError as exc:
+            self.failed(exc)
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            self.cancelled()
+            raise
+        finally:
+            self.end()
 
 
 def _json(value: Any) -> str:

@@ -21,7 +21,6 @@ of ``SAFETY``, ``RECITATION``, ``BLOCKLIST``, ``PROHIBITED_CONTENT``, ``SPII``,
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -136,7 +135,7 @@ class GeminiProvider:
         )
         answer = _Answer(span, key)
         headers = {"Accept": "text/event-stream", "x-goog-api-key": key.reveal()}
-        try:
+        with span.ending():
             async with self._http.post(url, body=self._body(request), headers=headers) as response:
                 if response.status != 200:
                     raise await self._status_error(response)
@@ -153,14 +152,6 @@ class GeminiProvider:
             finish = answer.finish()
             span.succeeded(finish.usage, finish.finish_reason, answer.text)
             yield finish
-        except ProviderError as exc:
-            span.failed(exc)
-            raise
-        except (GeneratorExit, asyncio.CancelledError):
-            span.cancelled()
-            raise
-        finally:
-            span.end()
 
     async def _status_error(self, response: aiohttp.ClientResponse) -> ProviderError:
         data = await self._http.read_error_body(response)

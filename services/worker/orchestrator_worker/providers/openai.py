@@ -17,7 +17,6 @@ answer) is ``ContentFiltered``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -118,7 +117,7 @@ class OpenAIProvider:
             trace_content=self._settings.http.trace_content,
         )
         answer = _Answer(span, self._settings.api_key)
-        try:
+        with span.ending():
             async with self._http.post(self._url, body=body, headers=self._headers()) as response:
                 if response.status != 200:
                     raise await self._status_error(response)
@@ -138,14 +137,6 @@ class OpenAIProvider:
             finish = answer.finish()
             span.succeeded(finish.usage, finish.finish_reason, answer.text)
             yield finish
-        except ProviderError as exc:
-            span.failed(exc)
-            raise
-        except (GeneratorExit, asyncio.CancelledError):
-            span.cancelled()
-            raise
-        finally:
-            span.end()
 
     async def _status_error(self, response: aiohttp.ClientResponse) -> ProviderError:
         data = await self._http.read_error_body(response)
