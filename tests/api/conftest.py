@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from orchestrator_api.app import create_app
 from orchestrator_api.config import ApiSettings
 from orchestrator_api.state import STATE, ApiState
+from orchestrator_api.store import RedisTaskStore, TaskStore
 from orchestrator_api.store.memory import MemoryTaskStore
 from orchestrator_broker import Broker
 from orchestrator_broker.memory import MemoryBroker
@@ -77,3 +78,20 @@ def api_client(
         return await aiohttp_client(app)
 
     return make
+
+
+#: The short pending window of ``quick_store``.
+PENDING = 0.2
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def quick_store(request: pytest.FixtureRequest) -> AsyncIterator[TaskStore]:
+    """Each store, with unconfirmed tasks abandoned after ``PENDING`` seconds (a TTL of 60)."""
+    made: TaskStore
+    if request.param == "memory":
+        made = MemoryTaskStore(60, pending_seconds=PENDING)
+    else:
+        url = request.getfixturevalue("redis_url")
+        made = RedisTaskStore.from_url(url, ttl_seconds=60, pending_seconds=PENDING)
+    yield made
+    await made.close()

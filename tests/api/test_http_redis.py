@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from orchestrator_api.store.redis import RedisTaskStore
-from orchestrator_broker import Message
+from orchestrator_broker import BrokerUnavailable, Message
+from orchestrator_broker.memory import MemoryBroker
 from orchestrator_broker.redis_streams import RedisStreamsBroker
 from orchestrator_worker.messages import converter
 from tests.api.conftest import ACME, GLOBEX, ApiClientFactory
 from tests.api.test_http_streaming import lifecycle, messages, read_sse
-from tests.api.test_http_tasks import problem_of
+from tests.api.test_http_tasks import problem_of, published
+from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -75,3 +78,50 @@ async def test_idempotency_over_redis(
     second = await client.post("/v1/tasks", json={"prompt": "x"}, headers=headers)
     assert (first.status, second.status) == (202, 200)
     assert (await first.json())["id"] == (await second.json())["id"]
+
+
+class RedisKillingBroker(MemoryBroker):
+    """Publishing kills the store's Redis once: it dies between a task's create and its
+    publish, so the publish fails and so does the discard."""
+
+    def __init__(self, server: RedisServer) -> None:
+        super().__init__()
+        self.server: RedisServer | None = server
+
+    async def publish(self, stream: str, message: Message) -> str:
+        if self.server is not None:
+            self.server.kill()
+            self.server = None
+            raise BrokerUnavailable("connection reset")
+        return await super().publish(stream, message)
+
+
+async def test_a_task_orphaned_by_a_redis_crash_mid_submit_blocks_nothing_for_long(
+    redis_server_factory: Callable[..., RedisServer], api_client: ApiClientFactory
+) -> None:
+    server = redis_server_factory(appendonly=True)  # the orphaned record survives the crash
+    store = RedisTaskStore.from_url(server.url, ttl_seconds=60, pending_seconds=3.0)
+    broker = RedisKillingBroker(server)
+    try:
+        client = await api_client(broker=broker, store=store)
+        body = {"prompt": "the same prompt"}
+        keyed = {**ACME, "Idempotency-Key": "crash"}
+        await problem_of(await client.post("/v1/tasks", json=body, headers=keyed), 503)
+        server.start()
+        async with aioredis.Redis.from_url(server.url) as raw:
+            assert len([k async for k in raw.scan_iter("orchestrator:task:*")]) == 1
+
+        # While its request might still be finishing, the key is in use...
+        await problem_of(await client.post("/v1/tasks", json=body, headers=keyed), 409)
+        await asyncio.sleep(3.2)
+        # ...then the key, and the lead of the prompt's cache key, go to a new task.
+        retried = await client.post("/v1/tasks", json=body, headers=keyed)
+        assert retried.status == 202
+        leader = await retried.json()
+        identical = await client.post("/v1/tasks", json=body, headers=ACME)
+        assert (await identical.json())["joined"] is True
+        assert [m.task_id for m in await published(broker)] == [leader["id"]]
+        shown = await (await client.get(f"/v1/tasks/{leader['id']}", headers=ACME)).json()
+        assert shown["status"] == "queued"
+    finally:
+        await store.close()

@@ -12,6 +12,7 @@ import pytest
 
 from orchestrator_api.config import ApiSettings
 from orchestrator_api.model import TaskRecord
+from orchestrator_api.store import StoreUnavailable
 from orchestrator_api.store.memory import MemoryTaskStore
 from orchestrator_broker import BrokerUnavailable, Message
 from orchestrator_broker.memory import MemoryBroker
@@ -433,6 +434,77 @@ async def test_idempotency_key_works_again_after_a_failed_publish(
     assert (await client.post("/v1/tasks", json={"prompt": "x"}, headers=headers)).status == 503
     broker.down = False  # the broker is back
     assert (await client.post("/v1/tasks", json={"prompt": "x"}, headers=headers)).status == 202
+
+
+class GatedBroker(MemoryBroker):
+    """A broker whose publishes wait until ``gate`` opens (a slow Redis round trip)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def publish(self, stream: str, message: Message) -> str:
+        self.waiting.set()
+        await self.gate.wait()
+        return await super().publish(stream, message)
+
+
+class UndiscardableStore(MemoryTaskStore):
+    """A store whose discard fails (its backend went away right after the create)."""
+
+    async def discard(self, tenant: str, task_id: str) -> None:
+        raise StoreUnavailable("connection refused")
+
+
+async def test_a_replay_while_the_first_request_is_still_publishing_is_a_409(
+    api_client: ApiClientFactory,
+) -> None:
+    broker = GatedBroker()
+    client = await api_client(broker=broker)
+    headers = {**ACME, "Idempotency-Key": "in-flight"}
+    first = asyncio.create_task(client.post("/v1/tasks", json={"prompt": "x"}, headers=headers))
+    async with asyncio.timeout(10):
+        await broker.waiting.wait()
+
+    replay = await client.post("/v1/tasks", json={"prompt": "x"}, headers=headers)
+
+    problem = await problem_of(replay, 409)
+    assert problem["type"] == "urn:ai-orchestrator:problem:idempotency-key-in-use"
+    assert int(replay.headers["Retry-After"]) >= 1
+    broker.gate.set()
+    async with asyncio.timeout(10):
+        accepted = await first
+    assert accepted.status == 202
+    again = await client.post("/v1/tasks", json={"prompt": "x"}, headers=headers)
+    assert again.status == 200
+    assert (await again.json())["id"] == (await accepted.json())["id"]
+    assert len(await published(broker)) == 1
+
+
+async def test_a_key_left_pending_by_a_failed_publish_and_discard_is_taken_over(
+    api_client: ApiClientFactory,
+) -> None:
+    broker = DownBroker()
+    store = UndiscardableStore(60, pending_seconds=0.3)
+    client = await api_client(broker=broker, store=store)
+    headers = {**ACME, "Idempotency-Key": "abandoned"}
+    body = {"prompt": "same prompt", "cache": True}
+    await problem_of(await client.post("/v1/tasks", json=body, headers=headers), 503)
+    broker.down = False
+
+    # The record is left behind, pending: neither served nor joined...
+    await problem_of(await client.post("/v1/tasks", json=body, headers=headers), 409)
+    alone = await client.post("/v1/tasks", json=body, headers=ACME)
+    assert alone.status == 202
+    assert (await alone.json())["joined"] is False
+    # ...and once abandoned, its idempotency key goes to a new task that runs.
+    await asyncio.sleep(0.5)
+    retried = await client.post("/v1/tasks", json=body, headers=headers)
+    assert retried.status == 202
+    task_id = (await retried.json())["id"]
+    assert task_id in {m.task_id for m in await published(broker)}
+    assert (await client.get(f"/v1/tasks/{task_id}", headers=ACME)).status == 200
 
 
 # -- reading tasks ----------------------------------------------------------------------------

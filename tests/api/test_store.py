@@ -15,8 +15,15 @@ import pytest
 import redis.asyncio as aioredis
 
 from orchestrator_api.model import StoredEvent, TaskRecord, TaskStatus
-from orchestrator_api.store import MemoryTaskStore, RedisTaskStore, StoreUnavailable, TaskStore
+from orchestrator_api.store import (
+    IdempotencyKeyInUse,
+    MemoryTaskStore,
+    RedisTaskStore,
+    StoreUnavailable,
+    TaskStore,
+)
 from orchestrator_worker.messages import ErrorInfo, EventKind, ResultEvent, Usage
+from tests.api.conftest import PENDING
 
 HANG = 20.0
 TTL = 60.0
@@ -79,6 +86,20 @@ def failed(record: TaskRecord, seq: int, attempt: int = 1) -> ResultEvent:
     )
 
 
+async def submit(
+    store: TaskStore,
+    record: TaskRecord,
+    idempotency_key: str | None = None,
+    cache_key: str | None = None,
+) -> TaskRecord:
+    """``create``, then ``confirm`` a task stored to be published, as ``TaskService`` does
+    once its publish succeeded."""
+    stored = await store.create(record, idempotency_key, cache_key)
+    if stored.id == record.id and not stored.cached and stored.joined is None:
+        await store.confirm(record.tenant, record.id)
+    return stored
+
+
 def summary(events: list[StoredEvent]) -> list[tuple[str, Any]]:
     """(event, the part of data that identifies it) for readable assertions."""
     shown = []
@@ -123,7 +144,7 @@ async def test_get_of_an_unknown_task_is_none(store: TaskStore) -> None:
 async def test_idempotency_key_returns_the_first_record(store: TaskStore) -> None:
     first, second = new_record(), new_record()
 
-    assert (await store.create(first, "key-1")).id == first.id
+    assert (await submit(store, first, "key-1")).id == first.id
     assert (await store.create(second, "key-1")).id == first.id
     assert await store.get("acme", second.id) is None
 
@@ -137,7 +158,7 @@ async def test_idempotency_keys_are_per_tenant(store: TaskStore) -> None:
 
 async def test_idempotent_create_returns_the_current_state(store: TaskStore) -> None:
     first = new_record()
-    await store.create(first, "key-1")
+    await submit(store, first, "key-1")
     await store.apply(started(first))
 
     again = await store.create(new_record(), "key-1")
@@ -501,3 +522,58 @@ async def test_redis_keys_expire_ttl_after_the_task_ends(redis_url: str) -> None
     finally:
         await client.aclose()
         await store.close()
+
+
+# -- pending tasks: created, not yet confirmed published --------------------------------------
+# (``quick_store``: tests/api/conftest.py)
+
+
+async def test_a_replay_of_a_key_whose_task_is_not_confirmed_yet_is_refused(
+    store: TaskStore,
+) -> None:
+    first = new_record()
+    await store.create(first, "key-1")
+
+    with pytest.raises(IdempotencyKeyInUse):
+        await store.create(second := new_record(), "key-1")
+
+    assert await store.get("acme", second.id) is None
+    await store.confirm("acme", first.id)
+    assert (await store.create(new_record(), "key-1")).id == first.id
+
+
+async def test_an_applied_event_confirms_a_task(store: TaskStore) -> None:
+    first = new_record()
+    await store.create(first, "key-1")  # its confirm was lost
+
+    await store.apply(started(first))
+
+    assert (await store.create(new_record(), "key-1")).id == first.id
+
+
+async def test_a_key_whose_task_was_abandoned_goes_to_the_next_task(
+    quick_store: TaskStore,
+) -> None:
+    abandoned = new_record()
+    await quick_store.create(abandoned, "key-1")  # neither confirmed nor discarded
+    await asyncio.sleep(PENDING * 2)
+
+    replacement = new_record()
+    stored = await quick_store.create(replacement, "key-1")
+
+    assert stored.id == replacement.id
+    await quick_store.confirm("acme", replacement.id)
+    assert (await quick_store.create(new_record(), "key-1")).id == replacement.id
+
+
+async def test_a_confirmed_task_is_never_abandoned(quick_store: TaskStore) -> None:
+    first = await submit(quick_store, new_record(), "key-1")
+    await asyncio.sleep(PENDING * 2)
+
+    assert (await quick_store.create(new_record(), "key-1")).id == first.id
+
+
+async def test_confirming_an_unknown_task_does_nothing(store: TaskStore) -> None:
+    await store.confirm("acme", "nope")
+
+    assert await store.get("acme", "nope") is None

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from orchestrator_api.model import TaskStatus
 from orchestrator_api.store import MemoryTaskStore, RedisTaskStore, TaskStore
+from tests.api.conftest import PENDING
 from tests.api.test_store import (
     HANG,
     TTL,
@@ -21,6 +22,7 @@ from tests.api.test_store import (
     failed,
     new_record,
     started,
+    submit,
     succeeded,
     summary,
 )
@@ -43,16 +45,16 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[TaskStore]:
 async def test_the_first_task_with_a_key_leads_it(store: TaskStore) -> None:
     record = new_record()
 
-    stored = await store.create(record, cache_key=KEY)
+    stored = await submit(store, record, cache_key=KEY)
 
     assert stored == record
     assert (stored.cached, stored.joined) == (False, None)
 
 
 async def test_an_identical_task_in_flight_is_joined(store: TaskStore) -> None:
-    leader = await store.create(new_record(), cache_key=KEY)
+    leader = await submit(store, new_record(), cache_key=KEY)
 
-    follower = await store.create(new_record(metadata={"mine": 1}), cache_key=KEY)
+    follower = await submit(store, new_record(metadata={"mine": 1}), cache_key=KEY)
 
     assert follower.id != leader.id
     assert follower.joined == leader.id
@@ -63,8 +65,8 @@ async def test_an_identical_task_in_flight_is_joined(store: TaskStore) -> None:
 
 
 async def test_a_follower_shows_its_leaders_progress_and_result(store: TaskStore) -> None:
-    leader = await store.create(new_record(), cache_key=KEY)
-    follower = await store.create(new_record(), cache_key=KEY)
+    leader = await submit(store, new_record(), cache_key=KEY)
+    follower = await submit(store, new_record(), cache_key=KEY)
 
     await store.apply(started(leader))
     running = await store.get("acme", follower.id)
@@ -94,8 +96,8 @@ async def test_a_follower_shows_its_leaders_progress_and_result(store: TaskStore
 
 
 async def test_a_follower_streams_its_leaders_events(store: TaskStore) -> None:
-    leader = await store.create(new_record(), cache_key=KEY)
-    follower = await store.create(new_record(), cache_key=KEY)
+    leader = await submit(store, new_record(), cache_key=KEY)
+    follower = await submit(store, new_record(), cache_key=KEY)
     await store.apply(started(leader))
     await store.apply(delta(leader, 1, "Hel"))
     await store.apply(succeeded(leader, 2, "Hello"))
@@ -111,8 +113,8 @@ async def test_a_follower_streams_its_leaders_events(store: TaskStore) -> None:
 
 
 async def test_a_waiting_follower_wakes_on_its_leaders_event(store: TaskStore) -> None:
-    leader = await store.create(new_record(), cache_key=KEY)
-    follower = await store.create(new_record(), cache_key=KEY)
+    leader = await submit(store, new_record(), cache_key=KEY)
+    follower = await submit(store, new_record(), cache_key=KEY)
 
     waiting = asyncio.create_task(store.events("acme", follower.id, after="1", timeout=HANG))
     await asyncio.sleep(0.1)
@@ -124,11 +126,11 @@ async def test_a_waiting_follower_wakes_on_its_leaders_event(store: TaskStore) -
 
 
 async def test_a_success_is_served_from_the_cache_afterwards(store: TaskStore) -> None:
-    leader = await store.create(new_record(), cache_key=KEY)
+    leader = await submit(store, new_record(), cache_key=KEY)
     await store.apply(started(leader))
     await store.apply(succeeded(leader, 1, "Hello"))
 
-    hit = await store.create(new_record(metadata={"again": True}), cache_key=KEY)
+    hit = await submit(store, new_record(metadata={"again": True}), cache_key=KEY)
 
     assert hit.status is TaskStatus.SUCCEEDED
     assert (hit.cached, hit.joined, hit.attempts) == (True, None, 0)
@@ -146,39 +148,39 @@ async def test_a_success_is_served_from_the_cache_afterwards(store: TaskStore) -
 
 
 async def test_the_cache_is_per_key_and_per_tenant(store: TaskStore) -> None:
-    leader = await store.create(new_record("acme"), cache_key=KEY)
-    other_tenant = await store.create(new_record("globex"), cache_key=KEY)
-    other_key = await store.create(new_record("acme"), cache_key=OTHER_KEY)
+    leader = await submit(store, new_record("acme"), cache_key=KEY)
+    other_tenant = await submit(store, new_record("globex"), cache_key=KEY)
+    other_key = await submit(store, new_record("acme"), cache_key=OTHER_KEY)
     assert (other_tenant.joined, other_key.joined) == (None, None)
 
     await store.apply(succeeded(leader, 0, "acme's answer"))
 
-    assert (await store.create(new_record("globex"), cache_key=KEY)).joined == other_tenant.id
-    assert (await store.create(new_record("acme"), cache_key=KEY)).cached is True
+    assert (await submit(store, new_record("globex"), cache_key=KEY)).joined == other_tenant.id
+    assert (await submit(store, new_record("acme"), cache_key=KEY)).cached is True
 
 
 async def test_a_task_without_a_key_neither_joins_nor_is_served_from_the_cache(
     store: TaskStore,
 ) -> None:
-    leader = await store.create(new_record(), cache_key=KEY)
-    plain = await store.create(new_record())
+    leader = await submit(store, new_record(), cache_key=KEY)
+    plain = await submit(store, new_record())
     assert plain.joined is None
 
     await store.apply(succeeded(leader, 0))
-    plain = await store.create(new_record())
+    plain = await submit(store, new_record())
     assert (plain.status, plain.cached) == (TaskStatus.QUEUED, False)
 
 
 async def test_a_task_run_without_a_key_fills_no_cache(store: TaskStore) -> None:
-    plain = await store.create(new_record())
+    plain = await submit(store, new_record())
     await store.apply(succeeded(plain, 0))
 
-    assert (await store.create(new_record(), cache_key=KEY)).cached is False
+    assert (await submit(store, new_record(), cache_key=KEY)).cached is False
 
 
 async def test_a_failure_is_not_cached_and_its_followers_fail_with_it(store: TaskStore) -> None:
-    leader = await store.create(new_record(), cache_key=KEY)
-    follower = await store.create(new_record(), cache_key=KEY)
+    leader = await submit(store, new_record(), cache_key=KEY)
+    follower = await submit(store, new_record(), cache_key=KEY)
 
     await store.apply(failed(leader, 0))
 
@@ -189,15 +191,15 @@ async def test_a_failure_is_not_cached_and_its_followers_fail_with_it(store: Tas
     assert done.error.type == "rate_limit"
     assert done.cached is False
     assert summary(await store.events("acme", follower.id))[-1] == ("error", ("rate_limit", 1))
-    again = await store.create(new_record(), cache_key=KEY)
+    again = await submit(store, new_record(), cache_key=KEY)
     assert (again.status, again.cached, again.joined) == (TaskStatus.QUEUED, False, None)
 
 
 async def test_discarding_a_leader_fails_its_followers_and_frees_the_key(
     store: TaskStore,
 ) -> None:
-    leader = await store.create(new_record(), cache_key=KEY)
-    follower = await store.create(new_record(), cache_key=KEY)
+    leader = await submit(store, new_record(), cache_key=KEY)
+    follower = await submit(store, new_record(), cache_key=KEY)
     waiting = asyncio.create_task(store.events("acme", follower.id, after="1", timeout=HANG))
     await asyncio.sleep(0.1)
 
@@ -215,26 +217,26 @@ async def test_discarding_a_leader_fails_its_followers_and_frees_the_key(
         ("status", ("queued", 0)),
         ("error", ("unavailable", 0)),
     ]
-    again = await store.create(new_record(), cache_key=KEY)
+    again = await submit(store, new_record(), cache_key=KEY)
     assert (again.status, again.joined) == (TaskStatus.QUEUED, None)
 
 
 async def test_the_idempotency_key_is_checked_before_the_cache(store: TaskStore) -> None:
-    first = await store.create(new_record(), "idem-1", KEY)
+    first = await submit(store, new_record(), "idem-1", KEY)
     await store.apply(succeeded(first, 0))
 
-    replay = await store.create(new_record(), "idem-1", KEY)
+    replay = await submit(store, new_record(), "idem-1", KEY)
 
     assert replay.id == first.id
     assert replay.cached is False
 
 
 async def test_an_idempotent_replay_of_a_follower_shows_the_follower(store: TaskStore) -> None:
-    leader = await store.create(new_record(), cache_key=KEY)
-    follower = await store.create(new_record(), "idem-1", KEY)
+    leader = await submit(store, new_record(), cache_key=KEY)
+    follower = await submit(store, new_record(), "idem-1", KEY)
     await store.apply(started(leader))
 
-    replay = await store.create(new_record(), "idem-1", KEY)
+    replay = await submit(store, new_record(), "idem-1", KEY)
 
     assert replay.id == follower.id
     assert replay.joined == leader.id
@@ -244,17 +246,17 @@ async def test_an_idempotent_replay_of_a_follower_shows_the_follower(store: Task
 async def test_memory_cache_expires_ttl_after_the_success() -> None:
     now = [1000.0]
     store = MemoryTaskStore(60, safety_ttl_seconds=3600, clock=lambda: now[0])
-    leader = await store.create(new_record(), cache_key=KEY)
-    follower = await store.create(new_record(), cache_key=KEY)
+    leader = await submit(store, new_record(), cache_key=KEY)
+    follower = await submit(store, new_record(), cache_key=KEY)
     now[0] += 600  # a long run: the cache TTL counts from the end
     await store.apply(succeeded(leader, 0))
 
     now[0] += 59
-    assert (await store.create(new_record(), cache_key=KEY)).cached is True
+    assert (await submit(store, new_record(), cache_key=KEY)).cached is True
     assert await store.get("acme", follower.id) is not None
     now[0] += 2
     assert await store.get("acme", follower.id) is None  # expires with its leader
-    fresh = await store.create(new_record(), cache_key=KEY)
+    fresh = await submit(store, new_record(), cache_key=KEY)
     assert (fresh.cached, fresh.joined) == (False, None)
     assert store._cache.keys() == set()  # swept
 
@@ -265,8 +267,8 @@ async def test_redis_cache_keys_expire_with_the_ttl(redis_url: str) -> None:
     client = aioredis.Redis.from_url(redis_url)
     cache = f"orchestrator:cache:acme:{KEY}"
     try:
-        leader = await store.create(new_record(), "idem-f", KEY)
-        follower = await store.create(new_record(), "idem-g", KEY)
+        leader = await submit(store, new_record(), "idem-f", KEY)
+        follower = await submit(store, new_record(), "idem-g", KEY)
         assert TTL * 1000 < await client.pttl(cache + ":lead") <= 86400 * 1000
         assert await client.exists(cache) == 0
 
@@ -280,7 +282,7 @@ async def test_redis_cache_keys_expire_with_the_ttl(redis_url: str) -> None:
             "orchestrator:idem:acme:idem-g",
         ):
             assert 0 < await client.pttl(key) <= TTL * 1000, key
-        hit = await store.create(new_record(), cache_key=KEY)
+        hit = await submit(store, new_record(), cache_key=KEY)
         assert hit.cached is True
         for suffix in ("", ":log"):
             assert 0 < await client.pttl(f"orchestrator:task:{hit.id}{suffix}") <= TTL * 1000
@@ -299,9 +301,65 @@ async def test_redis_create_repeated_by_a_retry_keeps_its_first_outcome(redis_ur
         leader = new_record()
         assert await store.create(leader, cache_key=KEY) == leader
         assert await store.create(leader, cache_key=KEY) == leader  # not its own follower
+        await store.confirm("acme", leader.id)
         follower = new_record()
         first = await store.create(follower, cache_key=KEY)
         assert await store.create(follower, cache_key=KEY) == first
         assert first.joined == leader.id
     finally:
         await store.close()
+
+
+# -- a leader not confirmed published yet -----------------------------------------------------
+
+
+async def test_a_leader_not_confirmed_yet_is_not_joined(store: TaskStore) -> None:
+    leader = await store.create(new_record(), cache_key=KEY)  # its publish is under way
+
+    alone = await submit(store, new_record(), cache_key=KEY)
+
+    assert (alone.joined, alone.cached, alone.status) == (None, False, TaskStatus.QUEUED)
+    await store.confirm("acme", leader.id)
+    follower = await submit(store, new_record(), cache_key=KEY)
+    assert follower.joined == leader.id  # the leader kept the key; the lone task never led
+
+
+async def test_a_leader_whose_first_event_arrived_is_joined_without_a_confirm(
+    store: TaskStore,
+) -> None:
+    leader = await store.create(new_record(), cache_key=KEY)  # its confirm was lost
+    await store.apply(started(leader))
+
+    follower = await submit(store, new_record(), cache_key=KEY)
+
+    assert follower.joined == leader.id
+    assert follower.status is TaskStatus.RUNNING
+
+
+async def test_an_abandoned_leader_loses_the_key_to_the_next_task(
+    quick_store: TaskStore,
+) -> None:
+    abandoned = await quick_store.create(new_record(), cache_key=KEY)
+    await asyncio.sleep(PENDING * 2)
+
+    leader = await submit(quick_store, new_record(), cache_key=KEY)
+    follower = await submit(quick_store, new_record(), cache_key=KEY)
+
+    assert leader.joined is None
+    assert follower.joined == leader.id != abandoned.id
+    await quick_store.apply(succeeded(leader, 0, "fresh"))
+    hit = await submit(quick_store, new_record(), cache_key=KEY)
+    assert hit.cached is True
+    assert hit.result is not None
+    assert hit.result.text == "fresh"
+
+
+async def test_a_follower_and_a_hit_are_never_pending(store: TaskStore) -> None:
+    leader = await submit(store, new_record(), cache_key=KEY)
+    follower = await store.create(new_record(), "idem-f", KEY)
+    await store.apply(succeeded(leader, 0))
+    hit = await store.create(new_record(), "idem-h", KEY)
+
+    # Neither is published, so neither is confirmed: their keys answer at once.
+    assert (await store.create(new_record(), "idem-f", KEY)).id == follower.id
+    assert (await store.create(new_record(), "idem-h", KEY)).id == hit.id

@@ -582,6 +582,12 @@ def build_document() -> dict[str, Any]:
                             "The body (MAX_BODY_BYTES) or the prompt "
                             "(MAX_PROMPT_CHARS) is too large."
                         ),
+                        "409": _problem(
+                            "Another request with this Idempotency-Key is still being "
+                            "processed (its task is not queued yet). Retry after `Retry-After`: "
+                            "you then get its task (200), or a new one (202) if it failed.",
+                            headers=_RETRY_AFTER,
+                        ),
                         "415": _problem(
                             "The body is not JSON.",
                             headers={

@@ -40,6 +40,7 @@ TYPE_UNAVAILABLE: Final = "urn:ai-orchestrator:problem:service-unavailable"
 TYPE_UNAUTHORIZED: Final = "urn:ai-orchestrator:problem:unauthorized"
 TYPE_NOT_FOUND: Final = "urn:ai-orchestrator:problem:not-found"
 TYPE_UNSUPPORTED_MEDIA: Final = "urn:ai-orchestrator:problem:unsupported-media-type"
+TYPE_KEY_IN_USE: Final = "urn:ai-orchestrator:problem:idempotency-key-in-use"
 TYPE_INTERNAL: Final = "urn:ai-orchestrator:problem:internal-error"
 
 _TITLES: Final = {
@@ -47,6 +48,7 @@ _TITLES: Final = {
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    409: "Conflict",
     413: "Content Too Large",
     415: "Unsupported Media Type",
     500: "Internal Server Error",

@@ -13,6 +13,7 @@ from aiohttp import web
 from .metrics import METRICS
 from .model import TaskRecord
 from .problems import (
+    TYPE_KEY_IN_USE,
     TYPE_NOT_FOUND,
     TYPE_TOO_LARGE,
     TYPE_UNAUTHORIZED,
@@ -22,6 +23,7 @@ from .problems import (
     Problem,
 )
 from .state import STATE, ApiState
+from .store.errors import IdempotencyKeyInUse
 from .streaming import stream_sse, stream_websocket
 from .tasks import Unavailable
 from .validation import MAX_IDEMPOTENCY_KEY, parse_submission
@@ -102,6 +104,14 @@ async def submit_task(request: web.Request) -> web.Response:
         record, created = await state.tasks.submit(tenant, submission, key)
     except Unavailable as exc:
         raise _unavailable(exc, "; the task was not accepted") from exc
+    except IdempotencyKeyInUse as exc:
+        raise Problem(
+            409,
+            "Another request with this Idempotency-Key is still being processed. Retry "
+            "shortly: you will get its task, or a new one if that request failed.",
+            type=TYPE_KEY_IN_USE,
+            headers=_RETRY_AFTER,
+        ) from exc
     if created:
         metrics = request.app[METRICS]
         metrics.task_accepted(tenant, submission.model)

@@ -17,7 +17,7 @@ from orchestrator_telemetry.propagation import current_span_context
 
 from .deadlines import Deadlines
 from .model import TaskRecord, TaskStatus
-from .store.errors import StoreError
+from .store.errors import IdempotencyKeyInUse, StoreError
 from .store.protocol import TaskStore
 from .validation import Submission
 
@@ -81,13 +81,19 @@ class TaskService:
         """Store the task as queued, publish it, and return ``(record, created)``.
 
         ``created`` is False when ``idempotency_key`` was used before by this tenant: the
-        earlier task is returned and nothing is published. Unless the submission opts out
+        earlier task is returned and nothing is published. While that earlier task's own
+        request is still publishing it, ``IdempotencyKeyInUse`` is raised instead (answer
+        409: retry shortly). Unless the submission opts out
         (``cache``), the tenant's identical answer within the TTL is reused (the task is
         returned ``succeeded``, ``cached``) and an identical task in flight is joined (the
         task follows it): neither is published. If the publish fails (or takes
         longer than ``publish_timeout``) the record is discarded and ``Unavailable`` raised,
         so no record stays ``queued`` for a task no worker will ever see. A publish that timed
-        out may still land; the worker's results for a discarded task are then ignored.
+        out may still land; the worker's results for a discarded task are then ignored. If
+        even the discard fails, the record stays pending (``TaskStore.create``): nothing
+        joins it, and its idempotency and cache keys are taken over once it is abandoned.
+        A published task with an idempotency or cache key is confirmed before the answer,
+        so an immediate replay of the key finds it published.
         """
         task_id = os.urandom(16).hex()  # what secrets.token_hex(16) returns, minus two calls
         now = time.time()
@@ -109,6 +115,8 @@ class TaskService:
                     idempotency_key,
                     cache_key(tenant, submission) if submission.cache else None,
                 )
+        except IdempotencyKeyInUse:
+            raise
         except StoreError as exc:
             raise Unavailable("task store") from exc
         except TimeoutError as exc:
@@ -133,6 +141,15 @@ class TaskService:
             # no one was told it was accepted, so do not leave a queued record behind.
             await self._discard(tenant, task_id)
             raise
+        if idempotency_key is not None or submission.cache:
+            # Only keyed tasks are ever looked up while pending. A failed confirm only delays
+            # joining the task (its first result event confirms it too): the task was
+            # accepted, so it is logged, not raised.
+            try:
+                with bound:
+                    await self.store.confirm(tenant, task_id)
+            except (StoreError, TimeoutError):
+                log.warning("could not confirm published task %s", task_id, exc_info=True)
         return stored, True
 
     async def get(self, tenant: str, task_id: str) -> TaskRecord | None:

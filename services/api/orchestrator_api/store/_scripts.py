@@ -7,6 +7,9 @@ cursor ``ca`` (attempt followed) / ``ns`` (next seq). The log is a list of orjso
 ``[event, data]`` entries; the first, ``queued``, entry is implied, not stored. ``buf`` holds
 events that overtook a predecessor (seq -> cmsgpack'd step), until the gap fills.
 
+A task created to be published carries ``pv``, the Redis time (ms) until which its request
+may still confirm it (``TaskStore.create``); ``confirm`` or any applied event deletes it.
+
 Shared answers (``_sharing``): ``c`` = ``1`` on a cache hit; ``j`` the leader a follower
 reads through (while its own ``st`` stays ``queued``); ``ck`` the cache key a leader leads.
 A cache key ``<prefix>:cache:<tenant>:<digest>`` is a hash (``r`` the result blob, ``l`` the
@@ -33,33 +36,51 @@ class Script:
         return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
 
+# Sets ``now``, the server's time in ms (scripts may read TIME: Redis 7 replicates effects).
+_NOW = """
+local clock = redis.call('TIME')
+local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
+"""
+
 #: A create with an idempotency key and no cache key (one with neither is a plain HSET +
 #: PEXPIRE). KEYS: record, idempotency key. ARGV: tenant, fixed blob, safety ttl ms, task id,
-#: record key prefix. Returns 1 when stored (or already stored by a retry of this call), else
-#: the existing record's fields (tn m st sa fa n r e j c) for the idempotency key.
-CREATE = Script("""
+#: record key prefix, pending ms. Returns 1 when stored (or already stored by a retry of this
+#: call), 2 when the key's task is still pending (nothing stored), else the existing record's
+#: fields (tn m st sa fa n r e j c) for the idempotency key. A key whose task is pending past
+#: its deadline (abandoned) is taken over.
+CREATE = Script(
+    _NOW
+    + """
 local existing = redis.call('GET', KEYS[2])
 if existing then
   local rec = redis.call('HMGET', ARGV[5] .. existing,
     'tn', 'm', 'st', 'sa', 'fa', 'n', 'r', 'e', 'j', 'c')
   if rec[1] then
     if existing == ARGV[4] then return 1 end
-    return rec
+    local pv = redis.call('HGET', ARGV[5] .. existing, 'pv')
+    if not pv then return rec end
+    if tonumber(pv) > now then return 2 end
   end
 end
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
-redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'ik', KEYS[2])
+redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'ik', KEYS[2],
+  'pv', string.format('%d', now + tonumber(ARGV[6])))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
-""")
+"""
+)
 
 #: A create with a cache key: idempotency key first, then a cache hit, then joining the
-#: leader in flight, else leading. KEYS: record, idempotency key ('' for none), cache key,
-#: lead key. ARGV: tenant, fixed blob, safety ttl ms, task id, record key prefix, ttl ms,
-#: created at. Returns 1 when the task was stored as it is (to lead the key), else the fields
-#: (tn m st sa fa n r e j c) of the hit or follower stored, or of the idempotency key's
-#: record; a retry of this call answers as its first run did.
-SUBMIT = Script("""
+#: published leader in flight, else leading (or, while the leader is still pending, running
+#: alone). KEYS: record, idempotency key ('' for none), cache key, lead key. ARGV: tenant,
+#: fixed blob, safety ttl ms, task id, record key prefix, ttl ms, created at, pending ms.
+#: Returns 1 when the task was stored to be published, 2 when the idempotency key's task is
+#: still pending (nothing stored), else the fields (tn m st sa fa n r e j c) of the hit or
+#: follower stored, or of the idempotency key's record; a retry of this call answers as its
+#: first run did.
+SUBMIT = Script(
+    _NOW
+    + """
 local F = {'tn', 'm', 'st', 'sa', 'fa', 'n', 'r', 'e', 'j', 'c'}
 local mine = redis.call('HMGET', KEYS[1], unpack(F))
 if mine[1] then
@@ -70,7 +91,11 @@ if KEYS[2] ~= '' then
   local existing = redis.call('GET', KEYS[2])
   if existing then
     local rec = redis.call('HMGET', ARGV[5] .. existing, unpack(F))
-    if rec[1] then return rec end
+    if rec[1] then
+      local pv = redis.call('HGET', ARGV[5] .. existing, 'pv')
+      if not pv then return rec end
+      if tonumber(pv) > now then return 2 end
+    end
   end
 end
 local ttl = ARGV[3]
@@ -85,15 +110,25 @@ if hit[1] and hit[2] then
   redis.call('PEXPIRE', log, ttl)
 else
   local leader = redis.call('GET', KEYS[4])
-  local st = leader and redis.call('HGET', ARGV[5] .. leader, 'st')
-  if st == 'queued' or st == 'running' then
+  local lead = {false, false}
+  if leader then lead = redis.call('HMGET', ARGV[5] .. leader, 'st', 'pv') end
+  local live = lead[1] == 'queued' or lead[1] == 'running'
+  if live and not lead[2] then
     redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'j', leader)
     local fol = ARGV[5] .. leader .. ':fol'
     redis.call('RPUSH', fol, ARGV[4])
     redis.call('PEXPIRE', fol, ARGV[3])
   else
-    redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[3])
-    redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'ck', KEYS[3])
+    local pv = string.format('%d', now + tonumber(ARGV[8]))
+    if live and tonumber(lead[2]) > now then
+      -- The leader is not published yet: run alone rather than wait on its outcome.
+      redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'pv', pv)
+    else
+      -- No leader, or one abandoned by its request: lead.
+      redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[3])
+      redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'ck', KEYS[3],
+        'pv', pv)
+    end
     shared = false
   end
 end
@@ -104,7 +139,8 @@ end
 redis.call('PEXPIRE', KEYS[1], ttl)
 if shared then return redis.call('HMGET', KEYS[1], unpack(F)) end
 return 1
-""")
+"""
+)
 
 #: KEYS: record, log, buffer. ARGV: tenant, task id, wake channel, then for a leader's
 #: followers (they fail: ``_sharing.ORPHANED``): ttl ms, finished at, error blob, log entry.
@@ -147,7 +183,7 @@ return 1
 #: changes are gathered into one HSET: every redis.call costs, and this runs per event.
 APPLY = Script("""
 local rec, log, buf = KEYS[1], KEYS[2], KEYS[3]
-local cur = redis.call('HMGET', rec, 'tn', 'st', 'ca', 'ns', 'ik', 'sa', 'ck')
+local cur = redis.call('HMGET', rec, 'tn', 'st', 'ca', 'ns', 'ik', 'sa', 'ck', 'pv')
 if cur[1] ~= ARGV[1] then return 0 end
 if cur[2] == 'succeeded' or cur[2] == 'failed' then return 0 end
 local attempt, seq = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -158,6 +194,7 @@ if attempt > ca then
   ca, ns = attempt, 0
 end
 if seq < ns then return 0 end
+if cur[8] then redis.call('HDEL', rec, 'pv') end -- a worker has it: it was published
 local step = {ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]}
 if step[1] ~= '1' and seq > ns then
   if redis.call('HSETNX', buf, seq, cmsgpack.pack(step)) == 0 then return 0 end

@@ -1,8 +1,9 @@
-"""The task store's exceptions: one root, and the case the HTTP layer maps to 503."""
+"""The task store's exceptions: one root, the case the HTTP layer maps to 503, and the
+idempotency key still in use (409)."""
 
 from __future__ import annotations
 
-__all__ = ["StoreError", "StoreUnavailable"]
+__all__ = ["IdempotencyKeyInUse", "StoreError", "StoreUnavailable"]
 
 
 class StoreError(Exception):
@@ -15,3 +16,9 @@ class StoreUnavailable(StoreError):
     Raised ``from`` the backend's own error. A ``create`` that raises this stored nothing the
     caller may rely on: answer 503 and let the client retry (with its idempotency key).
     """
+
+
+class IdempotencyKeyInUse(StoreError):
+    """The idempotency key's task is still being submitted by another request (created, not
+    yet confirmed published). Nothing was stored: the client retries in a moment and then
+    gets that task, or a new one if that request failed."""

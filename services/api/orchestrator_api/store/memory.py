@@ -22,12 +22,17 @@ from orchestrator_worker.messages import ResultEvent
 from ..model import StoredEvent, TaskRecord, TaskResult, TaskStatus
 from ._sharing import ORPHANED, cache_hit, mirror, orphaned, result_data, reused_events
 from ._steps import QUEUED_DATA, Cursor, Step, step_for
-from .errors import StoreUnavailable
+from .errors import IdempotencyKeyInUse, StoreUnavailable
 
-__all__ = ["DEFAULT_SAFETY_TTL", "MemoryTaskStore"]
+__all__ = ["DEFAULT_PENDING_SECONDS", "DEFAULT_SAFETY_TTL", "MemoryTaskStore"]
 
 #: How long a task that never ends is kept (a lost worker result, a task stuck in a backlog).
 DEFAULT_SAFETY_TTL = 24 * 3600.0
+
+#: How long a created task may stay unconfirmed (``TaskStore.confirm``) before it counts as
+#: abandoned by its request. Far above what a submission may take (its store and broker
+#: calls are each bounded by a couple of seconds).
+DEFAULT_PENDING_SECONDS = 30.0
 
 
 @attrs.define(eq=False)
@@ -40,6 +45,7 @@ class _Entry:
     changed: asyncio.Event = attrs.field(factory=asyncio.Event)
     cache_key: tuple[str, str] | None = None  # a leader's (tenant, key)
     followers: list[str] = attrs.field(factory=list)  # a leader's joined tasks
+    pending_until: float | None = None  # set until confirmed published (TaskStore.create)
 
     def append(self, event: str, data: dict[str, object]) -> None:
         self.log.append(StoredEvent(id=str(len(self.log) + 1), event=event, data=data))
@@ -49,6 +55,11 @@ class _Entry:
         # notification wakes exactly those who may have missed something.
         self.changed.set()
         self.changed = asyncio.Event()
+
+
+def _abandoned(entry: _Entry, now: float) -> bool:
+    """Created to be published, and still not confirmed ``pending_seconds`` later."""
+    return entry.pending_until is not None and entry.pending_until <= now
 
 
 def _after_index(after: str | None) -> int:
@@ -69,11 +80,13 @@ class MemoryTaskStore:
         ttl_seconds: float,
         *,
         safety_ttl_seconds: float = DEFAULT_SAFETY_TTL,
+        pending_seconds: float = DEFAULT_PENDING_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if ttl_seconds <= 0:
             raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds!r}")
         self.ttl_seconds = ttl_seconds
+        self.pending_seconds = pending_seconds
         self.safety_ttl_seconds = max(safety_ttl_seconds, ttl_seconds)
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
@@ -142,33 +155,49 @@ class MemoryTaskStore:
             raise ValueError(f"a new task must be queued, got {record.status}")
         self._sweep()
         tenant = record.tenant
+        now = self._clock()
         if idempotency_key is not None:
             existing_id = self._idempotency.get((tenant, idempotency_key))
             if existing_id is not None:
                 existing = self._live(existing_id)
                 if existing is not None:
-                    return self._shown(existing)
+                    if existing.pending_until is None:
+                        return self._shown(existing)
+                    if not _abandoned(existing, now):
+                        raise IdempotencyKeyInUse(
+                            f"task {existing_id} of this idempotency key is being submitted"
+                        )
+                    # Abandoned by its request: the key goes to this task (below).
         entry = _Entry(record, idempotency_key, expires_at=0.0)
         entry.append("status", dict(QUEUED_DATA))
-        expires_at = self._clock() + self.safety_ttl_seconds
+        expires_at = now + self.safety_ttl_seconds
+        if idempotency_key is not None or cache_key is not None:
+            entry.pending_until = now + self.pending_seconds
         leader: _Entry | None = None  # set when the new task follows it
         if cache_key is not None:
             key = (tenant, cache_key)
             cached = self._cache.get(key)
-            if cached is not None and cached[1] > self._clock():
+            if cached is not None and cached[1] > now:
                 entry.record = cache_hit(record, cached[0], record.created_at)
                 entry.append("result", result_data(cached[0], 0) | {"cost_usd": 0.0})
-                expires_at = self._clock() + self.ttl_seconds
+                entry.pending_until = None  # never published
+                expires_at = now + self.ttl_seconds
             else:
                 leader_id = self._leaders.get(key)
                 leader = self._live(leader_id) if leader_id is not None else None
-                if leader is not None and not leader.record.status.terminal:
+                if leader is not None and leader.record.status.terminal:
+                    leader = None
+                if leader is not None and leader.pending_until is None:
                     entry.record = attrs.evolve(record, joined=leader_id)
+                    entry.pending_until = None  # never published
                     leader.followers.append(record.id)
-                else:
+                elif leader is None or _abandoned(leader, now):
+                    # No leader, or one abandoned by its request: this task leads.
                     leader = None
                     entry.cache_key = key
                     self._leaders[key] = record.id
+                else:
+                    leader = None  # the leader is not published yet: this task runs alone
         self._entries[record.id] = entry
         self._expire_at(record.id, entry, expires_at)
         if idempotency_key is not None:
@@ -207,6 +236,11 @@ class MemoryTaskStore:
             self._expire_at(follower_id, follower, self._clock() + self.ttl_seconds)
             follower.notify()
 
+    async def confirm(self, tenant: str, task_id: str) -> None:
+        entry = self._owned(tenant, task_id)
+        if entry is not None:
+            entry.pending_until = None
+
     async def get(self, tenant: str, task_id: str) -> TaskRecord | None:
         entry = self._owned(tenant, task_id)
         if entry is None:
@@ -224,6 +258,7 @@ class MemoryTaskStore:
         ready = entry.cursor.admit(event)
         if ready is None:
             return False
+        entry.pending_until = None  # a worker has it: it was published
         for admitted in ready:
             self._commit(event.task_id, entry, step_for(admitted))
         if ready:

@@ -33,7 +33,20 @@ class TaskStore(Protocol):
         ``_sharing``; neither is to be published. Otherwise it leads the key until it ends.
         The idempotency key is checked first. ``record.status`` must be ``queued``
         (ValueError).
+
+        A task to be published is stored *pending* until ``confirm``: it is not joined (an
+        identical task runs on its own meanwhile), and a replay of its idempotency key
+        raises ``IdempotencyKeyInUse`` (nothing stored). A task still pending
+        ``pending_seconds`` after its creation was abandoned by its request (the publish
+        failed and so did the discard, or the process died): its idempotency key and its
+        lead of the cache key are then taken over by the next submission.
         """
+        ...
+
+    async def confirm(self, tenant: str, task_id: str) -> None:
+        """The task created by ``create`` is published: it stops being pending (see
+        ``create``). Any applied result event confirms it too, so a lost confirm only
+        delays joining."""
         ...
 
     async def discard(self, tenant: str, task_id: str) -> None:

@@ -48,8 +48,8 @@ from ._scripts import APPLY, CREATE, DISCARD, SUBMIT, Script
 from ._sharing import ORPHANED, mirror, reused_events
 from ._steps import QUEUED_DATA, step_for
 from ._wakeup import Wakeups
-from .errors import StoreError, StoreUnavailable
-from .memory import DEFAULT_SAFETY_TTL
+from .errors import IdempotencyKeyInUse, StoreError, StoreUnavailable
+from .memory import DEFAULT_PENDING_SECONDS, DEFAULT_SAFETY_TTL
 
 __all__ = ["RedisTaskStore"]
 
@@ -156,6 +156,7 @@ class RedisTaskStore:
         *,
         ttl_seconds: float,
         safety_ttl_seconds: float = DEFAULT_SAFETY_TTL,
+        pending_seconds: float = DEFAULT_PENDING_SECONDS,
         prefix: str = "orchestrator",
         owns_client: bool = False,
         location: str = "redis",
@@ -165,8 +166,10 @@ class RedisTaskStore:
             raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds!r}")
         self.ttl_seconds = ttl_seconds
         self.safety_ttl_seconds = max(safety_ttl_seconds, ttl_seconds)
+        self.pending_seconds = pending_seconds
         self._ttl_ms = str(max(int(ttl_seconds * 1000), 1))
         self._safety_ms = str(max(int(self.safety_ttl_seconds * 1000), 1))
+        self._pending_ms = str(max(int(pending_seconds * 1000), 0))
         self._client = client
         self._owns_client = owns_client
         self._location = location
@@ -190,6 +193,7 @@ class RedisTaskStore:
         *,
         ttl_seconds: float,
         safety_ttl_seconds: float = DEFAULT_SAFETY_TTL,
+        pending_seconds: float = DEFAULT_PENDING_SECONDS,
         prefix: str = "orchestrator",
         subscription_linger: float = 5.0,
         **settings: Any,
@@ -200,6 +204,7 @@ class RedisTaskStore:
             RedisSettings.from_uri(url, **settings),
             ttl_seconds=ttl_seconds,
             safety_ttl_seconds=safety_ttl_seconds,
+            pending_seconds=pending_seconds,
             prefix=prefix,
             subscription_linger=subscription_linger,
         )
@@ -211,6 +216,7 @@ class RedisTaskStore:
         *,
         ttl_seconds: float,
         safety_ttl_seconds: float = DEFAULT_SAFETY_TTL,
+        pending_seconds: float = DEFAULT_PENDING_SECONDS,
         prefix: str = "orchestrator",
         subscription_linger: float = 5.0,
     ) -> RedisTaskStore:
@@ -219,6 +225,7 @@ class RedisTaskStore:
             _client_for(settings),
             ttl_seconds=ttl_seconds,
             safety_ttl_seconds=safety_ttl_seconds,
+            pending_seconds=pending_seconds,
             prefix=prefix,
             owns_client=True,
             location=settings.masked_url,
@@ -296,6 +303,7 @@ class RedisTaskStore:
                 self._safety_ms,
                 record.id,
                 self._task_prefix,
+                self._pending_ms,
             )
             script = CREATE
         else:
@@ -309,15 +317,25 @@ class RedisTaskStore:
                 self._task_prefix,
                 self._ttl_ms,
                 repr(record.created_at),
+                self._pending_ms,
             )
             script = SUBMIT
         try:
             reply = await self._script(script, keys, args)
             if not isinstance(reply, list):
+                if reply == 2:
+                    raise IdempotencyKeyInUse("this idempotency key's task is being submitted")
                 return record
             return await self._shown(_decode_record(reply)) or record
         except (RedisError, OSError) as exc:
             raise _translate("create", exc) from exc
+
+    async def confirm(self, tenant: str, task_id: str) -> None:
+        # Ids are random 128-bit values: no tenant check needed to delete one flag.
+        try:
+            await self._run(("HDEL", self._task_prefix + task_id, "pv"))
+        except (RedisError, OSError) as exc:
+            raise _translate("confirm", exc) from exc
 
     async def _shown(self, record: TaskRecord) -> TaskRecord | None:
         """``record`` as shown: through its leader while it follows one (None once the
