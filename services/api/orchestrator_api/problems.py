@@ -1,19 +1,33 @@
 """RFC 9457 problem details: every error leaves the API as ``application/problem+json``.
 
 Handlers raise ``Problem``; ``error_middleware`` turns it, any aiohttp ``HTTPException``
-(unknown route, wrong method, body too large) and any unexpected exception into a problem
-response. Unexpected exceptions are logged with their traceback and answered with a bare 500
-problem: nothing about the server's internals reaches the client.
+(unknown route, wrong method, body too large), a body that breaks off or does not decode, and
+any unexpected exception into a problem response. Unexpected exceptions are logged with their
+traceback and answered with a bare 500 problem: nothing about the server's internals reaches
+the client. Requests aiohttp's HTTP parser rejects before any middleware runs get
+``malformed_request`` problems from the service's runner (``runner.py``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import (
+    BadHttpMethod,
+    BadStatusLine,
+    ContentEncodingError,
+    ContentLengthError,
+    HttpProcessingError,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+    TransferEncodingError,
+)
 from aiohttp.typedefs import Handler
 
 from orchestrator_telemetry.propagation import current_span_context, traceparent
@@ -23,6 +37,7 @@ __all__ = [
     "FieldError",
     "Problem",
     "error_middleware",
+    "malformed_request",
     "problem_response",
     "trace_headers",
 ]
@@ -51,8 +66,10 @@ _TITLES: Final = {
     409: "Conflict",
     413: "Content Too Large",
     415: "Unsupported Media Type",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 
 FieldError = Mapping[str, str]  # {"field": "prompt", "message": "must be a non-empty string"}
@@ -111,6 +128,42 @@ def trace_headers() -> dict[str, str]:
     return {"traceparent": traceparent(context)} if context.is_valid else {}
 
 
+#: What is wrong, by the class of aiohttp's parser error (subclasses first). aiohttp's own
+#: messages quote the offending bytes back, so they are not sent.
+_MALFORMED: Final[tuple[tuple[type[Exception], str], ...]] = (
+    (LineTooLong, "The request line or a header field is too long."),
+    (BadHttpMethod, "The request method is not valid."),
+    (BadStatusLine, "The request line is malformed."),
+    (InvalidURLError, "The request target is not a valid URL."),
+    (InvalidHeader, "A request header is not valid."),
+    (TransferEncodingError, "The chunked transfer encoding of the body is malformed."),
+    (ContentLengthError, "The body does not match its Content-Length."),
+    (ContentEncodingError, "The body cannot be decoded with its Content-Encoding."),
+)
+#: A parser reason that quotes nothing: llhttp's fixed phrases ("Invalid header value char",
+#: "Invalid character in chunk size", "Too many headers received").
+_PLAIN_REASON: Final = re.compile(r"[A-Za-z][A-Za-z0-9 ,'-]{0,79}")
+
+
+def malformed_request(exc: BaseException, status: int = 400) -> Problem:
+    """The problem for a request (or its body) that aiohttp's HTTP parser rejected with ``exc``.
+
+    ``status`` is the one aiohttp chose. The detail says what is wrong without quoting the
+    request back.
+    """
+    if status == 413:
+        return Problem(413, "The request is too large.", type=TYPE_TOO_LARGE)
+    if status == 431:
+        return Problem(431, "The request's header fields are too large.")
+    for error, detail in _MALFORMED:
+        if isinstance(exc, error):
+            return Problem(status, detail)
+    reason = str(getattr(exc, "message", "")).partition("\n")[0].strip().rstrip(":.")
+    if _PLAIN_REASON.fullmatch(reason):
+        return Problem(status, f"{reason}.")
+    return Problem(status, "The request is not valid HTTP.")
+
+
 def _from_http_exception(exc: web.HTTPException) -> Problem:
     status = exc.status
     headers = {k: v for k, v in exc.headers.items() if k.lower() not in _DROP_HEADERS}
@@ -136,6 +189,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         response = problem_response(_from_http_exception(exc), request)
+    except (web.RequestPayloadError, HttpProcessingError) as exc:
+        # Reading the body failed in aiohttp's parser (bad chunked framing, a gzip body that
+        # is not): the client's fault. The parser's error says how; RequestPayloadError wraps
+        # it as its cause.
+        parse_error = exc.__cause__ if isinstance(exc, web.RequestPayloadError) else exc
+        response = problem_response(malformed_request(parse_error or exc), request)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         response = problem_response(

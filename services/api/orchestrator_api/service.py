@@ -18,6 +18,7 @@ from orchestrator_broker import Broker
 from .app import create_app
 from .config import ApiSettings
 from .metrics import ApiMetrics
+from .runner import ApiRunner
 from .store.protocol import TaskStore
 
 __all__ = ["build_resources", "serve"]
@@ -109,7 +110,7 @@ async def serve(
     app = create_app(
         settings, broker=broker, store=store, tracer_provider=tracer_provider, metrics=metrics
     )
-    runner = web.AppRunner(
+    runner = ApiRunner(
         app,
         access_log=log if settings.log_level == "DEBUG" else None,
         shutdown_timeout=settings.shutdown_grace_seconds,
