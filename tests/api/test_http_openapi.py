@@ -117,17 +117,22 @@ async def test_real_responses_match_the_document(api_client: ApiClientFactory) -
     await call("GET", "/health")
     await call("GET", "/openapi.json")
 
-    status, task = await call(
-        "POST",
-        "/v1/tasks",
-        json={"prompt": "x", "model": "echo", "parameters": {"latency_ms": 1}, "metadata": {}},
-        headers={**ACME, "Idempotency-Key": "k1"},
-    )
+    body = {"prompt": "x", "model": "echo", "parameters": {"latency_ms": 1}, "metadata": {}}
+    keyed = {**ACME, "Idempotency-Key": "k1"}
+    status, task = await call("POST", "/v1/tasks", json=body, headers=keyed)
     assert status == 202
-    status, _ = await call(
-        "POST", "/v1/tasks", json={"prompt": "x"}, headers={**ACME, "Idempotency-Key": "k1"}
-    )
+    status, _ = await call("POST", "/v1/tasks", json=body, headers=keyed)
     assert status == 200
+    status, _ = await call(
+        "POST", "/v1/tasks", json={"prompt": "y"}, headers={**ACME, "Idempotency-Key": "k1"}
+    )
+    assert status == 422
+    pending = TaskRecord(id="p1", tenant="acme", status=TaskStatus.QUEUED, created_at=time.time())
+    await store.create(pending, "k2")  # its request is still publishing it
+    status, _ = await call(
+        "POST", "/v1/tasks", json={"prompt": "x"}, headers={**ACME, "Idempotency-Key": "k2"}
+    )
+    assert status == 409
     await call("POST", "/v1/tasks", json={"prompt": ""}, headers=ACME)  # 400 fields
     await call("POST", "/v1/tasks", data=b"{", headers={**ACME, "Content-Type": "application/json"})
     await call("POST", "/v1/tasks", json={"prompt": "x" * 51}, headers=ACME)  # 413
@@ -150,7 +155,9 @@ async def test_real_responses_match_the_document(api_client: ApiClientFactory) -
         ("/v1/tasks", 200),
         ("/v1/tasks", 400),
         ("/v1/tasks", 401),
+        ("/v1/tasks", 409),
         ("/v1/tasks", 413),
+        ("/v1/tasks", 422),
         ("/v1/tasks", 415),
         (template, 200),
         (template, 401),

@@ -121,7 +121,9 @@ async def test_serve_on_redis_publishes_to_the_tasks_stream_and_serves_the_task(
             assert response.status == 202
             task = await response.json()
         async with session.post(
-            f"{url}/v1/tasks", json={"prompt": "again"}, headers={**ACME, "Idempotency-Key": "r1"}
+            f"{url}/v1/tasks",
+            json={"prompt": "over redis", "model": "echo"},
+            headers={**ACME, "Idempotency-Key": "r1"},
         ) as response:
             assert response.status == 200
             assert (await response.json())["id"] == task["id"]

@@ -216,6 +216,39 @@ async def test_same_idempotency_key_returns_the_same_task_with_200(
     assert len(await published(api_state(client).broker)) == 1  # type: ignore[arg-type]
 
 
+async def test_same_idempotency_key_with_another_body_is_a_422(
+    api_client: ApiClientFactory,
+) -> None:
+    client = await api_client()
+    headers = {**ACME, "Idempotency-Key": "order-18"}
+    first = await client.post("/v1/tasks", json={"prompt": "x"}, headers=headers)
+    assert first.status == 202
+
+    for body in (
+        {"prompt": "y"},
+        {"prompt": "x", "metadata": {"k": 1}},
+        {"prompt": "x", "cache": False},
+    ):
+        problem = await problem_of(await client.post("/v1/tasks", json=body, headers=headers), 422)
+        assert problem["type"] == "urn:ai-orchestrator:problem:idempotency-key-reused"
+    assert len(await published(api_state(client).broker)) == 1  # type: ignore[arg-type]
+
+
+async def test_same_idempotency_key_with_the_same_body_written_differently_is_a_replay(
+    api_client: ApiClientFactory,
+) -> None:
+    client = await api_client()
+    headers = {**ACME, "Idempotency-Key": "order-19", "Content-Type": "application/json"}
+    first = await client.post(
+        "/v1/tasks", data=b'{"prompt": "x", "parameters": {"a": 1, "b": 2}}', headers=headers
+    )
+    again = await client.post(
+        "/v1/tasks", data=b'{"parameters":{"b":2,"a":1},"prompt":"x"}', headers=headers
+    )
+    assert (first.status, again.status) == (202, 200)
+    assert (await again.json())["id"] == (await first.json())["id"]
+
+
 async def test_idempotency_keys_are_per_tenant(api_client: ApiClientFactory) -> None:
     client = await api_client()
     key = {"Idempotency-Key": "shared-key"}
@@ -602,6 +635,7 @@ class HangingStore(MemoryTaskStore):
         record: TaskRecord,
         idempotency_key: str | None = None,
         cache_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> TaskRecord:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from orchestrator_api.model import StoredEvent, TaskRecord, TaskStatus
 from orchestrator_api.store import (
     IdempotencyKeyInUse,
+    IdempotencyKeyReused,
     MemoryTaskStore,
     RedisTaskStore,
     StoreUnavailable,
@@ -91,10 +92,11 @@ async def submit(
     record: TaskRecord,
     idempotency_key: str | None = None,
     cache_key: str | None = None,
+    fingerprint: str | None = None,
 ) -> TaskRecord:
     """``create``, then ``confirm`` a task stored to be published, as ``TaskService`` does
     once its publish succeeded."""
-    stored = await store.create(record, idempotency_key, cache_key)
+    stored = await store.create(record, idempotency_key, cache_key, fingerprint)
     if stored.id == record.id and not stored.cached and stored.joined is None:
         await store.confirm(record.tenant, record.id)
     return stored
@@ -577,3 +579,32 @@ async def test_confirming_an_unknown_task_does_nothing(store: TaskStore) -> None
     await store.confirm("acme", "nope")
 
     assert await store.get("acme", "nope") is None
+
+
+# -- idempotency keys reused by another request -----------------------------------------------
+
+
+async def test_a_replay_with_another_fingerprint_is_refused(store: TaskStore) -> None:
+    first = await submit(store, new_record(), "key-1", fingerprint="request-a")
+
+    with pytest.raises(IdempotencyKeyReused):
+        await store.create(other := new_record(), "key-1", fingerprint="request-b")
+
+    assert await store.get("acme", other.id) is None
+    replay = await store.create(new_record(), "key-1", fingerprint="request-a")
+    assert replay.id == first.id
+
+
+async def test_another_fingerprint_is_refused_even_while_the_task_is_pending(
+    store: TaskStore,
+) -> None:
+    await store.create(new_record(), "key-1", fingerprint="request-a")
+
+    with pytest.raises(IdempotencyKeyReused):
+        await store.create(new_record(), "key-1", fingerprint="request-b")
+
+
+async def test_a_key_stored_without_a_fingerprint_matches_any_replay(store: TaskStore) -> None:
+    first = await submit(store, new_record(), "key-1")
+
+    assert (await store.create(new_record(), "key-1", fingerprint="any")).id == first.id

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from orchestrator_api.model import TaskStatus
-from orchestrator_api.store import MemoryTaskStore, RedisTaskStore, TaskStore
+from orchestrator_api.store import IdempotencyKeyReused, MemoryTaskStore, RedisTaskStore, TaskStore
 from tests.api.conftest import PENDING
 from tests.api.test_store import (
     HANG,
@@ -363,3 +363,15 @@ async def test_a_follower_and_a_hit_are_never_pending(store: TaskStore) -> None:
     # Neither is published, so neither is confirmed: their keys answer at once.
     assert (await store.create(new_record(), "idem-f", KEY)).id == follower.id
     assert (await store.create(new_record(), "idem-h", KEY)).id == hit.id
+
+
+async def test_a_shared_tasks_key_is_checked_against_its_fingerprint(store: TaskStore) -> None:
+    leader = await submit(store, new_record(), "idem-l", KEY, "request-a")
+    follower = await store.create(new_record(), "idem-f", KEY, "request-a")
+    await store.apply(succeeded(leader, 0))
+    hit = await store.create(new_record(), "idem-h", KEY, "request-a")
+
+    for key, task in (("idem-l", leader), ("idem-f", follower), ("idem-h", hit)):
+        assert (await store.create(new_record(), key, KEY, "request-a")).id == task.id
+        with pytest.raises(IdempotencyKeyReused):
+            await store.create(new_record(), key, KEY, "request-b")

@@ -29,6 +29,8 @@ _PROBLEM_TYPES: Final = [
     problems.TYPE_UNAUTHORIZED,
     problems.TYPE_NOT_FOUND,
     problems.TYPE_UNSUPPORTED_MEDIA,
+    problems.TYPE_KEY_IN_USE,
+    problems.TYPE_KEY_REUSED,
     problems.TYPE_INTERNAL,
 ]
 
@@ -545,7 +547,8 @@ def build_document() -> dict[str, Any]:
                         "when the prompt cache answered it (`succeeded`, `cached`) or it "
                         "joined an identical task in flight (`joined`; see `cache`). With an "
                         "`Idempotency-Key` this tenant used before, nothing new is queued and "
-                        "the earlier task is returned with 200 (whatever the new body says)."
+                        "the earlier task is returned with 200; with another body, that is a "
+                        "422."
                     ),
                     "parameters": [
                         {
@@ -587,6 +590,10 @@ def build_document() -> dict[str, Any]:
                             "processed (its task is not queued yet). Retry after `Retry-After`: "
                             "you then get its task (200), or a new one (202) if it failed.",
                             headers=_RETRY_AFTER,
+                        ),
+                        "422": _problem(
+                            "This Idempotency-Key was used before with another request body "
+                            "(compared as parsed: key order and whitespace do not matter)."
                         ),
                         "415": _problem(
                             "The body is not JSON.",

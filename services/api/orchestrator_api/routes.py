@@ -14,6 +14,7 @@ from .metrics import METRICS
 from .model import TaskRecord
 from .problems import (
     TYPE_KEY_IN_USE,
+    TYPE_KEY_REUSED,
     TYPE_NOT_FOUND,
     TYPE_TOO_LARGE,
     TYPE_UNAUTHORIZED,
@@ -23,7 +24,7 @@ from .problems import (
     Problem,
 )
 from .state import STATE, ApiState
-from .store.errors import IdempotencyKeyInUse
+from .store.errors import IdempotencyKeyInUse, IdempotencyKeyReused
 from .streaming import stream_sse, stream_websocket
 from .tasks import Unavailable
 from .validation import MAX_IDEMPOTENCY_KEY, parse_submission
@@ -104,6 +105,14 @@ async def submit_task(request: web.Request) -> web.Response:
         record, created = await state.tasks.submit(tenant, submission, key)
     except Unavailable as exc:
         raise _unavailable(exc, "; the task was not accepted") from exc
+    except IdempotencyKeyReused as exc:
+        raise Problem(
+            422,
+            "This Idempotency-Key was used before with another request body. Send a new "
+            "key for a new task.",
+            type=TYPE_KEY_REUSED,
+            title="Idempotency-Key reused",
+        ) from exc
     except IdempotencyKeyInUse as exc:
         raise Problem(
             409,

@@ -17,11 +17,18 @@ from orchestrator_telemetry.propagation import current_span_context
 
 from .deadlines import Deadlines
 from .model import TaskRecord, TaskStatus
-from .store.errors import IdempotencyKeyInUse, StoreError
+from .store.errors import IdempotencyKeyInUse, IdempotencyKeyReused, StoreError
 from .store.protocol import TaskStore
 from .validation import Submission
 
-__all__ = ["DEFAULT_PUBLISH_TIMEOUT", "TaskService", "Unavailable", "cache_key", "task_payload"]
+__all__ = [
+    "DEFAULT_PUBLISH_TIMEOUT",
+    "TaskService",
+    "Unavailable",
+    "cache_key",
+    "request_fingerprint",
+    "task_payload",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,23 @@ def cache_key(tenant: str, submission: Submission) -> str:
     return hashlib.blake2b(canonical, digest_size=20).hexdigest()
 
 
+def request_fingerprint(submission: Submission) -> str:
+    """What an ``Idempotency-Key`` is checked against on a replay: a digest of everything the
+    request asks (canonical JSON: key order and whitespace do not matter)."""
+    canonical = orjson.dumps(
+        (
+            submission.model,
+            submission.system,
+            submission.prompt,
+            submission.parameters,
+            submission.metadata,
+            submission.cache,
+        ),
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
+
+
 class Unavailable(Exception):
     """The broker or the store could not take the task; nothing was accepted (answer 503)."""
 
@@ -83,10 +107,11 @@ class TaskService:
         ``created`` is False when ``idempotency_key`` was used before by this tenant: the
         earlier task is returned and nothing is published. While that earlier task's own
         request is still publishing it, ``IdempotencyKeyInUse`` is raised instead (answer
-        409: retry shortly). Unless the submission opts out
-        (``cache``), the tenant's identical answer within the TTL is reused (the task is
-        returned ``succeeded``, ``cached``) and an identical task in flight is joined (the
-        task follows it): neither is published. If the publish fails (or takes
+        409: retry shortly); if the earlier request asked something else (another
+        ``request_fingerprint``), ``IdempotencyKeyReused`` (answer 422). Unless the
+        submission opts out (``cache``), the tenant's identical answer within the TTL is
+        reused (the task is returned ``succeeded``, ``cached``) and an identical task in
+        flight is joined (the task follows it): neither is published. If the publish fails (or takes
         longer than ``publish_timeout``) the record is discarded and ``Unavailable`` raised,
         so no record stays ``queued`` for a task no worker will ever see. A publish that timed
         out may still land; the worker's results for a discarded task are then ignored. If
@@ -114,8 +139,11 @@ class TaskService:
                     record,
                     idempotency_key,
                     cache_key(tenant, submission) if submission.cache else None,
+                    fingerprint=(
+                        None if idempotency_key is None else request_fingerprint(submission)
+                    ),
                 )
-        except IdempotencyKeyInUse:
+        except (IdempotencyKeyInUse, IdempotencyKeyReused):
             raise
         except StoreError as exc:
             raise Unavailable("task store") from exc

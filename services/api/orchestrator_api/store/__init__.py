@@ -1,6 +1,6 @@
 """Task records and event logs: the TaskStore protocol and its memory and Redis adapters."""
 
-from .errors import IdempotencyKeyInUse, StoreError, StoreUnavailable
+from .errors import IdempotencyKeyInUse, IdempotencyKeyReused, StoreError, StoreUnavailable
 from .memory import DEFAULT_PENDING_SECONDS, DEFAULT_SAFETY_TTL, MemoryTaskStore
 from .protocol import TaskStore
 from .redis import RedisTaskStore
@@ -9,6 +9,7 @@ __all__ = [
     "DEFAULT_PENDING_SECONDS",
     "DEFAULT_SAFETY_TTL",
     "IdempotencyKeyInUse",
+    "IdempotencyKeyReused",
     "MemoryTaskStore",
     "RedisTaskStore",
     "StoreError",

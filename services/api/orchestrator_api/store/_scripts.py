@@ -2,7 +2,8 @@
 
 Record hash fields: ``tn`` tenant, ``m`` the fixed part (orjson: id, created_at, model,
 metadata, trace_id), ``st`` status, ``sa``/``fa`` started/finished at, ``n`` attempts,
-``r`` result / ``e`` error (orjson), ``ik`` the idempotency key's name, and the application
+``r`` result / ``e`` error (orjson), ``ik`` the idempotency key's name, ``fp`` the
+fingerprint of the request that used it, and the application
 cursor ``ca`` (attempt followed) / ``ns`` (next seq). The log is a list of orjson
 ``[event, data]`` entries; the first, ``queued``, entry is implied, not stored. ``buf`` holds
 events that overtook a predecessor (seq -> cmsgpack'd step), until the gap fills.
@@ -44,10 +45,11 @@ local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
 
 #: A create with an idempotency key and no cache key (one with neither is a plain HSET +
 #: PEXPIRE). KEYS: record, idempotency key. ARGV: tenant, fixed blob, safety ttl ms, task id,
-#: record key prefix, pending ms. Returns 1 when stored (or already stored by a retry of this
-#: call), 2 when the key's task is still pending (nothing stored), else the existing record's
-#: fields (tn m st sa fa n r e j c) for the idempotency key. A key whose task is pending past
-#: its deadline (abandoned) is taken over.
+#: record key prefix, pending ms, request fingerprint ('' for none). Returns 1 when stored (or
+#: already stored by a retry of this call), 2 when the key's task is still pending, 3 when it
+#: was created by another request (fingerprints differ; nothing stored either way), else the
+#: existing record's fields (tn m st sa fa n r e j c) for the idempotency key. A key whose
+#: task is pending past its deadline (abandoned) is taken over.
 CREATE = Script(
     _NOW
     + """
@@ -57,14 +59,16 @@ if existing then
     'tn', 'm', 'st', 'sa', 'fa', 'n', 'r', 'e', 'j', 'c')
   if rec[1] then
     if existing == ARGV[4] then return 1 end
-    local pv = redis.call('HGET', ARGV[5] .. existing, 'pv')
-    if not pv then return rec end
-    if tonumber(pv) > now then return 2 end
+    local held = redis.call('HMGET', ARGV[5] .. existing, 'pv', 'fp')
+    if held[2] and ARGV[7] ~= '' and held[2] ~= ARGV[7] then return 3 end
+    if not held[1] then return rec end
+    if tonumber(held[1]) > now then return 2 end
   end
 end
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
 redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'ik', KEYS[2],
   'pv', string.format('%d', now + tonumber(ARGV[6])))
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'fp', ARGV[7]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
@@ -73,9 +77,10 @@ return 1
 #: A create with a cache key: idempotency key first, then a cache hit, then joining the
 #: published leader in flight, else leading (or, while the leader is still pending, running
 #: alone). KEYS: record, idempotency key ('' for none), cache key, lead key. ARGV: tenant,
-#: fixed blob, safety ttl ms, task id, record key prefix, ttl ms, created at, pending ms.
-#: Returns 1 when the task was stored to be published, 2 when the idempotency key's task is
-#: still pending (nothing stored), else the fields (tn m st sa fa n r e j c) of the hit or
+#: fixed blob, safety ttl ms, task id, record key prefix, ttl ms, created at, pending ms,
+#: request fingerprint ('' for none). Returns 1 when the task was stored to be published, 2
+#: when the idempotency key's task is still pending, 3 when it was created by another request
+#: (nothing stored either way), else the fields (tn m st sa fa n r e j c) of the hit or
 #: follower stored, or of the idempotency key's record; a retry of this call answers as its
 #: first run did.
 SUBMIT = Script(
@@ -92,9 +97,10 @@ if KEYS[2] ~= '' then
   if existing then
     local rec = redis.call('HMGET', ARGV[5] .. existing, unpack(F))
     if rec[1] then
-      local pv = redis.call('HGET', ARGV[5] .. existing, 'pv')
-      if not pv then return rec end
-      if tonumber(pv) > now then return 2 end
+      local held = redis.call('HMGET', ARGV[5] .. existing, 'pv', 'fp')
+      if held[2] and ARGV[9] ~= '' and held[2] ~= ARGV[9] then return 3 end
+      if not held[1] then return rec end
+      if tonumber(held[1]) > now then return 2 end
     end
   end
 end
@@ -135,6 +141,7 @@ end
 if KEYS[2] ~= '' then
   redis.call('SET', KEYS[2], ARGV[4], 'PX', ttl)
   redis.call('HSET', KEYS[1], 'ik', KEYS[2])
+  if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'fp', ARGV[9]) end
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
 if shared then return redis.call('HMGET', KEYS[1], unpack(F)) end

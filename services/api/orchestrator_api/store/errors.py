@@ -1,9 +1,9 @@
 """The task store's exceptions: one root, the case the HTTP layer maps to 503, and the
-idempotency key still in use (409)."""
+idempotency key still in use (409) or reused for another request (422)."""
 
 from __future__ import annotations
 
-__all__ = ["IdempotencyKeyInUse", "StoreError", "StoreUnavailable"]
+__all__ = ["IdempotencyKeyInUse", "IdempotencyKeyReused", "StoreError", "StoreUnavailable"]
 
 
 class StoreError(Exception):
@@ -22,3 +22,8 @@ class IdempotencyKeyInUse(StoreError):
     """The idempotency key's task is still being submitted by another request (created, not
     yet confirmed published). Nothing was stored: the client retries in a moment and then
     gets that task, or a new one if that request failed."""
+
+
+class IdempotencyKeyReused(StoreError):
+    """The idempotency key's task was created by a request with another body (its
+    fingerprint differs). Nothing was stored: a new task needs a new key."""

@@ -22,7 +22,7 @@ from orchestrator_worker.messages import ResultEvent
 from ..model import StoredEvent, TaskRecord, TaskResult, TaskStatus
 from ._sharing import ORPHANED, cache_hit, mirror, orphaned, result_data, reused_events
 from ._steps import QUEUED_DATA, Cursor, Step, step_for
-from .errors import IdempotencyKeyInUse, StoreUnavailable
+from .errors import IdempotencyKeyInUse, IdempotencyKeyReused, StoreUnavailable
 
 __all__ = ["DEFAULT_PENDING_SECONDS", "DEFAULT_SAFETY_TTL", "MemoryTaskStore"]
 
@@ -46,6 +46,7 @@ class _Entry:
     cache_key: tuple[str, str] | None = None  # a leader's (tenant, key)
     followers: list[str] = attrs.field(factory=list)  # a leader's joined tasks
     pending_until: float | None = None  # set until confirmed published (TaskStore.create)
+    fingerprint: str | None = None  # of the request that created it, with an idempotency key
 
     def append(self, event: str, data: dict[str, object]) -> None:
         self.log.append(StoredEvent(id=str(len(self.log) + 1), event=event, data=data))
@@ -55,6 +56,11 @@ class _Entry:
         # notification wakes exactly those who may have missed something.
         self.changed.set()
         self.changed = asyncio.Event()
+
+
+def _reused(stored: str | None, given: str | None) -> bool:
+    """Whether a replay's fingerprint contradicts the one its key was first used with."""
+    return stored is not None and given is not None and stored != given
 
 
 def _abandoned(entry: _Entry, now: float) -> bool:
@@ -150,6 +156,7 @@ class MemoryTaskStore:
         record: TaskRecord,
         idempotency_key: str | None = None,
         cache_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> TaskRecord:
         if record.status is not TaskStatus.QUEUED:
             raise ValueError(f"a new task must be queued, got {record.status}")
@@ -161,6 +168,10 @@ class MemoryTaskStore:
             if existing_id is not None:
                 existing = self._live(existing_id)
                 if existing is not None:
+                    if _reused(existing.fingerprint, fingerprint):
+                        raise IdempotencyKeyReused(
+                            f"task {existing_id} of this idempotency key had another request"
+                        )
                     if existing.pending_until is None:
                         return self._shown(existing)
                     if not _abandoned(existing, now):
@@ -168,7 +179,7 @@ class MemoryTaskStore:
                             f"task {existing_id} of this idempotency key is being submitted"
                         )
                     # Abandoned by its request: the key goes to this task (below).
-        entry = _Entry(record, idempotency_key, expires_at=0.0)
+        entry = _Entry(record, idempotency_key, expires_at=0.0, fingerprint=fingerprint)
         entry.append("status", dict(QUEUED_DATA))
         expires_at = now + self.safety_ttl_seconds
         if idempotency_key is not None or cache_key is not None:

@@ -21,10 +21,13 @@ class TaskStore(Protocol):
         record: TaskRecord,
         idempotency_key: str | None = None,
         cache_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> TaskRecord:
         """Store a new queued task and return it as stored; with an idempotency key already
         used by the same tenant, store nothing and return the existing record instead
-        (compare ``.id``). The key expires with the record.
+        (compare ``.id``). The key expires with the record. With a ``fingerprint`` (a digest
+        of the request) kept with the key, a replay whose fingerprint differs raises
+        ``IdempotencyKeyReused`` instead (a record stored without one matches any).
 
         With a ``cache_key`` (a digest of what the task asks, never the prompt itself;
         looked up within ``record.tenant`` only) the task may instead be stored as a cache

@@ -48,7 +48,7 @@ from ._scripts import APPLY, CREATE, DISCARD, SUBMIT, Script
 from ._sharing import ORPHANED, mirror, reused_events
 from ._steps import QUEUED_DATA, step_for
 from ._wakeup import Wakeups
-from .errors import IdempotencyKeyInUse, StoreError, StoreUnavailable
+from .errors import IdempotencyKeyInUse, IdempotencyKeyReused, StoreError, StoreUnavailable
 from .memory import DEFAULT_PENDING_SECONDS, DEFAULT_SAFETY_TTL
 
 __all__ = ["RedisTaskStore"]
@@ -268,6 +268,7 @@ class RedisTaskStore:
         record: TaskRecord,
         idempotency_key: str | None = None,
         cache_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> TaskRecord:
         if record.status is not TaskStatus.QUEUED:
             raise ValueError(f"a new task must be queued, got {record.status}")
@@ -304,6 +305,7 @@ class RedisTaskStore:
                 record.id,
                 self._task_prefix,
                 self._pending_ms,
+                fingerprint or "",
             )
             script = CREATE
         else:
@@ -318,6 +320,7 @@ class RedisTaskStore:
                 self._ttl_ms,
                 repr(record.created_at),
                 self._pending_ms,
+                fingerprint or "",
             )
             script = SUBMIT
         try:
@@ -325,6 +328,8 @@ class RedisTaskStore:
             if not isinstance(reply, list):
                 if reply == 2:
                     raise IdempotencyKeyInUse("this idempotency key's task is being submitted")
+                if reply == 3:
+                    raise IdempotencyKeyReused("this idempotency key was used by another request")
                 return record
             return await self._shown(_decode_record(reply)) or record
         except (RedisError, OSError) as exc:
