@@ -26,6 +26,22 @@ if [ ! -f "$stamp" ]; then
     touch "$stamp"
 fi
 
+# promtool (checks the Prometheus config and the services' metrics): only the binary, taken
+# out of Debian's prometheus package without installing it (no service, no dependencies).
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$VENV/bin/promtool" ]; then
+    echo "tests/run.sh: promtool missing; extracting it from Debian's prometheus package" >&2
+    deb_dir="$(mktemp -d)"
+    if ! (cd "$deb_dir" && apt-get download -qq prometheus >/dev/null 2>&1); then
+        if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        (cd "$deb_dir" && apt-get download -qq prometheus >/dev/null)
+    fi
+    dpkg-deb -x "$deb_dir"/prometheus_*.deb "$deb_dir/root"
+    cp "$deb_dir/root/usr/bin/promtool" "$VENV/bin/promtool"
+    rm -rf "$deb_dir"
+fi
+export PATH="$PWD/$VENV/bin:$PATH"
+
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 "$VENV/bin/mypy"
