@@ -119,6 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--timeout", type=float, default=600.0, help="seconds to wait with --wait/--stream"
     )
+    submit.add_argument(
+        "--retries",
+        type=int,
+        default=5,
+        metavar="N",
+        help="retries of a request the API cannot take right now (503, 409, 429, a lost "
+        "connection), waiting Retry-After; the submission's Idempotency-Key makes them safe "
+        "(default: 5)",
+    )
     return parser
 
 
@@ -135,7 +144,16 @@ def _run_submit(args: argparse.Namespace) -> int:
         body["parameters"] = dict(_parse_param(p) for p in args.param)
     mode = "wait" if args.wait else "stream" if args.stream else "submit"
     try:
-        return asyncio.run(submit(args.url, args.api_key, body, mode=mode, timeout=args.timeout))
+        return asyncio.run(
+            submit(
+                args.url,
+                args.api_key,
+                body,
+                mode=mode,
+                timeout=args.timeout,
+                tries=max(args.retries, 0) + 1,
+            )
+        )
     except ClientError as exc:
         _fail(str(exc), code=1)
 
