@@ -11,17 +11,20 @@ import contextlib
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from orchestrator_broker import (
     AlreadySettled,
     Broker,
+    ConfigError,
     ConsumeOptions,
     Delivery,
     LeaseLost,
+    MemoryBroker,
     Message,
+    RedisStreamsBroker,
 )
 from tests.broker.conftest import RawPublish
 
@@ -549,3 +552,49 @@ async def test_pending_count_and_backlog(broker: Broker, stream: str) -> None:
 
 async def test_ping(broker: Broker) -> None:
     await broker.ping()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def capped(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    """A broker keeping 5 dead letters per stream (Redis: trimmed every 0.1 s)."""
+    adapter: Broker
+    if request.param == "memory":
+        adapter = MemoryBroker(dead_letter_maxlen=5)
+    else:
+        adapter = RedisStreamsBroker.from_url(
+            request.getfixturevalue("redis_url"), dead_letter_maxlen=5, trim_interval=0.1
+        )
+    try:
+        yield adapter
+    finally:
+        await adapter.close()
+
+
+async def test_only_the_newest_dead_letters_are_kept(capped: Broker, stream: str) -> None:
+    await capped.ensure_group(stream, GROUP)
+    await publish_many(capped, stream, 20)
+    async with contextlib.aclosing(capped.consume(stream, GROUP, "c1", QUICK)) as consumer:
+        for n, delivery in enumerate(await take(consumer, 20)):
+            await delivery.dead_letter(f"failure {n}")
+
+        async def trimmed() -> bool:
+            return len(await capped.dead_letters(stream, count=100)) <= 5
+
+        # At once in memory; on Redis at the next trim pass of a consumer that is reading.
+        reading = asyncio.create_task(anext(consumer))
+        try:
+            await wait_until(trimmed)
+        finally:
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+
+    reasons = [dead.reason for dead in await capped.dead_letters(stream, count=100)]
+    assert reasons == [f"failure {n}" for n in range(15, 20)]
+
+
+def test_a_negative_dead_letter_cap_is_refused() -> None:
+    with pytest.raises(ConfigError, match="dead_letter_maxlen"):
+        MemoryBroker(dead_letter_maxlen=-1)
+    with pytest.raises(ConfigError, match="dead_letter_maxlen"):
+        RedisStreamsBroker.from_url("redis://127.0.0.1:1/0", dead_letter_maxlen=-1)

@@ -11,11 +11,19 @@ from .errors import (
 from .memory import MemoryBroker
 from .message import Message
 from .names import default_consumer_name
-from .protocol import Broker, ConsumeOptions, DeadLetter, Delivery, dead_letter_stream
+from .protocol import (
+    DEFAULT_DEAD_LETTER_MAXLEN,
+    Broker,
+    ConsumeOptions,
+    DeadLetter,
+    Delivery,
+    dead_letter_stream,
+)
 from .redis_settings import RedisSettings
 from .redis_streams import RedisDelivery, RedisStreamsBroker
 
 __all__ = [
+    "DEFAULT_DEAD_LETTER_MAXLEN",
     "AlreadySettled",
     "Broker",
     "BrokerError",

@@ -25,9 +25,15 @@ from collections.abc import AsyncGenerator, Mapping
 
 import attrs
 
-from .errors import AlreadySettled, BrokerUnavailable, DecodeError, LeaseLost
+from .errors import AlreadySettled, BrokerUnavailable, ConfigError, DecodeError, LeaseLost
 from .message import Message, decode_fields, encode_fields
-from .protocol import ConsumeOptions, DeadLetter, Delivery, dead_letter_stream
+from .protocol import (
+    DEFAULT_DEAD_LETTER_MAXLEN,
+    ConsumeOptions,
+    DeadLetter,
+    Delivery,
+    dead_letter_stream,
+)
 
 __all__ = ["MemoryBroker", "MemoryDelivery"]
 
@@ -156,6 +162,17 @@ class _Stream:
             del self.log[:drop]
             self.base = low
 
+    def drop_oldest(self, keep: int, slack: int) -> None:
+        """Keep the newest ``keep`` entries once there are more than ``keep + slack`` (like
+        ``XTRIM MAXLEN``: entries no group has read are dropped too)."""
+        excess = len(self.log) - keep
+        if excess <= slack:
+            return
+        del self.log[:excess]
+        self.base += excess
+        for group in self.groups.values():
+            group.next_index = max(group.next_index, self.base)
+
     def next_id(self) -> str:
         ms = int(time.time() * 1000)
         last_ms, last_seq = self.last_id
@@ -210,7 +227,11 @@ class MemoryDelivery:
 class MemoryBroker:
     """A ``Broker`` kept in process memory: same contract as Redis Streams, no durability."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, dead_letter_maxlen: int = DEFAULT_DEAD_LETTER_MAXLEN) -> None:
+        if dead_letter_maxlen < 0:
+            raise ConfigError(f"dead_letter_maxlen must be >= 0, got {dead_letter_maxlen}")
+        #: Dead letters kept per stream (0: all); a tenth more may be held between trims.
+        self.dead_letter_maxlen = dead_letter_maxlen
         self._streams: dict[str, _Stream] = {}
         self._closed = False
         self._tiebreak = itertools.count()
@@ -563,7 +584,11 @@ class MemoryBroker:
                 DEAD_CONSUMER: consumer,
             }
         )
-        self._append(dead_letter_stream(stream), record)
+        dead = dead_letter_stream(stream)
+        self._append(dead, record)
+        cap = self.dead_letter_maxlen
+        if cap:
+            self._streams[dead].drop_oldest(cap, slack=cap // 10)
 
 
 @attrs.define(eq=False)

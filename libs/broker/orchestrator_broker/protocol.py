@@ -10,7 +10,8 @@ it is settled exactly once by one of:
 - ``nack(delay)``: hand it back, to be redelivered after ``delay`` seconds; while it waits it
   belongs to no consumer and holds no worker slot;
 - ``dead_letter(reason)``: move it to ``<stream>:dead`` with the reason, atomically with the
-  ack.
+  ack. Adapters keep the newest ``dead_letter_maxlen`` dead letters of a stream (default
+  ``DEFAULT_DEAD_LETTER_MAXLEN``; 0 keeps all), so a storm of failures cannot fill memory.
 
 A pending delivery whose consumer stops renewing its lease (``extend_lease()``) for longer
 than ``ConsumeOptions.lease`` is presumed dead and reclaimed by another consumer of the same
@@ -26,6 +27,10 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from .message import Message
+
+#: Dead letters kept per stream unless configured otherwise: each holds its whole task (up to
+#: the prompt size limit), and Redis runs ``noeviction``, so they must not grow without end.
+DEFAULT_DEAD_LETTER_MAXLEN = 10_000
 
 
 def dead_letter_stream(stream: str) -> str:

@@ -48,7 +48,9 @@ Guarantees, and the traps they avoid:
   stream still needs (per group, the smaller of its first pending id and the successor of
   its last-delivered id), keeping acked entries younger than ``retain_acked`` seconds
   (default 0). A stream without groups is never trimmed, and a group nobody reads any more
-  holds retention back for the whole stream: ``XGROUP DESTROY`` it.
+  holds retention back for the whole stream: ``XGROUP DESTROY`` it. The same pass trims
+  ``S:dead`` to its newest ``dead_letter_maxlen`` entries (default 10,000; 0 keeps all), so
+  between passes it may briefly hold more.
 - Blocking reads use their own connection pool whose socket timeout is ``read_timeout``
   (default 30 s); ``ConsumeOptions.block`` must be at least 0.5 s below it (``ConfigError``
   otherwise), or redis-py would raise ``TimeoutError`` on every idle stream. That pool also
@@ -96,7 +98,13 @@ from .errors import (
     LeaseLost,
 )
 from .message import Message, encode_fields
-from .protocol import ConsumeOptions, DeadLetter, Delivery, dead_letter_stream
+from .protocol import (
+    DEFAULT_DEAD_LETTER_MAXLEN,
+    ConsumeOptions,
+    DeadLetter,
+    Delivery,
+    dead_letter_stream,
+)
 from .redis_settings import RedisSettings
 
 logger = logging.getLogger("orchestrator_broker.redis")
@@ -130,10 +138,14 @@ class RedisStreamsBroker:
         retain_acked: float = 0.0,
         trim_interval: float | None = 60.0,
         max_batch: int = 1000,
+        dead_letter_maxlen: int = DEFAULT_DEAD_LETTER_MAXLEN,
     ) -> None:
+        if dead_letter_maxlen < 0:
+            raise ConfigError(f"dead_letter_maxlen must be >= 0, got {dead_letter_maxlen}")
         self.settings = settings
         self.retain_acked = retain_acked
         self.trim_interval = trim_interval
+        self.dead_letter_maxlen = dead_letter_maxlen
         self._pool = _make_pool(settings, settings.socket_timeout)
         self._read_pool = _make_pool(settings, settings.read_timeout)
         self._client = Redis(connection_pool=self._pool)
@@ -150,10 +162,11 @@ class RedisStreamsBroker:
         """A broker for ``url`` (see ``RedisSettings.from_uri``).
 
         ``kwargs`` are ``RedisSettings`` fields (``max_connections``, ``read_timeout``, ...)
-        and this class's keyword arguments (``retain_acked``, ``trim_interval``).
+        and this class's keyword arguments (``retain_acked``, ``trim_interval``,
+        ``max_batch``, ``dead_letter_maxlen``).
         """
         fields = {f.name for f in attrs.fields(RedisSettings)}
-        own = {"retain_acked", "trim_interval", "max_batch"}
+        own = {"retain_acked", "trim_interval", "max_batch", "dead_letter_maxlen"}
         unknown = sorted(kwargs.keys() - fields - own)
         if unknown:
             raise ConfigError(f"unknown Redis broker option(s): {', '.join(unknown)}")
@@ -264,10 +277,15 @@ class RedisStreamsBroker:
     # -- beyond the protocol ----------------------------------------------------------
 
     async def trim(self, stream: str) -> int:
-        """Drop the entries no group needs any more (see the module docstring)."""
+        """Drop the entries no group needs any more, and the dead letters past
+        ``dead_letter_maxlen`` (see the module docstring); returns the former's count."""
         self._check_open()
         retain_ms = int(self.retain_acked * 1000)
         result = await self._eval(self._scripts.trim, [stream], [retain_ms])
+        if self.dead_letter_maxlen:
+            await self._writes.call(
+                "XTRIM", dead_letter_stream(stream), "MAXLEN", self.dead_letter_maxlen
+            )
         return int(result)
 
     @property
