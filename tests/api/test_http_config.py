@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator_api.config import ApiSettings, ConfigError
+from orchestrator_api.service import build_resources
 
 KEYS = {"API_KEYS": "acme:k1"}
 
@@ -38,6 +39,7 @@ def test_every_variable_is_read() -> None:
             "MAX_BODY_BYTES": "4096",
             "MAX_PROMPT_CHARS": "10",
             "SHUTDOWN_GRACE_SECONDS": "3",
+            "DEAD_LETTER_MAXLEN": "0",
             "LOG_LEVEL": "debug",
             "LOG_FORMAT": "JSON",
         }
@@ -50,6 +52,7 @@ def test_every_variable_is_read() -> None:
     assert settings.api_keys == (("acme", "k1"), ("globex", "k:2"))
     assert (settings.max_body_bytes, settings.max_prompt_chars) == (4096, 10)
     assert settings.shutdown_grace_seconds == 3
+    assert settings.dead_letter_maxlen == 0
     assert (settings.log_level, settings.log_format) == ("DEBUG", "json")
 
 
@@ -83,6 +86,8 @@ def test_auth_can_be_disabled_explicitly() -> None:
         ("MAX_BODY_BYTES", "1k"),
         ("MAX_PROMPT_CHARS", "0"),
         ("SHUTDOWN_GRACE_SECONDS", "nan"),
+        ("DEAD_LETTER_MAXLEN", "-1"),
+        ("DEAD_LETTER_MAXLEN", "lots"),
         ("LOG_LEVEL", "LOUD"),
         ("LOG_FORMAT", "xml"),
         ("REDIS_STREAM_ID", "my tasks"),
@@ -121,3 +126,19 @@ def test_error_messages_never_echo_a_key() -> None:
     with pytest.raises(ConfigError) as failed:
         ApiSettings.from_env({"API_KEYS": "bad tenant:sekrit"})
     assert "sekrit" not in str(failed.value)
+
+
+async def test_the_broker_keeps_dead_letter_maxlen_dead_letters() -> None:
+    default, _, _ = build_resources(ApiSettings.from_env(KEYS))
+    capped, _, _ = build_resources(ApiSettings.from_env({**KEYS, "DEAD_LETTER_MAXLEN": "7"}))
+    on_redis, store, _ = build_resources(
+        ApiSettings.from_env({**KEYS, "REDIS_URI": "127.0.0.1:1", "DEAD_LETTER_MAXLEN": "7"})
+    )
+    try:
+        assert getattr(default, "dead_letter_maxlen", None) == 10_000
+        assert getattr(capped, "dead_letter_maxlen", None) == 7
+        assert getattr(on_redis, "dead_letter_maxlen", None) == 7
+    finally:
+        for broker in (default, capped, on_redis):
+            await broker.close()
+        await store.close()

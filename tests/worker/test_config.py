@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator_worker import ConfigError, WorkerSettings
+from orchestrator_worker.service import connect_broker
 
 
 def test_an_empty_environment_gives_the_defaults() -> None:
@@ -42,6 +43,7 @@ def test_every_variable_is_read() -> None:
             "TASK_TIMEOUT_SECONDS": "12.5",
             "LEASE_SECONDS": "10",
             "MAX_DELIVERIES": "3",
+            "DEAD_LETTER_MAXLEN": "50",
             "SHUTDOWN_GRACE_SECONDS": "0",
             "DELTA_FLUSH_MS": "250",
             "LOG_LEVEL": "debug",
@@ -60,6 +62,7 @@ def test_every_variable_is_read() -> None:
     assert settings.task_timeout == 12.5
     assert settings.lease_seconds == 10
     assert (settings.max_attempts, settings.max_deliveries) == (2, 3)
+    assert settings.dead_letter_maxlen == 50
     assert settings.shutdown_grace == 0
     assert settings.delta_flush_interval == pytest.approx(0.25)
     assert (settings.log_level, settings.log_format) == ("DEBUG", "json")
@@ -79,6 +82,7 @@ def test_every_variable_is_read() -> None:
         ("SHUTDOWN_GRACE_SECONDS", "-1"),
         ("DELTA_FLUSH_MS", "inf"),
         ("MAX_DELIVERIES", "0"),
+        ("DEAD_LETTER_MAXLEN", "-5"),
         ("LOG_LEVEL", "LOUD"),
         ("LOG_FORMAT", "xml"),
         ("REDIS_STREAM_ID", "tasks with spaces"),
@@ -164,3 +168,12 @@ async def test_a_default_model_no_provider_serves_stops_the_process_at_startup()
         .splitlines()[-1]
         .startswith("configuration error: DEFAULT_MODEL: 'nonesuch/model' names no provider")
     )
+
+
+async def test_the_broker_keeps_dead_letter_maxlen_dead_letters() -> None:
+    settings = WorkerSettings.from_env({"REDIS_URI": "127.0.0.1:1", "DEAD_LETTER_MAXLEN": "50"})
+    broker = connect_broker(settings)
+    try:
+        assert getattr(broker, "dead_letter_maxlen", None) == 50
+    finally:
+        await broker.close()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import attrs
 
+from orchestrator_broker.protocol import DEFAULT_DEAD_LETTER_MAXLEN
+
 from .auth import KeyRing
 
 __all__ = ["ApiSettings", "ConfigError", "parse_api_keys"]
@@ -82,6 +84,7 @@ class ApiSettings:
     - ``MAX_BODY_BYTES`` [1048576]: largest request body accepted (413 above).
     - ``MAX_PROMPT_CHARS`` [100000]: longest ``prompt`` (and ``system``) accepted (413 above).
     - ``SHUTDOWN_GRACE_SECONDS`` [10]: on SIGTERM, how long in-flight requests may finish.
+    - ``DEAD_LETTER_MAXLEN`` [10000]: dead letters kept per stream (newest first; 0 = all).
     - ``LOG_LEVEL`` [INFO]: DEBUG, INFO, WARNING, ERROR or CRITICAL (DEBUG adds access logs).
     - ``LOG_FORMAT`` [plain]: ``plain`` or ``json`` (one JSON object per line, with trace ids).
     """
@@ -99,6 +102,7 @@ class ApiSettings:
     max_body_bytes: int = 1_048_576
     max_prompt_chars: int = 100_000
     shutdown_grace_seconds: float = 10.0
+    dead_letter_maxlen: int = DEFAULT_DEAD_LETTER_MAXLEN
     log_level: str = "INFO"
     log_format: str = "plain"
 
@@ -131,6 +135,9 @@ class ApiSettings:
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 1_048_576, low=1024),
             max_prompt_chars=_int(env, "MAX_PROMPT_CHARS", 100_000, low=1),
             shutdown_grace_seconds=_float(env, "SHUTDOWN_GRACE_SECONDS", 10.0),
+            dead_letter_maxlen=_int(
+                env, "DEAD_LETTER_MAXLEN", DEFAULT_DEAD_LETTER_MAXLEN, low=0, high=10**9
+            ),
             log_level=_choice(env, "LOG_LEVEL", "INFO", _LOG_LEVELS, upper=True),
             log_format=_choice(env, "LOG_FORMAT", "plain", _LOG_FORMATS),
         )

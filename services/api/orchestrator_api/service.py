@@ -34,14 +34,15 @@ def build_resources(settings: ApiSettings) -> tuple[Broker, TaskStore, str]:
 
         from .store.memory import MemoryTaskStore
 
-        return MemoryBroker(), MemoryTaskStore(settings.cache_ttl_seconds), "in-memory"
+        broker = MemoryBroker(dead_letter_maxlen=settings.dead_letter_maxlen)
+        return broker, MemoryTaskStore(settings.cache_ttl_seconds), "in-memory"
     from orchestrator_broker.redis_streams import RedisStreamsBroker
 
     from .store.redis import RedisTaskStore
 
-    broker = RedisStreamsBroker.from_url(url)
+    redis_broker = RedisStreamsBroker.from_url(url, dead_letter_maxlen=settings.dead_letter_maxlen)
     store = RedisTaskStore.from_url(url, ttl_seconds=settings.cache_ttl_seconds)
-    return broker, store, f"redis {settings.masked_redis_url}"
+    return redis_broker, store, f"redis {settings.masked_redis_url}"
 
 
 async def serve(

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from orchestrator_broker import DEFAULT_DEAD_LETTER_MAXLEN
 from orchestrator_broker import ConfigError as BrokerConfigError
 from orchestrator_broker.redis_settings import RedisSettings
 from orchestrator_telemetry import TelemetrySettings
@@ -89,6 +90,9 @@ class WorkerSettings:
     ``MODEL_PRICES_FILE``        (none)                    the same as a JSON file
                                                            ``{"model": {"input": x, "output":
                                                            y}}``; MODEL_PRICES entries win
+    ``DEAD_LETTER_MAXLEN``       ``10000``                 dead letters kept per stream (the
+                                                           newest; 0 keeps all): each holds
+                                                           its task, prompt included
     ``SHUTDOWN_GRACE_SECONDS``   ``25``                    on SIGTERM, how long in-flight tasks
                                                            may finish before being handed back
     ``DELTA_FLUSH_MS``           ``100``                   answer text is coalesced into one
@@ -130,6 +134,7 @@ class WorkerSettings:
     lease_seconds: float = 30.0
     max_attempts: int = 5
     max_deliveries: int = 6
+    dead_letter_maxlen: int = DEFAULT_DEAD_LETTER_MAXLEN
     retry_base: float = 1.0
     retry_max: float = 60.0
     model_aliases: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict, hash=False)
@@ -175,6 +180,7 @@ class WorkerSettings:
             "lease_seconds": ("LEASE_SECONDS", _seconds(positive=True)),
             "max_attempts": ("MAX_ATTEMPTS", _int_between(1, 999)),
             "max_deliveries": ("MAX_DELIVERIES", _int_between(2, 1_000)),
+            "dead_letter_maxlen": ("DEAD_LETTER_MAXLEN", _int_between(0, 10**9)),
             "retry_base": ("RETRY_BASE_SECONDS", _seconds(positive=False)),
             "retry_max": ("RETRY_MAX_SECONDS", _seconds(positive=False)),
             "model_aliases": ("MODEL_ALIASES", parse_aliases),

@@ -45,7 +45,9 @@ def masked_redis_uri(uri: str) -> str:
 
 def connect_broker(settings: WorkerSettings) -> Broker:
     """The Redis Streams adapter for ``REDIS_URI`` (not yet traced)."""
-    return RedisStreamsBroker.from_url(settings.redis_uri)
+    return RedisStreamsBroker.from_url(
+        settings.redis_uri, dead_letter_maxlen=settings.dead_letter_maxlen
+    )
 
 
 async def serve(
