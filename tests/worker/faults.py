@@ -78,9 +78,10 @@ class RecordingHooks:
 
     retries: list[tuple[str, str, int, float]] = attrs.field(factory=list)
     fallbacks: list[tuple[str, str, str]] = attrs.field(factory=list)
-    deferrals: list[tuple[str, float]] = attrs.field(factory=list)
+    deferrals: list[tuple[str, float, str]] = attrs.field(factory=list)
     dead: list[tuple[str, str]] = attrs.field(factory=list)
     breaker: list[tuple[str, BreakerState, BreakerState]] = attrs.field(factory=list)
+    pauses: list[tuple[str, float, str]] = attrs.field(factory=list)
 
     def retry_scheduled(self, provider: str, error_type: str, attempt: int, delay: float) -> None:
         self.retries.append((provider, error_type, attempt, delay))
@@ -88,14 +89,17 @@ class RecordingHooks:
     def fallback(self, from_provider: str, to_provider: str, error_type: str) -> None:
         self.fallbacks.append((from_provider, to_provider, error_type))
 
-    def deferred(self, provider: str, delay: float) -> None:
-        self.deferrals.append((provider, delay))
+    def deferred(self, provider: str, delay: float, reason: str) -> None:
+        self.deferrals.append((provider, delay, reason))
 
     def dead_lettered(self, reason: str, error_type: str) -> None:
         self.dead.append((reason, error_type))
 
     def breaker_changed(self, provider: str, old: BreakerState, new: BreakerState) -> None:
         self.breaker.append((provider, old, new))
+
+    def provider_paused(self, provider: str, seconds: float, error_type: str) -> None:
+        self.pauses.append((provider, seconds, error_type))
 
 
 def of_attempt(events: Sequence[ResultEvent], attempt: int) -> list[ResultEvent]:

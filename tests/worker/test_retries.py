@@ -361,7 +361,10 @@ async def test_a_circuit_opens_stops_calls_and_half_opens_after_its_cooldown(
         (BreakerState.OPEN, BreakerState.HALF_OPEN),
         (BreakerState.HALF_OPEN, BreakerState.CLOSED),
     ]
-    assert all(provider == "openai" and delay >= 0.05 for provider, delay in hooks.deferrals)
+    assert all(
+        (provider, reason) == ("openai", "circuit_open") and delay >= 0.05
+        for provider, delay, reason in hooks.deferrals
+    )
 
 
 async def test_a_circuit_open_through_the_last_attempt_fails_the_task(

@@ -13,6 +13,13 @@ its alias, or hands it back until the cooldown is over (see ``runner``). In half
 one call probes while the others wait; a probe that ends without a verdict (cancelled,
 worker bug) frees the probe for the next task.
 
+A provider can also *pause* itself: a retryable failure that carries the provider's own
+wait (``Retry-After``, rate-limit reset headers) stops every call to it until that wait is
+over (``pause``), whatever the circuit's state, so the other tasks of this process do not
+hit the same rate limit. A longer hint extends the pause, a shorter one never shortens it,
+and hints are cut to ``retry.MAX_HINT_SECONDS``. Calls in flight run on. While paused,
+tasks are treated as for an open circuit; ``hold()`` says which of the two holds them back.
+
 State is per worker process (each process learns on its own; no coordination through the
 broker), and only outcomes of calls admitted in the current state count: a stream that
 began before the circuit opened and ends after does not close it.
@@ -22,12 +29,24 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import time
 from collections.abc import Callable
 
-__all__ = ["BreakerCall", "BreakerState", "CircuitBreaker"]
+import attrs
+
+from .retry import MAX_HINT_SECONDS
+
+__all__ = ["CIRCUIT_OPEN", "PAUSED", "BreakerCall", "BreakerState", "CircuitBreaker", "Hold"]
 
 log = logging.getLogger(__name__)
+
+#: ``Hold.reason`` values (also the ``reason`` of deferrals and fallbacks in metrics).
+CIRCUIT_OPEN = "circuit_open"
+PAUSED = "paused"
+#: A pause extended by less than this is not news: concurrent calls rejected together bring
+#: hints a few milliseconds apart, and only the first is logged and reported.
+_NOTABLE_EXTENSION = 1.0
 
 
 class BreakerState(enum.StrEnum):
@@ -38,6 +57,17 @@ class BreakerState(enum.StrEnum):
 
 #: Called on every state change: (provider, old state, new state).
 StateListener = Callable[[str, BreakerState, BreakerState], None]
+#: Called when a pause begins or grows notably: (provider, seconds it lasts, error type).
+PauseListener = Callable[[str, float, str], None]
+
+
+@attrs.frozen
+class Hold:
+    """Why a provider takes no call now (``PAUSED`` or ``CIRCUIT_OPEN``), and for how many
+    more seconds."""
+
+    reason: str
+    seconds: float
 
 
 class CircuitBreaker:
@@ -51,12 +81,15 @@ class CircuitBreaker:
         cooldown: float,
         clock: Callable[[], float] = time.monotonic,
         on_change: StateListener | None = None,
+        on_pause: PauseListener | None = None,
     ) -> None:
         self.name = name
         self.threshold = failures
         self.cooldown = cooldown
         self._clock = clock
         self._on_change = on_change
+        self._on_pause = on_pause
+        self._paused_until = -math.inf  # clock() time; no call is admitted before it
         self._state = BreakerState.CLOSED
         self._generation = 0  # bumped on every state change: stale outcomes are ignored
         self._failures = 0
@@ -64,11 +97,14 @@ class CircuitBreaker:
         self._probing = False
         #: The ``error.type`` of the last failure that counted (for reports).
         self.last_error: str | None = None
+        #: The ``error.type`` of the failure that set the current pause (for reports).
+        self.paused_by: str | None = None
 
     @property
     def state(self) -> BreakerState:
-        """The state now (an open circuit past its cooldown reads ``half_open``)."""
-        if self._state is BreakerState.OPEN and self.retry_in() == 0.0:
+        """The state now (an open circuit past its cooldown reads ``half_open``; a pause is
+        not a state: see ``paused_for``)."""
+        if self._state is BreakerState.OPEN and self._circuit_wait() == 0.0:
             return BreakerState.HALF_OPEN
         return self._state
 
@@ -77,8 +113,52 @@ class CircuitBreaker:
         return self._failures
 
     def retry_in(self) -> float:
-        """0 if a call may go out now; else seconds until one may (the rest of the cooldown,
-        or, while a probe runs, a whole cooldown: the probe's verdict decides)."""
+        """0 if a call may go out now; else seconds until one may (see ``hold``)."""
+        hold = self.hold()
+        return 0.0 if hold is None else hold.seconds
+
+    def hold(self) -> Hold | None:
+        """None if a call may go out now; else what holds calls back and for how long: the
+        rest of a pause, or of the cooldown (while a probe runs, a whole cooldown: the
+        probe's verdict decides), whichever is longer."""
+        paused = self.paused_for()
+        circuit = self._circuit_wait()
+        if paused <= 0.0 and circuit <= 0.0:
+            return None
+        if paused >= circuit:
+            return Hold(PAUSED, paused)
+        return Hold(CIRCUIT_OPEN, circuit)
+
+    def paused_for(self) -> float:
+        """Seconds left of the provider's pause (0 if it is not paused)."""
+        return max(0.0, self._paused_until - self._clock())
+
+    def pause(self, seconds: float, error_type: str) -> float:
+        """The provider asked for ``seconds`` without calls (``Retry-After`` on a failure of
+        ``error_type``): admit none until then. Only ever extends the pause. The seconds the
+        pause lasts now if this hint began or extended it, else 0."""
+        if not seconds > 0.0:  # also NaN
+            return 0.0
+        now = self._clock()
+        until = now + min(seconds, MAX_HINT_SECONDS)
+        previous = self._paused_until
+        if until <= previous:
+            return 0.0
+        self._paused_until = until
+        self.paused_by = error_type
+        lasts = until - now
+        if previous <= now or until - previous >= _NOTABLE_EXTENSION:
+            log.info(
+                "provider %s asked to wait (%s): no calls to it from this worker for %.2f s",
+                self.name,
+                error_type,
+                lasts,
+            )
+            if self._on_pause is not None:
+                self._on_pause(self.name, lasts, error_type)
+        return lasts
+
+    def _circuit_wait(self) -> float:
         if self._state is BreakerState.CLOSED:
             return 0.0
         if self._state is BreakerState.HALF_OPEN:
@@ -86,10 +166,13 @@ class CircuitBreaker:
         return max(0.0, self._opened_at + self.cooldown - self._clock())
 
     def admit(self) -> BreakerCall | None:
-        """A call may go out: its handle, to report the outcome on. None while open."""
+        """A call may go out: its handle, to report the outcome on. None while open or
+        paused."""
+        if self.paused_for() > 0.0:
+            return None
         if self._state is BreakerState.CLOSED:
             return BreakerCall(self, self._generation, probe=False)
-        if self.retry_in() > 0.0:
+        if self._circuit_wait() > 0.0:
             return None
         if self._state is BreakerState.OPEN:
             self._change(BreakerState.HALF_OPEN)

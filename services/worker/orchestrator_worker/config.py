@@ -71,8 +71,9 @@ class WorkerSettings:
     ``RETRY_BASE_SECONDS``       ``1``                     backoff of a retryable failure:
     ``RETRY_MAX_SECONDS``        ``60``                    random in 0..min(max, base*2^(n-1))
                                                            after attempt n, plus any wait the
-                                                           provider asked for (Retry-After); see
-                                                           ``retry``
+                                                           provider asked for (Retry-After),
+                                                           which also pauses the provider for
+                                                           every task; see ``retry``, ``breaker``
     ``MODEL_ALIASES``            (none)                    ``fast=openai/gpt-4o-mini|gemini/
                                                            gemini-2.0-flash,smart=openai/gpt-4o``:
                                                            names for model lists, later ones the

@@ -1,9 +1,9 @@
 """Where the worker's fault handling tells the outside what it decided: one place to count.
 
-``WorkerHooks`` receives every retry, fallback, deferral, dead letter and circuit breaker
-change (metrics implement it; ``Worker(..., hooks=...)``). Calls are synchronous and happen
-on the event loop in the middle of task handling: implementations must be quick and must
-not raise (an exception is logged and otherwise ignored).
+``WorkerHooks`` receives every retry, fallback, deferral, dead letter, circuit breaker
+change and provider pause (metrics implement it; ``Worker(..., hooks=...)``). Calls are
+synchronous and happen on the event loop in the middle of task handling: implementations
+must be quick and must not raise (an exception is logged and otherwise ignored).
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ class WorkerHooks(Protocol):
 
     def fallback(self, from_provider: str, to_provider: str, error_type: str) -> None:
         """A task of an alias moved from one target to the next within its attempt
-        (``error_type`` is ``circuit_open`` when the first one was not even tried)."""
+        (``error_type`` is ``circuit_open`` or ``paused`` when the first one was not even
+        tried)."""
 
-    def deferred(self, provider: str, delay: float) -> None:
+    def deferred(self, provider: str, delay: float, reason: str) -> None:
         """A task was handed back untried for ``delay`` seconds: its provider's circuit is
-        open and its alias has no other target."""
+        open (``reason`` ``circuit_open``) or the provider is paused (``paused``), and its
+        alias has no other target."""
 
     def dead_lettered(self, reason: str, error_type: str) -> None:
         """A task ran out of attempts and went to the dead-letter stream (``reason``); its
@@ -39,6 +41,10 @@ class WorkerHooks(Protocol):
 
     def breaker_changed(self, provider: str, old: BreakerState, new: BreakerState) -> None:
         """``provider``'s circuit went from ``old`` to ``new``."""
+
+    def provider_paused(self, provider: str, seconds: float, error_type: str) -> None:
+        """``provider`` failed with ``error_type`` and asked for a wait (``Retry-After``):
+        no calls to it for ``seconds`` (a pause that began, or grew by a second or more)."""
 
 
 class NoHooks:
@@ -50,13 +56,16 @@ class NoHooks:
     def fallback(self, from_provider: str, to_provider: str, error_type: str) -> None:
         pass
 
-    def deferred(self, provider: str, delay: float) -> None:
+    def deferred(self, provider: str, delay: float, reason: str) -> None:
         pass
 
     def dead_lettered(self, reason: str, error_type: str) -> None:
         pass
 
     def breaker_changed(self, provider: str, old: BreakerState, new: BreakerState) -> None:
+        pass
+
+    def provider_paused(self, provider: str, seconds: float, error_type: str) -> None:
         pass
 
 
@@ -81,9 +90,9 @@ class _SafeHooks:
         except Exception:
             log.exception("hook fallback failed")
 
-    def deferred(self, provider: str, delay: float) -> None:
+    def deferred(self, provider: str, delay: float, reason: str) -> None:
         try:
-            self._hooks.deferred(provider, delay)
+            self._hooks.deferred(provider, delay, reason)
         except Exception:
             log.exception("hook deferred failed")
 
@@ -98,6 +107,12 @@ class _SafeHooks:
             self._hooks.breaker_changed(provider, old, new)
         except Exception:
             log.exception("hook breaker_changed failed")
+
+    def provider_paused(self, provider: str, seconds: float, error_type: str) -> None:
+        try:
+            self._hooks.provider_paused(provider, seconds, error_type)
+        except Exception:
+            log.exception("hook provider_paused failed")
 
 
 def safe_hooks(hooks: WorkerHooks | None) -> WorkerHooks:

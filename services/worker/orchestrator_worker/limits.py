@@ -1,4 +1,5 @@
-"""Per-provider guards: a concurrency limit and a circuit breaker for each provider.
+"""Per-provider guards: a concurrency limit and a circuit breaker for each provider (the
+breaker also holds the pause a provider asks for with ``Retry-After``: see ``breaker``).
 
 ``PROVIDER_CONCURRENCY="openai=50,gemini=20"`` caps the calls one worker process has open
 at once to each listed provider (unlisted providers: no cap beyond ``NUMBER_OF_WORKERS``).
@@ -13,7 +14,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from .breaker import CircuitBreaker, StateListener
+from .breaker import CircuitBreaker, PauseListener, StateListener
 from .errors import ConfigError
 
 __all__ = ["ProviderGuard", "ProviderGuards", "parse_concurrency"]
@@ -81,12 +82,14 @@ class ProviderGuards:
         breaker_cooldown: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         on_breaker_change: StateListener | None = None,
+        on_pause: PauseListener | None = None,
     ) -> None:
         self._limits = dict(concurrency or {})
         self._failures = breaker_failures
         self._cooldown = breaker_cooldown
         self._clock = clock
         self._on_change = on_breaker_change
+        self._on_pause = on_pause
         self._guards: dict[str, ProviderGuard] = {}
 
     def __getitem__(self, provider: str) -> ProviderGuard:
@@ -98,13 +101,15 @@ class ProviderGuards:
                 cooldown=self._cooldown,
                 clock=self._clock,
                 on_change=self._on_change,
+                on_pause=self._on_pause,
             )
             guard = self._guards[provider] = ProviderGuard(breaker, self._limits.get(provider))
         return guard
 
     @property
     def guards(self) -> dict[str, ProviderGuard]:
-        """The guards made so far, by provider (for metrics: breaker state, calls in flight)."""
+        """The guards made so far, by provider (for metrics: breaker state, pause, calls in
+        flight)."""
         return dict(self._guards)
 
     def check(self, providers: Iterable[str]) -> None:

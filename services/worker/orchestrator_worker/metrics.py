@@ -15,7 +15,7 @@ later). Latency histograms carry the task's trace id as exemplars: the delivery'
 ``process`` span is current while a task is handled.
 
 ``WorkerMetrics`` also satisfies ``hooks.WorkerHooks`` (retries, fallbacks, deferrals, dead
-letters, breaker changes). Every method is a few dict lookups and additions.
+letters, breaker changes, pauses). Every method is a few dict lookups and additions.
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ class WorkerMetrics:
         )
         self.requeued = registry.counter(
             "orchestrator_worker_tasks_requeued_total",
-            "Tasks handed back without an outcome, by reason (circuit_open: deferred untried; "
-            "broker_error: an event could not be published; shutdown).",
+            "Tasks handed back without an outcome, by reason (circuit_open, paused: deferred "
+            "untried; broker_error: an event could not be published; shutdown).",
             ("reason",),
         )
         self.fallbacks = registry.counter(
@@ -228,8 +228,8 @@ class WorkerMetrics:
     def fallback(self, from_provider: str, to_provider: str, error_type: str) -> None:
         self.fallbacks.labels(from_provider, to_provider, error_type).inc()
 
-    def deferred(self, provider: str, delay: float) -> None:
-        self.requeued.labels("circuit_open").inc()
+    def deferred(self, provider: str, delay: float, reason: str) -> None:
+        self.requeued.labels(reason).inc()
 
     def dead_lettered(self, reason: str, error_type: str) -> None:
         self.dead_letters.labels(error_type).inc()
@@ -237,6 +237,11 @@ class WorkerMetrics:
     def breaker_changed(self, provider: str, old: str, new: str) -> None:
         self.breaker_state.labels(provider).set(BREAKER_STATES.get(str(new), -1.0))
         self.breaker_transitions.labels(provider, str(new)).inc()
+
+    def provider_paused(self, provider: str, seconds: float, error_type: str) -> None:
+        # Counted where it shows: the tasks it holds back (requeued{reason="paused"},
+        # fallbacks{error_type="paused"}); the pause itself is a log line and a span event.
+        pass
 
     # ---- scrape-time collection -----------------------------------------------------------
 

@@ -13,6 +13,8 @@ provider's hint the task waits *at least* that long, and the jitter on top keeps
 tasks told ``Retry-After: 2`` from all coming back in the same millisecond. ``Overloaded``
 (HTTP 529) backs off one step further than other server errors. A hint is honoured up to
 ``MAX_HINT_SECONDS`` (an hour): past that it is a misconfigured proxy, not a rate limit.
+The same hint also pauses the provider for every task of the process (``breaker``), so the
+other tasks wait too instead of collecting a rate limit each.
 """
 
 from __future__ import annotations
@@ -59,9 +61,9 @@ class RetryPolicy:
         return min(hint, MAX_HINT_SECONDS) + backoff
 
     def deferral(self, remaining: float) -> float:
-        """Seconds to hand a task back for while its provider's circuit is open for
-        ``remaining`` more seconds: that, plus up to a quarter more (so the tasks held back
-        do not all return at the instant the circuit half-opens), and never less than
-        a twentieth of a second."""
+        """Seconds to hand a task back for while its provider's circuit is open (or the
+        provider paused) for ``remaining`` more seconds: that, plus up to a quarter more (so
+        the tasks held back do not all return at the instant the circuit half-opens), and
+        never less than a twentieth of a second."""
         remaining = max(remaining, 0.05)
         return remaining + self.uniform(0.0, remaining / 4)

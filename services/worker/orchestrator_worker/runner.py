@@ -28,6 +28,12 @@ The outcomes, and how the delivery is settled:
 - the provider's circuit is open (``breaker``): the alias's next target, if any; else the
   task is handed back untried for the rest of the cooldown (with jitter), or, on its last
   attempt, fails like an exhausted retry (error type: what tripped the circuit);
+- the provider is paused: a rate limit (429), an overload (529) or a 503 carrying the
+  provider's wait (``Retry-After``, rate-limit reset headers) stops this process's calls to
+  it until then (``breaker``), so
+  that other tasks do not collect the same rate limit; its tasks are handled as for an open
+  circuit (fallback ``paused``, else handed back untried until the pause is over, with
+  jitter; on the last attempt they fail with the error type that paused it);
 - any other exception, in the provider or in the worker itself: ``failed`` (``internal``,
   with a message naming at most the exception class: no text, no traceback, which go to the
   log), ack;
@@ -40,7 +46,8 @@ Every hand-back raises the delivery count, which is the attempt number: deferral
 open circuit and shutdown hand-backs use up attempts too, so ``MAX_ATTEMPTS`` bounds how
 long a task can go round. Each decision is a span event on the delivery's ``process`` span
 (``orchestrator.retry``, ``orchestrator.fallback``, ``orchestrator.deferred``,
-``orchestrator.attempts_exhausted``) and a call on ``WorkerHooks`` (for metrics).
+``orchestrator.paused``, ``orchestrator.attempts_exhausted``) and a call on ``WorkerHooks``
+(for metrics).
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ from orchestrator_broker import (
     LeaseLost,
 )
 
-from .breaker import BreakerCall
+from .breaker import CIRCUIT_OPEN, PAUSED, BreakerCall, Hold
 from .deadlines import Deadlines
 from .events import AttemptEvents, FlushClock
 from .hooks import WorkerHooks, safe_hooks
@@ -77,6 +84,7 @@ from .providers import (
     Overloaded,
     ProviderError,
     ProviderRegistry,
+    RateLimited,
     Route,
 )
 from .retry import RetryPolicy
@@ -162,6 +170,13 @@ class _Failed:
     retryable: bool
     retry_after: float | None = None
     harder: bool = False  # back off one step more (overloaded)
+
+
+def _pauses_provider(exc: ProviderError) -> bool:
+    """Whether ``exc``'s wait holds for the whole provider: a rate limit, an overload, or a
+    503. Other failures (a 500, a cut stream) may carry rate-limit reset headers that every
+    answer has (OpenAI's ``x-ratelimit-reset-*``), which say nothing about the next call."""
+    return isinstance(exc, RateLimited | Overloaded) or exc.status == 503
 
 
 #: How a delivery ends: one of its settling calls, ready to run (and re-run) by ``_settle``.
@@ -285,28 +300,30 @@ class TaskRunner:
                 self._metrics.task_failed(None, None, exc.type, submitted_at=task.submitted_at)
             return delivery.ack
         last: _Failed | None = None  # the last target that failed retryably
-        blocked: list[tuple[str, float]] = []  # (provider, seconds) of open circuits skipped
+        blocked: list[tuple[str, Hold]] = []  # providers skipped: open circuit or paused
         begun = False
         began = 0.0  # monotonic start of the first call of this attempt
         metrics = self._metrics
         for route in routes:
             name = route.provider.name
             guard = self._guards[name]
-            wait = guard.breaker.retry_in()
-            if wait > 0:
-                blocked.append((name, wait))
+            hold = guard.breaker.hold()
+            if hold is not None:
+                blocked.append((name, hold))
                 continue
             if last is not None:
                 if not events.discard_text():
                     break  # text of the failed target went out: only a new attempt voids it
                 self._fell_back(task, last.provider, name, last.error.type)
             elif blocked:
-                self._fell_back(task, blocked[-1][0], name, "circuit_open")
+                skipped, held = blocked[-1]
+                remaining = held.seconds if held.reason == PAUSED else None
+                self._fell_back(task, skipped, name, held.reason, remaining)
             await guard.acquire()  # (plain calls: this runs for every task)
             try:
                 call = guard.breaker.admit()
-                if call is None:  # opened (or a probe began) while this task waited
-                    blocked.append((name, guard.breaker.retry_in()))
+                if call is None:  # opened, paused or probing since, while this task waited
+                    blocked.append((name, guard.breaker.hold() or Hold(CIRCUIT_OPEN, 0.0)))
                     continue
                 events.provider, events.model = name, route.model
                 if not begun:
@@ -353,12 +370,23 @@ class TaskRunner:
             return await self._defer(task, events, delivery, blocked)
         return await self._retry_later(task, events, delivery, last)
 
-    def _fell_back(self, task: TaskMessage, old: str, new: str, reason: str) -> None:
-        log.info("task %s: %s -> %s (%s)", task.task_id, old, new, reason)
-        _span_event(
-            "orchestrator.fallback",
-            {"orchestrator.from": old, "orchestrator.to": new, "error.type": reason},
-        )
+    def _fell_back(
+        self, task: TaskMessage, old: str, new: str, reason: str, paused: float | None = None
+    ) -> None:
+        """Record a move to the next target (``paused``: the seconds left of ``old``'s
+        pause, when that is why it was skipped)."""
+        attributes: dict[str, Any] = {
+            "orchestrator.from": old,
+            "orchestrator.to": new,
+            "error.type": reason,
+        }
+        if paused is not None:
+            # The pause itself was logged once (breaker); its tasks go to traces and metrics.
+            log.debug("task %s: %s -> %s (%s)", task.task_id, old, new, reason)
+            attributes["orchestrator.pause.remaining"] = paused
+        else:
+            log.info("task %s: %s -> %s (%s)", task.task_id, old, new, reason)
+        _span_event("orchestrator.fallback", attributes)
         self._hooks.fallback(old, new, reason)
 
     async def _retry_later(
@@ -403,39 +431,51 @@ class TaskRunner:
         task: TaskMessage,
         events: AttemptEvents,
         delivery: Delivery,
-        blocked: list[tuple[str, float]],
+        blocked: list[tuple[str, Hold]],
     ) -> _Settle:
-        """Every target's circuit is open: hand the task back untried, or give up."""
-        provider, wait = min(blocked, key=lambda item: item[1])
+        """Every target's circuit is open or its provider paused: hand the task back
+        untried until the first of them takes calls again, or give up."""
+        provider, hold = min(blocked, key=lambda item: item[1].seconds)
+        paused = hold.reason == PAUSED
         attempt = events.attempt
         if self._retry.exhausted(attempt):
             breaker = self._guards[provider].breaker
-            kind = breaker.last_error or "unavailable"
-            message = (
-                f"gave up after {attempt} attempt(s): provider {provider} keeps failing "
-                f"({kind}) and its circuit is open"
-            )
+            if paused:
+                kind = breaker.paused_by or "rate_limit"
+                message = (
+                    f"gave up after {attempt} attempt(s): provider {provider} asked to wait "
+                    f"({kind}) and is paused for {hold.seconds:.1f} s more"
+                )
+            else:
+                kind = breaker.last_error or "unavailable"
+                message = (
+                    f"gave up after {attempt} attempt(s): provider {provider} keeps failing "
+                    f"({kind}) and its circuit is open"
+                )
             events.model = task.model
             error = ErrorInfo(type=kind, message=message)
             return await self._give_up(task, events, delivery, error)
-        delay = self._retry.deferral(wait)
-        log.info(
-            "task %s attempt %d: circuit of %s open; handed back for %.2f s",
+        delay = self._retry.deferral(hold.seconds)
+        # A paused provider was logged once, when it paused; its tasks only at DEBUG.
+        log.log(
+            logging.DEBUG if paused else logging.INFO,
+            "task %s attempt %d: %s %s; handed back for %.2f s",
             task.task_id,
             attempt,
             provider,
+            "paused" if paused else "circuit open",
             delay,
         )
-        _span_event(
-            "orchestrator.deferred",
-            {
-                "orchestrator.attempt": attempt,
-                "orchestrator.retry.delay": delay,
-                "orchestrator.retry.reason": "circuit_open",
-                "orchestrator.provider": provider,
-            },
-        )
-        self._hooks.deferred(provider, delay)
+        attributes: dict[str, Any] = {
+            "orchestrator.attempt": attempt,
+            "orchestrator.retry.delay": delay,
+            "orchestrator.retry.reason": hold.reason,
+            "orchestrator.provider": provider,
+        }
+        if paused:
+            attributes["orchestrator.pause.remaining"] = hold.seconds
+        _span_event("orchestrator.deferred", attributes)
+        self._hooks.deferred(provider, delay, hold.reason)
         return lambda: delivery.nack(delay)
 
     async def _crashed_too_often(
@@ -502,6 +542,8 @@ class TaskRunner:
             log.info("task %s: %s failed: %s: %s", task.task_id, name, exc.type, exc.message)
             if exc.retryable:
                 call.failed(exc.type)
+                if exc.retry_after is not None and _pauses_provider(exc):
+                    self._pause(name, exc.retry_after, exc.type)
             elif exc.status is not None:
                 call.succeeded()  # the provider is up: it answered, with a refusal
             return _Failed(
@@ -531,6 +573,20 @@ class TaskRunner:
         finally:
             call.release()  # no verdict unless one was given above
         return finish
+
+    def _pause(self, provider: str, seconds: float, error_type: str) -> None:
+        """The provider asked for ``seconds`` without calls: pause it for every task (the
+        breaker logs it and tells the hooks); the task that heard it records it."""
+        lasts = self._guards[provider].breaker.pause(seconds, error_type)
+        if lasts > 0:
+            _span_event(
+                "orchestrator.paused",
+                {
+                    "orchestrator.provider": provider,
+                    "orchestrator.pause.seconds": lasts,
+                    "error.type": error_type,
+                },
+            )
 
     async def _reject(self, delivery: Delivery, exc: InvalidTask) -> None:
         reason = f"invalid task: {exc.reason}"[:_MAX_REASON]

@@ -77,11 +77,12 @@ class Worker:
     ``delivery_context`` wraps the handling of each delivery (telemetry passes one that makes
     the delivery's ``process`` span current, so result events join the task's trace).
     ``started_after``: how long an attempt without text runs before its ``started`` event is
-    written (see ``events``). ``hooks`` hear every retry, fallback, deferral, dead letter and
-    circuit breaker change (for metrics; ``guards`` exposes breaker states and calls in
-    flight per provider). ``metrics`` count outcomes, model calls, tokens, cost, latency,
-    in-flight tasks, breaker states and the tasks queue (they also serve as ``hooks`` when
-    none are given); serve them with ``service`` or ``orchestrator_telemetry.metrics_http``.
+    written (see ``events``). ``hooks`` hear every retry, fallback, deferral, dead letter,
+    circuit breaker change and provider pause (for metrics; ``guards`` exposes breaker states,
+    pauses and calls in flight per provider). ``metrics`` count outcomes, model calls, tokens,
+    cost, latency, in-flight tasks, breaker states and the tasks queue (they also serve as
+    ``hooks`` when none are given); serve them with ``service`` or
+    ``orchestrator_telemetry.metrics_http``.
 
     Raises ``ConfigError`` (naming the variable) for model aliases or provider limits that
     do not fit ``providers``.
@@ -120,6 +121,7 @@ class Worker:
             breaker_failures=settings.breaker_failures,
             breaker_cooldown=settings.breaker_cooldown,
             on_breaker_change=self._hooks.breaker_changed,
+            on_pause=self._hooks.provider_paused,
         )
         # (serve() checks the default model too; an embedding caller may route every task)
         check_settings(settings, self._providers, default_model=False)

@@ -15,7 +15,9 @@ Task parameters it understands:
   watch an answer stream in.
 - ``fail`` (string): fail after the latency with this error type (``rate_limit``,
   ``timeout``, ``server_error``, ``unavailable``, ``invalid_request``, ``authentication``,
-  ``content_filter``), to exercise error paths end to end.
+  ``content_filter``), to exercise error paths end to end. Retryable ones carry a 1 s
+  ``Retry-After`` which, as from a real provider, pauses echo for that second for every
+  task of the worker process (see ``breaker``).
 
 Usage is approximate: tokens are counted as whitespace-separated words (input: system and
 prompt; output: the answer).
