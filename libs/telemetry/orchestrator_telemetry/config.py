@@ -237,8 +237,8 @@ def _parse_compression(environ: Mapping[str, str]) -> Compression:
     raise TelemetryConfigError(name, f"expected none, gzip or deflate, got {raw!r}")
 
 
-def _redact(url: str) -> str:
-    """``url`` without credentials or query string, fit for a log line."""
+def redact_url(url: str) -> str:
+    """``url`` without userinfo (credentials) or query string, fit for a log line."""
     parts = urlsplit(url)
     netloc = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
@@ -334,4 +334,4 @@ class TelemetrySettings:
             return "off (OTEL_SDK_DISABLED=true)"
         if self.traces_endpoint is None:
             return f"off ({self.endpoint_source or 'no OTLP endpoint configured'})"
-        return f"{_redact(self.traces_endpoint)} (from {self.endpoint_source})"
+        return f"{redact_url(self.traces_endpoint)} (from {self.endpoint_source})"

@@ -5,6 +5,10 @@ It builds the tracer provider (resource, sampler, OTLP/HTTP exporter behind a
 ``trace.get_tracer`` use that), and returns a ``Telemetry`` whose ``shutdown()`` flushes what
 is still buffered. Call ``shutdown()`` (or ``await aclose()``) when the service stops.
 
+While the collector is unreachable, one warning says spans are being dropped and why, the
+SDK's own export errors are logged at most once a minute (``log_throttle``), and one info
+line says when the collector is back and what was lost (``export_health``).
+
 Without an endpoint (and no exporter passed in) the provider is a ``ContextOnlyTracerProvider``:
 spans get real trace ids and the configured sampler's flags, so context crosses the broker and
 responses can name their trace, but nothing is recorded (recording spans only to drop them
@@ -22,6 +26,7 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import attrs
+import requests
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -36,8 +41,10 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 
-from .config import TelemetrySettings
+from .config import TelemetrySettings, redact_url
 from .context_only import ContextOnlyTracerProvider
+from .export_health import ExportHealth, problem_noting_session
+from .log_throttle import acquire_sdk_throttle, release_sdk_throttle
 
 _log = logging.getLogger(__name__)
 
@@ -77,8 +84,13 @@ def build_resource(settings: TelemetrySettings) -> Resource:
     )
 
 
-def build_exporter(settings: TelemetrySettings) -> OTLPSpanExporter | None:
-    """The OTLP/HTTP span exporter for ``settings``, or None when tracing is not exported."""
+def build_exporter(
+    settings: TelemetrySettings, *, session: requests.Session | None = None
+) -> OTLPSpanExporter | None:
+    """The OTLP/HTTP span exporter for ``settings``, or None when tracing is not exported.
+
+    ``session`` is the ``requests`` session it sends with (None: the SDK's choice).
+    """
     if not settings.exporting or settings.traces_endpoint is None:
         return None
     return OTLPSpanExporter(
@@ -86,6 +98,7 @@ def build_exporter(settings: TelemetrySettings) -> OTLPSpanExporter | None:
         headers=dict(settings.headers),
         timeout=settings.timeout,
         compression=_COMPRESSION[settings.compression],
+        session=session,
     )
 
 
@@ -96,17 +109,24 @@ class _BoundedExporter(SpanExporter):
     ``force_flush`` does not bound that; a service stopping while the collector is down
     would hang in shutdown. ``Telemetry.shutdown`` aborts the exporter when its own timeout
     runs out, and later batches are dropped without a log line each.
+
+    Each export's result goes to ``health``, which logs when batches start being dropped
+    and when they are delivered again; results after ``abort()`` are not the collector's.
     """
 
-    def __init__(self, inner: SpanExporter) -> None:
+    def __init__(self, inner: SpanExporter, health: ExportHealth) -> None:
         self.inner = inner
+        self.health = health
         self._aborted = threading.Event()
         self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._aborted.is_set():
             return SpanExportResult.FAILURE
-        return self.inner.export(spans)
+        result = self.inner.export(spans)
+        if not self._aborted.is_set():
+            self.health.observe(result, len(spans))
+        return result
 
     def abort(self) -> None:
         with self._lock:
@@ -129,6 +149,8 @@ class Telemetry:
     settings: TelemetrySettings
     tracer_provider: trace.TracerProvider
     exporter: SpanExporter | None = None
+    #: Whether this telemetry holds the shared throttle on the SDK's export loggers.
+    _throttles_sdk_logs: bool = attrs.field(default=False, alias="throttles_sdk_logs")
     _closed: bool = attrs.field(default=False, init=False)
 
     @property
@@ -146,6 +168,11 @@ class Telemetry:
         return True
 
     @property
+    def export_health(self) -> ExportHealth | None:
+        """Whether batches reach the collector now and what was dropped; None if not exporting."""
+        return self.exporter.health if isinstance(self.exporter, _BoundedExporter) else None
+
+    @property
     def endpoint_for_log(self) -> str:
         """Where spans go, fit for a startup log line (see ``TelemetrySettings``)."""
         return self.settings.endpoint_for_log
@@ -160,6 +187,13 @@ class Telemetry:
         if self._closed:
             return
         self._closed = True
+        try:
+            self._shutdown_provider(timeout)
+        finally:
+            if self._throttles_sdk_logs:
+                release_sdk_throttle()
+
+    def _shutdown_provider(self, timeout: float) -> None:
         if not isinstance(self.tracer_provider, TracerProvider):
             return
         timer: threading.Timer | None = None
@@ -209,14 +243,38 @@ def setup_telemetry(
             resource=build_resource(settings),
             sampler=build_sampler(settings.sampler, settings.sampler_arg),
         )
-        exporter = exporter or build_exporter(settings)
+        exporter = _watched_exporter(settings, exporter)
         if exporter is not None:
-            exporter = _BoundedExporter(exporter)
             sdk_provider.add_span_processor(BatchSpanProcessor(exporter))
         provider = sdk_provider
     if set_global:
         _set_global(provider)
-    return Telemetry(settings=settings, tracer_provider=provider, exporter=exporter)
+    return Telemetry(
+        settings=settings,
+        tracer_provider=provider,
+        exporter=exporter,
+        throttles_sdk_logs=exporter is not None,
+    )
+
+
+def _watched_exporter(
+    settings: TelemetrySettings, exporter: SpanExporter | None
+) -> _BoundedExporter | None:
+    """``exporter`` (or the OTLP one ``settings`` describe), bounded and health-watched.
+
+    Installs the SDK log throttle (shared; ``Telemetry.shutdown`` releases it).
+    """
+    session = None
+    if exporter is None:
+        session = problem_noting_session()
+        exporter = build_exporter(settings, session=session)
+        if exporter is None:
+            return None
+        endpoint = redact_url(settings.traces_endpoint or "")
+    else:
+        endpoint = type(exporter).__name__
+    health = ExportHealth(endpoint, session=session, throttle=acquire_sdk_throttle())
+    return _BoundedExporter(exporter, health)
 
 
 def _set_global(provider: trace.TracerProvider) -> None:
