@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from orchestrator_broker import MemoryBroker
@@ -27,7 +25,6 @@ from orchestrator_worker.breaker import (
 )
 from orchestrator_worker.limits import ProviderGuards
 from orchestrator_worker.metrics import WorkerMetrics
-from orchestrator_worker.providers import ProviderRegistry
 from orchestrator_worker.retry import MAX_HINT_SECONDS
 from tests.support.fake_llm import RecordedRequest, Reply
 from tests.worker.faults import (
@@ -41,7 +38,6 @@ from tests.worker.faults import (
 from tests.worker.support import (
     RESULTS,
     TASKS,
-    RunningWorker,
     collect,
     settings,
     settled,
@@ -196,32 +192,6 @@ def test_tasks_held_back_by_a_pause_are_requeued_with_their_reason_in_metrics() 
 
 
 # -- real workers, a fake LLM over HTTP ---------------------------------------------------
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[TimedFakeLLM]:
-    async with TimedFakeLLM() as server:
-        yield server
-
-
-@pytest.fixture
-async def start(
-    broker: MemoryBroker, worker_factory, fake: TimedFakeLLM
-) -> AsyncIterator[Callable[..., Awaitable[RunningWorker]]]:
-    """``await start(**settings)``: a worker with echo, openai and gemini (on ``fake``);
-    stopped, and its providers closed, at teardown."""
-    running: list[tuple[RunningWorker, ProviderRegistry]] = []
-
-    async def start_one(**overrides: Any) -> RunningWorker:
-        providers = llm_registry(fake)
-        worker = await worker_factory(broker, providers=providers, **overrides)
-        running.append((worker, providers))
-        return worker
-
-    yield start_one
-    for worker, providers in running:
-        await worker.stop(force=True)
-        await providers.close()
 
 
 async def test_a_rate_limit_pauses_the_provider_for_the_other_tasks_of_the_worker(
@@ -383,15 +353,6 @@ async def test_calls_rejected_together_pause_the_provider_once_with_one_log_line
 
 
 # -- traces -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def spans() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield provider, exporter
-    provider.shutdown()
 
 
 def events_named(span: ReadableSpan, name: str) -> list[dict[str, Any]]:

@@ -4,7 +4,6 @@ breakers, per-provider concurrency limits and cost."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ from orchestrator_broker import ConsumeOptions, MemoryBroker
 from orchestrator_worker.breaker import BreakerState
 from orchestrator_worker.messages import Usage
 from orchestrator_worker.pricing import Price
-from orchestrator_worker.providers import ProviderRegistry, ServerError
+from orchestrator_worker.providers import ServerError
 from tests.support.fake_llm import RecordedRequest, Reply
 from tests.worker.faults import (
     FAIL,
@@ -23,14 +22,12 @@ from tests.worker.faults import (
     RecordingHooks,
     S,
     TimedFakeLLM,
-    llm_registry,
     of_attempt,
     streamed,
 )
 from tests.worker.support import (
     TASKS,
     FakeProvider,
-    RunningWorker,
     collect,
     kinds,
     registry,
@@ -40,32 +37,6 @@ from tests.worker.support import (
 )
 
 MINI = "openai/gpt-4o-mini"
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[TimedFakeLLM]:
-    async with TimedFakeLLM() as server:
-        yield server
-
-
-@pytest.fixture
-async def start(
-    broker: MemoryBroker, worker_factory, fake: TimedFakeLLM
-) -> AsyncIterator[Callable[..., Awaitable[RunningWorker]]]:
-    """``await start(read_timeout=..., **settings)``: a worker with echo, openai and gemini
-    (on ``fake``); stopped, and its providers closed, at teardown."""
-    running: list[tuple[RunningWorker, ProviderRegistry]] = []
-
-    async def start_one(*, read_timeout: float = 2.0, **overrides: Any) -> RunningWorker:
-        providers = llm_registry(fake, read_timeout=read_timeout)
-        worker = await worker_factory(broker, providers=providers, **overrides)
-        running.append((worker, providers))
-        return worker
-
-    yield start_one
-    for worker, providers in running:
-        await worker.stop(force=True)
-        await providers.close()
 
 
 async def test_a_rate_limit_waits_at_least_its_retry_after_then_succeeds(

@@ -4,12 +4,10 @@ span, and the retry decision (delay, reason) is an event on the span of the fail
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from orchestrator_broker import MemoryBroker
@@ -24,15 +22,6 @@ from orchestrator_worker.providers import (
 )
 from tests.support.fake_llm import FakeLLM, Reply
 from tests.worker.support import RESULTS, TASKS, collect, settings, submit, wait_for
-
-
-@pytest.fixture
-def spans() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield provider, exporter
-    provider.shutdown()
 
 
 def attribute(span: ReadableSpan, suffix: str) -> object:

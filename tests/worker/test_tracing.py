@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
-import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from orchestrator_broker import MemoryBroker, Message
@@ -17,15 +14,6 @@ from orchestrator_worker import TaskMessage, Worker
 from orchestrator_worker.messages import converter
 from orchestrator_worker.providers import EchoProvider, ProviderRegistry
 from tests.worker.support import RESULTS, TASKS, settings, wait_for
-
-
-@pytest.fixture
-def spans() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield provider, exporter
-    provider.shutdown()
 
 
 async def test_result_events_carry_the_submitters_trace(
