@@ -234,6 +234,23 @@ def test_an_alias_routes_to_its_targets_and_other_names_as_before() -> None:
         router.routes("nonesuch/model")
 
 
+def test_an_alias_skips_targets_that_cannot_take_the_parameters() -> None:
+    providers = ProviderRegistry([FakeProvider(name="openai"), FakeProvider(name="gemini")])
+    router = ModelRouter(providers, {"fast": ("openai/mini", "gemini/flash")})
+
+    def names(parameters: dict[str, object]) -> list[str]:
+        return [r.provider.name for r in router.routes("fast", parameters)]
+
+    assert names({}) == ["openai", "gemini"]
+    assert names({"temperature": 0.2}) == ["openai", "gemini"]
+    assert names({"top_k": 5}) == ["gemini"]  # Gemini only
+    assert names({"reasoning_effort": "low"}) == ["openai"]  # OpenAI only
+    # None takes both: all stay, and the first refuses the task naming why.
+    assert names({"top_k": 5, "reasoning_effort": "low"}) == ["openai", "gemini"]
+    # A plain model is never filtered: its provider refuses what it cannot take.
+    assert [r.provider.name for r in router.routes("openai/mini", {"top_k": 5})] == ["openai"]
+
+
 def test_the_default_model_may_be_an_alias() -> None:
     providers = ProviderRegistry([EchoProvider()], default_model="fast")
     router = ModelRouter(providers, {"fast": ("echo",)})

@@ -245,6 +245,36 @@ async def test_an_alias_falls_back_to_its_second_target(
     assert hooks.retries == []
 
 
+async def test_an_alias_runs_on_the_first_target_that_takes_the_tasks_parameters(
+    broker: MemoryBroker, start, fake: TimedFakeLLM
+) -> None:
+    fake.respond_with(lambda request: Reply.answer("from ", request.api))
+    hooks = RecordingHooks()
+    gemini_only = await submit(broker, model="fast", parameters={"top_k": 5})
+    openai_only = await submit(broker, model="fast", parameters={"reasoning_effort": "low"})
+    neither = await submit(broker, model="fast", parameters={"top_k": 5, "reasoning_effort": "low"})
+    await start(
+        hooks=hooks,
+        model_aliases={"fast": ("openai/gpt-4o-mini", "gemini/gemini-2.0-flash")},
+        **FAST_RETRIES,
+    )
+
+    events = await collect(broker, 3)
+
+    assert [(e.kind, e.provider, e.text) for e in events[gemini_only.task_id]] == [
+        (OK, "gemini", "from gemini")
+    ]
+    assert [(e.kind, e.provider) for e in events[openai_only.task_id]] == [(OK, "openai")]
+    # top_k is Gemini's, reasoning_effort OpenAI's: no target takes both, the first says why.
+    (refused,) = events[neither.task_id]
+    assert refused.kind == FAIL
+    assert refused.error is not None
+    assert refused.error.type == "invalid_request"
+    assert "top_k" in refused.error.message
+    assert (fake.count_of("openai"), fake.count_of("gemini")) == (1, 1)
+    assert hooks.fallbacks == []
+
+
 async def test_an_alias_whose_first_target_streamed_text_retries_as_a_new_attempt(
     broker: MemoryBroker, start, fake: TimedFakeLLM
 ) -> None:

@@ -9,20 +9,27 @@ of preference; spaces around the separators are ignored. An alias name is letter
 ``_ . -`` (no ``/``, so it can never be mistaken for ``provider/model``) and may not be a
 provider prefix (``echo``, ``openai``, ``gemini``); a target is a model name as a task would
 give it, whose provider must exist (checked at startup: ``ModelRouter.check``). A task whose
-``model`` (or, without one, ``DEFAULT_MODEL``) is an alias runs on its first target; the
-second is tried when the first one's circuit is open or it fails retryably (see ``runner``).
-Any other model name routes to its provider as before.
+``model`` (or, without one, ``DEFAULT_MODEL``) is an alias runs on its first target that can
+take its ``parameters`` (the API accepts a parameter for an alias when any provider does:
+``top_k`` skips an OpenAI target, ``reasoning_effort`` a Gemini one); the next such target is
+tried when the first one's circuit is open or it fails retryably (see ``runner``). When no
+target takes them all, the first target refuses the task (``invalid_request``). Any other
+model name routes to its provider as before.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .errors import ConfigError
-from .providers import InvalidModel, ProviderRegistry, Route
+from .providers import InvalidModel, ProviderRegistry, Route, validate_parameters
 
 __all__ = ["ModelRouter", "parse_aliases"]
+
+log = logging.getLogger(__name__)
 
 _ALIAS = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _TARGET = re.compile(r"^[A-Za-z0-9_.\-]+(/[^\s,|=]+)?$")
@@ -101,11 +108,27 @@ class ModelRouter:
                     "DEFAULT_MODEL", f"{default!r} names no provider or alias (known: {known})"
                 ) from None
 
-    def routes(self, model: str | None) -> list[Route]:
+    def routes(self, model: str | None, parameters: Mapping[str, Any] | None = None) -> list[Route]:
         """Where to send a task of ``model`` (``DEFAULT_MODEL`` when None or empty), first
-        choice first; raises ``InvalidModel`` when no provider serves it."""
+        choice first; raises ``InvalidModel`` when no provider serves it. An alias's targets
+        that cannot take ``parameters`` are left out, unless none can (then all stay, and the
+        first refuses the task with the reason)."""
         name = (model or "").strip() or self._registry.default_model
         targets = self.aliases.get(name)
         if targets is None:
             return [self._registry.resolve(name)]
-        return [self._registry.resolve(target) for target in targets]
+        routes = [self._registry.resolve(target) for target in targets]
+        if not parameters:
+            return routes
+        eligible = [
+            route
+            for route in routes
+            if not validate_parameters(f"{route.provider.name}/{route.model}", parameters)
+        ]
+        if eligible and len(eligible) < len(routes):
+            log.debug(
+                "alias %s: %s cannot take the task's parameters",
+                name,
+                ", ".join(f"{r.provider.name}/{r.model}" for r in routes if r not in eligible),
+            )
+        return eligible or routes

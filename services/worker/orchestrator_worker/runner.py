@@ -292,7 +292,7 @@ class TaskRunner:
         if attempt > self._retry.max_attempts:
             return await self._crashed_too_often(task, events, delivery)
         try:
-            routes = self._router.routes(task.model)
+            routes = self._router.routes(task.model, task.parameters)
         except ProviderError as exc:
             events.model = task.model
             await events.failed(ErrorInfo(type=exc.type, message=exc.message))
