@@ -16,6 +16,7 @@ from orchestrator_broker import Broker
 from .config import ApiSettings
 from .metrics import METRICS, ApiMetrics
 from .problems import error_middleware
+from .ratelimit import RateLimiter
 from .routes import add_routes
 from .state import STATE, ApiState
 from .store.protocol import TaskStore
@@ -75,6 +76,7 @@ def create_app(
         store=store,
         tasks=TaskService(broker, store, settings.stream, publish_timeout),
         streams=streams,
+        limiter=RateLimiter(settings.rate_limits) if settings.rate_limits else None,
         heartbeat=heartbeat,
     )
     metrics = metrics or ApiMetrics()

@@ -12,6 +12,7 @@ import attrs
 from orchestrator_broker.protocol import DEFAULT_DEAD_LETTER_MAXLEN
 
 from .auth import KeyRing
+from .ratelimit import Rate, parse_rate_limits
 
 __all__ = ["ApiSettings", "ConfigError", "parse_api_keys"]
 
@@ -85,6 +86,8 @@ class ApiSettings:
     - ``MAX_PROMPT_CHARS`` [100000]: longest ``prompt`` (and ``system``) accepted (413 above).
     - ``SHUTDOWN_GRACE_SECONDS`` [10]: on SIGTERM, how long in-flight requests may finish.
     - ``DEAD_LETTER_MAXLEN`` [10000]: dead letters kept per stream (newest first; 0 = all).
+    - ``RATE_LIMITS`` [unset]: submissions per tenant and API process, ``*=50/s,acme=200/s``
+      (``/s``, ``/m``, ``/h``; ``*`` every other tenant); over it, ``429`` (``ratelimit``).
     - ``LOG_LEVEL`` [INFO]: DEBUG, INFO, WARNING, ERROR or CRITICAL (DEBUG adds access logs).
     - ``LOG_FORMAT`` [plain]: ``plain`` or ``json`` (one JSON object per line, with trace ids).
     """
@@ -103,6 +106,7 @@ class ApiSettings:
     max_prompt_chars: int = 100_000
     shutdown_grace_seconds: float = 10.0
     dead_letter_maxlen: int = DEFAULT_DEAD_LETTER_MAXLEN
+    rate_limits: Mapping[str, Rate] = attrs.field(factory=dict, hash=False)
     log_level: str = "INFO"
     log_format: str = "plain"
 
@@ -138,6 +142,7 @@ class ApiSettings:
             dead_letter_maxlen=_int(
                 env, "DEAD_LETTER_MAXLEN", DEFAULT_DEAD_LETTER_MAXLEN, low=0, high=10**9
             ),
+            rate_limits=_rate_limits(env, "RATE_LIMITS"),
             log_level=_choice(env, "LOG_LEVEL", "INFO", _LOG_LEVELS, upper=True),
             log_format=_choice(env, "LOG_FORMAT", "plain", _LOG_FORMATS),
         )
@@ -175,6 +180,16 @@ class ApiSettings:
             return KeyRing.from_pairs(self.api_keys)
         except ValueError as exc:
             raise ConfigError(f"API_KEYS: {exc}") from exc
+
+
+def _rate_limits(env: Mapping[str, str], name: str) -> dict[str, Rate]:
+    raw = _text(env, name)
+    if raw is None:
+        return {}
+    try:
+        return parse_rate_limits(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 def _text(env: Mapping[str, str], name: str) -> str | None:

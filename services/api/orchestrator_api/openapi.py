@@ -31,6 +31,7 @@ _PROBLEM_TYPES: Final = [
     problems.TYPE_UNSUPPORTED_MEDIA,
     problems.TYPE_KEY_IN_USE,
     problems.TYPE_KEY_REUSED,
+    problems.TYPE_RATE_LIMITED,
     problems.TYPE_INTERNAL,
 ]
 
@@ -594,6 +595,11 @@ def build_document() -> dict[str, Any]:
                         "422": _problem(
                             "This Idempotency-Key was used before with another request body "
                             "(compared as parsed: key order and whitespace do not matter)."
+                        ),
+                        "429": _problem(
+                            "The tenant is over its submission rate (`RATE_LIMITS`); nothing "
+                            "was stored. Retry after `Retry-After`.",
+                            headers=_RETRY_AFTER,
                         ),
                         "415": _problem(
                             "The body is not JSON.",

@@ -57,6 +57,7 @@ TYPE_NOT_FOUND: Final = "urn:ai-orchestrator:problem:not-found"
 TYPE_UNSUPPORTED_MEDIA: Final = "urn:ai-orchestrator:problem:unsupported-media-type"
 TYPE_KEY_IN_USE: Final = "urn:ai-orchestrator:problem:idempotency-key-in-use"
 TYPE_KEY_REUSED: Final = "urn:ai-orchestrator:problem:idempotency-key-reused"
+TYPE_RATE_LIMITED: Final = "urn:ai-orchestrator:problem:rate-limited"
 TYPE_INTERNAL: Final = "urn:ai-orchestrator:problem:internal-error"
 
 _TITLES: Final = {
@@ -68,6 +69,7 @@ _TITLES: Final = {
     413: "Content Too Large",
     415: "Unsupported Media Type",
     422: "Unprocessable Content",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",

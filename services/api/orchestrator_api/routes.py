@@ -16,6 +16,7 @@ from .problems import (
     TYPE_KEY_IN_USE,
     TYPE_KEY_REUSED,
     TYPE_NOT_FOUND,
+    TYPE_RATE_LIMITED,
     TYPE_TOO_LARGE,
     TYPE_UNAUTHORIZED,
     TYPE_UNAVAILABLE,
@@ -23,6 +24,7 @@ from .problems import (
     TYPE_VALIDATION,
     Problem,
 )
+from .ratelimit import retry_after_header
 from .state import STATE, ApiState
 from .store.errors import IdempotencyKeyInUse, IdempotencyKeyReused
 from .streaming import stream_sse, stream_websocket
@@ -73,6 +75,15 @@ async def submit_task(request: web.Request) -> web.Response:
     ``Idempotency-Key`` already created."""
     state = request.app[STATE]
     tenant = _tenant(request, state)
+    limiter = state.limiter
+    if limiter is not None and (wait := limiter.acquire(tenant)) > 0:
+        raise Problem(
+            429,
+            f"Over this tenant's submission rate ({limiter.rate(tenant)}): nothing was "
+            "stored. Retry after Retry-After seconds.",
+            type=TYPE_RATE_LIMITED,
+            headers={"Retry-After": retry_after_header(wait)},
+        )
     headers = request.headers
     # The usual exact header skips aiohttp's parse of it (parameters, case) on every request.
     content_type = _JSON if headers.get("Content-Type") == _JSON else request.content_type

@@ -135,9 +135,10 @@ async def serve(
             if settings.auth_disabled
             else f"{len({t for t, _ in settings.api_keys})} tenant(s)"
         )
+        limits = ",".join(f"{t}={r}" for t, r in settings.rate_limits.items()) or "none"
         log.info(
             "%s listening on %s; broker and store: %s (tasks stream %r, results stream %r, "
-            "ttl %gs); traces: %s; auth: %s",
+            "ttl %gs); traces: %s; auth: %s; rate limits: %s",
             settings.app_id,
             url,
             backend,
@@ -146,6 +147,7 @@ async def serve(
             settings.cache_ttl_seconds,
             traces,
             auth,
+            limits,
         )
         await _warn_if_unreachable(broker, store)
         if telemetry is not None:

@@ -9,6 +9,7 @@ from orchestrator_broker import Broker
 
 from .auth import KeyRing
 from .config import ApiSettings
+from .ratelimit import RateLimiter
 from .store.protocol import TaskStore
 from .streaming import DEFAULT_HEARTBEAT, StreamRegistry
 from .tasks import TaskService
@@ -26,6 +27,7 @@ class ApiState:
     store: TaskStore
     tasks: TaskService
     streams: StreamRegistry
+    limiter: RateLimiter | None = None  # None: no RATE_LIMITS
     heartbeat: float = DEFAULT_HEARTBEAT
     health_timeout: float = 1.0
 
