@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # The test command (README: "Test it"). On a fresh Debian machine it installs what is
-# missing -- a venv at .venv with the pinned dependencies, and redis-server from Debian's
-# packages -- then runs the linters, the type checker and the whole test suite.
+# missing -- a venv at .venv with the pinned dependencies, and redis-server and wrk (the HTTP
+# benchmark's load generator) from Debian's packages -- then runs the linters, the type
+# checker and the whole test suite.
 # Extra arguments go to pytest (e.g. `tests/run.sh tests/broker -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "tests/run.sh: redis-server missing; installing Debian's redis-server" >&2
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "tests/run.sh: ${missing[*]} missing; installing Debian's packages" >&2
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null
-    # Debian's package starts a service on :6379 where systemd runs; the tests never use it.
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+    # Debian's redis-server starts a service on :6379 where systemd runs; the tests never
+    # use it.
 fi
 
 PYTHON="${PYTHON:-python3}"
