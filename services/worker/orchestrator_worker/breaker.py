@@ -13,8 +13,9 @@ its alias, or hands it back until the cooldown is over (see ``runner``). In half
 one call probes while the others wait; a probe that ends without a verdict (cancelled,
 worker bug) frees the probe for the next task.
 
-A provider can also *pause* itself: a retryable failure that carries the provider's own
-wait (``Retry-After``, rate-limit reset headers) stops every call to it until that wait is
+A provider can also *pause* itself: a rate limit, an overload or a 503 that carries the
+provider's own wait (``Retry-After``, rate-limit reset headers; ``runner`` decides) stops
+every call to it until that wait is
 over (``pause``), whatever the circuit's state, so the other tasks of this process do not
 hit the same rate limit. A longer hint extends the pause, a shorter one never shortens it,
 and hints are cut to ``retry.MAX_HINT_SECONDS``. Calls in flight run on. While paused,
