@@ -122,6 +122,21 @@ def test_keys_and_passwords_stay_out_of_repr_and_logs() -> None:
     assert settings.masked_redis_url == "redis://:***@db:6379/0"
 
 
+def test_a_password_with_an_at_sign_and_a_collector_login_stay_out_of_repr() -> None:
+    settings = ApiSettings.from_env(
+        {
+            **KEYS,
+            "REDIS_URI": "redis://app:p%40ss@word@db:6379/0",
+            "JAEGER_URI": "http://otel:s3cret@collector:4318",
+        }
+    )
+
+    for secret in ("p%40ss", "word@", "s3cret"):
+        assert secret not in repr(settings)
+        assert secret not in (settings.masked_redis_url or "")
+    assert "collector:4318" in repr(settings)
+
+
 def test_error_messages_never_echo_a_key() -> None:
     with pytest.raises(ConfigError) as failed:
         ApiSettings.from_env({"API_KEYS": "bad tenant:sekrit"})

@@ -10,6 +10,8 @@ from pathlib import Path
 import attrs
 
 from orchestrator_broker.protocol import DEFAULT_DEAD_LETTER_MAXLEN
+from orchestrator_broker.redis_settings import RedisSettings
+from orchestrator_telemetry.config import redact_url
 
 from .auth import KeyRing
 from .ratelimit import Rate, parse_rate_limits
@@ -50,11 +52,18 @@ def parse_api_keys(text: str, *, source: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def _mask_url(url: str | None) -> str | None:
-    """``url`` with any password replaced by ``***`` (for logs)."""
+def _masked_redis(url: str | None) -> str | None:
+    """A Redis URL (or bare ``host:port``) with its password as ``***``, for logs."""
     if url is None:
         return None
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    try:
+        return RedisSettings.from_uri(url).masked_url
+    except ValueError:
+        return "<unparseable REDIS_URI>"
+
+
+def _masked_endpoint(url: str | None) -> str | None:
+    return None if url is None else redact_url(url)
 
 
 @attrs.frozen
@@ -95,8 +104,8 @@ class ApiSettings:
     port: int = 8080
     host: str = "0.0.0.0"
     app_id: str = "ai-orchestrator_api"
-    redis_uri: str | None = attrs.field(default=None, repr=lambda url: repr(_mask_url(url)))
-    jaeger_uri: str | None = attrs.field(default=None, repr=lambda url: repr(_mask_url(url)))
+    redis_uri: str | None = attrs.field(default=None, repr=lambda url: repr(_masked_redis(url)))
+    jaeger_uri: str | None = attrs.field(default=None, repr=lambda url: repr(_masked_endpoint(url)))
     cache_ttl_minutes: float = 5.0
     stream: str = "tasks"
     results_stream: str = "results"
@@ -161,7 +170,7 @@ class ApiSettings:
     @property
     def masked_redis_url(self) -> str | None:
         """``redis_url`` with the password hidden, for logs."""
-        return _mask_url(self.redis_url)
+        return _masked_redis(self.redis_url)
 
     @property
     def cache_ttl_seconds(self) -> float:
