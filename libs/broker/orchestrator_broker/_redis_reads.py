@@ -12,20 +12,19 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._redis_delivery import RedisDelivery
-from ._redis_errors import mapped_errors
-from ._redis_scripts import (
+from ._dead_letters import (
     DEAD_CONSUMER,
     DEAD_DELIVERY_COUNT,
     DEAD_ENTRY_ID,
-    DEAD_FIELDS,
     DEAD_GROUP,
     DEAD_REASON,
-    DELETED_REASON,
 )
+from ._redis_delivery import RedisDelivery
+from ._redis_errors import mapped_errors
+from ._redis_scripts import DELETED_REASON
 from .errors import DecodeError, LeaseLost
-from .message import Message, decode_fields
-from .protocol import DeadLetter, dead_letter_stream
+from .message import decode_fields
+from .protocol import dead_letter_stream
 
 if TYPE_CHECKING:
     from .redis_streams import RedisStreamsBroker
@@ -39,10 +38,6 @@ logger = logging.getLogger("orchestrator_broker.redis")
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _text_lossy(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 async def pel_counts(
@@ -163,24 +158,3 @@ async def build_deliveries(
             continue
         out.append(RedisDelivery(message, stream, group, entry_id, count, consumer, broker))
     return out
-
-
-def dead_letter_from(entry_id: str, raw: RawFields) -> DeadLetter:
-    fields = {_text(k): v for k, v in raw.items()}
-    text = {k: _text_lossy(v) for k, v in fields.items()}
-    original: RawFields = {k: v for k, v in fields.items() if k not in DEAD_FIELDS}
-    message: Message | None = None
-    if original:
-        try:
-            message, _ = decode_fields(original)
-        except DecodeError:
-            message = None
-    return DeadLetter(
-        entry_id=entry_id,
-        original_entry_id=text.get(DEAD_ENTRY_ID, ""),
-        reason=text.get(DEAD_REASON, ""),
-        group=text.get(DEAD_GROUP, ""),
-        delivery_count=int(text.get(DEAD_DELIVERY_COUNT, "0") or 0),
-        message=message,
-        raw_fields={k: v for k, v in text.items() if k not in DEAD_FIELDS},
-    )

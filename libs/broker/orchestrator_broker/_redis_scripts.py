@@ -14,16 +14,6 @@ import attrs
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-#: Field names the dead-letter record adds after the original entry's fields.
-DEAD_REASON = "dead_reason"
-DEAD_ENTRY_ID = "dead_entry_id"
-DEAD_GROUP = "dead_group"
-DEAD_DELIVERY_COUNT = "dead_delivery_count"
-DEAD_CONSUMER = "dead_consumer"
-DEAD_FIELDS = frozenset(
-    {DEAD_REASON, DEAD_ENTRY_ID, DEAD_GROUP, DEAD_DELIVERY_COUNT, DEAD_CONSUMER}
-)
-
 DELETED_REASON = "entry deleted before it could be redelivered"
 
 # Shared prologue. owned(): is ARGV id pending for this consumer? (pcall: a lost group

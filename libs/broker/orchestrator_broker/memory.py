@@ -25,6 +25,15 @@ from collections.abc import AsyncGenerator, Mapping
 
 import attrs
 
+from ._dead_letters import (
+    DEAD_CONSUMER,
+    DEAD_DELIVERY_COUNT,
+    DEAD_ENTRY_ID,
+    DEAD_FIELDS,
+    DEAD_GROUP,
+    DEAD_REASON,
+    read_dead_letter,
+)
 from .errors import AlreadySettled, BrokerUnavailable, ConfigError, DecodeError, LeaseLost
 from .message import Message, decode_fields, encode_fields
 from .protocol import (
@@ -42,24 +51,9 @@ _Fields = dict[bytes | str, bytes | str]
 #: Read entries a stream keeps before it drops them (see ``_Stream.trim``).
 _TRIM_AT = 1024
 
-#: Fields a dead-letter record adds after the original entry's (as the Redis adapter writes).
-DEAD_REASON = "dead_reason"
-DEAD_ENTRY_ID = "dead_entry_id"
-DEAD_GROUP = "dead_group"
-DEAD_DELIVERY_COUNT = "dead_delivery_count"
-DEAD_CONSUMER = "dead_consumer"
-DEAD_FIELDS = frozenset(
-    {DEAD_REASON, DEAD_ENTRY_ID, DEAD_GROUP, DEAD_DELIVERY_COUNT, DEAD_CONSUMER}
-)
-
 
 def _text(value: bytes | str) -> str:
     return value.decode(errors="backslashreplace") if isinstance(value, bytes) else value
-
-
-def _lenient_text(value: bytes | str) -> str:
-    """Text for display, as the Redis adapter shows it (undecodable bytes become U+FFFD)."""
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
@@ -336,7 +330,7 @@ class MemoryBroker:
     async def dead_letters(self, stream: str, count: int = 100) -> list[DeadLetter]:
         self._check_open()
         st = self._streams.get(dead_letter_stream(stream))
-        return [_read_dead_letter(e, f) for e, f in st.log[:count]] if st else []
+        return [read_dead_letter(e, f) for e, f in st.log[:count]] if st else []
 
     async def ping(self) -> None:
         self._check_open()
@@ -607,21 +601,3 @@ class _Cursor:
 
 def _too_many(max_deliveries: int) -> str:
     return f"exceeded max deliveries ({max_deliveries})"
-
-
-def _read_dead_letter(entry_id: str, fields: _Fields) -> DeadLetter:
-    meta = {_text(k): _text(v) for k, v in fields.items() if _text(k) in DEAD_FIELDS}
-    original = {k: v for k, v in fields.items() if _text(k) not in DEAD_FIELDS}
-    message: Message | None = None
-    if original:
-        with contextlib.suppress(DecodeError):
-            message, _ = decode_fields(original)
-    return DeadLetter(
-        entry_id=entry_id,
-        original_entry_id=meta.get(DEAD_ENTRY_ID, ""),
-        reason=meta.get(DEAD_REASON, ""),
-        group=meta.get(DEAD_GROUP, ""),
-        delivery_count=int(meta.get(DEAD_DELIVERY_COUNT) or 0),
-        message=message,
-        raw_fields={_text(k): _lenient_text(v) for k, v in original.items()},
-    )

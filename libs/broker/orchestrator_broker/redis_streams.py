@@ -84,10 +84,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
+from ._dead_letters import read_dead_letter
 from ._redis_coalesce import WriteCoalescer
 from ._redis_delivery import RedisDelivery
 from ._redis_errors import is_nogroup, mapped_errors
-from ._redis_reads import claim, dead_letter_from
+from ._redis_reads import claim
 from ._redis_scripts import (
     Scripts,
 )
@@ -252,7 +253,7 @@ class RedisStreamsBroker:
         self._check_open()
         with mapped_errors():
             entries: Any = await self._client.xrange(dead_letter_stream(stream), count=count)
-        return [dead_letter_from(_text(entry_id), fields) for entry_id, fields in entries or []]
+        return [read_dead_letter(_text(entry_id), fields) for entry_id, fields in entries or []]
 
     async def ping(self) -> None:
         self._check_open()
