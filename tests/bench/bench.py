@@ -11,8 +11,12 @@ measures, and stops everything by PID (also on Ctrl-C, SIGTERM and errors):
    ``latency_ms=500`` through one worker at concurrency 1,000; seconds, against the ideal
    (1.0 s: two waves of 500 ms).
 3. ``http``: ``POST /v1/tasks`` requests/s and p50/p99 latency at 64 connections against
-   one ``ai-orchestrator api`` process (auth on, tracing off) pinned to one CPU, from a
-   separate load generator (``wrk``, else a Python aiohttp one) pinned to the other.
+   one ``ai-orchestrator api`` process (auth on) pinned to one CPU, from a separate load
+   generator (``wrk``, else a Python aiohttp one) pinned to the other.
+
+The services export no span unless ``--tracing RATIO`` (or ``--service-env``) says so: then
+they send the sampled spans over OTLP/HTTP to a local sink process (``otlp_sink.py``, pinned
+with the load generator), and each result counts the spans it received (``"otlp_sink"``).
 
 The targets are printed next to the measurements with ``"met": true/false``; they never
 fail the run. A benchmark that stalls (bounded by ``--timeout`` per phase) or whose processes
@@ -45,6 +49,7 @@ from .dispatch import DispatchConfig, run_dispatch
 from .httpbench import HttpConfig, choose_loadgen, run_http
 from .processes import PROFILE_RATE, BenchError, Processes, py_spy
 from .profiles import summarize
+from .tracing import describe, ratio
 
 __all__ = ["BENCHMARKS", "main", "run_benchmarks"]
 
@@ -101,6 +106,7 @@ def bench_dispatch(args: argparse.Namespace, processes: Processes) -> dict[str, 
         timeout=args.timeout,
         profile=args.profile,
         extra_env=args.service_env,
+        tracing=args.tracing,
     )
     load = _loadavg()
     run = run_dispatch(processes, config)
@@ -134,6 +140,7 @@ def bench_dispatch(args: argparse.Namespace, processes: Processes) -> dict[str, 
         "worker_cpu_us_per_task": _per(run.cpu, "worker", run.results, 1e6),
         "loadavg_before": load,
         "baseline": baseline,
+        "otlp_sink": run.otlp_sink,
         "profile_worker": _profile(run.worker_profile, args.profile),
     }
 
@@ -158,6 +165,7 @@ def bench_concurrency(args: argparse.Namespace, processes: Processes) -> dict[st
         timeout=args.timeout,
         profile=args.profile,
         extra_env=args.service_env,
+        tracing=args.tracing,
     )
     ideal = math.ceil(config.tasks / config.concurrency) * config.latency_ms / 1000.0
     limit = 1.25 * ideal
@@ -198,6 +206,7 @@ def bench_concurrency(args: argparse.Namespace, processes: Processes) -> dict[st
         "worker_cpu_us_per_task": _per(run.cpu, "worker", run.results, 1e6),
         "loadavg_before": load,
         "baseline": baseline,
+        "otlp_sink": run.otlp_sink,
         "profile_worker": _profile(run.worker_profile, args.profile),
     }
 
@@ -210,6 +219,7 @@ def bench_http(args: argparse.Namespace, processes: Processes) -> dict[str, Any]
         loadgen=args.loadgen,
         profile=args.profile,
         extra_env=args.service_env,
+        tracing=args.tracing,
     )
     load = _loadavg()
     run = run_http(processes, config)
@@ -253,6 +263,7 @@ def bench_http(args: argparse.Namespace, processes: Processes) -> dict[str, Any]
         "api_cpu_us_per_request": _per(run.cpu, "api", int(run.loadgen.get("requests") or 0), 1e6),
         "loadavg_before": load,
         "baseline": baseline,
+        "otlp_sink": run.otlp_sink,
         "profile_api": _profile(run.api_profile, args.profile),
     }
 
@@ -308,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the services under py-spy and summarise where their CPU went",
     )  # fmt: skip
     parser.add_argument(
+        "--tracing", type=ratio, metavar="RATIO",
+        help="the services export spans over OTLP/HTTP to a local sink process, sampling "
+        "RATIO (0 < RATIO <= 1) of new traces, as the compose stack exports them "
+        "(default: tracing off)",
+    )  # fmt: skip
+    parser.add_argument(
         "--service-env", type=_assignment, action="append", default=[], metavar="NAME=VALUE",
         help="extra environment for the services, to try a setting (repeatable; recorded in "
         "the JSON), e.g. OTEL_TRACES_SAMPLER=always_off",
@@ -331,7 +348,7 @@ def run_benchmarks(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "machine": _machine(),
         "redis": "throwaway redis-server per benchmark, persistence off (save '', appendonly no)",
-        "tracing": "off (no JAEGER_URI / OTEL_* in the services' environment)",
+        "tracing": describe(args.tracing, args.service_env),
         "service_env_overrides": args.service_env,
         "workdir": str(workdir) if keep or args.profile else None,
         "benchmarks": {},

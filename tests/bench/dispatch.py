@@ -5,7 +5,8 @@ Both publish ``TaskMessage``s straight onto the tasks stream with the broker lib
 count terminal ``ResultEvent``s (``succeeded``/``failed``) on the results stream with a plain
 ``XREAD`` loop. The clock runs from the first publish to the last terminal event seen.
 
-The worker is a real ``ai-orchestrator worker`` subprocess on a throwaway redis-server.
+The worker is a real ``ai-orchestrator worker`` subprocess on a throwaway redis-server;
+with ``tracing`` (a sampling ratio) it exports its spans to an OTLP sink process (``tracing.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .processes import (
     orchestrator_command,
     service_env,
 )
+from .tracing import SinkWindow, load_cpus, sink_env, start_sink
 
 __all__ = ["DispatchConfig", "DispatchRun", "run_dispatch"]
 
@@ -53,6 +55,7 @@ class DispatchConfig:
     startup_timeout: float = 30.0
     profile: bool = False
     extra_env: Mapping[str, str] = attrs.field(factory=dict)  # e.g. OTEL_TRACES_SAMPLER
+    tracing: float | None = None  # sampling ratio: export spans to a sink (never when bare)
     bare: bool = False  # run tests.bench.bare_worker instead: the calibration point
 
 
@@ -69,6 +72,7 @@ class DispatchRun:
     cpu: dict[str, dict[str, float]]
     error: str | None = None
     worker_profile: str | None = None
+    otlp_sink: dict[str, Any] | None = None  # SinkWindow's counts when tracing
 
     @property
     def tasks_per_second(self) -> float:
@@ -78,12 +82,17 @@ class DispatchRun:
 def run_dispatch(processes: Processes, config: DispatchConfig) -> DispatchRun:
     """Start redis + one worker, warm up, measure; the processes stop with ``processes``."""
     redis = processes.redis("redis-bare" if config.bare else "redis")
+    window, traced = None, {}
+    if config.tracing is not None and not config.bare:
+        window = SinkWindow(start_sink(processes, load_cpus(), config.startup_timeout))
+        traced = sink_env(window.sink.port, config.tracing)
     env = service_env(
         redis.url,
         {
             "NUMBER_OF_WORKERS": str(config.concurrency),
             "APP_ID": "bench-worker",
             "SHUTDOWN_GRACE_SECONDS": "1",
+            **traced,
             **config.extra_env,
         },
     )
@@ -94,15 +103,17 @@ def run_dispatch(processes: Processes, config: DispatchConfig) -> DispatchRun:
         command = [*orchestrator_command(), "worker"]
         worker = processes.start("worker", command, env, profile=config.profile)
     assert redis.process is not None
-    run = asyncio.run(_measure(redis.url, worker, redis.process.pid, config))
-    processes.stop(worker)
+    run = asyncio.run(_measure(redis.url, worker, redis.process.pid, config, window))
+    processes.stop(worker)  # it flushes its last spans as it stops
     if worker.profile is not None:
         run.worker_profile = str(worker.profile)
+    if window is not None:
+        run.otlp_sink = window.finish()
     return run
 
 
 async def _measure(
-    url: str, worker: Service, redis_pid: int, config: DispatchConfig
+    url: str, worker: Service, redis_pid: int, config: DispatchConfig, window: SinkWindow | None
 ) -> DispatchRun:
     broker = RedisStreamsBroker.from_url(url, max_connections=64)
     reader = Redis.from_url(url)
@@ -114,10 +125,16 @@ async def _measure(
             if not warm.complete:
                 warm.error = f"warm-up stalled: {warm.error}"
                 return warm
-        meter = CpuMeter({"worker": worker.pid, "redis-server": redis_pid, "harness": os.getpid()})
+        pids = {"worker": worker.pid, "redis-server": redis_pid, "harness": os.getpid()}
+        if window is not None:
+            pids["otlp-sink"] = window.sink.service.pid
+            await asyncio.to_thread(window.start)
+        meter = CpuMeter(pids)
         meter.start()
         run = await _phase(broker, counter, config, config.tasks)
         run.cpu = meter.stop()
+        if window is not None:
+            await asyncio.to_thread(window.stop)
         return run
     finally:
         await broker.close()

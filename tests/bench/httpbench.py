@@ -1,10 +1,11 @@
 """Benchmark (3): ``POST /v1/tasks`` requests/s and latency against ONE API process.
 
 The API is a real ``ai-orchestrator api`` subprocess on a throwaway redis-server, with
-authentication on (``API_KEYS``) and tracing off, pinned to the first CPU. The load comes
-from a separate process pinned to the second CPU (with the redis-server): ``wrk`` with
-``wrk_post.lua`` when installed, else ``python -m tests.bench.loadgen``. Nothing drains the
-tasks stream; it just grows for the length of the run.
+authentication on (``API_KEYS``), pinned to the first CPU. The load comes from a separate
+process pinned to the second CPU (with the redis-server): ``wrk`` with ``wrk_post.lua`` when
+installed, else ``python -m tests.bench.loadgen``. Nothing drains the tasks stream; it just
+grows for the length of the run. Tracing is off, unless ``tracing`` (a sampling ratio) has
+the API export its spans to an OTLP sink process on the second CPU too (``tracing.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .processes import (
     usable_cpus,
     wait_http_ok,
 )
+from .tracing import SinkWindow, sink_env, start_sink
 
 __all__ = ["HttpConfig", "HttpRun", "choose_loadgen", "run_http"]
 
@@ -53,6 +55,7 @@ class HttpConfig:
     startup_timeout: float = 30.0
     profile: bool = False
     extra_env: Mapping[str, str] = attrs.field(factory=dict)  # e.g. OTEL_TRACES_SAMPLER
+    tracing: float | None = None  # sampling ratio: export spans to a sink (never when bare)
     bare: bool = False  # run tests.bench.bare_api instead: the calibration point
 
 
@@ -65,6 +68,7 @@ class HttpRun:
     stream_length: int
     error: str | None = None
     api_profile: str | None = None
+    otlp_sink: dict[str, Any] | None = None  # SinkWindow's counts when tracing
 
     @property
     def requests_per_second(self) -> float:
@@ -93,6 +97,10 @@ def run_http(processes: Processes, config: HttpConfig) -> HttpRun:
     assert redis.process is not None
     if load_cpus:
         pin(redis.process.pid, load_cpus)
+    window, traced = None, {}
+    if config.tracing is not None and not config.bare:
+        window = SinkWindow(start_sink(processes, load_cpus, config.startup_timeout))
+        traced = sink_env(window.sink.port, config.tracing)
     key = secrets.token_urlsafe(24)
     port = free_port()
     env = service_env(
@@ -101,6 +109,7 @@ def run_http(processes: Processes, config: HttpConfig) -> HttpRun:
             "API_KEYS": f"bench:{key}",
             "APP_ID": "bench-api",
             "SHUTDOWN_GRACE_SECONDS": "1",
+            **traced,
             **config.extra_env,
         },
     )
@@ -119,16 +128,22 @@ def run_http(processes: Processes, config: HttpConfig) -> HttpRun:
         warm = _load(processes, tool, url, key, config, config.warmup, load_cpus, "warmup")
         if warm is None or not api.alive():
             return _failed(api, "warm-up load produced no summary", redis.url, api_cpus, load_cpus)
-    meter = CpuMeter({"api": api.pid, "redis-server": redis.process.pid})
+    pids = {"api": api.pid, "redis-server": redis.process.pid}
+    if window is not None:
+        pids["otlp-sink"] = window.sink.service.pid
+        window.start()
+    meter = CpuMeter(pids)
     meter.start()
     summary = _load(processes, tool, url, key, config, config.duration, load_cpus, "load")
     cpu = meter.stop()
+    if window is not None:
+        window.stop()
     if summary is None:
         return _failed(
             api, "the load generator produced no summary", redis.url, api_cpus, load_cpus
         )
     stream_length = asyncio.run(_xlen(redis.url))
-    processes.stop(api)
+    processes.stop(api)  # it flushes its last spans as it stops
     errors = summary.get("errors", {})
     error = None
     if not api.alive() and api.process.returncode not in (0, None):
@@ -143,6 +158,7 @@ def run_http(processes: Processes, config: HttpConfig) -> HttpRun:
         stream_length=stream_length,
         error=error,
         api_profile=str(api.profile) if api.profile else None,
+        otlp_sink=window.finish() if window is not None else None,
     )
 
 

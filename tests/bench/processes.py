@@ -87,7 +87,8 @@ def service_env(redis_url: str, extra: Mapping[str, str] | None = None) -> dict[
     """The environment for an ``ai-orchestrator`` service: tracing off, quiet logs.
 
     Every ``OTEL_*`` and ``JAEGER_URI`` variable of the caller is dropped, so no span is
-    exported whatever the shell running the benchmark has set.
+    exported whatever the shell running the benchmark has set; only ``extra`` (``--tracing``,
+    ``--service-env``) may turn tracing on.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k != "JAEGER_URI"}
     env.update({"REDIS_URI": redis_url, "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})

@@ -77,6 +77,8 @@ def test_dispatch_counts_every_task_through_a_worker(
     assert result["tasks_per_second"] > 0
     assert isinstance(result["target"]["met"], bool)
     assert set(result["cpu_during_measurement"]) == {"worker", "redis-server", "harness"}
+    assert document["tracing"].startswith("off")
+    assert result["otlp_sink"] is None
     assert_all_stopped(tmp_path)
 
 
@@ -122,6 +124,34 @@ def test_http_measures_submissions_with_auth_on(
     assert result["tasks_stream_length"] >= result["requests"]
     assert set(result["latency_ms"]) >= {"p50", "p99"}
     assert_all_stopped(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("benchmark", "sizes"),
+    [("dispatch", TINY_DISPATCH), ("http", TINY_HTTP)],
+    ids=["dispatch", "http"],
+)
+def test_tracing_exports_the_services_spans_to_the_sink(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, benchmark: str, sizes: list[str]
+) -> None:
+    code, document = run_bench(capsys, tmp_path, benchmark, *sizes, "--tracing", "1")
+
+    result = document["benchmarks"][benchmark]
+    assert code == 0, result
+    assert result["status"] == "complete"
+    assert document["tracing"]["ratio"] == 1.0
+    assert document["tracing"]["exporter"] == "OTLP/HTTP to a local sink"
+    sink = result["otlp_sink"]
+    assert sink["total"]["spans"] > 0
+    assert sink["total"]["rejected"] == 0
+    assert 0 <= sink["during_measurement"]["spans"] <= sink["total"]["spans"]
+    assert "otlp-sink" in result["cpu_during_measurement"]
+    assert any(line.startswith("otlp-sink ") for line in _pids_lines(tmp_path))
+    assert_all_stopped(tmp_path)
+
+
+def _pids_lines(workdir: Path) -> list[str]:
+    return [line for path in workdir.rglob("pids.txt") for line in path.read_text().splitlines()]
 
 
 def test_baseline_runs_the_bare_equivalents_under_the_same_conditions(
