@@ -29,7 +29,6 @@ import attrs
 import requests
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http import Compression
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -45,6 +44,7 @@ from .config import TelemetrySettings, redact_url
 from .context_only import ContextOnlyTracerProvider
 from .export_health import ExportHealth, problem_noting_session
 from .log_throttle import acquire_sdk_throttle, release_sdk_throttle
+from .otlp_exporter import FastOTLPSpanExporter
 
 _log = logging.getLogger(__name__)
 
@@ -86,14 +86,16 @@ def build_resource(settings: TelemetrySettings) -> Resource:
 
 def build_exporter(
     settings: TelemetrySettings, *, session: requests.Session | None = None
-) -> OTLPSpanExporter | None:
+) -> FastOTLPSpanExporter | None:
     """The OTLP/HTTP span exporter for ``settings``, or None when tracing is not exported.
 
-    ``session`` is the ``requests`` session it sends with (None: the SDK's choice).
+    ``session`` is the ``requests`` session it sends with (None: the SDK's choice). It is the
+    SDK's exporter but for the encoding (``FastOTLPSpanExporter``): the same requests, made
+    with a fraction of the CPU.
     """
     if not settings.exporting or settings.traces_endpoint is None:
         return None
-    return OTLPSpanExporter(
+    return FastOTLPSpanExporter(
         endpoint=settings.traces_endpoint,
         headers=dict(settings.headers),
         timeout=settings.timeout,
