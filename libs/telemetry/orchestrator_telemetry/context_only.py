@@ -83,6 +83,22 @@ class ContextOnlyTracer(trace.Tracer):
             return False
         return bound < 0 or trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < bound
 
+    @property
+    def samples_every_root(self) -> bool:
+        """Whether every root is sampled, whatever its trace id."""
+        bound = self._bound
+        return bound is not None and (bound < 0 or bound > TraceIdRatioBased.TRACE_ID_LIMIT)
+
+    def samples_root(self, trace_id: int) -> bool:
+        """The sampler's decision for a root span of trace ``trace_id``."""
+        return self._sampled(trace_id)
+
+    def samples_child(self, parent: SpanContext) -> bool:
+        """The sampler's decision for a child of the valid span context ``parent``."""
+        if self._parent_based:
+            return bool(parent.trace_flags & _SAMPLED)
+        return self._sampled(parent.trace_id)
+
     def span_context(self, context: Context | None = None) -> SpanContext:
         """A new span context: a child of the span in ``context`` (default: current), or a root."""
         parent = current_span_context(context)
@@ -90,15 +106,25 @@ class ContextOnlyTracer(trace.Tracer):
         while span_id == INVALID_SPAN_ID:  # pragma: no cover - one chance in 2**64
             span_id = _getrandbits(64)
         if parent.is_valid:
-            trace_id = parent.trace_id
-            flags = parent.trace_flags
-            sampled = flags & _SAMPLED if self._parent_based else self._sampled(trace_id)
-            bits = (_SAMPLED if sampled else 0) | (flags & _RANDOM)
-            return _valid_context(trace_id, span_id, _FLAGS[bits], parent.trace_state)
+            return self.child_context(parent, span_id)
         trace_id = _getrandbits(128)
         while trace_id == INVALID_TRACE_ID:  # pragma: no cover - one chance in 2**128
             trace_id = _getrandbits(128)
-        bits = (_SAMPLED | _RANDOM) if self._sampled(trace_id) else _RANDOM
+        return self.root_context(trace_id, span_id)
+
+    def child_context(self, parent: SpanContext, span_id: int) -> SpanContext:
+        """The context of span ``span_id``, a child of the valid ``parent``: the parent's trace
+        and ``tracestate``, the sampler's decision, the parent's random-trace-id flag."""
+        trace_id = parent.trace_id
+        flags = parent.trace_flags
+        sampled = flags & _SAMPLED if self._parent_based else self._sampled(trace_id)
+        bits = (_SAMPLED if sampled else 0) | (flags & _RANDOM)
+        return _valid_context(trace_id, span_id, _FLAGS[bits], parent.trace_state)
+
+    def root_context(self, trace_id: int, span_id: int, random_id: bool = True) -> SpanContext:
+        """The context of root span ``span_id`` of trace ``trace_id`` (both valid): the
+        sampler's decision, and the random-trace-id flag if the ids are random."""
+        bits = (_SAMPLED if self._sampled(trace_id) else 0) | (_RANDOM if random_id else 0)
         return _valid_context(trace_id, span_id, _FLAGS[bits], _EMPTY_STATE)
 
     def start_span(

@@ -121,10 +121,14 @@ def _recording_middleware(tracer: trace.Tracer, excluded: frozenset[str]) -> Mid
             f"{prefix} {route}" if route is not None else prefix,
             context=parent,
             kind=SpanKind.SERVER,
-            attributes=_request_attributes(request, method, route),
             record_exception=False,
             set_status_on_exception=False,
         )
+        # Attributes only for spans that record (most are sampled out). The configurable
+        # samplers are the built-in ones, which never read attributes, so setting them after
+        # the start gives the same decision and the same span.
+        if span.is_recording():
+            span.set_attributes(_request_attributes(request, method, route))
         token = context_api.attach(trace.set_span_in_context(span, parent))
         try:
             response = await handler(request)

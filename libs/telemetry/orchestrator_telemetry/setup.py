@@ -9,6 +9,8 @@ While the collector is unreachable, one warning says spans are being dropped and
 SDK's own export errors are logged at most once a minute (``log_throttle``), and one info
 line says when the collector is back and what was lost (``export_health``).
 
+When exporting, the provider is the SDK's with the configured sampler, whose tracers skip
+the SDK for spans the sampler drops (``sampling``).
 Without an endpoint (and no exporter passed in) the provider is a ``ContextOnlyTracerProvider``:
 spans get real trace ids and the configured sampler's flags, so context crosses the broker and
 responses can name their trace, but nothing is recorded (recording spans only to drop them
@@ -32,19 +34,15 @@ from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import (
-    ALWAYS_OFF,
-    ALWAYS_ON,
-    ParentBased,
-    Sampler,
-    TraceIdRatioBased,
-)
 
 from .config import TelemetrySettings, redact_url
 from .context_only import ContextOnlyTracerProvider
 from .export_health import ExportHealth, problem_noting_session
 from .log_throttle import acquire_sdk_throttle, release_sdk_throttle
 from .otlp_exporter import FastOTLPSpanExporter
+from .sampling import SamplingTracerProvider, build_sampler
+
+__all__ = ["Telemetry", "build_exporter", "build_resource", "build_sampler", "setup_telemetry"]
 
 _log = logging.getLogger(__name__)
 
@@ -53,21 +51,6 @@ _COMPRESSION = {
     "gzip": Compression.Gzip,
     "deflate": Compression.Deflate,
 }
-
-
-def build_sampler(name: str, arg: float | None) -> Sampler:
-    """The SDK sampler an ``OTEL_TRACES_SAMPLER`` name (and its ratio) stands for."""
-    ratio = 1.0 if arg is None else arg
-    root: Sampler
-    if name.endswith("always_on"):
-        root = ALWAYS_ON
-    elif name.endswith("always_off"):
-        root = ALWAYS_OFF
-    elif name.endswith("traceidratio"):
-        root = TraceIdRatioBased(ratio)
-    else:
-        raise ValueError(f"unknown sampler {name!r}")
-    return ParentBased(root) if name.startswith("parentbased_") else root
 
 
 def build_resource(settings: TelemetrySettings) -> Resource:
@@ -241,9 +224,8 @@ def setup_telemetry(
     elif exporter is None and not settings.exporting:
         provider = ContextOnlyTracerProvider(settings.sampler, settings.sampler_arg)
     else:
-        sdk_provider = TracerProvider(
-            resource=build_resource(settings),
-            sampler=build_sampler(settings.sampler, settings.sampler_arg),
+        sdk_provider = SamplingTracerProvider(
+            settings.sampler, settings.sampler_arg, resource=build_resource(settings)
         )
         exporter = _watched_exporter(settings, exporter)
         if exporter is not None:

@@ -41,13 +41,18 @@ from types import TracebackType
 from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from orchestrator_broker import Broker, ConsumeOptions, DeadLetter, Delivery, Message
 
 from .config import package_version
 from .context_only import ContextOnlyTracer
-from .propagation import extract_context, inject_message, inject_span_context
+from .propagation import (
+    current_span_context,
+    extract_context,
+    inject_message,
+    inject_span_context,
+)
 
 #: Our own attributes (no semantic convention covers settlement yet).
 SETTLEMENT = "orchestrator.delivery.settlement"
@@ -270,18 +275,23 @@ class TracingBroker:
             current = context_api.get_current()
             headers = inject_span_context(message.headers, ids_only.span_context(current), current)
             return await self._broker.publish(stream, message.replace_headers(headers))
-        attributes = {
-            "messaging.system": self._system,
-            "messaging.destination.name": stream,
-            "messaging.operation.type": "send",
-            "messaging.operation.name": "send",
-            "messaging.message.id": message.id,
-        }
-        with self._tracer.start_as_current_span(
-            f"send {stream}", kind=SpanKind.PRODUCER, attributes=attributes
-        ) as span:
+        with self._tracer.start_as_current_span(f"send {stream}", kind=SpanKind.PRODUCER) as span:
+            # Attributes only if the span records: the configurable samplers (the built-in
+            # ones) never read them, so setting them after the start is equivalent.
+            recording = span.is_recording()
+            if recording:
+                span.set_attributes(
+                    {
+                        "messaging.system": self._system,
+                        "messaging.destination.name": stream,
+                        "messaging.operation.type": "send",
+                        "messaging.operation.name": "send",
+                        "messaging.message.id": message.id,
+                    }
+                )
             entry_id = await self._broker.publish(stream, inject_message(message))
-            span.set_attribute(self._entry_id_key, entry_id)
+            if recording:
+                span.set_attribute(self._entry_id_key, entry_id)
             return entry_id
 
     async def ensure_group(self, stream: str, group: str) -> None:
@@ -325,7 +335,13 @@ class TracingBroker:
         return traced
 
     def _process_span(self, delivery: Delivery, parent: Context, consumer: str | None) -> Span:
-        remote = trace.get_current_span(parent).get_span_context()
+        span = self._tracer.start_span(
+            f"process {delivery.stream}", context=parent, kind=SpanKind.CONSUMER
+        )
+        if not span.is_recording():
+            return span
+        # Attributes and the link only for a span that records. The configurable samplers
+        # (the built-in ones) read neither, so adding them after the start is equivalent.
         attributes: dict[str, str | int] = {
             "messaging.system": self._system,
             "messaging.destination.name": delivery.stream,
@@ -338,13 +354,11 @@ class TracingBroker:
         }
         if consumer is not None:
             attributes["messaging.client.id"] = consumer
-        return self._tracer.start_span(
-            f"process {delivery.stream}",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            links=[Link(remote)] if remote.is_valid else None,
-        )
+        span.set_attributes(attributes)
+        remote = current_span_context(parent)
+        if remote.is_valid:
+            span.add_link(remote)
+        return span
 
     async def pending_count(self, stream: str, group: str) -> int:
         return await self._broker.pending_count(stream, group)

@@ -57,23 +57,28 @@ class CallSpan:
         system: str | None,
         trace_content: bool,
     ) -> None:
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": provider,
-            "gen_ai.request.model": model,
-            "server.address": url.host or "",
-            "server.port": url.port or (443 if url.scheme == "https" else 80),
-            **span_attributes(parameters),
-        }
-        if trace_content:
-            attributes["gen_ai.input.messages"] = _json(
-                [{"role": "user", "parts": [{"type": "text", "content": prompt}]}]
-            )
-            if system:
-                attributes["gen_ai.system_instructions"] = _json(
-                    [{"type": "text", "content": system}]
+        self._span = tracer.start_span(f"chat {model}", kind=SpanKind.CLIENT)
+        # Attributes (and the prompt's JSON) only for a span that records. The configurable
+        # samplers (the SDK's built-in ones) never read attributes, so setting them after
+        # the start gives the same decision and the same span.
+        if self._span.is_recording():
+            attributes: dict[str, Any] = {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": provider,
+                "gen_ai.request.model": model,
+                "server.address": url.host or "",
+                "server.port": url.port or (443 if url.scheme == "https" else 80),
+                **span_attributes(parameters),
+            }
+            if trace_content:
+                attributes["gen_ai.input.messages"] = _json(
+                    [{"role": "user", "parts": [{"type": "text", "content": prompt}]}]
                 )
-        self._span = tracer.start_span(f"chat {model}", kind=SpanKind.CLIENT, attributes=attributes)
+                if system:
+                    attributes["gen_ai.system_instructions"] = _json(
+                        [{"type": "text", "content": system}]
+                    )
+            self._span.set_attributes(attributes)
         self.trace_content = trace_content
         self._ended = False
         self._outcome = False

@@ -103,15 +103,17 @@ class EchoProvider:
         chunk_delay: float,
         failure: type[ProviderError] | None,
     ) -> AsyncIterator[StreamItem]:
-        span = self._tracer.start_span(
-            "chat echo",
-            kind=SpanKind.CLIENT,
-            attributes={
-                "gen_ai.operation.name": "chat",
-                "gen_ai.provider.name": "echo",
-                "gen_ai.request.model": request.model,
-            },
-        )
+        span = self._tracer.start_span("chat echo", kind=SpanKind.CLIENT)
+        # Attributes only if the span records: the configurable samplers (the SDK's built-in
+        # ones) never read them, so setting them after the start is equivalent.
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.provider.name": "echo",
+                    "gen_ai.request.model": request.model,
+                }
+            )
         try:
             if latency:
                 await asyncio.sleep(latency)
