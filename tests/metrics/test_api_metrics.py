@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from orchestrator_api.app import create_app
 from orchestrator_api.config import ApiSettings
+from orchestrator_api.ratelimit import Rate
 from orchestrator_api.store.memory import MemoryTaskStore
 from orchestrator_broker import MemoryBroker
 from orchestrator_telemetry import TracingBroker, process_context
@@ -153,6 +154,38 @@ async def test_an_idempotent_replay_is_not_counted_as_accepted(stack: Stack) -> 
     families = await scrape(stack.client)
 
     assert value(families, "orchestrator_api_tasks_accepted_total", tenant="acme") == 1
+
+
+async def test_submissions_over_a_tenants_rate_are_counted_as_rate_limited_per_tenant(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+) -> None:
+    settings = ApiSettings(
+        api_keys=(("acme", "key-acme"), ("globex", "key-globex")),
+        rate_limits={"acme": Rate(2, 3600.0)},  # a burst of 2, then none for the test
+    )
+    broker = MemoryBroker()
+    store = MemoryTaskStore(settings.cache_ttl_seconds)
+    client = await aiohttp_client(create_app(settings, broker=broker, store=store))
+    try:
+        statuses = []
+        for headers in (ACME, ACME, ACME, ACME, GLOBEX, GLOBEX):
+            response = await client.post(
+                "/v1/tasks", json={"prompt": "x", "cache": False}, headers=headers
+            )
+            statuses.append(response.status)
+        families = await scrape(client)
+    finally:
+        await client.close()
+        await store.close()
+        await broker.close()
+
+    assert statuses == [202, 202, 429, 429, 202, 202]
+    limited = "orchestrator_api_tasks_rate_limited_total"
+    assert value(families, limited, tenant="acme") == 2
+    assert {s.labels["tenant"] for s in families[limited].samples} == {"acme"}
+    assert value(families, "orchestrator_api_tasks_accepted_total", tenant="acme") == 2
+    count = "orchestrator_api_http_request_duration_seconds_count"
+    assert value(families, count, method="POST", route="/v1/tasks", status="429") == 2
 
 
 async def test_result_delay_is_observed_with_trace_exemplars(stack: Stack) -> None:

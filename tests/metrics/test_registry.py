@@ -310,6 +310,7 @@ def test_the_services_metrics_pass_promtools_lint() -> None:
     registry = Registry()
     api, worker = ApiMetrics(registry), WorkerMetrics(registry)
     api.task_accepted("acme", None)
+    api.task_rate_limited("acme")
     api.http.labels("GET", "/v1/tasks/{task_id}", "200").observe(0.01)
     api.open_streams.set(1)
     worker.attempt_started("echo", "echo", 1, time.time())
@@ -317,6 +318,8 @@ def test_the_services_metrics_pass_promtools_lint() -> None:
     worker.task_succeeded("echo", "echo", Usage(3, 4), 0.001, run_seconds=0.1)
     worker.task_failed(None, None, "invalid_model")
     worker.breaker_changed("openai", "closed", "open")
+    worker.provider_paused("openai", 20.0, "rate_limit")
+    worker.paused_seconds.labels("openai").set(19.5)
     worker.in_flight.set(1)
 
     result = subprocess.run(

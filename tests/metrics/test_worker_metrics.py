@@ -166,6 +166,32 @@ async def test_capacity_breakers_and_queue_are_read_at_scrape_time(running: Runn
     assert value(families, "orchestrator_broker_up") == 1
 
 
+async def test_a_provider_pause_is_counted_and_its_seconds_left_shown(
+    running: Running,
+) -> None:
+    # echo's rate_limit failure carries Retry-After: 1 s, which pauses echo in this worker.
+    await submit(running.broker, "told-to-wait", parameters={"fail": "rate_limit"})
+
+    pauses = "orchestrator_worker_provider_pauses_total"
+    left = "orchestrator_worker_provider_paused_seconds"
+    paused = await eventually(
+        running.server.url,
+        lambda f: value(f, pauses, provider="echo") >= 1 and value(f, left, provider="echo") > 0,
+    )
+    over = await eventually(running.server.url, lambda f: value(f, left, provider="echo") == 0)
+
+    assert value(paused, pauses, provider="echo", error_type="rate_limit") >= 1
+    assert 0 < value(paused, left, provider="echo") <= 1.0
+    assert value(over, pauses, provider="echo", error_type="rate_limit") >= 1
+
+
+async def test_an_unpaused_provider_shows_zero_seconds_paused(running: Running) -> None:
+    families = await scrape(running.server.url)
+
+    assert value(families, "orchestrator_worker_provider_paused_seconds", provider="echo") == 0
+    assert "orchestrator_worker_provider_pauses_total" not in names(families)
+
+
 async def test_latency_exemplars_carry_the_tasks_trace_id(running: Running) -> None:
     await submit(running.broker, "traced")
     await eventually(

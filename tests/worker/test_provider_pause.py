@@ -183,7 +183,7 @@ def test_tasks_held_back_by_a_pause_are_requeued_with_their_reason_in_metrics() 
     metrics = WorkerMetrics()
     metrics.deferred("openai", 1.2, PAUSED)
     metrics.deferred("openai", 3.4, CIRCUIT_OPEN)
-    metrics.provider_paused("openai", 1.0, "rate_limit")  # a hook; counts nothing itself
+    metrics.provider_paused("openai", 1.0, "rate_limit")  # the pause itself, not a requeue
 
     text = metrics.registry.expose().decode()
 

@@ -1,5 +1,5 @@
-"""The API's metrics: HTTP traffic, accepted and finished tasks, tokens and cost per tenant,
-the results consumer, and the queues, served on ``GET /metrics`` (no auth).
+"""The API's metrics: HTTP traffic, accepted, rate-limited and finished tasks, tokens and cost
+per tenant, the results consumer, and the queues, served on ``GET /metrics`` (no auth).
 
 Label cardinality stays bounded: ``route`` is the route template (``/v1/tasks/{task_id}``,
 ``unmatched`` for any path without a route), ``method`` one of the standard methods (else
@@ -66,6 +66,12 @@ class ApiMetrics:
             "Tasks accepted (202) by tenant and requested model (default: the worker's).",
             ("tenant", "model"),
         )
+        self.tasks_rate_limited = registry.counter(
+            "orchestrator_api_tasks_rate_limited_total",
+            "Submissions refused (429) because the tenant was over its RATE_LIMITS rate, by "
+            "tenant.",
+            ("tenant",),
+        )
         self.tasks_shared = registry.counter(
             "orchestrator_api_tasks_shared_total",
             "Accepted tasks that made no provider call of their own, by tenant and how: "
@@ -117,6 +123,10 @@ class ApiMetrics:
     def task_accepted(self, tenant: str, model: str | None) -> None:
         """A new task was accepted (not an idempotent replay)."""
         self.tasks_accepted.labels(tenant, model or "default").inc()
+
+    def task_rate_limited(self, tenant: str) -> None:
+        """A submission was refused with a 429: the tenant is over its rate."""
+        self.tasks_rate_limited.labels(tenant).inc()
 
     def task_shared(self, tenant: str, outcome: str) -> None:
         """An accepted task was a prompt cache ``hit`` or ``joined`` an identical one."""

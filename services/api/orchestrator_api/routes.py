@@ -77,6 +77,7 @@ async def submit_task(request: web.Request) -> web.Response:
     tenant = _tenant(request, state)
     limiter = state.limiter
     if limiter is not None and (wait := limiter.acquire(tenant)) > 0:
+        request.app[METRICS].task_rate_limited(tenant)
         raise Problem(
             429,
             f"Over this tenant's submission rate ({limiter.rate(tenant)}): nothing was "

@@ -1,5 +1,6 @@
 """The worker's metrics: tasks and their outcomes, provider calls, tokens and cost, retries,
-dead letters, circuit breakers, concurrency, task latency and the tasks queue.
+dead letters, circuit breakers and provider pauses, concurrency, task latency and the tasks
+queue.
 
 Served on ``GET /metrics`` at ``METRICS_HOST:METRICS_PORT`` (see ``service``). Labels stay
 bounded: ``provider`` is a registry name, ``error_type`` one of the worker's error types,
@@ -130,6 +131,17 @@ class WorkerMetrics:
             "Circuit breaker state changes, by provider and new state.",
             ("provider", "state"),
         )
+        self.pauses = registry.counter(
+            "orchestrator_worker_provider_pauses_total",
+            "Provider pauses begun or extended by a second or more (the provider asked for a "
+            "wait: Retry-After), by provider and the error type that carried the wait.",
+            ("provider", "error_type"),
+        )
+        self.paused_seconds = registry.gauge(
+            "orchestrator_worker_provider_paused_seconds",
+            "Seconds left of each provider's pause in this worker (0: not paused).",
+            ("provider",),
+        )
         self.queue_wait = registry.histogram(
             "orchestrator_task_queue_wait_seconds",
             "From the API accepting a task to a worker starting an attempt, by attempt (first, "
@@ -239,9 +251,9 @@ class WorkerMetrics:
         self.breaker_transitions.labels(provider, str(new)).inc()
 
     def provider_paused(self, provider: str, seconds: float, error_type: str) -> None:
-        # Counted where it shows: the tasks it holds back (requeued{reason="paused"},
-        # fallbacks{error_type="paused"}); the pause itself is a log line and a span event.
-        pass
+        # The tasks a pause holds back count elsewhere (requeued{reason="paused"},
+        # fallbacks{error_type="paused"}); the seconds left are read at scrape time.
+        self.pauses.labels(provider, error_type).inc()
 
     # ---- scrape-time collection -----------------------------------------------------------
 
@@ -261,6 +273,16 @@ class WorkerMetrics:
         def collect() -> None:
             for provider, state in providers():
                 self.breaker_state.labels(provider).set(BREAKER_STATES.get(str(state), -1.0))
+
+        self.registry.add_collector(collect)
+
+    def watch_pauses(self, providers: Callable[[], list[tuple[str, float]]]) -> None:
+        """Report the seconds left of every provider's pause at each scrape: ``providers()``
+        lists (provider, seconds left) pairs, 0 for a provider that is not paused."""
+
+        def collect() -> None:
+            for provider, seconds in providers():
+                self.paused_seconds.labels(provider).set(seconds)
 
         self.registry.add_collector(collect)
 

@@ -150,6 +150,7 @@ class Worker:
         if metrics is not None:
             metrics.watch(lambda: len(self._tasks), settings.concurrency)
             metrics.watch_breakers(self._breaker_states)
+            metrics.watch_pauses(self._pauses)
             metrics.watch_queue(broker, settings.stream, settings.consumer_group)
 
     def _breaker_states(self) -> list[tuple[str, str]]:
@@ -157,6 +158,14 @@ class Worker:
         made = self.guards.guards
         return [
             (name, made[name].breaker.state.value if name in made else "closed")
+            for name in self._providers.names
+        ]
+
+    def _pauses(self) -> list[tuple[str, float]]:
+        """(provider, seconds left of its pause) of every provider, for metrics."""
+        made = self.guards.guards
+        return [
+            (name, made[name].breaker.paused_for() if name in made else 0.0)
             for name in self._providers.names
         ]
 
