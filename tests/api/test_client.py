@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from typing import Any
 
 import orjson
@@ -14,7 +15,7 @@ from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace import TracerProvider
 
 from orchestrator_api.app import create_app
-from orchestrator_api.client import ClientError, submit
+from orchestrator_api.client import ClientError, _Retrier, _Transient, submit
 from orchestrator_api.config import ApiSettings
 from orchestrator_api.model import TaskRecord
 from orchestrator_api.store import StoreUnavailable
@@ -172,3 +173,12 @@ async def test_a_stream_resumes_after_an_api_restart_without_repeats() -> None:
         await broker.close()
         await store.close()
     assert out.getvalue() == "Hello\n"
+
+
+async def test_a_server_retry_after_is_honoured_in_full_within_the_deadline() -> None:
+    retrier = _Retrier("http://api", tries=5, deadline=time.monotonic() + 20)
+
+    # 30 s asked, 20 s left: give up now rather than come back early (after a capped wait).
+    async with asyncio.timeout(2):
+        with pytest.raises(ClientError, match="out of time"):
+            await retrier.failed(_Transient("HTTP 429: slow down", wait=30))

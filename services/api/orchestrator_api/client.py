@@ -60,7 +60,9 @@ async def _sse_events(
 RETRYABLE = frozenset({409, 429, 502, 503, 504})
 #: Tries of one request (or reconnects of one stream) in a row before giving up.
 DEFAULT_TRIES = 6
-_MAX_WAIT = 10.0
+#: Longest wait of our own backoff, and of a server's Retry-After (the deadline still rules).
+_MAX_BACKOFF = 10.0
+_MAX_RETRY_AFTER = 300.0
 
 
 class _Transient(Exception):
@@ -93,8 +95,9 @@ class _Retrier:
         self.failures += 1
         wait = why.wait if isinstance(why, _Transient) else None
         if wait is None:
-            wait = 0.25 * 2 ** (self.failures - 1)
-        wait = min(wait, _MAX_WAIT)
+            wait = min(0.25 * 2 ** (self.failures - 1), _MAX_BACKOFF)
+        else:
+            wait = min(wait, _MAX_RETRY_AFTER)
         message = str(why) or type(why).__name__
         if isinstance(why, aiohttp.ClientError | TimeoutError):
             message = f"cannot reach {self.base}: {message}"
