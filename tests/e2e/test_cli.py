@@ -20,6 +20,7 @@ from tests.e2e.support import (
     free_port,
     wait_healthy,
 )
+from tests.support.old_redis import old_redis
 
 pytestmark = pytest.mark.slow
 
@@ -172,3 +173,14 @@ async def test_submit_to_a_dead_url_is_one_line() -> None:
     assert outcome.returncode != 0
     assert len(outcome.stderr_lines) == 1, outcome.stderr
     assert url in outcome.stderr
+
+
+@pytest.mark.parametrize("command", ["api", "worker", "run"])
+async def test_an_old_redis_stops_startup_with_one_line(command: str) -> None:
+    async with old_redis("6.0.16") as url:
+        env = clean_env(REDIS_URI=url, API_KEYS="t:e2e-cli-key", PORT=str(free_port()))
+        outcome = await run_cli([command], env, timeout=30)
+    assert outcome.returncode != 0
+    assert len(outcome.stderr_lines) == 1, outcome.stderr
+    assert "Redis 6.0.16" in outcome.stderr
+    assert "7.0" in outcome.stderr

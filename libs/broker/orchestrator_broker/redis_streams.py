@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -110,6 +111,8 @@ from .redis_settings import RedisSettings
 
 logger = logging.getLogger("orchestrator_broker.redis")
 
+#: The oldest Redis the adapter works with.
+MIN_REDIS_VERSION = (7, 0)
 #: How far below the read socket timeout ``ConsumeOptions.block`` must stay.
 BLOCK_MARGIN = 0.5
 #: Most ids renewed by one extend script call (Lua's unpack has a stack limit).
@@ -260,6 +263,24 @@ class RedisStreamsBroker:
         with mapped_errors():
             await self._client.ping()
 
+    async def check_server(self) -> str:
+        """The server's version; ``ConfigError`` when it is older than ``MIN_REDIS_VERSION``
+        (the adapter needs XAUTOCLAIM, XTRIM MINID and Redis 7's script semantics; an older
+        server fails later, task by task, with "unknown command"). ``BrokerUnavailable``
+        when it does not answer."""
+        self._check_open()
+        with mapped_errors():
+            info: Any = await self._client.info("server")
+        version = str(info.get("redis_version", ""))
+        numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+        if len(numbers) == 2 and numbers < MIN_REDIS_VERSION:
+            wanted = ".".join(map(str, MIN_REDIS_VERSION))
+            raise ConfigError(
+                f"REDIS_URI: {self.settings.masked_url} runs Redis {version}; "
+                f"ai-orchestrator needs Redis {wanted} or newer"
+            )
+        return version
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -401,6 +422,20 @@ class RedisStreamsBroker:
         return total
 
 
+async def check_supported_server(broker: object, timeout: float = 2.0) -> None:
+    """At startup: ``ConfigError`` when ``broker`` (or the adapter a wrapper such as
+    ``TracingBroker`` holds as ``inner``) is a Redis Streams broker on a server too old for
+    it. A server that does not answer yet passes: the service says so and keeps trying."""
+    adapter = getattr(broker, "inner", broker)
+    if not isinstance(adapter, RedisStreamsBroker):
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            await adapter.check_server()
+    except (BrokerUnavailable, TimeoutError):
+        return
+
+
 def _make_pool(settings: RedisSettings, socket_timeout: float) -> BlockingConnectionPool:
     return BlockingConnectionPool(
         connection_class=SSLConnection if settings.tls else Connection,
@@ -419,4 +454,10 @@ def _make_pool(settings: RedisSettings, socket_timeout: float) -> BlockingConnec
     )
 
 
-__all__ = ["RedisDelivery", "RedisStreamsBroker", "delayed_key"]
+__all__ = [
+    "MIN_REDIS_VERSION",
+    "RedisDelivery",
+    "RedisStreamsBroker",
+    "check_supported_server",
+    "delayed_key",
+]

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import attrs
 
 from orchestrator_broker import BrokerError
+from orchestrator_broker.redis_streams import check_supported_server
 from orchestrator_telemetry import (
     TelemetryConfigError,
     TelemetrySettings,
@@ -117,6 +118,13 @@ async def _run_single_process(args: argparse.Namespace, environ: Mapping[str, st
     telemetry_settings = TelemetrySettings.from_env(env, default_service_name=api.app_id)
     telemetry = setup_telemetry(telemetry_settings)
     adapter, store, backend = api_service.build_resources(api)
+    try:
+        await check_supported_server(adapter)  # a too-old Redis stops startup, in one line
+    except BrokerError:
+        await adapter.close()
+        await store.close()
+        await telemetry.aclose()
+        raise
     broker = TracingBroker(adapter, tracer_provider=telemetry.tracer_provider)
     registry = registry_from_env(
         env,

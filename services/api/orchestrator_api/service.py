@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from aiohttp import web
 from opentelemetry import trace
 
-from orchestrator_broker import Broker
+from orchestrator_broker import Broker, BrokerError
+from orchestrator_broker.redis_streams import check_supported_server
 
 from .app import create_app
 from .config import ApiSettings
@@ -107,6 +108,14 @@ async def serve(
             await built_store.close()
     else:
         backend = labels[0] if labels else "caller's"
+    try:
+        await check_supported_server(broker)  # a too-old Redis stops startup, in one line
+    except BrokerError:
+        for resource in owned:
+            await resource.close()
+        if telemetry is not None:
+            await telemetry.aclose()
+        raise
 
     app = create_app(
         settings, broker=broker, store=store, tracer_provider=tracer_provider, metrics=metrics

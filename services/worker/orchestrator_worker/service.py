@@ -13,9 +13,9 @@ import signal
 import sys
 from collections.abc import Mapping
 
-from orchestrator_broker import Broker
+from orchestrator_broker import Broker, BrokerError
 from orchestrator_broker.redis_settings import RedisSettings
-from orchestrator_broker.redis_streams import RedisStreamsBroker
+from orchestrator_broker.redis_streams import RedisStreamsBroker, check_supported_server
 from orchestrator_telemetry import (
     TelemetryConfigError,
     TelemetrySettings,
@@ -87,6 +87,15 @@ async def serve(
         raise
     own_broker = broker is None
     adapter = broker if broker is not None else connect_broker(settings)
+    try:
+        await check_supported_server(adapter)  # a too-old Redis stops startup, one line
+    except BrokerError:
+        if own_providers:
+            await registry.close()
+        if own_broker:
+            await adapter.close()
+        await telemetry.aclose()
+        raise
     traced = TracingBroker(adapter, tracer_provider=telemetry.tracer_provider)
     metrics = WorkerMetrics()
     worker = Worker(
