@@ -29,7 +29,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, _Span
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanKind, Status
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status
 
 from .errors import TelemetryError
 
@@ -268,17 +268,22 @@ _LINK_FLAGS_REMOTE = b"\x35\x00\x03\x00\x00"
 _STATUS_UNSET = b"\x7a\x00"  # the SDK always sets Span.status, even to nothing
 
 
+def _ids(context: SpanContext) -> bytes:
+    """Fields 1 and 2 of a ``Span`` or a ``Link``: the trace id and the span id."""
+    return (
+        b"\x0a\x10"
+        + context.trace_id.to_bytes(16, "big")
+        + b"\x12\x08"
+        + context.span_id.to_bytes(8, "big")
+    )
+
+
 def _span(span: ReadableSpan) -> bytes:
     """The ``Span`` message for ``span``, as the SDK's ``_encode_span`` fills it."""
     context = span.get_span_context()
     if context is None:
         raise SpanEncodingError("a span without a context")
-    out = [
-        b"\x0a\x10"
-        + context.trace_id.to_bytes(16, "big")
-        + b"\x12\x08"
-        + context.span_id.to_bytes(8, "big")
-    ]
+    out = [_ids(context)]
     trace_state = context.trace_state
     if trace_state:
         text = ",".join([f"{key}={value}" for key, value in trace_state.items()])
@@ -357,12 +362,7 @@ def _event(event: Event) -> bytes:
 def _link(link: Link) -> bytes:
     # The SDK leaves Link.trace_state out.
     context = link.context
-    out = [
-        b"\x0a\x10"
-        + context.trace_id.to_bytes(16, "big")
-        + b"\x12\x08"
-        + context.span_id.to_bytes(8, "big")
-    ]
+    out = [_ids(context)]
     attributes = link.attributes
     if attributes:
         _LINK_ATTRIBUTES.add(out, _items(attributes))

@@ -133,36 +133,19 @@ class SamplingTracer(Tracer):
         set_status_on_exception: bool = True,
     ) -> Span:
         rule = self._rule
-        if rule is None or not self._tracer_config.is_enabled:
-            return super().start_span(
-                name,
-                context,
-                kind,
-                attributes,
-                links,
-                start_time,
-                record_exception,
-                set_status_on_exception,
-            )
-        parent = current_span_context(context)
         ids = self._ids
-        if parent.is_valid or self._every_root:
-            if parent.is_valid and not rule.samples_child(parent):
-                return NonRecordingSpan(rule.child_context(parent, ids.generate_span_id()))
-            return super().start_span(
-                name,
-                context,
-                kind,
-                attributes,
-                links,
-                start_time,
-                record_exception,
-                set_status_on_exception,
-            )
-        trace_id = ids.draw_trace_id()
-        if not rule.samples_root(trace_id):
-            return NonRecordingSpan(rule.root_context(trace_id, ids.generate_span_id()))
-        ids.hand_over(trace_id)
+        handed_over = False
+        if rule is not None and self._tracer_config.is_enabled:
+            parent = current_span_context(context)
+            if parent.is_valid:
+                if not rule.samples_child(parent):
+                    return NonRecordingSpan(rule.child_context(parent, ids.generate_span_id()))
+            elif not self._every_root:
+                trace_id = ids.draw_trace_id()
+                if not rule.samples_root(trace_id):
+                    return NonRecordingSpan(rule.root_context(trace_id, ids.generate_span_id()))
+                ids.hand_over(trace_id)  # the SDK decides on (and uses) this very trace id
+                handed_over = True
         try:
             return super().start_span(
                 name,
@@ -175,7 +158,8 @@ class SamplingTracer(Tracer):
                 set_status_on_exception,
             )
         finally:
-            ids.take_back()  # normally taken already; never leave it for another span
+            if handed_over:
+                ids.take_back()  # normally taken already; never leave it for another span
 
     def start_as_current_span(
         self,
