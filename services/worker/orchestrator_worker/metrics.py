@@ -266,23 +266,15 @@ class WorkerMetrics:
 
         self.registry.add_collector(collect)
 
-    def watch_breakers(self, providers: Callable[[], list[tuple[str, str]]]) -> None:
-        """Report every provider's breaker state at each scrape: ``providers()`` lists
-        (provider, state) pairs, so providers whose state never changed show up too."""
+    def watch_breakers(self, providers: Callable[[], list[tuple[str, str, float]]]) -> None:
+        """Report every provider's breaker state and the seconds left of its pause at each
+        scrape: ``providers()`` lists (provider, state, seconds paused) triples, so providers
+        whose state never changed show up too (0 seconds: not paused)."""
 
         def collect() -> None:
-            for provider, state in providers():
+            for provider, state, paused in providers():
                 self.breaker_state.labels(provider).set(BREAKER_STATES.get(str(state), -1.0))
-
-        self.registry.add_collector(collect)
-
-    def watch_pauses(self, providers: Callable[[], list[tuple[str, float]]]) -> None:
-        """Report the seconds left of every provider's pause at each scrape: ``providers()``
-        lists (provider, seconds left) pairs, 0 for a provider that is not paused."""
-
-        def collect() -> None:
-            for provider, seconds in providers():
-                self.paused_seconds.labels(provider).set(seconds)
+                self.paused_seconds.labels(provider).set(paused)
 
         self.registry.add_collector(collect)
 

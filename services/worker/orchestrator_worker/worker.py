@@ -149,23 +149,17 @@ class Worker:
         self._idle.set()
         if metrics is not None:
             metrics.watch(lambda: len(self._tasks), settings.concurrency)
-            metrics.watch_breakers(self._breaker_states)
-            metrics.watch_pauses(self._pauses)
+            metrics.watch_breakers(self._breakers)
             metrics.watch_queue(broker, settings.stream, settings.consumer_group)
 
-    def _breaker_states(self) -> list[tuple[str, str]]:
-        """(provider, circuit state) of every provider, for metrics."""
+    def _breakers(self) -> list[tuple[str, str, float]]:
+        """(provider, circuit state, seconds left of its pause) of every provider, for
+        metrics; a provider not called yet is closed and not paused."""
         made = self.guards.guards
         return [
-            (name, made[name].breaker.state.value if name in made else "closed")
-            for name in self._providers.names
-        ]
-
-    def _pauses(self) -> list[tuple[str, float]]:
-        """(provider, seconds left of its pause) of every provider, for metrics."""
-        made = self.guards.guards
-        return [
-            (name, made[name].breaker.paused_for() if name in made else 0.0)
+            (name, made[name].breaker.state.value, made[name].breaker.paused_for())
+            if name in made
+            else (name, "closed", 0.0)
             for name in self._providers.names
         ]
 
