@@ -37,10 +37,21 @@ class Script:
         return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
 
-# Sets ``now``, the server's time in ms (scripts may read TIME: Redis 7 replicates effects).
-_NOW = """
+# The creating scripts' prologue. ``now``: the server's time in ms (scripts may read TIME:
+# Redis 7 replicates effects). ``replay``: the answer to a replay of an idempotency key whose
+# existing record (``rec``, its HMGET) is at ``key``: 3 if another request (fingerprint
+# ``fp``, '' for none) made it, 2 while it is pending, else ``rec``; nil once it was
+# abandoned (pending past its deadline), so the key may be taken over.
+_PROLOGUE = """
 local clock = redis.call('TIME')
 local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
+local function replay(key, rec, fp)
+  local held = redis.call('HMGET', key, 'pv', 'fp')
+  if held[2] and fp ~= '' and held[2] ~= fp then return 3 end
+  if not held[1] then return rec end
+  if tonumber(held[1]) > now then return 2 end
+  return nil
+end
 """
 
 #: A create with an idempotency key and no cache key (one with neither is a plain HSET +
@@ -51,7 +62,7 @@ local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
 #: existing record's fields (tn m st sa fa n r e j c) for the idempotency key. A key whose
 #: task is pending past its deadline (abandoned) is taken over.
 CREATE = Script(
-    _NOW
+    _PROLOGUE
     + """
 local existing = redis.call('GET', KEYS[2])
 if existing then
@@ -59,10 +70,8 @@ if existing then
     'tn', 'm', 'st', 'sa', 'fa', 'n', 'r', 'e', 'j', 'c')
   if rec[1] then
     if existing == ARGV[4] then return 1 end
-    local held = redis.call('HMGET', ARGV[5] .. existing, 'pv', 'fp')
-    if held[2] and ARGV[7] ~= '' and held[2] ~= ARGV[7] then return 3 end
-    if not held[1] then return rec end
-    if tonumber(held[1]) > now then return 2 end
+    local answer = replay(ARGV[5] .. existing, rec, ARGV[7])
+    if answer then return answer end
   end
 end
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
@@ -84,7 +93,7 @@ return 1
 #: follower stored, or of the idempotency key's record; a retry of this call answers as its
 #: first run did.
 SUBMIT = Script(
-    _NOW
+    _PROLOGUE
     + """
 local F = {'tn', 'm', 'st', 'sa', 'fa', 'n', 'r', 'e', 'j', 'c'}
 local mine = redis.call('HMGET', KEYS[1], unpack(F))
@@ -97,10 +106,8 @@ if KEYS[2] ~= '' then
   if existing then
     local rec = redis.call('HMGET', ARGV[5] .. existing, unpack(F))
     if rec[1] then
-      local held = redis.call('HMGET', ARGV[5] .. existing, 'pv', 'fp')
-      if held[2] and ARGV[9] ~= '' and held[2] ~= ARGV[9] then return 3 end
-      if not held[1] then return rec end
-      if tonumber(held[1]) > now then return 2 end
+      local answer = replay(ARGV[5] .. existing, rec, ARGV[9])
+      if answer then return answer end
     end
   end
 end
