@@ -73,6 +73,15 @@ class _Transient(Exception):
         self.wait = wait
 
 
+def _refusal(response: aiohttp.ClientResponse, payload: bytes) -> ClientError | _Transient:
+    """What an answer other than the one wanted means: worth another try (``RETRYABLE``,
+    after its Retry-After), or final."""
+    problem = _problem_text(response.status, payload)
+    if response.status not in RETRYABLE:
+        return ClientError(problem)
+    return _Transient(problem, _retry_after(response))
+
+
 def _retry_after(response: aiohttp.ClientResponse) -> float | None:
     try:
         return max(float(response.headers.get("Retry-After", "")), 0.0)
@@ -128,10 +137,7 @@ async def _request(
                 if response.status in ok:
                     retrier.succeeded()
                     return response.status, orjson.loads(payload)
-                problem = _problem_text(response.status, payload)
-                if response.status not in RETRYABLE:
-                    raise ClientError(problem)
-                raise _Transient(problem, _retry_after(response))
+                raise _refusal(response, payload)
         except (_Transient, aiohttp.ClientError, TimeoutError) as exc:
             await retrier.failed(exc)
 
@@ -210,10 +216,7 @@ async def _stream(
                 f"{base}/v1/tasks/{task_id}/events", headers=headers
             ) as response:
                 if response.status != 200:
-                    problem = _problem_text(response.status, await response.read())
-                    if response.status not in RETRYABLE:
-                        raise ClientError(problem)
-                    raise _Transient(problem, _retry_after(response))
+                    raise _refusal(response, await response.read())
                 async for event_id, event, data in _sse_events(response):
                     retrier.succeeded()
                     last_id = event_id if event_id is not None else last_id
