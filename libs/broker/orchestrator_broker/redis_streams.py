@@ -423,15 +423,14 @@ class RedisStreamsBroker:
 
 
 async def check_supported_server(broker: object, timeout: float = 2.0) -> None:
-    """At startup: ``ConfigError`` when ``broker`` (or the adapter a wrapper such as
-    ``TracingBroker`` holds as ``inner``) is a Redis Streams broker on a server too old for
-    it. A server that does not answer yet passes: the service says so and keeps trying."""
-    adapter = getattr(broker, "inner", broker)
-    if not isinstance(adapter, RedisStreamsBroker):
+    """At startup: ``ConfigError`` when ``broker`` (an adapter, not a wrapper) is a Redis
+    Streams broker on a server too old for it; anything else passes. A server that does not
+    answer yet passes too: the service says so and keeps trying."""
+    if not isinstance(broker, RedisStreamsBroker):
         return
     try:
         async with asyncio.timeout(timeout):
-            await adapter.check_server()
+            await broker.check_server()
     except (BrokerUnavailable, TimeoutError):
         return
 

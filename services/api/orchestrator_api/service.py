@@ -99,8 +99,10 @@ async def serve(
         if broker is None:
             broker = TracingBroker(built_broker, tracer_provider=tracer_provider)
             owned.append(broker)
+            to_check: Broker | None = built_broker
         else:
             await built_broker.close()
+            to_check = None
         if store is None:
             store = built_store
             owned.append(store)
@@ -108,8 +110,10 @@ async def serve(
             await built_store.close()
     else:
         backend = labels[0] if labels else "caller's"
+        to_check = None  # a caller's broker is the caller's to check (launch's `run` does)
     try:
-        await check_supported_server(broker)  # a too-old Redis stops startup, in one line
+        # A too-old Redis stops startup, in one line.
+        await check_supported_server(to_check)
     except BrokerError:
         for resource in owned:
             await resource.close()
