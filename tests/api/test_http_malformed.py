@@ -14,13 +14,12 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
-from opentelemetry.sdk.trace import TracerProvider
 
 from orchestrator_api.config import ApiSettings
 from orchestrator_api.problems import PROBLEM_CONTENT_TYPE, TYPE_TOO_LARGE, malformed_request
 from orchestrator_api.runner import ApiRunner
-from orchestrator_api.service import serve
 from tests.api.conftest import API_KEYS
+from tests.api.test_http_service import running
 
 HANG = 10.0  # hang guard only
 #: A token the malformed part of each request carries: the answer must not quote it back.
@@ -30,24 +29,8 @@ MARKER = "zq7marker"
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
     """The port of the API, served by ``serve`` on 127.0.0.1 until the test ends."""
-    stop = asyncio.Event()
-    started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        serve(
-            ApiSettings(api_keys=API_KEYS),
-            host="127.0.0.1",
-            port=0,
-            tracer_provider=TracerProvider(),
-            stop=stop,
-            on_started=started.set_result,
-        )
-    )
-    try:
-        url = await asyncio.wait_for(asyncio.shield(started), HANG)
+    async with running(ApiSettings(api_keys=API_KEYS)) as (url, _):
         yield int(url.rsplit(":", 1)[1])
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, HANG)
 
 
 class Answer:

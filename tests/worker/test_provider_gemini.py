@@ -41,12 +41,6 @@ MakeProvider = Callable[..., GeminiProvider]
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeLLM]:
-    async with FakeLLM() as server:
-        yield server
-
-
-@pytest.fixture
 async def make_provider(
     fake: FakeLLM, spans: tuple[TracerProvider, InMemorySpanExporter]
 ) -> AsyncIterator[MakeProvider]:

@@ -49,12 +49,6 @@ MakeProvider = Callable[..., OpenAIProvider]
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeLLM]:
-    async with FakeLLM() as server:
-        yield server
-
-
-@pytest.fixture
 async def make_provider(
     fake: FakeLLM, spans: tuple[TracerProvider, InMemorySpanExporter]
 ) -> AsyncIterator[MakeProvider]:

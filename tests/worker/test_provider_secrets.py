@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import attrs
 import pytest
@@ -72,12 +72,6 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "success": lambda fake, key: Reply.answer("fine", headers={"x-echo-key": key}),
 }
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeLLM]:
-    async with FakeLLM() as server:
-        yield server
 
 
 def _providers(

@@ -22,12 +22,6 @@ async def redis_broker(redis_url: str) -> AsyncIterator[RedisStreamsBroker]:
     await broker.close()
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[TimedFakeLLM]:
-    async with TimedFakeLLM() as server:
-        yield server
-
-
 async def test_a_rate_limited_task_waits_in_redis_then_succeeds(
     redis_broker: RedisStreamsBroker, worker_factory, fake: TimedFakeLLM
 ) -> None:
