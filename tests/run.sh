@@ -2,7 +2,7 @@
 # The test command (README: "Test it"). On a fresh Debian machine it installs what is
 # missing -- a venv at .venv with the pinned dependencies, and redis-server and wrk (the HTTP
 # benchmark's load generator) from Debian's packages -- then runs the linters, the type
-# checker and the whole test suite.
+# checker, the import layering check and the whole test suite.
 # Extra arguments go to pytest (e.g. `tests/run.sh tests/broker -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,4 +51,5 @@ export PATH="$PWD/$VENV/bin:$PATH"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 "$VENV/bin/mypy"
+"$VENV/bin/lint-imports" --no-cache  # the package layering (pyproject.toml [tool.importlinter])
 exec "$VENV/bin/python" -m pytest "$@"

@@ -15,13 +15,13 @@ from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace import TracerProvider
 
 from orchestrator_api.app import create_app
-from orchestrator_api.client import ClientError, _Retrier, _Transient, submit
 from orchestrator_api.config import ApiSettings
 from orchestrator_api.model import TaskRecord
 from orchestrator_api.store import StoreUnavailable
 from orchestrator_api.store.memory import MemoryTaskStore
 from orchestrator_broker import BrokerUnavailable, Message
 from orchestrator_broker.memory import MemoryBroker
+from orchestrator_cli.client import ClientError, _Retrier, _Transient, submit
 from tests.api.conftest import API_KEYS, ApiClientFactory
 from tests.api.test_http_tasks import published
 from tests.api.test_store import delta, started, succeeded

@@ -22,8 +22,8 @@ from orchestrator_api.app import create_app
 from orchestrator_api.config import ApiSettings
 from orchestrator_api.store.memory import MemoryTaskStore
 from orchestrator_broker.memory import MemoryBroker
+from orchestrator_tasks.messages import EventKind, ResultEvent, Usage
 from orchestrator_worker.config import WorkerSettings
-from orchestrator_worker.messages import EventKind, ResultEvent, Usage
 from orchestrator_worker.providers import EchoProvider, ProviderRegistry
 from orchestrator_worker.providers.protocol import CompletionRequest, StreamItem
 from orchestrator_worker.worker import Worker
@@ -280,7 +280,7 @@ async def test_cached_and_joined_tasks_match_the_document(api_client: ApiClientF
 
 def test_the_document_describes_every_known_parameter() -> None:
     from orchestrator_api.openapi import build_document
-    from orchestrator_worker.providers.parameters import PARAMETERS
+    from orchestrator_tasks.parameters import PARAMETERS
 
     schema = build_document()["components"]["schemas"]["TaskSubmission"]
     assert set(schema["properties"]["parameters"]["properties"]) == set(PARAMETERS)

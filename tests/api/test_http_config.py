@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator_api.app import build_broker
 from orchestrator_api.config import ApiSettings, ConfigError
-from orchestrator_api.service import build_resources
 
 KEYS = {"API_KEYS": "acme:k1"}
 
@@ -144,9 +144,9 @@ def test_error_messages_never_echo_a_key() -> None:
 
 
 async def test_the_broker_keeps_dead_letter_maxlen_dead_letters() -> None:
-    default, _, _ = build_resources(ApiSettings.from_env(KEYS))
-    capped, _, _ = build_resources(ApiSettings.from_env({**KEYS, "DEAD_LETTER_MAXLEN": "7"}))
-    on_redis, store, _ = build_resources(
+    default = build_broker(ApiSettings.from_env(KEYS))
+    capped = build_broker(ApiSettings.from_env({**KEYS, "DEAD_LETTER_MAXLEN": "7"}))
+    on_redis = build_broker(
         ApiSettings.from_env({**KEYS, "REDIS_URI": "127.0.0.1:1", "DEAD_LETTER_MAXLEN": "7"})
     )
     try:
@@ -156,4 +156,3 @@ async def test_the_broker_keeps_dead_letter_maxlen_dead_letters() -> None:
     finally:
         for broker in (default, capped, on_redis):
             await broker.close()
-        await store.close()

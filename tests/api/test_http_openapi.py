@@ -15,7 +15,7 @@ from orchestrator_api.config import ApiSettings
 from orchestrator_api.model import TaskRecord, TaskStatus
 from orchestrator_broker import BrokerUnavailable, Message
 from orchestrator_broker.memory import MemoryBroker
-from orchestrator_worker.messages import EventKind, ResultEvent
+from orchestrator_tasks.messages import EventKind, ResultEvent
 from tests.api.conftest import ACME, API_KEYS, ApiClientFactory, api_state
 from tests.api.test_http_streaming import lifecycle, read_sse
 

@@ -13,7 +13,7 @@ from orchestrator_api.store.redis import RedisTaskStore
 from orchestrator_broker import BrokerUnavailable, Message
 from orchestrator_broker.memory import MemoryBroker
 from orchestrator_broker.redis_streams import RedisStreamsBroker
-from orchestrator_worker.messages import converter
+from orchestrator_tasks.messages import converter
 from tests.api.conftest import ACME, GLOBEX, ApiClientFactory
 from tests.api.test_http_streaming import lifecycle, messages, read_sse
 from tests.api.test_http_tasks import problem_of, published

@@ -161,7 +161,7 @@ async def test_the_api_command_logs_its_startup_line_serves_and_drains_on_sigter
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "orchestrator_api.cli",
+            "orchestrator_cli",
             "api",
             env=env,
             stdout=log_file,

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from orchestrator_api.model import StoredEvent
 from orchestrator_api.store import MemoryTaskStore, StoreUnavailable
 from orchestrator_broker import Message
-from orchestrator_worker.messages import ErrorInfo, EventKind, ResultEvent, Usage, converter
+from orchestrator_tasks.messages import ErrorInfo, EventKind, ResultEvent, Usage, converter
 from tests.api.conftest import ACME, GLOBEX, ApiClientFactory, api_state
 from tests.api.test_http_tasks import problem_of
 

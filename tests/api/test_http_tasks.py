@@ -16,7 +16,7 @@ from orchestrator_api.store import StoreUnavailable
 from orchestrator_api.store.memory import MemoryTaskStore
 from orchestrator_broker import BrokerUnavailable, Message
 from orchestrator_broker.memory import MemoryBroker
-from orchestrator_worker.messages import (
+from orchestrator_tasks.messages import (
     ErrorInfo,
     EventKind,
     ResultEvent,
@@ -604,27 +604,6 @@ async def test_an_incoming_traceparent_is_continued(api_client: ApiClientFactory
     )
     assert response.headers["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
     assert (await response.json())["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
-
-
-def test_the_hand_built_task_payload_is_what_the_converter_makes() -> None:
-    from orchestrator_api.tasks import task_payload
-    from orchestrator_api.validation import Submission
-
-    submission = Submission(
-        prompt="p", model="m", system="s", parameters={"latency_ms": 1}, metadata={"x": 1}
-    )
-    payload = task_payload("t1", "acme", submission, 12.5)
-    expected = TaskMessage(
-        task_id="t1",
-        tenant="acme",
-        prompt="p",
-        model="m",
-        system="s",
-        parameters={"latency_ms": 1},
-        submitted_at=12.5,
-    )
-    assert payload == converter.unstructure(expected)
-    assert converter.structure(payload, TaskMessage) == expected
 
 
 class HangingStore(MemoryTaskStore):

@@ -13,7 +13,7 @@ from orchestrator_api.results import ResultsConsumer
 from orchestrator_api.store import RedisTaskStore
 from orchestrator_broker import ConsumeOptions, Message
 from orchestrator_broker.redis_streams import RedisStreamsBroker
-from orchestrator_worker.messages import converter
+from orchestrator_tasks.messages import converter
 from tests.api.test_store import delta, new_record, started, succeeded
 
 pytestmark = pytest.mark.redis

@@ -14,8 +14,8 @@ from orchestrator_api.results import ResultsConsumer
 from orchestrator_api.store import MemoryTaskStore
 from orchestrator_broker import ConsumeOptions, Message
 from orchestrator_broker.memory import MemoryBroker
+from orchestrator_tasks.messages import converter
 from orchestrator_telemetry import TracingBroker
-from orchestrator_worker.messages import converter
 from tests.api.test_store import new_record, succeeded
 
 HANG = 30.0

@@ -23,7 +23,7 @@ from orchestrator_api.store import (
     StoreUnavailable,
     TaskStore,
 )
-from orchestrator_worker.messages import ErrorInfo, EventKind, ResultEvent, Usage
+from orchestrator_tasks.messages import ErrorInfo, EventKind, ResultEvent, Usage
 from tests.api.conftest import PENDING
 
 HANG = 20.0

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from orchestrator_api.model import StoredEvent, TaskRecord
 from orchestrator_api.store import MemoryTaskStore, RedisTaskStore, TaskStore
-from orchestrator_worker.messages import ResultEvent
+from orchestrator_tasks.messages import ResultEvent
 from tests.api.test_store import delta, failed, new_record, started, succeeded
 
 TERMINAL = {"result", "error"}

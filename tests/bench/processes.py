@@ -62,7 +62,7 @@ def orchestrator_command() -> list[str]:
     script = Path(sys.executable).with_name("ai-orchestrator")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "orchestrator_api.cli"]
+    return [sys.executable, "-m", "orchestrator_cli"]
 
 
 def repo_root() -> Path:

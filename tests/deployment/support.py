@@ -111,7 +111,7 @@ def strings(node: Any) -> Iterator[str]:
 
 def env_file_values(path: Path) -> dict[str, str]:
     """An env file read by the project's own parser (the one ``--env-file`` uses)."""
-    from orchestrator_api.envfile import parse_env_file
+    from orchestrator_cli.envfile import parse_env_file
 
     return parse_env_file(path)
 

@@ -118,6 +118,39 @@ async def test_run_refuses_a_non_loopback_host_without_keys() -> None:
 # ---- 8. the command line ------------------------------------------------------------------
 
 
+def imported_modules(log: str) -> set[str]:
+    """The modules a ``PYTHONPROFILEIMPORTTIME=1`` process reported importing."""
+    names = set()
+    for line in log.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip())
+    return names
+
+
+async def test_a_running_api_imports_no_worker_module(
+    services: Services, session: aiohttp.ClientSession
+) -> None:
+    env = clean_env(API_KEYS="t:e2e-cli-key", PYTHONPROFILEIMPORTTIME="1")
+    api = services.api(env)
+    await wait_healthy(session, api)
+    # A request through every layer (auth, validation, publish, read back) loads what it uses.
+    headers = {"Authorization": "Bearer e2e-cli-key"}
+    async with session.post(
+        f"{api.url}/v1/tasks", json={"prompt": "hi", "model": "echo"}, headers=headers
+    ) as response:
+        assert response.status == 202, await response.text()
+        task_id = (await response.json())["id"]
+    async with session.get(f"{api.url}/v1/tasks/{task_id}", headers=headers) as response:
+        assert response.status == 200
+    async with session.get(f"{api.url}/metrics") as response:
+        assert response.status == 200
+
+    modules = imported_modules(api.log())
+    assert "orchestrator_api.service" in modules  # the report is there and read right
+    assert "orchestrator_tasks" in modules
+    assert not {m for m in modules if m.startswith("orchestrator_worker")}
+
+
 async def test_help_of_every_command_exits_0() -> None:
     commands: list[list[str]] = [[], ["api"], ["worker"], ["run"], ["submit"]]
     outcomes = await asyncio.gather(*(run_cli([*command, "--help"]) for command in commands))

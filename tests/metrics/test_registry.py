@@ -13,6 +13,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from orchestrator_api.metrics import ApiMetrics
+from orchestrator_tasks.messages import Usage
 from orchestrator_telemetry.metrics import (
     CONTENT_TYPE_OPENMETRICS,
     MAX_LABEL_VALUE,
@@ -22,7 +23,6 @@ from orchestrator_telemetry.metrics import (
     current_trace_id,
     wants_openmetrics,
 )
-from orchestrator_worker.messages import Usage
 from orchestrator_worker.metrics import WorkerMetrics
 from tests.metrics.exposition import parse, value
 

@@ -16,12 +16,12 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from orchestrator_broker import Broker, MemoryBroker, Message
 from orchestrator_broker.redis_streams import RedisStreamsBroker
+from orchestrator_tasks.messages import TaskMessage, converter
 from orchestrator_telemetry import TracingBroker, process_context
 from orchestrator_telemetry.metrics_http import MetricsServer, start_metrics_server
 from orchestrator_worker import config as config_module
 from orchestrator_worker.config import WorkerSettings
 from orchestrator_worker.errors import ConfigError
-from orchestrator_worker.messages import TaskMessage, converter
 from orchestrator_worker.metrics import WorkerMetrics
 from orchestrator_worker.service import _serve_metrics
 from orchestrator_worker.worker import Worker

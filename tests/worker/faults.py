@@ -10,9 +10,9 @@ from typing import Any
 import attrs
 from aiohttp import web
 
-from orchestrator_worker import ResultEvent
+from orchestrator_tasks import ResultEvent
+from orchestrator_tasks.messages import EventKind
 from orchestrator_worker.breaker import BreakerState
-from orchestrator_worker.messages import EventKind
 from orchestrator_worker.providers import (
     EchoProvider,
     GeminiProvider,

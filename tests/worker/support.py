@@ -11,8 +11,9 @@ from typing import Any
 import attrs
 
 from orchestrator_broker import Broker, Message
-from orchestrator_worker import ResultEvent, TaskMessage, Worker, WorkerSettings
-from orchestrator_worker.messages import EventKind, Usage, converter
+from orchestrator_tasks import ResultEvent, TaskMessage
+from orchestrator_tasks.messages import EventKind, Usage, converter
+from orchestrator_worker import Worker, WorkerSettings
 from orchestrator_worker.providers import (
     CompletionRequest,
     EchoProvider,

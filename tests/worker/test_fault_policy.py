@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator_broker import MemoryBroker
+from orchestrator_tasks.messages import Usage
 from orchestrator_worker import ConfigError, Worker, WorkerSettings
 from orchestrator_worker.breaker import BreakerState, CircuitBreaker
 from orchestrator_worker.limits import ProviderGuards, parse_concurrency
-from orchestrator_worker.messages import Usage
 from orchestrator_worker.pricing import Price, PriceTable, load_prices_file, parse_prices
 from orchestrator_worker.providers import EchoProvider, InvalidModel, ProviderRegistry
 from orchestrator_worker.retry import MAX_HINT_SECONDS, RetryPolicy

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator_tasks.parameters import ECHO_FAILURES
 from orchestrator_worker.errors import ConfigError
 from orchestrator_worker.providers import (
     EchoProvider,
@@ -21,7 +22,6 @@ from orchestrator_worker.providers import (
 )
 from orchestrator_worker.providers import echo as echo_module
 from orchestrator_worker.providers.parameters import (
-    ECHO_FAILURES,
     gemini_generation_config,
     openai_body_parameters,
 )

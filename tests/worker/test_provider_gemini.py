@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from orchestrator_worker.messages import Usage
+from orchestrator_tasks.messages import Usage
 from orchestrator_worker.providers import (
     AuthenticationFailed,
     CompletionRequest,

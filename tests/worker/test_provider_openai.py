@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from orchestrator_broker import MemoryBroker
-from orchestrator_worker.messages import EventKind, Usage
+from orchestrator_tasks.messages import EventKind, Usage
 from orchestrator_worker.providers import (
     AuthenticationFailed,
     CompletionRequest,

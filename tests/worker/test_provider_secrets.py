@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from orchestrator_broker import MemoryBroker
-from orchestrator_worker.messages import EventKind
+from orchestrator_tasks.messages import EventKind
 from orchestrator_worker.providers import (
     CompletionRequest,
     GeminiProvider,

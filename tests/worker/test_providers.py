@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator_worker.messages import Usage
+from orchestrator_tasks.messages import Usage
 from orchestrator_worker.providers import (
     AuthenticationFailed,
     CompletionRequest,

@@ -13,8 +13,8 @@ import pytest
 from orchestrator_broker import ConfigError as BrokerConfigError
 from orchestrator_broker import ConsumeOptions
 from orchestrator_broker.redis_streams import RedisStreamsBroker
+from orchestrator_tasks.messages import EventKind
 from orchestrator_worker import Worker
-from orchestrator_worker.messages import EventKind
 from tests.support.redis_server import RedisServer
 from tests.worker.support import (
     TASKS,

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from orchestrator_broker import ConsumeOptions, MemoryBroker
+from orchestrator_tasks.messages import Usage
 from orchestrator_worker.breaker import BreakerState
-from orchestrator_worker.messages import Usage
 from orchestrator_worker.pricing import Price
 from orchestrator_worker.providers import ServerError
 from tests.support.fake_llm import RecordedRequest, Reply

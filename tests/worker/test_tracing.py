@@ -9,9 +9,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from orchestrator_broker import MemoryBroker, Message
+from orchestrator_tasks import TaskMessage
+from orchestrator_tasks.messages import converter
 from orchestrator_telemetry import TracingBroker, process_context
-from orchestrator_worker import TaskMessage, Worker
-from orchestrator_worker.messages import converter
+from orchestrator_worker import Worker
 from orchestrator_worker.providers import EchoProvider, ProviderRegistry
 from tests.worker.support import RESULTS, TASKS, settings, wait_for
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from orchestrator_broker import MemoryBroker, Message
-from orchestrator_worker.messages import EventKind, Usage
+from orchestrator_tasks.messages import EventKind, Usage
 from orchestrator_worker.providers import Finish
 from tests.worker.support import (
     RESULTS,

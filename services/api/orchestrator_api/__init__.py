@@ -1,9 +1,9 @@
 """The API service: accepts prompts over HTTP, publishes tasks, serves their results."""
 
-from .app import create_app
+from .app import build_broker, build_store, create_app
 from .config import ApiSettings, ConfigError
 from .model import StoredEvent, TaskRecord, TaskResult, TaskStatus
-from .service import build_resources, serve
+from .service import serve
 
 __all__ = [
     "ApiSettings",
@@ -12,7 +12,8 @@ __all__ = [
     "TaskRecord",
     "TaskResult",
     "TaskStatus",
-    "build_resources",
+    "build_broker",
+    "build_store",
     "create_app",
     "serve",
 ]

@@ -12,6 +12,7 @@ from aiohttp import web
 from opentelemetry import trace
 
 from orchestrator_broker import Broker
+from orchestrator_telemetry.runtime import cleanup_ctx, closing, traced_broker
 
 from .config import ApiSettings
 from .metrics import METRICS, ApiMetrics
@@ -23,7 +24,16 @@ from .store.protocol import TaskStore
 from .streaming import DEFAULT_HEARTBEAT, StreamRegistry
 from .tasks import DEFAULT_PUBLISH_TIMEOUT, TaskService
 
-__all__ = ["RESULTS_TASK", "Runnable", "create_app"]
+__all__ = [
+    "BROKER",
+    "RESULTS_TASK",
+    "STORE",
+    "Runnable",
+    "backend_label",
+    "build_broker",
+    "build_store",
+    "create_app",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +53,16 @@ class Runnable(Protocol):
 
 
 RESULTS_TASK = web.AppKey("orchestrator_api.results_task", asyncio.Task[None])
+#: The app's broker (traced) and task store, from startup to cleanup.
+BROKER = web.AppKey("orchestrator_api.broker", Broker)
+STORE = web.AppKey("orchestrator_api.store", TaskStore)
 
 
 def create_app(
     settings: ApiSettings,
     *,
-    broker: Broker,
-    store: TaskStore,
+    broker: Broker | None = None,
+    store: TaskStore | None = None,
     tracer_provider: trace.TracerProvider | None = None,
     results_consumer: Runnable | None = None,
     consume_results: bool = True,
@@ -57,10 +70,13 @@ def create_app(
     publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
     metrics: ApiMetrics | None = None,
 ) -> web.Application:
-    """The API app on ``broker`` and ``store`` (which the caller owns and closes).
+    """The API app on ``broker`` and ``store``.
 
-    While the app runs, a results consumer applies worker results from
-    ``settings.results_stream`` to ``store`` (``consume_results=False`` leaves that to
+    A ``broker`` or ``store`` passed in is the caller's to close; one left out is built from
+    ``REDIS_URI`` (in-memory when unset) when the app starts and closed when it cleans up,
+    each as a ``cleanup_ctx`` of its own, so the app opens and closes its resources in one
+    order. While the app runs, a results consumer applies worker results from
+    ``settings.results_stream`` to the store (``consume_results=False`` leaves that to
     someone else; tests pass their own ``results_consumer``). Every request gets a server span
     from ``tracer_provider`` (default: the global one), whose ``traceparent`` the response
     carries. ``GET /metrics`` (no auth) serves ``metrics`` (default: new ``ApiMetrics``;
@@ -68,17 +84,6 @@ def create_app(
     ``ConfigError`` when auth is on and there are no API keys.
     """
     keyring = settings.keyring()
-    streams = StreamRegistry()
-    state = ApiState(
-        settings=settings,
-        keyring=keyring,
-        broker=broker,
-        store=store,
-        tasks=TaskService(broker, store, settings.stream, publish_timeout),
-        streams=streams,
-        limiter=RateLimiter(settings.rate_limits) if settings.rate_limits else None,
-        heartbeat=heartbeat,
-    )
     metrics = metrics or ApiMetrics()
     # Inside the tracing middleware (added below, outermost): exemplars get the request's
     # trace id; outside the error middleware: it sees the statuses clients see.
@@ -86,31 +91,81 @@ def create_app(
         middlewares=[metrics.middleware(), error_middleware],
         client_max_size=settings.max_body_bytes,
     )
-    app[STATE] = state
     app[METRICS] = metrics
+    if broker is None:
+        app.cleanup_ctx.append(
+            cleanup_ctx(BROKER, lambda _: traced_broker(build_broker(settings), tracer_provider))
+        )
+    else:
+        app[BROKER] = broker
+    if store is None:
+        app.cleanup_ctx.append(cleanup_ctx(STORE, lambda _: closing(build_store(settings))))
+    else:
+        app[STORE] = store
+    streams = StreamRegistry()
+
+    @contextlib.asynccontextmanager
+    async def handler_state(app: web.Application) -> AsyncIterator[ApiState]:
+        broker, store = app[BROKER], app[STORE]
+        metrics.watch_queues(
+            broker, tasks_stream=settings.stream, results_stream=settings.results_stream
+        )
+        yield ApiState(
+            settings=settings,
+            keyring=keyring,
+            broker=broker,
+            store=store,
+            tasks=TaskService(broker, store, settings.stream, publish_timeout),
+            streams=streams,
+            limiter=RateLimiter(settings.rate_limits) if settings.rate_limits else None,
+            heartbeat=heartbeat,
+        )
+
+    app.cleanup_ctx.append(cleanup_ctx(STATE, handler_state))
     add_routes(app)
-    _add_metrics(app, metrics, settings, broker, streams)
+    _add_metrics(app, metrics, streams)
     _instrument(app, tracer_provider)
     app.on_shutdown.append(streams.close_all)
     if consume_results or results_consumer is not None:
-        consumer = results_consumer or _default_consumer(settings, broker, store, metrics)
-        app.cleanup_ctx.append(_results_ctx(consumer))
+        app.cleanup_ctx.append(_results_ctx(settings, metrics, results_consumer))
     return app
 
 
-def _add_metrics(
-    app: web.Application,
-    metrics: ApiMetrics,
-    settings: ApiSettings,
-    broker: Broker,
-    streams: StreamRegistry,
-) -> None:
+def build_broker(settings: ApiSettings) -> Broker:
+    """The broker adapter ``REDIS_URI`` asks for (in-memory when unset), not yet traced."""
+    if settings.redis_url is None:
+        from orchestrator_broker.memory import MemoryBroker
+
+        return MemoryBroker(dead_letter_maxlen=settings.dead_letter_maxlen)
+    from orchestrator_broker.redis_streams import RedisStreamsBroker
+
+    return RedisStreamsBroker.from_url(
+        settings.redis_url, dead_letter_maxlen=settings.dead_letter_maxlen
+    )
+
+
+def build_store(settings: ApiSettings) -> TaskStore:
+    """The task store ``REDIS_URI`` asks for (in-memory when unset)."""
+    if settings.redis_url is None:
+        from .store.memory import MemoryTaskStore
+
+        return MemoryTaskStore(settings.cache_ttl_seconds)
+    from .store.redis import RedisTaskStore
+
+    return RedisTaskStore.from_url(settings.redis_url, ttl_seconds=settings.cache_ttl_seconds)
+
+
+def backend_label(settings: ApiSettings) -> str:
+    """What the broker and store are, for the startup line (any password masked)."""
+    if settings.redis_url is None:
+        return "in-memory"
+    return f"redis {settings.masked_redis_url}"
+
+
+def _add_metrics(app: web.Application, metrics: ApiMetrics, streams: StreamRegistry) -> None:
     from orchestrator_telemetry.metrics_http import metrics_handler
 
     metrics.watch_streams(streams)
-    metrics.watch_queues(
-        broker, tasks_stream=settings.stream, results_stream=settings.results_stream
-    )
     app.router.add_get("/metrics", metrics_handler(metrics.registry), allow_head=False)
 
 
@@ -135,9 +190,12 @@ def _default_consumer(
     return consumer
 
 
-def _results_ctx(consumer: Runnable) -> Callable[[web.Application], AsyncIterator[None]]:
+def _results_ctx(
+    settings: ApiSettings, metrics: ApiMetrics, given: Runnable | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def results_consumer(app: web.Application) -> AsyncIterator[None]:
         """Apply worker results while the app runs; stop consuming before the store closes."""
+        consumer = given or _default_consumer(settings, app[BROKER], app[STORE], metrics)
         task = asyncio.create_task(consumer.run(), name="results-consumer")
         app[RESULTS_TASK] = task
         yield

@@ -23,9 +23,9 @@ from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_urldispatcher import AbstractRoute
 
 from orchestrator_broker import Broker
+from orchestrator_tasks.messages import EventKind, ResultEvent
 from orchestrator_telemetry.metrics import HistogramChild, Registry
 from orchestrator_telemetry.queue_metrics import QueueMetrics
-from orchestrator_worker.messages import EventKind, ResultEvent
 
 from .results import ConsumerStats
 from .streaming import StreamRegistry

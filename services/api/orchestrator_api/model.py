@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from orchestrator_worker.messages import ErrorInfo, Usage
+from orchestrator_tasks.messages import ErrorInfo, Usage
 
 
 class TaskStatus(enum.StrEnum):

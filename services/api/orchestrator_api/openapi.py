@@ -11,7 +11,7 @@ from typing import Any, Final
 
 import orjson
 
-from orchestrator_worker.providers.parameters import PARAMETERS
+from orchestrator_tasks.parameters import PARAMETERS
 
 from . import problems
 from .validation import MAX_IDEMPOTENCY_KEY, MAX_MODEL_CHARS

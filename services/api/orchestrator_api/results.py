@@ -28,39 +28,19 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import attrs
-from cattrs.errors import BaseValidationError
 from opentelemetry import trace
 
 from orchestrator_broker import Broker, BrokerError, ConsumeOptions, Delivery, default_consumer_name
+from orchestrator_tasks import InvalidResultEvent, ResultEvent, decode_event
 from orchestrator_telemetry import process_context
-from orchestrator_worker.messages import ResultEvent, converter
 
 from .store import StoreUnavailable, TaskStore
 
-__all__ = ["ConsumerStats", "ResultsConsumer", "parse_result_event"]
+__all__ = ["ConsumerStats", "ResultsConsumer"]
 
 log = logging.getLogger(__name__)
 
 _Lane = deque[tuple[Delivery, ResultEvent]]
-
-
-class InvalidResultEvent(ValueError):
-    """A results stream payload that is not a ``ResultEvent``."""
-
-
-def parse_result_event(payload: object) -> ResultEvent:
-    """Structure a results stream payload; raises ``InvalidResultEvent`` with the reason."""
-    try:
-        event = converter.structure(payload, ResultEvent)
-    except (BaseValidationError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise InvalidResultEvent(f"not a ResultEvent: {type(exc).__name__}: {exc}") from exc
-    if not event.task_id or not event.tenant:
-        raise InvalidResultEvent("not a ResultEvent: empty task_id or tenant")
-    if event.attempt < 1 or event.seq < 0:
-        raise InvalidResultEvent(
-            f"not a ResultEvent: attempt {event.attempt} / seq {event.seq} out of range"
-        )
-    return event
 
 
 @attrs.define
@@ -177,7 +157,7 @@ class ResultsConsumer:
     async def _take(self, deliveries: AsyncGenerator[Delivery, None]) -> None:
         async for delivery in deliveries:
             try:
-                event = parse_result_event(delivery.message.payload)
+                event = decode_event(delivery.message.payload)
             except InvalidResultEvent as exc:
                 self.stats.dead_lettered += 1
                 log.warning("results consumer: dead-lettering %s: %s", delivery.entry_id, exc)

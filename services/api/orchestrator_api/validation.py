@@ -11,7 +11,7 @@ from typing import Any, Final, cast
 import attrs
 import orjson
 
-from orchestrator_worker.providers.parameters import validate_parameters
+from orchestrator_tasks.parameters import validate_parameters
 
 from .problems import (
     TYPE_MALFORMED_JSON,

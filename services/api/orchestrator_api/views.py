@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from orchestrator_tasks import error_payload, usage_payload
+
 from .model import TaskRecord
 
 __all__ = ["task_view", "timestamp"]
@@ -18,7 +20,6 @@ def timestamp(seconds: float | None) -> datetime | None:
 def task_view(record: TaskRecord) -> dict[str, Any]:
     """The task as ``GET /v1/tasks/{id}`` shows it; every key is always present."""
     result = record.result
-    error = record.error
     usage = result.usage if result is not None else None
     return {
         "id": record.id,
@@ -34,15 +35,13 @@ def task_view(record: TaskRecord) -> dict[str, Any]:
         if result is None
         else {
             "text": result.text,
-            "usage": None
-            if usage is None
-            else {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
+            "usage": usage_payload(usage),
             "provider": result.provider,
             "model": result.model,
             "finish_reason": result.finish_reason,
             "cost_usd": result.cost_usd,
         },
-        "error": None if error is None else {"type": error.type, "message": error.message},
+        "error": error_payload(record.error),
         "cached": record.cached,
         "joined": record.joined is not None,
     }

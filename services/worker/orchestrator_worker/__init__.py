@@ -10,11 +10,10 @@ from .errors import ConfigError, WorkerError
 from .events import AttemptEvents
 from .hooks import NoHooks, WorkerHooks
 from .limits import ProviderGuard, ProviderGuards
-from .messages import ErrorInfo, EventKind, ResultEvent, TaskMessage, Usage
 from .pricing import Price, PriceTable
 from .retry import RetryPolicy
 from .routing import ModelRouter
-from .runner import InvalidTask, TaskRunner, parse_task
+from .runner import TaskRunner
 from .service import connect_broker, main, serve, tune_gc
 from .worker import Worker, check_settings, default_fetch_batch
 
@@ -23,20 +22,14 @@ __all__ = [
     "BreakerState",
     "CircuitBreaker",
     "ConfigError",
-    "ErrorInfo",
-    "EventKind",
-    "InvalidTask",
     "ModelRouter",
     "NoHooks",
     "Price",
     "PriceTable",
     "ProviderGuard",
     "ProviderGuards",
-    "ResultEvent",
     "RetryPolicy",
-    "TaskMessage",
     "TaskRunner",
-    "Usage",
     "Worker",
     "WorkerError",
     "WorkerHooks",
@@ -45,7 +38,6 @@ __all__ = [
     "connect_broker",
     "default_fetch_batch",
     "main",
-    "parse_task",
     "serve",
     "tune_gc",
 ]

@@ -41,11 +41,9 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from typing import Any
 
 from orchestrator_broker import Broker, Message
-
-from .messages import ErrorInfo, EventKind, Usage
+from orchestrator_tasks.messages import ErrorInfo, EventKind, Usage, event_payload
 
 
 class FlushClock:
@@ -323,45 +321,3 @@ class AttemptEvents:
         # The seq is taken before the write: a failed write voids the attempt anyway.
         self._seq += 1
         await self._broker.publish(self._stream, message)
-
-
-def event_payload(
-    *,
-    task_id: str,
-    tenant: str,
-    kind: EventKind,
-    attempt: int,
-    seq: int,
-    at: float,
-    text: str = "",
-    provider: str | None = None,
-    model: str | None = None,
-    usage: Usage | None = None,
-    error: ErrorInfo | None = None,
-    finish_reason: str | None = None,
-    cost_usd: float | None = None,
-) -> dict[str, Any]:
-    """What ``converter.unstructure(ResultEvent(...))`` gives, built directly.
-
-    This is the hottest path of the worker (every event of every task) and cattrs' generic
-    dispatch costs several times more; a test holds the two to the same output.
-    """
-    return {
-        "task_id": task_id,
-        "tenant": tenant,
-        "kind": kind.value,
-        "attempt": attempt,
-        "seq": seq,
-        "at": at,
-        "text": text,
-        "provider": provider,
-        "model": model,
-        "usage": (
-            None
-            if usage is None
-            else {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
-        ),
-        "error": None if error is None else {"type": error.type, "message": error.message},
-        "finish_reason": finish_reason,
-        "cost_usd": cost_usd,
-    }

@@ -26,10 +26,9 @@ from collections.abc import Callable
 from typing import Final
 
 from orchestrator_broker import Broker
+from orchestrator_tasks.messages import Usage
 from orchestrator_telemetry.metrics import Registry
 from orchestrator_telemetry.queue_metrics import QueueMetrics
-
-from .messages import Usage
 
 __all__ = [
     "BREAKER_STATES",

@@ -24,8 +24,9 @@ from typing import Any
 import attrs
 import orjson
 
+from orchestrator_tasks.messages import Usage
+
 from .errors import ConfigError
-from .messages import Usage
 
 __all__ = ["Price", "PriceTable", "load_prices_file", "parse_prices"]
 

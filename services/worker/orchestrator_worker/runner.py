@@ -69,13 +69,13 @@ from orchestrator_broker import (
     Delivery,
     LeaseLost,
 )
+from orchestrator_tasks import ErrorInfo, InvalidTask, TaskMessage, decode_task
 
 from .breaker import CIRCUIT_OPEN, PAUSED, BreakerCall, Hold
 from .deadlines import Deadlines
 from .events import AttemptEvents, FlushClock
 from .hooks import WorkerHooks, safe_hooks
 from .limits import ProviderGuards
-from .messages import ErrorInfo, TaskMessage
 from .metrics import WorkerMetrics
 from .pricing import PriceTable
 from .providers import (
@@ -104,61 +104,6 @@ _HAND_BACK_TIMEOUT = 5.0
 _CRASHED = "the worker failed unexpectedly"
 #: Longest reason or message copied from a payload into a dead letter or event.
 _MAX_REASON = 300
-
-
-class InvalidTask(ValueError):
-    """A task payload that cannot be a ``TaskMessage``; carries what could be salvaged."""
-
-    def __init__(self, reason: str, task_id: str | None = None, tenant: str | None = None):
-        super().__init__(reason)
-        self.reason = reason
-        self.task_id = task_id
-        self.tenant = tenant
-
-
-def parse_task(payload: Any) -> TaskMessage:
-    """The task in a tasks-stream payload; raises ``InvalidTask`` with a short reason."""
-    if not isinstance(payload, dict):
-        raise InvalidTask(f"payload is a JSON {type(payload).__name__}, not an object")
-    task_id, tenant = payload.get("task_id"), payload.get("tenant")
-    salvage: dict[str, str | None] = {
-        "task_id": task_id if isinstance(task_id, str) and task_id else None,
-        "tenant": tenant if isinstance(tenant, str) else None,
-    }
-    # cattrs would turn 123 or None into "123"/"None" for a str field: check those first.
-    for name in ("task_id", "tenant", "prompt"):
-        if not isinstance(payload.get(name), str):
-            raise InvalidTask(f"{name} is missing or not a string", **salvage)
-    if not task_id:
-        raise InvalidTask("task_id is empty", **salvage)
-    for name in ("model", "system"):
-        if payload.get(name) is not None and not isinstance(payload[name], str):
-            raise InvalidTask(f"{name} is not a string", **salvage)
-    parameters = payload.get("parameters")
-    if parameters is not None and not isinstance(parameters, dict):
-        raise InvalidTask("parameters is not an object", **salvage)
-    submitted_at = payload.get("submitted_at")
-    if submitted_at is not None and (
-        isinstance(submitted_at, bool) or not isinstance(submitted_at, int | float)
-    ):
-        raise InvalidTask("submitted_at is not a number", **salvage)
-    # Built by hand rather than by cattrs: this runs for every task, and every field is
-    # checked above (a test keeps this in step with TaskMessage's fields).
-    return TaskMessage(
-        task_id=task_id,
-        tenant=payload["tenant"],
-        prompt=payload["prompt"],
-        model=payload.get("model"),
-        system=payload.get("system"),
-        parameters=parameters if parameters is not None else {},
-        submitted_at=float(submitted_at) if submitted_at is not None else 0.0,
-    )
-
-
-#: The TaskMessage fields ``parse_task`` reads; unknown extra fields are ignored.
-PARSED_FIELDS = frozenset(
-    {"task_id", "tenant", "prompt", "model", "system", "parameters", "submitted_at"}
-)
 
 
 @attrs.frozen
@@ -229,7 +174,7 @@ class TaskRunner:
     async def handle(self, delivery: Delivery) -> None:
         """Run one delivery to its end and settle it; raises nothing but ``CancelledError``."""
         try:
-            task = parse_task(delivery.message.payload)
+            task = decode_task(delivery.message.payload)
         except InvalidTask as exc:
             await self._reject(delivery, exc)
             return

@@ -6,14 +6,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 
-from orchestrator_broker import Broker, BrokerError
+from opentelemetry import trace
+
+from orchestrator_broker import Broker
 from orchestrator_broker.redis_settings import RedisSettings
 from orchestrator_broker.redis_streams import RedisStreamsBroker, check_supported_server
 from orchestrator_telemetry import (
@@ -21,10 +24,9 @@ from orchestrator_telemetry import (
     TelemetrySettings,
     TracingBroker,
     process_context,
-    setup_logging,
-    setup_telemetry,
 )
 from orchestrator_telemetry.metrics_http import MetricsServer, start_metrics_server
+from orchestrator_telemetry.runtime import closing, observability, traced_broker
 
 from .config import WorkerSettings
 from .errors import ConfigError
@@ -67,48 +69,71 @@ async def serve(
     in-flight tasks finish within ``SHUTDOWN_GRACE_SECONDS``; a second one hands them back
     at once.
     """
-    setup_logging(settings.log_level, settings.log_format)
     telemetry_settings = settings.telemetry or TelemetrySettings.from_env(
         {"APP_ID": settings.app_id, "JAEGER_URI": settings.jaeger_uri or ""}
     )
-    telemetry = setup_telemetry(telemetry_settings)
-    own_providers = providers is None
-    registry = providers or default_registry(
-        settings.default_model,
-        settings=settings.providers,
-        tracer_provider=telemetry.tracer_provider,
-    )
-    try:
-        check_settings(settings, registry)
-    except ConfigError:
-        if own_providers:
-            await registry.close()
-        await telemetry.aclose()
-        raise
-    own_broker = broker is None
-    adapter = broker if broker is not None else connect_broker(settings)
-    try:
-        await check_supported_server(adapter)  # a too-old Redis stops startup, one line
-    except BrokerError:
-        if own_providers:
-            await registry.close()
-        if own_broker:
-            await adapter.close()
-        await telemetry.aclose()
-        raise
-    traced = TracingBroker(adapter, tracer_provider=telemetry.tracer_provider)
-    metrics = WorkerMetrics()
-    worker = Worker(
-        traced, settings, providers=registry, delivery_context=process_context, metrics=metrics
-    )
+    async with contextlib.AsyncExitStack() as resources:
+        telemetry = await resources.enter_async_context(
+            observability(
+                telemetry_settings, log_level=settings.log_level, log_format=settings.log_format
+            )
+        )
+        if providers is None:
+            providers = await resources.enter_async_context(
+                closing(
+                    default_registry(
+                        settings.default_model,
+                        settings=settings.providers,
+                        tracer_provider=telemetry.tracer_provider,
+                    )
+                )
+            )
+        check_settings(settings, providers)
+        own_broker = broker is None
+        adapter = connect_broker(settings) if broker is None else broker
+        traced = await resources.enter_async_context(
+            traced_broker(adapter, telemetry.tracer_provider)
+            if own_broker
+            # A caller's broker is traced here but closed by the caller.
+            else _checked(adapter, telemetry.tracer_provider)
+        )
+        metrics = WorkerMetrics()
+        worker = Worker(
+            traced, settings, providers=providers, delivery_context=process_context, metrics=metrics
+        )
+        if install_signal_handlers:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, _on_signal, worker, signum)
+                resources.callback(loop.remove_signal_handler, signum)
+        _log_startup(
+            settings,
+            worker,
+            masked_redis_uri(settings.redis_uri) if own_broker else type(adapter).__name__,
+            telemetry_settings.endpoint_for_log,
+            providers.names,
+        )
+        tune_gc()
+        server = await _serve_metrics(metrics, settings)
+        if server is not None:
+            resources.push_async_callback(server.close)
+        await worker.run()
+    log.info("worker %s stopped", worker.consumer)
 
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    if install_signal_handlers:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, _on_signal, worker, signum)
-            installed.append(signum)
 
+@contextlib.asynccontextmanager
+async def _checked(adapter: Broker, tracer_provider: trace.TracerProvider) -> AsyncIterator[Broker]:
+    await check_supported_server(adapter)  # a too-old Redis stops startup, in one line
+    yield TracingBroker(adapter, tracer_provider=tracer_provider)
+
+
+def _log_startup(
+    settings: WorkerSettings,
+    worker: Worker,
+    broker: str,
+    traces: str,
+    providers: Iterable[str],
+) -> None:
     log.info(
         "worker %s consuming %s as %s/%s -> results on %s; broker %s; traces %s; "
         "concurrency %d; default model %s (providers: %s)",
@@ -117,11 +142,11 @@ async def serve(
         settings.consumer_group,
         worker.consumer,
         settings.results_stream,
-        masked_redis_uri(settings.redis_uri) if own_broker else type(adapter).__name__,
-        telemetry_settings.endpoint_for_log,
+        broker,
+        traces,
         settings.concurrency,
         settings.default_model,
-        ", ".join(registry.names),
+        ", ".join(providers),
     )
     log.info(
         "retries: up to %d attempt(s), backoff %g..%g s with full jitter; circuit breaker: %s; "
@@ -145,22 +170,6 @@ async def serve(
             settings.shutdown_grace,
             settings.lease_seconds,
         )
-    tune_gc()
-    server: MetricsServer | None = None
-    try:
-        server = await _serve_metrics(metrics, settings)
-        await worker.run()
-    finally:
-        if server is not None:
-            await server.close()
-        for signum in installed:
-            loop.remove_signal_handler(signum)
-        if own_providers:
-            await registry.close()
-        if own_broker:
-            await traced.close()
-        await telemetry.aclose()
-        log.info("worker %s stopped", worker.consumer)
 
 
 async def _serve_metrics(metrics: WorkerMetrics, settings: WorkerSettings) -> MetricsServer | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from orchestrator_worker.messages import ErrorInfo
+from orchestrator_tasks.messages import ErrorInfo
 
 from ..model import StoredEvent, TaskRecord, TaskResult, TaskStatus
 

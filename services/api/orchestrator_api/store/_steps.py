@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from orchestrator_worker.messages import ErrorInfo, EventKind, ResultEvent
+from orchestrator_tasks.messages import ErrorInfo, EventKind, ResultEvent
 
 from ..model import TaskResult, TaskStatus
 

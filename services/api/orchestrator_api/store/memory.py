@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import attrs
 
-from orchestrator_worker.messages import ResultEvent
+from orchestrator_tasks.messages import ResultEvent
 
 from ..model import StoredEvent, TaskRecord, TaskResult, TaskStatus
 from ._sharing import ORPHANED, cache_hit, mirror, orphaned, result_data, reused_events

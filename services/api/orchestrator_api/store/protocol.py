@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from orchestrator_worker.messages import ResultEvent
+from orchestrator_tasks.messages import ResultEvent
 
 from ..model import StoredEvent, TaskRecord
 

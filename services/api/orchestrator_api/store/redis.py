@@ -40,7 +40,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from orchestrator_broker.redis_settings import RedisSettings
-from orchestrator_worker.messages import ErrorInfo, ResultEvent, Usage
+from orchestrator_tasks.messages import ErrorInfo, ResultEvent, Usage
 
 from ..model import StoredEvent, TaskRecord, TaskResult, TaskStatus
 from ._batch import Command, CommandBatcher

@@ -25,7 +25,8 @@ import yarl
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from ..messages import Usage
+from orchestrator_tasks.messages import Usage
+
 from .errors import ProviderError
 from .parameters import span_attributes
 

@@ -37,7 +37,8 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from ..messages import Usage
+from orchestrator_tasks.messages import Usage
+
 from .errors import (
     AuthenticationFailed,
     ContentFiltered,

@@ -30,7 +30,8 @@ import aiohttp
 import yarl
 from opentelemetry import trace
 
-from ..messages import Usage
+from orchestrator_tasks.messages import Usage
+
 from ._http import HttpClient, decode_json, error_for_status, read_json, redact, safe_code
 from ._sse import sse_events
 from ._telemetry import PROVIDER_GEMINI, CallSpan, get_tracer

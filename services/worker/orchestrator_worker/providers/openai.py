@@ -25,7 +25,8 @@ import aiohttp
 import yarl
 from opentelemetry import trace
 
-from ..messages import Usage
+from orchestrator_tasks.messages import Usage
+
 from ._http import (
     HttpClient,
     decode_json,

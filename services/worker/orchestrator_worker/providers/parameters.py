@@ -1,308 +1,33 @@
-"""Task ``parameters``: one vocabulary for every provider, checked at submit time and mapped
-to each API's own names.
+"""Task ``parameters`` in each provider API's own names.
 
-============================= ============================ ===================================
-Parameter                     Providers                    Value; OpenAI / Gemini name
-============================= ============================ ===================================
-``temperature``               openai, gemini, echo         number 0..2; ``temperature`` /
-                                                           ``generationConfig.temperature``
-``top_p``                     openai, gemini, echo         number 0..1; ``top_p`` / ``topP``
-``top_k``                     gemini, echo                 integer >= 1; ``topK``
-``max_tokens``                openai, gemini, echo         integer >= 1; ``max_tokens`` /
-                                                           ``maxOutputTokens``
-``max_completion_tokens``     openai                       integer >= 1 (OpenAI's reasoning
-                                                           models want this one)
-``stop``                      openai, gemini, echo         string or list of 1..4 (openai) /
-                                                           1..5 (gemini) non-empty strings;
-                                                           ``stop`` / ``stopSequences``
-``presence_penalty``          openai, gemini, echo         number -2..2; ``presence_penalty``
-                                                           / ``presencePenalty``
-``frequency_penalty``         openai, gemini, echo         number -2..2; ``frequency_penalty``
-                                                           / ``frequencyPenalty``
-``seed``                      openai, gemini, echo         integer (gemini: 32-bit);
-                                                           ``seed`` / ``seed``
-``reasoning_effort``          openai                       ``none``, ``minimal``, ``low``,
-                                                           ``medium``, ``high``, ``xhigh``
-``thinking_budget``           gemini                       integer >= -1 (-1: dynamic, 0: off);
-                                                           ``thinkingConfig.thinkingBudget``
-``latency_ms``                echo                         number 0..3,600,000
-``chunk_delay_ms``            echo                         number 0..3,600,000
-``fail``                      echo                         an error type (see ``echo``)
-============================= ============================ ===================================
-
-A ``null`` value counts as absent. ``echo`` accepts the common sampling parameters (and
-ignores them), so a task can be tried on ``echo`` unchanged.
-
-Validation happens by model *prefix*: the API knows ``echo``, ``openai`` and ``gemini`` and
-rejects, with a 400, a parameter that prefix does not support or a value of the wrong type.
-A model with another prefix (a provider registered by code the API does not run), or no
-model at all (the worker's ``DEFAULT_MODEL`` decides), gets a lenient check: known
-parameters must have valid values for *some* provider, unknown ones pass through, and the
-worker's provider has the last word when the task runs (the providers call the same
-functions and fail the task with ``invalid_request``).
+The vocabulary and its validation are the contract's (``orchestrator_tasks.parameters``);
+these functions take parameters already validated there.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import Any
 
-import attrs
+from orchestrator_tasks.parameters import is_number, present_parameters, validate_parameters
 
 __all__ = [
-    "ECHO_FAILURES",
-    "PARAMETERS",
-    "ParameterSpec",
     "gemini_generation_config",
     "openai_body_parameters",
     "span_attributes",
     "validate_parameters",
 ]
 
-#: Provider prefixes whose parameters are known here.
-OPENAI: Final = "openai"
-GEMINI: Final = "gemini"
-ECHO: Final = "echo"
-KNOWN_PROVIDERS: Final = frozenset({OPENAI, GEMINI, ECHO})
-
-#: The error types ``echo``'s ``fail`` parameter can produce (kept equal to echo's table).
-ECHO_FAILURES: Final = frozenset(
-    {
-        "rate_limit",
-        "timeout",
-        "server_error",
-        "unavailable",
-        "invalid_request",
-        "authentication",
-        "content_filter",
-    }
-)
-_MAX_DELAY_MS: Final = 3_600_000
-_REASONING_EFFORTS: Final = ("none", "minimal", "low", "medium", "high", "xhigh")
-_INT32: Final = 2**31
-
-#: A check: the provider prefix and the value -> an error message, or None when valid.
-Check = Callable[[str, Any], "str | None"]
-
-
-def _is_number(value: Any) -> bool:
-    return (
-        type(value) is int or (type(value) is float and math.isfinite(value))
-    ) and not isinstance(value, bool)
-
-
-def _number(low: float, high: float) -> Check:
-    message = f"must be a number from {_plain(low)} to {_plain(high)}"
-
-    def check(_: str, value: Any) -> str | None:
-        if not _is_number(value) or not low <= value <= high:
-            return message
-        return None
-
-    return check
-
-
-def _plain(number: float) -> str:
-    """``3600000`` rather than ``3.6e+06``, ``0.5`` rather than ``0.50``."""
-    return str(int(number)) if float(number).is_integer() else str(number)
-
-
-def _integer(low: int, high: int | None = None) -> Check:
-    def check(_: str, value: Any) -> str | None:
-        if type(value) is not int or value < low or (high is not None and value > high):
-            upper = f" to {high}" if high is not None else " or more"
-            return f"must be a whole number from {low}{upper}"
-        return None
-
-    return check
-
-
-def _seed(provider: str, value: Any) -> str | None:
-    if type(value) is not int:
-        return "must be a whole number"
-    if provider == GEMINI and not -_INT32 <= value < _INT32:
-        return "must be a 32-bit whole number for gemini"
-    if not -(2**63) <= value < 2**63:
-        return "must be a 64-bit whole number"
-    return None
-
-
-def _stop(provider: str, value: Any) -> str | None:
-    most = 4 if provider == OPENAI else 5
-    if type(value) is str:
-        return None if value else "must not be empty"
-    if (
-        type(value) is not list
-        or not 1 <= len(value) <= most
-        or not all(type(item) is str and item for item in value)
-    ):
-        return f"must be a non-empty string or a list of 1 to {most} non-empty strings"
-    return None
-
-
-def _reasoning_effort(_: str, value: Any) -> str | None:
-    if value not in _REASONING_EFFORTS:
-        return f"must be one of {', '.join(_REASONING_EFFORTS)}"
-    return None
-
-
-def _fail(_: str, value: Any) -> str | None:
-    if type(value) is not str or value not in ECHO_FAILURES:
-        return f"must be one of {', '.join(sorted(ECHO_FAILURES))}"
-    return None
-
-
-@attrs.frozen
-class ParameterSpec:
-    """One parameter: who accepts it, how it is checked, and what each API calls it.
-
-    ``gemini`` is a path inside ``generationConfig`` (dotted for nested objects).
-    """
-
-    name: str
-    providers: frozenset[str]
-    check: Check
-    openai: str | None = None
-    gemini: str | None = None
-    span: str | None = None  # the gen_ai.request.* attribute, if semconv has one
-
-
-_SAMPLING = frozenset({OPENAI, GEMINI, ECHO})
-
-#: Every parameter any known provider accepts, by name.
-PARAMETERS: Final[Mapping[str, ParameterSpec]] = {
-    spec.name: spec
-    for spec in (
-        ParameterSpec(
-            "temperature",
-            _SAMPLING,
-            _number(0, 2),
-            openai="temperature",
-            gemini="temperature",
-            span="gen_ai.request.temperature",
-        ),
-        ParameterSpec("top_p", _SAMPLING, _number(0, 1), "top_p", "topP", "gen_ai.request.top_p"),
-        ParameterSpec(
-            "top_k",
-            frozenset({GEMINI, ECHO}),
-            _integer(1),
-            gemini="topK",
-            span="gen_ai.request.top_k",
-        ),
-        ParameterSpec(
-            "max_tokens",
-            _SAMPLING,
-            _integer(1),
-            "max_tokens",
-            "maxOutputTokens",
-            "gen_ai.request.max_tokens",
-        ),
-        ParameterSpec(
-            "max_completion_tokens",
-            frozenset({OPENAI}),
-            _integer(1),
-            openai="max_completion_tokens",
-            span="gen_ai.request.max_tokens",
-        ),
-        ParameterSpec("stop", _SAMPLING, _stop, "stop", "stopSequences"),
-        ParameterSpec(
-            "presence_penalty",
-            _SAMPLING,
-            _number(-2, 2),
-            "presence_penalty",
-            "presencePenalty",
-            "gen_ai.request.presence_penalty",
-        ),
-        ParameterSpec(
-            "frequency_penalty",
-            _SAMPLING,
-            _number(-2, 2),
-            "frequency_penalty",
-            "frequencyPenalty",
-            "gen_ai.request.frequency_penalty",
-        ),
-        ParameterSpec("seed", _SAMPLING, _seed, "seed", "seed", "gen_ai.request.seed"),
-        ParameterSpec(
-            "reasoning_effort", frozenset({OPENAI}), _reasoning_effort, openai="reasoning_effort"
-        ),
-        ParameterSpec(
-            "thinking_budget",
-            frozenset({GEMINI}),
-            _integer(-1, _INT32 - 1),
-            gemini="thinkingConfig.thinkingBudget",
-        ),
-        ParameterSpec("latency_ms", frozenset({ECHO}), _number(0, _MAX_DELAY_MS)),
-        ParameterSpec("chunk_delay_ms", frozenset({ECHO}), _number(0, _MAX_DELAY_MS)),
-        ParameterSpec("fail", frozenset({ECHO}), _fail),
-    )
-}
-
-
-def provider_of(model: str | None) -> str | None:
-    """The provider prefix of a task model (``openai/gpt-4o`` -> ``openai``); None if none."""
-    name = (model or "").strip()
-    return name.partition("/")[0] or None
-
-
-def validate_parameters(model: str | None, parameters: Any) -> list[tuple[str, str]]:
-    """Problems with a task's ``parameters`` for ``model``: ``(field, message)`` pairs, with
-    ``field`` a dotted path such as ``parameters.temperature``; empty when all is well.
-
-    Strict for the known prefixes (``echo``, ``openai``, ``gemini``): an unsupported name is
-    an error. Lenient for others and for no model (see the module docstring). Never raises.
-    """
-    if parameters is None:
-        return []
-    if not isinstance(parameters, Mapping):
-        return [("parameters", "must be a JSON object")]
-    provider = provider_of(model)
-    strict = provider in KNOWN_PROVIDERS
-    errors: list[tuple[str, str]] = []
-    for name, value in parameters.items():
-        field = f"parameters.{name}"
-        spec = PARAMETERS.get(name) if isinstance(name, str) else None
-        if spec is None:
-            if strict:
-                errors.append((field, f"not supported by {provider}"))
-            continue
-        if value is None:
-            continue
-        if provider is not None and strict:
-            if provider not in spec.providers:
-                errors.append((field, f"not supported by {provider} ({_who(spec)} only)"))
-                continue
-            problem = spec.check(provider, value)
-        else:
-            # Unknown provider: valid for at least one provider that accepts it.
-            problems = [spec.check(p, value) for p in sorted(spec.providers)]
-            problem = None if None in problems else problems[0]
-        if problem is not None:
-            errors.append((field, problem))
-    return errors
-
-
-def _who(spec: ParameterSpec) -> str:
-    return ", ".join(sorted(spec.providers))
-
-
-def _present(parameters: Mapping[str, Any]) -> list[tuple[ParameterSpec, Any]]:
-    return [
-        (PARAMETERS[name], value)
-        for name, value in parameters.items()
-        if value is not None and name in PARAMETERS
-    ]
-
 
 def openai_body_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
     """The Chat Completions request fields for validated ``parameters``."""
-    return {spec.openai: value for spec, value in _present(parameters) if spec.openai}
+    return {spec.openai: value for spec, value in present_parameters(parameters) if spec.openai}
 
 
 def gemini_generation_config(parameters: Mapping[str, Any]) -> dict[str, Any]:
     """The ``generationConfig`` object for validated ``parameters`` (empty if none)."""
     config: dict[str, Any] = {}
-    for spec, value in _present(parameters):
+    for spec, value in present_parameters(parameters):
         if not spec.gemini:
             continue
         if spec.name == "stop" and isinstance(value, str):
@@ -318,8 +43,8 @@ def gemini_generation_config(parameters: Mapping[str, Any]) -> dict[str, Any]:
 def span_attributes(parameters: Mapping[str, Any]) -> dict[str, Any]:
     """The ``gen_ai.request.*`` span attributes for ``parameters`` (valid values only)."""
     attributes: dict[str, Any] = {}
-    for spec, value in _present(parameters):
-        if spec.span and _is_number(value):
+    for spec, value in present_parameters(parameters):
+        if spec.span and is_number(value):
             attributes[spec.span] = value
         elif spec.name == "stop":
             stops = [value] if isinstance(value, str) else value

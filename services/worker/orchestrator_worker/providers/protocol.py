@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import attrs
 
-from ..messages import Usage
+from orchestrator_tasks.messages import Usage
 
 
 def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -1,4 +1,7 @@
-"""The ``ai-orchestrator`` command: run the services, or talk to a running API."""
+"""The ``ai-orchestrator`` command: run the services, or talk to a running API.
+
+Parsing the command line loads neither service: ``launch`` imports the one a command runs.
+"""
 
 from __future__ import annotations
 

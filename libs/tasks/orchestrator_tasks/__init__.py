@@ -1,0 +1,53 @@
+"""The wire contract the API and the workers share: the task message, the result events,
+their values, the parameter vocabulary, and the names of the streams they meet on.
+
+It depends only on attrs, cattrs and orjson, so either service can import it without the
+other.
+"""
+
+from .errors import ContractError, InvalidResultEvent, InvalidTask
+from .messages import (
+    TASK_FIELDS,
+    ErrorInfo,
+    EventKind,
+    ResultEvent,
+    TaskMessage,
+    Usage,
+    converter,
+    decode_event,
+    decode_task,
+    encode_event,
+    encode_task,
+    error_payload,
+    event_payload,
+    usage_payload,
+)
+from .parameters import PARAMETERS, ParameterSpec, provider_of, validate_parameters
+from .streams import RESULTS_STREAM, TASKS_GROUP, TASKS_STREAM
+
+__all__ = [
+    "PARAMETERS",
+    "RESULTS_STREAM",
+    "TASKS_GROUP",
+    "TASKS_STREAM",
+    "TASK_FIELDS",
+    "ContractError",
+    "ErrorInfo",
+    "EventKind",
+    "InvalidResultEvent",
+    "InvalidTask",
+    "ParameterSpec",
+    "ResultEvent",
+    "TaskMessage",
+    "Usage",
+    "converter",
+    "decode_event",
+    "decode_task",
+    "encode_event",
+    "encode_task",
+    "error_payload",
+    "event_payload",
+    "provider_of",
+    "usage_payload",
+    "validate_parameters",
+]

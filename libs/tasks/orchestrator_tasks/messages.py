@@ -1,0 +1,271 @@
+"""The wire contract between the API and the workers: what travels on the two streams.
+
+``TaskMessage`` is the payload of an entry on the tasks stream (``REDIS_STREAM_ID``);
+``ResultEvent`` the payload of an entry on the results stream (``REDIS_RESULTS_STREAM_ID``).
+Both travel in the broker's ``Message.payload`` as plain JSON-compatible dicts, encoded and
+decoded here and nowhere else: ``encode_task``/``decode_task`` and
+``encode_event``/``event_payload``/``decode_event``, which are also ``converter``'s hooks for
+the two classes.
+
+Every result event carries ``attempt`` (the task delivery's delivery count) and ``seq``
+(0, 1, 2, ... within that attempt, in the order the worker published them), so the API can
+apply them in order and drop redelivered duplicates: ``(task_id, attempt, seq)`` identifies
+an event.
+
+The encoders and the task decoder are written out by hand: they run for every task and
+every event, and cattrs' generated functions cost several microseconds more per call on
+those paths (the API's submit and the worker's publish). ``tests/tasks`` holds each of them
+equal to what cattrs generates for the same class, so a field added to a class and not to
+its codec fails there.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Final
+
+import attrs
+from cattrs import BaseValidationError
+from cattrs.preconf.orjson import OrjsonConverter, make_converter
+
+from .errors import InvalidResultEvent, InvalidTask
+
+__all__ = [
+    "TASK_FIELDS",
+    "ErrorInfo",
+    "EventKind",
+    "ResultEvent",
+    "TaskMessage",
+    "Usage",
+    "converter",
+    "decode_event",
+    "decode_task",
+    "encode_event",
+    "encode_task",
+    "error_payload",
+    "event_payload",
+    "usage_payload",
+]
+
+
+class EventKind(enum.StrEnum):
+    STARTED = "started"  # an attempt began (attempt > 1 means earlier text is void)
+    DELTA = "delta"  # a chunk of answer text (coalesced, ~100 ms worth)
+    SUCCEEDED = "succeeded"  # terminal: the whole answer and usage
+    FAILED = "failed"  # terminal: the error
+
+
+@attrs.frozen
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@attrs.frozen
+class ErrorInfo:
+    type: str  # e.g. "timeout", "rate_limit", "invalid_request", "internal"
+    message: str
+
+
+@attrs.frozen
+class TaskMessage:
+    """A task as the API publishes it."""
+
+    task_id: str
+    tenant: str
+    prompt: str
+    model: str | None = None
+    system: str | None = None
+    parameters: dict[str, Any] = attrs.field(factory=dict)
+    submitted_at: float = 0.0
+
+
+@attrs.frozen
+class ResultEvent:
+    """One step of one attempt of a task, as a worker publishes it."""
+
+    task_id: str
+    tenant: str
+    kind: EventKind
+    attempt: int
+    seq: int
+    at: float
+    text: str = ""  # DELTA: the chunk; SUCCEEDED: the whole answer
+    provider: str | None = None
+    model: str | None = None
+    usage: Usage | None = None
+    error: ErrorInfo | None = None
+    finish_reason: str | None = None
+    #: SUCCEEDED: what the answer cost in US dollars, from the worker's price table
+    #: (``MODEL_PRICES``) and ``usage``; None when the model has no price or no usage.
+    cost_usd: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind in (EventKind.SUCCEEDED, EventKind.FAILED)
+
+
+# --- values ------------------------------------------------------------------------------
+
+
+def usage_payload(usage: Usage | None) -> dict[str, int] | None:
+    """``usage`` as JSON (None stays None)."""
+    if usage is None:
+        return None
+    return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+
+
+def error_payload(error: ErrorInfo | None) -> dict[str, str] | None:
+    """``error`` as JSON (None stays None)."""
+    return None if error is None else {"type": error.type, "message": error.message}
+
+
+# --- tasks -------------------------------------------------------------------------------
+
+#: The payload keys ``decode_task`` reads; unknown extra keys are ignored (an older worker
+#: reading a newer API's task).
+TASK_FIELDS: Final = frozenset(
+    {"task_id", "tenant", "prompt", "model", "system", "parameters", "submitted_at"}
+)
+
+
+def encode_task(task: TaskMessage) -> dict[str, Any]:
+    """The tasks stream payload of ``task``."""
+    return {
+        "task_id": task.task_id,
+        "tenant": task.tenant,
+        "prompt": task.prompt,
+        "model": task.model,
+        "system": task.system,
+        "parameters": task.parameters,
+        "submitted_at": task.submitted_at,
+    }
+
+
+def decode_task(payload: Any) -> TaskMessage:
+    """The task in a tasks stream payload; raises ``InvalidTask`` with a short reason."""
+    if not isinstance(payload, dict):
+        raise InvalidTask(f"payload is a JSON {type(payload).__name__}, not an object")
+    task_id, tenant = payload.get("task_id"), payload.get("tenant")
+    salvage: dict[str, str | None] = {
+        "task_id": task_id if isinstance(task_id, str) and task_id else None,
+        "tenant": tenant if isinstance(tenant, str) else None,
+    }
+    # cattrs would turn 123 or None into "123"/"None" for a str field: check those first.
+    for name in ("task_id", "tenant", "prompt"):
+        if not isinstance(payload.get(name), str):
+            raise InvalidTask(f"{name} is missing or not a string", **salvage)
+    if not task_id:
+        raise InvalidTask("task_id is empty", **salvage)
+    for name in ("model", "system"):
+        if payload.get(name) is not None and not isinstance(payload[name], str):
+            raise InvalidTask(f"{name} is not a string", **salvage)
+    parameters = payload.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise InvalidTask("parameters is not an object", **salvage)
+    submitted_at = payload.get("submitted_at")
+    if submitted_at is not None and (
+        isinstance(submitted_at, bool) or not isinstance(submitted_at, int | float)
+    ):
+        raise InvalidTask("submitted_at is not a number", **salvage)
+    return TaskMessage(
+        task_id=task_id,
+        tenant=payload["tenant"],
+        prompt=payload["prompt"],
+        model=payload.get("model"),
+        system=payload.get("system"),
+        parameters=parameters if parameters is not None else {},
+        submitted_at=float(submitted_at) if submitted_at is not None else 0.0,
+    )
+
+
+# --- result events -----------------------------------------------------------------------
+
+
+def event_payload(
+    *,
+    task_id: str,
+    tenant: str,
+    kind: EventKind,
+    attempt: int,
+    seq: int,
+    at: float,
+    text: str = "",
+    provider: str | None = None,
+    model: str | None = None,
+    usage: Usage | None = None,
+    error: ErrorInfo | None = None,
+    finish_reason: str | None = None,
+    cost_usd: float | None = None,
+) -> dict[str, Any]:
+    """The results stream payload of the ``ResultEvent`` with these fields, without building
+    the event first: the worker's hottest path (every event of every task)."""
+    return {
+        "task_id": task_id,
+        "tenant": tenant,
+        "kind": kind.value,
+        "attempt": attempt,
+        "seq": seq,
+        "at": at,
+        "text": text,
+        "provider": provider,
+        "model": model,
+        "usage": usage_payload(usage),
+        "error": error_payload(error),
+        "finish_reason": finish_reason,
+        "cost_usd": cost_usd,
+    }
+
+
+def encode_event(event: ResultEvent) -> dict[str, Any]:
+    """The results stream payload of ``event``."""
+    return event_payload(
+        task_id=event.task_id,
+        tenant=event.tenant,
+        kind=event.kind,
+        attempt=event.attempt,
+        seq=event.seq,
+        at=event.at,
+        text=event.text,
+        provider=event.provider,
+        model=event.model,
+        usage=event.usage,
+        error=event.error,
+        finish_reason=event.finish_reason,
+        cost_usd=event.cost_usd,
+    )
+
+
+#: Structures by cattrs' generated functions (types checked and converted, nested values
+#: built); the checks of ``decode_event`` come on top.
+_structuring = make_converter()
+
+
+def decode_event(payload: Any) -> ResultEvent:
+    """The event in a results stream payload; raises ``InvalidResultEvent`` with the reason."""
+    try:
+        event = _structuring.structure(payload, ResultEvent)
+    except (BaseValidationError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise InvalidResultEvent(f"not a ResultEvent: {type(exc).__name__}: {exc}") from exc
+    if not event.task_id or not event.tenant:
+        raise InvalidResultEvent("not a ResultEvent: empty task_id or tenant")
+    if event.attempt < 1 or event.seq < 0:
+        raise InvalidResultEvent(
+            f"not a ResultEvent: attempt {event.attempt} / seq {event.seq} out of range"
+        )
+    return event
+
+
+def _make_converter() -> OrjsonConverter:
+    contract = make_converter()
+    contract.register_unstructure_hook(TaskMessage, encode_task)
+    contract.register_structure_hook(TaskMessage, lambda payload, _: decode_task(payload))
+    contract.register_unstructure_hook(ResultEvent, encode_event)
+    contract.register_structure_hook(ResultEvent, lambda payload, _: decode_event(payload))
+    return contract
+
+
+#: The contract's converter: its hooks for ``TaskMessage`` and ``ResultEvent`` are the
+#: codecs above (built once), so ``converter.unstructure``/``structure`` and the functions
+#: give the same payloads and the same errors.
+converter = _make_converter()
