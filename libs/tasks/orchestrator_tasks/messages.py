@@ -12,11 +12,14 @@ Every result event carries ``attempt`` (the task delivery's delivery count) and 
 apply them in order and drop redelivered duplicates: ``(task_id, attempt, seq)`` identifies
 an event.
 
-The encoders and the task decoder are written out by hand: they run for every task and
-every event, and cattrs' generated functions cost several microseconds more per call on
-those paths (the API's submit and the worker's publish). ``tests/tasks`` holds each of them
-equal to what cattrs generates for the same class, so a field added to a class and not to
-its codec fails there.
+The two encoders are written out by hand: they run for every task the API publishes and
+every event a worker publishes, and cattrs' generated function costs ~8x more for a task
+(1.8 vs 0.2 us) and ~2.6x more for an event built and unstructured (9.4 vs 3.6 us, measured
+with timeit on the development VM). The task decoder is written out because it must refuse
+what cattrs would coerce (``123`` or ``None`` as ``"123"``/``"None"`` for a ``str``) and
+salvage the task id for the failure event; it costs what cattrs' does. ``tests/tasks``
+holds each codec equal to what cattrs generates for the same class, so a field added to a
+class and not to its codec fails there.
 """
 
 from __future__ import annotations
