@@ -20,8 +20,9 @@ Also read: ``OTEL_EXPORTER_OTLP[_TRACES]_HEADERS`` (``k=v,k2=v2``; never logged)
 ``OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT`` (seconds, as the Python exporter reads it),
 ``OTEL_EXPORTER_OTLP[_TRACES]_COMPRESSION`` (``none``/``gzip``/``deflate``),
 ``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG``. The signal-specific variable wins
-over the generic one. A malformed value raises ``TelemetryConfigError`` naming the variable,
-even in a variable another one overrides (a typo is worth failing on either way).
+over the generic one. A malformed value raises ``TelemetryConfigError`` (an
+``orchestrator_settings.ConfigError``) naming the variable, even in a variable another one
+overrides (a typo is worth failing on either way).
 TLS certificate variables and ``OTEL_BSP_*`` are read by the SDK itself.
 """
 
@@ -32,13 +33,16 @@ import os
 import socket
 from collections.abc import Mapping
 from typing import Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
+
+from orchestrator_settings import Env
 
 from .errors import TelemetryConfigError
 
 Compression = Literal["none", "gzip", "deflate"]
+_COMPRESSIONS: tuple[Compression, ...] = ("none", "gzip", "deflate")
 
 #: Samplers ``OTEL_TRACES_SAMPLER`` may name (those the SDK implements without extra packages).
 SAMPLERS = frozenset(
@@ -69,62 +73,12 @@ def _default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _get(environ: Mapping[str, str], name: str) -> str | None:
-    """The stripped value of ``name``, or None when unset or blank."""
-    value = environ.get(name)
-    if value is None or not value.strip():
-        return None
-    return value.strip()
-
-
-def _first(environ: Mapping[str, str], *names: str) -> tuple[str, str] | None:
-    for name in names:
-        value = _get(environ, name)
-        if value is not None:
-            return name, value
-    return None
-
-
-def _parse_bool(environ: Mapping[str, str], name: str) -> bool:
-    value = _get(environ, name)
-    if value is None:
-        return False
-    lowered = value.lower()
-    if lowered == "true":
-        return True
-    if lowered == "false":
-        return False
-    raise TelemetryConfigError(name, f"expected 'true' or 'false', got {value!r}")
-
-
-def _parse_pairs(variable: str, value: str) -> dict[str, str]:
-    """``k=v,k2=v2`` with percent-encoded values (W3C baggage style, as the spec says)."""
-    pairs: dict[str, str] = {}
-    for item in value.split(","):
-        if not item.strip():
-            continue
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            # Name the position, not the text: header values may be credentials.
-            raise TelemetryConfigError(
-                variable, f"entry {len(pairs) + 1} is not of the form key=value"
-            )
-        pairs[unquote(key)] = unquote(raw.strip())
-    return pairs
+def _env(environ: Mapping[str, str]) -> Env:
+    return Env(environ, error=TelemetryConfigError)
 
 
 def _check_url(variable: str, value: str) -> str:
-    try:
-        url = urlsplit(value)
-        url.port  # noqa: B018 - raises ValueError for a malformed port
-    except ValueError as exc:
-        raise TelemetryConfigError(variable, f"not a valid URL ({exc})") from exc
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise TelemetryConfigError(
-            variable, "expected an http:// or https:// URL with a host, e.g. http://otel:4318"
-        )
-    return value
+    return _env({}).check_url(variable, value)
 
 
 def _append_traces_path(url: str) -> str:
@@ -150,91 +104,50 @@ def jaeger_uri_endpoint(value: str) -> str:
     return _append_traces_path(text)
 
 
-def _resolve_endpoint(environ: Mapping[str, str]) -> tuple[str, str] | None:
+def _resolve_endpoint(env: Env) -> tuple[str, str] | None:
     """(traces URL, the variable it came from), by the precedence in the module docstring.
 
     Every variable that is set is checked, the overridden ones too: a malformed value is a
     mistake worth failing on even when another variable wins.
     """
     candidates: list[tuple[str, str]] = []
-    if (value := _get(environ, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")) is not None:
-        url = _check_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value)
+    if (url := env.url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)) is not None:
         candidates.append((url, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
-    if (value := _get(environ, "OTEL_EXPORTER_OTLP_ENDPOINT")) is not None:
-        base = _check_url("OTEL_EXPORTER_OTLP_ENDPOINT", value)
+    if (base := env.url("OTEL_EXPORTER_OTLP_ENDPOINT", None)) is not None:
         candidates.append((f"{base.rstrip('/')}{_TRACES_PATH}", "OTEL_EXPORTER_OTLP_ENDPOINT"))
-    if (value := _get(environ, "JAEGER_URI")) is not None:
+    if (value := env.raw("JAEGER_URI")) is not None:
         candidates.append((jaeger_uri_endpoint(value), "JAEGER_URI"))
     return candidates[0] if candidates else None
 
 
-def _parse_exporter(environ: Mapping[str, str]) -> bool:
+def _parse_exporter(env: Env) -> bool:
     """Whether ``OTEL_TRACES_EXPORTER`` allows exporting (``otlp``, the default, or ``none``)."""
-    value = _get(environ, "OTEL_TRACES_EXPORTER")
-    if value is None:
-        return True
-    names = {name.strip().lower() for name in value.split(",") if name.strip()}
-    unknown = names - {"otlp", "none"}
-    if unknown:
-        raise TelemetryConfigError(
-            "OTEL_TRACES_EXPORTER",
-            f"unsupported exporter(s) {', '.join(sorted(unknown))}; use 'otlp' or 'none'",
-        )
-    return "otlp" in names
+    names = env.items("OTEL_TRACES_EXPORTER", None, choices=("otlp", "none"), case="lower")
+    return names is None or "otlp" in names
 
 
-def _parse_sampler(environ: Mapping[str, str]) -> tuple[str, float | None]:
-    name = (_get(environ, "OTEL_TRACES_SAMPLER") or "parentbased_always_on").lower()
-    if name not in SAMPLERS:
-        raise TelemetryConfigError(
-            "OTEL_TRACES_SAMPLER",
-            f"unknown sampler {name!r}; expected one of {', '.join(sorted(SAMPLERS))}",
-        )
-    raw = _get(environ, "OTEL_TRACES_SAMPLER_ARG")
+def _parse_sampler(env: Env) -> tuple[str, float | None]:
+    name = env.choice(
+        "OTEL_TRACES_SAMPLER", "parentbased_always_on", sorted(SAMPLERS), case="lower"
+    )
     if not name.endswith("traceidratio"):
         return name, None
-    if raw is None:
-        return name, 1.0
-    try:
-        ratio = float(raw)
-    except ValueError:
-        ratio = -1.0
-    if not 0.0 <= ratio <= 1.0:
-        raise TelemetryConfigError(
-            "OTEL_TRACES_SAMPLER_ARG", f"expected a ratio between 0 and 1, got {raw!r}"
-        )
-    return name, ratio
+    return name, env.number("OTEL_TRACES_SAMPLER_ARG", 1.0, low=0.0, high=1.0)
 
 
-def _parse_timeout(environ: Mapping[str, str]) -> float:
-    found = _first(environ, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
-    if found is None:
+def _parse_timeout(env: Env) -> float:
+    name = env.first("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+    if name is None:
         return 10.0
-    name, raw = found
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = 0.0
-    if not seconds > 0:
-        raise TelemetryConfigError(name, f"expected a positive number of seconds, got {raw!r}")
-    return seconds
+    # Infinity is allowed: the Python exporter reads this variable as a plain float too.
+    return env.number(name, 10.0, positive=True, finite=False)
 
 
-def _parse_compression(environ: Mapping[str, str]) -> Compression:
-    found = _first(
-        environ, "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"
-    )
-    if found is None:
+def _parse_compression(env: Env) -> Compression:
+    name = env.first("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
+    if name is None:
         return "none"
-    name, raw = found
-    lowered = raw.lower()
-    if lowered == "gzip":
-        return "gzip"
-    if lowered == "deflate":
-        return "deflate"
-    if lowered == "none":
-        return "none"
-    raise TelemetryConfigError(name, f"expected none, gzip or deflate, got {raw!r}")
+    return env.choice(name, "none", _COMPRESSIONS, case="lower")
 
 
 def redact_url(url: str) -> str:
@@ -280,12 +193,18 @@ class TelemetrySettings:
         cls, environ: Mapping[str, str], *, default_service_name: str = "ai-orchestrator"
     ) -> TelemetrySettings:
         """Read the variables listed in this module's docstring from ``environ``."""
-        resource: dict[str, str] = {}
-        if (raw := _get(environ, "OTEL_RESOURCE_ATTRIBUTES")) is not None:
-            resource = _parse_pairs("OTEL_RESOURCE_ATTRIBUTES", raw)
+        env = _env(environ)
+        resource = env.mapping(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            str,
+            entry="of the form key=value",
+            unique=False,
+            secret=True,
+            percent_encoded=True,
+        )
         service_name = (
-            _get(environ, "OTEL_SERVICE_NAME")
-            or _get(environ, "APP_ID")
+            env.raw("OTEL_SERVICE_NAME")
+            or env.raw("APP_ID")
             or resource.pop("service.name", None)
             or default_service_name
         )
@@ -293,20 +212,28 @@ class TelemetrySettings:
         version = resource.pop("service.version", None) or package_version()
         instance_id = resource.pop("service.instance.id", None) or _default_instance_id()
 
-        disabled = _parse_bool(environ, "OTEL_SDK_DISABLED")
-        exporting = _parse_exporter(environ)
-        resolved = _resolve_endpoint(environ)  # validated even when unused: fail early
+        disabled = env.boolean("OTEL_SDK_DISABLED", False, true=("true",), false=("false",))
+        exporting = _parse_exporter(env)
+        resolved = _resolve_endpoint(env)  # validated even when unused: fail early
         endpoint, source = resolved if resolved else (None, None)
         if disabled:
             endpoint, source = None, "OTEL_SDK_DISABLED=true"
         elif not exporting:
             endpoint, source = None, "OTEL_TRACES_EXPORTER=none"
 
-        headers_found = _first(
-            environ, "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"
-        )
-        headers = _parse_pairs(*headers_found) if headers_found else {}
-        sampler, sampler_arg = _parse_sampler(environ)
+        headers_from = env.first("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
+        headers: dict[str, str] = {}
+        if headers_from is not None:
+            # Header values may be credentials: errors name the entry's position only.
+            headers = env.mapping(
+                headers_from,
+                str,
+                entry="of the form key=value",
+                unique=False,
+                secret=True,
+                percent_encoded=True,
+            )
+        sampler, sampler_arg = _parse_sampler(env)
         return cls(
             service_name=service_name,
             service_version=version,
@@ -315,8 +242,8 @@ class TelemetrySettings:
             traces_endpoint=endpoint,
             endpoint_source=source,
             headers=headers,
-            timeout=_parse_timeout(environ),
-            compression=_parse_compression(environ),
+            timeout=_parse_timeout(env),
+            compression=_parse_compression(env),
             sampler=sampler,
             sampler_arg=sampler_arg,
             disabled=disabled,

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from orchestrator_settings import ConfigError
+
 
 class TelemetryError(Exception):
     """Root of every error raised by ``orchestrator_telemetry``."""
 
 
-class TelemetryConfigError(TelemetryError, ValueError):
-    """A telemetry setting (an environment variable) is malformed; the message names it."""
+class TelemetryConfigError(TelemetryError, ConfigError):
+    """A telemetry setting (an environment variable) is malformed; the message names it.
 
-    def __init__(self, variable: str, problem: str) -> None:
-        super().__init__(f"{variable}: {problem}")
-        self.variable = variable
-        self.problem = problem
+    A ``orchestrator_settings.ConfigError``, so one ``except ConfigError`` catches every
+    package's setting errors.
+    """

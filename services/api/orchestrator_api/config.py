@@ -11,6 +11,8 @@ import attrs
 
 from orchestrator_broker.protocol import DEFAULT_DEAD_LETTER_MAXLEN
 from orchestrator_broker.redis_settings import RedisSettings
+from orchestrator_settings import ConfigError, Env
+from orchestrator_tasks import RESULTS_STREAM, TASKS_STREAM
 from orchestrator_telemetry.config import redact_url
 
 from .auth import KeyRing
@@ -18,23 +20,20 @@ from .ratelimit import Rate, parse_rate_limits
 
 __all__ = ["ApiSettings", "ConfigError", "parse_api_keys"]
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
-_LOG_FORMATS = frozenset({"plain", "json"})
+_NO_SPACE = re.compile(r"\S+")
+_LOG_LEVELS = ("CRITICAL", "DEBUG", "ERROR", "INFO", "WARNING")
+_LOG_FORMATS = ("json", "plain")
 
 
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names the environment variable."""
-
-
-def parse_api_keys(text: str, *, source: str) -> tuple[tuple[str, str], ...]:
+def parse_api_keys(text: str, *, source: str, origin: str = "") -> tuple[tuple[str, str], ...]:
     """``tenant:key`` pairs separated by commas or newlines (``#`` starts a comment line).
 
     The key is everything after the first colon, so keys may contain colons. ``source`` names
-    the variable (or file) in error messages; a key itself is never echoed.
+    the variable in error messages (``origin``, if given, the file it points to); a key
+    itself is never echoed.
     """
+    where = f"{origin}: " if origin else ""
     pairs: list[tuple[str, str]] = []
     for number, raw in enumerate(re.split(r"[,\n]", text), start=1):
         item = raw.strip()
@@ -43,10 +42,10 @@ def parse_api_keys(text: str, *, source: str) -> tuple[tuple[str, str], ...]:
         tenant, sep, key = item.partition(":")
         tenant, key = tenant.strip(), key.strip()
         if not sep or not key:
-            raise ConfigError(f"{source}: entry {number} is not tenant:key")
+            raise ConfigError(source, f"{where}entry {number} is not tenant:key")
         if not _TENANT.match(tenant):
             raise ConfigError(
-                f"{source}: entry {number}: tenant {tenant!r} must be 1-64 of [A-Za-z0-9_.-]"
+                source, f"{where}entry {number}: tenant {tenant!r} must be 1-64 of [A-Za-z0-9_.-]"
             )
         pairs.append((tenant, key))
     return tuple(pairs)
@@ -107,8 +106,8 @@ class ApiSettings:
     redis_uri: str | None = attrs.field(default=None, repr=lambda url: repr(_masked_redis(url)))
     jaeger_uri: str | None = attrs.field(default=None, repr=lambda url: repr(_masked_endpoint(url)))
     cache_ttl_minutes: float = 5.0
-    stream: str = "tasks"
-    results_stream: str = "results"
+    stream: str = TASKS_STREAM
+    results_stream: str = RESULTS_STREAM
     api_keys: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
     auth_disabled: bool = False
     max_body_bytes: int = 1_048_576
@@ -125,38 +124,38 @@ class ApiSettings:
 
         Also refuses a configuration without any API key unless ``AUTH_DISABLED=true``.
         """
-        env = os.environ if environ is None else environ
-        keys = parse_api_keys(env.get("API_KEYS", ""), source="API_KEYS")
-        keys_file = _text(env, "API_KEYS_FILE")
+        env = Env(os.environ if environ is None else environ)
+        keys = parse_api_keys(env.raw("API_KEYS") or "", source="API_KEYS")
+        keys_file = env.raw("API_KEYS_FILE")
         if keys_file is not None:
             try:
                 content = Path(keys_file).read_text(encoding="utf-8")
             except OSError as exc:
-                raise ConfigError(f"API_KEYS_FILE: cannot read {keys_file}: {exc}") from exc
-            keys += parse_api_keys(content, source=f"API_KEYS_FILE ({keys_file})")
+                raise ConfigError("API_KEYS_FILE", f"cannot read {keys_file}: {exc}") from exc
+            keys += parse_api_keys(content, source="API_KEYS_FILE", origin=keys_file)
         settings = cls(
-            port=_int(env, "PORT", 8080, low=0, high=65535),
-            host=_text(env, "HOST") or "0.0.0.0",
-            app_id=_text(env, "APP_ID") or "ai-orchestrator_api",
-            redis_uri=_text(env, "REDIS_URI"),
-            jaeger_uri=_text(env, "JAEGER_URI"),
-            cache_ttl_minutes=_float(env, "CACHE_TTL_MINUTES", 5.0, positive=True),
-            stream=_name(env, "REDIS_STREAM_ID", "tasks"),
-            results_stream=_name(env, "REDIS_RESULTS_STREAM_ID", "results"),
+            port=env.integer("PORT", 8080, low=0, high=65535),
+            host=env.text("HOST", "0.0.0.0"),
+            app_id=env.text("APP_ID", "ai-orchestrator_api"),
+            redis_uri=env.text("REDIS_URI", None),
+            jaeger_uri=env.text("JAEGER_URI", None),
+            cache_ttl_minutes=env.number("CACHE_TTL_MINUTES", 5.0, low=0.0, positive=True),
+            stream=_name(env, "REDIS_STREAM_ID", TASKS_STREAM),
+            results_stream=_name(env, "REDIS_RESULTS_STREAM_ID", RESULTS_STREAM),
             api_keys=keys,
-            auth_disabled=_bool(env, "AUTH_DISABLED", False),
-            max_body_bytes=_int(env, "MAX_BODY_BYTES", 1_048_576, low=1024),
-            max_prompt_chars=_int(env, "MAX_PROMPT_CHARS", 100_000, low=1),
-            shutdown_grace_seconds=_float(env, "SHUTDOWN_GRACE_SECONDS", 10.0),
-            dead_letter_maxlen=_int(
-                env, "DEAD_LETTER_MAXLEN", DEFAULT_DEAD_LETTER_MAXLEN, low=0, high=10**9
+            auth_disabled=env.boolean("AUTH_DISABLED", False),
+            max_body_bytes=env.integer("MAX_BODY_BYTES", 1_048_576, low=1024),
+            max_prompt_chars=env.integer("MAX_PROMPT_CHARS", 100_000, low=1),
+            shutdown_grace_seconds=env.seconds("SHUTDOWN_GRACE_SECONDS", 10.0),
+            dead_letter_maxlen=env.integer(
+                "DEAD_LETTER_MAXLEN", DEFAULT_DEAD_LETTER_MAXLEN, low=0, high=10**9
             ),
-            rate_limits=_rate_limits(env, "RATE_LIMITS"),
-            log_level=_choice(env, "LOG_LEVEL", "INFO", _LOG_LEVELS, upper=True),
-            log_format=_choice(env, "LOG_FORMAT", "plain", _LOG_FORMATS),
+            rate_limits=env.parsed("RATE_LIMITS", _rate_limits, {}),
+            log_level=env.choice("LOG_LEVEL", "INFO", _LOG_LEVELS, case="upper"),
+            log_format=env.choice("LOG_FORMAT", "plain", _LOG_FORMATS, case="lower"),
         )
         if settings.stream == settings.results_stream:
-            raise ConfigError("REDIS_RESULTS_STREAM_ID must differ from REDIS_STREAM_ID")
+            raise ConfigError("REDIS_RESULTS_STREAM_ID", "must differ from REDIS_STREAM_ID")
         settings.keyring()  # refuse to start without keys unless auth is explicitly off
         return settings
 
@@ -182,87 +181,19 @@ class ApiSettings:
             return KeyRing.disabled()
         if not self.api_keys:
             raise ConfigError(
+                "API_KEYS",
                 "no API keys: set API_KEYS=tenant:key[,tenant:key...] (or API_KEYS_FILE), "
-                "or AUTH_DISABLED=true to run without authentication"
+                "or AUTH_DISABLED=true to run without authentication",
             )
         try:
             return KeyRing.from_pairs(self.api_keys)
         except ValueError as exc:
-            raise ConfigError(f"API_KEYS: {exc}") from exc
+            raise ConfigError("API_KEYS", str(exc)) from exc
 
 
-def _rate_limits(env: Mapping[str, str], name: str) -> dict[str, Rate]:
-    raw = _text(env, name)
-    if raw is None:
-        return {}
-    try:
-        return parse_rate_limits(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name}: {exc}") from None
+def _rate_limits(_: str, raw: str) -> dict[str, Rate]:
+    return parse_rate_limits(raw)  # its ValueError becomes a ConfigError naming RATE_LIMITS
 
 
-def _text(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name, "").strip()
-    return value or None
-
-
-def _name(env: Mapping[str, str], name: str, default: str) -> str:
-    value = _text(env, name) or default
-    if any(ch.isspace() for ch in value):
-        raise ConfigError(f"{name} must not contain whitespace, got {value!r}")
-    return value
-
-
-def _int(
-    env: Mapping[str, str], name: str, default: int, *, low: int, high: int | None = None
-) -> int:
-    raw = _text(env, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < low or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"between {low} and {high}"
-        raise ConfigError(f"{name} must be {bounds}, got {value}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float, *, positive: bool = False) -> float:
-    raw = _text(env, name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value != value or value in (float("inf"), float("-inf")) or value < 0:
-        raise ConfigError(f"{name} must be a finite number >= 0, got {raw!r}")
-    if positive and value == 0:
-        raise ConfigError(f"{name} must be greater than 0")
-    return value
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
-
-
-def _choice(
-    env: Mapping[str, str], name: str, default: str, allowed: frozenset[str], *, upper: bool = False
-) -> str:
-    raw = _text(env, name)
-    if raw is None:
-        return default
-    value = raw.upper() if upper else raw.lower()
-    if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(sorted(allowed))}, got {raw!r}")
-    return value
+def _name(env: Env, name: str, default: str) -> str:
+    return env.text(name, default, pattern=_NO_SPACE, expected="must not contain whitespace")

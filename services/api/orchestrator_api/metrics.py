@@ -23,6 +23,7 @@ from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_urldispatcher import AbstractRoute
 
 from orchestrator_broker import Broker
+from orchestrator_tasks import TASKS_GROUP
 from orchestrator_tasks.messages import EventKind, ResultEvent
 from orchestrator_telemetry.metrics import HistogramChild, Registry
 from orchestrator_telemetry.queue_metrics import QueueMetrics
@@ -44,7 +45,7 @@ _METHODS: Final = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
 )
 #: The consumer group the workers read tasks with (their ``CONSUMER_GROUP`` default).
-DEFAULT_WORKER_GROUP: Final = "workers"
+DEFAULT_WORKER_GROUP: Final = TASKS_GROUP
 #: Status recorded for a request whose client went away before the answer (nginx's code).
 CLIENT_CLOSED: Final = 499
 

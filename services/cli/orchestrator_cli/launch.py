@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from orchestrator_broker import BrokerError
-from orchestrator_telemetry import TelemetryConfigError
+from orchestrator_settings import ConfigError
 
 if TYPE_CHECKING:
     from orchestrator_api import ApiSettings
@@ -42,29 +42,23 @@ def launch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             asyncio.run(run_single_process(args, environ))
         else:  # argparse only lets the known commands through
             raise UsageError(f"unknown command {args.command!r}")
-    except (TelemetryConfigError, BrokerError, ValueError) as exc:
+    except (ConfigError, BrokerError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     return 0
 
 
 def _serve_api(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
-    from orchestrator_api import ConfigError, service
+    from orchestrator_api import service
 
-    try:
-        settings = api_settings(environ, host=args.host, port=args.port)
-        asyncio.run(service.serve(settings, environ=environ))
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
+    settings = api_settings(environ, host=args.host, port=args.port)
+    asyncio.run(service.serve(settings, environ=environ))
 
 
 def _serve_worker(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
-    from orchestrator_worker import ConfigError, service
+    from orchestrator_worker import service
 
-    try:
-        settings = worker_settings(environ, concurrency=args.concurrency)
-        asyncio.run(service.serve(settings))
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
+    settings = worker_settings(environ, concurrency=args.concurrency)
+    asyncio.run(service.serve(settings))
 
 
 def api_settings(environ: Mapping[str, str], *, host: str | None, port: int | None) -> ApiSettings:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
 from orchestrator_broker import DEFAULT_DEAD_LETTER_MAXLEN
-from orchestrator_broker import ConfigError as BrokerConfigError
 from orchestrator_broker.redis_settings import RedisSettings
+from orchestrator_settings import Env
+from orchestrator_tasks import RESULTS_STREAM, TASKS_GROUP, TASKS_STREAM
 from orchestrator_telemetry import TelemetrySettings
 from orchestrator_telemetry.logs import LogFormat
 
@@ -22,11 +23,12 @@ from .providers.settings import ProviderSettings
 from .retry import RetryPolicy
 from .routing import parse_aliases
 
-_T = TypeVar("_T")
-
-_NAME = re.compile(r"^[A-Za-z0-9_.:\-]+$")
+_NAME = re.compile(r"[A-Za-z0-9_.:\-]+")
+_NAME_EXPECTED = "may only hold letters, digits and _ . : -"
+_HOST = re.compile(r"[^\s/@]+")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_LOG_FORMATS = ("plain", "json")
+_HOST_EXPECTED = "is not a host name or address"
+_LOG_FORMATS: tuple[LogFormat, ...] = ("plain", "json")
 #: Where a worker serves ``GET /metrics`` unless ``METRICS_PORT`` says otherwise.
 DEFAULT_METRICS_PORT = 9100
 
@@ -118,16 +120,16 @@ class WorkerSettings:
     (``OPENAI_API_KEY``, ``GEMINI_API_KEY``, base URLs, timeouts) by
     ``providers.ProviderSettings`` into ``providers``.
 
-    A malformed value raises ``ConfigError`` (or ``TelemetryConfigError`` for the trace
-    settings) naming the variable.
+    A malformed value raises ``ConfigError`` (``orchestrator_settings``'; for the trace
+    settings its subclass ``TelemetryConfigError``) naming the variable.
     """
 
     app_id: str = "ai-orchestrator_worker"
     redis_uri: str = attrs.field(default="redis://localhost:6379/0", repr=False)
     jaeger_uri: str | None = None
-    stream: str = "tasks"
-    results_stream: str = "results"
-    consumer_group: str = "workers"
+    stream: str = TASKS_STREAM
+    results_stream: str = RESULTS_STREAM
+    consumer_group: str = TASKS_GROUP
     consumer_name: str | None = None
     concurrency: int = 5
     default_model: str = "echo"
@@ -160,54 +162,62 @@ class WorkerSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> WorkerSettings:
         """Read the variables above from ``environ``; missing or empty ones take defaults."""
-        defaults = cls()
-        values: dict[str, Any] = {}
+        env = Env(environ)
+        d = cls()
 
-        def read(variable: str, parse: Callable[[str, str], _T]) -> _T | None:
-            raw = environ.get(variable, "").strip()
-            return parse(variable, raw) if raw else None
+        def name(variable: str, default: str) -> str:
+            return env.text(variable, default, pattern=_NAME, expected=_NAME_EXPECTED)
 
-        spec: dict[str, tuple[str, Callable[[str, str], Any]]] = {
-            "app_id": ("APP_ID", _name),
-            "redis_uri": ("REDIS_URI", _redis_uri),
-            "jaeger_uri": ("JAEGER_URI", _text),
-            "stream": ("REDIS_STREAM_ID", _name),
-            "results_stream": ("REDIS_RESULTS_STREAM_ID", _name),
-            "consumer_group": ("CONSUMER_GROUP", _name),
-            "consumer_name": ("CONSUMER_NAME", _name),
-            "concurrency": ("NUMBER_OF_WORKERS", _int_between(1, 100_000)),
-            "default_model": ("DEFAULT_MODEL", _text),
-            "task_timeout": ("TASK_TIMEOUT_SECONDS", _seconds(positive=True)),
-            "lease_seconds": ("LEASE_SECONDS", _seconds(positive=True)),
-            "max_attempts": ("MAX_ATTEMPTS", _int_between(1, 999)),
-            "max_deliveries": ("MAX_DELIVERIES", _int_between(2, 1_000)),
-            "dead_letter_maxlen": ("DEAD_LETTER_MAXLEN", _int_between(0, 10**9)),
-            "retry_base": ("RETRY_BASE_SECONDS", _seconds(positive=False)),
-            "retry_max": ("RETRY_MAX_SECONDS", _seconds(positive=False)),
-            "model_aliases": ("MODEL_ALIASES", parse_aliases),
-            "provider_concurrency": ("PROVIDER_CONCURRENCY", parse_concurrency),
-            "breaker_failures": ("BREAKER_FAILURES", _int_between(0, 1_000_000)),
-            "breaker_cooldown": ("BREAKER_COOLDOWN_SECONDS", _seconds(positive=True)),
-            "shutdown_grace": ("SHUTDOWN_GRACE_SECONDS", _seconds(positive=False)),
-            "delta_flush_ms": ("DELTA_FLUSH_MS", _seconds(positive=False)),
-            "log_level": ("LOG_LEVEL", _choice(_LOG_LEVELS, upper=True)),
-            "log_format": ("LOG_FORMAT", _choice(_LOG_FORMATS, upper=False)),
-            "metrics_host": ("METRICS_HOST", _host),
-            "metrics_port": ("METRICS_PORT", _int_between(0, 65_535)),
+        values: dict[str, Any] = {
+            "app_id": name("APP_ID", d.app_id),
+            "redis_uri": env.parsed("REDIS_URI", _redis_uri, d.redis_uri),
+            "jaeger_uri": env.text("JAEGER_URI", d.jaeger_uri),
+            "stream": name("REDIS_STREAM_ID", d.stream),
+            "results_stream": name("REDIS_RESULTS_STREAM_ID", d.results_stream),
+            "consumer_group": name("CONSUMER_GROUP", d.consumer_group),
+            "consumer_name": env.text(
+                "CONSUMER_NAME", d.consumer_name, pattern=_NAME, expected=_NAME_EXPECTED
+            ),
+            "concurrency": env.integer("NUMBER_OF_WORKERS", d.concurrency, low=1, high=100_000),
+            "default_model": env.text("DEFAULT_MODEL", d.default_model),
+            "task_timeout": env.seconds("TASK_TIMEOUT_SECONDS", d.task_timeout, positive=True),
+            "lease_seconds": env.seconds("LEASE_SECONDS", d.lease_seconds, positive=True),
+            # None when unset: _check_attempts derives one from the other.
+            "max_attempts": env.integer("MAX_ATTEMPTS", None, low=1, high=999),
+            "max_deliveries": env.integer("MAX_DELIVERIES", None, low=2, high=1_000),
+            "dead_letter_maxlen": env.integer(
+                "DEAD_LETTER_MAXLEN", d.dead_letter_maxlen, low=0, high=10**9
+            ),
+            "retry_base": env.seconds("RETRY_BASE_SECONDS", d.retry_base),
+            "retry_max": env.seconds("RETRY_MAX_SECONDS", d.retry_max),
+            "model_aliases": env.parsed("MODEL_ALIASES", parse_aliases, d.model_aliases),
+            "provider_concurrency": env.parsed(
+                "PROVIDER_CONCURRENCY", parse_concurrency, d.provider_concurrency
+            ),
+            "breaker_failures": env.integer(
+                "BREAKER_FAILURES", d.breaker_failures, low=0, high=1_000_000
+            ),
+            "breaker_cooldown": env.seconds(
+                "BREAKER_COOLDOWN_SECONDS", d.breaker_cooldown, positive=True
+            ),
+            "shutdown_grace": env.seconds("SHUTDOWN_GRACE_SECONDS", d.shutdown_grace),
+            "delta_flush_ms": env.seconds("DELTA_FLUSH_MS", d.delta_flush_ms),
+            "log_level": env.choice("LOG_LEVEL", d.log_level, _LOG_LEVELS, case="upper"),
+            "log_format": env.choice("LOG_FORMAT", d.log_format, _LOG_FORMATS, case="lower"),
+            "metrics_host": env.text(
+                "METRICS_HOST", d.metrics_host, pattern=_HOST, expected=_HOST_EXPECTED
+            ),
+            "metrics_port": env.integer("METRICS_PORT", d.metrics_port, low=0, high=65_535),
         }
-        for field, (variable, parse) in spec.items():
-            value = read(variable, parse)
-            if value is not None:
-                values[field] = value
-        prices = read("MODEL_PRICES_FILE", load_prices_file) or {}
-        prices.update(read("MODEL_PRICES", parse_prices) or {})
+        prices: dict[str, Price] = env.parsed("MODEL_PRICES_FILE", load_prices_file, {})
+        prices.update(env.parsed("MODEL_PRICES", parse_prices, {}))
         values["model_prices"] = prices
-        _check_attempts(values, defaults)
+        _check_attempts(values, d)
         values["providers"] = ProviderSettings.from_env(environ)
         values["telemetry"] = TelemetrySettings.from_env(
-            environ, default_service_name=values.get("app_id", defaults.app_id)
+            environ, default_service_name=values["app_id"]
         )
-        settings = attrs.evolve(defaults, **values)
+        settings = attrs.evolve(d, **values)
         if settings.results_stream == settings.stream:
             raise ConfigError("REDIS_RESULTS_STREAM_ID", "must differ from REDIS_STREAM_ID")
         if settings.retry_max < settings.retry_base:
@@ -242,9 +252,11 @@ def _check_attempts(values: dict[str, Any], defaults: WorkerSettings) -> None:
     (earlier ones crashed). The broker's own ``MAX_DELIVERIES`` limit dead-letters without
     a word to the client, so it must leave the worker that one delivery more.
     """
-    attempts: int | None = values.get("max_attempts")
-    deliveries: int | None = values.get("max_deliveries")
+    attempts: int | None = values["max_attempts"]
+    deliveries: int | None = values["max_deliveries"]
     if attempts is None and deliveries is None:
+        values["max_attempts"] = defaults.max_attempts
+        values["max_deliveries"] = defaults.max_deliveries
         return
     if deliveries is None:
         assert attempts is not None
@@ -260,65 +272,6 @@ def _check_attempts(values: dict[str, Any], defaults: WorkerSettings) -> None:
         )
 
 
-def _text(_: str, raw: str) -> str:
+def _redis_uri(_: str, raw: str) -> str:
+    RedisSettings.from_uri(raw)  # a ValueError (the broker's ConfigError) names the problem
     return raw
-
-
-def _host(variable: str, raw: str) -> str:
-    if any(ch.isspace() or ch in "/@" for ch in raw):
-        raise ConfigError(variable, f"{raw!r} is not a host name or address")
-    return raw
-
-
-def _redis_uri(variable: str, raw: str) -> str:
-    try:
-        RedisSettings.from_uri(raw)
-    except BrokerConfigError as exc:
-        raise ConfigError(variable, str(exc)) from None
-    return raw
-
-
-def _name(variable: str, raw: str) -> str:
-    if not _NAME.match(raw):
-        raise ConfigError(variable, f"{raw!r} may only hold letters, digits and _ . : -")
-    return raw
-
-
-def _int_between(low: int, high: int) -> Callable[[str, str], int]:
-    def parse(variable: str, raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(variable, f"{raw!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise ConfigError(variable, f"{value} is outside {low}..{high}")
-        return value
-
-    return parse
-
-
-def _seconds(*, positive: bool) -> Callable[[str, str], float]:
-    def parse(variable: str, raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(variable, f"{raw!r} is not a number") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(variable, f"{raw!r} is not a finite number")
-        if value < 0 or (positive and value == 0):
-            raise ConfigError(
-                variable, f"{raw!r} must be {'positive' if positive else 'zero or more'}"
-            )
-        return value
-
-    return parse
-
-
-def _choice(choices: tuple[str, ...], *, upper: bool) -> Callable[[str, str], str]:
-    def parse(variable: str, raw: str) -> str:
-        value = raw.upper() if upper else raw.lower()
-        if value not in choices:
-            raise ConfigError(variable, f"{raw!r} is not one of {', '.join(choices)}")
-        return value
-
-    return parse

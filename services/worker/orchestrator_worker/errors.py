@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+# A malformed setting is the one ConfigError of every package (``VARIABLE: problem``), so a
+# launcher catches the worker's, the API's and the telemetry library's with one ``except``.
+from orchestrator_settings import ConfigError
+
+__all__ = ["ConfigError", "WorkerError"]
+
 
 class WorkerError(Exception):
-    """Root of every error raised by ``orchestrator_worker``."""
-
-
-class ConfigError(WorkerError, ValueError):
-    """A worker setting (an environment variable) is malformed; the message names it."""
-
-    def __init__(self, variable: str, problem: str) -> None:
-        super().__init__(f"{variable}: {problem}")
-        self.variable = variable
-        self.problem = problem
+    """Root of every error raised by ``orchestrator_worker`` (setting errors aside: those are
+    ``ConfigError``, shared with the other packages)."""

@@ -14,38 +14,33 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 
+from orchestrator_settings import Env
+
 from .breaker import CircuitBreaker, PauseListener, StateListener
 from .errors import ConfigError
 
 __all__ = ["ProviderGuard", "ProviderGuards", "parse_concurrency"]
 
-_PROVIDER = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_PROVIDER = re.compile(r"[A-Za-z0-9_.\-]+")
 
 VARIABLE = "PROVIDER_CONCURRENCY"
 
 
 def parse_concurrency(variable: str, raw: str) -> dict[str, int]:
     """``provider=limit,...`` as a mapping; ``ConfigError`` naming ``variable``."""
-    limits: dict[str, int] = {}
-    for entry in raw.split(","):
-        entry = entry.strip()
-        if not entry:
-            continue
-        name, equals, number = entry.partition("=")
-        name = name.strip()
-        if not equals or not _PROVIDER.match(name):
-            raise ConfigError(variable, f"{entry!r} is not provider=limit (e.g. openai=50)")
-        try:
-            limit = int(number.strip())
-        except ValueError:
-            problem = f"{name}: {number.strip()!r} is not a whole number"
-            raise ConfigError(variable, problem) from None
-        if not 1 <= limit <= 1_000_000:
-            raise ConfigError(variable, f"{name}: {limit} is outside 1..1000000")
-        if name in limits:
-            raise ConfigError(variable, f"{name} is listed twice")
-        limits[name] = limit
-    return limits
+    return Env({variable: raw}).mapping(
+        variable, _limit, key=_PROVIDER, entry="provider=limit (e.g. openai=50)"
+    )
+
+
+def _limit(raw: str) -> int:
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a whole number") from None
+    if not 1 <= limit <= 1_000_000:
+        raise ValueError(f"{limit} is outside 1..1000000")
+    return limit
 
 
 class ProviderGuard:

@@ -20,7 +20,6 @@ from orchestrator_broker import Broker
 from orchestrator_broker.redis_settings import RedisSettings
 from orchestrator_broker.redis_streams import RedisStreamsBroker, check_supported_server
 from orchestrator_telemetry import (
-    TelemetryConfigError,
     TelemetrySettings,
     TracingBroker,
     process_context,
@@ -227,6 +226,6 @@ def main(environ: Mapping[str, str] | None = None) -> None:
     try:
         settings = WorkerSettings.from_env(os.environ if environ is None else environ)
         asyncio.run(serve(settings))
-    except (ConfigError, TelemetryConfigError) as exc:
+    except ConfigError as exc:  # any setting, telemetry's included
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -31,47 +31,17 @@ The whole call is bounded by the worker's ``TASK_TIMEOUT_SECONDS``. API keys are
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
-from typing import TypeVar
+from collections.abc import Mapping
 
 import attrs
 import yarl
 
-from ..errors import ConfigError
+from orchestrator_settings import Env, Secret
 
 __all__ = ["GeminiSettings", "HttpSettings", "OpenAISettings", "ProviderSettings", "Secret"]
 
-_T = TypeVar("_T")
-
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 GEMINI_DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
-
-
-class Secret:
-    """A secret string that does not show itself: ``repr``/``str`` give ``'***'``.
-
-    ``reveal()`` is the only way to the value; call it where the value goes on the wire.
-    """
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @attrs.frozen
@@ -117,79 +87,47 @@ class ProviderSettings:
         Raises ``ConfigError`` naming the variable for a malformed value.
         """
 
-        def read(variable: str, parse: Callable[[str, str], _T], default: _T) -> _T:
-            raw = environ.get(variable, "").strip()
-            return parse(variable, raw) if raw else default
-
+        env = Env(environ)
         defaults = HttpSettings()
         http = HttpSettings(
-            connect_timeout=read(
-                "PROVIDER_CONNECT_TIMEOUT", _positive_seconds, defaults.connect_timeout
+            connect_timeout=env.seconds(
+                "PROVIDER_CONNECT_TIMEOUT", defaults.connect_timeout, positive=True
             ),
-            read_timeout=read("PROVIDER_READ_TIMEOUT", _positive_seconds, defaults.read_timeout),
-            max_connections=read(
-                "PROVIDER_MAX_CONNECTIONS", _connections, defaults.max_connections
+            read_timeout=env.seconds("PROVIDER_READ_TIMEOUT", defaults.read_timeout, positive=True),
+            max_connections=env.integer(
+                "PROVIDER_MAX_CONNECTIONS",
+                defaults.max_connections,
+                low=0,
+                high=1_000_000,
+                hint="0: no limit",
             ),
-            trace_content=read("TRACE_CONTENT", _boolean, defaults.trace_content),
+            trace_content=env.boolean("TRACE_CONTENT", defaults.trace_content),
         )
         return cls(
             openai=OpenAISettings(
-                base_url=read("OPENAI_BASE_URL", _base_url, OPENAI_DEFAULT_BASE_URL),
-                api_key=read("OPENAI_API_KEY", _secret, None),
+                base_url=_base_url(env, "OPENAI_BASE_URL", OPENAI_DEFAULT_BASE_URL),
+                api_key=env.secret("OPENAI_API_KEY"),
                 http=http,
             ),
             gemini=GeminiSettings(
-                base_url=read("GEMINI_BASE_URL", _base_url, GEMINI_DEFAULT_BASE_URL),
-                api_key=read("GEMINI_API_KEY", _secret, None),
+                base_url=_base_url(env, "GEMINI_BASE_URL", GEMINI_DEFAULT_BASE_URL),
+                api_key=env.secret("GEMINI_API_KEY"),
                 http=http,
             ),
             http=http,
         )
 
 
-def _secret(_: str, raw: str) -> Secret:
-    return Secret(raw)
-
-
-def _base_url(variable: str, raw: str) -> str:
-    # Never echo the value: a mistyped URL may hold a key.
+def _base_url(env: Env, variable: str, default: str) -> str:
+    """An http(s) URL without credentials, query or fragment, normalised by yarl (no
+    trailing slash). Never echoed: a mistyped URL may hold a key."""
+    raw = env.url(variable, None, query=False)
+    if raw is None:
+        return default
     try:
         url = yarl.URL(raw)
     except (TypeError, ValueError):
-        raise ConfigError(variable, "is not a URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigError(variable, "must be an http:// or https:// URL with a host")
+        raise env.fail(variable, "is not a URL") from None
     if url.user is not None or url.password is not None:
-        raise ConfigError(variable, "must not hold credentials; use the *_API_KEY variable")
-    if url.query_string or url.fragment:
-        raise ConfigError(variable, "must not have a query or a fragment")
+        raise env.fail(variable, "must not hold credentials; use the *_API_KEY variable")
     return str(url).rstrip("/")
-
-
-def _positive_seconds(variable: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(variable, f"{raw!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(variable, f"{raw!r} must be a positive number of seconds")
-    return value
-
-
-def _connections(variable: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(variable, f"{raw!r} is not a whole number") from None
-    if not 0 <= value <= 1_000_000:
-        raise ConfigError(variable, f"{value} is outside 0..1000000 (0: no limit)")
-    return value
-
-
-def _boolean(variable: str, raw: str) -> bool:
-    value = raw.lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(variable, f"{raw!r} is not true or false")
