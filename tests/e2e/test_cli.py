@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,8 +102,12 @@ async def test_run_mode_answers_submit_wait_and_stream_without_redis(
     async with session.get(f"{run.url}/metrics") as response:
         assert response.status == 200
         exposition = await response.text()
-    assert 'orchestrator_api_tasks_accepted_total{tenant="default"' in exposition
-    assert 'orchestrator_worker_tasks_succeeded_total{provider="echo",model="echo"} 2' in exposition
+    assert re.search(
+        r'orchestrator_api_tasks_accepted_total\{model="\w+",tenant="default"\}', exposition
+    )
+    assert (
+        'orchestrator_worker_tasks_succeeded_total{model="echo",provider="echo"} 2.0' in exposition
+    )
 
 
 async def test_run_refuses_a_non_loopback_host_without_keys() -> None:

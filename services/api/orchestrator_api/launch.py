@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping
 
 import attrs
+from prometheus_client import CollectorRegistry
 
 from orchestrator_broker import BrokerError
 from orchestrator_broker.redis_streams import check_supported_server
@@ -25,7 +26,6 @@ from orchestrator_telemetry import (
     setup_logging,
     setup_telemetry,
 )
-from orchestrator_telemetry.metrics import Registry
 from orchestrator_worker import service as worker_service
 from orchestrator_worker.config import WorkerSettings
 from orchestrator_worker.metrics import WorkerMetrics
@@ -132,7 +132,7 @@ async def _run_single_process(args: argparse.Namespace, environ: Mapping[str, st
         tracer_provider=telemetry.tracer_provider,
     )
     # One registry: GET /metrics of the API shows the worker's series too.
-    shared = Registry()
+    shared = CollectorRegistry()
     worker = Worker(
         broker,
         worker_settings,
