@@ -88,10 +88,10 @@ class MetricError(TelemetryError, ValueError):
     """A metric defined or used wrongly: bad name, labels, buckets, or label value count."""
 
 
-def add_refresh(registry: CollectorRegistry, refresh_: Refresh) -> None:
-    """Have ``refresh(registry)`` (the ``/metrics`` handler) await ``refresh_`` before each
+def add_refresh(registry: CollectorRegistry, read: Refresh) -> None:
+    """Have ``refresh(registry)`` (the ``/metrics`` handler) await ``read()`` before each
     exposition, in the order added."""
-    _REFRESHES.setdefault(registry, []).append(refresh_)
+    _REFRESHES.setdefault(registry, []).append(read)
 
 
 async def refresh(registry: CollectorRegistry) -> None:
