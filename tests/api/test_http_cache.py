@@ -399,9 +399,10 @@ async def test_shared_tasks_are_counted_in_the_metrics(api_client: ApiClientFact
 
     text = await (await client.get("/metrics")).text()
 
-    assert 'orchestrator_api_tasks_shared_total{tenant="acme",outcome="joined"} 1' in text
-    assert 'orchestrator_api_tasks_shared_total{tenant="acme",outcome="hit"} 2' in text
-    assert 'orchestrator_api_tasks_accepted_total{tenant="acme",model="default"} 4' in text
+    # (prometheus_client writes label names in alphabetical order)
+    assert 'orchestrator_api_tasks_shared_total{outcome="joined",tenant="acme"} 1.0' in text
+    assert 'orchestrator_api_tasks_shared_total{outcome="hit",tenant="acme"} 2.0' in text
+    assert 'orchestrator_api_tasks_accepted_total{model="default",tenant="acme"} 4.0' in text
 
 
 async def test_the_document_rejects_and_accepts_the_cache_field_as_the_api_does(

@@ -12,6 +12,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 
 from orchestrator_api.app import create_app
 from orchestrator_api.config import ApiSettings
@@ -19,7 +21,6 @@ from orchestrator_api.ratelimit import Rate
 from orchestrator_api.store.memory import MemoryTaskStore
 from orchestrator_broker import MemoryBroker
 from orchestrator_telemetry import TracingBroker, process_context
-from orchestrator_telemetry.metrics import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_PROMETHEUS
 from orchestrator_worker.config import WorkerSettings
 from orchestrator_worker.worker import Worker
 from tests.metrics.exposition import Family, names, parse, value
@@ -74,8 +75,11 @@ async def stack(
 async def scrape(client: TestClient[Any, Any], *, openmetrics: bool = False) -> dict[str, Family]:
     response = await client.get("/metrics", headers=OPENMETRICS if openmetrics else None)
     assert response.status == 200
-    expected = CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_PROMETHEUS
-    assert response.headers["Content-Type"] == expected
+    content_type = response.headers["Content-Type"]
+    if openmetrics:
+        assert content_type.startswith(OPENMETRICS_TYPE)
+    else:
+        assert content_type == CONTENT_TYPE_PLAIN_0_0_4
     return parse(await response.text(), openmetrics=openmetrics)
 
 

@@ -3,6 +3,7 @@ provisioned datasources, and every latency panel leads to traces."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -10,11 +11,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator_api.metrics import ApiMetrics
-from orchestrator_broker import MemoryBroker
-from orchestrator_telemetry.metrics import Histogram, Registry
-from orchestrator_worker.metrics import WorkerMetrics
 from tests.deployment.support import DOCKER_DIR, load_yaml
+from tests.metrics.exposition import Family
+from tests.metrics.populated import exposed, populated_registry
 
 DASHBOARDS = DOCKER_DIR / "grafana" / "dashboards"
 #: Series that come from elsewhere: Prometheus itself and Tempo's metrics-generator.
@@ -29,26 +28,26 @@ _KEYWORDS = frozenset(
 )  # fmt: skip
 
 
-def registry() -> Registry:
-    """Every metric the services define, on one registry."""
-    shared = Registry()
-    api = ApiMetrics(shared)
-    api.watch_queues(MemoryBroker(), tasks_stream="tasks", results_stream="results")
-    WorkerMetrics(shared)
-    return shared
+@functools.cache
+def families() -> dict[str, Family]:
+    """Every metric the services define, as their exposition shows it (each with a series)."""
+    return exposed(populated_registry())
 
 
 def labels_by_series() -> dict[str, frozenset[str]]:
-    """Series name -> the labels it carries."""
-    found: dict[str, frozenset[str]] = {}
-    for family in registry().families():
-        labels = frozenset(family.labelnames)
-        if isinstance(family, Histogram):
-            for suffix in ("_bucket", "_sum", "_count"):
-                found[family.name + suffix] = labels
-        else:
-            found[family.name] = labels
-    return found
+    """Series name -> the labels it carries (``le`` aside), read from the exposition."""
+    found: dict[str, set[str]] = {}
+    for family in families().values():
+        for sample in family.samples:
+            found.setdefault(sample.name, set()).update(set(sample.labels) - {"le"})
+    return {name: frozenset(labels) for name, labels in found.items()}
+
+
+def test_every_family_the_services_define_has_a_series_here() -> None:
+    """The registry these tests read holds every metric (none left without samples)."""
+    empty = {name for name, family in families().items() if not family.samples}
+    assert not empty
+    assert len(families()) >= 30
 
 
 def dashboards() -> list[tuple[str, dict[str, Any]]]:
@@ -167,14 +166,10 @@ def test_every_defined_metric_is_on_some_dashboard() -> None:
     for _, board in dashboards():
         for _, expr in exprs(board):
             shown |= metric_names(expr)
-    families = {
+    families_shown = {
         name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum") for name in shown
     }
-    unused = {
-        family.name
-        for family in registry().families()
-        if family.name not in shown and family.name not in families
-    }
+    unused = {name for name in families() if name not in shown and name not in families_shown}
     # The overflow counter is for people reading /metrics, and the transitions counter
     # duplicates the state timeline.
     assert unused <= {

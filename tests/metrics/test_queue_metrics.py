@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
 from orchestrator_broker import MemoryBroker, Message
-from orchestrator_telemetry.metrics import Registry
+from orchestrator_telemetry.metrics import MetricError, refresh
 from orchestrator_telemetry.queue_metrics import QueueMetrics
 from tests.metrics.exposition import names, parse, value
 
@@ -29,14 +32,14 @@ class CountingBroker(MemoryBroker):
         return await super().pending_count(stream, group)
 
 
-async def read(registry: Registry) -> dict[str, Any]:
-    await registry.collect()
-    return parse(registry.expose().decode())
+async def read(registry: CollectorRegistry) -> dict[str, Any]:
+    await refresh(registry)
+    return parse(generate_latest(registry).decode())
 
 
 async def test_backlog_pending_and_dead_letters_are_read_from_the_broker() -> None:
     broker = CountingBroker()
-    registry = Registry()
+    registry = CollectorRegistry()
     QueueMetrics(registry, broker, [("tasks", "workers")], dead_letter_streams=["tasks"])
     await broker.ensure_group("tasks", "workers")
     for index in range(3):
@@ -59,7 +62,7 @@ async def test_backlog_pending_and_dead_letters_are_read_from_the_broker() -> No
 
 async def test_reads_are_cached_for_the_ttl() -> None:
     broker = CountingBroker()
-    registry = Registry()
+    registry = CollectorRegistry()
     QueueMetrics(registry, broker, [("tasks", "workers")], ttl=60.0)
 
     for _ in range(5):
@@ -72,7 +75,7 @@ async def test_reads_are_cached_for_the_ttl() -> None:
 async def test_concurrent_scrapes_share_one_read() -> None:
     broker = CountingBroker()
     broker.delay = 0.2
-    registry = Registry()
+    registry = CollectorRegistry()
     QueueMetrics(registry, broker, [("tasks", "workers")], ttl=0.0)
 
     results = await asyncio.gather(*(read(registry) for _ in range(5)))
@@ -85,7 +88,7 @@ async def test_concurrent_scrapes_share_one_read() -> None:
 async def test_a_broker_that_does_not_answer_in_time_reads_as_down() -> None:
     broker = CountingBroker()
     broker.delay = 30.0
-    registry = Registry()
+    registry = CollectorRegistry()
     QueueMetrics(registry, broker, [("tasks", "workers")], timeout=0.05)
 
     async with asyncio.timeout(10):  # hang guard: the gauges give up after ~0.1 s
@@ -98,7 +101,7 @@ async def test_a_broker_that_does_not_answer_in_time_reads_as_down() -> None:
 
 async def test_api_and_worker_on_one_registry_share_the_queue_gauges() -> None:
     broker = CountingBroker()
-    registry = Registry()
+    registry = CollectorRegistry()
     first = QueueMetrics.on(registry, broker)
     first.watch("tasks", "workers")
     second = QueueMetrics.on(registry, broker)
@@ -117,3 +120,20 @@ async def test_api_and_worker_on_one_registry_share_the_queue_gauges() -> None:
     assert {s.labels["stream"] for s in families["orchestrator_queue_dead_letters"].samples} == {
         "results"
     }
+
+
+async def test_before_the_first_read_the_broker_reads_as_down() -> None:
+    registry = CollectorRegistry()
+    QueueMetrics(registry, MemoryBroker(), [("tasks", "workers")])
+
+    families = parse(generate_latest(registry).decode())
+
+    assert value(families, "orchestrator_broker_up") == 0
+    assert "orchestrator_queue_backlog" not in names(families)
+
+
+def test_a_registry_holds_one_set_of_queue_gauges() -> None:
+    registry = CollectorRegistry()
+    QueueMetrics(registry, MemoryBroker(), [])
+    with pytest.raises(MetricError):
+        QueueMetrics(registry, MemoryBroker(), [])

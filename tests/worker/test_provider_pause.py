@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import generate_latest
 
 from orchestrator_broker import MemoryBroker
 from orchestrator_telemetry import TracingBroker, process_context
@@ -185,10 +186,10 @@ def test_tasks_held_back_by_a_pause_are_requeued_with_their_reason_in_metrics() 
     metrics.deferred("openai", 3.4, CIRCUIT_OPEN)
     metrics.provider_paused("openai", 1.0, "rate_limit")  # the pause itself, not a requeue
 
-    text = metrics.registry.expose().decode()
+    text = generate_latest(metrics.registry).decode()
 
-    assert 'orchestrator_worker_tasks_requeued_total{reason="paused"} 1' in text
-    assert 'orchestrator_worker_tasks_requeued_total{reason="circuit_open"} 1' in text
+    assert 'orchestrator_worker_tasks_requeued_total{reason="paused"} 1.0' in text
+    assert 'orchestrator_worker_tasks_requeued_total{reason="circuit_open"} 1.0' in text
 
 
 # -- real workers, a fake LLM over HTTP ---------------------------------------------------

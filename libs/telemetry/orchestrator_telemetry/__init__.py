@@ -13,6 +13,8 @@ A service calls, once at startup::
     await telemetry.aclose()                            # flush at shutdown
 
 See ``tracing_broker`` for how a worker makes a delivery's ``process`` span current.
+Metrics: ``metrics`` (bounded families on prometheus_client), ``queue_metrics`` (the
+scrape-time queue gauges) and ``metrics_http`` (``GET /metrics``).
 """
 
 from .config import TelemetrySettings, jaeger_uri_endpoint

@@ -1,84 +1,106 @@
-"""Metrics: a small in-process registry exposed in the Prometheus and OpenMetrics text formats.
+"""Metrics on ``prometheus_client``: bounded label sets, cached children, traced exemplars.
 
-Counters, gauges and histograms, with labels. It is built for one asyncio event loop (no
-locks: every observation and every scrape runs on the loop's thread) and for the hot path:
-a labelled child is looked up once and kept (``family.labels(...)`` returns the same object
-each time), and an observation is a few attribute updates; a histogram observation is one
-``bisect`` over its bucket bounds. Nothing is allocated per observation.
+Each service keeps its own ``prometheus_client.CollectorRegistry`` (never the global one), and
+defines its families through the helpers here, which wrap prometheus_client's ``Counter``,
+``Gauge`` and ``Histogram`` in a ``Family``:
 
-Bounded cardinality: every family holds at most ``max_series`` label sets. Past that, new
-label sets are all counted under one overflow series whose label values are ``OVERFLOW``,
-and ``orchestrator_metrics_series_overflow_total{metric=...}`` counts how often that happened,
-so a caller feeding it unbounded values (a task id, a user-chosen model name) cannot grow the
-process without limit; label values are cut to ``MAX_LABEL_VALUE`` characters.
+- Bounded cardinality: a family holds at most ``max_series`` label sets. Past that, new label
+  sets are all counted under one overflow series whose label values are ``OVERFLOW``, and
+  ``orchestrator_metrics_series_overflow_total{metric=...}`` counts how often that happened, so
+  a caller feeding it unbounded values (a user-chosen model name) cannot grow the process
+  without limit; label values are cut to ``MAX_LABEL_VALUE`` characters.
+- The hot path: ``family.labels(...)`` is one dict lookup on the raw values (prometheus_client's
+  own ``labels()`` validates and stringifies every call); keep the child for hotter paths.
+- Exemplars: a histogram child's ``observe_traced(value)`` takes the current sampled span's
+  trace id as its bucket's exemplar, at most once per bucket per ``EXEMPLAR_INTERVAL`` (the
+  span lookup is what this limits). prometheus_client exposes exemplars in OpenMetrics only
+  (what Prometheus asks for), so Grafana links a latency sample to its trace in Tempo.
 
-Exemplars: a histogram observation may carry the trace id of the moment (``observe(value,
-trace_id)``, or ``observe_traced(value)`` which takes the current span's, at most once per
-bucket per ``exemplar_interval``). They are exposed only in the OpenMetrics format (what
-Prometheus asks for in its ``Accept`` header), one per bucket, as ``# {trace_id="..."} value
-timestamp``, so Grafana links a latency sample to its trace in Tempo.
+Values known only at scrape time come from ``prometheus_client.registry.Collector`` objects
+(see ``queue_metrics``) or ``Gauge.set_function``; collectors that must first read something
+asynchronously (the broker) add an async refresh with ``add_refresh``, which the ``/metrics``
+handler awaits before the exposition (``metrics_http``).
 
-Values computed at scrape time (queue depth, in-flight tasks) come from collectors: callables
-(sync or async) that ``Registry.collect()`` runs before ``Registry.expose()``.
+The ``_created`` series prometheus_client adds to counters and histograms by default are
+turned off for the process: no dashboard reads them, and they would double the series count.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 import time
+import weakref
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from itertools import pairwise
 from typing import Final, Generic, TypeVar
 
+import prometheus_client
 from opentelemetry.trace import get_current_span
+from prometheus_client import CollectorRegistry
 
 from .errors import TelemetryError
 
 __all__ = [
-    "CONTENT_TYPE_OPENMETRICS",
-    "CONTENT_TYPE_PROMETHEUS",
-    "DEFAULT_BUCKETS",
+    "EXEMPLAR_INTERVAL",
     "MAX_LABEL_VALUE",
+    "MAX_SERIES",
     "OVERFLOW",
-    "Collector",
-    "Counter",
-    "CounterChild",
-    "Gauge",
-    "GaugeChild",
-    "Histogram",
-    "HistogramChild",
+    "Family",
     "MetricError",
-    "Registry",
-    "current_trace_id",
-    "wants_openmetrics",
+    "TracedHistogram",
+    "add_refresh",
+    "counter",
+    "gauge",
+    "histogram",
+    "refresh",
 ]
 
-#: Prometheus' own default buckets (seconds), for latencies of a few ms to ten seconds.
-DEFAULT_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: The label value every label of the overflow series carries.
 OVERFLOW: Final = "__overflow__"
 #: Longest label value kept; longer ones are cut (a 200-character model name, say).
 MAX_LABEL_VALUE: Final = 100
-CONTENT_TYPE_PROMETHEUS: Final = "text/plain; version=0.0.4; charset=utf-8"
-CONTENT_TYPE_OPENMETRICS: Final = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+#: Label sets a family keeps by default before counting new ones as overflow.
+MAX_SERIES: Final = 1000
+#: Seconds between two traced exemplars of one histogram bucket.
+EXEMPLAR_INTERVAL: Final = 1.0
 
+_OVERFLOW_METRIC: Final = "orchestrator_metrics_series_overflow_total"
 _METRIC_NAME: Final = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME: Final = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_RESERVED_LABELS: Final = frozenset({"le", "quantile"})
-_OVERFLOW_METRIC: Final = "orchestrator_metrics_series_overflow_total"
 
-#: A scrape-time callback: sets gauges (or counters) from the live state it watches.
-Collector = Callable[[], Awaitable[None] | None]
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+_Child = TypeVar("_Child")
+#: An async read a collector needs before a scrape (``add_refresh``).
+Refresh = Callable[[], Awaitable[None]]
+
+_OVERFLOWS: weakref.WeakKeyDictionary[CollectorRegistry, prometheus_client.Counter] = (
+    weakref.WeakKeyDictionary()
+)
+_REFRESHES: weakref.WeakKeyDictionary[CollectorRegistry, list[Refresh]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class MetricError(TelemetryError, ValueError):
-    """A metric defined or used wrongly: bad name, labels, buckets, or a negative increment."""
+    """A metric defined or used wrongly: bad name, labels, buckets, or label value count."""
 
 
-def current_trace_id() -> int:
+def add_refresh(registry: CollectorRegistry, read: Refresh) -> None:
+    """Have ``refresh(registry)`` (the ``/metrics`` handler) await ``read()`` before each
+    exposition, in the order added."""
+    _REFRESHES.setdefault(registry, []).append(read)
+
+
+async def refresh(registry: CollectorRegistry) -> None:
+    """Run the registry's async refreshes (``add_refresh``), before exposing it."""
+    for read in _REFRESHES.get(registry, ()):
+        await read()
+
+
+def _sampled_trace_id() -> int:
     """The current span's trace id if it is sampled (so it can be found in Tempo), else 0."""
     context = get_current_span().get_span_context()
     if context.trace_flags.sampled and context.trace_id:
@@ -86,445 +108,187 @@ def current_trace_id() -> int:
     return 0
 
 
-def wants_openmetrics(accept: str | None) -> bool:
-    """Whether a scraper's ``Accept`` header asks for OpenMetrics (Prometheus does, and only
-    that format carries exemplars)."""
-    return accept is not None and "application/openmetrics-text" in accept
+class TracedHistogram:
+    """One label set of a histogram, which can take the current trace as an exemplar."""
 
+    __slots__ = ("_after", "_bounds", "_interval", "child")
 
-# ---- children: one label set's value(s) ---------------------------------------------------
-
-
-class CounterChild:
-    """A counter's value for one label set; only goes up."""
-
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0.0
-
-    def inc(self, amount: float = 1.0) -> None:
-        if amount < 0:
-            raise MetricError(f"a counter only goes up, got {amount!r}")
-        self.value += amount
-
-
-class GaugeChild:
-    """A gauge's value for one label set."""
-
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0.0
-
-    def set(self, value: float) -> None:
-        self.value = float(value)
-
-    def inc(self, amount: float = 1.0) -> None:
-        self.value += amount
-
-    def dec(self, amount: float = 1.0) -> None:
-        self.value -= amount
-
-
-class HistogramChild:
-    """A histogram's buckets, sum and exemplars for one label set.
-
-    ``counts[i]`` counts observations in bucket ``i`` alone (``bounds[i-1] < v <= bounds[i]``,
-    the last one is ``+Inf``); exposition makes them cumulative.
-    """
-
-    __slots__ = ("_after", "_interval", "bounds", "counts", "exemplars", "sum")
-
-    def __init__(self, bounds: tuple[float, ...], exemplar_interval: float) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-        #: Per bucket: the latest (trace id, value, unix time) exemplar, or None.
-        self.exemplars: list[tuple[int, float, float] | None] = [None] * (len(bounds) + 1)
+    def __init__(
+        self, child: prometheus_client.Histogram, bounds: tuple[float, ...], interval: float
+    ) -> None:
+        self.child = child
+        self._bounds = bounds
+        self._interval = interval
         self._after = [0.0] * (len(bounds) + 1)  # perf_counter time of the next traced exemplar
-        self._interval = exemplar_interval
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
 
     def observe(self, value: float, trace_id: int = 0) -> None:
         """Count ``value``; a non-zero ``trace_id`` becomes its bucket's exemplar."""
-        index = bisect_left(self.bounds, value)
-        self.counts[index] += 1
-        self.sum += value
         if trace_id:
-            self.exemplars[index] = (trace_id, value, time.time())
+            self.child.observe(value, {"trace_id": format(trace_id, "032x")})
+        else:
+            self.child.observe(value)
 
     def observe_traced(self, value: float, now: float | None = None) -> None:
-        """Count ``value``, with the current trace as its bucket's exemplar if that bucket got
-        none in the last ``exemplar_interval``. The span lookup (about a microsecond) is what
-        this limits: an unsampled request's bucket looks again after a tenth of the interval.
-
-        ``now`` is ``time.perf_counter()`` if the caller has just read it (saves a clock read).
-        """
-        index = bisect_left(self.bounds, value)
-        self.counts[index] += 1
-        self.sum += value
+        """Count ``value``, with the current sampled trace as its bucket's exemplar if that
+        bucket got none in the last interval; an unsampled request's bucket looks again after
+        a tenth of it. ``now`` is ``time.perf_counter()`` if the caller has just read it."""
         if now is None:
             now = time.perf_counter()
+        index = bisect_left(self._bounds, value)
         if now >= self._after[index]:
-            trace_id = current_trace_id()
+            trace_id = _sampled_trace_id()
             if trace_id:
-                self.exemplars[index] = (trace_id, value, time.time())
                 self._after[index] = now + self._interval
-            else:  # not sampled: look again soon, but not on every observation
-                self._after[index] = now + self._interval / 10
+                self.child.observe(value, {"trace_id": format(trace_id, "032x")})
+                return
+            self._after[index] = now + self._interval / 10
+        self.child.observe(value)
 
 
-_Child = TypeVar("_Child", CounterChild, GaugeChild, HistogramChild)
-
-
-# ---- families -----------------------------------------------------------------------------
-
-
-class _Family(Generic[_Child]):
-    kind: str = ""
+class Family(Generic[_Child]):
+    """A labelled prometheus_client metric with a bound on its label sets and a cache of its
+    children. ``labels(...)`` takes the values in ``labelnames`` order."""
 
     def __init__(
         self,
-        registry: Registry,
         name: str,
-        documentation: str,
         labelnames: Sequence[str],
+        child: Callable[[tuple[str, ...]], _Child],
+        overflow: prometheus_client.Counter,
         max_series: int,
     ) -> None:
-        if not _METRIC_NAME.match(name):
-            raise MetricError(f"invalid metric name {name!r}")
-        for label in labelnames:
-            if not _LABEL_NAME.match(label) or label.startswith("__"):
-                raise MetricError(f"{name}: invalid label name {label!r}")
-            if label in _RESERVED_LABELS:
-                raise MetricError(f"{name}: label {label!r} is reserved")
-        if len(set(labelnames)) != len(labelnames):
-            raise MetricError(f"{name}: duplicate label names")
-        if max_series < 1:
-            raise MetricError(f"{name}: max_series must be positive")
         self.name = name
-        self.documentation = documentation
         self.labelnames = tuple(labelnames)
-        self.max_series = max_series
-        self._registry = registry
+        self._child = child
+        self._overflow = overflow
+        self._max_series = max_series
         self._series: dict[tuple[str, ...], _Child] = {}
         self._lookup: dict[tuple[object, ...], _Child] = {}
-        self._default: _Child | None = None
-        if not self.labelnames:
-            self._default = self._new_child()
-            self._series[()] = self._default
-
-    def _new_child(self) -> _Child:
-        raise NotImplementedError
 
     def labels(self, *values: object) -> _Child:
-        """The child for these label values (in ``labelnames`` order); keep it for hot paths."""
-        child = self._lookup.get(values)
-        if child is not None:
-            return child
+        """The child for these label values; the same object each time."""
+        found = self._lookup.get(values)
+        if found is not None:
+            return found
         if len(values) != len(self.labelnames):
             raise MetricError(
                 f"{self.name}: expected {len(self.labelnames)} label values, got {len(values)}"
             )
         key = tuple(str(value)[:MAX_LABEL_VALUE] for value in values)
-        child = self._series.get(key)
-        if child is None:
-            if len(self._series) >= self.max_series:
-                self._registry._overflowed(self.name)
+        found = self._series.get(key)
+        if found is None:
+            if len(self._series) >= self._max_series:
+                self._overflow.labels(self.name).inc()
                 return self._overflow_child()
-            child = self._new_child()
-            self._series[key] = child
-        if len(self._lookup) < 4 * self.max_series:  # raw spellings (200 vs "200"), bounded
-            self._lookup[values] = child
-        return child
+            found = self._series[key] = self._child(key)
+        if len(self._lookup) < 4 * self._max_series:  # raw spellings (200 vs "200"), bounded
+            self._lookup[values] = found
+        return found
 
     def _overflow_child(self) -> _Child:
         key = (OVERFLOW,) * len(self.labelnames)
-        child = self._series.get(key)
-        if child is None:  # the one series allowed past max_series
-            child = self._new_child()
-            self._series[key] = child
-        return child
-
-    def remove(self, *values: object) -> None:
-        """Forget one label set (a provider that went away); no error if unknown."""
-        key = tuple(str(value)[:MAX_LABEL_VALUE] for value in values)
-        removed = self._series.pop(key, None)
-        if removed is not None:
-            self._lookup = {raw: c for raw, c in self._lookup.items() if c is not removed}
-
-    def clear(self) -> None:
-        """Forget every label set (for gauges rebuilt at each scrape)."""
-        if self.labelnames:
-            self._series.clear()
-            self._lookup.clear()
-
-    def series(self) -> Iterator[tuple[tuple[str, ...], _Child]]:
-        """(label values, child) pairs, in creation order."""
-        return iter(list(self._series.items()))
-
-    def _unlabelled(self) -> _Child:
-        if self._default is None:
-            raise MetricError(f"{self.name} has labels {self.labelnames}: use .labels(...)")
-        return self._default
+        found = self._series.get(key)
+        if found is None:  # the one series allowed past max_series
+            found = self._series[key] = self._child(key)
+        return found
 
 
-class Counter(_Family[CounterChild]):
-    """A monotonically increasing count; its name ends in ``_total``."""
-
-    kind = "counter"
-
-    def _new_child(self) -> CounterChild:
-        return CounterChild()
-
-    def inc(self, amount: float = 1.0) -> None:
-        """Increment the unlabelled counter."""
-        self._unlabelled().inc(amount)
-
-    @property
-    def value(self) -> float:
-        return self._unlabelled().value
-
-
-class Gauge(_Family[GaugeChild]):
-    """A value that goes up and down."""
-
-    kind = "gauge"
-
-    def _new_child(self) -> GaugeChild:
-        return GaugeChild()
-
-    def set(self, value: float) -> None:
-        self._unlabelled().set(value)
-
-    def inc(self, amount: float = 1.0) -> None:
-        self._unlabelled().inc(amount)
-
-    def dec(self, amount: float = 1.0) -> None:
-        self._unlabelled().dec(amount)
-
-    @property
-    def value(self) -> float:
-        return self._unlabelled().value
-
-
-class Histogram(_Family[HistogramChild]):
-    """Observations counted into buckets (cumulative ``le`` buckets, ``_sum``, ``_count``)."""
-
-    kind = "histogram"
-
-    def __init__(
-        self,
-        registry: Registry,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str],
-        max_series: int,
-        buckets: Iterable[float],
-        exemplar_interval: float,
-    ) -> None:
-        bounds = tuple(float(b) for b in buckets)
-        if bounds and bounds[-1] == math.inf:
-            bounds = bounds[:-1]  # +Inf is always there
-        if not bounds:
-            raise MetricError(f"{name}: a histogram needs at least one finite bucket")
-        if any(math.isnan(b) or math.isinf(b) for b in bounds):
-            raise MetricError(f"{name}: bucket bounds must be finite numbers")
-        if any(a >= b for a, b in pairwise(bounds)):
-            raise MetricError(f"{name}: bucket bounds must be strictly increasing")
-        self.bounds = bounds
-        self._exemplar_interval = exemplar_interval
-        super().__init__(registry, name, documentation, labelnames, max_series)
-
-    def _new_child(self) -> HistogramChild:
-        return HistogramChild(self.bounds, self._exemplar_interval)
-
-    def observe(self, value: float, trace_id: int = 0) -> None:
-        self._unlabelled().observe(value, trace_id)
-
-    def observe_traced(self, value: float, now: float | None = None) -> None:
-        self._unlabelled().observe_traced(value)
-
-
-# ---- the registry -------------------------------------------------------------------------
-
-
-class Registry:
-    """The metric families of one process, its scrape-time collectors, and the exposition.
-
-    ``max_series`` is the default cardinality bound per family; ``exemplar_interval`` how
-    often (seconds) ``observe_traced`` may replace a bucket's exemplar.
-    """
-
-    def __init__(self, *, max_series: int = 1000, exemplar_interval: float = 1.0) -> None:
-        self.max_series = max_series
-        self.exemplar_interval = exemplar_interval
-        self._families: dict[str, _Family[CounterChild] | _Family[GaugeChild] | Histogram] = {}
-        self._collectors: list[Collector] = []
-        self._overflow = Counter(
-            self,
+def _overflow(registry: CollectorRegistry) -> prometheus_client.Counter:
+    """The registry's overflow counter, made on first use (the API and a worker sharing a
+    registry share it)."""
+    found = _OVERFLOWS.get(registry)
+    if found is None:
+        found = _OVERFLOWS[registry] = prometheus_client.Counter(
             _OVERFLOW_METRIC,
             "Observations counted under the overflow series because a metric reached its "
             "label-set limit, by metric.",
             ("metric",),
-            max_series=10_000,
+            registry=registry,
         )
-        self._families[_OVERFLOW_METRIC] = self._overflow
+    return found
 
-    def _register(self, family: _Family[_Child]) -> None:
-        if family.name in self._families:
-            raise MetricError(f"metric {family.name!r} is already registered")
-        self._families[family.name] = family  # type: ignore[assignment]
 
-    def counter(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str] = (),
-        *,
-        max_series: int | None = None,
-    ) -> Counter:
-        if not name.endswith("_total"):
-            raise MetricError(f"counter {name!r} must end in _total")
-        family = Counter(self, name, documentation, labelnames, max_series or self.max_series)
-        self._register(family)
-        return family
+def _check(name: str, labelnames: Sequence[str], max_series: int) -> None:
+    # prometheus_client takes UTF-8 names too; ours stay readable by every scraper as they are.
+    if not _METRIC_NAME.match(name):
+        raise MetricError(f"invalid metric name {name!r}")
+    for label in labelnames:
+        if not _LABEL_NAME.match(label) or label.startswith("__") or label in ("le", "quantile"):
+            raise MetricError(f"{name}: invalid or reserved label name {label!r}")
+    if len(set(labelnames)) != len(labelnames):
+        raise MetricError(f"{name}: duplicate label names in {labelnames!r}")
+    if not labelnames:
+        raise MetricError(f"{name}: a Family has labels (use prometheus_client for one series)")
+    if max_series < 1:
+        raise MetricError(f"{name}: max_series must be positive")
 
-    def gauge(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str] = (),
-        *,
-        max_series: int | None = None,
-    ) -> Gauge:
-        family = Gauge(self, name, documentation, labelnames, max_series or self.max_series)
-        self._register(family)
-        return family
 
-    def histogram(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str] = (),
-        *,
-        buckets: Iterable[float] = DEFAULT_BUCKETS,
-        max_series: int | None = None,
-    ) -> Histogram:
-        family = Histogram(
-            self,
-            name,
-            documentation,
-            labelnames,
-            max_series or self.max_series,
-            buckets,
-            self.exemplar_interval,
+def counter(
+    registry: CollectorRegistry,
+    name: str,
+    documentation: str,
+    labelnames: Sequence[str],
+    *,
+    max_series: int = MAX_SERIES,
+) -> Family[prometheus_client.Counter]:
+    """A labelled counter on ``registry``; its name ends in ``_total``."""
+    if not name.endswith("_total"):
+        raise MetricError(f"counter {name!r} must end in _total")
+    _check(name, labelnames, max_series)
+    try:
+        metric = prometheus_client.Counter(name, documentation, labelnames, registry=registry)
+    except ValueError as exc:
+        raise MetricError(f"{name}: {exc}") from exc
+    return Family(
+        name, labelnames, lambda key: metric.labels(*key), _overflow(registry), max_series
+    )
+
+
+def gauge(
+    registry: CollectorRegistry,
+    name: str,
+    documentation: str,
+    labelnames: Sequence[str],
+    *,
+    max_series: int = MAX_SERIES,
+) -> Family[prometheus_client.Gauge]:
+    """A labelled gauge on ``registry``."""
+    _check(name, labelnames, max_series)
+    try:
+        metric = prometheus_client.Gauge(name, documentation, labelnames, registry=registry)
+    except ValueError as exc:
+        raise MetricError(f"{name}: {exc}") from exc
+    return Family(
+        name, labelnames, lambda key: metric.labels(*key), _overflow(registry), max_series
+    )
+
+
+def histogram(
+    registry: CollectorRegistry,
+    name: str,
+    documentation: str,
+    labelnames: Sequence[str],
+    *,
+    buckets: Sequence[float],
+    max_series: int = MAX_SERIES,
+    exemplar_interval: float = EXEMPLAR_INTERVAL,
+) -> Family[TracedHistogram]:
+    """A labelled histogram on ``registry`` with ``buckets`` (finite, increasing; ``+Inf`` is
+    added), whose children take trace exemplars (``TracedHistogram``)."""
+    _check(name, labelnames, max_series)
+    bounds = tuple(float(bound) for bound in buckets if bound != math.inf)
+    if not bounds or not all(a < b for a, b in pairwise((-math.inf, *bounds, math.inf))):
+        raise MetricError(f"{name}: buckets must be increasing finite numbers, got {buckets!r}")
+    try:
+        metric = prometheus_client.Histogram(
+            name, documentation, labelnames, registry=registry, buckets=bounds
         )
-        self._register(family)
-        return family
-
-    def add_collector(self, collector: Collector) -> None:
-        """Run ``collector`` (sync or async) at every ``collect()``, before exposition."""
-        self._collectors.append(collector)
-
-    async def collect(self) -> None:
-        """Run the collectors, in the order they were added."""
-        for collector in self._collectors:
-            result = collector()
-            if inspect.isawaitable(result):
-                await result
-
-    def families(self) -> list[Counter | Gauge | Histogram]:
-        return list(self._families.values())  # type: ignore[arg-type]
-
-    def get(self, name: str) -> Counter | Gauge | Histogram:
-        """The family named ``name`` (KeyError if none)."""
-        return self._families[name]  # type: ignore[return-value]
-
-    def sample_names(self) -> frozenset[str]:
-        """Every series name this registry can expose (``x_total``, ``x_bucket``, ...)."""
-        names: set[str] = set()
-        for family in self._families.values():
-            if family.kind == "histogram":
-                names.update(f"{family.name}{s}" for s in ("_bucket", "_sum", "_count"))
-            else:
-                names.add(family.name)
-        return frozenset(names)
-
-    def _overflowed(self, metric: str) -> None:
-        self._overflow.labels(metric).inc()
-
-    def expose(self, *, openmetrics: bool = False) -> bytes:
-        """The text exposition: Prometheus 0.0.4, or OpenMetrics 1.0 (with exemplars)."""
-        lines: list[str] = []
-        for family in self._families.values():
-            _expose_family(family, lines, openmetrics)  # type: ignore[arg-type]
-        if openmetrics:
-            lines.append("# EOF")
-        lines.append("")
-        return "\n".join(lines).encode("utf-8")
-
-
-# ---- exposition ---------------------------------------------------------------------------
-
-
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _escape_help(text: str, openmetrics: bool) -> str:
-    text = text.replace("\\", "\\\\").replace("\n", "\\n")
-    return text.replace('"', '\\"') if openmetrics else text
-
-
-def _number(value: float) -> str:
-    if value == math.inf:
-        return "+Inf"
-    if value == -math.inf:
-        return "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    return repr(float(value))
-
-
-def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
-    parts = [f'{name}="{_escape_label(value)}"' for name, value in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-def _expose_family(
-    family: Counter | Gauge | Histogram, lines: list[str], openmetrics: bool
-) -> None:
-    if not family._series:
-        return
-    name = family.name
-    # OpenMetrics names the counter family without its _total suffix; Prometheus 0.0.4 with it.
-    header = name.removesuffix("_total") if openmetrics and family.kind == "counter" else name
-    lines.append(f"# HELP {header} {_escape_help(family.documentation, openmetrics)}")
-    lines.append(f"# TYPE {header} {family.kind}")
-    names = family.labelnames
-    if isinstance(family, Histogram):
-        bounds = [*(_number(b) for b in family.bounds), "+Inf"]
-        for values, child in family.series():
-            cumulative = 0
-            for index, le in enumerate(bounds):
-                cumulative += child.counts[index]
-                bucket_labels = _labels(names, values, 'le="' + le + '"')
-                line = f"{name}_bucket{bucket_labels} {cumulative}"
-                exemplar = child.exemplars[index] if openmetrics else None
-                if exemplar is not None:
-                    trace_id, value, at = exemplar
-                    line += f' # {{trace_id="{trace_id:032x}"}} {_number(value)} {at:.3f}'
-                lines.append(line)
-            labels = _labels(names, values)
-            lines.append(f"{name}_sum{labels} {_number(child.sum)}")
-            lines.append(f"{name}_count{labels} {cumulative}")
-        return
-    for values, value_child in family.series():
-        lines.append(f"{name}{_labels(names, values)} {_number(value_child.value)}")
+    except ValueError as exc:
+        raise MetricError(f"{name}: {exc}") from exc
+    return Family(
+        name,
+        labelnames,
+        lambda key: TracedHistogram(metric.labels(*key), bounds, exemplar_interval),
+        _overflow(registry),
+        max_series,
+    )

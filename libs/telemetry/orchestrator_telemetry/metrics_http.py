@@ -1,43 +1,33 @@
-"""Serving a metrics ``Registry`` over HTTP: a ``GET /metrics`` handler and a tiny server.
+"""Serving a ``CollectorRegistry`` over HTTP: a ``GET /metrics`` handler and a tiny server.
 
-The handler runs the registry's collectors, then answers in OpenMetrics (with exemplars)
-when the scraper's ``Accept`` header asks for it, as Prometheus does, else in the Prometheus
-0.0.4 text format. The server is for processes without an HTTP app of their own (the
-worker): one aiohttp site with that single route, on the caller's event loop.
+The handler awaits the registry's async refreshes (``metrics.add_refresh``: the queue gauges
+read the broker), then answers with prometheus_client's aiohttp exposition, which picks the
+format from the scraper's ``Accept`` header (``choose_encoder``): OpenMetrics, with exemplars,
+when asked for it, as Prometheus does, else the Prometheus 0.0.4 text format. The server is
+for processes without an HTTP app of their own (the worker): one aiohttp site with that single
+route, on the caller's event loop (not prometheus_client's thread-based server).
 """
 
 from __future__ import annotations
 
-import logging
-
 import attrs
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
 
-from .metrics import (
-    CONTENT_TYPE_OPENMETRICS,
-    CONTENT_TYPE_PROMETHEUS,
-    Registry,
-    wants_openmetrics,
-)
+from .metrics import refresh
 
 __all__ = ["MetricsServer", "metrics_handler", "start_metrics_server"]
 
-log = logging.getLogger(__name__)
 
-
-def metrics_handler(registry: Registry) -> Handler:
+def metrics_handler(registry: CollectorRegistry) -> Handler:
     """An aiohttp handler serving ``registry`` (for ``router.add_get("/metrics", ...)``)."""
+    expose = make_aiohttp_handler(registry)
 
-    async def metrics(request: web.Request) -> web.Response:
-        await registry.collect()
-        openmetrics = wants_openmetrics(request.headers.get("Accept"))
-        response = web.Response(body=registry.expose(openmetrics=openmetrics))
-        # Set whole: aiohttp's content_type= would drop the version parameter.
-        response.headers["Content-Type"] = (
-            CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_PROMETHEUS
-        )
-        return response
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        await refresh(registry)
+        return await expose(request)
 
     return metrics
 
@@ -59,7 +49,7 @@ class MetricsServer:
         await self.runner.cleanup()
 
 
-async def start_metrics_server(registry: Registry, host: str, port: int) -> MetricsServer:
+async def start_metrics_server(registry: CollectorRegistry, host: str, port: int) -> MetricsServer:
     """Serve ``GET /metrics`` on ``host:port`` (port 0 picks a free one) until ``close()``.
 
     Raises ``OSError`` when the address cannot be bound (port taken, host not local).

@@ -1,6 +1,6 @@
 """Queue gauges read from the broker at scrape time, cached so scrapes cannot hammer Redis.
 
-``QueueMetrics`` registers, on a ``Registry``:
+``QueueMetrics`` is a prometheus_client collector on a ``CollectorRegistry``, reporting:
 
 - ``orchestrator_queue_backlog{stream,group}``: entries waiting for the group, undelivered
   plus delayed (nacked, waiting for their retry time): ``Broker.backlog``;
@@ -16,6 +16,9 @@ scrapes share one refresh), and each broker call is bounded by ``timeout``: a sc
 process whose Redis is down answers at once with ``orchestrator_broker_up 0`` and without the
 queue series (a stale depth would look like a healthy one).
 
+The broker is read by an async refresh the ``/metrics`` handler awaits before the exposition
+(``metrics.add_refresh``); ``collect()`` yields the families of the last read.
+
 One registry holds one ``QueueMetrics``: ``QueueMetrics.on(registry, broker)`` returns the
 one already there, so the API and a worker sharing a process (single-process mode) add
 their streams to the same gauges.
@@ -27,26 +30,42 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from orchestrator_broker import Broker
 
-from .metrics import MetricError, Registry
+from .metrics import MetricError, add_refresh
 
 __all__ = ["QueueMetrics"]
 
 log = logging.getLogger(__name__)
 
 
-_ON_REGISTRY: weakref.WeakKeyDictionary[Registry, QueueMetrics] = weakref.WeakKeyDictionary()
+_ON_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, QueueMetrics] = (
+    weakref.WeakKeyDictionary()
+)
+
+_BACKLOG = (
+    "orchestrator_queue_backlog",
+    "Entries waiting for a consumer group: undelivered plus delayed retries.",
+)
+_PENDING = (
+    "orchestrator_queue_pending",
+    "Entries delivered to a consumer of the group and not settled yet.",
+)
+_UP = ("orchestrator_broker_up", "1 if the broker answered the last queue metrics refresh, else 0.")
 
 
-class QueueMetrics:
+class QueueMetrics(Collector):
     """Backlog, pending and dead-letter gauges of ``watched`` (stream, group) pairs
     (``watch()`` adds more); dead letters are read for ``dead_letter_streams``."""
 
     @classmethod
-    def on(cls, registry: Registry, broker: Broker) -> QueueMetrics:
+    def on(cls, registry: CollectorRegistry, broker: Broker) -> QueueMetrics:
         """The queue gauges of ``registry``, made on first use with ``broker``."""
         found = _ON_REGISTRY.get(registry)
         if found is None:
@@ -55,7 +74,7 @@ class QueueMetrics:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: CollectorRegistry,
         broker: Broker,
         watched: Sequence[tuple[str, str]],
         *,
@@ -67,7 +86,6 @@ class QueueMetrics:
     ) -> None:
         if registry in _ON_REGISTRY:
             raise MetricError("this registry has queue gauges already: use QueueMetrics.on()")
-        _ON_REGISTRY[registry] = self
         self._broker = broker
         self._watched = list(dict.fromkeys(watched))
         self._dead_streams = list(dict.fromkeys(dead_letter_streams))
@@ -75,29 +93,18 @@ class QueueMetrics:
         self._timeout = timeout
         self._dead_letter_ttl = dead_letter_ttl
         self._dead_letter_cap = dead_letter_cap
+        self._dead_help = (
+            f"Entries in the stream's dead-letter stream (counted up to {dead_letter_cap})."
+        )
         self._refreshed = -float("inf")
         self._dead_letters_read = -float("inf")
         self._refreshing: asyncio.Future[None] | None = None
-        self.backlog = registry.gauge(
-            "orchestrator_queue_backlog",
-            "Entries waiting for a consumer group: undelivered plus delayed retries.",
-            ("stream", "group"),
-        )
-        self.pending = registry.gauge(
-            "orchestrator_queue_pending",
-            "Entries delivered to a consumer of the group and not settled yet.",
-            ("stream", "group"),
-        )
-        self.dead_letters = registry.gauge(
-            "orchestrator_queue_dead_letters",
-            f"Entries in the stream's dead-letter stream (counted up to {dead_letter_cap}).",
-            ("stream",),
-        )
-        self.up = registry.gauge(
-            "orchestrator_broker_up",
-            "1 if the broker answered the last queue metrics refresh, else 0.",
-        )
-        registry.add_collector(self.refresh)
+        # The last read: None while the broker is down (no stale depth is shown).
+        self._depths: list[tuple[str, str, int, int]] | None = None
+        self._dead: dict[str, int] = {}
+        registry.register(self)
+        _ON_REGISTRY[registry] = self
+        add_refresh(registry, self.refresh)
 
     def watch(self, stream: str, group: str, *, dead_letters: bool = False) -> None:
         """Also report ``stream`` for ``group`` (and its dead letters if asked)."""
@@ -105,6 +112,37 @@ class QueueMetrics:
             self._watched.append((stream, group))
         if dead_letters and stream not in self._dead_streams:
             self._dead_streams.append(stream)
+
+    def describe(self) -> list[Metric]:
+        return [
+            GaugeMetricFamily(*_BACKLOG, labels=("stream", "group")),
+            GaugeMetricFamily(*_PENDING, labels=("stream", "group")),
+            GaugeMetricFamily(
+                "orchestrator_queue_dead_letters", self._dead_help, labels=("stream",)
+            ),
+            GaugeMetricFamily(*_UP),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        """The families of the last read (``refresh``)."""
+        depths = self._depths
+        yield GaugeMetricFamily(*_UP, value=0 if depths is None else 1)
+        if depths is None:
+            return
+        backlog = GaugeMetricFamily(*_BACKLOG, labels=("stream", "group"))
+        pending = GaugeMetricFamily(*_PENDING, labels=("stream", "group"))
+        for stream, group, waiting, delivered in depths:
+            backlog.add_metric((stream, group), waiting)
+            pending.add_metric((stream, group), delivered)
+        yield backlog
+        yield pending
+        if self._dead:
+            dead = GaugeMetricFamily(
+                "orchestrator_queue_dead_letters", self._dead_help, labels=("stream",)
+            )
+            for stream, count in self._dead.items():
+                dead.add_metric((stream,), count)
+            yield dead
 
     async def refresh(self) -> None:
         """Read the gauges from the broker unless read less than ``ttl`` seconds ago."""
@@ -124,7 +162,7 @@ class QueueMetrics:
     async def _read(self) -> None:
         try:
             async with asyncio.timeout(self._timeout * (1 + len(self._watched))):
-                values = [
+                depths = [
                     (
                         stream,
                         group,
@@ -141,17 +179,11 @@ class QueueMetrics:
                     }
         except Exception as exc:  # the broker is down or slow: say so, show no stale depth
             log.debug("queue metrics: the broker did not answer: %r", exc)
-            self.up.set(0)
-            self.backlog.clear()
-            self.pending.clear()
-            self.dead_letters.clear()
+            self._depths = None
+            self._dead = {}
             self._dead_letters_read = -float("inf")
             return
-        self.up.set(1)
-        for stream, group, backlog, pending in values:
-            self.backlog.labels(stream, group).set(backlog)
-            self.pending.labels(stream, group).set(pending)
+        self._depths = depths
         if dead is not None:
             self._dead_letters_read = time.monotonic()
-            for stream, count in dead.items():
-                self.dead_letters.labels(stream).set(count)
+            self._dead = {**self._dead, **dead}

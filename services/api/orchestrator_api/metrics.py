@@ -5,27 +5,33 @@ Label cardinality stays bounded: ``route`` is the route template (``/v1/tasks/{t
 ``unmatched`` for any path without a route), ``method`` one of the standard methods (else
 ``_OTHER``), ``status`` the response code; ``tenant`` comes from ``API_KEYS`` (a handful per
 deployment); ``model`` and ``provider`` are what tasks name, which clients choose, so each
-family keeps at most ``Registry.max_series`` label sets (the rest count under
-``__overflow__``). No task id, prompt or key is ever a label.
+family keeps at most ``orchestrator_telemetry.metrics.MAX_SERIES`` label sets (the rest count
+under ``__overflow__``). No task id, prompt or key is ever a label.
 
-Everything here is O(1) per request or result: a dict lookup and a few additions. Queue
-depths are read from the broker at scrape time, at most every two seconds.
+The families are prometheus_client's, on the app's own ``CollectorRegistry``. Everything here
+is O(1) per request or result: a dict lookup for the labelled child and its update. The
+results consumer's counters and the open streams are read at scrape time (a collector and a
+gauge function); queue depths from the broker at scrape time, at most every two seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from typing import Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_urldispatcher import AbstractRoute
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from orchestrator_broker import Broker
 from orchestrator_tasks import TASKS_GROUP
 from orchestrator_tasks.messages import EventKind, ResultEvent
-from orchestrator_telemetry.metrics import HistogramChild, Registry
+from orchestrator_telemetry.metrics import TracedHistogram, counter, histogram
 from orchestrator_telemetry.queue_metrics import QueueMetrics
 
 from .results import ConsumerStats
@@ -50,71 +56,108 @@ DEFAULT_WORKER_GROUP: Final = TASKS_GROUP
 CLIENT_CLOSED: Final = 499
 
 
+_RESULT_EVENTS: Final = (
+    "orchestrator_api_result_events",
+    "Result events taken by the results consumer, by outcome (applied, ignored "
+    "duplicates or stale, dead_lettered invalid, nacked after an error).",
+)
+_STORE_RETRIES: Final = (
+    "orchestrator_api_results_store_retries",
+    "Times the results consumer waited for the task store to come back.",
+)
+
+
+class _ConsumerCollector(Collector):
+    """The results consumer's counters (``ConsumerStats``), read at each scrape."""
+
+    def __init__(self) -> None:
+        self.stats: ConsumerStats | None = None
+
+    def describe(self) -> list[Metric]:
+        return [
+            CounterMetricFamily(*_RESULT_EVENTS, labels=("outcome",)),
+            CounterMetricFamily(*_STORE_RETRIES),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        if stats is None:
+            return
+        events = CounterMetricFamily(*_RESULT_EVENTS, labels=("outcome",))
+        events.add_metric(("applied",), stats.applied)
+        events.add_metric(("ignored",), stats.ignored)
+        events.add_metric(("dead_lettered",), stats.dead_lettered)
+        events.add_metric(("nacked",), stats.nacked)
+        yield events
+        yield CounterMetricFamily(*_STORE_RETRIES, value=stats.store_retries)
+
+
 class ApiMetrics:
     """The API's metric families on ``registry`` (a new one by default)."""
 
-    def __init__(self, registry: Registry | None = None) -> None:
-        self.registry = registry = registry or Registry()
-        self.http = registry.histogram(
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry = registry if registry is not None else CollectorRegistry()
+        self.http = histogram(
+            registry,
             "orchestrator_api_http_request_duration_seconds",
             "HTTP requests by method, route template and status, and how long they took "
             "(SSE and WebSocket requests last as long as their stream).",
             ("method", "route", "status"),
             buckets=HTTP_BUCKETS,
         )
-        self.tasks_accepted = registry.counter(
+        self.tasks_accepted = counter(
+            registry,
             "orchestrator_api_tasks_accepted_total",
             "Tasks accepted (202) by tenant and requested model (default: the worker's).",
             ("tenant", "model"),
         )
-        self.tasks_rate_limited = registry.counter(
+        self.tasks_rate_limited = counter(
+            registry,
             "orchestrator_api_tasks_rate_limited_total",
             "Submissions refused (429) because the tenant was over its RATE_LIMITS rate, by "
             "tenant.",
             ("tenant",),
         )
-        self.tasks_shared = registry.counter(
+        self.tasks_shared = counter(
+            registry,
             "orchestrator_api_tasks_shared_total",
             "Accepted tasks that made no provider call of their own, by tenant and how: "
             "answered from the prompt cache (hit) or joined to an identical task in flight "
             "(joined).",
             ("tenant", "outcome"),
         )
-        self.tasks_finished = registry.counter(
+        self.tasks_finished = counter(
+            registry,
             "orchestrator_api_tasks_finished_total",
             "Terminal results applied, by tenant, provider, model and status.",
             ("tenant", "provider", "model", "status"),
         )
-        self.tokens = registry.counter(
+        self.tokens = counter(
+            registry,
             "orchestrator_api_tokens_total",
             "Tokens of applied results, by tenant, provider, model and direction (input, output).",
             ("tenant", "provider", "model", "direction"),
         )
-        self.cost = registry.counter(
+        self.cost = counter(
+            registry,
             "orchestrator_api_cost_usd_total",
             "Cost in US dollars of applied results (the worker's MODEL_PRICES), by tenant, "
             "provider and model.",
             ("tenant", "provider", "model"),
         )
-        self.result_delay = registry.histogram(
+        self.result_delay = histogram(
+            registry,
             "orchestrator_api_result_delay_seconds",
             "From a worker publishing a result event to this API applying it, by event kind.",
             ("kind",),
             buckets=RESULT_DELAY_BUCKETS,
         )
-        self.result_events = registry.counter(
-            "orchestrator_api_result_events_total",
-            "Result events taken by the results consumer, by outcome (applied, ignored "
-            "duplicates or stale, dead_lettered invalid, nacked after an error).",
-            ("outcome",),
-        )
-        self.store_retries = registry.counter(
-            "orchestrator_api_results_store_retries_total",
-            "Times the results consumer waited for the task store to come back.",
-        )
-        self.open_streams = registry.gauge(
+        self._consumer = _ConsumerCollector()
+        registry.register(self._consumer)
+        self.open_streams = Gauge(
             "orchestrator_api_open_streams",
             "SSE and WebSocket event streams open right now.",
+            registry=registry,
         )
         self._delay = {kind: self.result_delay.labels(kind.value) for kind in EventKind}
         self.queues: QueueMetrics | None = None
@@ -154,28 +197,13 @@ class ApiMetrics:
     # ---- scrape-time collection -----------------------------------------------------------
 
     def watch_consumer(self, stats: ConsumerStats) -> None:
-        """Copy the results consumer's counters into the registry at each scrape."""
-        outcomes = {
-            name: self.result_events.labels(name)
-            for name in ("applied", "ignored", "dead_lettered", "nacked")
-        }
-
-        def collect() -> None:
-            outcomes["applied"].value = float(stats.applied)
-            outcomes["ignored"].value = float(stats.ignored)
-            outcomes["dead_lettered"].value = float(stats.dead_lettered)
-            outcomes["nacked"].value = float(stats.nacked)
-            self.store_retries.labels().value = float(stats.store_retries)
-
-        self.registry.add_collector(collect)
+        """Report the results consumer's counters (``result_events``, ``store_retries``) at
+        each scrape."""
+        self._consumer.stats = stats
 
     def watch_streams(self, streams: StreamRegistry) -> None:
         """Report the app's open SSE/WebSocket streams at each scrape."""
-
-        def collect() -> None:
-            self.open_streams.set(float(streams.open))
-
-        self.registry.add_collector(collect)
+        self.open_streams.set_function(lambda: streams.open)
 
     def watch_queues(
         self,
@@ -204,10 +232,10 @@ class ApiMetrics:
         histogram = self.http
         # Keyed by the matched route object: its method and template are fixed. Unmatched
         # requests (404/405) get a fresh system route each time, so they are not cached.
-        children: dict[tuple[AbstractRoute, int], HistogramChild] = {}
+        children: dict[tuple[AbstractRoute, int], TracedHistogram] = {}
         perf = time.perf_counter
 
-        def child(request: web.Request, route: AbstractRoute, status: int) -> HistogramChild:
+        def child(request: web.Request, route: AbstractRoute, status: int) -> TracedHistogram:
             resource = route.resource
             method = request.method if request.method in _METHODS else "_OTHER"
             if resource is None:

@@ -12,12 +12,13 @@ import ipaddress
 import logging
 from collections.abc import Mapping
 
+from prometheus_client import CollectorRegistry
+
 from orchestrator_api import build_broker, build_store
 from orchestrator_api import service as api_service
 from orchestrator_api.app import backend_label
 from orchestrator_api.metrics import ApiMetrics
 from orchestrator_telemetry import TelemetrySettings, process_context
-from orchestrator_telemetry.metrics import Registry
 from orchestrator_telemetry.runtime import closing, observability, traced_broker
 from orchestrator_worker import Worker
 from orchestrator_worker.metrics import WorkerMetrics
@@ -83,7 +84,7 @@ async def run_single_process(args: argparse.Namespace, environ: Mapping[str, str
             )
         )
         # One registry: GET /metrics of the API shows the worker's series too.
-        shared = Registry()
+        shared = CollectorRegistry()
         worker = Worker(
             broker,
             settings,

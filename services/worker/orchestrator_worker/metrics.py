@@ -5,7 +5,8 @@ queue.
 Served on ``GET /metrics`` at ``METRICS_HOST:METRICS_PORT`` (see ``service``). Labels stay
 bounded: ``provider`` is a registry name, ``error_type`` one of the worker's error types,
 ``model`` the answering model (clients choose it, so each family keeps at most
-``Registry.max_series`` label sets; the rest count under ``__overflow__``). No task id,
+``orchestrator_telemetry.metrics.MAX_SERIES`` label sets; the rest count under
+``__overflow__``). No task id,
 tenant or prompt is a label here: per-tenant usage is counted by the API from the results it
 applies.
 
@@ -15,6 +16,8 @@ the terminal event's publication (the API applies it ``orchestrator_api_result_d
 later). Latency histograms carry the task's trace id as exemplars: the delivery's
 ``process`` span is current while a task is handled.
 
+The families are prometheus_client's, on the worker's own ``CollectorRegistry``; in-flight
+tasks, breaker states and pauses are read at scrape time (a gauge function and a collector).
 ``WorkerMetrics`` also satisfies ``hooks.WorkerHooks`` (retries, fallbacks, deferrals, dead
 letters, breaker changes, pauses). Every method is a few dict lookups and additions.
 """
@@ -22,12 +25,16 @@ letters, breaker changes, pauses). Every method is a few dict lookups and additi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final
+
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from orchestrator_broker import Broker
 from orchestrator_tasks.messages import Usage
-from orchestrator_telemetry.metrics import Registry
+from orchestrator_telemetry.metrics import counter, histogram
 from orchestrator_telemetry.queue_metrics import QueueMetrics
 
 __all__ = [
@@ -49,112 +56,166 @@ QUEUE_WAIT_BUCKETS: Final = (
 #: ``orchestrator_worker_circuit_breaker_state`` values.
 BREAKER_STATES: Final = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
+_BREAKER_STATE: Final = (
+    "orchestrator_worker_circuit_breaker_state",
+    "Circuit breaker of each provider: 0 closed, 1 half-open (probing), 2 open.",
+)
+_PAUSED_SECONDS: Final = (
+    "orchestrator_worker_provider_paused_seconds",
+    "Seconds left of each provider's pause in this worker (0: not paused).",
+)
+
+
+class _ProviderCollector(Collector):
+    """Each provider's circuit breaker state and the seconds left of its pause: the last
+    state change heard (``changed``), overridden at each scrape by ``source()``."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], list[tuple[str, str, float]]] | None = None
+        self.states: dict[str, float] = {}  # providers are a registry's names: bounded
+        self.paused: dict[str, float] = {}
+
+    def changed(self, provider: str, state: str) -> None:
+        self.states[provider] = BREAKER_STATES.get(str(state), -1.0)
+
+    def describe(self) -> list[Metric]:
+        return [
+            GaugeMetricFamily(*_BREAKER_STATE, labels=("provider",)),
+            GaugeMetricFamily(*_PAUSED_SECONDS, labels=("provider",)),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        if self.source is not None:
+            for provider, state, paused in self.source():
+                self.changed(provider, state)
+                self.paused[provider] = paused
+        if self.states:
+            states = GaugeMetricFamily(*_BREAKER_STATE, labels=("provider",))
+            for provider, value in self.states.items():
+                states.add_metric((provider,), value)
+            yield states
+        if self.paused:
+            paused_seconds = GaugeMetricFamily(*_PAUSED_SECONDS, labels=("provider",))
+            for provider, seconds in self.paused.items():
+                paused_seconds.add_metric((provider,), seconds)
+            yield paused_seconds
+
 
 class WorkerMetrics:
     """The worker's metric families on ``registry`` (a new one by default)."""
 
-    def __init__(self, registry: Registry | None = None) -> None:
-        self.registry = registry = registry or Registry()
-        self.started = registry.counter(
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry = registry if registry is not None else CollectorRegistry()
+        self.started = counter(
+            registry,
             "orchestrator_worker_tasks_started_total",
             "Task attempts started (a retried task counts once per attempt), by provider and "
             "model.",
             ("provider", "model"),
         )
-        self.succeeded = registry.counter(
+        self.succeeded = counter(
+            registry,
             "orchestrator_worker_tasks_succeeded_total",
             "Tasks that ended with an answer, by provider and model.",
             ("provider", "model"),
         )
-        self.failed = registry.counter(
+        self.failed = counter(
+            registry,
             "orchestrator_worker_tasks_failed_total",
             "Tasks that ended failed (the client got a failed event), by provider, model and "
             "error type.",
             ("provider", "model", "error_type"),
         )
-        self.retried = registry.counter(
+        self.retried = counter(
+            registry,
             "orchestrator_worker_tasks_retried_total",
             "Attempts that failed retryably and were handed back for a later retry, by "
             "provider and error type.",
             ("provider", "error_type"),
         )
-        self.requeued = registry.counter(
+        self.requeued = counter(
+            registry,
             "orchestrator_worker_tasks_requeued_total",
             "Tasks handed back without an outcome, by reason (circuit_open, paused: deferred "
             "untried; broker_error: an event could not be published; shutdown).",
             ("reason",),
         )
-        self.fallbacks = registry.counter(
+        self.fallbacks = counter(
+            registry,
             "orchestrator_worker_fallbacks_total",
             "Tasks moved from one provider of a model alias to the next, by providers and error "
             "type.",
             ("from_provider", "to_provider", "error_type"),
         )
-        self.dead_letters = registry.counter(
+        self.dead_letters = counter(
+            registry,
             "orchestrator_worker_tasks_dead_lettered_total",
             "Tasks this worker moved to the dead-letter stream, by the error type the client "
             "was told (invalid_task for payloads that are not tasks).",
             ("error_type",),
         )
-        self.provider_duration = registry.histogram(
+        self.provider_duration = histogram(
+            registry,
             "orchestrator_worker_provider_duration_seconds",
             "Model calls from request to the end of the stream, by provider, model and outcome "
             "(success or error).",
             ("provider", "model", "outcome"),
             buckets=PROVIDER_BUCKETS,
         )
-        self.tokens = registry.counter(
+        self.tokens = counter(
+            registry,
             "orchestrator_worker_tokens_total",
             "Tokens of successful answers, by provider, model and direction (input, output).",
             ("provider", "model", "direction"),
         )
-        self.cost = registry.counter(
+        self.cost = counter(
+            registry,
             "orchestrator_worker_cost_usd_total",
             "Cost in US dollars of successful answers (MODEL_PRICES), by provider and model.",
             ("provider", "model"),
         )
-        self.in_flight = registry.gauge(
-            "orchestrator_worker_tasks_in_flight", "Tasks this worker is running right now."
+        self.in_flight = Gauge(
+            "orchestrator_worker_tasks_in_flight",
+            "Tasks this worker is running right now.",
+            registry=registry,
         )
-        self.concurrency = registry.gauge(
+        self.concurrency = Gauge(
             "orchestrator_worker_concurrency_limit",
             "Tasks this worker may run at once (NUMBER_OF_WORKERS).",
+            registry=registry,
         )
-        self.breaker_state = registry.gauge(
-            "orchestrator_worker_circuit_breaker_state",
-            "Circuit breaker of each provider: 0 closed, 1 half-open (probing), 2 open.",
-            ("provider",),
-        )
-        self.breaker_transitions = registry.counter(
+        self.providers = _ProviderCollector()
+        registry.register(self.providers)
+        self.breaker_transitions = counter(
+            registry,
             "orchestrator_worker_circuit_breaker_transitions_total",
             "Circuit breaker state changes, by provider and new state.",
             ("provider", "state"),
         )
-        self.pauses = registry.counter(
+        self.pauses = counter(
+            registry,
             "orchestrator_worker_provider_pauses_total",
             "Provider pauses begun or extended by a second or more (the provider asked for a "
             "wait: Retry-After), by provider and the error type that carried the wait.",
             ("provider", "error_type"),
         )
-        self.paused_seconds = registry.gauge(
-            "orchestrator_worker_provider_paused_seconds",
-            "Seconds left of each provider's pause in this worker (0: not paused).",
-            ("provider",),
-        )
-        self.queue_wait = registry.histogram(
+        self.queue_wait = histogram(
+            registry,
             "orchestrator_task_queue_wait_seconds",
             "From the API accepting a task to a worker starting an attempt, by attempt (first, "
             "retry: includes the earlier attempts and their backoff).",
             ("attempt",),
             buckets=QUEUE_WAIT_BUCKETS,
         )
-        self.run_time = registry.histogram(
+        self.run_time = histogram(
+            registry,
             "orchestrator_task_run_seconds",
             "From an attempt's start to its terminal event, by status (succeeded, failed).",
             ("status",),
             buckets=PROVIDER_BUCKETS,
         )
-        self.total_time = registry.histogram(
+        self.total_time = histogram(
+            registry,
             "orchestrator_task_total_seconds",
             "From the API accepting a task to its terminal event, by status.",
             ("status",),
@@ -246,7 +307,7 @@ class WorkerMetrics:
         self.dead_letters.labels(error_type).inc()
 
     def breaker_changed(self, provider: str, old: str, new: str) -> None:
-        self.breaker_state.labels(provider).set(BREAKER_STATES.get(str(new), -1.0))
+        self.providers.changed(provider, new)
         self.breaker_transitions.labels(provider, str(new)).inc()
 
     def provider_paused(self, provider: str, seconds: float, error_type: str) -> None:
@@ -259,23 +320,13 @@ class WorkerMetrics:
     def watch(self, in_flight: Callable[[], int], concurrency: int) -> None:
         """Report ``in_flight()`` and the concurrency limit at each scrape."""
         self.concurrency.set(concurrency)
-
-        def collect() -> None:
-            self.in_flight.set(in_flight())
-
-        self.registry.add_collector(collect)
+        self.in_flight.set_function(in_flight)
 
     def watch_breakers(self, providers: Callable[[], list[tuple[str, str, float]]]) -> None:
         """Report every provider's breaker state and the seconds left of its pause at each
         scrape: ``providers()`` lists (provider, state, seconds paused) triples, so providers
         whose state never changed show up too (0 seconds: not paused)."""
-
-        def collect() -> None:
-            for provider, state, paused in providers():
-                self.breaker_state.labels(provider).set(BREAKER_STATES.get(str(state), -1.0))
-                self.paused_seconds.labels(provider).set(paused)
-
-        self.registry.add_collector(collect)
+        self.providers.source = providers
 
     def watch_queue(self, broker: Broker, stream: str, group: str) -> QueueMetrics:
         """Backlog and pending of the tasks stream for ``group``, read at scrape time (the
