@@ -11,7 +11,7 @@ from typing import Any, Final
 
 import orjson
 
-from orchestrator_tasks.parameters import PARAMETERS
+from orchestrator_tasks.parameters import ECHO_FAILURES, PARAMETERS
 
 from . import problems
 from .validation import MAX_IDEMPOTENCY_KEY, MAX_MODEL_CHARS
@@ -107,17 +107,7 @@ _PARAMETER_VALUES: Final[dict[str, Schema]] = {
         "description": "Simulated pause between streamed words.",
     },
     "fail": {
-        "enum": sorted(
-            {
-                "rate_limit",
-                "timeout",
-                "server_error",
-                "unavailable",
-                "invalid_request",
-                "authentication",
-                "content_filter",
-            }
-        ),
+        "enum": sorted(ECHO_FAILURES),
         "description": "Make the task fail with this error type.",
     },
 }
