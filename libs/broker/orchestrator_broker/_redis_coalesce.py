@@ -9,26 +9,14 @@ and each caller awaits its own future, which gets its own result or its own erro
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import Any
 
-import hiredis
-from redis import exceptions as rexc
 from redis.asyncio import Redis
 
 from ._redis_errors import to_broker_error
+from ._redis_pipeline import round_trip
 
 _Item = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
-
-
-def _pack(args: tuple[Any, ...]) -> bytes:
-    """One command in RESP: an array of bulk strings (str, bytes, int or float arguments).
-
-    hiredis packs in C what a Python loop took ten times longer to; numbers are written as
-    ``repr`` writes them, as before.
-    """
-    packed: bytes = hiredis.pack_command(args)
-    return packed
 
 
 def _mapped(exc: Exception) -> Exception:
@@ -94,31 +82,10 @@ class WriteCoalescer:
                 future.set_result(result)
 
     async def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Write every command at once, then read one reply each (errors as values).
-
-        redis-py's pipeline spends most of its time packing commands and arming a
-        timeout per reply; packing here and bounding the whole batch by one socket timeout
-        more than doubles publish throughput.
-        """
-        payload = b"".join(map(_pack, commands))
-        pool = self._client.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await conn.send_packed_command(payload, check_health=False)
-            results: list[Any] = []
-            async with asyncio.timeout(conn.socket_timeout):
-                for _ in commands:
-                    try:
-                        results.append(await conn.read_response(timeout=math.inf))
-                    except rexc.ResponseError as error:
-                        results.append(error)
-            return results
-        except BaseException:
-            # A half-read connection is unusable; redis-py reconnects it on next use.
-            await conn.disconnect(nowait=True)
-            raise
-        finally:
-            await pool.release(conn)
+        """Write every command at once, then read one reply each (errors as values); see
+        ``_redis_pipeline`` for the fast path and its fall-back."""
+        timeout = self._client.connection_pool.connection_kwargs.get("socket_timeout")
+        return await round_trip(self._client, commands, timeout)
 
     async def drain(self) -> None:
         """Flush what is queued and wait for every pipeline in flight."""

@@ -8,7 +8,6 @@ A service calls, once at startup::
     log.info("traces: %s", settings.endpoint_for_log)
     broker = TracingBroker(adapter, tracer_provider=telemetry.tracer_provider)
     instrument_app(app, telemetry.tracer_provider)      # aiohttp server
-    session = aiohttp.ClientSession(trace_configs=[client_trace_config(telemetry.tracer_provider)])
     ...
     await telemetry.aclose()                            # flush at shutdown
 
@@ -20,7 +19,7 @@ scrape-time queue gauges) and ``metrics_http`` (``GET /metrics``).
 from .config import TelemetrySettings, jaeger_uri_endpoint
 from .context_only import ContextOnlyTracerProvider, is_context_only
 from .errors import TelemetryConfigError, TelemetryError
-from .instrumentation import client_trace_config, instrument_app, server_middleware
+from .instrumentation import instrument_app, server_middleware
 from .logs import JsonFormatter, LoggingSettings, TraceContextFilter, setup_logging
 from .propagation import (
     current_span_context,
@@ -46,7 +45,6 @@ __all__ = [
     "TraceContextFilter",
     "TracedDelivery",
     "TracingBroker",
-    "client_trace_config",
     "current_span_context",
     "current_span_id",
     "current_trace_id",

@@ -1,4 +1,4 @@
-"""Tracing for aiohttp: a SERVER span per request, a CLIENT span per outgoing request.
+"""Tracing for aiohttp servers: a SERVER span per request.
 
 Server: ``instrument_app(app, tracer_provider)`` before the app starts adds our own server
 middleware to this one app (outermost, so it sees every response, including problem-JSON
@@ -16,11 +16,14 @@ only makes the request's span context current, so handlers still see a trace id;
 a few microseconds instead of the contrib middleware's per-request attribute collection and
 environment lookups (about 30% of the API's CPU).
 
-Client: ``aiohttp.ClientSession(trace_configs=[client_trace_config(tracer_provider)])``.
-It injects ``traceparent`` into outgoing requests and strips query strings (which may carry
-API keys) from the URL recorded on spans.
+Its spans are held to what opentelemetry-instrumentation-aiohttp-server records for the same
+requests (``tests/telemetry/test_instrumentation_vs_contrib.py``), but for two deliberate
+differences: no ``url.query`` and no empty ``http.route`` when nothing matched.
 
-Both use ``tracer_provider`` if given, else the global one (``setup_telemetry`` sets it).
+No client instrumentation is offered: the services' only outgoing HTTP calls are the
+providers', whose GenAI span is the CLIENT span (``orchestrator_worker.providers``).
+
+It uses ``tracer_provider`` if given, else the global one (``setup_telemetry`` sets it).
 """
 
 from __future__ import annotations
@@ -28,21 +31,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Final
 
-import aiohttp
-import yarl
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.instrumentation.aiohttp_client import create_trace_config
 from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
 
 from .config import package_version
 from .context_only import ContextOnlyTracer
 from .propagation import extract_context
 
-__all__ = ["client_trace_config", "instrument_app", "server_middleware"]
+__all__ = ["instrument_app", "server_middleware"]
 
 _TRACER_NAME: Final = "orchestrator_telemetry.aiohttp_server"
 #: The methods the semantic conventions name; any other is recorded as ``_OTHER``.
@@ -139,8 +139,10 @@ def _recording_middleware(tracer: trace.Tracer, excluded: frozenset[str]) -> Mid
             raise
         except Exception as exc:
             span.record_exception(exc)
-            span.set_attribute("error.type", type(exc).__qualname__)
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__qualname__}: {exc}"))
+            # As the contrib instrumentation words it; the message is in the exception event.
+            name = type(exc).__qualname__
+            span.set_attribute("error.type", name)
+            span.set_status(Status(StatusCode.ERROR, f"Non-integer HTTP status: {name}"))
             raise
         else:
             _set_status(span, response.status)
@@ -193,14 +195,3 @@ def instrument_app(
 ) -> None:
     """Trace every request to ``app`` (call before the app starts; its middlewares freeze)."""
     app.middlewares.insert(0, server_middleware(tracer_provider, exclude_paths=exclude_paths))
-
-
-def _strip_query(url: yarl.URL) -> str:
-    return str(url.with_query(None).with_user(None))
-
-
-def client_trace_config(
-    tracer_provider: trace.TracerProvider | None = None,
-) -> aiohttp.TraceConfig:
-    """For ``ClientSession(trace_configs=[...])``: CLIENT spans and ``traceparent`` injection."""
-    return create_trace_config(url_filter=_strip_query, tracer_provider=tracer_provider)

@@ -16,6 +16,12 @@ those, nested). For what the SDK drops with an error log (an int beyond int64, a
 a str that is not UTF-8-encodable) or fails on (an id out of range), ``encode_spans`` raises
 ``SpanEncodingError``, and the caller hands that batch to the SDK's encoder
 (``FastOTLPSpanExporter`` does).
+
+To skip the SDK's copying properties it reads the containers of finished spans directly
+(``_attributes``, ``BoundedAttributes._dict``, ``BoundedList._dq``/``dropped``).
+``private_reads_problem`` checks at import, on a probe span, that those are what the
+properties would return; if not, every span is read through its public properties (slower,
+the same bytes).
 """
 
 from __future__ import annotations
@@ -240,11 +246,41 @@ _SCOPE_ATTRIBUTES = _AttributesField(b"\x1a")  # InstrumentationScope.attributes
 
 
 def _items(attributes: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
-    if type(attributes) is BoundedAttributes:
+    if PRIVATE_READS and type(attributes) is BoundedAttributes:
         # Its items() view goes through __iter__ (a locked copy while mutable) and
         # __getitem__ per key. Attributes no longer change once their span has ended.
         return attributes._dict.items()
     return attributes.items()
+
+
+def private_reads_problem() -> str | None:
+    """Why the SDK containers cannot be read directly, or None if they can."""
+    try:
+        attributes = BoundedAttributes(maxlen=4, attributes={"k": 1, "x": 2}, immutable=False)
+        events: BoundedList[Event] = BoundedList(1)
+        events.extend([Event("a"), Event("b")])  # one dropped, silently
+        links: BoundedList[Link] = BoundedList(4)
+        span = ReadableSpan("probe", attributes=attributes, events=events, links=links)
+        raw = span._attributes
+        if type(raw) is not BoundedAttributes or raw._dict != dict(span.attributes or {}):
+            return "ReadableSpan._attributes is not a BoundedAttributes holding _dict"
+        if raw.dropped != span.dropped_attributes:
+            return "BoundedAttributes.dropped is not what the span reports"
+        raw_events = span._events
+        if type(raw_events) is not BoundedList or (
+            list(raw_events._dq),  # type: ignore[attr-defined]
+            raw_events.dropped,
+        ) != (list(span.events), span.dropped_events):
+            return "ReadableSpan._events is not a BoundedList with _dq and dropped"
+        if type(span._links) is not BoundedList or not hasattr(span._links, "_dq"):
+            return "ReadableSpan._links is not a BoundedList with _dq"
+    except Exception as exc:
+        return f"probe failed: {exc!r}"
+    return None
+
+
+#: Whether ``_span`` and ``_items`` read the SDK containers directly (tests turn it off).
+PRIVATE_READS = private_reads_problem() is None
 
 
 # -- spans (trace.proto) ---------------------------------------------------------------------
@@ -306,7 +342,7 @@ def _span(span: ReadableSpan) -> bytes:
     attributes: Mapping[str, Any] | None
     events: Sequence[Event]
     links: Sequence[Link]
-    plain = span.__class__ is ReadableSpan or span.__class__ is _Span
+    plain = PRIVATE_READS and (span.__class__ is ReadableSpan or span.__class__ is _Span)
     raw_attributes = span._attributes if plain else None
     if type(raw_attributes) is BoundedAttributes:
         attributes, dropped_attributes = raw_attributes._dict, raw_attributes.dropped

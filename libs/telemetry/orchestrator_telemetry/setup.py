@@ -214,7 +214,7 @@ def setup_telemetry(
     ``exporter`` replaces the OTLP exporter (tests pass an in-memory one); it is used even when
     no endpoint is configured. OpenTelemetry allows one global provider per process: a later
     call leaves the first one global (quietly), so always hand ``telemetry.tracer_provider``
-    on explicitly (``TracingBroker``, ``instrument_app``, ``client_trace_config``).
+    on explicitly (``TracingBroker``, ``instrument_app``).
     """
     _warn_about_legacy_jaeger_port(settings)
     provider: trace.TracerProvider

@@ -6,16 +6,62 @@ and its ``error_middleware`` run, with a text/plain body that quotes the request
 handler answers errors that escape the middlewares. ``ApiRunner`` serves connections with a
 handler that answers those with problem JSON too; requests that parse take the usual path,
 untouched.
+
+That replaces aiohttp's connection handler through internals (``BaseRunner._make_server``,
+``Server._kwargs``/``_loop``, the ``handle_error`` signature). ``aiohttp_internals_problem``
+checks them at import and ``_make_server`` checks the server it gets; if either is not as
+expected the runner serves with aiohttp's own handler (logged once): those rare answers are
+then aiohttp's text/plain ones, everything else is unchanged.
 """
 
 from __future__ import annotations
+
+import inspect
+import logging
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .problems import TYPE_BLANK, TYPE_INTERNAL, Problem, malformed_request, problem_response
 
-__all__ = ["ApiRunner"]
+__all__ = ["ApiRunner", "aiohttp_internals_problem"]
+
+_log = logging.getLogger(__name__)
+
+
+def aiohttp_internals_problem() -> str | None:
+    """Why ``ApiRunner`` cannot install its connection handler with this aiohttp, or None."""
+    try:
+        if not inspect.iscoroutinefunction(getattr(web.AppRunner, "_make_server", None)):
+            return "AppRunner has no async _make_server"
+        server = inspect.signature(web.Server.__init__).parameters
+        if not {"request_factory", "handler_cancellation"} <= set(server):
+            return "web.Server takes other arguments"
+        if not any(p.kind is p.VAR_KEYWORD for p in server.values()):
+            return "web.Server takes no handler keyword arguments"
+        if "loop" not in inspect.signature(web.RequestHandler.__init__).parameters:
+            return "web.RequestHandler takes no loop"
+        handle_error = tuple(inspect.signature(web.RequestHandler.handle_error).parameters)
+        if handle_error != ("self", "request", "status", "exc", "message"):
+            return f"RequestHandler.handle_error takes {handle_error}"
+    except (TypeError, ValueError) as exc:  # a signature that cannot be read
+        return f"probe failed: {exc!r}"
+    return None
+
+
+_PROBLEM = aiohttp_internals_problem()
+_logged = False
+
+
+def _fall_back(reason: str) -> None:
+    global _logged
+    if not _logged:
+        _logged = True
+        _log.info(
+            "api: aiohttp answers malformed requests itself (text/plain, not problem JSON): "
+            "its internals changed (%s)",
+            reason,
+        )
 
 
 class ApiRunner(web.AppRunner):
@@ -27,12 +73,29 @@ class ApiRunner(web.AppRunner):
         # BaseRunner's hook for the connection factory its sites listen with: the app's own,
         # with the same arguments, making problem-answering connection handlers.
         server = await super()._make_server()
+        problem = _PROBLEM or _server_problem(server)
+        if problem is not None:
+            _fall_back(problem)
+            return server
         return _ProblemServer(
             server.request_handler,
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,
             **server._kwargs,
         )
+
+
+def _server_problem(server: web.Server) -> str | None:
+    if type(server) is not web.Server:
+        return f"the app's server is a {type(server).__qualname__}"
+    if not isinstance(getattr(server, "_kwargs", None), dict) or not hasattr(server, "_loop"):
+        return "web.Server keeps no _kwargs or _loop"
+    if not all(
+        hasattr(server, name)
+        for name in ("request_handler", "request_factory", "handler_cancellation")
+    ):
+        return "web.Server keeps other fields"
+    return None
 
 
 class _ProblemServer(web.Server):

@@ -6,25 +6,25 @@ round trip, not Redis, is the cost. Here the first caller of a turn schedules a 
 future, which receives its own replies or its own error (a Lua error of one caller does not
 fail the others; a lost connection fails everyone in that pipeline).
 
-The pipeline is written by hand rather than through redis-py's ``Pipeline``: commands are
-packed by hiredis (C) in one buffer and the replies read under one timeout, which cuts the
-client's CPU per command several-fold. Every command sent here must be safe to repeat (all
-are idempotent scripts or reads), because a pipeline that fails on a connection error is
-sent once more on a fresh connection (a pooled one may predate a Redis restart).
+The round trip is ``orchestrator_broker._redis_pipeline.round_trip``: commands packed by hiredis
+(C) in one buffer and the replies read under one timeout, which cuts the client's CPU per
+command several-fold (or redis-py's ``Pipeline`` where its internals changed). Every command
+sent here must be safe to repeat (all are idempotent scripts or reads), because a pipeline
+that fails on a connection error is sent once more on a fresh connection (a pooled one may
+predate a Redis restart).
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Sequence
 from typing import Any
 
-import hiredis
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from orchestrator_broker._redis_pipeline import round_trip
 
 __all__ = ["Command", "CommandBatcher"]
 
@@ -37,8 +37,8 @@ class CommandBatcher:
     the Lua scripts it calls, not from the pipeline)."""
 
     def __init__(self, client: Redis) -> None:
-        self._pool = client.connection_pool
-        timeout = self._pool.connection_kwargs.get("socket_timeout")
+        self._client = client
+        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         self._timeout: float | None = float(timeout) if timeout else None
         self._queue: list[_Call] = []
         self._flushing: set[asyncio.Task[None]] = set()
@@ -63,11 +63,10 @@ class CommandBatcher:
     async def _run(self, calls: list[_Call]) -> None:
         try:
             commands = [command for group, _ in calls for command in group]
-            packed = b"".join([hiredis.pack_command(command) for command in commands])
             try:
-                replies = await self._roundtrip(packed, len(commands))
+                replies = await self._roundtrip(commands)
             except (RedisConnectionError, RedisTimeoutError, OSError):
-                replies = await self._roundtrip(packed, len(commands))
+                replies = await self._roundtrip(commands)
         except BaseException as exc:
             for _, future in calls:
                 if not future.done():
@@ -87,28 +86,11 @@ class CommandBatcher:
             else:
                 future.set_result(mine)
 
-    async def _roundtrip(self, packed: bytes, count: int) -> list[Any]:
-        conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+    async def _roundtrip(self, commands: list[Command]) -> list[Any]:
         try:
-            try:
-                await conn.send_packed_command(packed, check_health=False)
-                replies: list[Any] = []
-                async with asyncio.timeout(self._timeout):
-                    for _ in range(count):
-                        try:
-                            # math.inf: no per-read timer; the one above bounds the batch
-                            replies.append(await conn.read_response(timeout=math.inf))
-                        except ResponseError as exc:
-                            replies.append(exc)
-            except TimeoutError as exc:
-                await conn.disconnect(nowait=True)
-                raise RedisTimeoutError("Redis did not answer in time") from exc
-            except BaseException:
-                await conn.disconnect(nowait=True)  # a half-read reply stream is unusable
-                raise
-        finally:
-            await self._pool.release(conn)
-        return replies
+            return await round_trip(self._client, commands, self._timeout)
+        except TimeoutError as exc:
+            raise RedisTimeoutError("Redis did not answer in time") from exc
 
     async def drain(self) -> None:
         """Wait for the pipelines in flight (at close)."""
