@@ -71,7 +71,6 @@ from orchestrator_broker import (
 )
 
 from .breaker import CIRCUIT_OPEN, PAUSED, BreakerCall, Hold
-from .deadlines import Deadlines
 from .events import AttemptEvents, FlushClock
 from .hooks import WorkerHooks, safe_hooks
 from .limits import ProviderGuards
@@ -213,7 +212,6 @@ class TaskRunner:
         self._providers = providers
         self._results = results_stream
         self._timeout = task_timeout
-        self._deadlines = Deadlines(task_timeout)
         self._clock = FlushClock(flush_interval, started_after)
         self._router = router or ModelRouter(providers)
         self._retry = retry or RetryPolicy()
@@ -526,7 +524,7 @@ class TaskRunner:
         )
         finish = Finish()
         try:
-            with self._deadlines.start():  # asyncio.timeout, minus a timer per task
+            async with asyncio.timeout(self._timeout):
                 stream = route.provider.stream(request)
                 try:
                     async for item in stream:
