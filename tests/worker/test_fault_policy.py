@@ -1,5 +1,6 @@
-"""The pieces of fault handling on their own: backoff, circuit breaker, aliases, prices,
-provider limits, and their settings (errors name the variable)."""
+"""The pieces of fault handling on their own: the fault policy (outcome to decision, as a
+table), backoff, circuit breaker, aliases, prices, provider limits, and their settings
+(errors name the variable)."""
 
 from __future__ import annotations
 
@@ -9,23 +10,287 @@ from pathlib import Path
 import pytest
 
 from orchestrator_broker import MemoryBroker
-from orchestrator_tasks.messages import Usage
+from orchestrator_tasks.messages import ErrorInfo, Usage
 from orchestrator_worker import ConfigError, Worker, WorkerSettings
-from orchestrator_worker.breaker import BreakerState, CircuitBreaker
+from orchestrator_worker.breaker import CIRCUIT_OPEN, PAUSED, BreakerState, CircuitBreaker
+from orchestrator_worker.fault_policy import (
+    ANSWERED,
+    CRASHED,
+    Action,
+    Blocked,
+    BrokerRefused,
+    Cancelled,
+    Crashed,
+    Decision,
+    Failed,
+    Invalid,
+    Outcome,
+    Overdelivered,
+    Refused,
+    call_crashed,
+    decide,
+    from_provider_error,
+    pauses_provider,
+    timed_out,
+)
 from orchestrator_worker.limits import ProviderGuards, parse_concurrency
 from orchestrator_worker.pricing import Price, PriceTable, load_prices_file, parse_prices
-from orchestrator_worker.providers import EchoProvider, InvalidModel, ProviderRegistry
+from orchestrator_worker.providers import (
+    AuthenticationFailed,
+    ContentFiltered,
+    EchoProvider,
+    InvalidModel,
+    InvalidRequest,
+    MalformedResponse,
+    Overloaded,
+    ProviderError,
+    ProviderRegistry,
+    ProviderTimeout,
+    ProviderUnavailable,
+    QuotaExceeded,
+    RateLimited,
+    ServerError,
+    StreamInterrupted,
+)
 from orchestrator_worker.retry import MAX_HINT_SECONDS, RetryPolicy
 from orchestrator_worker.routing import ModelRouter, parse_aliases
 from tests.worker import support
 from tests.worker.support import FakeProvider
 
-# -- backoff -------------------------------------------------------------------------
+# -- fault policy: outcome -> decision ---------------------------------------------------
 
 
 def top(_: float, high: float) -> float:
     """A 'random' source that always picks the top of the range."""
     return high
+
+
+#: Three attempts, windows of 1, 2, 4 s, the top of each picked: decisions are exact.
+POLICY = RetryPolicy(max_attempts=3, base=1.0, cap=60.0, uniform=top)
+ACK, RETRY, DEFER, DEAD = Action.ACK, Action.RETRY, Action.DEFER, Action.DEAD_LETTER
+AUTH = ErrorInfo(type="authentication", message="invalid API key")
+E500 = ErrorInfo(type="server_error", message="HTTP 500")
+LONG = "x" * 400
+
+
+def exhausted(attempt: int, error: ErrorInfo) -> Decision:
+    """``failed`` with ``error``, then dead-lettered with the reason."""
+    reason = f"attempts exhausted ({attempt}): {error.type}: {error.message}"
+    return Decision(DEAD, error=error, reason=reason)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "attempt", "expected"),
+    [
+        pytest.param(ANSWERED, 1, Decision(ACK), id="answered"),
+        pytest.param(ANSWERED, 3, Decision(ACK), id="answered-on-the-last-attempt"),
+        pytest.param(Refused(AUTH), 1, Decision(ACK, error=AUTH), id="refused"),
+        pytest.param(Refused(AUTH), 3, Decision(ACK, error=AUTH), id="refused-never-dead-letters"),
+        pytest.param(Failed("openai", E500), 1, Decision(RETRY, 1.0), id="failed-backs-off"),
+        pytest.param(Failed("openai", E500), 2, Decision(RETRY, 2.0), id="failed-window-doubles"),
+        pytest.param(
+            Failed("openai", E500, retry_after=5.0), 1, Decision(RETRY, 6.0), id="retry-after"
+        ),
+        pytest.param(
+            Failed("openai", E500, harder=True), 1, Decision(RETRY, 2.0), id="overloaded-harder"
+        ),
+        pytest.param(
+            Failed("openai", E500),
+            3,
+            exhausted(
+                3, ErrorInfo("server_error", "gave up after 3 attempt(s); the last one: HTTP 500")
+            ),
+            id="failed-on-the-last-attempt",
+        ),
+        pytest.param(
+            Failed("openai", E500, retry_after=5.0),
+            4,
+            exhausted(
+                4, ErrorInfo("server_error", "gave up after 4 attempt(s); the last one: HTTP 500")
+            ),
+            id="failed-past-the-last-attempt",
+        ),
+        pytest.param(
+            Blocked("openai", CIRCUIT_OPEN, 8.0, "server_error"),
+            1,
+            Decision(DEFER, 10.0),
+            id="circuit-open-defers-for-the-cooldown-and-a-quarter",
+        ),
+        pytest.param(
+            Blocked("openai", PAUSED, 4.0, "rate_limit"), 2, Decision(DEFER, 5.0), id="paused"
+        ),
+        pytest.param(
+            Blocked("openai", PAUSED, 0.0), 1, Decision(DEFER, 0.0625), id="never-a-hot-loop"
+        ),
+        pytest.param(
+            Blocked("openai", CIRCUIT_OPEN, 8.0, "server_error"),
+            3,
+            exhausted(
+                3,
+                ErrorInfo(
+                    "server_error",
+                    "gave up after 3 attempt(s): provider openai keeps failing (server_error) "
+                    "and its circuit is open",
+                ),
+            ),
+            id="circuit-open-on-the-last-attempt",
+        ),
+        pytest.param(
+            Blocked("openai", CIRCUIT_OPEN, 8.0),
+            3,
+            exhausted(
+                3,
+                ErrorInfo(
+                    "unavailable",
+                    "gave up after 3 attempt(s): provider openai keeps failing (unavailable) "
+                    "and its circuit is open",
+                ),
+            ),
+            id="circuit-open-for-no-known-error",
+        ),
+        pytest.param(
+            Blocked("gemini", PAUSED, 12.25, "overloaded"),
+            3,
+            exhausted(
+                3,
+                ErrorInfo(
+                    "overloaded",
+                    "gave up after 3 attempt(s): provider gemini asked to wait (overloaded) "
+                    "and is paused for 12.2 s more",
+                ),
+            ),
+            id="paused-on-the-last-attempt",
+        ),
+        pytest.param(
+            Blocked("gemini", PAUSED, 1.0),
+            3,
+            exhausted(
+                3,
+                ErrorInfo(
+                    "rate_limit",
+                    "gave up after 3 attempt(s): provider gemini asked to wait (rate_limit) "
+                    "and is paused for 1.0 s more",
+                ),
+            ),
+            id="paused-for-no-known-error",
+        ),
+        pytest.param(
+            Invalid("prompt is missing or not a string"),
+            1,
+            Decision(
+                DEAD,
+                error=ErrorInfo("invalid_task", "invalid task: prompt is missing or not a string"),
+                reason="invalid task: prompt is missing or not a string",
+            ),
+            id="invalid",
+        ),
+        pytest.param(
+            Invalid(LONG),
+            1,
+            Decision(
+                DEAD,
+                error=ErrorInfo("invalid_task", ("invalid task: " + LONG)[:300]),
+                reason=("invalid task: " + LONG)[:300],
+            ),
+            id="invalid-reason-cut",
+        ),
+        pytest.param(
+            Overdelivered(),
+            4,
+            exhausted(
+                4,
+                ErrorInfo(
+                    "attempts_exhausted",
+                    "gave up after 3 attempt(s): the task was delivered 4 times and earlier "
+                    "attempts ended without a result (worker crash, lost lease or shutdown)",
+                ),
+            ),
+            id="overdelivered",
+        ),
+        pytest.param(BrokerRefused(), 1, Decision(RETRY, 1.0), id="broker-refused"),
+        pytest.param(BrokerRefused(), 3, Decision(RETRY, 1.0), id="broker-refused-last"),
+        pytest.param(
+            Crashed(), 1, Decision(ACK, error=ErrorInfo("internal", CRASHED)), id="crashed"
+        ),
+        pytest.param(Crashed(finished=True), 1, Decision(ACK), id="crashed-after-the-end"),
+        pytest.param(Cancelled(), 1, Decision(RETRY, 0.0), id="cancelled"),
+        pytest.param(Cancelled(finished=True), 1, Decision(ACK), id="cancelled-after-the-end"),
+    ],
+)
+def test_the_fault_policy_decides(outcome: Outcome, attempt: int, expected: Decision) -> None:
+    assert decide(outcome, attempt, POLICY) == expected
+
+
+def test_a_dead_letter_reason_is_cut_to_300_characters() -> None:
+    decision = decide(Failed("openai", ErrorInfo("server_error", LONG)), 3, POLICY)
+
+    assert decision.action is DEAD
+    assert decision.reason is not None
+    assert len(decision.reason) == 300
+    assert decision.error is not None
+    assert decision.error.message.endswith(LONG)  # the client's message is whole
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [
+        (
+            RateLimited("slow down", retry_after=2.0, status=429),
+            Failed("p", ErrorInfo("rate_limit", "slow down"), retry_after=2.0),
+        ),
+        (
+            Overloaded("busy", status=529),
+            Failed("p", ErrorInfo("overloaded", "busy"), harder=True),
+        ),
+        (ServerError("HTTP 500", status=500), Failed("p", ErrorInfo("server_error", "HTTP 500"))),
+        (ProviderUnavailable("down"), Failed("p", ErrorInfo("unavailable", "down"))),
+        (ProviderTimeout("read"), Failed("p", ErrorInfo("timeout", "read"))),
+        (StreamInterrupted("cut"), Failed("p", ErrorInfo("stream_interrupted", "cut"))),
+        (MalformedResponse("?"), Failed("p", ErrorInfo("malformed_response", "?"))),
+        (InvalidRequest("bad", status=400), Refused(ErrorInfo("invalid_request", "bad"))),
+        (AuthenticationFailed("key", status=401), Refused(ErrorInfo("authentication", "key"))),
+        (ContentFiltered("no"), Refused(ErrorInfo("content_filter", "no"))),
+        (
+            QuotaExceeded("paid", retry_after=60.0),
+            Refused(ErrorInfo("quota_exceeded", "paid")),
+        ),
+        (InvalidModel("which?"), Refused(ErrorInfo("invalid_model", "which?"))),
+        (ProviderError("unknown"), Refused(ErrorInfo("provider_error", "unknown"))),
+    ],
+    ids=lambda value: type(value).__name__,
+)
+def test_a_provider_error_is_an_outcome(error: ProviderError, outcome: Outcome) -> None:
+    assert from_provider_error("p", error) == outcome
+
+
+def test_a_timeout_and_a_crashed_call_are_outcomes() -> None:
+    assert timed_out("openai", 30.0) == Failed(
+        "openai", ErrorInfo("timeout", "no answer within 30 s")
+    )
+    assert call_crashed(KeyError("secret text")) == Refused(
+        ErrorInfo("internal", f"{CRASHED} (KeyError)")  # the class, never the text
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "pauses"),
+    [
+        (RateLimited("429", retry_after=2.0, status=429), True),
+        (RateLimited("429", status=429), False),  # no wait named
+        (Overloaded("529", retry_after=2.0, status=529), True),
+        (ServerError("503", retry_after=2.0, status=503), True),
+        (ProviderUnavailable("503", retry_after=2.0, status=503), True),
+        (ServerError("500 with reset headers", retry_after=2.0, status=500), False),
+        (StreamInterrupted("cut", retry_after=2.0), False),
+        (QuotaExceeded("not retryable", retry_after=2.0, status=429), False),
+    ],
+    ids=lambda value: value.message if isinstance(value, ProviderError) else str(value),
+)
+def test_which_failures_pause_the_provider(error: ProviderError, pauses: bool) -> None:
+    assert pauses_provider(error) is pauses
+
+
+# -- backoff -------------------------------------------------------------------------
 
 
 def test_the_backoff_window_doubles_per_attempt_up_to_the_cap() -> None:

@@ -1,5 +1,7 @@
-"""The broker library: a Broker protocol with Redis Streams and in-memory adapters."""
+"""The broker library: a Broker protocol with Redis Streams and in-memory adapters, and the
+Redis pipeline coalescer they and the API's task store share."""
 
+from ._redis_coalesce import Command, PipelineCoalescer
 from .errors import (
     AlreadySettled,
     BrokerError,
@@ -28,6 +30,7 @@ __all__ = [
     "Broker",
     "BrokerError",
     "BrokerUnavailable",
+    "Command",
     "ConfigError",
     "ConsumeOptions",
     "DeadLetter",
@@ -36,6 +39,7 @@ __all__ = [
     "LeaseLost",
     "MemoryBroker",
     "Message",
+    "PipelineCoalescer",
     "RedisDelivery",
     "RedisSettings",
     "RedisStreamsBroker",

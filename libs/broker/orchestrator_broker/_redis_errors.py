@@ -36,6 +36,15 @@ def to_broker_error(exc: BaseException) -> BrokerError:
     return BrokerError(f"Redis error: {type(exc).__name__}: {exc}")
 
 
+def chained_broker_error(exc: Exception) -> Exception:
+    """``to_broker_error(exc)`` with ``exc`` as its cause, as ``raise ... from exc`` would
+    set it (for errors handed to a future rather than raised)."""
+    error = to_broker_error(exc)
+    if error is not exc:
+        error.__cause__ = exc
+    return error
+
+
 @contextlib.contextmanager
 def mapped_errors() -> Iterator[None]:
     """Re-raise redis-py (and socket) errors as ``BrokerError``/``BrokerUnavailable``."""

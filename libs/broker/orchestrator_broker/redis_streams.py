@@ -86,9 +86,9 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from ._dead_letters import read_dead_letter
-from ._redis_coalesce import WriteCoalescer
+from ._redis_coalesce import PipelineCoalescer
 from ._redis_delivery import RedisDelivery
-from ._redis_errors import is_nogroup, mapped_errors
+from ._redis_errors import chained_broker_error, is_nogroup, mapped_errors
 from ._redis_reads import claim
 from ._redis_scripts import (
     Scripts,
@@ -155,7 +155,10 @@ class RedisStreamsBroker:
         self._client = Redis(connection_pool=self._pool)
         self._reader = Redis(connection_pool=self._read_pool)
         self._scripts = Scripts.register(self._client)
-        self._writes = WriteCoalescer(self._client, max_batch=max_batch)
+        # Never resent on a connection error: XADD is not idempotent.
+        self._writes = PipelineCoalescer(
+            self._client, max_batch=max_batch, errors=chained_broker_error
+        )
         self._closed = False  # no new work: consumers end, publish refuses
         self._io_closed = False  # connections released: settling fails too
         self._closed_future: asyncio.Future[None] | None = None

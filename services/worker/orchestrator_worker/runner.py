@@ -1,50 +1,31 @@
 """One task delivery, start to finish: parse, call the provider, publish events, settle.
 
-The outcomes, and how the delivery is settled:
+How each outcome is settled (ack, retry after a delay, defer, or fail and dead-letter) is
+decided by ``fault_policy``, which is pure; this module does the I/O around it:
 
-- the payload is not a ``TaskMessage``: dead-lettered with the reason (and, when it names a
-  task id and tenant, a ``failed`` event of type ``invalid_task`` is published first, so the
-  client does not wait for a task that will never run);
-- the delivery count is past ``MAX_ATTEMPTS`` (earlier deliveries crashed a worker, lost
-  their lease or were handed back at shutdown): ``failed`` (``attempts_exhausted``), then
-  dead-lettered with the reason; no provider is called;
-- unknown model: ``failed`` (``invalid_model``), ack;
-- the provider answers: ``started``, deltas, ``succeeded`` (with ``cost_usd`` from the price
-  table), ack (no ``started`` for a first attempt that takes under a second and streams no
-  delta: see ``events``);
-- the provider raises a non-retryable ``ProviderError`` (400, 401/403, 404, content filter,
-  quota): [``started``, deltas], ``failed`` (its ``type``), ack, at once;
-- a *retryable* failure (``ProviderError.retryable``: rate limit, 5xx/overloaded, timeout,
-  connection error, cut stream, malformed answer; or no answer within
-  ``TASK_TIMEOUT_SECONDS``): when the task's model is an alias with a next target, and none
-  of this attempt's text went out in a delta yet, that target is tried at once, within the
-  same attempt (the result's ``provider``/``model`` say who answered). Otherwise the attempt
-  ends with no terminal event and the task is handed back with ``nack(delay)``, ``delay``
-  from ``retry.RetryPolicy`` (exponential backoff, full jitter, at least the provider's
-  ``Retry-After``): it waits in the broker, holding no worker slot, and its next delivery is
-  the next attempt, whose ``started`` event tells streaming clients to drop the text of this
-  one. If this was attempt ``MAX_ATTEMPTS``: ``failed`` (the last error's type, the message
-  saying the attempts are exhausted), then dead-lettered with the reason;
-- the provider's circuit is open (``breaker``): the alias's next target, if any; else the
-  task is handed back untried for the rest of the cooldown (with jitter), or, on its last
-  attempt, fails like an exhausted retry (error type: what tripped the circuit);
-- the provider is paused: a rate limit (429), an overload (529) or a 503 carrying the
-  provider's wait (``Retry-After``, rate-limit reset headers) stops this process's calls to
-  it until then (``breaker``), so
-  that other tasks do not collect the same rate limit; its tasks are handled as for an open
-  circuit (fallback ``paused``, else handed back untried until the pause is over, with
-  jitter; on the last attempt they fail with the error type that paused it);
-- any other exception, in the provider or in the worker itself: ``failed`` (``internal``,
-  with a message naming at most the exception class: no text, no traceback, which go to the
-  log), ack;
-- the broker refuses an event: the attempt is abandoned and handed back with ``nack(1 s)``,
-  to run again as the next attempt;
-- the worker shuts down past its grace period (the handler is cancelled): handed back with
-  ``nack(0)`` for immediate redelivery, or acked if its terminal event was already out.
+- it decodes the payload (``decode_task``); a payload that is not a task is dead-lettered,
+  after a ``failed``/``invalid_task`` event when it names a task id and tenant, so the
+  client does not wait for a task that will never run;
+- it calls the task's targets in turn: the model, or an alias's targets. A target whose
+  circuit is open or whose provider is paused (``breaker``) is skipped. After a retryable
+  failure, the next target is tried at once, within the same attempt, if none of this
+  attempt's text went out in a delta yet (the result's ``provider``/``model`` say who
+  answered); otherwise the attempt ends there;
+- it streams the answer into ``events`` (``started``, deltas, then ``succeeded`` with
+  ``cost_usd`` from the price table; no ``started`` for a first attempt that takes under a
+  second and streams no delta), bounding each call by ``TASK_TIMEOUT_SECONDS``;
+- it tells each provider's circuit breaker how its calls went, and pauses a provider that
+  asked to wait (a 429, 529 or 503 carrying ``Retry-After`` or rate-limit reset headers) for
+  every task of this process, so that other tasks do not collect the same rate limit;
+- it publishes the ``failed`` event the decision names, ends a retried attempt with no
+  terminal event (the next attempt's ``started`` tells streaming clients to drop this one's
+  text), and settles the delivery, retrying the settle while the broker is briefly
+  unavailable. On cancellation (shutdown past its grace period) it hands the delivery back
+  within a few seconds.
 
-Every hand-back raises the delivery count, which is the attempt number: deferrals for an
-open circuit and shutdown hand-backs use up attempts too, so ``MAX_ATTEMPTS`` bounds how
-long a task can go round. Each decision is a span event on the delivery's ``process`` span
+Any other exception, in the provider or in the worker itself, fails the task as
+``internal``, with a message naming at most the exception class: no text, no traceback,
+which go to the log. Each decision is a span event on the delivery's ``process`` span
 (``orchestrator.retry``, ``orchestrator.fallback``, ``orchestrator.deferred``,
 ``orchestrator.paused``, ``orchestrator.attempts_exhausted``) and a call on ``WorkerHooks``
 (for metrics).
@@ -58,7 +39,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import attrs
 from opentelemetry import trace
 
 from orchestrator_broker import (
@@ -72,8 +52,25 @@ from orchestrator_broker import (
 from orchestrator_tasks import ErrorInfo, InvalidTask, TaskMessage, decode_task
 
 from .breaker import CIRCUIT_OPEN, PAUSED, BreakerCall, Hold
-from .deadlines import Deadlines
 from .events import AttemptEvents, FlushClock
+from .fault_policy import (
+    ANSWERED,
+    Action,
+    Blocked,
+    BrokerRefused,
+    Cancelled,
+    Crashed,
+    Decision,
+    Failed,
+    Invalid,
+    Overdelivered,
+    Refused,
+    call_crashed,
+    decide,
+    from_provider_error,
+    pauses_provider,
+    timed_out,
+)
 from .hooks import WorkerHooks, safe_hooks
 from .limits import ProviderGuards
 from .metrics import WorkerMetrics
@@ -81,10 +78,8 @@ from .pricing import PriceTable
 from .providers import (
     CompletionRequest,
     Finish,
-    Overloaded,
     ProviderError,
     ProviderRegistry,
-    RateLimited,
     Route,
 )
 from .retry import RetryPolicy
@@ -92,36 +87,12 @@ from .routing import ModelRouter
 
 log = logging.getLogger(__name__)
 
-#: How long a broken publish waits before the task runs again.
-_REPUBLISH_DELAY = 1.0
 #: Waits between attempts to settle a delivery while the broker is unavailable: about a
 #: minute in all, enough for a Redis restart or failover. The task's slot stays taken
 #: meanwhile, which is right: this worker cannot take new tasks from a broker it cannot reach.
 _SETTLE_BACKOFF = (0.2, 0.5, 1.0, 2.0, 3.0, 5.0, 5.0, 5.0, 5.0, 10.0, 10.0, 10.0)
 #: How long a cancelled handler may take to hand its delivery back.
 _HAND_BACK_TIMEOUT = 5.0
-#: What clients see for a failure we did not foresee (details go to the log only).
-_CRASHED = "the worker failed unexpectedly"
-#: Longest reason or message copied from a payload into a dead letter or event.
-_MAX_REASON = 300
-
-
-@attrs.frozen
-class _Failed:
-    """A provider call that did not answer: what to report, and what to do next."""
-
-    provider: str
-    error: ErrorInfo
-    retryable: bool
-    retry_after: float | None = None
-    harder: bool = False  # back off one step more (overloaded)
-
-
-def _pauses_provider(exc: ProviderError) -> bool:
-    """Whether ``exc``'s wait holds for the whole provider: a rate limit, an overload, or a
-    503. Other failures (a 500, a cut stream) may carry rate-limit reset headers that every
-    answer has (OpenAI's ``x-ratelimit-reset-*``), which say nothing about the next call."""
-    return isinstance(exc, RateLimited | Overloaded) or exc.status == 503
 
 
 #: How a delivery ends: one of its settling calls, ready to run (and re-run) by ``_settle``.
@@ -158,7 +129,6 @@ class TaskRunner:
         self._providers = providers
         self._results = results_stream
         self._timeout = task_timeout
-        self._deadlines = Deadlines(task_timeout)
         self._clock = FlushClock(flush_interval, started_after)
         self._router = router or ModelRouter(providers)
         self._retry = retry or RetryPolicy()
@@ -186,9 +156,8 @@ class TaskRunner:
             attempt=delivery.delivery_count,
             clock=self._clock,
         )
-        settle: _Settle = delivery.ack
         try:
-            settle = await self._attempt(task, events, delivery)
+            decision = await self._attempt(task, events)
         except BrokerError as exc:
             log.warning(
                 "task %s attempt %d abandoned, the broker refused an event: %s",
@@ -198,8 +167,7 @@ class TaskRunner:
             )
             if self._metrics is not None:
                 self._metrics.task_requeued("broker_error")
-            await self._settle(delivery, lambda: delivery.nack(_REPUBLISH_DELAY))
-            return
+            decision = decide(BrokerRefused(), events.attempt, self._retry)
         except asyncio.CancelledError:
             await self._hand_back(delivery, events)
             raise
@@ -207,44 +175,45 @@ class TaskRunner:
             # A bug outside the provider call: report the task failed rather than leave the
             # delivery unsettled (its lease would be renewed for as long as we run).
             log.exception("task %s attempt %d crashed", task.task_id, events.attempt)
-            if not await self._report_crash(events):
-                await self._settle(delivery, lambda: delivery.nack(_REPUBLISH_DELAY))
-                return
-            settle = delivery.ack
+            decision = await self._report_crash(events)
         finally:
             events.close()
-        await self._settle(delivery, settle)
+        await self._settle(delivery, decision)
 
-    async def _report_crash(self, events: AttemptEvents) -> bool:
-        """Publish ``failed``/``internal`` unless a terminal event is out; False if we could
-        not (the delivery is then handed back to run again)."""
-        if events.terminal_published:
-            return True
+    async def _report_crash(self, events: AttemptEvents) -> Decision:
+        """Publish ``failed``/``internal`` unless a terminal event is out; if that cannot
+        be done, the delivery is handed back to run again."""
+        decision = decide(Crashed(events.terminal_published), events.attempt, self._retry)
+        if decision.error is None:
+            return decision
         try:
-            await events.failed(ErrorInfo(type="internal", message=_CRASHED))
+            await events.failed(decision.error)
         except Exception as exc:
             log.warning("could not report the crash of task %s: %s", events.task_id, exc)
-            return False
+            return decide(BrokerRefused(), events.attempt, self._retry)
         if self._metrics is not None:
-            self._metrics.task_failed(events.provider, events.model, "internal")
-        return True
+            self._metrics.task_failed(events.provider, events.model, decision.error.type)
+        return decision
 
-    async def _attempt(
-        self, task: TaskMessage, events: AttemptEvents, delivery: Delivery
-    ) -> _Settle:
+    async def _attempt(self, task: TaskMessage, events: AttemptEvents) -> Decision:
         """Run this attempt: its targets in turn until one answers; how to settle."""
         attempt = events.attempt
-        if attempt > self._retry.max_attempts:
-            return await self._crashed_too_often(task, events, delivery)
+        retry = self._retry
+        if attempt > retry.max_attempts:
+            events.model = task.model
+            return await self._give_up(task, events, decide(Overdelivered(), attempt, retry))
         try:
             routes = self._router.routes(task.model, task.parameters)
         except ProviderError as exc:
             events.model = task.model
-            await events.failed(ErrorInfo(type=exc.type, message=exc.message))
+            unknown = Refused(ErrorInfo(type=exc.type, message=exc.message))
+            decision = decide(unknown, attempt, retry)
+            error = _failure(decision)
+            await events.failed(error)
             if self._metrics is not None:  # the model name is the client's: not a label
-                self._metrics.task_failed(None, None, exc.type, submitted_at=task.submitted_at)
-            return delivery.ack
-        last: _Failed | None = None  # the last target that failed retryably
+                self._metrics.task_failed(None, None, error.type, submitted_at=task.submitted_at)
+            return decision
+        last: Failed | None = None  # the last target that failed retryably
         blocked: list[tuple[str, Hold]] = []  # providers skipped: open circuit or paused
         begun = False
         began = 0.0  # monotonic start of the first call of this attempt
@@ -280,8 +249,8 @@ class TaskRunner:
                 called = time.monotonic()
                 outcome = await self._call(route, task, events, call)
                 if metrics is not None:
-                    error = None if isinstance(outcome, Finish) else outcome.error.type
-                    metrics.provider_called(name, route.model, time.monotonic() - called, error)
+                    failure = None if isinstance(outcome, Finish) else outcome.error.type
+                    metrics.provider_called(name, route.model, time.monotonic() - called, failure)
             finally:
                 guard.release()
             if isinstance(outcome, Finish):
@@ -298,22 +267,24 @@ class TaskRunner:
                         run_seconds=time.monotonic() - began,
                         submitted_at=task.submitted_at,
                     )
-                return delivery.ack
-            if not outcome.retryable:
-                await events.failed(outcome.error)
+                return decide(ANSWERED, attempt, retry)
+            if isinstance(outcome, Refused):
+                decision = decide(outcome, attempt, retry)
+                error = _failure(decision)
+                await events.failed(error)
                 if metrics is not None:
                     metrics.task_failed(
                         name,
                         route.model,
-                        outcome.error.type,
+                        error.type,
                         run_seconds=time.monotonic() - began,
                         submitted_at=task.submitted_at,
                     )
-                return delivery.ack
+                return decision
             last = outcome
         if last is None:
-            return await self._defer(task, events, delivery, blocked)
-        return await self._retry_later(task, events, delivery, last)
+            return await self._defer(task, events, blocked)
+        return await self._retry_later(task, events, last)
 
     def _fell_back(
         self, task: TaskMessage, old: str, new: str, reason: str, paused: float | None = None
@@ -335,16 +306,14 @@ class TaskRunner:
         self._hooks.fallback(old, new, reason)
 
     async def _retry_later(
-        self, task: TaskMessage, events: AttemptEvents, delivery: Delivery, failure: _Failed
-    ) -> _Settle:
+        self, task: TaskMessage, events: AttemptEvents, failure: Failed
+    ) -> Decision:
         """A retryable failure: hand the task back with a backoff, or give up."""
         attempt = events.attempt
-        if self._retry.exhausted(attempt):
-            message = f"gave up after {attempt} attempt(s); the last one: {failure.error.message}"
-            return await self._give_up(
-                task, events, delivery, ErrorInfo(type=failure.error.type, message=message)
-            )
-        delay = self._retry.delay(attempt, hint=failure.retry_after, harder=failure.harder)
+        decision = decide(failure, attempt, self._retry)
+        if decision.action is Action.DEAD_LETTER:
+            return await self._give_up(task, events, decision)
+        delay = decision.delay
         await events.abandon()
         log.info(
             "task %s attempt %d failed (%s on %s); retrying in %.2f s",
@@ -369,38 +338,23 @@ class TaskRunner:
             },
         )
         self._hooks.retry_scheduled(failure.provider, failure.error.type, attempt, delay)
-        return lambda: delivery.nack(delay)
+        return decision
 
     async def _defer(
-        self,
-        task: TaskMessage,
-        events: AttemptEvents,
-        delivery: Delivery,
-        blocked: list[tuple[str, Hold]],
-    ) -> _Settle:
+        self, task: TaskMessage, events: AttemptEvents, blocked: list[tuple[str, Hold]]
+    ) -> Decision:
         """Every target's circuit is open or its provider paused: hand the task back
         untried until the first of them takes calls again, or give up."""
         provider, hold = min(blocked, key=lambda item: item[1].seconds)
+        breaker = self._guards[provider].breaker
         paused = hold.reason == PAUSED
+        cause = breaker.paused_by if paused else breaker.last_error
         attempt = events.attempt
-        if self._retry.exhausted(attempt):
-            breaker = self._guards[provider].breaker
-            if paused:
-                kind = breaker.paused_by or "rate_limit"
-                message = (
-                    f"gave up after {attempt} attempt(s): provider {provider} asked to wait "
-                    f"({kind}) and is paused for {hold.seconds:.1f} s more"
-                )
-            else:
-                kind = breaker.last_error or "unavailable"
-                message = (
-                    f"gave up after {attempt} attempt(s): provider {provider} keeps failing "
-                    f"({kind}) and its circuit is open"
-                )
+        decision = decide(Blocked(provider, hold.reason, hold.seconds, cause), attempt, self._retry)
+        if decision.action is Action.DEAD_LETTER:
             events.model = task.model
-            error = ErrorInfo(type=kind, message=message)
-            return await self._give_up(task, events, delivery, error)
-        delay = self._retry.deferral(hold.seconds)
+            return await self._give_up(task, events, decision)
+        delay = decision.delay
         # A paused provider was logged once, when it paused; its tasks only at DEBUG.
         log.log(
             logging.DEBUG if paused else logging.INFO,
@@ -421,28 +375,14 @@ class TaskRunner:
             attributes["orchestrator.pause.remaining"] = hold.seconds
         _span_event("orchestrator.deferred", attributes)
         self._hooks.deferred(provider, delay, hold.reason)
-        return lambda: delivery.nack(delay)
-
-    async def _crashed_too_often(
-        self, task: TaskMessage, events: AttemptEvents, delivery: Delivery
-    ) -> _Settle:
-        """A delivery past ``MAX_ATTEMPTS``: earlier attempts never reported an end."""
-        limit = self._retry.max_attempts
-        message = (
-            f"gave up after {limit} attempt(s): the task was delivered {events.attempt} times "
-            "and earlier attempts ended without a result (worker crash, lost lease or shutdown)"
-        )
-        events.model = task.model
-        return await self._give_up(
-            task, events, delivery, ErrorInfo(type="attempts_exhausted", message=message)
-        )
+        return decision
 
     async def _give_up(
-        self, task: TaskMessage, events: AttemptEvents, delivery: Delivery, error: ErrorInfo
-    ) -> _Settle:
+        self, task: TaskMessage, events: AttemptEvents, decision: Decision
+    ) -> Decision:
         """Tell the client (``failed``), then dead-letter the task with the reason."""
-        reason = f"attempts exhausted ({events.attempt}): {error.type}: {error.message}"
-        reason = reason[:_MAX_REASON]
+        error = _failure(decision)
+        reason = decision.reason or error.type
         await events.failed(error)
         if self._metrics is not None:
             self._metrics.task_failed(
@@ -454,11 +394,11 @@ class TaskRunner:
             {"orchestrator.attempt": events.attempt, "error.type": error.type},
         )
         self._hooks.dead_lettered(reason, error.type)
-        return lambda: delivery.dead_letter(reason)
+        return decision
 
     async def _call(
         self, route: Route, task: TaskMessage, events: AttemptEvents, call: BreakerCall
-    ) -> Finish | _Failed:
+    ) -> Finish | Failed | Refused:
         """Stream the answer into ``events``; the finish, or why there is none. Reports the
         outcome to the provider's circuit breaker."""
         name = route.provider.name
@@ -471,7 +411,7 @@ class TaskRunner:
         )
         finish = Finish()
         try:
-            with self._deadlines.start():  # asyncio.timeout, minus a timer per task
+            async with asyncio.timeout(self._timeout):
                 stream = route.provider.stream(request)
                 try:
                     async for item in stream:
@@ -487,34 +427,20 @@ class TaskRunner:
             log.info("task %s: %s failed: %s: %s", task.task_id, name, exc.type, exc.message)
             if exc.retryable:
                 call.failed(exc.type)
-                if exc.retry_after is not None and _pauses_provider(exc):
+                if exc.retry_after is not None and pauses_provider(exc):
                     self._pause(name, exc.retry_after, exc.type)
             elif exc.status is not None:
                 call.succeeded()  # the provider is up: it answered, with a refusal
-            return _Failed(
-                provider=name,
-                error=ErrorInfo(type=exc.type, message=exc.message),
-                retryable=exc.retryable,
-                retry_after=exc.retry_after,
-                harder=isinstance(exc, Overloaded),
-            )
+            return from_provider_error(name, exc)
         except TimeoutError:
             log.info("task %s: %s timed out after %g s", task.task_id, name, self._timeout)
             call.failed("timeout")
-            return _Failed(
-                provider=name,
-                error=ErrorInfo(type="timeout", message=f"no answer within {self._timeout:g} s"),
-                retryable=True,
-            )
+            return timed_out(name, self._timeout)
         except (BrokerError, asyncio.CancelledError):
             raise
         except Exception as exc:
             log.exception("task %s: provider %s raised", task.task_id, name)
-            return _Failed(
-                provider=name,
-                error=ErrorInfo(type="internal", message=f"{_CRASHED} ({type(exc).__name__})"),
-                retryable=False,
-            )
+            return call_crashed(exc)
         finally:
             call.release()  # no verdict unless one was given above
         return finish
@@ -534,10 +460,11 @@ class TaskRunner:
             )
 
     async def _reject(self, delivery: Delivery, exc: InvalidTask) -> None:
-        reason = f"invalid task: {exc.reason}"[:_MAX_REASON]
+        decision = decide(Invalid(exc.reason), delivery.delivery_count, self._retry)
+        error = _failure(decision)
         if self._metrics is not None:
             self._metrics.task_rejected()
-        log.warning("dead-lettering entry %s: %s", delivery.entry_id, reason)
+        log.warning("dead-lettering entry %s: %s", delivery.entry_id, decision.reason)
         if exc.task_id is not None and exc.tenant is not None:
             events = AttemptEvents(
                 self._broker,
@@ -548,29 +475,32 @@ class TaskRunner:
                 clock=self._clock,
             )
             try:
-                await events.failed(ErrorInfo(type="invalid_task", message=reason))
+                await events.failed(error)
             except BrokerError as err:
                 log.warning("could not report invalid task %s: %s", exc.task_id, err)
-        await self._settle(delivery, lambda: delivery.dead_letter(reason))
+        await self._settle(delivery, decision)
 
     async def _hand_back(self, delivery: Delivery, events: AttemptEvents) -> None:
         """On cancellation: give the task back for immediate redelivery (or ack a finished
         one), bounded in time because shutdown is waiting."""
         if delivery.settled:
             return
+        decision = decide(Cancelled(events.terminal_published), events.attempt, self._retry)
         try:
             async with asyncio.timeout(_HAND_BACK_TIMEOUT):
-                if events.terminal_published:
+                if decision.action is Action.ACK:
                     await delivery.ack()
                 else:
-                    await delivery.nack(0)
+                    await delivery.nack(decision.delay)
                     if self._metrics is not None:
                         self._metrics.task_requeued("shutdown")
         except (BrokerError, TimeoutError) as exc:
             log.warning("could not hand back task %s: %s", events.task_id, exc)
 
-    async def _settle(self, delivery: Delivery, settle: Callable[[], Awaitable[None]]) -> None:
-        """Run ack/nack/dead-letter, retrying while the broker is briefly unavailable."""
+    async def _settle(self, delivery: Delivery, decision: Decision) -> None:
+        """Carry out ``decision`` (ack, nack or dead-letter), retrying while the broker is
+        briefly unavailable."""
+        settle = _settlement(delivery, decision)
         for wait in (*_SETTLE_BACKOFF, None):
             try:
                 await settle()
@@ -588,6 +518,25 @@ class TaskRunner:
             except BrokerError as exc:
                 log.error("could not settle entry %s: %s", delivery.entry_id, exc)
                 return
+
+
+def _settlement(delivery: Delivery, decision: Decision) -> _Settle:
+    """The settling call that carries out ``decision``, ready to run (and re-run)."""
+    action = decision.action
+    if action is Action.ACK:
+        return delivery.ack
+    if action is Action.DEAD_LETTER:
+        reason = decision.reason or ""
+        return lambda: delivery.dead_letter(reason)
+    delay = decision.delay  # RETRY or DEFER: handed back
+    return lambda: delivery.nack(delay)
+
+
+def _failure(decision: Decision) -> ErrorInfo:
+    """The ``failed`` event's error of a decision that has one."""
+    if decision.error is None:
+        raise AssertionError(f"{decision!r} publishes no failed event")
+    return decision.error
 
 
 async def _aclose(stream: AsyncIterator[Any]) -> None:

@@ -15,7 +15,8 @@ TTL: every key of a task expires ``ttl_seconds`` after the task ends (set atomic
 the terminal event). Until then they carry ``safety_ttl_seconds`` (default 24 h, at least
 ``ttl_seconds``) from creation, so a task whose result never comes does not stay forever.
 
-Writes of concurrent callers share one pipeline per event-loop turn (``_batch``); every
+Writes of concurrent callers share one pipeline per event-loop turn (the broker library's
+``PipelineCoalescer``, resending on a fresh connection after a connection error); every
 multi-key change is one Lua script, so it is atomic and costs one command. Live waiting uses
 one pub/sub connection per store (``_wakeup``). Single Redis (not Cluster): the idempotency
 key lives in another slot than the task's keys.
@@ -39,11 +40,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from orchestrator_broker import Command, PipelineCoalescer
 from orchestrator_broker.redis_settings import RedisSettings
 from orchestrator_tasks.messages import ErrorInfo, ResultEvent, Usage
 
 from ..model import StoredEvent, TaskRecord, TaskResult, TaskStatus
-from ._batch import Command, CommandBatcher
 from ._scripts import APPLY, CREATE, DISCARD, SUBMIT, Script
 from ._sharing import ORPHANED, mirror, reused_events
 from ._steps import QUEUED_DATA, step_for
@@ -176,7 +177,9 @@ class RedisTaskStore:
         self._task_prefix = f"{prefix}:task:"
         self._idem_prefix = f"{prefix}:idem:"
         self._cache_prefix = f"{prefix}:cache:"
-        self._batcher = CommandBatcher(client)
+        # Every command sent is safe to repeat (idempotent scripts, reads): a pipeline that
+        # fails on a connection error is resent once on a fresh connection.
+        self._batcher = PipelineCoalescer(client, resend=True)
         self._closed = False
         pool = client.connection_pool
         # RESP2 on the subscriber: pub/sub messages are then plain replies of read_response()
