@@ -62,7 +62,7 @@ async def make_provider(
 
 
 def ask(prompt: str = "hi", *, model: str = "gemini-2.0-flash", **fields: Any) -> CompletionRequest:
-    return CompletionRequest(model=model, prompt=prompt, **fields)
+    return CompletionRequest.of(model=model, prompt=prompt, **fields)
 
 
 async def test_a_streamed_answer_arrives_in_chunks_and_exactly(

@@ -32,7 +32,7 @@ async def answer(provider: Provider, prompt: str, **parameters: Any) -> tuple[li
     chunks: list[str] = []
     finish: Finish | None = None
     async for item in provider.stream(
-        CompletionRequest(model="echo", prompt=prompt, parameters=parameters)
+        CompletionRequest.of(model="echo", prompt=prompt, parameters=parameters)
     ):
         if isinstance(item, str):
             chunks.append(item)
@@ -78,7 +78,7 @@ async def test_echo_keeps_an_overlong_word_whole() -> None:
 
 
 async def test_echo_counts_words_as_tokens() -> None:
-    request = CompletionRequest(model="echo", prompt="a b c", system="be nice")
+    request = CompletionRequest.of(model="echo", prompt="a b c", system="be nice")
     items = [item async for item in EchoProvider().stream(request)]
 
     assert items[-1] == Finish(usage=Usage(input_tokens=5, output_tokens=3), finish_reason="stop")
@@ -88,7 +88,7 @@ async def test_echo_latency_comes_before_the_first_chunk() -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     stream = EchoProvider().stream(
-        CompletionRequest(model="echo", prompt="x y", parameters={"latency_ms": 50})
+        CompletionRequest.of(model="echo", prompt="x y", parameters={"latency_ms": 50})
     )
     first = await anext(stream)
     waited = loop.time() - started
@@ -112,7 +112,7 @@ async def test_echo_latency_comes_before_the_first_chunk() -> None:
 )
 def test_echo_rejects_unusable_parameters(parameters: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest):
-        EchoProvider().stream(CompletionRequest(model="echo", prompt="p", parameters=parameters))
+        EchoProvider().stream(CompletionRequest.of(model="echo", prompt="p", parameters=parameters))
 
 
 @pytest.mark.parametrize(
