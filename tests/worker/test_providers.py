@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 import pytest
 
-from orchestrator_tasks.messages import Usage
+from orchestrator_tasks.messages import ChatMessage, Usage
 from orchestrator_worker.providers import (
     AuthenticationFailed,
     CompletionRequest,
@@ -192,3 +193,35 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after("Thu, 01 Jan 1970 00:01:40 GMT", now=40.0) == pytest.approx(60.0)
+
+
+async def test_echo_answers_the_last_user_message_and_counts_every_message() -> None:
+    conversation = (
+        ChatMessage(role="system", content="be nice"),
+        ChatMessage(role="user", content="first question"),
+        ChatMessage(role="assistant", content="an answer"),
+        ChatMessage(role="user", content="second one"),
+        ChatMessage(role="assistant", content="pending"),
+    )
+    request = CompletionRequest(model="echo", messages=conversation)
+
+    items = [item async for item in EchoProvider().stream(request)]
+
+    assert items == ["second one", Finish(usage=Usage(9, 2), finish_reason="stop")]
+
+
+async def test_echo_answers_json_object_as_the_text_wrapped_in_json() -> None:
+    chunks, _ = await answer(
+        EchoProvider(), 'say "hi"\nplease', response_format={"type": "json_object"}
+    )
+
+    assert orjson.loads("".join(chunks)) == {"text": 'say "hi"\nplease'}
+
+
+async def test_echo_refuses_a_json_schema() -> None:
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "a", "schema": {"type": "object"}},
+    }
+    with pytest.raises(InvalidRequest, match="JSON schema"):
+        await answer(EchoProvider(), "p", response_format=response_format)
