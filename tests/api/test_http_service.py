@@ -139,7 +139,7 @@ async def test_serve_on_redis_publishes_to_the_tasks_stream_and_serves_the_task(
         fields = entries[0][1]
         payload = orjson.loads(fields[b"payload"])
         assert payload["task_id"] == task["id"]
-        assert payload["prompt"] == "over redis"
+        assert payload["messages"] == [{"role": "user", "content": "over redis", "name": None}]
         assert b"traceparent" in fields  # the trace crosses the broker
 
 

@@ -16,6 +16,7 @@ from orchestrator_api.store import StoreUnavailable
 from orchestrator_api.store.memory import MemoryTaskStore
 from orchestrator_broker import BrokerUnavailable, Message
 from orchestrator_broker.memory import MemoryBroker
+from orchestrator_tasks import messages_of
 from orchestrator_tasks.messages import (
     ErrorInfo,
     EventKind,
@@ -100,7 +101,8 @@ async def test_submit_publishes_the_task_message_with_every_field(
     [message] = await published(api_state(client).broker)  # type: ignore[arg-type]
     assert message.task_id == task["id"]
     assert message.tenant == "acme"
-    assert (message.prompt, message.model, message.system) == ("tell me", "echo", "be brief")
+    assert message.messages == messages_of("tell me", "be brief")
+    assert message.model == "echo"
     assert message.parameters == {"temperature": 0.2, "latency_ms": 5}
     assert task["metadata"] == {"user": "u1"}
     assert task["model"] == "echo"

@@ -67,7 +67,7 @@ class BareWorker:
                 "attempt": 1,
                 "seq": 0,
                 "at": time.time(),
-                "text": task["prompt"],
+                "text": task["messages"][-1]["content"],
             }
             done = asyncio.get_running_loop().create_future()
             self.outbox.append((entry_id, orjson.dumps(event), done))

@@ -235,9 +235,8 @@ def _task(prompt: str, parameters: Mapping[str, Any]) -> Message:
     payload = {
         "task_id": task_id,
         "tenant": "bench",
-        "prompt": prompt,
+        "messages": [{"role": "user", "content": prompt, "name": None}],
         "model": "echo",
-        "system": None,
         "parameters": dict(parameters),
         "submitted_at": now,
     }

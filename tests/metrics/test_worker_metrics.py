@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from orchestrator_broker import Broker, MemoryBroker, Message
 from orchestrator_broker.redis_streams import RedisStreamsBroker
-from orchestrator_tasks.messages import TaskMessage, converter
+from orchestrator_tasks.messages import TaskMessage, converter, messages_of
 from orchestrator_telemetry import TracingBroker, process_context
 from orchestrator_telemetry.metrics_http import MetricsServer, start_metrics_server
 from orchestrator_worker import config as config_module
@@ -41,7 +41,11 @@ class Running:
 
 async def submit(broker: Broker, task_id: str, **fields: Any) -> None:
     task = TaskMessage(
-        task_id=task_id, tenant="acme", prompt="one two three", submitted_at=time.time(), **fields
+        task_id=task_id,
+        tenant="acme",
+        messages=messages_of("one two three"),
+        submitted_at=time.time(),
+        **fields,
     )
     await broker.publish("tasks", Message(payload=converter.unstructure(task), id=task_id))
 

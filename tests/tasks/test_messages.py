@@ -11,6 +11,7 @@ from cattrs.preconf.orjson import make_converter
 
 from orchestrator_tasks import (
     TASK_FIELDS,
+    ChatMessage,
     ErrorInfo,
     EventKind,
     InvalidResultEvent,
@@ -24,6 +25,7 @@ from orchestrator_tasks import (
     encode_event,
     encode_task,
     event_payload,
+    messages_of,
 )
 
 #: cattrs with no hooks of ours: what its generated functions make of the contract classes.
@@ -32,12 +34,17 @@ generated = make_converter()
 FULL_TASK = TaskMessage(
     task_id="t1",
     tenant="a",
-    prompt="hi",
+    messages=(
+        ChatMessage(role="system", content="s"),
+        ChatMessage(role="user", content="hi", name="ann"),
+        ChatMessage(role="assistant", content="hello"),
+        ChatMessage(role="user", content="and?"),
+    ),
     model="echo",
-    system="s",
-    parameters={"latency_ms": 5},
+    parameters={"latency_ms": 5, "response_format": {"type": "json_object"}},
     submitted_at=1.5,
 )
+MINIMAL_TASK = TaskMessage(task_id="t1", tenant="a", messages=messages_of("hi"))
 
 
 @pytest.mark.parametrize(
@@ -71,9 +78,7 @@ def test_the_event_codecs_are_what_cattrs_generates(extra: dict[str, Any]) -> No
     assert converter.structure(payload, ResultEvent) == event
 
 
-@pytest.mark.parametrize(
-    "task", [FULL_TASK, TaskMessage(task_id="t1", tenant="a", prompt="hi")], ids=["full", "minimal"]
-)
+@pytest.mark.parametrize("task", [FULL_TASK, MINIMAL_TASK], ids=["full", "minimal"])
 def test_the_task_codecs_are_what_cattrs_generates(task: TaskMessage) -> None:
     payload = encode_task(task)
 
@@ -84,29 +89,78 @@ def test_the_task_codecs_are_what_cattrs_generates(task: TaskMessage) -> None:
 
 
 def test_a_minimal_task_payload_decodes_with_the_defaults() -> None:
-    assert decode_task({"task_id": "t1", "tenant": "a", "prompt": "hi"}) == TaskMessage(
-        task_id="t1", tenant="a", prompt="hi"
-    )
+    payload = {"task_id": "t1", "tenant": "a", "messages": [{"role": "user", "content": "hi"}]}
+
+    assert decode_task(payload) == MINIMAL_TASK
 
 
 def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
-    payload = {"task_id": "t1", "tenant": "a", "prompt": "hi", "priority": 3}
+    payload = {**encode_task(MINIMAL_TASK), "priority": 3}
 
-    assert decode_task(payload).task_id == "t1"
+    assert decode_task(payload) == MINIMAL_TASK
+
+
+def test_an_older_apis_prompt_and_system_become_a_conversation() -> None:
+    old = {"task_id": "t1", "tenant": "a", "prompt": "hi", "system": "s", "model": None}
+
+    assert decode_task(old).messages == (
+        ChatMessage(role="system", content="s"),
+        ChatMessage(role="user", content="hi"),
+    )
+    assert decode_task({"task_id": "t1", "tenant": "a", "prompt": "hi"}) == MINIMAL_TASK
+
+
+def test_the_shorthand_is_a_system_message_then_one_user_message() -> None:
+    assert messages_of("p") == (ChatMessage(role="user", content="p"),)
+    assert messages_of("p", "s") == (
+        ChatMessage(role="system", content="s"),
+        ChatMessage(role="user", content="p"),
+    )
+    assert messages_of("p", "") == messages_of("p")
+
+
+USER: list[dict[str, Any]] = [{"role": "user", "content": "p"}]
 
 
 @pytest.mark.parametrize(
     ("payload", "reason", "salvaged"),
     [
         ("text", "not an object", None),
-        ({"tenant": "a", "prompt": "p"}, "task_id", None),
-        ({"task_id": "", "tenant": "a", "prompt": "p"}, "task_id", None),
-        ({"task_id": 7, "tenant": "a", "prompt": "p"}, "task_id", None),
-        ({"task_id": "t", "tenant": "a"}, "prompt", "t"),
-        ({"task_id": "t", "tenant": "a", "prompt": None}, "prompt", "t"),
-        ({"task_id": "t", "tenant": "a", "prompt": "p", "model": 4}, "model", "t"),
-        ({"task_id": "t", "tenant": "a", "prompt": "p", "parameters": [1]}, "parameters", "t"),
-        ({"task_id": "t", "tenant": "a", "prompt": "p", "submitted_at": "x"}, "submitted_at", "t"),
+        ({"tenant": "a", "messages": USER}, "task_id", None),
+        ({"task_id": "", "tenant": "a", "messages": USER}, "task_id", None),
+        ({"task_id": 7, "tenant": "a", "messages": USER}, "task_id", None),
+        ({"task_id": "t", "tenant": "a"}, "messages", "t"),
+        ({"task_id": "t", "tenant": "a", "prompt": None}, "messages", "t"),
+        ({"task_id": "t", "tenant": "a", "prompt": "p", "system": 3}, "system", "t"),
+        ({"task_id": "t", "tenant": "a", "messages": []}, "messages", "t"),
+        ({"task_id": "t", "tenant": "a", "messages": "hi"}, "messages", "t"),
+        ({"task_id": "t", "tenant": "a", "messages": [*USER, 5]}, "messages[1] ", "t"),
+        (
+            {
+                "task_id": "t",
+                "tenant": "a",
+                "messages": [*USER * 3, {"role": "bot", "content": ""}],
+            },
+            "messages[3].role",
+            "t",
+        ),
+        (
+            {"task_id": "t", "tenant": "a", "messages": [{"role": "user"}]},
+            "messages[0].content",
+            "t",
+        ),
+        (
+            {"task_id": "t", "tenant": "a", "messages": [{**USER[0], "name": 1}]},
+            "messages[0].name",
+            "t",
+        ),
+        ({"task_id": "t", "tenant": "a", "messages": USER, "model": 4}, "model", "t"),
+        ({"task_id": "t", "tenant": "a", "messages": USER, "parameters": [1]}, "parameters", "t"),
+        (
+            {"task_id": "t", "tenant": "a", "messages": USER, "submitted_at": "x"},
+            "submitted_at",
+            "t",
+        ),
     ],
 )
 def test_a_bad_payload_is_an_invalid_task(payload: Any, reason: str, salvaged: str | None) -> None:
@@ -122,8 +176,11 @@ def test_the_task_decoder_reads_every_field_of_the_contract() -> None:
 
 
 def test_the_converter_refuses_a_bad_task_as_the_decoder_does() -> None:
-    with pytest.raises(InvalidTask, match="prompt"):
-        converter.structure({"task_id": "t", "tenant": "a"}, TaskMessage)
+    with pytest.raises(InvalidTask, match=r"messages\[0\]\.role"):
+        converter.structure(
+            {"task_id": "t", "tenant": "a", "messages": [{"role": "x", "content": "c"}]},
+            TaskMessage,
+        )
 
 
 def test_an_event_with_impossible_attempts_or_seqs_is_refused() -> None:

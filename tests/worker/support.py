@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 
 from orchestrator_broker import Broker, Message
-from orchestrator_tasks import ResultEvent, TaskMessage
+from orchestrator_tasks import ResultEvent, TaskMessage, messages_of
 from orchestrator_tasks.messages import EventKind, Usage, converter
 from orchestrator_worker import Worker, WorkerSettings
 from orchestrator_worker.providers import (
@@ -67,7 +67,7 @@ async def submit(broker: Broker, prompt: str = "hello world", **fields: Any) -> 
     task = TaskMessage(
         task_id=fields.pop("task_id", f"task-{next(_ids)}"),
         tenant=fields.pop("tenant", "tenant-a"),
-        prompt=prompt,
+        messages=messages_of(prompt, fields.pop("system", None)),
         **fields,
     )
     await broker.publish(TASKS, Message(payload=converter.unstructure(task)))

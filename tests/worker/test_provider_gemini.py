@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from orchestrator_tasks.messages import Usage
+from orchestrator_tasks.messages import ChatMessage, Usage
 from orchestrator_worker.providers import (
     AuthenticationFailed,
     CompletionRequest,
@@ -62,7 +62,7 @@ async def make_provider(
 
 
 def ask(prompt: str = "hi", *, model: str = "gemini-2.0-flash", **fields: Any) -> CompletionRequest:
-    return CompletionRequest(model=model, prompt=prompt, **fields)
+    return CompletionRequest.of(model=model, prompt=prompt, **fields)
 
 
 async def test_a_streamed_answer_arrives_in_chunks_and_exactly(
@@ -423,3 +423,75 @@ def test_the_provider_repr_shows_no_key() -> None:
 
 def _json(value: Any) -> bytes:
     return orjson.dumps(value)
+
+
+CONVERSATION = (
+    ChatMessage(role="system", content="be brief"),
+    ChatMessage(role="user", content="hi", name="ann"),
+    ChatMessage(role="assistant", content="hello"),
+    ChatMessage(role="system", content="answer in French"),
+    ChatMessage(role="user", content="and then?"),
+)
+
+
+async def test_a_conversation_goes_as_contents_with_roles_mapped_and_system_instruction(
+    fake: FakeLLM, make_provider: MakeProvider
+) -> None:
+    request = CompletionRequest(model="gemini-2.0-flash", messages=CONVERSATION)
+
+    got = await collect(make_provider().stream(request))
+
+    assert got.error is None
+    [sent] = fake.requests
+    assert sent.body == {
+        "contents": [
+            {"role": "user", "parts": [{"text": "hi"}]},
+            {"role": "model", "parts": [{"text": "hello"}]},
+            {"role": "user", "parts": [{"text": "and then?"}]},
+        ],
+        "systemInstruction": {"parts": [{"text": "be brief"}, {"text": "answer in French"}]},
+    }
+
+
+async def test_a_conversation_of_system_messages_only_is_refused_before_any_call(
+    fake: FakeLLM, make_provider: MakeProvider
+) -> None:
+    request = CompletionRequest(
+        model="gemini-2.0-flash", messages=(ChatMessage(role="system", content="s"),)
+    )
+
+    with pytest.raises(InvalidRequest, match="no user or assistant turn"):
+        make_provider().stream(request)
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("response_format", "config"),
+    [
+        ({"type": "json_object"}, {"responseMimeType": "application/json"}),
+        (
+            {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "answer",
+                    "schema": {"type": "object", "properties": {"a": {"type": "string"}}},
+                    "strict": True,
+                },
+            },
+            {
+                "responseMimeType": "application/json",
+                "responseSchema": {"type": "object", "properties": {"a": {"type": "string"}}},
+            },
+        ),
+        ({"type": "text"}, None),
+    ],
+)
+async def test_a_response_format_maps_to_the_response_mime_type_and_schema(
+    fake: FakeLLM, make_provider: MakeProvider, response_format: Any, config: Any
+) -> None:
+    parameters = {"response_format": response_format, "temperature": 0.5}
+
+    await collect(make_provider().stream(ask(parameters=parameters)))
+
+    [sent] = fake.requests
+    assert sent.body["generationConfig"] == {"temperature": 0.5, **(config or {})}

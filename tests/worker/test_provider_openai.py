@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from orchestrator_broker import MemoryBroker
-from orchestrator_tasks.messages import EventKind, Usage
+from orchestrator_tasks.messages import ChatMessage, EventKind, Usage
 from orchestrator_worker.providers import (
     AuthenticationFailed,
     CompletionRequest,
@@ -71,7 +71,7 @@ async def make_provider(
 
 
 def ask(prompt: str = "hi", *, model: str = "gpt-4o-mini", **fields: Any) -> CompletionRequest:
-    return CompletionRequest(model=model, prompt=prompt, **fields)
+    return CompletionRequest.of(model=model, prompt=prompt, **fields)
 
 
 async def test_a_streamed_answer_arrives_in_chunks_and_exactly(
@@ -610,3 +610,54 @@ def test_the_provider_repr_shows_no_key() -> None:
 
     assert KEY not in repr(provider)
     assert "api.openai.com" in repr(provider)
+
+
+async def test_a_conversation_goes_as_messages_in_order_with_names(
+    fake: FakeLLM, make_provider: MakeProvider
+) -> None:
+    conversation = (
+        ChatMessage(role="system", content="be brief"),
+        ChatMessage(role="user", content="hi", name="ann"),
+        ChatMessage(role="assistant", content="hello"),
+        ChatMessage(role="user", content="and then?"),
+    )
+
+    got = await collect(
+        make_provider().stream(CompletionRequest(model="gpt-4o-mini", messages=conversation))
+    )
+
+    assert got.text == "and then?"  # the fake echoes the last user message
+    [sent] = fake.requests
+    assert sent.body["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi", "name": "ann"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "and then?"},
+    ]
+
+
+@pytest.mark.parametrize(
+    "response_format",
+    [
+        {"type": "json_object"},
+        {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": {"type": "object"}, "strict": True},
+        },
+    ],
+)
+async def test_a_response_format_is_forwarded_as_is(
+    fake: FakeLLM, make_provider: MakeProvider, response_format: Any
+) -> None:
+    await collect(make_provider().stream(ask(parameters={"response_format": response_format})))
+
+    [sent] = fake.requests
+    assert sent.body["response_format"] == response_format
+
+
+async def test_a_malformed_response_format_is_refused_before_any_call(
+    fake: FakeLLM, make_provider: MakeProvider
+) -> None:
+    with pytest.raises(InvalidRequest, match="response_format"):
+        make_provider().stream(ask(parameters={"response_format": {"type": "yaml"}}))
+    assert fake.requests == []

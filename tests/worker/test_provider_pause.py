@@ -213,7 +213,7 @@ async def test_a_rate_limit_pauses_the_provider_for_the_other_tasks_of_the_worke
 
     for task in (first, *others):
         assert events[task.task_id][-1].kind == OK
-        assert events[task.task_id][-1].text == task.prompt
+        assert events[task.task_id][-1].text == task.messages[-1].content
     rejected, *later = fake.times_of("openai")
     assert len(later) == 4
     assert min(later) - rejected >= 0.95  # the pause (a lower bound only)

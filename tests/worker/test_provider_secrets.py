@@ -138,7 +138,7 @@ async def test_no_error_path_leaks_the_key(
             if reply is not None:
                 fake.script(reply)
             got = await collect(
-                provider.stream(CompletionRequest(model="m-1", prompt="p", system="s"))
+                provider.stream(CompletionRequest.of(model="m-1", prompt="p", system="s"))
             )
             if scenario != "success":
                 assert got.error is not None, f"{scenario} should fail"
@@ -166,7 +166,7 @@ async def test_an_unreachable_provider_leaks_no_key(
     caplog.set_level(logging.DEBUG)
     providers = _providers(f"http://127.0.0.1:{free_port()}/v1", fake, spans[0])
     for provider in providers:
-        got = await collect(provider.stream(CompletionRequest(model="m", prompt="p")))
+        got = await collect(provider.stream(CompletionRequest.of(model="m", prompt="p")))
         assert got.error is not None
         assert_no_canary("an exception", error_text(got.error))
         await provider.close()

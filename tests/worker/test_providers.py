@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 import pytest
 
-from orchestrator_tasks.messages import Usage
+from orchestrator_tasks.messages import ChatMessage, Usage
 from orchestrator_worker.providers import (
     AuthenticationFailed,
     CompletionRequest,
@@ -32,7 +33,7 @@ async def answer(provider: Provider, prompt: str, **parameters: Any) -> tuple[li
     chunks: list[str] = []
     finish: Finish | None = None
     async for item in provider.stream(
-        CompletionRequest(model="echo", prompt=prompt, parameters=parameters)
+        CompletionRequest.of(model="echo", prompt=prompt, parameters=parameters)
     ):
         if isinstance(item, str):
             chunks.append(item)
@@ -78,7 +79,7 @@ async def test_echo_keeps_an_overlong_word_whole() -> None:
 
 
 async def test_echo_counts_words_as_tokens() -> None:
-    request = CompletionRequest(model="echo", prompt="a b c", system="be nice")
+    request = CompletionRequest.of(model="echo", prompt="a b c", system="be nice")
     items = [item async for item in EchoProvider().stream(request)]
 
     assert items[-1] == Finish(usage=Usage(input_tokens=5, output_tokens=3), finish_reason="stop")
@@ -88,7 +89,7 @@ async def test_echo_latency_comes_before_the_first_chunk() -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     stream = EchoProvider().stream(
-        CompletionRequest(model="echo", prompt="x y", parameters={"latency_ms": 50})
+        CompletionRequest.of(model="echo", prompt="x y", parameters={"latency_ms": 50})
     )
     first = await anext(stream)
     waited = loop.time() - started
@@ -112,7 +113,7 @@ async def test_echo_latency_comes_before_the_first_chunk() -> None:
 )
 def test_echo_rejects_unusable_parameters(parameters: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest):
-        EchoProvider().stream(CompletionRequest(model="echo", prompt="p", parameters=parameters))
+        EchoProvider().stream(CompletionRequest.of(model="echo", prompt="p", parameters=parameters))
 
 
 @pytest.mark.parametrize(
@@ -192,3 +193,35 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after("Thu, 01 Jan 1970 00:01:40 GMT", now=40.0) == pytest.approx(60.0)
+
+
+async def test_echo_answers_the_last_user_message_and_counts_every_message() -> None:
+    conversation = (
+        ChatMessage(role="system", content="be nice"),
+        ChatMessage(role="user", content="first question"),
+        ChatMessage(role="assistant", content="an answer"),
+        ChatMessage(role="user", content="second one"),
+        ChatMessage(role="assistant", content="pending"),
+    )
+    request = CompletionRequest(model="echo", messages=conversation)
+
+    items = [item async for item in EchoProvider().stream(request)]
+
+    assert items == ["second one", Finish(usage=Usage(9, 2), finish_reason="stop")]
+
+
+async def test_echo_answers_json_object_as_the_text_wrapped_in_json() -> None:
+    chunks, _ = await answer(
+        EchoProvider(), 'say "hi"\nplease', response_format={"type": "json_object"}
+    )
+
+    assert orjson.loads("".join(chunks)) == {"text": 'say "hi"\nplease'}
+
+
+async def test_echo_refuses_a_json_schema() -> None:
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "a", "schema": {"type": "object"}},
+    }
+    with pytest.raises(InvalidRequest, match="JSON schema"):
+        await answer(EchoProvider(), "p", response_format=response_format)

@@ -51,7 +51,7 @@ async def test_echo_tasks_run_through_redis(
     for task in tasks:
         assert kinds(events[task.task_id]) == [OK]
         assert [event.seq for event in events[task.task_id]] == [0]
-        assert events[task.task_id][-1].text == task.prompt
+        assert events[task.task_id][-1].text == task.messages[-1].content
     await wait_for(lambda: settled(redis_broker))
     assert await redis_broker.backlog(TASKS, "workers") == 0
 

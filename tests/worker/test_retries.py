@@ -353,7 +353,7 @@ async def test_a_circuit_opens_stops_calls_and_half_opens_after_its_cooldown(
 
     for task in (first, *others):
         assert events[task.task_id][-1].kind == OK
-        assert events[task.task_id][-1].text == task.prompt
+        assert events[task.task_id][-1].text == task.messages[-1].content
     third = fake.times_of("openai")[2]
     assert third - opened >= 0.95  # the cooldown (a lower bound only)
     assert fake.count_of("openai") == 2 + 4
@@ -403,7 +403,7 @@ async def test_the_concurrency_limit_per_provider_is_never_exceeded(
 
     events = await collect(broker, len(tasks))
 
-    assert all(events[t.task_id][-1].text == t.prompt for t in tasks)
+    assert all(events[t.task_id][-1].text == t.messages[-1].content for t in tasks)
     assert fake.most_active["openai"] == 3
     assert fake.most_active["gemini"] > 3  # no limit there
 

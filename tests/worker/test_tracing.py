@@ -9,7 +9,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from orchestrator_broker import MemoryBroker, Message
-from orchestrator_tasks import TaskMessage
+from orchestrator_tasks import TaskMessage, messages_of
 from orchestrator_tasks.messages import converter
 from orchestrator_telemetry import TracingBroker, process_context
 from orchestrator_worker import Worker
@@ -27,7 +27,10 @@ async def test_result_events_carry_the_submitters_trace(
     tracer = provider.get_tracer("test")
     with tracer.start_as_current_span("POST /v1/tasks") as request_span:
         task = TaskMessage(
-            task_id="t-1", tenant="a", prompt="traced", parameters={"latency_ms": 300}
+            task_id="t-1",
+            tenant="a",
+            messages=messages_of("traced"),
+            parameters={"latency_ms": 300},
         )
         await traced.publish(TASKS, Message(payload=converter.unstructure(task)))
     trace_id = trace.format_trace_id(request_span.get_span_context().trace_id)

@@ -349,7 +349,7 @@ async def test_results_carry_no_events_for_other_tasks(
     events = await collect(broker, 20)
 
     for task in tasks:
-        assert events[task.task_id][-1].text == task.prompt
+        assert events[task.task_id][-1].text == task.messages[-1].content
     assert await broker.backlog(RESULTS, "test") == 0
 
 

@@ -7,10 +7,13 @@ other.
 
 from .errors import ContractError, InvalidResultEvent, InvalidTask
 from .messages import (
+    ROLES,
     TASK_FIELDS,
+    ChatMessage,
     ErrorInfo,
     EventKind,
     ResultEvent,
+    Role,
     TaskMessage,
     Usage,
     converter,
@@ -20,6 +23,8 @@ from .messages import (
     encode_task,
     error_payload,
     event_payload,
+    messages_of,
+    messages_payload,
     usage_payload,
 )
 from .parameters import PARAMETERS, ParameterSpec, provider_of, validate_parameters
@@ -28,9 +33,11 @@ from .streams import RESULTS_STREAM, TASKS_GROUP, TASKS_STREAM
 __all__ = [
     "PARAMETERS",
     "RESULTS_STREAM",
+    "ROLES",
     "TASKS_GROUP",
     "TASKS_STREAM",
     "TASK_FIELDS",
+    "ChatMessage",
     "ContractError",
     "ErrorInfo",
     "EventKind",
@@ -38,6 +45,7 @@ __all__ = [
     "InvalidTask",
     "ParameterSpec",
     "ResultEvent",
+    "Role",
     "TaskMessage",
     "Usage",
     "converter",
@@ -47,6 +55,8 @@ __all__ = [
     "encode_task",
     "error_payload",
     "event_payload",
+    "messages_of",
+    "messages_payload",
     "provider_of",
     "usage_payload",
     "validate_parameters",

@@ -20,12 +20,21 @@ what cattrs would coerce (``123`` or ``None`` as ``"123"``/``"None"`` for a ``st
 salvage the task id for the failure event; it costs what cattrs' does. ``tests/tasks``
 holds each codec equal to what cattrs generates for the same class, so a field added to a
 class and not to its codec fails there.
+
+A task is a conversation: ``messages``, a tuple of ``ChatMessage`` (``system``, ``user`` and
+``assistant`` turns, in order). The API turns its ``prompt``/``system`` shorthand into
+messages (a system message first, then one user message), so the tasks stream carries only
+``messages``. For a rolling upgrade, ``decode_task`` still reads a task from an older API,
+which carried ``prompt`` (and ``system``) instead, and converts it the same way; an older
+worker cannot read a newer task (it has no ``prompt``) and fails it as invalid, so upgrade
+the workers before the API.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Any, Final, Literal, TypeAlias
 
 import attrs
 from cattrs import BaseValidationError
@@ -34,10 +43,13 @@ from cattrs.preconf.orjson import OrjsonConverter, make_converter
 from .errors import InvalidResultEvent, InvalidTask
 
 __all__ = [
+    "ROLES",
     "TASK_FIELDS",
+    "ChatMessage",
     "ErrorInfo",
     "EventKind",
     "ResultEvent",
+    "Role",
     "TaskMessage",
     "Usage",
     "converter",
@@ -47,6 +59,8 @@ __all__ = [
     "encode_task",
     "error_payload",
     "event_payload",
+    "messages_of",
+    "messages_payload",
     "usage_payload",
 ]
 
@@ -70,15 +84,36 @@ class ErrorInfo:
     message: str
 
 
+#: Who speaks a turn of a conversation.
+Role: TypeAlias = Literal["system", "user", "assistant"]
+ROLES: Final[tuple[Role, ...]] = ("system", "user", "assistant")
+
+
+@attrs.frozen
+class ChatMessage:
+    """One turn of a conversation. ``name`` tells participants of one role apart, for the
+    providers that take it (OpenAI-compatible ones)."""
+
+    role: Role
+    content: str
+    name: str | None = None
+
+
+def messages_of(prompt: str, system: str | None = None) -> tuple[ChatMessage, ...]:
+    """The conversation the ``prompt``/``system`` shorthand stands for: the system message
+    (when there is one), then the prompt as one user message."""
+    user = ChatMessage(role="user", content=prompt)
+    return (ChatMessage(role="system", content=system), user) if system else (user,)
+
+
 @attrs.frozen
 class TaskMessage:
-    """A task as the API publishes it."""
+    """A task as the API publishes it: the conversation to answer, and how."""
 
     task_id: str
     tenant: str
-    prompt: str
+    messages: tuple[ChatMessage, ...]
     model: str | None = None
-    system: str | None = None
     parameters: dict[str, Any] = attrs.field(factory=dict)
     submitted_at: float = 0.0
 
@@ -128,8 +163,13 @@ def error_payload(error: ErrorInfo | None) -> dict[str, str] | None:
 #: The payload keys ``decode_task`` reads; unknown extra keys are ignored (an older worker
 #: reading a newer API's task).
 TASK_FIELDS: Final = frozenset(
-    {"task_id", "tenant", "prompt", "model", "system", "parameters", "submitted_at"}
+    {"task_id", "tenant", "messages", "model", "parameters", "submitted_at"}
 )
+
+
+def messages_payload(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """``messages`` as JSON."""
+    return [{"role": m.role, "content": m.content, "name": m.name} for m in messages]
 
 
 def encode_task(task: TaskMessage) -> dict[str, Any]:
@@ -137,12 +177,32 @@ def encode_task(task: TaskMessage) -> dict[str, Any]:
     return {
         "task_id": task.task_id,
         "tenant": task.tenant,
-        "prompt": task.prompt,
+        "messages": messages_payload(task.messages),
         "model": task.model,
-        "system": task.system,
         "parameters": task.parameters,
         "submitted_at": task.submitted_at,
     }
+
+
+def _decode_messages(value: Any) -> tuple[ChatMessage, ...]:
+    """The conversation in a payload's ``messages``; raises ``ValueError`` naming the field
+    (``messages[3].role``)."""
+    if type(value) is not list or not value:
+        raise ValueError("messages is not a non-empty list")
+    messages = []
+    for index, item in enumerate(value):
+        field = f"messages[{index}]"
+        if type(item) is not dict:
+            raise ValueError(f"{field} is not an object")
+        role, content, name = item.get("role"), item.get("content"), item.get("name")
+        if role not in ROLES:
+            raise ValueError(f"{field}.role is not one of {', '.join(ROLES)}")
+        if type(content) is not str:
+            raise ValueError(f"{field}.content is missing or not a string")
+        if name is not None and type(name) is not str:
+            raise ValueError(f"{field}.name is not a string")
+        messages.append(ChatMessage(role=role, content=content, name=name))
+    return tuple(messages)
 
 
 def decode_task(payload: Any) -> TaskMessage:
@@ -155,14 +215,25 @@ def decode_task(payload: Any) -> TaskMessage:
         "tenant": tenant if isinstance(tenant, str) else None,
     }
     # cattrs would turn 123 or None into "123"/"None" for a str field: check those first.
-    for name in ("task_id", "tenant", "prompt"):
+    for name in ("task_id", "tenant"):
         if not isinstance(payload.get(name), str):
             raise InvalidTask(f"{name} is missing or not a string", **salvage)
     if not task_id:
         raise InvalidTask("task_id is empty", **salvage)
-    for name in ("model", "system"):
-        if payload.get(name) is not None and not isinstance(payload[name], str):
-            raise InvalidTask(f"{name} is not a string", **salvage)
+    if payload.get("model") is not None and not isinstance(payload["model"], str):
+        raise InvalidTask("model is not a string", **salvage)
+    if "messages" in payload:
+        try:
+            messages = _decode_messages(payload["messages"])
+        except ValueError as exc:
+            raise InvalidTask(str(exc), **salvage) from None
+    else:  # an older API's task: the prompt/system shorthand
+        prompt, system = payload.get("prompt"), payload.get("system")
+        if not isinstance(prompt, str):
+            raise InvalidTask("messages (or an older task's prompt) is missing", **salvage)
+        if system is not None and not isinstance(system, str):
+            raise InvalidTask("system is not a string", **salvage)
+        messages = messages_of(prompt, system)
     parameters = payload.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
         raise InvalidTask("parameters is not an object", **salvage)
@@ -174,9 +245,8 @@ def decode_task(payload: Any) -> TaskMessage:
     return TaskMessage(
         task_id=task_id,
         tenant=payload["tenant"],
-        prompt=payload["prompt"],
+        messages=messages,
         model=payload.get("model"),
-        system=payload.get("system"),
         parameters=parameters if parameters is not None else {},
         submitted_at=float(submitted_at) if submitted_at is not None else 0.0,
     )

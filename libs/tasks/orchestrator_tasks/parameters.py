@@ -26,10 +26,27 @@ Parameter                     Providers                    Value; OpenAI / Gemin
                                                            ``medium``, ``high``, ``xhigh``
 ``thinking_budget``           gemini                       integer >= -1 (-1: dynamic, 0: off);
                                                            ``thinkingConfig.thinkingBudget``
+``response_format``           openai, gemini, echo         ``{"type": "json_object"}``,
+                                                           ``{"type": "json_schema",
+                                                           "json_schema": {"name", "schema",
+                                                           "strict", "description"}}`` (not
+                                                           echo) or ``{"type": "text"}``;
+                                                           ``response_format`` as is /
+                                                           ``responseMimeType`` +
+                                                           ``responseSchema``
 ``latency_ms``                echo                         number 0..3,600,000
 ``chunk_delay_ms``            echo                         number 0..3,600,000
 ``fail``                      echo                         an error type (see ``echo``)
 ============================= ============================ ===================================
+
+``response_format`` asks for a JSON answer: any JSON object (``json_object``), or one
+following a JSON schema (``json_schema``: ``name`` of 1 to 64 letters, digits, ``_`` or
+``-``; ``schema`` an object; optional ``strict`` and ``description``). OpenAI-compatible
+providers get it unchanged; Gemini gets ``responseMimeType: application/json`` and, for a
+schema, ``responseSchema`` (Gemini reads the OpenAPI subset of JSON Schema and always holds
+the answer to it, whatever ``strict`` says). ``echo`` answers ``json_object`` with the text
+wrapped as ``{"text": ...}``; it cannot follow an arbitrary schema, so ``json_schema`` on
+``echo`` is refused rather than answered with JSON of the wrong shape.
 
 A ``null`` value counts as absent. ``echo`` accepts the common sampling parameters (and
 ignores them), so a task can be tried on ``echo`` unchanged.
@@ -46,6 +63,7 @@ functions and fail the task with ``invalid_request``).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -86,6 +104,9 @@ ECHO_FAILURES: Final = frozenset(
 _MAX_DELAY_MS: Final = 3_600_000
 _REASONING_EFFORTS: Final = ("none", "minimal", "low", "medium", "high", "xhigh")
 _INT32: Final = 2**31
+_SCHEMA_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_RESPONSE_FORMATS: Final = "text, json_object, json_schema"
+_JSON_SCHEMA_KEYS: Final = frozenset({"name", "schema", "strict", "description"})
 
 #: A check: the provider prefix and the value -> an error message, or None when valid.
 Check = Callable[[str, Any], "str | None"]
@@ -149,6 +170,39 @@ def _stop(provider: str, value: Any) -> str | None:
 def _reasoning_effort(_: str, value: Any) -> str | None:
     if value not in _REASONING_EFFORTS:
         return f"must be one of {', '.join(_REASONING_EFFORTS)}"
+    return None
+
+
+def _response_format(provider: str, value: Any) -> str | None:
+    if type(value) is not dict:
+        return 'must be an object such as {"type": "json_object"}'
+    kind = value.get("type")
+    if kind not in ("text", "json_object", "json_schema"):
+        return f"type must be one of {_RESPONSE_FORMATS}"
+    extra = sorted(
+        set(value) - {"type", "json_schema"} if kind == "json_schema" else set(value) - {"type"}
+    )
+    if extra:
+        return f"{extra[0]} is not a field of a {kind} response format"
+    if kind != "json_schema":
+        return None
+    if provider == ECHO:
+        return 'echo cannot follow a JSON schema (it answers json_object as {"text": ...})'
+    schema = value.get("json_schema")
+    if type(schema) is not dict:
+        return "json_schema must be an object with a name and a schema"
+    unknown = sorted(set(schema) - _JSON_SCHEMA_KEYS)
+    if unknown:
+        return f"json_schema.{unknown[0]} is not a field of json_schema"
+    name = schema.get("name")
+    if type(name) is not str or not _SCHEMA_NAME.fullmatch(name):
+        return "json_schema.name must be 1 to 64 letters, digits, _ or -"
+    if type(schema.get("schema")) is not dict:
+        return "json_schema.schema must be a JSON Schema object"
+    if schema.get("strict") is not None and type(schema["strict"]) is not bool:
+        return "json_schema.strict must be true or false"
+    if schema.get("description") is not None and type(schema["description"]) is not str:
+        return "json_schema.description must be a string"
     return None
 
 
@@ -237,6 +291,8 @@ PARAMETERS: Final[Mapping[str, ParameterSpec]] = {
             _integer(-1, _INT32 - 1),
             gemini="thinkingConfig.thinkingBudget",
         ),
+        # Gemini's two fields are built by the worker's gemini_generation_config.
+        ParameterSpec("response_format", _SAMPLING, _response_format, openai="response_format"),
         ParameterSpec("latency_ms", frozenset({ECHO}), _number(0, _MAX_DELAY_MS)),
         ParameterSpec("chunk_delay_ms", frozenset({ECHO}), _number(0, _MAX_DELAY_MS)),
         ParameterSpec("fail", frozenset({ECHO}), _fail),

@@ -11,10 +11,11 @@ from typing import Any, Final
 
 import orjson
 
+from orchestrator_tasks import ROLES
 from orchestrator_tasks.parameters import ECHO_FAILURES, PARAMETERS
 
 from . import problems
-from .validation import MAX_IDEMPOTENCY_KEY, MAX_MODEL_CHARS
+from .validation import MAX_IDEMPOTENCY_KEY, MAX_MESSAGES, MAX_MODEL_CHARS, MAX_NAME_CHARS
 
 __all__ = ["build_document", "document_bytes"]
 
@@ -94,6 +95,40 @@ _PARAMETER_VALUES: Final[dict[str, Schema]] = {
         "minimum": -1,
         "description": "-1: dynamic, 0: off.",
     },
+    "response_format": {
+        "oneOf": [
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["type"],
+                "properties": {"type": {"enum": ["text", "json_object"]}},
+            },
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["type", "json_schema"],
+                "properties": {
+                    "type": {"const": "json_schema"},
+                    "json_schema": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "schema"],
+                        "properties": {
+                            "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                            "schema": {"type": "object"},
+                            "strict": {"type": ["boolean", "null"]},
+                            "description": {"type": ["string", "null"]},
+                        },
+                    },
+                },
+            },
+        ],
+        "description": (
+            'A JSON answer: `json_object` (any object; echo answers `{"text": ...}`) or '
+            "`json_schema` (openai and gemini only). Forwarded as is to openai; gemini gets "
+            "responseMimeType and responseSchema."
+        ),
+    },
     "latency_ms": {
         "type": "number",
         "minimum": 0,
@@ -135,16 +170,55 @@ _COST: Final[Schema] = {
 }
 
 _SCHEMAS: Final[dict[str, Schema]] = {
+    "ChatMessage": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["role", "content"],
+        "properties": {
+            "role": {"enum": list(ROLES)},
+            "content": {"type": "string", "minLength": 1},
+            "name": {
+                "type": ["string", "null"],
+                "minLength": 1,
+                "maxLength": MAX_NAME_CHARS,
+                "description": "Tells participants of one role apart (openai only; others "
+                "ignore it).",
+            },
+        },
+    },
     "TaskSubmission": {
         "type": "object",
         "additionalProperties": False,
-        "required": ["prompt"],
+        "description": (
+            "Either `prompt` (with an optional `system`), the shorthand for a system message "
+            "and one user message, or `messages`: a conversation, never both. All the "
+            "messages' content together is at most MAX_PROMPT_CHARS characters (else 413)."
+        ),
+        "oneOf": [
+            {"required": ["prompt"], "not": {"required": ["messages"]}},
+            {
+                "required": ["messages"],
+                "not": {"anyOf": [{"required": ["prompt"]}, {"required": ["system"]}]},
+            },
+        ],
         "properties": {
             "prompt": {
                 "type": "string",
                 "minLength": 1,
                 "pattern": r"\S",
-                "description": "The prompt; at most MAX_PROMPT_CHARS characters (else 413).",
+                "description": "The prompt: one user message.",
+            },
+            "messages": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_MESSAGES,
+                "items": _ref("ChatMessage"),
+                "contains": {"properties": {"role": {"const": "user"}}},
+                "description": (
+                    "The conversation, in order: system, user and assistant turns, at least "
+                    "one of them a user message. An invalid one is a 400 naming it "
+                    "(`messages[3].role`)."
+                ),
             },
             "model": {
                 "type": ["string", "null"],
@@ -154,7 +228,7 @@ _SCHEMAS: Final[dict[str, Schema]] = {
             },
             "system": {
                 "type": ["string", "null"],
-                "description": "System instruction; at most MAX_PROMPT_CHARS characters.",
+                "description": "System instruction, with `prompt` only.",
             },
             "parameters": {
                 "type": ["object", "null"],
@@ -174,7 +248,7 @@ _SCHEMAS: Final[dict[str, Schema]] = {
                 "default": True,
                 "description": (
                     "Use this tenant's prompt cache (default true): the same model (as "
-                    "submitted), system, prompt and parameters within CACHE_TTL_MINUTES of "
+                    "submitted), conversation and parameters within CACHE_TTL_MINUTES of "
                     "an identical task's success get its answer at once, without a provider "
                     "call (the task is `succeeded` and `cached` on submit); while an "
                     "identical task is still in flight the new one joins it (`joined`) "
@@ -573,7 +647,7 @@ def build_document() -> dict[str, Any]:
                             "invalid Idempotency-Key."
                         ),
                         "413": _problem(
-                            "The body (MAX_BODY_BYTES) or the prompt "
+                            "The body (MAX_BODY_BYTES) or the conversation's text "
                             "(MAX_PROMPT_CHARS) is too large."
                         ),
                         "409": _problem(

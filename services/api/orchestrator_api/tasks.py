@@ -7,13 +7,13 @@ import hashlib
 import logging
 import os
 import time
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import orjson
 
 from orchestrator_broker import Broker, BrokerError, Message
-from orchestrator_tasks import TaskMessage, encode_task
+from orchestrator_tasks import ChatMessage, TaskMessage, encode_task
 from orchestrator_telemetry.propagation import current_span_context
 
 from .deadlines import Deadlines
@@ -36,13 +36,26 @@ log = logging.getLogger(__name__)
 DEFAULT_PUBLISH_TIMEOUT: Final = 2.0
 
 
+def _conversation(messages: tuple[ChatMessage, ...]) -> tuple[Any, ...]:
+    """What the digests hash of a conversation. A system prompt and one user message (the
+    ``prompt``/``system`` shorthand, whichever way it was sent) hash as ``system, prompt``,
+    as before conversations: keys made by an older API replica still match during an upgrade.
+    Any other conversation hashes as its ``[role, content, name]`` turns, in order."""
+    if all(m.name is None for m in messages):
+        if len(messages) == 1 and messages[0].role == "user":
+            return (None, messages[0].content)
+        if len(messages) == 2 and (messages[0].role, messages[1].role) == ("system", "user"):
+            return (messages[0].content, messages[1].content)
+    return ([[m.role, m.content, m.name] for m in messages],)
+
+
 def cache_key(tenant: str, submission: Submission) -> str:
     """The prompt cache key of ``submission`` for ``tenant``: a digest of the tenant, the model
-    as submitted, the system prompt, the prompt and the parameters (canonical JSON: sorted
-    keys), so equal requests match, another tenant's never do, and no prompt is kept as a key.
+    as submitted, the whole conversation and the parameters (canonical JSON: sorted keys), so
+    equal requests match, another tenant's never do, and no prompt is kept as a key.
     """
     canonical = orjson.dumps(
-        (tenant, submission.model, submission.system, submission.prompt, submission.parameters),
+        (tenant, submission.model, *_conversation(submission.messages), submission.parameters),
         option=orjson.OPT_SORT_KEYS,
     )
     return hashlib.blake2b(canonical, digest_size=20).hexdigest()
@@ -54,8 +67,7 @@ def request_fingerprint(submission: Submission) -> str:
     canonical = orjson.dumps(
         (
             submission.model,
-            submission.system,
-            submission.prompt,
+            *_conversation(submission.messages),
             submission.parameters,
             submission.metadata,
             submission.cache,
@@ -144,9 +156,8 @@ class TaskService:
                 TaskMessage(
                     task_id=task_id,
                     tenant=tenant,
-                    prompt=submission.prompt,
+                    messages=submission.messages,
                     model=submission.model,
-                    system=submission.system,
                     parameters=submission.parameters,
                     submitted_at=now,
                 )

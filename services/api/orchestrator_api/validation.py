@@ -1,5 +1,9 @@
 """Validation of ``POST /v1/tasks`` bodies, by hand: it runs on every submission.
 
+A task asks either a ``prompt`` (with an optional ``system``), the shorthand for one user
+message after a system message, or a conversation, ``messages``; never both. Either way the
+``Submission`` holds the conversation.
+
 A schema library would be several times slower here; the OpenAPI document in ``openapi.py``
 describes the same rules, and the tests hold the two together.
 """
@@ -11,6 +15,7 @@ from typing import Any, Final, cast
 import attrs
 import orjson
 
+from orchestrator_tasks import ROLES, ChatMessage, Role, messages_of
 from orchestrator_tasks.parameters import validate_parameters
 
 from .problems import (
@@ -21,20 +26,34 @@ from .problems import (
     Problem,
 )
 
-__all__ = ["MAX_IDEMPOTENCY_KEY", "MAX_MODEL_CHARS", "Submission", "parse_submission"]
+__all__ = [
+    "MAX_IDEMPOTENCY_KEY",
+    "MAX_MESSAGES",
+    "MAX_MODEL_CHARS",
+    "MAX_NAME_CHARS",
+    "Submission",
+    "parse_submission",
+]
 
 MAX_MODEL_CHARS: Final = 200
 MAX_IDEMPOTENCY_KEY: Final = 255
-_FIELDS: Final = frozenset({"prompt", "model", "system", "parameters", "metadata", "cache"})
+#: Most turns in one conversation, and the longest participant ``name`` (OpenAI's limit).
+MAX_MESSAGES: Final = 1000
+MAX_NAME_CHARS: Final = 64
+_FIELDS: Final = frozenset(
+    {"prompt", "messages", "model", "system", "parameters", "metadata", "cache"}
+)
+_MESSAGE_FIELDS: Final = frozenset({"role", "content", "name"})
+_ROLE_LIST: Final = ", ".join(ROLES)
 
 
 @attrs.frozen
 class Submission:
-    """A valid task submission."""
+    """A valid task submission: the conversation to answer (from ``messages``, or from the
+    ``prompt``/``system`` shorthand), and how."""
 
-    prompt: str
+    messages: tuple[ChatMessage, ...]
     model: str | None = None
-    system: str | None = None
     parameters: dict[str, Any] = attrs.field(factory=dict)
     metadata: dict[str, Any] = attrs.field(factory=dict)
     #: Whether the tenant's prompt cache applies (``"cache": false`` opts out).
@@ -43,7 +62,8 @@ class Submission:
 
 def parse_submission(body: bytes, *, max_prompt_chars: int) -> Submission:
     """The submission in ``body``, or a ``Problem``: 400 with per-field ``errors`` for invalid
-    input, 400 for malformed JSON, 413 for a prompt (or system prompt) over the limit."""
+    input, 400 for malformed JSON, 413 for a conversation whose text (every message's
+    content, or the prompt and the system prompt) is over ``max_prompt_chars``."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -59,14 +79,10 @@ def parse_submission(body: bytes, *, max_prompt_chars: int) -> Submission:
             {"field": name, "message": "unknown field"} for name in data if name not in _FIELDS
         )
 
-    prompt = data.get("prompt")
-    if type(prompt) is not str or not prompt.strip():
-        message = "required" if "prompt" not in data else "must be a non-empty string"
-        errors.append({"field": "prompt", "message": message})
+    messages = _conversation(data, errors)
     model = _optional_text(data, "model", errors)
     if model is not None and (not model.strip() or len(model) > MAX_MODEL_CHARS):
         errors.append({"field": "model", "message": f"must be 1 to {MAX_MODEL_CHARS} characters"})
-    system = _optional_text(data, "system", errors)
     parameters = _optional_object(data, "parameters", errors)
     if parameters:
         # Checked against the model's provider (the worker's own rules): an unsupported or
@@ -82,18 +98,18 @@ def parse_submission(body: bytes, *, max_prompt_chars: int) -> Submission:
     if errors:
         raise _invalid(errors)
 
-    prompt = cast(str, prompt)  # checked above
-    for name, text in (("prompt", prompt), ("system", system)):
-        if text is not None and len(text) > max_prompt_chars:
-            raise Problem(
-                413,
-                f"'{name}' is {len(text)} characters; the limit is {max_prompt_chars}.",
-                type=TYPE_TOO_LARGE,
-            )
+    assert messages is not None  # no errors: one of the two forms was valid
+    size = sum(len(m.content) for m in messages)
+    if size > max_prompt_chars:
+        what = "'messages' are" if "messages" in data else "'prompt' and 'system' are"
+        raise Problem(
+            413,
+            f"{what} {size} characters together; the limit is {max_prompt_chars}.",
+            type=TYPE_TOO_LARGE,
+        )
     return Submission(
-        prompt=prompt,
+        messages=messages,
         model=model,
-        system=system,
         parameters=parameters or {},
         metadata=metadata or {},
         cache=cache is not False,
@@ -109,6 +125,69 @@ def _invalid(errors: list[FieldError]) -> Problem:
         title="Invalid request",
         errors=errors,
     )
+
+
+def _conversation(data: dict[str, Any], errors: list[FieldError]) -> tuple[ChatMessage, ...] | None:
+    """The conversation ``data`` asks: ``messages``, or the ``prompt``/``system`` shorthand
+    (None, with ``errors``, when neither is valid)."""
+    if "messages" not in data:
+        prompt = data.get("prompt")
+        system = _optional_text(data, "system", errors)
+        if type(prompt) is not str or not prompt.strip():
+            message = (
+                "required (or 'messages')" if "prompt" not in data else "must be a non-empty string"
+            )
+            errors.append({"field": "prompt", "message": message})
+            return None
+        return messages_of(prompt, system)
+    for shorthand in ("prompt", "system"):
+        if shorthand in data:
+            errors.append(
+                {
+                    "field": shorthand,
+                    "message": "not allowed with 'messages' (send it as a message)",
+                }
+            )
+    value = data["messages"]
+    if type(value) is not list or not value:
+        errors.append({"field": "messages", "message": "must be a non-empty list of messages"})
+        return None
+    if len(value) > MAX_MESSAGES:
+        errors.append({"field": "messages", "message": f"must hold at most {MAX_MESSAGES}"})
+        return None
+    before = len(errors)
+    messages: list[ChatMessage] = []
+    for index, item in enumerate(value):
+        field = f"messages[{index}]"
+        if type(item) is not dict:
+            errors.append({"field": field, "message": "must be an object with role and content"})
+            continue
+        errors.extend(
+            {"field": f"{field}.{key}", "message": "unknown field"}
+            for key in item
+            if key not in _MESSAGE_FIELDS
+        )
+        role, content, name = item.get("role"), item.get("content"), item.get("name")
+        if role not in ROLES:
+            message = "required" if "role" not in item else f"must be one of {_ROLE_LIST}"
+            errors.append({"field": f"{field}.role", "message": message})
+        if type(content) is not str or not content:
+            message = "required" if "content" not in item else "must be a non-empty string"
+            errors.append({"field": f"{field}.content", "message": message})
+        if name is not None and (type(name) is not str or not 0 < len(name) <= MAX_NAME_CHARS):
+            errors.append(
+                {"field": f"{field}.name", "message": f"must be 1 to {MAX_NAME_CHARS} characters"}
+            )
+        if len(errors) == before:
+            messages.append(
+                ChatMessage(role=cast(Role, role), content=cast(str, content), name=name)
+            )
+    if len(errors) > before:
+        return None
+    if not any(m.role == "user" for m in messages):
+        errors.append({"field": "messages", "message": "must hold at least one user message"})
+        return None
+    return tuple(messages)
 
 
 def _optional_text(data: dict[str, Any], name: str, errors: list[FieldError]) -> str | None:

@@ -404,8 +404,7 @@ class TaskRunner:
         name = route.provider.name
         request = CompletionRequest(
             model=route.model,
-            prompt=task.prompt,
-            system=task.system,
+            messages=task.messages,
             parameters=task.parameters,
             task_id=task.task_id,
         )

@@ -1,10 +1,11 @@
 """``echo``: an offline, deterministic provider that answers with the prompt itself.
 
 For demos, tests, capacity tests and benchmarks: it needs no network and no key. The answer
-is the prompt text exactly, streamed in chunks cut at word boundaries (each word keeps the
-whitespace that follows it, so the chunks join back to the prompt byte for byte): one word per
-chunk when ``chunk_delay_ms`` is set, otherwise runs of words up to ~200 characters, since
-chunks that arrive together are coalesced anyway and each one costs a little CPU.
+is the conversation's last user message exactly (the prompt, for a one-prompt task), streamed
+in chunks cut at word boundaries (each word keeps the whitespace that follows it, so the
+chunks join back to the message byte for byte): one word per chunk when ``chunk_delay_ms`` is
+set, otherwise runs of words up to ~200 characters, since chunks that arrive together are
+coalesced anyway and each one costs a little CPU.
 
 Task parameters it understands:
 
@@ -19,8 +20,12 @@ Task parameters it understands:
   ``Retry-After`` which, as from a real provider, pauses echo for that second for every
   task of the worker process (see ``breaker``).
 
-Usage is approximate: tokens are counted as whitespace-separated words (input: system and
-prompt; output: the answer).
+- ``response_format`` ``{"type": "json_object"}``: the answer is that text as JSON,
+  ``{"text": "..."}`` (streamed in the same chunks). ``json_schema`` is refused
+  (``invalid_request``): echo cannot follow an arbitrary schema.
+
+Usage is approximate: tokens are counted as whitespace-separated words (input: every
+message; output: the answer).
 
 Like the real providers, each call is a ``chat echo`` CLIENT span (GenAI conventions:
 ``gen_ai.provider.name`` ``echo``, request model, usage, finish reason or ``error.type``), a
@@ -34,6 +39,7 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import orjson
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -95,11 +101,13 @@ class EchoProvider:
         latency = _delay(request.parameters, "latency_ms")
         chunk_delay = _delay(request.parameters, "chunk_delay_ms")
         failure = _failure(request.parameters)
-        return self._stream(request, latency, chunk_delay, failure)
+        answer = _answer(request)
+        return self._stream(request, answer, latency, chunk_delay, failure)
 
     async def _stream(
         self,
         request: CompletionRequest,
+        answer: str,
         latency: float,
         chunk_delay: float,
         failure: type[ProviderError] | None,
@@ -122,17 +130,17 @@ class EchoProvider:
                 raise failure(f"echo was asked to fail with {failure.type}", retry_after=1.0)
             if chunk_delay:
                 first = True
-                for match in _CHUNK.finditer(request.prompt):
+                for match in _CHUNK.finditer(answer):
                     if not first:
                         await asyncio.sleep(chunk_delay)
                     first = False
                     yield match.group()
             else:
-                for chunk in _grouped(request.prompt):
+                for chunk in _grouped(answer):
                     yield chunk
             usage = Usage(
-                input_tokens=count_words(request.system) + count_words(request.prompt),
-                output_tokens=count_words(request.prompt),
+                input_tokens=sum(count_words(m.content) for m in request.messages),
+                output_tokens=count_words(answer),
             )
             if span.is_recording():
                 span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
@@ -163,6 +171,24 @@ def _grouped(text: str) -> list[str]:
         end = match.end()
     chunks.append(text[start:end])
     return chunks
+
+
+def _answer(request: CompletionRequest) -> str:
+    """The last user message, as JSON ``{"text": ...}`` when ``response_format`` asks."""
+    text = request.last_user_message
+    response_format = request.parameters.get("response_format")
+    if response_format is None:
+        return text
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_object":
+        return orjson.dumps({"text": text}).decode()
+    if kind == "text":
+        return text
+    if kind == "json_schema":
+        raise InvalidRequest(
+            'parameters.response_format: echo cannot follow a JSON schema (use "json_object")'
+        )
+    raise InvalidRequest("parameters.response_format must be a text or json_object format")
 
 
 def _delay(parameters: Mapping[str, Any], name: str) -> float:

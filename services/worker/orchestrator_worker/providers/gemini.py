@@ -2,8 +2,10 @@
 
 The call: ``POST {GEMINI_BASE_URL}/models/{model}:streamGenerateContent?alt=sse`` with the
 key in the ``x-goog-api-key`` header (never in the URL, where proxies and logs keep it). The
-prompt is one user turn in ``contents``, ``system`` the ``systemInstruction``, the task's
-parameters ``generationConfig`` fields (see ``parameters``). Each SSE event is a
+conversation's user and assistant turns are ``contents`` in order (roles ``user`` and
+``model``; Gemini has no ``name``), its system messages the parts of ``systemInstruction``,
+the task's parameters ``generationConfig`` fields (see ``parameters``; ``response_format``
+becomes ``responseMimeType`` and ``responseSchema``). Each SSE event is a
 ``GenerateContentResponse``; text is in ``candidates[0].content.parts[].text`` (parts marked
 ``thought`` are the model's thinking, not the answer), usage in ``usageMetadata`` (output
 counts ``candidatesTokenCount`` plus ``thoughtsTokenCount``, as billed). A plain JSON answer
@@ -75,6 +77,19 @@ _RPC_STATUS = {
 }
 
 
+#: Gemini's name for each non-system role.
+_ROLES = {"user": "user", "assistant": "model"}
+
+
+def _contents(request: CompletionRequest) -> list[dict[str, Any]]:
+    """The user and assistant turns as Gemini ``contents``, in order."""
+    return [
+        {"role": _ROLES[m.role], "parts": [{"text": m.content}]}
+        for m in request.messages
+        if m.role != "system"
+    ]
+
+
 class GeminiProvider:
     """Streams ``streamGenerateContent`` from ``settings.base_url``; one pooled session."""
 
@@ -99,6 +114,8 @@ class GeminiProvider:
         problems = validate_parameters(f"{self.name}/{request.model}", request.parameters)
         if problems:
             raise InvalidRequest("; ".join(f"{field}: {message}" for field, message in problems))
+        if not any(m.role != "system" for m in request.messages):
+            raise InvalidRequest(f"{_LABEL}: the conversation has no user or assistant turn")
         if not _MODEL.match(request.model):
             raise InvalidModel(f"{_LABEL}: {request.model[:100]!r} is not a Gemini model name")
         key = self._settings.api_key
@@ -112,11 +129,10 @@ class GeminiProvider:
         return f"{self._base}/{path}:streamGenerateContent?alt=sse"
 
     def _body(self, request: CompletionRequest) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "contents": [{"role": "user", "parts": [{"text": request.prompt}]}],
-        }
-        if request.system:
-            body["systemInstruction"] = {"parts": [{"text": request.system}]}
+        body: dict[str, Any] = {"contents": _contents(request)}
+        system = request.system_messages
+        if system:
+            body["systemInstruction"] = {"parts": [{"text": text} for text in system]}
         config = gemini_generation_config(request.parameters)
         if config:
             body["generationConfig"] = config
@@ -130,8 +146,8 @@ class GeminiProvider:
             model=request.model,
             url=yarl.URL(url),
             parameters=request.parameters,
-            prompt=request.prompt,
-            system=request.system,
+            prompt=request.last_user_message,
+            system="\n\n".join(request.system_messages) or None,
             trace_content=self._settings.http.trace_content,
         )
         answer = _Answer(span, key)

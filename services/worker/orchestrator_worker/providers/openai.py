@@ -5,8 +5,9 @@ Serves OpenAI itself and the servers that speak its API: Ollama
 ``OPENAI_API_KEY`` is optional (local servers need none); it goes as a bearer token.
 
 The call: ``POST {OPENAI_BASE_URL}/chat/completions`` with ``stream: true`` and
-``stream_options.include_usage``; ``system`` becomes a system message, the prompt a user
-message, and the task's parameters their Chat Completions names (see ``parameters``). The
+``stream_options.include_usage``; the conversation goes as ``messages`` unchanged (role,
+content, and ``name`` where set), and the task's parameters their Chat Completions names
+(see ``parameters``; ``response_format`` goes as is). The
 answer arrives as SSE ``data: {chunk}`` events ending with ``data: [DONE]``; usage comes in
 the last chunk. A server that answers with a plain JSON completion instead is understood too.
 
@@ -85,10 +86,12 @@ class OpenAIProvider:
         return self._stream(request, self._body(request))
 
     def _body(self, request: CompletionRequest) -> dict[str, Any]:
-        messages = []
-        if request.system:
-            messages.append({"role": "system", "content": request.system})
-        messages.append({"role": "user", "content": request.prompt})
+        messages = [
+            {"role": m.role, "content": m.content}
+            if m.name is None
+            else {"role": m.role, "content": m.content, "name": m.name}
+            for m in request.messages
+        ]
         return {
             "model": request.model,
             "messages": messages,
@@ -113,8 +116,8 @@ class OpenAIProvider:
             model=request.model,
             url=yarl.URL(self._url),
             parameters=request.parameters,
-            prompt=request.prompt,
-            system=request.system,
+            prompt=request.last_user_message,
+            system="\n\n".join(request.system_messages) or None,
             trace_content=self._settings.http.trace_content,
         )
         answer = _Answer(span, self._settings.api_key)

@@ -28,6 +28,9 @@ def gemini_generation_config(parameters: Mapping[str, Any]) -> dict[str, Any]:
     """The ``generationConfig`` object for validated ``parameters`` (empty if none)."""
     config: dict[str, Any] = {}
     for spec, value in present_parameters(parameters):
+        if spec.name == "response_format":
+            config.update(_gemini_response_format(value))
+            continue
         if not spec.gemini:
             continue
         if spec.name == "stop" and isinstance(value, str):
@@ -40,6 +43,19 @@ def gemini_generation_config(parameters: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
+def _gemini_response_format(value: Mapping[str, Any]) -> dict[str, Any]:
+    """``responseMimeType`` (and ``responseSchema``) for a validated ``response_format``."""
+    kind = value.get("type")
+    if kind == "json_object":
+        return {"responseMimeType": "application/json"}
+    if kind == "json_schema":
+        return {
+            "responseMimeType": "application/json",
+            "responseSchema": value["json_schema"]["schema"],
+        }
+    return {}  # "text": Gemini's default
+
+
 def span_attributes(parameters: Mapping[str, Any]) -> dict[str, Any]:
     """The ``gen_ai.request.*`` span attributes for ``parameters`` (valid values only)."""
     attributes: dict[str, Any] = {}
@@ -50,4 +66,8 @@ def span_attributes(parameters: Mapping[str, Any]) -> dict[str, Any]:
             stops = [value] if isinstance(value, str) else value
             if isinstance(stops, list) and all(isinstance(s, str) for s in stops):
                 attributes["gen_ai.request.stop_sequences"] = tuple(stops)
+        elif spec.name == "response_format" and isinstance(value, Mapping):
+            kind = value.get("type")
+            if kind in ("json_object", "json_schema", "text"):
+                attributes["gen_ai.output.type"] = "text" if kind == "text" else "json"
     return attributes

@@ -13,34 +13,55 @@ times out or the worker shuts down, so a provider's stream must clean up in ``fi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import attrs
 
-from orchestrator_tasks.messages import Usage
+from orchestrator_tasks.messages import ChatMessage, Usage, messages_of
 
 
 def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
     return dict(value)
 
 
+def _conversation(value: Sequence[ChatMessage]) -> tuple[ChatMessage, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class CompletionRequest:
-    """What to ask the model.
+    """What to ask the model: the conversation to answer, in order.
 
     ``model`` is the provider's own model name: ``gpt-4o-mini`` for the task model
     ``openai/gpt-4o-mini``. ``parameters`` are the task's free-form parameters
     (``temperature``, ``max_tokens``, provider-specific ones); a provider ignores what it does
     not know and raises ``InvalidRequest`` for values it cannot use. ``task_id`` is for logs
-    and provider-side request tagging, never for the prompt.
+    and provider-side request tagging, never for the prompt. ``CompletionRequest.of`` builds
+    the one-prompt request.
     """
 
     model: str
-    prompt: str
-    system: str | None = None
+    messages: tuple[ChatMessage, ...] = attrs.field(converter=_conversation)
     parameters: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
     task_id: str = ""
+
+    @classmethod
+    def of(
+        cls, model: str, prompt: str, system: str | None = None, **fields: Any
+    ) -> CompletionRequest:
+        """The request for ``prompt`` (one user message) after ``system``, if any."""
+        return cls(model=model, messages=messages_of(prompt, system), **fields)
+
+    @property
+    def last_user_message(self) -> str:
+        """The content of the last user message ("" if none)."""
+        return next((m.content for m in reversed(self.messages) if m.role == "user"), "")
+
+    @property
+    def system_messages(self) -> list[str]:
+        """The contents of the system messages, in order."""
+        return [m.content for m in self.messages if m.role == "system"]
 
 
 @attrs.frozen
