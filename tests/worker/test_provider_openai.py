@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
+import orjson
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -539,6 +540,37 @@ async def test_prompt_and_answer_go_on_the_span_only_when_asked(
     assert "the prompt" in str(attributes["gen_ai.input.messages"])
     assert "sys" in str(attributes["gen_ai.system_instructions"])
     assert "the answer" in str(attributes["gen_ai.output.messages"])
+
+
+async def test_the_span_holds_the_whole_conversation_in_order_when_asked(
+    fake: FakeLLM,
+    make_provider: MakeProvider,
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    fake.script(Reply.answer("four"))
+    conversation = (
+        ChatMessage(role="system", content="be brief"),
+        ChatMessage(role="user", content="two plus two?"),
+        ChatMessage(role="assistant", content="four"),
+        ChatMessage(role="user", content="and again?"),
+    )
+
+    await collect(
+        make_provider(trace_content=True).stream(
+            CompletionRequest(model="gpt-4o-mini", messages=conversation)
+        )
+    )
+
+    [span] = spans[1].get_finished_spans()
+    attributes = dict(span.attributes or {})
+    assert orjson.loads(str(attributes["gen_ai.input.messages"])) == [
+        {"role": "user", "parts": [{"type": "text", "content": "two plus two?"}]},
+        {"role": "assistant", "parts": [{"type": "text", "content": "four"}]},
+        {"role": "user", "parts": [{"type": "text", "content": "and again?"}]},
+    ]
+    assert orjson.loads(str(attributes["gen_ai.system_instructions"])) == [
+        {"type": "text", "content": "be brief"}
+    ]
 
 
 async def test_a_failed_call_has_an_error_span(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -25,7 +25,7 @@ import yarl
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from orchestrator_tasks.messages import Usage
+from orchestrator_tasks.messages import ChatMessage, Usage
 
 from .errors import ProviderError
 from .parameters import span_attributes
@@ -54,8 +54,7 @@ class CallSpan:
         model: str,
         url: yarl.URL,
         parameters: Mapping[str, Any],
-        prompt: str,
-        system: str | None,
+        messages: Sequence[ChatMessage],
         trace_content: bool,
     ) -> None:
         self._span = tracer.start_span(f"chat {model}", kind=SpanKind.CLIENT)
@@ -72,13 +71,19 @@ class CallSpan:
                 **span_attributes(parameters),
             }
             if trace_content:
+                # The whole conversation in order; system turns as the system instructions.
                 attributes["gen_ai.input.messages"] = _json(
-                    [{"role": "user", "parts": [{"type": "text", "content": prompt}]}]
+                    [
+                        {"role": m.role, "parts": [{"type": "text", "content": m.content}]}
+                        for m in messages
+                        if m.role != "system"
+                    ]
                 )
+                system = [
+                    {"type": "text", "content": m.content} for m in messages if m.role == "system"
+                ]
                 if system:
-                    attributes["gen_ai.system_instructions"] = _json(
-                        [{"type": "text", "content": system}]
-                    )
+                    attributes["gen_ai.system_instructions"] = _json(system)
             self._span.set_attributes(attributes)
         self.trace_content = trace_content
         self._ended = False

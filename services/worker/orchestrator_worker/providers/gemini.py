@@ -146,8 +146,7 @@ class GeminiProvider:
             model=request.model,
             url=yarl.URL(url),
             parameters=request.parameters,
-            prompt=request.last_user_message,
-            system="\n\n".join(request.system_messages) or None,
+            messages=request.messages,
             trace_content=self._settings.http.trace_content,
         )
         answer = _Answer(span, key)

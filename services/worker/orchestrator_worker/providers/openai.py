@@ -116,8 +116,7 @@ class OpenAIProvider:
             model=request.model,
             url=yarl.URL(self._url),
             parameters=request.parameters,
-            prompt=request.last_user_message,
-            system="\n\n".join(request.system_messages) or None,
+            messages=request.messages,
             trace_content=self._settings.http.trace_content,
         )
         answer = _Answer(span, self._settings.api_key)
