@@ -110,6 +110,46 @@ async def test_run_mode_answers_submit_wait_and_stream_without_redis(
     )
 
 
+async def test_submit_sends_a_conversation_with_message(
+    services: Services, session: aiohttp.ClientSession
+) -> None:
+    port = free_port()
+    run = services.start("run", ["run", "--port", str(port)], clean_env())
+    run.url = f"http://127.0.0.1:{port}"
+    await wait_healthy(session, run)
+
+    outcome = await run_cli(
+        [
+            "submit", "--url", run.url, "--wait",
+            "--message", "system:answer in one word",
+            "--message", "user:first question",
+            "--message", "assistant:first answer",
+            "--message", "user:the last: question",
+        ]
+    )  # fmt: skip
+
+    assert outcome.returncode == 0, outcome.stderr
+    assert outcome.stdout == "the last: question\n"  # echo answers the last user turn
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--message", "robot:hello"], "ROLE:TEXT"),
+        (["--message", "no role here"], "ROLE:TEXT"),
+        (["a prompt", "--message", "user:hello"], "not both"),
+        ([], "PROMPT"),
+    ],
+)
+async def test_a_bad_conversation_on_the_command_line_is_one_line(
+    args: list[str], message: str
+) -> None:
+    outcome = await run_cli(["submit", "--url", f"http://127.0.0.1:{free_port()}", *args])
+    assert outcome.returncode == 2
+    assert len(outcome.stderr_lines) == 1, outcome.stderr
+    assert message in outcome.stderr
+
+
 async def test_run_refuses_a_non_loopback_host_without_keys() -> None:
     # 192.0.2.1 (TEST-NET-1) is on no interface: even if the check were missing, nothing
     # would be exposed (the bind would fail instead, and the message would not match).

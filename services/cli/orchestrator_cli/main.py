@@ -96,7 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="Submit a prompt to a running API.",
         description="Submit a prompt to a running API and print the task, or its answer.",
     )
-    submit.add_argument("prompt", help="the prompt text ('-' reads standard input)")
+    submit.add_argument(
+        "prompt", nargs="?", help="the prompt text ('-' reads standard input); or --message"
+    )
+    submit.add_argument(
+        "--message",
+        action="append",
+        default=[],
+        metavar="ROLE:TEXT",
+        help="a turn of a conversation, ROLE one of system, user, assistant (repeatable, in "
+        "order; instead of PROMPT and --system)",
+    )
     submit.add_argument("--model", help="model name, e.g. echo or openai/gpt-4o-mini")
     submit.add_argument("--system", help="system instruction")
     submit.add_argument(
@@ -134,15 +144,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The roles ``--message`` takes (the API's ``messages[].role``).
+_ROLES = ("system", "user", "assistant")
+
+
+def _parse_message(text: str) -> dict[str, str]:
+    role, sep, content = text.partition(":")
+    if not sep or role not in _ROLES:
+        raise UsageError(f"--message expects ROLE:TEXT with ROLE one of {', '.join(_ROLES)}")
+    return {"role": role, "content": content}
+
+
+def _conversation(args: argparse.Namespace) -> dict[str, Any]:
+    """The request's ``messages``, or its ``prompt``/``system`` shorthand."""
+    if args.message:
+        if args.prompt is not None or args.system:
+            raise UsageError("give either PROMPT (and --system) or --message, not both")
+        return {"messages": [_parse_message(m) for m in args.message]}
+    if args.prompt is None:
+        raise UsageError("submit needs a PROMPT or at least one --message ROLE:TEXT")
+    body: dict[str, Any] = {"prompt": sys.stdin.read() if args.prompt == "-" else args.prompt}
+    if args.system:
+        body["system"] = args.system
+    return body
+
+
 def _run_submit(args: argparse.Namespace) -> int:
     from .client import ClientError, submit
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    body: dict[str, Any] = {"prompt": prompt}
+    body: dict[str, Any] = _conversation(args)
     if args.model:
         body["model"] = args.model
-    if args.system:
-        body["system"] = args.system
     if args.param:
         body["parameters"] = dict(_parse_param(p) for p in args.param)
     mode = "wait" if args.wait else "stream" if args.stream else "submit"
