@@ -91,7 +91,8 @@ class ApiSettings:
       to ``API_KEYS``. Without any key the service refuses to start unless auth is disabled.
     - ``AUTH_DISABLED`` [false]: ``true`` accepts every request as tenant ``default``.
     - ``MAX_BODY_BYTES`` [1048576]: largest request body accepted (413 above).
-    - ``MAX_PROMPT_CHARS`` [100000]: longest ``prompt`` (and ``system``) accepted (413 above).
+    - ``MAX_PROMPT_CHARS`` [100000]: longest conversation accepted, every message's content
+      together (the ``prompt``/``system`` shorthand counts the same); 413 above.
     - ``SHUTDOWN_GRACE_SECONDS`` [10]: on SIGTERM, how long in-flight requests may finish.
     - ``DEAD_LETTER_MAXLEN`` [10000]: dead letters kept per stream (newest first; 0 = all).
     - ``RATE_LIMITS`` [unset]: submissions per tenant and API process, ``*=50/s,acme=200/s``
