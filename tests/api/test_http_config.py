@@ -88,6 +88,8 @@ def test_auth_can_be_disabled_explicitly() -> None:
         ("SHUTDOWN_GRACE_SECONDS", "nan"),
         ("DEAD_LETTER_MAXLEN", "-1"),
         ("DEAD_LETTER_MAXLEN", "lots"),
+        ("METRICS_MAX_LABEL_VALUES", "0"),
+        ("METRICS_MAX_LABEL_VALUES", "many"),
         ("LOG_LEVEL", "LOUD"),
         ("LOG_FORMAT", "xml"),
         ("REDIS_STREAM_ID", "my tasks"),

@@ -23,7 +23,7 @@ from orchestrator_broker import MemoryBroker
 from orchestrator_telemetry import TracingBroker, process_context
 from orchestrator_worker.config import WorkerSettings
 from orchestrator_worker.worker import Worker
-from tests.metrics.exposition import Family, names, parse, value
+from tests.metrics.exposition import Family, names, parse, samples, value
 
 ACME = {"Authorization": "Bearer key-acme"}
 GLOBEX = {"Authorization": "Bearer key-globex"}
@@ -238,3 +238,50 @@ async def test_a_broker_that_is_down_reads_as_down_without_stale_depths(stack: S
 
     assert value(families, "orchestrator_broker_up") == 0
     assert "orchestrator_queue_backlog" not in names(families)
+
+
+_METHODS = (
+    "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "SEARCH",
+    "PURGE", "LINK", "UNLINK", "ACL", "MERGE", "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE", "PATCH",
+)  # fmt: skip
+
+
+async def test_made_up_model_names_and_methods_cannot_grow_metrics_past_the_cap(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+) -> None:
+    settings = ApiSettings(api_keys=(("acme", "key-acme"),), metrics_max_label_values=10)
+    broker = MemoryBroker()
+    store = MemoryTaskStore(settings.cache_ttl_seconds)
+    client = await aiohttp_client(create_app(settings, broker=broker, store=store))
+    try:
+
+        async def flood(start: int, stop: int) -> int:
+            for index in range(start, stop):
+                response = await client.post(
+                    "/v1/tasks", json={"prompt": "x", "model": f"made-up-{index}"}, headers=ACME
+                )
+                assert response.status == 202, await response.text()
+                # Methods the HTTP parser knows (it refuses made-up ones before any handler)
+                await client.request(_METHODS[index % len(_METHODS)], "/no-such-route")
+            response = await client.get("/metrics")
+            return len(await response.read())
+
+        await client.get("/metrics")  # so GET /metrics has its own series from the start
+        after_30 = await flood(0, 30)
+        after_300 = await flood(30, 300)
+        families = await scrape(client)
+    finally:
+        await client.close()
+        await store.close()
+        await broker.close()
+
+    accepted = "orchestrator_api_tasks_accepted_total"
+    models = {s.labels["model"] for s in families[accepted].samples}
+    assert len(models) == 11  # ten kept, the rest as one "other"
+    assert value(families, accepted, tenant="acme", model="other") == 290
+    count = "orchestrator_api_http_request_duration_seconds_count"
+    methods = {s.labels["method"] for s in samples(families) if s.name == count}
+    assert methods == {"GET", "POST", "PATCH", "_OTHER"}  # unknown methods are one value
+    # 270 more made-up names: no new series (only counts got a digit longer), where each
+    # new model used to add two series and ~400 bytes
+    assert after_300 - after_30 < 100

@@ -14,6 +14,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from orchestrator_telemetry.metrics import (
     MAX_LABEL_VALUE,
+    OTHER,
     OVERFLOW,
     MetricError,
     add_refresh,
@@ -39,6 +40,37 @@ def test_labels_returns_the_same_child_for_the_same_values() -> None:
 
     assert statuses.labels("200") is statuses.labels("200")
     assert statuses.labels(200) is statuses.labels("200")
+
+
+def test_a_capped_label_keeps_its_first_values_and_counts_later_ones_as_other() -> None:
+    registry = CollectorRegistry()
+    tokens = counter(
+        registry,
+        "tokens_total",
+        "Tokens.",
+        ("tenant", "model", "direction"),
+        capped=("model",),
+        max_label_values=3,
+    )
+    for index in range(10):
+        for direction in ("input", "output"):
+            tokens.labels("acme", f"made-up-{index}", direction).inc()
+    tokens.labels("acme", "made-up-1", "input").inc()  # a kept value stays itself
+
+    families = plain(registry)
+
+    models = {s.labels["model"] for s in families["tokens_total"].samples}
+    assert models == {"made-up-0", "made-up-1", "made-up-2", OTHER}
+    assert value(families, "tokens_total", tenant="acme", model=OTHER, direction="input") == 7
+    assert value(families, "tokens_total", tenant="acme", model="made-up-1", direction="input") == 2
+    # the uncapped labels keep their values: both directions, under "other" too
+    directions = {s.labels["direction"] for s in families["tokens_total"].samples}
+    assert directions == {"input", "output"}
+
+
+def test_a_capped_label_must_be_one_of_the_family_s_labels() -> None:
+    with pytest.raises(MetricError, match="capped"):
+        counter(CollectorRegistry(), "c_total", "C.", ("model",), capped=("tenant",))
 
 
 def test_a_family_past_its_series_limit_counts_new_label_sets_as_overflow() -> None:

@@ -83,6 +83,7 @@ def test_every_variable_is_read() -> None:
         ("DELTA_FLUSH_MS", "inf"),
         ("MAX_DELIVERIES", "0"),
         ("DEAD_LETTER_MAXLEN", "-5"),
+        ("METRICS_MAX_LABEL_VALUES", "0"),
         ("LOG_LEVEL", "LOUD"),
         ("LOG_FORMAT", "xml"),
         ("REDIS_STREAM_ID", "tasks with spaces"),

@@ -8,7 +8,11 @@ defines its families through the helpers here, which wrap prometheus_client's ``
   sets are all counted under one overflow series whose label values are ``OVERFLOW``, and
   ``orchestrator_metrics_series_overflow_total{metric=...}`` counts how often that happened, so
   a caller feeding it unbounded values (a user-chosen model name) cannot grow the process
-  without limit; label values are cut to ``MAX_LABEL_VALUE`` characters.
+  without limit; label values are cut to ``MAX_LABEL_VALUE`` characters. Labels a client
+  can choose the value of (a model name) are ``capped`` besides: each keeps
+  at most ``max_label_values`` distinct values (``METRICS_MAX_LABEL_VALUES``, default
+  ``MAX_LABEL_VALUES``), and later new values count as ``OTHER``, so one client cannot crowd
+  out everyone's series.
 - The hot path: ``family.labels(...)`` is one dict lookup on the raw values (prometheus_client's
   own ``labels()`` validates and stringifies every call); keep the child for hotter paths.
 - Exemplars: a histogram child's ``observe_traced(value)`` takes the current sampled span's
@@ -45,7 +49,9 @@ from .errors import TelemetryError
 __all__ = [
     "EXEMPLAR_INTERVAL",
     "MAX_LABEL_VALUE",
+    "MAX_LABEL_VALUES",
     "MAX_SERIES",
+    "OTHER",
     "OVERFLOW",
     "Family",
     "MetricError",
@@ -59,6 +65,10 @@ __all__ = [
 
 #: The label value every label of the overflow series carries.
 OVERFLOW: Final = "__overflow__"
+#: The value a capped label takes once it has ``max_label_values`` distinct values.
+OTHER: Final = "other"
+#: Distinct values a capped label keeps by default (``METRICS_MAX_LABEL_VALUES``).
+MAX_LABEL_VALUES: Final = 100
 #: Longest label value kept; longer ones are cut (a 200-character model name, say).
 MAX_LABEL_VALUE: Final = 100
 #: Label sets a family keeps by default before counting new ones as overflow.
@@ -147,7 +157,8 @@ class TracedHistogram:
 
 class Family(Generic[_Child]):
     """A labelled prometheus_client metric with a bound on its label sets and a cache of its
-    children. ``labels(...)`` takes the values in ``labelnames`` order."""
+    children. ``labels(...)`` takes the values in ``labelnames`` order; the labels named in
+    ``capped`` keep at most ``max_label_values`` distinct values each (then ``OTHER``)."""
 
     def __init__(
         self,
@@ -156,14 +167,24 @@ class Family(Generic[_Child]):
         child: Callable[[tuple[str, ...]], _Child],
         overflow: prometheus_client.Counter,
         max_series: int,
+        capped: Sequence[str] = (),
+        max_label_values: int = MAX_LABEL_VALUES,
     ) -> None:
         self.name = name
         self.labelnames = tuple(labelnames)
+        unknown = set(capped) - set(self.labelnames)
+        if unknown:
+            raise MetricError(f"{name}: capped labels {sorted(unknown)} are not its labels")
+        if max_label_values < 1:
+            raise MetricError(f"{name}: max_label_values must be positive")
         self._child = child
         self._overflow = overflow
         self._max_series = max_series
         self._series: dict[tuple[str, ...], _Child] = {}
         self._lookup: dict[tuple[object, ...], _Child] = {}
+        #: Per capped label: its position and the values it has taken so far.
+        self._capped = [(self.labelnames.index(label), set[str]()) for label in capped]
+        self._max_label_values = max_label_values
 
     def labels(self, *values: object) -> _Child:
         """The child for these label values; the same object each time."""
@@ -175,6 +196,8 @@ class Family(Generic[_Child]):
                 f"{self.name}: expected {len(self.labelnames)} label values, got {len(values)}"
             )
         key = tuple(str(value)[:MAX_LABEL_VALUE] for value in values)
+        if self._capped:
+            key = self._cap(key)
         found = self._series.get(key)
         if found is None:
             if len(self._series) >= self._max_series:
@@ -184,6 +207,19 @@ class Family(Generic[_Child]):
         if len(self._lookup) < 4 * self._max_series:  # raw spellings (200 vs "200"), bounded
             self._lookup[values] = found
         return found
+
+    def _cap(self, key: tuple[str, ...]) -> tuple[str, ...]:
+        """``key`` with each capped label's value, if new past the cap, as ``OTHER``."""
+        capped = list(key)
+        for index, seen in self._capped:
+            value = capped[index]
+            if value in seen:
+                continue
+            if len(seen) < self._max_label_values:
+                seen.add(value)
+            else:
+                capped[index] = OTHER
+        return tuple(capped)
 
     def _overflow_child(self) -> _Child:
         key = (OVERFLOW,) * len(self.labelnames)
@@ -230,6 +266,8 @@ def counter(
     labelnames: Sequence[str],
     *,
     max_series: int = MAX_SERIES,
+    capped: Sequence[str] = (),
+    max_label_values: int = MAX_LABEL_VALUES,
 ) -> Family[prometheus_client.Counter]:
     """A labelled counter on ``registry``; its name ends in ``_total``."""
     if not name.endswith("_total"):
@@ -240,7 +278,13 @@ def counter(
     except ValueError as exc:
         raise MetricError(f"{name}: {exc}") from exc
     return Family(
-        name, labelnames, lambda key: metric.labels(*key), _overflow(registry), max_series
+        name,
+        labelnames,
+        lambda key: metric.labels(*key),
+        _overflow(registry),
+        max_series,
+        capped,
+        max_label_values,
     )
 
 
@@ -251,6 +295,8 @@ def gauge(
     labelnames: Sequence[str],
     *,
     max_series: int = MAX_SERIES,
+    capped: Sequence[str] = (),
+    max_label_values: int = MAX_LABEL_VALUES,
 ) -> Family[prometheus_client.Gauge]:
     """A labelled gauge on ``registry``."""
     _check(name, labelnames, max_series)
@@ -259,7 +305,13 @@ def gauge(
     except ValueError as exc:
         raise MetricError(f"{name}: {exc}") from exc
     return Family(
-        name, labelnames, lambda key: metric.labels(*key), _overflow(registry), max_series
+        name,
+        labelnames,
+        lambda key: metric.labels(*key),
+        _overflow(registry),
+        max_series,
+        capped,
+        max_label_values,
     )
 
 
@@ -272,6 +324,8 @@ def histogram(
     buckets: Sequence[float],
     max_series: int = MAX_SERIES,
     exemplar_interval: float = EXEMPLAR_INTERVAL,
+    capped: Sequence[str] = (),
+    max_label_values: int = MAX_LABEL_VALUES,
 ) -> Family[TracedHistogram]:
     """A labelled histogram on ``registry`` with ``buckets`` (finite, increasing; ``+Inf`` is
     added), whose children take trace exemplars (``TracedHistogram``)."""
@@ -291,4 +345,6 @@ def histogram(
         lambda key: TracedHistogram(metric.labels(*key), bounds, exemplar_interval),
         _overflow(registry),
         max_series,
+        capped,
+        max_label_values,
     )

@@ -84,7 +84,7 @@ def create_app(
     ``ConfigError`` when auth is on and there are no API keys.
     """
     keyring = settings.keyring()
-    metrics = metrics or ApiMetrics()
+    metrics = metrics or ApiMetrics(max_label_values=settings.metrics_max_label_values)
     # Inside the tracing middleware (added below, outermost): exemplars get the request's
     # trace id; outside the error middleware: it sees the statuses clients see.
     app = web.Application(

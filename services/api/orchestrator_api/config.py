@@ -14,6 +14,7 @@ from orchestrator_broker.redis_settings import RedisSettings
 from orchestrator_settings import ConfigError, Env
 from orchestrator_tasks import RESULTS_STREAM, TASKS_STREAM
 from orchestrator_telemetry.config import redact_url
+from orchestrator_telemetry.metrics import MAX_LABEL_VALUES
 
 from .auth import KeyRing
 from .ratelimit import Rate, parse_rate_limits
@@ -97,6 +98,8 @@ class ApiSettings:
     - ``DEAD_LETTER_MAXLEN`` [10000]: dead letters kept per stream (newest first; 0 = all).
     - ``RATE_LIMITS`` [unset]: submissions per tenant and API process, ``*=50/s,acme=200/s``
       (``/s``, ``/m``, ``/h``; ``*`` every other tenant); over it, ``429`` (``ratelimit``).
+    - ``METRICS_MAX_LABEL_VALUES`` [100]: distinct values a metric label keeps when clients
+      choose them (model names); later new ones count as ``other``.
     - ``LOG_LEVEL`` [INFO]: DEBUG, INFO, WARNING, ERROR or CRITICAL (DEBUG adds access logs).
     - ``LOG_FORMAT`` [plain]: ``plain`` or ``json`` (one JSON object per line, with trace ids).
     """
@@ -116,6 +119,7 @@ class ApiSettings:
     shutdown_grace_seconds: float = 10.0
     dead_letter_maxlen: int = DEFAULT_DEAD_LETTER_MAXLEN
     rate_limits: Mapping[str, Rate] = attrs.field(factory=dict, hash=False)
+    metrics_max_label_values: int = MAX_LABEL_VALUES
     log_level: str = "INFO"
     log_format: str = "plain"
 
@@ -152,6 +156,9 @@ class ApiSettings:
                 "DEAD_LETTER_MAXLEN", DEFAULT_DEAD_LETTER_MAXLEN, low=0, high=10**9
             ),
             rate_limits=env.parsed("RATE_LIMITS", _rate_limits, {}),
+            metrics_max_label_values=env.integer(
+                "METRICS_MAX_LABEL_VALUES", MAX_LABEL_VALUES, low=1, high=100_000
+            ),
             log_level=env.choice("LOG_LEVEL", "INFO", _LOG_LEVELS, case="upper"),
             log_format=env.choice("LOG_FORMAT", "plain", _LOG_FORMATS, case="lower"),
         )

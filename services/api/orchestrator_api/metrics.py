@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 from orchestrator_broker import Broker
 from orchestrator_tasks import TASKS_GROUP
 from orchestrator_tasks.messages import EventKind, ResultEvent
-from orchestrator_telemetry.metrics import TracedHistogram, counter, histogram
+from orchestrator_telemetry.metrics import MAX_LABEL_VALUES, TracedHistogram, counter, histogram
 from orchestrator_telemetry.queue_metrics import QueueMetrics
 
 from .results import ConsumerStats
@@ -95,8 +95,16 @@ class _ConsumerCollector(Collector):
 class ApiMetrics:
     """The API's metric families on ``registry`` (a new one by default)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        max_label_values: int = MAX_LABEL_VALUES,
+    ) -> None:
         self.registry = registry = registry if registry is not None else CollectorRegistry()
+        # Model names are the client's choice: each family keeps max_label_values of them
+        # (METRICS_MAX_LABEL_VALUES), the rest count as "other". (HTTP methods are already
+        # bounded: the middleware counts unknown ones as "_OTHER".)
         self.http = histogram(
             registry,
             "orchestrator_api_http_request_duration_seconds",
@@ -110,6 +118,8 @@ class ApiMetrics:
             "orchestrator_api_tasks_accepted_total",
             "Tasks accepted (202) by tenant and requested model (default: the worker's).",
             ("tenant", "model"),
+            capped=("model",),
+            max_label_values=max_label_values,
         )
         self.tasks_rate_limited = counter(
             registry,
@@ -131,12 +141,16 @@ class ApiMetrics:
             "orchestrator_api_tasks_finished_total",
             "Terminal results applied, by tenant, provider, model and status.",
             ("tenant", "provider", "model", "status"),
+            capped=("model",),
+            max_label_values=max_label_values,
         )
         self.tokens = counter(
             registry,
             "orchestrator_api_tokens_total",
             "Tokens of applied results, by tenant, provider, model and direction (input, output).",
             ("tenant", "provider", "model", "direction"),
+            capped=("model",),
+            max_label_values=max_label_values,
         )
         self.cost = counter(
             registry,
@@ -144,6 +158,8 @@ class ApiMetrics:
             "Cost in US dollars of applied results (the worker's MODEL_PRICES), by tenant, "
             "provider and model.",
             ("tenant", "provider", "model"),
+            capped=("model",),
+            max_label_values=max_label_values,
         )
         self.result_delay = histogram(
             registry,

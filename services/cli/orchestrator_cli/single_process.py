@@ -90,7 +90,7 @@ async def run_single_process(args: argparse.Namespace, environ: Mapping[str, str
             settings,
             providers=providers,
             delivery_context=process_context,
-            metrics=WorkerMetrics(shared),
+            metrics=WorkerMetrics(shared, max_label_values=settings.metrics_max_label_values),
         )
         if api.auth_disabled:
             log.warning(
@@ -117,7 +117,7 @@ async def run_single_process(args: argparse.Namespace, environ: Mapping[str, str
                 tracer_provider=tracer_provider,
                 stop=stop,
                 environ=env,
-                metrics=ApiMetrics(shared),
+                metrics=ApiMetrics(shared, max_label_values=api.metrics_max_label_values),
                 labels=(backend, telemetry_settings.endpoint_for_log),
             )
         finally:

@@ -15,6 +15,7 @@ from orchestrator_settings import Env
 from orchestrator_tasks import RESULTS_STREAM, TASKS_GROUP, TASKS_STREAM
 from orchestrator_telemetry import TelemetrySettings
 from orchestrator_telemetry.logs import LogFormat
+from orchestrator_telemetry.metrics import MAX_LABEL_VALUES
 
 from .errors import ConfigError
 from .limits import parse_concurrency
@@ -113,6 +114,8 @@ class WorkerSettings:
     ``METRICS_HOST``             ``127.0.0.1``             address it binds: loopback by
                                                            default; ``0.0.0.0`` in containers
                                                            so Prometheus can scrape it
+    ``METRICS_MAX_LABEL_VALUES`` ``100``                   distinct model names a metric label
+                                                           keeps; later new ones are ``other``
     ============================ ========================= =======================================
 
     The ``OTEL_*`` variables (sampler, headers, ``OTEL_SDK_DISABLED``...) are read by
@@ -151,6 +154,7 @@ class WorkerSettings:
     log_format: LogFormat = "plain"
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None  # None: METRICS_PORT unset, DEFAULT_METRICS_PORT
+    metrics_max_label_values: int = MAX_LABEL_VALUES
     telemetry: TelemetrySettings | None = attrs.field(default=None, repr=False)
     providers: ProviderSettings | None = attrs.field(default=None, repr=False)
 
@@ -208,6 +212,9 @@ class WorkerSettings:
                 "METRICS_HOST", d.metrics_host, pattern=_HOST, expected=_HOST_EXPECTED
             ),
             "metrics_port": env.integer("METRICS_PORT", d.metrics_port, low=0, high=65_535),
+            "metrics_max_label_values": env.integer(
+                "METRICS_MAX_LABEL_VALUES", d.metrics_max_label_values, low=1, high=100_000
+            ),
         }
         prices: dict[str, Price] = env.parsed("MODEL_PRICES_FILE", load_prices_file, {})
         prices.update(env.parsed("MODEL_PRICES", parse_prices, {}))

@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector
 
 from orchestrator_broker import Broker
 from orchestrator_tasks.messages import Usage
-from orchestrator_telemetry.metrics import counter, histogram
+from orchestrator_telemetry.metrics import MAX_LABEL_VALUES, counter, histogram
 from orchestrator_telemetry.queue_metrics import QueueMetrics
 
 __all__ = [
@@ -104,20 +104,31 @@ class _ProviderCollector(Collector):
 class WorkerMetrics:
     """The worker's metric families on ``registry`` (a new one by default)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        max_label_values: int = MAX_LABEL_VALUES,
+    ) -> None:
         self.registry = registry = registry if registry is not None else CollectorRegistry()
+        # Model names are the client's choice: each family keeps max_label_values of them
+        # (METRICS_MAX_LABEL_VALUES), the rest count as "other".
         self.started = counter(
             registry,
             "orchestrator_worker_tasks_started_total",
             "Task attempts started (a retried task counts once per attempt), by provider and "
             "model.",
             ("provider", "model"),
+            capped=("model",),
+            max_label_values=max_label_values,
         )
         self.succeeded = counter(
             registry,
             "orchestrator_worker_tasks_succeeded_total",
             "Tasks that ended with an answer, by provider and model.",
             ("provider", "model"),
+            capped=("model",),
+            max_label_values=max_label_values,
         )
         self.failed = counter(
             registry,
@@ -125,6 +136,8 @@ class WorkerMetrics:
             "Tasks that ended failed (the client got a failed event), by provider, model and "
             "error type.",
             ("provider", "model", "error_type"),
+            capped=("model",),
+            max_label_values=max_label_values,
         )
         self.retried = counter(
             registry,
@@ -161,18 +174,24 @@ class WorkerMetrics:
             "(success or error).",
             ("provider", "model", "outcome"),
             buckets=PROVIDER_BUCKETS,
+            capped=("model",),
+            max_label_values=max_label_values,
         )
         self.tokens = counter(
             registry,
             "orchestrator_worker_tokens_total",
             "Tokens of successful answers, by provider, model and direction (input, output).",
             ("provider", "model", "direction"),
+            capped=("model",),
+            max_label_values=max_label_values,
         )
         self.cost = counter(
             registry,
             "orchestrator_worker_cost_usd_total",
             "Cost in US dollars of successful answers (MODEL_PRICES), by provider and model.",
             ("provider", "model"),
+            capped=("model",),
+            max_label_values=max_label_values,
         )
         self.in_flight = Gauge(
             "orchestrator_worker_tasks_in_flight",

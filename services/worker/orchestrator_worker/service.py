@@ -96,7 +96,7 @@ async def serve(
             # A caller's broker is traced here but closed by the caller.
             else _checked(adapter, telemetry.tracer_provider)
         )
-        metrics = WorkerMetrics()
+        metrics = WorkerMetrics(max_label_values=settings.metrics_max_label_values)
         worker = Worker(
             traced, settings, providers=providers, delivery_context=process_context, metrics=metrics
         )
