@@ -1,0 +1,68 @@
+"""The OpenAPI document and the server agree: schemathesis runs every check, with its
+stateful phase and at least 50 examples per operation, against a live ``ai-orchestrator
+run`` (the API and an echo worker in one process), and must find nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.e2e.support import Services, clean_env, free_port, wait_healthy
+
+pytestmark = pytest.mark.slow
+
+CONFIG = Path(__file__).with_name("schemathesis.toml")
+SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+
+
+async def test_schemathesis_finds_no_disagreement_between_the_document_and_the_server(
+    services: Services, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = clean_env(API_KEYS="acme:st-acme-key,globex:st-globex-key")
+    api = services.start("run", ["run", "--port", str(port)], env)
+    api.url = f"http://127.0.0.1:{port}"
+    await wait_healthy(session, api)
+
+    process = await asyncio.create_subprocess_exec(
+        str(SCHEMATHESIS),
+        "--config-file",
+        str(CONFIG),
+        "run",
+        f"{api.url}/openapi.json",
+        "--checks",
+        "all",
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
+        "--max-examples",
+        "50",
+        "--header",
+        "Authorization: Bearer st-acme-key",
+        "--request-timeout",
+        "20",
+        "--workers",
+        "2",
+        "--seed",
+        "1",
+        "--no-color",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,  # its caches and reports stay out of the tree
+        env=clean_env(),
+    )
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), 480)  # a hang guard
+    except TimeoutError:
+        process.kill()
+        await process.communicate()
+        raise AssertionError("schemathesis still running after 480 s") from None
+    report = out.decode(errors="replace")
+    assert process.returncode == 0, report
+    assert "No issues found" in report or " passed" in report, report
+    assert api.alive(), api.tail()
