@@ -265,3 +265,21 @@ async def test_bodies_the_api_accepts_the_schema_accepts_too(
         response = await client.post("/v1/tasks", json=body, headers=ACME)
         assert response.status == 202
         schema.validate(body)
+
+
+async def test_the_websocket_operation_requires_the_upgrade_and_refuses_a_plain_get(
+    api_client: ApiClientFactory,
+) -> None:
+    client = await api_client()
+    document = await fetch_document(client)
+    operation = document["paths"]["/v1/tasks/{task_id}/ws"]["get"]
+    required = {p["name"] for p in operation["parameters"] if p.get("required")}
+    assert {"Upgrade", "Connection", "Sec-WebSocket-Version", "Sec-WebSocket-Key"} <= required
+    response = await client.post("/v1/tasks", json={"prompt": "x"}, headers=ACME)
+    task_id = (await response.json())["id"]
+
+    plain = await client.get(f"/v1/tasks/{task_id}/ws", headers=ACME)
+
+    assert plain.status == 400
+    assert "400" in operation["responses"]
+    assert plain.content_type == "application/problem+json"

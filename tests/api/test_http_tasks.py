@@ -633,3 +633,29 @@ async def test_a_store_that_hangs_is_a_503_not_a_hang(api_client: ApiClientFacto
     assert "Retry-After" in response.headers
     assert await published(api_state(client).broker) == []  # type: ignore[arg-type]
     await problem_of(await client.get("/v1/tasks/abc", headers=ACME), 503)
+
+
+async def test_a_whole_number_written_as_a_float_is_accepted_and_published_as_an_int(
+    api_client: ApiClientFactory,
+) -> None:
+    client = await api_client()
+    response = await client.post(
+        "/v1/tasks",
+        json={"prompt": "x", "model": "echo", "parameters": {"max_tokens": 5.0, "top_k": 2.0}},
+        headers=ACME,
+    )
+    assert response.status == 202, await response.text()
+    (task,) = await published(api_state(client).broker)  # type: ignore[arg-type]
+    assert task.parameters == {"max_tokens": 5, "top_k": 2}
+    assert all(type(value) is int for value in task.parameters.values())
+
+
+@pytest.mark.parametrize("key", ["   ", "\xa0", "x" * 256, "soft\xadhyphen"])
+async def test_an_idempotency_key_the_document_refuses_is_a_400(
+    api_client: ApiClientFactory, key: str
+) -> None:
+    client = await api_client()
+    response = await client.post(
+        "/v1/tasks", json={"prompt": "x"}, headers={**ACME, "Idempotency-Key": key}
+    )
+    assert response.status == 400

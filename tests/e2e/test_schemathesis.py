@@ -1,6 +1,7 @@
 """The OpenAPI document and the server agree: schemathesis runs every check, with its
 stateful phase and at least 50 examples per operation, against a live ``ai-orchestrator
-run`` (the API and an echo worker in one process), and must find nothing."""
+run`` (the API and an echo worker in one process), and must find nothing. (All operations
+but the WebSocket one, which schemathesis cannot open.)"""
 
 from __future__ import annotations
 
@@ -49,6 +50,11 @@ async def test_schemathesis_finds_no_disagreement_between_the_document_and_the_s
         "2",
         "--seed",
         "1",
+        # Its HTTP client cannot speak WebSocket: a valid request to /ws upgrades the
+        # connection and then breaks the next request on it. tests/api/test_http_openapi.py
+        # holds /ws to the document instead (the upgrade headers it requires, the 400).
+        "--exclude-operation-id",
+        "taskWebSocket",
         "--no-color",
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

@@ -29,8 +29,10 @@ from .messages import (
 )
 from .parameters import PARAMETERS, ParameterSpec, provider_of, validate_parameters
 from .streams import RESULTS_STREAM, TASKS_GROUP, TASKS_STREAM
+from .text import NOT_BLANK_PATTERN, is_blank
 
 __all__ = [
+    "NOT_BLANK_PATTERN",
     "PARAMETERS",
     "RESULTS_STREAM",
     "ROLES",
@@ -55,6 +57,7 @@ __all__ = [
     "encode_task",
     "error_payload",
     "event_payload",
+    "is_blank",
     "messages_of",
     "messages_payload",
     "provider_of",

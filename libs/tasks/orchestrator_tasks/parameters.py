@@ -78,9 +78,11 @@ __all__ = [
     "PARAMETERS",
     "ParameterSpec",
     "is_number",
+    "normalize_parameters",
     "present_parameters",
     "provider_of",
     "validate_parameters",
+    "whole_number",
 ]
 
 #: Provider prefixes whose parameters are known here.
@@ -104,6 +106,8 @@ ECHO_FAILURES: Final = frozenset(
 _MAX_DELAY_MS: Final = 3_600_000
 _REASONING_EFFORTS: Final = ("none", "minimal", "low", "medium", "high", "xhigh")
 _INT32: Final = 2**31
+#: Floats are exact whole numbers up to here.
+_EXACT_FLOAT_INTEGERS: Final = 2**53
 _SCHEMA_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _RESPONSE_FORMATS: Final = "text, json_object, json_schema"
 _JSON_SCHEMA_KEYS: Final = frozenset({"name", "schema", "strict", "description"})
@@ -134,9 +138,22 @@ def _plain(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else str(number)
 
 
+def whole_number(value: Any) -> int | None:
+    """``value`` as an ``int`` if it is a whole number, else None. ``3.0`` is one: JSON (and
+    JSON Schema's ``integer``) does not tell ``3`` from ``3.0``, so neither do we. A float
+    beyond 2**53 is not: it may be a rounded other integer (orjson reads integers outside
+    64 bits as floats, so ``-9223372036854775809`` would pass for ``-2**63``)."""
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer() and abs(value) <= _EXACT_FLOAT_INTEGERS:
+        return int(value)
+    return None
+
+
 def _integer(low: int, high: int | None = None) -> Check:
     def check(_: str, value: Any) -> str | None:
-        if type(value) is not int or value < low or (high is not None and value > high):
+        value = whole_number(value)
+        if value is None or value < low or (high is not None and value > high):
             upper = f" to {high}" if high is not None else " or more"
             return f"must be a whole number from {low}{upper}"
         return None
@@ -145,7 +162,8 @@ def _integer(low: int, high: int | None = None) -> Check:
 
 
 def _seed(provider: str, value: Any) -> str | None:
-    if type(value) is not int:
+    value = whole_number(value)
+    if value is None:
         return "must be a whole number"
     if provider == GEMINI and not -_INT32 <= value < _INT32:
         return "must be a 32-bit whole number for gemini"
@@ -225,6 +243,8 @@ class ParameterSpec:
     openai: str | None = None
     gemini: str | None = None
     span: str | None = None  # the gen_ai.request.* attribute, if semconv has one
+    #: A whole number: ``normalize_parameters`` sends ``3.0`` on as ``3``.
+    integer: bool = False
 
 
 _SAMPLING = frozenset({OPENAI, GEMINI, ECHO})
@@ -248,6 +268,7 @@ PARAMETERS: Final[Mapping[str, ParameterSpec]] = {
             _integer(1),
             gemini="topK",
             span="gen_ai.request.top_k",
+            integer=True,
         ),
         ParameterSpec(
             "max_tokens",
@@ -256,6 +277,7 @@ PARAMETERS: Final[Mapping[str, ParameterSpec]] = {
             "max_tokens",
             "maxOutputTokens",
             "gen_ai.request.max_tokens",
+            integer=True,
         ),
         ParameterSpec(
             "max_completion_tokens",
@@ -263,6 +285,7 @@ PARAMETERS: Final[Mapping[str, ParameterSpec]] = {
             _integer(1),
             openai="max_completion_tokens",
             span="gen_ai.request.max_tokens",
+            integer=True,
         ),
         ParameterSpec("stop", _SAMPLING, _stop, "stop", "stopSequences"),
         ParameterSpec(
@@ -281,7 +304,9 @@ PARAMETERS: Final[Mapping[str, ParameterSpec]] = {
             "frequencyPenalty",
             "gen_ai.request.frequency_penalty",
         ),
-        ParameterSpec("seed", _SAMPLING, _seed, "seed", "seed", "gen_ai.request.seed"),
+        ParameterSpec(
+            "seed", _SAMPLING, _seed, "seed", "seed", "gen_ai.request.seed", integer=True
+        ),
         ParameterSpec(
             "reasoning_effort", frozenset({OPENAI}), _reasoning_effort, openai="reasoning_effort"
         ),
@@ -290,6 +315,7 @@ PARAMETERS: Final[Mapping[str, ParameterSpec]] = {
             frozenset({GEMINI}),
             _integer(-1, _INT32 - 1),
             gemini="thinkingConfig.thinkingBudget",
+            integer=True,
         ),
         # Gemini's two fields are built by the worker's gemini_generation_config.
         ParameterSpec("response_format", _SAMPLING, _response_format, openai="response_format"),
@@ -298,6 +324,19 @@ PARAMETERS: Final[Mapping[str, ParameterSpec]] = {
         ParameterSpec("fail", frozenset({ECHO}), _fail),
     )
 }
+
+
+def normalize_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """``parameters`` (already valid) with the whole numbers of integer parameters as ``int``
+    (``3.0`` becomes ``3``), as providers expect them."""
+    normalized = dict(parameters)
+    for name, value in parameters.items():
+        spec = PARAMETERS.get(name) if isinstance(name, str) else None
+        if spec is not None and spec.integer and type(value) is float:
+            whole = whole_number(value)
+            if whole is not None:
+                normalized[name] = whole
+    return normalized
 
 
 def provider_of(model: str | None) -> str | None:

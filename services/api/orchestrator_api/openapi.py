@@ -11,11 +11,17 @@ from typing import Any, Final
 
 import orjson
 
-from orchestrator_tasks import ROLES
+from orchestrator_tasks import NOT_BLANK_PATTERN, ROLES
 from orchestrator_tasks.parameters import ECHO_FAILURES, PARAMETERS
 
 from . import problems
-from .validation import MAX_IDEMPOTENCY_KEY, MAX_MESSAGES, MAX_MODEL_CHARS, MAX_NAME_CHARS
+from .validation import (
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_MESSAGES,
+    MAX_MODEL_CHARS,
+    MAX_NAME_CHARS,
+)
 
 __all__ = ["build_document", "document_bytes"]
 
@@ -86,13 +92,19 @@ _PARAMETER_VALUES: Final[dict[str, Schema]] = {
     },
     "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
     "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
-    "seed": {"type": "integer", "description": "32-bit for gemini."},
+    "seed": {
+        "type": "integer",
+        "minimum": -(2**63),
+        "maximum": 2**63 - 1,
+        "description": "64-bit; 32-bit for gemini.",
+    },
     "reasoning_effort": {
         "enum": ["none", "minimal", "low", "medium", "high", "xhigh"],
     },
     "thinking_budget": {
         "type": "integer",
         "minimum": -1,
+        "maximum": 2**31 - 1,
         "description": "-1: dynamic, 0: off.",
     },
     "response_format": {
@@ -205,8 +217,8 @@ _SCHEMAS: Final[dict[str, Schema]] = {
             "prompt": {
                 "type": "string",
                 "minLength": 1,
-                "pattern": r"\S",
-                "description": "The prompt: one user message.",
+                "pattern": NOT_BLANK_PATTERN,
+                "description": "The prompt: one user message (not blank).",
             },
             "messages": {
                 "type": "array",
@@ -224,6 +236,7 @@ _SCHEMAS: Final[dict[str, Schema]] = {
                 "type": ["string", "null"],
                 "minLength": 1,
                 "maxLength": MAX_MODEL_CHARS,
+                "pattern": NOT_BLANK_PATTERN,
                 "description": "Model to use (provider default when absent), e.g. `echo`.",
             },
             "system": {
@@ -381,6 +394,21 @@ _SCHEMAS: Final[dict[str, Schema]] = {
             {"properties": {"event": {"const": "error"}, "data": _ref("ErrorEventData")}},
         ],
     },
+    "TaskEventMessage": {
+        "description": (
+            "One Server-Sent Events message of a task, by its fields: `id`, `event`, and "
+            "`data`, one line of JSON (the `data` of `TaskEvent` for that event). The stream "
+            "also starts with a `retry` field of its own."
+        ),
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "id": {"type": "string", "minLength": 1},
+            "event": {"enum": ["status", "delta", "result", "error"]},
+            "data": {"type": "string", "contentMediaType": "application/json"},
+            "retry": {"type": "integer", "minimum": 0},
+        },
+    },
     "StatusEventData": {
         "type": "object",
         "required": ["status", "attempt"],
@@ -526,6 +554,26 @@ _RESUME: Final = [
     },
 ]
 
+#: What makes a GET a WebSocket opening handshake (RFC 6455 section 4.1); without them the
+#: request is a 400, so they are required, and schema-valid requests are upgrades.
+_WEBSOCKET_UPGRADE: Final[list[dict[str, Any]]] = [
+    {"name": "Upgrade", "in": "header", "required": True, "schema": {"enum": ["websocket"]}},
+    {"name": "Connection", "in": "header", "required": True, "schema": {"enum": ["Upgrade"]}},
+    {
+        "name": "Sec-WebSocket-Version",
+        "in": "header",
+        "required": True,
+        "schema": {"enum": ["13"]},
+    },
+    {
+        "name": "Sec-WebSocket-Key",
+        "in": "header",
+        "required": True,
+        "description": "16 random bytes, base64.",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9+/]{21}[AQgw]==$"},
+    },
+]
+
 
 def _common(*names: str) -> dict[str, Any]:
     statuses = {"Unauthorized": "401", "NotFound": "404", "Unavailable": "503"}
@@ -626,6 +674,7 @@ def build_document() -> dict[str, Any]:
                                 "type": "string",
                                 "minLength": 1,
                                 "maxLength": MAX_IDEMPOTENCY_KEY,
+                                "pattern": IDEMPOTENCY_KEY_PATTERN,
                             },
                         }
                     ],
@@ -707,10 +756,10 @@ def build_document() -> dict[str, Any]:
                                 "traceparent": {"$ref": "#/components/headers/traceparent"}
                             },
                             "content": {
-                                "text/event-stream": {
-                                    "schema": {"type": "string"},
-                                    "x-item-schema": _ref("TaskEvent"),
-                                }
+                                # OpenAPI 3.1 has no itemSchema (3.2 does): the schema of
+                                # an event stream is the schema of one event, as parsed
+                                # from its fields (what schemathesis checks each event by).
+                                "text/event-stream": {"schema": _ref("TaskEventMessage")}
                             },
                         },
                         **_common("Unauthorized", "NotFound", "Unavailable"),
@@ -726,7 +775,7 @@ def build_document() -> dict[str, Any]:
                         "(schema `TaskEvent`) and closes (1000) after `result` or `error`; "
                         "1001 when the server shuts down (reconnect with last_event_id)."
                     ),
-                    "parameters": [_TASK_ID, *_RESUME],
+                    "parameters": [_TASK_ID, *_RESUME, *_WEBSOCKET_UPGRADE],
                     "responses": {
                         "101": {"description": "Switching to the WebSocket protocol."},
                         "400": _problem("Not a WebSocket upgrade request."),

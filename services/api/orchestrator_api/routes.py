@@ -29,7 +29,7 @@ from .state import STATE, ApiState
 from .store.errors import IdempotencyKeyInUse, IdempotencyKeyReused
 from .streaming import stream_sse, stream_websocket
 from .tasks import Unavailable
-from .validation import MAX_IDEMPOTENCY_KEY, parse_submission
+from .validation import MAX_IDEMPOTENCY_KEY, parse_submission, valid_idempotency_key
 from .views import task_view
 
 __all__ = ["add_routes"]
@@ -102,7 +102,7 @@ async def submit_task(request: web.Request) -> web.Response:
             413, f"The body is {length} bytes; the limit is {limit}.", type=TYPE_TOO_LARGE
         )
     key = headers.get("Idempotency-Key")
-    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable()):
+    if key is not None and not valid_idempotency_key(key):
         raise Problem(
             400,
             f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters.",

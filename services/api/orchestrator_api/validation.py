@@ -10,13 +10,14 @@ describes the same rules, and the tests hold the two together.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final, cast
 
 import attrs
 import orjson
 
-from orchestrator_tasks import ROLES, ChatMessage, Role, messages_of
-from orchestrator_tasks.parameters import validate_parameters
+from orchestrator_tasks import ROLES, ChatMessage, Role, is_blank, messages_of
+from orchestrator_tasks.parameters import normalize_parameters, validate_parameters
 
 from .problems import (
     TYPE_MALFORMED_JSON,
@@ -27,16 +28,32 @@ from .problems import (
 )
 
 __all__ = [
+    "IDEMPOTENCY_KEY_PATTERN",
     "MAX_IDEMPOTENCY_KEY",
     "MAX_MESSAGES",
     "MAX_MODEL_CHARS",
     "MAX_NAME_CHARS",
     "Submission",
     "parse_submission",
+    "valid_idempotency_key",
 ]
 
 MAX_MODEL_CHARS: Final = 200
 MAX_IDEMPOTENCY_KEY: Final = 255
+#: An ``Idempotency-Key``: printable characters (as a header value arrives: Latin-1), not
+#: only spaces. The same regular expression is the OpenAPI document's ``pattern``.
+IDEMPOTENCY_KEY_PATTERN: Final = (
+    r"^[\x20-\x7e\xa1-\xac\xae-\xff]*[\x21-\x7e\xa1-\xac\xae-\xff][\x20-\x7e\xa1-\xac\xae-\xff]*$"
+)
+_IDEMPOTENCY_KEY: Final = re.compile(IDEMPOTENCY_KEY_PATTERN)
+
+
+def valid_idempotency_key(key: str) -> bool:
+    """Whether ``key`` is a usable ``Idempotency-Key`` (``IDEMPOTENCY_KEY_PATTERN``, at most
+    ``MAX_IDEMPOTENCY_KEY`` characters)."""
+    return len(key) <= MAX_IDEMPOTENCY_KEY and _IDEMPOTENCY_KEY.match(key) is not None
+
+
 #: Most turns in one conversation, and the longest participant ``name`` (OpenAI's limit).
 MAX_MESSAGES: Final = 1000
 MAX_NAME_CHARS: Final = 64
@@ -81,7 +98,7 @@ def parse_submission(body: bytes, *, max_prompt_chars: int) -> Submission:
 
     messages = _conversation(data, errors)
     model = _optional_text(data, "model", errors)
-    if model is not None and (not model.strip() or len(model) > MAX_MODEL_CHARS):
+    if model is not None and (is_blank(model) or len(model) > MAX_MODEL_CHARS):
         errors.append({"field": "model", "message": f"must be 1 to {MAX_MODEL_CHARS} characters"})
     parameters = _optional_object(data, "parameters", errors)
     if parameters:
@@ -110,7 +127,8 @@ def parse_submission(body: bytes, *, max_prompt_chars: int) -> Submission:
     return Submission(
         messages=messages,
         model=model,
-        parameters=parameters or {},
+        # 3.0 is a whole number to JSON Schema too: providers get it as 3.
+        parameters=normalize_parameters(parameters) if parameters else {},
         metadata=metadata or {},
         cache=cache is not False,
     )
@@ -133,7 +151,7 @@ def _conversation(data: dict[str, Any], errors: list[FieldError]) -> tuple[ChatM
     if "messages" not in data:
         prompt = data.get("prompt")
         system = _optional_text(data, "system", errors)
-        if type(prompt) is not str or not prompt.strip():
+        if type(prompt) is not str or is_blank(prompt):
             message = (
                 "required (or 'messages')" if "prompt" not in data else "must be a non-empty string"
             )
