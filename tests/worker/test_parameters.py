@@ -86,7 +86,7 @@ def test_a_parameter_the_provider_does_not_support_is_an_error(
         ({"temperature": float("nan")}, "parameters.temperature"),
         ({"top_p": -0.1}, "parameters.top_p"),
         ({"max_tokens": 0}, "parameters.max_tokens"),
-        ({"max_tokens": 10.0}, "parameters.max_tokens"),
+        ({"max_tokens": 10.5}, "parameters.max_tokens"),  # (10.0 is a whole number)
         ({"stop": ""}, "parameters.stop"),
         ({"stop": ["a", 1]}, "parameters.stop"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "parameters.stop"),  # openai: 4 at most

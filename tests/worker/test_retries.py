@@ -428,21 +428,28 @@ async def test_the_cost_comes_from_the_price_table(
     assert events[echoed.task_id][-1].cost_usd == pytest.approx((2 * 1.0 + 2 * 2.0) / 1e6)
 
 
-async def test_a_fallback_within_an_attempt_drops_the_unsent_text_of_the_failed_target(
+async def test_text_already_streamed_rules_out_a_fallback_within_the_attempt(
     broker: MemoryBroker, start, fake: TimedFakeLLM
 ) -> None:
+    # The first delta goes out as soon as text arrives (time to first token), so once the
+    # first target has streamed some, only a new attempt can take it back: no fallback
+    # within the attempt, a retry whose `started` voids the text, then the clean answer.
     fake.script(Reply.cut("spliced", " text"), Reply.answer("clean", " answer"))
     task = await submit(broker, model="fast")
     await start(
         model_aliases={"fast": ("openai/gpt-4o-mini", "gemini/gemini-2.0-flash")},
-        delta_flush_ms=500,  # the cut text is still buffered when the stream breaks
+        delta_flush_ms=500,
+        **FAST_RETRIES,
     )
 
     events = (await collect(broker, 1))[task.task_id]
 
-    assert [(e.kind, e.attempt) for e in events] == [(OK, 1)]
-    assert events[0].text == "clean answer"
-    assert events[0].provider == "gemini"
+    first = [e for e in events if e.attempt == 1]
+    assert [e.kind for e in first][:2] == [S, D]
+    assert first[1].text.startswith("spliced")
+    assert not any(e.terminal for e in first)  # attempt 1 ended without a verdict
+    last = events[-1]
+    assert (last.kind, last.attempt, last.text) == (OK, 2, "clean answer")
 
 
 async def test_hooks_that_raise_do_not_break_task_handling(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 from orchestrator_broker import MemoryBroker, Message
 from orchestrator_tasks.messages import EventKind, Usage
-from orchestrator_worker.providers import Finish
+from orchestrator_worker.providers import CompletionRequest, Finish, StreamItem
 from tests.worker.support import (
     RESULTS,
     TASKS,
@@ -99,6 +100,35 @@ async def test_many_small_chunks_are_coalesced_into_few_deltas(
     deltas = [event for event in events if event.kind == D]
     assert len(deltas) < 300 / 5
     assert events[-1].text == "x" * 300
+
+
+class FirstThenWait(FakeProvider):
+    """Streams one chunk, then waits for ``gate`` before the rest."""
+
+    async def _stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
+        yield "first "
+        assert self.gate is not None
+        await self.gate.wait()
+        yield "and the rest"
+        yield Finish(usage=Usage(1, 2), finish_reason="stop")
+
+
+async def test_the_first_text_goes_out_at_once_and_later_text_on_the_flush_clock(
+    broker: MemoryBroker, worker_factory
+) -> None:
+    gate = asyncio.Event()
+    provider = FirstThenWait(gate=gate)
+    task = await submit(broker, model="fake")
+    # A flush clock far slower than the test: only the first delta can come before the gate.
+    await worker_factory(broker, providers=registry(provider), delta_flush_ms=60_000)
+
+    first = (await collect(broker, 0, events=2))[task.task_id]
+    gate.set()
+    rest = (await collect(broker, 1))[task.task_id]
+
+    assert [(e.kind, e.text) for e in first] == [(S, ""), (D, "first ")]
+    # the rest waited for the (slow) clock; the end sent it as the last delta
+    assert [(e.kind, e.text) for e in rest] == [(D, "and the rest"), (OK, "first and the rest")]
 
 
 async def test_an_answer_faster_than_one_flush_has_no_deltas(

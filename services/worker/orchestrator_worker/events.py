@@ -14,10 +14,12 @@ What a client sees for one attempt (``attempt`` = the task delivery's delivery c
    A *retried* attempt (``attempt`` > 1) writes ``started`` at once, as it begins: it tells
    streaming clients to drop the text of the earlier attempt before any new text arrives,
    so they never show a spliced answer;
-2. zero or more ``delta`` events, each carrying the text that arrived since the previous one,
-   written on the ticks of the worker's flush clock (every ``DELTA_FLUSH_MS``, ~100 ms). A
-   thousand concurrent streams thus cost at most ten delta events per second each, whatever
-   their chunk rate;
+2. zero or more ``delta`` events, each carrying the text that arrived since the previous one.
+   The first one goes out as soon as the first text arrives (on the next turn of the event
+   loop, so an answer that is complete at once still publishes no delta): time to first
+   token is the model's, not our clock's. The later ones are written on the ticks of the
+   worker's flush clock (every ``DELTA_FLUSH_MS``, ~100 ms), so a thousand concurrent streams
+   cost at most ten delta events per second each, whatever their chunk rate;
 3. exactly one terminal event: ``succeeded`` carrying the *whole* answer in ``text`` (plus
    usage, finish reason and cost), or ``failed`` carrying ``error``.
 
@@ -130,6 +132,7 @@ class AttemptEvents:
         self._pending: list[str] = []  # text not yet sent in a delta
         self._started_due = False  # begun, and ``started`` not written yet
         self._marked = False  # waiting in the delta clock's dirty set
+        self._first_soon = False  # the first delta is scheduled for the next loop turn
         self._flushing: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         self._closed = False
@@ -173,7 +176,7 @@ class AttemptEvents:
             return
         self._parts.append(chunk)
         self._pending.append(chunk)
-        self._mark()
+        self._schedule()
 
     def discard_text(self) -> bool:
         """Forget the answer text received so far (a fallback to another model within this
@@ -241,6 +244,20 @@ class AttemptEvents:
         self._parts.clear()
         self._pending.clear()
 
+    def _schedule(self) -> None:
+        """Pending text goes out with the next tick; before any delta, at the next loop turn."""
+        if self._deltas or self._closed:
+            self._mark()
+        elif not self._first_soon and self._flushing is None:
+            self._first_soon = True
+            asyncio.get_running_loop().call_soon(self._first_delta)
+
+    def _first_delta(self) -> None:
+        self._first_soon = False
+        if self._pending and not self._closed and self._flushing is None:
+            self._unmark()
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
     def _mark(self) -> None:
         if not self._marked and self._flushing is None and not self._closed:
             self._marked = True
@@ -277,9 +294,10 @@ class AttemptEvents:
             self._error = exc
         finally:
             self._flushing = None
-        # Text that came in while this was being written goes with the next tick.
+        # Text that came in while this was being written goes with the next tick (or at
+        # once if this write was ``started`` alone).
         if self._pending and self._error is None:
-            self._mark()
+            self._schedule()
 
     def _end_flushing(self) -> asyncio.Task[None] | None:
         """No more clock writes; the write still in flight, if any, to wait for."""
