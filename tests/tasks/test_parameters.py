@@ -17,9 +17,18 @@ from orchestrator_tasks.parameters import (
 
 @pytest.mark.parametrize(
     ("value", "whole"),
-    [(3, 3), (3.0, 3), (-1.0, -1), (2.0**53, 2**53), (3.5, None), (True, None), ("3", None)],
+    [
+        (3, 3),
+        (3.0, 3),
+        (-1.0, -1),
+        (2.0**53, 2**53),
+        (2**53 + 1, None),
+        (3.5, None),
+        (True, None),
+        ("3", None),
+    ],
 )
-def test_a_whole_number_is_an_int_or_an_exact_integral_float(value: object, whole: int) -> None:
+def test_a_whole_number_is_an_int_or_integral_float_within_2_53(value: object, whole: int) -> None:
     assert whole_number(value) == whole
 
 

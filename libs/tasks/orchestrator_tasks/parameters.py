@@ -74,6 +74,7 @@ __all__ = [
     "ECHO_FAILURES",
     "GEMINI",
     "KNOWN_PROVIDERS",
+    "MAX_WHOLE_NUMBER",
     "OPENAI",
     "PARAMETERS",
     "ParameterSpec",
@@ -106,8 +107,9 @@ ECHO_FAILURES: Final = frozenset(
 _MAX_DELAY_MS: Final = 3_600_000
 _REASONING_EFFORTS: Final = ("none", "minimal", "low", "medium", "high", "xhigh")
 _INT32: Final = 2**31
-#: Floats are exact whole numbers up to here.
+#: The largest whole number a parameter takes (JSON numbers are exact integers up to here).
 _EXACT_FLOAT_INTEGERS: Final = 2**53
+MAX_WHOLE_NUMBER: Final = _EXACT_FLOAT_INTEGERS
 _SCHEMA_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _RESPONSE_FORMATS: Final = "text, json_object, json_schema"
 _JSON_SCHEMA_KEYS: Final = frozenset({"name", "schema", "strict", "description"})
@@ -140,13 +142,15 @@ def _plain(number: float) -> str:
 
 def whole_number(value: Any) -> int | None:
     """``value`` as an ``int`` if it is a whole number, else None. ``3.0`` is one: JSON (and
-    JSON Schema's ``integer``) does not tell ``3`` from ``3.0``, so neither do we. A float
-    beyond 2**53 is not: it may be a rounded other integer (orjson reads integers outside
-    64 bits as floats, so ``-9223372036854775809`` would pass for ``-2**63``)."""
-    if type(value) is int:
+    JSON Schema's ``integer``) does not tell ``3`` from ``3.0``, so neither do we. Whole
+    numbers stop at +-2**53, the integers a JSON number holds exactly everywhere: past that a
+    float may be a rounded other integer (orjson reads integers outside 64 bits as floats,
+    so ``-9223372036854775809`` would pass for ``-2**63``), and the document says the same
+    (``maximum``/``minimum`` of every integer parameter)."""
+    if type(value) is float and value.is_integer():
+        value = int(value)
+    if type(value) is int and abs(value) <= _EXACT_FLOAT_INTEGERS:
         return value
-    if type(value) is float and value.is_integer() and abs(value) <= _EXACT_FLOAT_INTEGERS:
-        return int(value)
     return None
 
 

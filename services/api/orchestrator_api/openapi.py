@@ -7,12 +7,21 @@ that it lists exactly the app's routes and that real responses validate against 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any, Final
 
 import orjson
 
 from orchestrator_tasks import NOT_BLANK_PATTERN, ROLES
-from orchestrator_tasks.parameters import ECHO_FAILURES, PARAMETERS
+from orchestrator_tasks.parameters import (
+    ECHO,
+    ECHO_FAILURES,
+    GEMINI,
+    KNOWN_PROVIDERS,
+    MAX_WHOLE_NUMBER,
+    OPENAI,
+    PARAMETERS,
+)
 
 from . import problems
 from .validation import (
@@ -75,9 +84,9 @@ def _json(description: str, schema: Schema, headers: dict[str, Any] | None = Non
 _PARAMETER_VALUES: Final[dict[str, Schema]] = {
     "temperature": {"type": "number", "minimum": 0, "maximum": 2},
     "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-    "top_k": {"type": "integer", "minimum": 1},
-    "max_tokens": {"type": "integer", "minimum": 1},
-    "max_completion_tokens": {"type": "integer", "minimum": 1},
+    "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_WHOLE_NUMBER},
+    "max_tokens": {"type": "integer", "minimum": 1, "maximum": MAX_WHOLE_NUMBER},
+    "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": MAX_WHOLE_NUMBER},
     "stop": {
         "oneOf": [
             {"type": "string", "minLength": 1},
@@ -94,9 +103,9 @@ _PARAMETER_VALUES: Final[dict[str, Schema]] = {
     "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
     "seed": {
         "type": "integer",
-        "minimum": -(2**63),
-        "maximum": 2**63 - 1,
-        "description": "64-bit; 32-bit for gemini.",
+        "minimum": -MAX_WHOLE_NUMBER,
+        "maximum": MAX_WHOLE_NUMBER,
+        "description": "Up to 2**53 either way (exact in JSON); 32-bit for gemini.",
     },
     "reasoning_effort": {
         "enum": ["none", "minimal", "low", "medium", "high", "xhigh"],
@@ -160,6 +169,89 @@ _PARAMETER_VALUES: Final[dict[str, Schema]] = {
 }
 
 
+#: Whitespace as the server strips it (``orchestrator_tasks.text``), as a regex class.
+_WHITESPACE: Final = "[" + NOT_BLANK_PATTERN[2:]
+#: Where a provider's rules differ from "valid for some provider" (the checks of
+#: ``orchestrator_tasks.parameters``): openai takes 4 stop sequences, gemini a 32-bit seed,
+#: and echo no JSON schema.
+_PROVIDER_VALUES: Final[dict[str, dict[str, Schema]]] = {
+    OPENAI: {
+        "stop": {
+            "oneOf": [
+                {"type": "string", "minLength": 1},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 4,
+                    "items": {"type": "string", "minLength": 1},
+                },
+            ]
+        }
+    },
+    GEMINI: {"seed": {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}},
+    ECHO: {"response_format": {"oneOf": [_PARAMETER_VALUES["response_format"]["oneOf"][0]]}},
+}
+
+
+#: The Chat Completions parameters that are task parameters (``chat._PARAMETERS``).
+_CHAT_PARAMETERS: Final = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "response_format",
+    "reasoning_effort",
+)
+
+
+def _model_of(provider: str) -> Schema:
+    """``model`` names a model of ``provider`` (its prefix, as the server reads it)."""
+    return {
+        "required": ["model"],
+        "properties": {
+            "model": {"type": "string", "pattern": f"^{_WHITESPACE}*{provider}(/|{_WHITESPACE}*$)"}
+        },
+    }
+
+
+def _provider_rules(names: Iterable[str], *, nested: bool) -> list[Schema]:
+    """For each provider the server knows, what it accepts of the parameters ``names``:
+    ``if`` the model is that provider's, ``then`` its parameters (under ``parameters`` when
+    ``nested``; unknown names refused there too, as the server does for a known prefix)."""
+    rules = []
+    for provider in sorted(KNOWN_PROVIDERS):
+        properties: dict[str, Schema] = {}
+        for name in names:
+            if provider not in PARAMETERS[name].providers:
+                properties[name] = {"type": "null"}  # absent, or null (which counts as absent)
+            elif name in _PROVIDER_VALUES.get(provider, {}):
+                value = _PROVIDER_VALUES[provider][name]
+                properties[name] = {"oneOf": [value, {"type": "null"}]}
+        if nested:
+            then: Schema = {
+                "properties": {
+                    "parameters": {
+                        "oneOf": [
+                            {
+                                "type": "object",
+                                "properties": properties,
+                                "propertyNames": {"enum": sorted(PARAMETERS)},
+                            },
+                            {"type": "null"},
+                        ]
+                    }
+                }
+            }
+        else:
+            then = {"properties": properties}
+        rules.append({"if": _model_of(provider), "then": then})
+    return rules
+
+
 def _parameter(name: str) -> Schema:
     """A parameter's schema: its value, or null (absent), and which providers take it."""
     value = dict(_PARAMETER_VALUES[name])
@@ -206,6 +298,7 @@ _SCHEMAS: Final[dict[str, Schema]] = {
             "and one user message, or `messages`: a conversation, never both. All the "
             "messages' content together is at most MAX_PROMPT_CHARS characters (else 413)."
         ),
+        "allOf": _provider_rules(_PARAMETER_VALUES, nested=True),
         "oneOf": [
             {"required": ["prompt"], "not": {"required": ["messages"]}},
             {
@@ -394,6 +487,140 @@ _SCHEMAS: Final[dict[str, Schema]] = {
             {"properties": {"event": {"const": "error"}, "data": _ref("ErrorEventData")}},
         ],
     },
+    "ChatCompletionRequest": {
+        "description": (
+            "OpenAI's Chat Completions request, as far as tasks can serve it: the "
+            "conversation, the model, and the parameters of the task vocabulary. Any other "
+            "field is a 400 naming it."
+        ),
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["model", "messages"],
+        "properties": {
+            "model": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_MODEL_CHARS,
+                "pattern": NOT_BLANK_PATTERN,
+            },
+            "messages": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_MESSAGES,
+                "items": _ref("ChatCompletionMessage"),
+                "contains": {"properties": {"role": {"const": "user"}}},
+            },
+            "stream": {"type": ["boolean", "null"]},
+            "stream_options": {
+                "type": ["object", "null"],
+                "additionalProperties": False,
+                "properties": {"include_usage": {"type": ["boolean", "null"]}},
+            },
+            "n": {"enum": [1, None]},
+            "user": {"type": ["string", "null"], "description": "Kept in the task's metadata."},
+            "metadata": {"type": ["object", "null"]},
+            **{
+                name: {"oneOf": [_PARAMETER_VALUES[name], {"type": "null"}]}
+                for name in _CHAT_PARAMETERS
+            },
+        },
+        "dependentSchemas": {
+            "stream_options": {"required": ["stream"], "properties": {"stream": {"const": True}}}
+        },
+        "allOf": _provider_rules(_CHAT_PARAMETERS, nested=False),
+    },
+    "ChatCompletionMessage": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["role", "content"],
+        "properties": {
+            "role": {"enum": ["system", "developer", "user", "assistant"]},
+            "content": {
+                "oneOf": [
+                    {"type": "string", "minLength": 1},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["type", "text"],
+                            "properties": {
+                                "type": {"const": "text"},
+                                "text": {"type": "string", "minLength": 1},
+                            },
+                        },
+                    },
+                ]
+            },
+            "name": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_NAME_CHARS},
+        },
+    },
+    "ChatCompletion": {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices", "usage"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "chat.completion"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["index", "message", "finish_reason"],
+                    "properties": {
+                        "index": {"const": 0},
+                        "message": {
+                            "type": "object",
+                            "required": ["role", "content"],
+                            "properties": {
+                                "role": {"const": "assistant"},
+                                "content": {"type": "string"},
+                            },
+                        },
+                        "finish_reason": {"enum": ["stop", "length", "content_filter"]},
+                    },
+                },
+            },
+            "usage": {
+                "type": "object",
+                "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+                "properties": {
+                    "prompt_tokens": {"type": "integer", "minimum": 0},
+                    "completion_tokens": {"type": "integer", "minimum": 0},
+                    "total_tokens": {"type": "integer", "minimum": 0},
+                },
+            },
+        },
+    },
+    "ChatCompletionChunkMessage": {
+        "description": (
+            "One Server-Sent Events message of a streamed completion: `data` is a "
+            "`chat.completion.chunk` as JSON, an OpenAI error object, or `[DONE]` last."
+        ),
+        "type": "object",
+        "required": ["data"],
+        "properties": {"data": {"type": "string", "minLength": 1}},
+    },
+    "OpenAIError": {
+        "description": "OpenAI's error shape, so its SDKs raise their own exception classes.",
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": {"type": ["string", "null"]},
+                    "code": {"type": ["string", "null"]},
+                },
+            }
+        },
+    },
     "TaskEventMessage": {
         "description": (
             "One Server-Sent Events message of a task, by its fields: `id`, `event`, and "
@@ -575,6 +802,33 @@ _WEBSOCKET_UPGRADE: Final[list[dict[str, Any]]] = [
 ]
 
 
+_IDEMPOTENCY_KEY: Final = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Makes retries safe: one task per key and tenant (for as long as the task "
+    "is kept).",
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_IDEMPOTENCY_KEY,
+        "pattern": IDEMPOTENCY_KEY_PATTERN,
+    },
+}
+#: The task behind a chat completion.
+_TASK_ID_HEADER: Final = {
+    "X-Task-Id": {"description": "The task's id.", "schema": {"type": "string"}}
+}
+
+
+def _openai_error(description: str) -> Schema:
+    return {
+        "description": description,
+        "headers": {**_TASK_ID_HEADER, **_RETRY_AFTER},
+        "content": {"application/json": {"schema": _ref("OpenAIError")}},
+    }
+
+
 def _common(*names: str) -> dict[str, Any]:
     statuses = {"Unauthorized": "401", "NotFound": "404", "Unavailable": "503"}
     out = {statuses[name]: {"$ref": f"#/components/responses/{name}"} for name in names}
@@ -651,6 +905,50 @@ def build_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/chat/completions": {
+                "post": {
+                    "operationId": "createChatCompletion",
+                    "summary": "OpenAI Chat Completions, answered by a task.",
+                    "description": (
+                        "The request becomes a task of the caller's tenant (queued, retried, "
+                        "cached, joined, traced); the answer follows it. With `stream`, "
+                        "`chat.completion.chunk` events then `data: [DONE]`. `X-Task-Id` "
+                        "names the task (GET /v1/tasks/{task_id}). Errors are OpenAI's "
+                        "shape."
+                    ),
+                    "parameters": [_IDEMPOTENCY_KEY],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("ChatCompletionRequest")}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The completion, or its stream.",
+                            "headers": {**_TASK_ID_HEADER},
+                            "content": {
+                                "application/json": {"schema": _ref("ChatCompletion")},
+                                "text/event-stream": {"schema": _ref("ChatCompletionChunkMessage")},
+                            },
+                        },
+                        **{
+                            status: _openai_error(description)
+                            for status, description in (
+                                ("400", "Invalid request, or the provider refused it."),
+                                ("401", "Missing or unknown API key."),
+                                ("404", "The model is not served (the task failed)."),
+                                ("409", "The Idempotency-Key is in use by another request."),
+                                ("413", "The body or the conversation is too large."),
+                                ("415", "The body is not JSON."),
+                                ("422", "The Idempotency-Key was used with another body."),
+                                ("429", "Over the tenant's rate, or the provider's."),
+                                ("500", "An unexpected server error."),
+                                ("502", "The provider failed the task."),
+                                ("503", "The broker or the store is unreachable."),
+                            )
+                        },
+                    },
+                }
+            },
             "/v1/tasks": {
                 "post": {
                     "operationId": "submitTask",
@@ -663,21 +961,7 @@ def build_document() -> dict[str, Any]:
                         "the earlier task is returned with 200; with another body, that is a "
                         "422."
                     ),
-                    "parameters": [
-                        {
-                            "name": "Idempotency-Key",
-                            "in": "header",
-                            "required": False,
-                            "description": "Makes retries safe: one task per key and tenant "
-                            "(for as long as the task is kept).",
-                            "schema": {
-                                "type": "string",
-                                "minLength": 1,
-                                "maxLength": MAX_IDEMPOTENCY_KEY,
-                                "pattern": IDEMPOTENCY_KEY_PATTERN,
-                            },
-                        }
-                    ],
+                    "parameters": [_IDEMPOTENCY_KEY],
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": _ref("TaskSubmission")}},

@@ -29,10 +29,15 @@ from .state import STATE, ApiState
 from .store.errors import IdempotencyKeyInUse, IdempotencyKeyReused
 from .streaming import stream_sse, stream_websocket
 from .tasks import Unavailable
-from .validation import MAX_IDEMPOTENCY_KEY, parse_submission, valid_idempotency_key
+from .validation import (
+    MAX_IDEMPOTENCY_KEY,
+    Submission,
+    parse_submission,
+    valid_idempotency_key,
+)
 from .views import task_view
 
-__all__ = ["add_routes"]
+__all__ = ["accept_submission", "add_routes", "read_submission", "tenant_of"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +52,8 @@ def _json(body: object, status: int = 200, headers: dict[str, str] | None = None
     return web.Response(body=orjson.dumps(body), status=status, headers=headers, content_type=_JSON)
 
 
-def _tenant(request: web.Request, state: ApiState) -> str:
+def tenant_of(request: web.Request, state: ApiState) -> str:
+    """The request's tenant by its bearer key; a 401 problem if none."""
     authorization = request.headers.get("Authorization")
     tenant = state.keyring.tenant(authorization)
     if tenant is None:
@@ -74,7 +80,21 @@ async def submit_task(request: web.Request) -> web.Response:
     """``POST /v1/tasks``: 202 with the new task, or 200 with the task an
     ``Idempotency-Key`` already created."""
     state = request.app[STATE]
-    tenant = _tenant(request, state)
+    tenant, body, key = await read_submission(request, state)
+    submission = parse_submission(body, max_prompt_chars=state.settings.max_prompt_chars)
+    record, created = await accept_submission(request, state, tenant, submission, key)
+    return _json(
+        task_view(record),
+        202 if created else 200,
+        {"Location": f"/v1/tasks/{record.id}"},
+    )
+
+
+async def read_submission(request: web.Request, state: ApiState) -> tuple[str, bytes, str | None]:
+    """The tenant, JSON body and ``Idempotency-Key`` of a submission (``POST /v1/tasks``,
+    ``POST /v1/chat/completions``): 401, 429, 415, 413 or 400 problems before any body is
+    parsed."""
+    tenant = tenant_of(request, state)
     limiter = state.limiter
     if limiter is not None and (wait := limiter.acquire(tenant)) > 0:
         request.app[METRICS].task_rate_limited(tenant)
@@ -110,9 +130,18 @@ async def submit_task(request: web.Request) -> web.Response:
             title="Invalid request",
             errors=[{"field": "Idempotency-Key", "message": "invalid header value"}],
         )
-    submission = parse_submission(
-        await _body(request, length, limit), max_prompt_chars=state.settings.max_prompt_chars
-    )
+    return tenant, await _body(request, length, limit), key
+
+
+async def accept_submission(
+    request: web.Request,
+    state: ApiState,
+    tenant: str,
+    submission: Submission,
+    key: str | None,
+) -> tuple[TaskRecord, bool]:
+    """Submit the task (and count it): the record, and whether it is new; 503, 422 or 409
+    problems when it cannot be taken."""
     try:
         record, created = await state.tasks.submit(tenant, submission, key)
     except Unavailable as exc:
@@ -138,11 +167,7 @@ async def submit_task(request: web.Request) -> web.Response:
         metrics.task_accepted(tenant, submission.model)
         if record.cached or record.joined is not None:
             metrics.task_shared(tenant, "hit" if record.joined is None else "joined")
-    return _json(
-        task_view(record),
-        202 if created else 200,
-        {"Location": f"/v1/tasks/{record.id}"},
-    )
+    return record, created
 
 
 async def _body(request: web.Request, length: int | None, limit: int) -> bytes:
@@ -162,7 +187,7 @@ async def _body(request: web.Request, length: int | None, limit: int) -> bytes:
 async def get_task(request: web.Request) -> web.Response:
     """``GET /v1/tasks/{task_id}``."""
     state = request.app[STATE]
-    tenant = _tenant(request, state)
+    tenant = tenant_of(request, state)
     record = await _record(request, state, tenant)
     return _json(task_view(record))
 
@@ -185,7 +210,7 @@ async def _record(request: web.Request, state: ApiState, tenant: str) -> TaskRec
 async def task_events(request: web.Request) -> web.StreamResponse:
     """``GET /v1/tasks/{task_id}/events``: Server-Sent Events."""
     state = request.app[STATE]
-    tenant = _tenant(request, state)
+    tenant = tenant_of(request, state)
     record = await _record(request, state, tenant)
     return await stream_sse(
         request, state.store, state.streams, tenant, record.id, heartbeat=state.heartbeat
@@ -195,7 +220,7 @@ async def task_events(request: web.Request) -> web.StreamResponse:
 async def task_websocket(request: web.Request) -> web.StreamResponse:
     """``GET /v1/tasks/{task_id}/ws``: the same events over a WebSocket."""
     state = request.app[STATE]
-    tenant = _tenant(request, state)
+    tenant = tenant_of(request, state)
     record = await _record(request, state, tenant)
     return await stream_websocket(
         request, state.store, state.streams, tenant, record.id, heartbeat=state.heartbeat
@@ -240,9 +265,12 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """Register every route (the OpenAPI document lists exactly these)."""
+    from .chat import chat_completions  # it builds on this module's handlers
+
     app.router.add_get("/health", health, allow_head=False)
     app.router.add_get("/openapi.json", openapi_document, allow_head=False)
     app.router.add_post("/v1/tasks", submit_task)
+    app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/tasks/{task_id}", get_task, allow_head=False)
     app.router.add_get("/v1/tasks/{task_id}/events", task_events, allow_head=False)
     app.router.add_get("/v1/tasks/{task_id}/ws", task_websocket, allow_head=False)
