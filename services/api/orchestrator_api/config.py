@@ -96,6 +96,12 @@ class ApiSettings:
     - ``DEAD_LETTER_MAXLEN`` [10000]: dead letters kept per stream (newest first; 0 = all).
     - ``RATE_LIMITS`` [unset]: submissions per tenant and API process, ``*=50/s,acme=200/s``
       (``/s``, ``/m``, ``/h``; ``*`` every other tenant); over it, ``429`` (``ratelimit``).
+    - ``HTTP_HEADER_TIMEOUT_SECONDS`` [10]: a connection that has not sent its complete
+      request headers this long after opening (or after the first byte of a later
+      keep-alive request) is closed.
+    - ``HTTP_KEEPALIVE_SECONDS`` [75]: an idle keep-alive connection is closed after this.
+    - ``HTTP_MAX_CONNECTIONS`` [10000]: open connections per API process; past it a new
+      connection gets ``503`` (``Retry-After: 1``) at once and is closed.
     - ``LOG_LEVEL`` [INFO]: DEBUG, INFO, WARNING, ERROR or CRITICAL (DEBUG adds access logs).
     - ``LOG_FORMAT`` [plain]: ``plain`` or ``json`` (one JSON object per line, with trace ids).
     """
@@ -115,6 +121,9 @@ class ApiSettings:
     shutdown_grace_seconds: float = 10.0
     dead_letter_maxlen: int = DEFAULT_DEAD_LETTER_MAXLEN
     rate_limits: Mapping[str, Rate] = attrs.field(factory=dict, hash=False)
+    http_header_timeout_seconds: float = 10.0
+    http_keepalive_seconds: float = 75.0
+    http_max_connections: int = 10_000
     log_level: str = "INFO"
     log_format: str = "plain"
 
@@ -151,6 +160,11 @@ class ApiSettings:
                 "DEAD_LETTER_MAXLEN", DEFAULT_DEAD_LETTER_MAXLEN, low=0, high=10**9
             ),
             rate_limits=env.parsed("RATE_LIMITS", _rate_limits, {}),
+            http_header_timeout_seconds=env.seconds(
+                "HTTP_HEADER_TIMEOUT_SECONDS", 10.0, positive=True
+            ),
+            http_keepalive_seconds=env.seconds("HTTP_KEEPALIVE_SECONDS", 75.0, positive=True),
+            http_max_connections=env.integer("HTTP_MAX_CONNECTIONS", 10_000, low=1, high=10**7),
             log_level=env.choice("LOG_LEVEL", "INFO", _LOG_LEVELS, case="upper"),
             log_format=env.choice("LOG_FORMAT", "plain", _LOG_FORMATS, case="lower"),
         )
