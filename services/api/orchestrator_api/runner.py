@@ -37,7 +37,7 @@ from typing import Any, Final
 import attrs
 import orjson
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 
 from .problems import (
     PROBLEM_CONTENT_TYPE,
@@ -48,6 +48,7 @@ from .problems import (
     malformed_request,
     problem_response,
 )
+from .strict import unsupported_encoding
 
 __all__ = ["ApiRunner", "HttpLimits", "aiohttp_internals_problem", "redact_parser_errors"]
 
@@ -309,7 +310,13 @@ class _ProblemRequestHandler(web.RequestHandler):
         if isinstance(exc, HttpProcessingError):
             # A client error: one line naming its kind. aiohttp would log a traceback whose
             # message quotes the request's bytes (an API key in a header among them).
-            problem = malformed_request(exc, status)
+            # A coding aiohttp knows but cannot decode here (br, zstd without their packages)
+            # fails as the headers are parsed; a body that does not decode fails later,
+            # in the handler, as a 400.
+            if isinstance(exc, ContentEncodingError):
+                problem = unsupported_encoding()
+            else:
+                problem = malformed_request(exc, status)
             _log.debug(
                 "api: rejected a malformed request from %s (%s): %d %s",
                 request.remote,
