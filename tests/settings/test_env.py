@@ -303,6 +303,21 @@ def test_a_secret_never_shows_itself() -> None:
     assert secret != "sk-very-secret"
 
 
+@pytest.mark.parametrize("inside", ["\r", "\n", "\r\n", "\x00", "\x1b", "\x7f", "\x85", "\t"])
+def test_a_secret_with_a_control_character_is_refused_without_showing_it(inside: str) -> None:
+    error = fails(lambda: env(KEY=f"sk-part-one{inside}sk-part-two").secret("KEY"), "KEY")
+
+    assert "control character" in error.problem
+    assert "sk-part" not in str(error)
+    assert "\n" not in str(error)
+
+
+def test_a_secret_may_keep_its_control_characters_when_asked() -> None:
+    secret = env(KEY="a\x01b").secret("KEY", printable=False)
+    assert secret is not None
+    assert secret.reveal() == "a\x01b"
+
+
 # mapping
 
 

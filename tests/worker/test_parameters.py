@@ -228,6 +228,19 @@ def test_a_malformed_setting_names_its_variable(variable: str, value: str) -> No
     assert "in-url" not in str(raised.value)  # a mistyped URL may hold a key
 
 
+@pytest.mark.parametrize("variable", ["OPENAI_API_KEY", "GEMINI_API_KEY"])
+@pytest.mark.parametrize("inside", ["\r\n", "\n", "\r", "\x00", "\x7f"])
+def test_a_provider_key_with_a_control_character_is_refused_naming_it(
+    variable: str, inside: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        ProviderSettings.from_env({variable: f"sk-canary{inside}X-Injected: 1"})
+
+    assert raised.value.variable == variable
+    assert "canary" not in str(raised.value)
+    assert "Injected" not in str(raised.value)
+
+
 def test_keys_never_show_in_reprs() -> None:
     settings = ProviderSettings.from_env({"OPENAI_API_KEY": "sk-hide", "GEMINI_API_KEY": "g-hide"})
 

@@ -30,6 +30,9 @@ _V = TypeVar("_V")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
+#: C0 controls (CR, LF and tab among them), DEL and C1 controls.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
 #: How ``choice`` and ``items`` fold a value before comparing it.
 Case = Literal["lower", "upper", "keep"]
 
@@ -249,10 +252,21 @@ class Env:
             raise self.fail(name, "must not have a query or a fragment")
         return value
 
-    def secret(self, name: str) -> Secret | None:
-        """A credential, held in ``Secret`` so no ``repr`` or log line shows it."""
+    def secret(self, name: str, *, printable: bool = True) -> Secret | None:
+        """A credential, held in ``Secret`` so no ``repr`` or log line shows it.
+
+        ``printable``: refuse a value with a control character inside (CR, LF, tab, NUL,
+        DEL, C1): no HTTP header can carry one, so such a key (a paste that took a line
+        break along) would fail every call, or split the header it is sent in.
+        """
         raw = self.raw(name)
-        return None if raw is None else Secret(raw)
+        if raw is None:
+            return None
+        if printable and _CONTROL.search(raw) is not None:
+            raise self.fail(
+                name, "contains a control character (CR, LF or another); the value is not shown"
+            )
+        return Secret(raw)
 
     def mapping(
         self,

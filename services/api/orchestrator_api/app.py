@@ -22,6 +22,7 @@ from .routes import add_routes
 from .state import STATE, ApiState
 from .store.protocol import TaskStore
 from .streaming import DEFAULT_HEARTBEAT, StreamRegistry
+from .strict import strict_input_middleware
 from .tasks import DEFAULT_PUBLISH_TIMEOUT, TaskService
 
 __all__ = [
@@ -88,7 +89,7 @@ def create_app(
     # Inside the tracing middleware (added below, outermost): exemplars get the request's
     # trace id; outside the error middleware: it sees the statuses clients see.
     app = web.Application(
-        middlewares=[metrics.middleware(), error_middleware],
+        middlewares=[metrics.middleware(), error_middleware, strict_input_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[METRICS] = metrics

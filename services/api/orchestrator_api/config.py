@@ -100,6 +100,12 @@ class ApiSettings:
       (``/s``, ``/m``, ``/h``; ``*`` every other tenant); over it, ``429`` (``ratelimit``).
     - ``METRICS_MAX_LABEL_VALUES`` [100]: distinct values a metric label keeps when clients
       choose them (model names); later new ones count as ``other``.
+    - ``HTTP_HEADER_TIMEOUT_SECONDS`` [10]: a connection that has not sent its complete
+      request headers this long after opening (or after the first byte of a later
+      keep-alive request) is closed.
+    - ``HTTP_KEEPALIVE_SECONDS`` [75]: an idle keep-alive connection is closed after this.
+    - ``HTTP_MAX_CONNECTIONS`` [10000]: open connections per API process; past it a new
+      connection gets ``503`` (``Retry-After: 1``) at once and is closed.
     - ``LOG_LEVEL`` [INFO]: DEBUG, INFO, WARNING, ERROR or CRITICAL (DEBUG adds access logs).
     - ``LOG_FORMAT`` [plain]: ``plain`` or ``json`` (one JSON object per line, with trace ids).
     """
@@ -120,6 +126,9 @@ class ApiSettings:
     dead_letter_maxlen: int = DEFAULT_DEAD_LETTER_MAXLEN
     rate_limits: Mapping[str, Rate] = attrs.field(factory=dict, hash=False)
     metrics_max_label_values: int = MAX_LABEL_VALUES
+    http_header_timeout_seconds: float = 10.0
+    http_keepalive_seconds: float = 75.0
+    http_max_connections: int = 10_000
     log_level: str = "INFO"
     log_format: str = "plain"
 
@@ -159,6 +168,11 @@ class ApiSettings:
             metrics_max_label_values=env.integer(
                 "METRICS_MAX_LABEL_VALUES", MAX_LABEL_VALUES, low=1, high=100_000
             ),
+            http_header_timeout_seconds=env.seconds(
+                "HTTP_HEADER_TIMEOUT_SECONDS", 10.0, positive=True
+            ),
+            http_keepalive_seconds=env.seconds("HTTP_KEEPALIVE_SECONDS", 75.0, positive=True),
+            http_max_connections=env.integer("HTTP_MAX_CONNECTIONS", 10_000, low=1, high=10**7),
             log_level=env.choice("LOG_LEVEL", "INFO", _LOG_LEVELS, case="upper"),
             log_format=env.choice("LOG_FORMAT", "plain", _LOG_FORMATS, case="lower"),
         )

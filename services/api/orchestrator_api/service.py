@@ -20,7 +20,7 @@ from orchestrator_telemetry.runtime import observability
 from .app import backend_label, create_app
 from .config import ApiSettings
 from .metrics import ApiMetrics
-from .runner import ApiRunner
+from .runner import ApiRunner, HttpLimits
 from .state import STATE
 from .store.protocol import TaskStore
 
@@ -122,6 +122,11 @@ async def _serve_app(
     """Run ``app`` on ``host:port`` until ``stop`` (or SIGTERM/SIGINT), then drain it."""
     runner = ApiRunner(
         app,
+        limits=HttpLimits(
+            header_timeout=settings.http_header_timeout_seconds,
+            keepalive=settings.http_keepalive_seconds,
+            max_connections=settings.http_max_connections,
+        ),
         access_log=log if settings.log_level == "DEBUG" else None,
         shutdown_timeout=settings.shutdown_grace_seconds,
         handle_signals=False,

@@ -26,7 +26,8 @@ Variable                      Default                                       Mean
 ============================= ============================================= ==================
 
 The whole call is bounded by the worker's ``TASK_TIMEOUT_SECONDS``. API keys are held in
-``Secret`` and kept out of every ``repr``; base URLs may not carry credentials or a query.
+``Secret`` and kept out of every ``repr``, and refused with a control character inside (no
+HTTP header can carry one); base URLs may not carry credentials or a query.
 """
 
 from __future__ import annotations
