@@ -45,6 +45,7 @@ from typing import Any
 import attrs
 import orjson
 
+from .chat import ChatConfig, run_chat
 from .dispatch import DispatchConfig, run_dispatch
 from .httpbench import HttpConfig, choose_loadgen, run_http
 from .processes import PROFILE_RATE, BenchError, Processes, py_spy
@@ -268,10 +269,21 @@ def bench_http(args: argparse.Namespace, processes: Processes) -> dict[str, Any]
     }
 
 
+def bench_chat(args: argparse.Namespace, processes: Processes) -> dict[str, Any]:
+    config = ChatConfig(
+        clients=args.chat_clients,
+        rounds=args.chat_rounds,
+        latency_ms=args.chat_latency_ms,
+        timeout=args.timeout,
+    )
+    return {"loadavg_before": _loadavg(), **run_chat(processes, config)}
+
+
 BENCHMARKS: dict[str, Callable[[argparse.Namespace, Processes], dict[str, Any]]] = {
     "dispatch": bench_dispatch,
     "concurrency": bench_concurrency,
     "http": bench_http,
+    "chat": bench_chat,
 }
 
 
@@ -299,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--concurrency", type=int, default=1_000, help="concurrency: slots")
     sizes.add_argument("--latency-ms", type=float, default=500.0, help="concurrency: per task")
     sizes.add_argument("--duration", type=float, default=10.0, help="http: measured seconds")
+    sizes.add_argument("--chat-clients", type=int, default=100, help="chat: concurrent clients")
+    sizes.add_argument("--chat-rounds", type=int, default=5, help="chat: rounds of all clients")
+    sizes.add_argument(
+        "--chat-latency-ms", type=float, default=200.0, help="chat: the fake provider's latency"
+    )
     sizes.add_argument("--http-warmup", type=float, default=2.0, help="http: warm-up seconds")
     sizes.add_argument("--connections", type=int, default=64, help="http: connections")
     parser.add_argument(
@@ -381,6 +398,16 @@ def _headline(name: str, outcome: dict[str, Any]) -> str:
         return (
             f"{outcome['seconds']:.3f} s for {outcome['tasks']} tasks, ideal "
             f"{outcome['ideal_seconds']:g} s (target {target.get('limit_seconds')} s: {met})"
+        )
+    if name == "chat":
+        first, whole = (
+            outcome["added_to_first_token_ms"],
+            outcome["added_to_non_streamed_answer_ms"],
+        )
+        return (
+            f"added to first token p50 {first['p50']} ms, p99 {first['p99']} ms; added to a "
+            f"non-streamed answer p50 {whole['p50']} ms, p99 {whole['p99']} ms (targets p50 "
+            f"<= 15 / <= 5 ms: {met})"
         )
     latency = outcome.get("latency_ms", {})
     return (

@@ -126,6 +126,26 @@ def test_http_measures_submissions_with_auth_on(
     assert_all_stopped(tmp_path)
 
 
+def test_chat_measures_what_the_orchestrator_adds_to_a_chat_client_s_wait(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, document = run_bench(
+        capsys, tmp_path, "chat", "--chat-clients", "4", "--chat-rounds", "1",
+        "--chat-latency-ms", "50",
+    )  # fmt: skip
+
+    result = document["benchmarks"]["chat"]
+    assert code == 0, result
+    assert result["status"] == "complete"
+    for key in ("provider_direct_ms", "streamed_ms", "non_streamed_ms"):
+        assert set(result[key]) == {"first", "total"}
+        assert result[key]["first"]["p50"] > 0
+    # The provider's latency is in every path: nothing answers before it.
+    assert result["streamed_ms"]["first"]["p50"] >= 50
+    assert set(result["added_to_first_token_ms"]) == {"p50", "p99"}
+    assert_all_stopped(tmp_path)
+
+
 @pytest.mark.parametrize(
     ("benchmark", "sizes"),
     [("dispatch", TINY_DISPATCH), ("http", TINY_HTTP)],
