@@ -31,6 +31,7 @@ from .streaming import stream_sse, stream_websocket
 from .tasks import Unavailable
 from .validation import MAX_IDEMPOTENCY_KEY, parse_submission, valid_idempotency_key
 from .views import task_view
+from .workers import unserved_model
 
 __all__ = ["add_routes"]
 
@@ -113,6 +114,8 @@ async def submit_task(request: web.Request) -> web.Response:
     submission = parse_submission(
         await _body(request, length, limit), max_prompt_chars=state.settings.max_prompt_chars
     )
+    if submission.model is not None:
+        await _check_served(state, submission.model)
     try:
         record, created = await state.tasks.submit(tenant, submission, key)
     except Unavailable as exc:
@@ -143,6 +146,19 @@ async def submit_task(request: web.Request) -> web.Response:
         202 if created else 200,
         {"Location": f"/v1/tasks/{record.id}"},
     )
+
+
+async def _check_served(state: ApiState, model: str) -> None:
+    """A 400 naming ``model`` when live workers exist and none of them serves it."""
+    reason = unserved_model(await state.workers.adverts(), model)
+    if reason is not None:
+        raise Problem(
+            400,
+            f"The request body is invalid (model): {reason}.",
+            type=TYPE_VALIDATION,
+            title="Invalid request",
+            errors=[{"field": "model", "message": reason}],
+        )
 
 
 async def _body(request: web.Request, length: int | None, limit: int) -> bytes:
@@ -203,17 +219,21 @@ async def task_websocket(request: web.Request) -> web.StreamResponse:
 
 
 async def health(request: web.Request) -> web.Response:
-    """``GET /health``: 200 when the broker and the store answer, else 503 naming the failure."""
+    """``GET /health``: 200 when the broker and the store answer, else 503 naming the failure;
+    ``workers`` counts the live workers."""
     state = request.app[STATE]
-    broker, store = await asyncio.gather(
+    broker, store, workers = await asyncio.gather(
         _check("broker", state.broker.ping(), state.health_timeout),
         _check("store", state.store.ping(), state.health_timeout),
+        state.workers.adverts(),
     )
     healthy = broker == "ok" and store == "ok"
     body = {
         "status": "ok" if healthy else "unavailable",
         "checks": {"broker": broker, "store": store},
         "service": state.settings.app_id,
+        # Informational: with no worker alive, tasks are still accepted and wait in the queue.
+        "workers": len(workers),
     }
     return _json(body, 200 if healthy else 503, None if healthy else _RETRY_AFTER)
 
