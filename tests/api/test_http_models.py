@@ -113,7 +113,7 @@ async def test_one_model_is_found_when_a_live_worker_serves_it(
     assert (await client.get("/v1/models/fast")).status == 401
 
 
-async def test_a_model_no_live_worker_serves_is_a_400_naming_model(
+async def test_a_model_no_live_worker_serves_is_a_422_naming_model(
     api_client: ApiClientFactory, broker: MemoryBroker, start_worker: StartWorker
 ) -> None:
     client = await api_client(broker=broker)
@@ -124,7 +124,7 @@ async def test_a_model_no_live_worker_serves_is_a_400_naming_model(
         response = await client.post(
             "/v1/tasks", json={"prompt": "x", "model": model}, headers=ACME
         )
-        assert response.status == 400, model
+        assert response.status == 422, model
         problem = await response.json()
         assert [e["field"] for e in problem["errors"]] == ["model"]
         assert "echo" in problem["errors"][0]["message"]  # what is served instead
@@ -178,7 +178,7 @@ async def test_model_responses_match_the_document(
         (template, 200),
         (template, 404),
         (template, 401),
-        ("/v1/tasks", 400),
+        ("/v1/tasks", 422),
     }
 
 

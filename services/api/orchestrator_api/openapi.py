@@ -75,9 +75,9 @@ def _json(description: str, schema: Schema, headers: dict[str, Any] | None = Non
 _PARAMETER_VALUES: Final[dict[str, Schema]] = {
     "temperature": {"type": "number", "minimum": 0, "maximum": 2},
     "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-    "top_k": {"type": "integer", "minimum": 1},
-    "max_tokens": {"type": "integer", "minimum": 1},
-    "max_completion_tokens": {"type": "integer", "minimum": 1},
+    "top_k": {"type": "integer", "minimum": 1, "maximum": 2**53},
+    "max_tokens": {"type": "integer", "minimum": 1, "maximum": 2**53},
+    "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": 2**53},
     "stop": {
         "oneOf": [
             {"type": "string", "minLength": 1},
@@ -730,10 +730,7 @@ def build_document() -> dict[str, Any]:
                         ),
                         "400": _problem(
                             "Malformed JSON, or invalid fields (listed in `errors`), or an "
-                            "invalid Idempotency-Key. A `model` that no live worker serves "
-                            "(neither its provider prefix nor an alias) is invalid too, while "
-                            "any worker is alive; with none alive the task is accepted and "
-                            "waits in the queue."
+                            "invalid Idempotency-Key."
                         ),
                         "413": _problem(
                             "The body (MAX_BODY_BYTES) or the conversation's text "
@@ -747,7 +744,11 @@ def build_document() -> dict[str, Any]:
                         ),
                         "422": _problem(
                             "This Idempotency-Key was used before with another request body "
-                            "(compared as parsed: key order and whitespace do not matter)."
+                            "(compared as parsed: key order and whitespace do not matter). Or, "
+                            "while any worker is alive, no live worker serves the `model` "
+                            "(neither its provider prefix nor an alias; `errors` names `model`, "
+                            "see GET /v1/models); with none alive the task is accepted and "
+                            "waits in the queue."
                         ),
                         "429": _problem(
                             "The tenant is over its submission rate (`RATE_LIMITS`); nothing "

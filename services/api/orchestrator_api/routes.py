@@ -149,11 +149,12 @@ async def submit_task(request: web.Request) -> web.Response:
 
 
 async def _check_served(state: ApiState, model: str) -> None:
-    """A 400 naming ``model`` when live workers exist and none of them serves it."""
+    """A 422 naming ``model`` when live workers exist and none of them serves it: the body is
+    valid (a 400 would contradict the schema), the deployment's state refuses it."""
     reason = unserved_model(await state.workers.adverts(), model)
     if reason is not None:
         raise Problem(
-            400,
+            422,
             f"The request body is invalid (model): {reason}.",
             type=TYPE_VALIDATION,
             title="Invalid request",
