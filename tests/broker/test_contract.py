@@ -615,3 +615,92 @@ def test_a_negative_dead_letter_cap_is_refused() -> None:
         MemoryBroker(dead_letter_maxlen=-1)
     with pytest.raises(ConfigError, match="dead_letter_maxlen"):
         RedisStreamsBroker.from_url("redis://127.0.0.1:1/0", dead_letter_maxlen=-1)
+
+
+# -- presence -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def presence(stream: str) -> str:
+    """A presence group no other test uses."""
+    return f"presence-{stream}"
+
+
+async def test_announced_members_are_listed_with_their_payloads(
+    broker: Broker, presence: str
+) -> None:
+    assert await broker.members(presence) == {}
+    await broker.announce(presence, "w1", {"models": ["echo"], "n": 1}, ttl=60)
+    await broker.announce(presence, "w2", {"models": []}, ttl=60)
+    assert await broker.members(presence) == {
+        "w1": {"models": ["echo"], "n": 1},
+        "w2": {"models": []},
+    }
+
+
+async def test_announcing_again_replaces_the_payload(broker: Broker, presence: str) -> None:
+    await broker.announce(presence, "w1", {"v": 1}, ttl=60)
+    await broker.announce(presence, "w1", {"v": 2}, ttl=60)
+    assert await broker.members(presence) == {"w1": {"v": 2}}
+
+
+async def test_a_member_whose_ttl_runs_out_is_no_longer_listed(
+    broker: Broker, presence: str
+) -> None:
+    await broker.announce(presence, "short", {}, ttl=0.2)
+    await broker.announce(presence, "long", {}, ttl=60)
+
+    async def expired() -> bool:
+        return "short" not in await broker.members(presence)
+
+    await wait_until(expired)
+    assert await broker.members(presence) == {"long": {}}
+
+
+async def test_renewing_keeps_a_member_past_its_first_ttl(broker: Broker, presence: str) -> None:
+    await broker.announce(presence, "w1", {"v": 1}, ttl=0.2)
+    await broker.announce(presence, "w1", {"v": 2}, ttl=60)
+    await broker.announce(presence, "gone", {}, ttl=0.2)  # expires after w1's first TTL
+
+    async def expired() -> bool:
+        return "gone" not in await broker.members(presence)
+
+    await wait_until(expired)
+    assert await broker.members(presence) == {"w1": {"v": 2}}
+
+
+async def test_a_withdrawn_member_is_gone_at_once(broker: Broker, presence: str) -> None:
+    await broker.announce(presence, "w1", {}, ttl=60)
+    await broker.announce(presence, "w2", {}, ttl=60)
+    await broker.withdraw(presence, "w1")
+    await broker.withdraw(presence, "never-there")
+    assert await broker.members(presence) == {"w2": {}}
+
+
+async def test_presence_groups_are_separate(broker: Broker, presence: str) -> None:
+    await broker.announce(presence, "w1", {"g": 1}, ttl=60)
+    await broker.announce(f"{presence}-other", "w1", {"g": 2}, ttl=60)
+    await broker.withdraw(f"{presence}-other", "w1")
+    assert await broker.members(presence) == {"w1": {"g": 1}}
+    assert await broker.members(f"{presence}-other") == {}
+
+
+async def test_members_returns_copies(broker: Broker, presence: str) -> None:
+    await broker.announce(presence, "w1", {"models": ["echo"]}, ttl=60)
+    (await broker.members(presence))["w1"]["models"].append("changed")
+    assert await broker.members(presence) == {"w1": {"models": ["echo"]}}
+
+
+@pytest.mark.parametrize("ttl", [0, -1, float("nan"), float("inf")])
+async def test_a_ttl_that_is_not_positive_is_refused(
+    broker: Broker, presence: str, ttl: float
+) -> None:
+    with pytest.raises(ValueError, match="ttl"):
+        await broker.announce(presence, "w1", {}, ttl=ttl)
+    assert await broker.members(presence) == {}
+
+
+async def test_a_payload_that_is_not_json_is_refused(broker: Broker, presence: str) -> None:
+    with pytest.raises(TypeError):
+        await broker.announce(presence, "w1", {"x": object()}, ttl=60)
+    assert await broker.members(presence) == {}

@@ -10,7 +10,8 @@ plus, per group, a queue of nacked entries waiting out their delay. Messages are
 stream fields through ``encode_fields``/``decode_fields``, exactly as on Redis, so
 ``publish_raw`` can plant a corrupt or foreign entry. Everything runs on one event loop;
 waiting consumers sleep on an event that publishes, nacks and ``close()`` wake, never in a
-polling loop.
+polling loop. Presence members expire on the monotonic clock; payloads are kept as JSON, as
+on Redis, so what ``members`` returns is always a fresh copy.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Mapping
+from typing import Any
 
 import attrs
 
@@ -34,6 +36,7 @@ from ._dead_letters import (
     DEAD_REASON,
     read_dead_letter,
 )
+from ._presence import check_ttl, decode_payload, encode_payload
 from .errors import AlreadySettled, BrokerUnavailable, ConfigError, DecodeError, LeaseLost
 from .message import Message, decode_fields, encode_fields
 from .protocol import (
@@ -227,6 +230,8 @@ class MemoryBroker:
         #: Dead letters kept per stream (0: all); a tenth more may be held between trims.
         self.dead_letter_maxlen = dead_letter_maxlen
         self._streams: dict[str, _Stream] = {}
+        # presence group -> member -> (expiry on the monotonic clock, JSON payload)
+        self._presence: dict[str, dict[str, tuple[float, bytes]]] = {}
         self._closed = False
         self._tiebreak = itertools.count()
 
@@ -331,6 +336,35 @@ class MemoryBroker:
         self._check_open()
         st = self._streams.get(dead_letter_stream(stream))
         return [read_dead_letter(e, f) for e, f in st.log[:count]] if st else []
+
+    async def announce(
+        self, group: str, member: str, payload: Mapping[str, Any], ttl: float
+    ) -> None:
+        self._check_open()
+        check_ttl(ttl)
+        encoded = encode_payload(payload)
+        self._presence.setdefault(group, {})[member] = (time.monotonic() + ttl, encoded)
+
+    async def withdraw(self, group: str, member: str) -> None:
+        self._check_open()
+        present = self._presence.get(group)
+        if present is not None:
+            present.pop(member, None)
+
+    async def members(self, group: str) -> dict[str, dict[str, Any]]:
+        self._check_open()
+        present = self._presence.get(group)
+        if not present:
+            return {}
+        now = time.monotonic()
+        for member in [m for m, (expiry, _) in present.items() if expiry <= now]:
+            del present[member]
+        found: dict[str, dict[str, Any]] = {}
+        for member, (_, encoded) in present.items():
+            payload = decode_payload(group, member, encoded)
+            if payload is not None:
+                found[member] = payload
+        return found
 
     async def ping(self) -> None:
         self._check_open()

@@ -17,11 +17,16 @@ A pending delivery whose consumer stops renewing its lease (``extend_lease()``) 
 than ``ConsumeOptions.lease`` is presumed dead and reclaimed by another consumer of the same
 group, with its delivery count raised by one. After ``max_deliveries`` deliveries the broker
 dead-letters an entry itself rather than hand it out again.
+
+Besides streams, a broker keeps *presence*: members of a named group announce themselves with
+a JSON payload under a TTL (``announce``), renew it by announcing again, and leave
+(``withdraw``) or simply stop renewing; ``members`` lists only those whose TTL has not run
+out. Workers use it to tell the API what they serve.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -184,6 +189,26 @@ class Broker(Protocol):
 
     async def dead_letters(self, stream: str, count: int = 100) -> list[DeadLetter]:
         """The oldest ``count`` entries of ``<stream>:dead``."""
+        ...
+
+    async def announce(
+        self, group: str, member: str, payload: Mapping[str, Any], ttl: float
+    ) -> None:
+        """Make ``member`` of presence ``group`` alive for ``ttl`` seconds with ``payload``
+        (JSON-compatible), replacing any payload and expiry it had: call it again before the
+        TTL runs out to stay alive. Raises ``ValueError`` for a ``ttl`` that is not positive,
+        ``TypeError`` for a payload that is not JSON, ``BrokerUnavailable`` when the broker
+        cannot be reached.
+        """
+        ...
+
+    async def withdraw(self, group: str, member: str) -> None:
+        """Remove ``member`` from presence ``group`` at once (nothing if it is not there)."""
+        ...
+
+    async def members(self, group: str) -> dict[str, dict[str, Any]]:
+        """The members of presence ``group`` whose TTL has not run out, with their payloads
+        (copies: changing them changes nothing in the broker)."""
         ...
 
     async def ping(self) -> None:

@@ -65,6 +65,8 @@ Guarantees, and the traps they avoid:
   timeout, no retry loop), so an API can answer 503 at once. Consumers reconnect by
   themselves with exponential backoff and jitter capped at 3 s, recreate a lost group
   (``NOGROUP``: deleted, or Redis restarted empty) at ``0``, and log once per outage.
+- Presence (``announce``/``withdraw``/``members``): see ``_redis_presence``; one Lua script
+  per call through the write coalescer, TTLs on the server's clock.
 - A task cancelled while consuming always ends, even when redis-py's ``wait_for`` swallowed
   the cancel (Python 3.11).
 """
@@ -74,7 +76,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import attrs
@@ -86,9 +88,11 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from ._dead_letters import read_dead_letter
+from ._presence import check_ttl, decode_payload, encode_payload
 from ._redis_coalesce import PipelineCoalescer
 from ._redis_delivery import RedisDelivery
 from ._redis_errors import chained_broker_error, is_nogroup, mapped_errors
+from ._redis_presence import PresenceScripts, presence_keys
 from ._redis_reads import claim
 from ._redis_scripts import (
     Scripts,
@@ -155,6 +159,7 @@ class RedisStreamsBroker:
         self._client = Redis(connection_pool=self._pool)
         self._reader = Redis(connection_pool=self._read_pool)
         self._scripts = Scripts.register(self._client)
+        self._presence = PresenceScripts.register(self._client)
         # Never resent on a connection error: XADD is not idempotent.
         self._writes = PipelineCoalescer(
             self._client, max_batch=max_batch, errors=chained_broker_error
@@ -260,6 +265,30 @@ class RedisStreamsBroker:
         with mapped_errors():
             entries: Any = await self._client.xrange(dead_letter_stream(stream), count=count)
         return [read_dead_letter(_text(entry_id), fields) for entry_id, fields in entries or []]
+
+    async def announce(
+        self, group: str, member: str, payload: Mapping[str, Any], ttl: float
+    ) -> None:
+        self._check_open()
+        check_ttl(ttl)
+        encoded = encode_payload(payload)
+        ttl_ms = max(1, round(ttl * 1000))
+        await self._eval(self._presence.announce, presence_keys(group), [member, ttl_ms, encoded])
+
+    async def withdraw(self, group: str, member: str) -> None:
+        self._check_open()
+        await self._eval(self._presence.withdraw, presence_keys(group), [member])
+
+    async def members(self, group: str) -> dict[str, dict[str, Any]]:
+        self._check_open()
+        flat = await self._eval(self._presence.members, presence_keys(group), [])
+        found: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(flat), 2):
+            member = _text(flat[i])
+            payload = decode_payload(group, member, flat[i + 1])
+            if payload is not None:
+                found[member] = payload
+        return found
 
     async def ping(self) -> None:
         self._check_open()

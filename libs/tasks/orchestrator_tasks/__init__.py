@@ -1,10 +1,12 @@
 """The wire contract the API and the workers share: the task message, the result events,
-their values, the parameter vocabulary, and the names of the streams they meet on.
+their values, the parameter vocabulary, the names of the streams they meet on, and the advert
+a worker announces of what it serves.
 
 It depends only on attrs, cattrs and orjson, so either service can import it without the
 other.
 """
 
+from .advert import InvalidAdvert, WorkerAdvert, decode_advert, encode_advert, presence_group
 from .errors import ContractError, InvalidResultEvent, InvalidTask
 from .messages import (
     ROLES,
@@ -43,6 +45,7 @@ __all__ = [
     "ContractError",
     "ErrorInfo",
     "EventKind",
+    "InvalidAdvert",
     "InvalidResultEvent",
     "InvalidTask",
     "ParameterSpec",
@@ -50,9 +53,12 @@ __all__ = [
     "Role",
     "TaskMessage",
     "Usage",
+    "WorkerAdvert",
     "converter",
+    "decode_advert",
     "decode_event",
     "decode_task",
+    "encode_advert",
     "encode_event",
     "encode_task",
     "error_payload",
@@ -60,6 +66,7 @@ __all__ = [
     "is_blank",
     "messages_of",
     "messages_payload",
+    "presence_group",
     "provider_of",
     "usage_payload",
     "validate_parameters",

@@ -269,7 +269,7 @@ PARAMETERS: Final[Mapping[str, ParameterSpec]] = {
         ParameterSpec(
             "top_k",
             frozenset({GEMINI, ECHO}),
-            _integer(1),
+            _integer(1, _EXACT_FLOAT_INTEGERS),
             gemini="topK",
             span="gen_ai.request.top_k",
             integer=True,
@@ -277,7 +277,7 @@ PARAMETERS: Final[Mapping[str, ParameterSpec]] = {
         ParameterSpec(
             "max_tokens",
             _SAMPLING,
-            _integer(1),
+            _integer(1, _EXACT_FLOAT_INTEGERS),
             "max_tokens",
             "maxOutputTokens",
             "gen_ai.request.max_tokens",
@@ -286,7 +286,7 @@ PARAMETERS: Final[Mapping[str, ParameterSpec]] = {
         ParameterSpec(
             "max_completion_tokens",
             frozenset({OPENAI}),
-            _integer(1),
+            _integer(1, _EXACT_FLOAT_INTEGERS),
             openai="max_completion_tokens",
             span="gen_ai.request.max_tokens",
             integer=True,

@@ -29,14 +29,18 @@ Tasks created inside the block (``asyncio.create_task``) inherit the context.
 
 A traced delivery never settled by the time ``TracingBroker.close()`` runs has its span ended
 then, marked ``orchestrator.delivery.settlement = "abandoned"``.
+
+Presence (``announce``, ``withdraw``, ``members``) passes through untraced: it is heartbeat
+traffic, not messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from types import TracebackType
+from typing import Any
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
@@ -368,6 +372,17 @@ class TracingBroker:
 
     async def dead_letters(self, stream: str, count: int = 100) -> list[DeadLetter]:
         return await self._broker.dead_letters(stream, count)
+
+    async def announce(
+        self, group: str, member: str, payload: Mapping[str, Any], ttl: float
+    ) -> None:
+        await self._broker.announce(group, member, payload, ttl)
+
+    async def withdraw(self, group: str, member: str) -> None:
+        await self._broker.withdraw(group, member)
+
+    async def members(self, group: str) -> dict[str, dict[str, Any]]:
+        return await self._broker.members(group)
 
     async def ping(self) -> None:
         await self._broker.ping()

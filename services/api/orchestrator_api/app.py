@@ -12,8 +12,10 @@ from aiohttp import web
 from opentelemetry import trace
 
 from orchestrator_broker import Broker
+from orchestrator_tasks import presence_group
 from orchestrator_telemetry.runtime import cleanup_ctx, closing, traced_broker
 
+from .catalog import add_model_routes
 from .config import ApiSettings
 from .metrics import METRICS, ApiMetrics
 from .problems import error_middleware
@@ -24,6 +26,7 @@ from .store.protocol import TaskStore
 from .streaming import DEFAULT_HEARTBEAT, StreamRegistry
 from .strict import strict_input_middleware
 from .tasks import DEFAULT_PUBLISH_TIMEOUT, TaskService
+from .workers import WorkerDirectory
 
 __all__ = [
     "BROKER",
@@ -111,6 +114,7 @@ def create_app(
         metrics.watch_queues(
             broker, tasks_stream=settings.stream, results_stream=settings.results_stream
         )
+        workers = WorkerDirectory(broker, presence_group(settings.stream))
         yield ApiState(
             settings=settings,
             keyring=keyring,
@@ -118,12 +122,15 @@ def create_app(
             store=store,
             tasks=TaskService(broker, store, settings.stream, publish_timeout),
             streams=streams,
+            workers=workers,
             limiter=RateLimiter(settings.rate_limits) if settings.rate_limits else None,
             heartbeat=heartbeat,
         )
+        await workers.close()
 
     app.cleanup_ctx.append(cleanup_ctx(STATE, handler_state))
     add_routes(app)
+    add_model_routes(app)
     _add_metrics(app, metrics, streams)
     _instrument(app, tracer_provider)
     app.on_shutdown.append(streams.close_all)

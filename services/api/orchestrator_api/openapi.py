@@ -708,12 +708,49 @@ _SCHEMAS: Final[dict[str, Schema]] = {
             },
         },
     },
+    "Model": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "object", "created", "owned_by"],
+        "properties": {
+            "id": {
+                "type": "string",
+                "minLength": 1,
+                "description": "What to give as a task's `model`: `provider/name`, `echo`, or an "
+                "alias (MODEL_ALIASES).",
+            },
+            "object": {"const": "model"},
+            "created": {
+                "type": "integer",
+                "description": "Unix time the earliest live worker offering it started.",
+            },
+            "owned_by": {
+                "type": "string",
+                "description": "The provider prefix; `ai-orchestrator` for an alias.",
+            },
+        },
+    },
+    "ModelList": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": _ref("Model")},
+        },
+    },
     "Health": {
         "type": "object",
         "additionalProperties": False,
-        "required": ["status", "checks", "service"],
+        "required": ["status", "checks", "service", "workers"],
         "properties": {
             "status": {"type": "string", "enum": ["ok", "unavailable"]},
+            "workers": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Workers alive (advertising within their PRESENCE_TTL_SECONDS). "
+                "Informational: with none, tasks are still accepted and wait in the queue.",
+            },
             "checks": {
                 "type": "object",
                 "additionalProperties": False,
@@ -991,7 +1028,11 @@ def build_document() -> dict[str, Any]:
                         ),
                         "422": _problem(
                             "This Idempotency-Key was used before with another request body "
-                            "(compared as parsed: key order and whitespace do not matter)."
+                            "(compared as parsed: key order and whitespace do not matter). Or, "
+                            "while any worker is alive, no live worker serves the `model` "
+                            "(neither its provider prefix nor an alias; `errors` names `model`, "
+                            "see GET /v1/models); with none alive the task is accepted and "
+                            "waits in the queue."
                         ),
                         "429": _problem(
                             "The tenant is over its submission rate (`RATE_LIMITS`); nothing "
@@ -1064,6 +1105,43 @@ def build_document() -> dict[str, Any]:
                         "101": {"description": "Switching to the WebSocket protocol."},
                         "400": _problem("Not a WebSocket upgrade request."),
                         **_common("Unauthorized", "NotFound", "Unavailable"),
+                    },
+                }
+            },
+            "/v1/models": {
+                "get": {
+                    "operationId": "listModels",
+                    "summary": "The models the live workers serve (OpenAI's list shape).",
+                    "description": (
+                        "The union of what live workers advertise: their aliases and the "
+                        "aliases' targets, their default models, and `echo`. A provider "
+                        "prefix (`openai/...`, `gemini/...`) takes any of that provider's "
+                        "model names, which are accepted but not listed. Empty while no "
+                        "worker is alive."
+                    ),
+                    "responses": {
+                        "200": _json("The models.", _ref("ModelList")),
+                        **_common("Unauthorized"),
+                    },
+                }
+            },
+            "/v1/models/{model}": {
+                "get": {
+                    "operationId": "getModel",
+                    "summary": "One model, when a live worker serves it.",
+                    "parameters": [
+                        {
+                            "name": "model",
+                            "in": "path",
+                            "required": True,
+                            "description": "A model id; `/` inside it may be sent as is.",
+                            "schema": {"type": "string", "minLength": 1},
+                        }
+                    ],
+                    "responses": {
+                        "200": _json("The model.", _ref("Model")),
+                        "404": _problem("No live worker serves this model."),
+                        **_common("Unauthorized"),
                     },
                 }
             },

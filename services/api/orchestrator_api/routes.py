@@ -36,6 +36,7 @@ from .validation import (
     valid_idempotency_key,
 )
 from .views import task_view
+from .workers import unserved_model
 
 __all__ = ["accept_submission", "add_routes", "read_submission", "tenant_of"]
 
@@ -141,7 +142,9 @@ async def accept_submission(
     key: str | None,
 ) -> tuple[TaskRecord, bool]:
     """Submit the task (and count it): the record, and whether it is new; 503, 422 or 409
-    problems when it cannot be taken."""
+    problems when it cannot be taken (422 too for a model no live worker serves)."""
+    if submission.model is not None:
+        await _check_served(state, submission.model)
     try:
         record, created = await state.tasks.submit(tenant, submission, key)
     except Unavailable as exc:
@@ -168,6 +171,20 @@ async def accept_submission(
         if record.cached or record.joined is not None:
             metrics.task_shared(tenant, "hit" if record.joined is None else "joined")
     return record, created
+
+
+async def _check_served(state: ApiState, model: str) -> None:
+    """A 422 naming ``model`` when live workers exist and none of them serves it: the body is
+    valid (a 400 would contradict the schema), the deployment's state refuses it."""
+    reason = unserved_model(await state.workers.adverts(), model)
+    if reason is not None:
+        raise Problem(
+            422,
+            f"The request body is invalid (model): {reason}.",
+            type=TYPE_VALIDATION,
+            title="Invalid request",
+            errors=[{"field": "model", "message": reason}],
+        )
 
 
 async def _body(request: web.Request, length: int | None, limit: int) -> bytes:
@@ -228,17 +245,21 @@ async def task_websocket(request: web.Request) -> web.StreamResponse:
 
 
 async def health(request: web.Request) -> web.Response:
-    """``GET /health``: 200 when the broker and the store answer, else 503 naming the failure."""
+    """``GET /health``: 200 when the broker and the store answer, else 503 naming the failure;
+    ``workers`` counts the live workers."""
     state = request.app[STATE]
-    broker, store = await asyncio.gather(
+    broker, store, workers = await asyncio.gather(
         _check("broker", state.broker.ping(), state.health_timeout),
         _check("store", state.store.ping(), state.health_timeout),
+        state.workers.adverts(),
     )
     healthy = broker == "ok" and store == "ok"
     body = {
         "status": "ok" if healthy else "unavailable",
         "checks": {"broker": broker, "store": store},
         "service": state.settings.app_id,
+        # Informational: with no worker alive, tasks are still accepted and wait in the queue.
+        "workers": len(workers),
     }
     return _json(body, 200 if healthy else 503, None if healthy else _RETRY_AFTER)
 

@@ -13,6 +13,7 @@ from .ratelimit import RateLimiter
 from .store.protocol import TaskStore
 from .streaming import DEFAULT_HEARTBEAT, StreamRegistry
 from .tasks import TaskService
+from .workers import WorkerDirectory
 
 __all__ = ["STATE", "ApiState"]
 
@@ -27,6 +28,7 @@ class ApiState:
     store: TaskStore
     tasks: TaskService
     streams: StreamRegistry
+    workers: WorkerDirectory  # the live workers' adverts (GET /v1/models, the submit check)
     limiter: RateLimiter | None = None  # None: no RATE_LIMITS
     heartbeat: float = DEFAULT_HEARTBEAT
     health_timeout: float = 1.0

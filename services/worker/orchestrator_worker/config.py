@@ -116,6 +116,10 @@ class WorkerSettings:
                                                            so Prometheus can scrape it
     ``METRICS_MAX_LABEL_VALUES`` ``100``                   distinct model names a metric label
                                                            keeps; later new ones are ``other``
+    ``PRESENCE_TTL_SECONDS``     ``15``                    the worker's advert (what it serves,
+                                                           for the API) is renewed every third
+                                                           of this; a dead worker drops out of
+                                                           ``GET /v1/models`` after this long
     ============================ ========================= =======================================
 
     The ``OTEL_*`` variables (sampler, headers, ``OTEL_SDK_DISABLED``...) are read by
@@ -155,6 +159,7 @@ class WorkerSettings:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None  # None: METRICS_PORT unset, DEFAULT_METRICS_PORT
     metrics_max_label_values: int = MAX_LABEL_VALUES
+    presence_ttl: float = 15.0
     telemetry: TelemetrySettings | None = attrs.field(default=None, repr=False)
     providers: ProviderSettings | None = attrs.field(default=None, repr=False)
 
@@ -215,6 +220,7 @@ class WorkerSettings:
             "metrics_max_label_values": env.integer(
                 "METRICS_MAX_LABEL_VALUES", d.metrics_max_label_values, low=1, high=100_000
             ),
+            "presence_ttl": env.seconds("PRESENCE_TTL_SECONDS", d.presence_ttl, positive=True),
         }
         prices: dict[str, Price] = env.parsed("MODEL_PRICES_FILE", load_prices_file, {})
         prices.update(env.parsed("MODEL_PRICES", parse_prices, {}))

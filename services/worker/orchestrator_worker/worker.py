@@ -8,6 +8,9 @@ they run, so only a crashed worker's tasks are reclaimed, ``LEASE_SECONDS`` afte
 Stopping (``stop()``, SIGTERM): no new deliveries are fetched; in-flight tasks get
 ``SHUTDOWN_GRACE_SECONDS`` to finish; the rest are cancelled, which hands each back with
 ``nack(0)`` for immediate redelivery to another worker. ``run()`` then returns.
+
+While ``run()`` runs, the worker announces what it serves (``advert``) in the broker under
+``PRESENCE_TTL_SECONDS`` (see ``presence``), and withdraws it as it returns.
 """
 
 from __future__ import annotations
@@ -15,18 +18,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
 from orchestrator_broker import Broker, BrokerError, ConsumeOptions, Delivery, default_consumer_name
 from orchestrator_broker import ConfigError as BrokerConfigError
+from orchestrator_tasks import WorkerAdvert, presence_group
 
 from .config import WorkerSettings
 from .errors import ConfigError
 from .hooks import WorkerHooks, safe_hooks
 from .limits import ProviderGuards
 from .metrics import WorkerMetrics
+from .presence import advertising
 from .pricing import PriceTable
 from .providers import ProviderRegistry, default_registry
 from .routing import ModelRouter
@@ -167,6 +173,18 @@ class Worker:
     def settings(self) -> WorkerSettings:
         return self._settings
 
+    def advert(self, started_at: float = 0.0) -> WorkerAdvert:
+        """What this worker serves, as it announces it to the API."""
+        settings = self._settings
+        return WorkerAdvert(
+            consumer=self.consumer,
+            providers=tuple(self._providers.names),
+            default_model=settings.default_model,
+            aliases=dict(settings.model_aliases),
+            concurrency=settings.concurrency,
+            started_at=started_at,
+        )
+
     @property
     def in_flight(self) -> int:
         """Tasks running right now."""
@@ -197,6 +215,12 @@ class Worker:
         if self._started:
             raise RuntimeError("a Worker runs once; make a new one")
         self._started = True
+        group = presence_group(self._settings.stream)
+        advert = self.advert(started_at=time.time())
+        async with advertising(self._broker, group, advert, ttl=self._settings.presence_ttl):
+            await self._work()
+
+    async def _work(self) -> None:
         self._fetcher = asyncio.create_task(self._fetch(), name=f"{self.consumer} fetch")
         try:
             await asyncio.wait([self._fetcher])
