@@ -132,6 +132,20 @@ async def test_submit_sends_a_conversation_with_message(
     assert outcome.stdout == "the last: question\n"  # echo answers the last user turn
 
 
+async def test_run_mode_keeps_echo_even_with_echo_enabled_false(
+    services: Services, session: aiohttp.ClientSession
+) -> None:
+    port = free_port()
+    run = services.start("run", ["run", "--port", str(port)], clean_env(ECHO_ENABLED="false"))
+    run.url = f"http://127.0.0.1:{port}"
+    await wait_healthy(session, run)
+
+    outcome = await run_cli(["submit", "still echoed", "--wait", "--url", run.url])
+
+    assert outcome.returncode == 0, outcome.stderr
+    assert outcome.stdout == "still echoed\n"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -84,6 +84,7 @@ def test_every_variable_is_read() -> None:
         ("MAX_DELIVERIES", "0"),
         ("DEAD_LETTER_MAXLEN", "-5"),
         ("METRICS_MAX_LABEL_VALUES", "0"),
+        ("ECHO_ENABLED", "maybe"),
         ("LOG_LEVEL", "LOUD"),
         ("LOG_FORMAT", "xml"),
         ("REDIS_STREAM_ID", "tasks with spaces"),
@@ -178,3 +179,8 @@ async def test_the_broker_keeps_dead_letter_maxlen_dead_letters() -> None:
         assert getattr(broker, "dead_letter_maxlen", None) == 50
     finally:
         await broker.close()
+
+
+def test_echo_is_on_unless_echo_enabled_is_false() -> None:
+    assert WorkerSettings.from_env({}).echo_enabled is True
+    assert WorkerSettings.from_env({"ECHO_ENABLED": "false"}).echo_enabled is False

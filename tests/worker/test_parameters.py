@@ -126,6 +126,9 @@ def test_gemini_allows_five_stop_sequences_and_32_bit_seeds_only() -> None:
         ({"latency_ms": -1}, False),
         ({"latency_ms": "slow"}, False),
         ({"latency_ms": 10**12}, False),
+        ({"latency_ms": 60_000, "chunk_delay_ms": 60_000}, True),
+        ({"latency_ms": 60_001}, False),  # echo holds a slot for free: a minute at most
+        ({"chunk_delay_ms": 3_600_000}, False),
         ({"fail": "everything"}, False),
         ({"temperature": 0.3, "top_k": 3}, True),  # ignored, so tasks can try echo unchanged
     ],
@@ -137,7 +140,7 @@ def test_echo_checks_its_own_knobs(parameters: dict[str, Any], valid: bool) -> N
 
 def test_messages_read_plainly() -> None:
     assert validate_parameters("echo", {"latency_ms": "slow"}) == [
-        ("parameters.latency_ms", "must be a number from 0 to 3600000")
+        ("parameters.latency_ms", "must be a number from 0 to 60000")
     ]
 
 

@@ -153,6 +153,24 @@ async def test_a_task_without_model_uses_the_default_model(
     assert fake.requests[0].model == "small"
 
 
+async def test_a_worker_with_echo_off_fails_echo_tasks_as_an_unknown_model(
+    broker: MemoryBroker, worker_factory
+) -> None:
+    from orchestrator_worker.providers import default_registry
+
+    no_echo = default_registry("echo", echo=False)
+    assert "echo" not in no_echo.names
+    assert "echo" in default_registry("echo").names
+    task = await submit(broker, model="echo")
+    await worker_factory(broker, providers=no_echo, default_model="fake")
+
+    events = (await collect(broker, 1))[task.task_id]
+
+    assert [(e.kind, e.error.type if e.error else None) for e in events] == [
+        (FAIL, "invalid_model")
+    ]
+
+
 async def test_an_unknown_model_fails_with_invalid_model(
     broker: MemoryBroker, worker_factory
 ) -> None:

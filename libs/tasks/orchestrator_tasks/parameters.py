@@ -34,8 +34,8 @@ Parameter                     Providers                    Value; OpenAI / Gemin
                                                            ``response_format`` as is /
                                                            ``responseMimeType`` +
                                                            ``responseSchema``
-``latency_ms``                echo                         number 0..3,600,000
-``chunk_delay_ms``            echo                         number 0..3,600,000
+``latency_ms``                echo                         number 0..60,000
+``chunk_delay_ms``            echo                         number 0..60,000
 ``fail``                      echo                         an error type (see ``echo``)
 ============================= ============================ ===================================
 
@@ -74,6 +74,7 @@ __all__ = [
     "ECHO_FAILURES",
     "GEMINI",
     "KNOWN_PROVIDERS",
+    "MAX_ECHO_DELAY_MS",
     "MAX_WHOLE_NUMBER",
     "OPENAI",
     "PARAMETERS",
@@ -104,7 +105,10 @@ ECHO_FAILURES: Final = frozenset(
         "content_filter",
     }
 )
-_MAX_DELAY_MS: Final = 3_600_000
+#: Longest simulated delay of echo (a minute): echo costs nothing, so a tenant could
+#: otherwise hold worker slots for free.
+MAX_ECHO_DELAY_MS: Final = 60_000
+_MAX_DELAY_MS: Final = MAX_ECHO_DELAY_MS
 _REASONING_EFFORTS: Final = ("none", "minimal", "low", "medium", "high", "xhigh")
 _INT32: Final = 2**31
 #: The largest whole number a parameter takes (JSON numbers are exact integers up to here).

@@ -18,6 +18,7 @@ from orchestrator_tasks.parameters import (
     ECHO_FAILURES,
     GEMINI,
     KNOWN_PROVIDERS,
+    MAX_ECHO_DELAY_MS,
     MAX_WHOLE_NUMBER,
     OPENAI,
     PARAMETERS,
@@ -153,13 +154,13 @@ _PARAMETER_VALUES: Final[dict[str, Schema]] = {
     "latency_ms": {
         "type": "number",
         "minimum": 0,
-        "maximum": 3_600_000,
+        "maximum": MAX_ECHO_DELAY_MS,
         "description": "Simulated provider latency.",
     },
     "chunk_delay_ms": {
         "type": "number",
         "minimum": 0,
-        "maximum": 3_600_000,
+        "maximum": MAX_ECHO_DELAY_MS,
         "description": "Simulated pause between streamed words.",
     },
     "fail": {

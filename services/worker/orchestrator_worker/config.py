@@ -83,6 +83,8 @@ class WorkerSettings:
                                                            fallbacks (see ``routing``)
     ``PROVIDER_CONCURRENCY``     (no limits)               ``openai=50,gemini=20``: calls open at
                                                            once per provider and process
+    ``ECHO_ENABLED``             ``true``                  ``false`` leaves the ``echo`` provider
+                                                           out of this worker (``run`` keeps it)
     ``BREAKER_FAILURES``         ``5``                     retryable failures in a row that open
                                                            a provider's circuit (0: never)
     ``BREAKER_COOLDOWN_SECONDS`` ``30``                    how long an open circuit sends no
@@ -150,6 +152,7 @@ class WorkerSettings:
     model_aliases: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict, hash=False)
     provider_concurrency: Mapping[str, int] = attrs.field(factory=dict, hash=False)
     breaker_failures: int = 5
+    echo_enabled: bool = True
     breaker_cooldown: float = 30.0
     model_prices: Mapping[str, Price] = attrs.field(factory=dict, hash=False, repr=False)
     shutdown_grace: float = 25.0
@@ -203,6 +206,7 @@ class WorkerSettings:
             "provider_concurrency": env.parsed(
                 "PROVIDER_CONCURRENCY", parse_concurrency, d.provider_concurrency
             ),
+            "echo_enabled": env.boolean("ECHO_ENABLED", d.echo_enabled),
             "breaker_failures": env.integer(
                 "BREAKER_FAILURES", d.breaker_failures, low=0, high=1_000_000
             ),

@@ -84,6 +84,7 @@ async def serve(
                         settings.default_model,
                         settings=settings.providers,
                         tracer_provider=telemetry.tracer_provider,
+                        echo=settings.echo_enabled,
                     )
                 )
             )

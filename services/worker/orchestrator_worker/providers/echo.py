@@ -44,6 +44,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from orchestrator_tasks.messages import Usage
+from orchestrator_tasks.parameters import MAX_ECHO_DELAY_MS
 
 from .errors import (
     AuthenticationFailed,
@@ -63,8 +64,8 @@ _CHUNK = re.compile(r"\S+\s*|\s+")
 #: Longest run of words sent as one chunk when there is no pause between chunks.
 _GROUP_CHARS = 200
 
-#: Longest simulated latency (one hour), so a typo cannot park a worker slot for days.
-_MAX_DELAY_MS = 3_600_000
+#: Longest simulated delay (the vocabulary's: a minute), so echo cannot hold a slot for free.
+_MAX_DELAY_MS = MAX_ECHO_DELAY_MS
 
 _FAILURES: dict[str, type[ProviderError]] = {
     cls.type: cls

@@ -89,12 +89,15 @@ def default_registry(
     *,
     settings: ProviderSettings | None = None,
     tracer_provider: trace.TracerProvider | None = None,
+    echo: bool = True,
 ) -> ProviderRegistry:
     """``echo`` alone without ``settings``; with them, also ``openai`` and ``gemini``.
+    ``echo=False`` (``ECHO_ENABLED=false``) leaves echo out: its tasks then fail as an
+    unknown model, and the worker does not advertise it.
 
     ``tracer_provider`` (default: the global one) receives the providers' GenAI spans.
     """
-    providers: list[Provider] = [EchoProvider()]
+    providers: list[Provider] = [EchoProvider()] if echo else []
     if settings is not None:
         providers.append(OpenAIProvider(settings.openai, tracer_provider=tracer_provider))
         providers.append(GeminiProvider(settings.gemini, tracer_provider=tracer_provider))
