@@ -659,3 +659,25 @@ async def test_an_idempotency_key_the_document_refuses_is_a_400(
         "/v1/tasks", json={"prompt": "x"}, headers={**ACME, "Idempotency-Key": key}
     )
     assert response.status == 400
+
+
+def _nested(levels: int) -> dict[str, object]:
+    value: dict[str, object] = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("field", ["metadata", "parameters"])
+async def test_json_nested_deeper_than_the_limit_is_a_400_naming_the_field(
+    api_client: ApiClientFactory, field: str
+) -> None:
+    client = await api_client()
+    # 300 levels: the body parser reads them, the JSON encoder would not (a 500 before).
+    deep = await client.post("/v1/tasks", json={"prompt": "x", field: _nested(300)}, headers=ACME)
+    problem = await problem_of(deep, 400)
+    assert [e["field"] for e in problem["errors"]] == [field]
+    assert "32" in problem["errors"][0]["message"]
+    # at the limit, still fine
+    ok = await client.post("/v1/tasks", json={"prompt": "x", "metadata": _nested(32)}, headers=ACME)
+    assert ok.status == 202, await ok.text()

@@ -31,6 +31,7 @@ from .validation import (
     MAX_MESSAGES,
     MAX_MODEL_CHARS,
     MAX_NAME_CHARS,
+    MAX_NESTING,
 )
 
 __all__ = ["build_document", "document_bytes"]
@@ -345,7 +346,8 @@ _SCHEMAS: Final[dict[str, Schema]] = {
                     "reject a parameter they do not support, or a value out of range, with "
                     "a 400 naming it (`parameters.<name>`). Other models (or none: the "
                     "worker's default) get only the value checks below; unknown names pass "
-                    "through to the worker."
+                    f"through to the worker. Objects and arrays nest at most {MAX_NESTING} "
+                    "deep (else 400)."
                 ),
                 "properties": {name: _parameter(name) for name in _PARAMETER_VALUES},
                 "additionalProperties": True,
@@ -365,7 +367,8 @@ _SCHEMAS: Final[dict[str, Schema]] = {
             },
             "metadata": {
                 "type": ["object", "null"],
-                "description": "Free-form data kept with the task and returned with it.",
+                "description": "Free-form data kept with the task and returned with it; "
+                f"objects and arrays nest at most {MAX_NESTING} deep (else 400).",
                 "additionalProperties": True,
             },
         },

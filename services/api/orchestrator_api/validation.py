@@ -33,6 +33,7 @@ __all__ = [
     "MAX_MESSAGES",
     "MAX_MODEL_CHARS",
     "MAX_NAME_CHARS",
+    "MAX_NESTING",
     "Submission",
     "parse_submission",
     "valid_idempotency_key",
@@ -56,6 +57,11 @@ def valid_idempotency_key(key: str) -> bool:
 
 #: Most turns in one conversation, and the longest participant ``name`` (OpenAI's limit).
 MAX_MESSAGES: Final = 1000
+#: How deep ``metadata`` and ``parameters`` may nest objects and arrays (the object itself is
+#: level 1). JSON deeper than this is a 400 naming the field: the body parser reads 1,024
+#: levels, but the JSON written to the store and the broker takes at most 254.
+MAX_NESTING: Final = 32
+_NESTED: Final = (dict, list)
 MAX_NAME_CHARS: Final = 64
 _FIELDS: Final = frozenset(
     {"prompt", "messages", "model", "system", "parameters", "metadata", "cache"}
@@ -220,7 +226,28 @@ def _optional_object(
     data: dict[str, Any], name: str, errors: list[FieldError]
 ) -> dict[str, Any] | None:
     value = data.get(name)
-    if value is None or type(value) is dict:
-        return value
-    errors.append({"field": name, "message": "must be a JSON object"})
-    return None
+    if value is None:
+        return None
+    if type(value) is not dict:
+        errors.append({"field": name, "message": "must be a JSON object"})
+        return None
+    if _deeper_than(value, MAX_NESTING):
+        errors.append(
+            {"field": name, "message": f"nests objects and arrays deeper than {MAX_NESTING}"}
+        )
+        return None
+    return value
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether ``value`` nests objects/arrays more than ``limit`` deep (itself is level 1)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if type(item) is dict:
+            stack.extend((child, depth + 1) for child in item.values() if type(child) in _NESTED)
+        elif type(item) is list:
+            stack.extend((child, depth + 1) for child in item if type(child) in _NESTED)
+    return False
