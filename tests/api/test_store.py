@@ -608,3 +608,34 @@ async def test_a_key_stored_without_a_fingerprint_matches_any_replay(store: Task
     first = await submit(store, new_record(), "key-1")
 
     assert (await store.create(new_record(), "key-1", fingerprint="any")).id == first.id
+
+
+async def test_a_short_attempt_s_start_comes_from_its_terminal_event(store: TaskStore) -> None:
+    # An attempt shorter than the started delay publishes its terminal event alone: the
+    # worker's start time in it is the record's started_at, not the end.
+    record = await store.create(new_record())
+    done = event(
+        record,
+        EventKind.SUCCEEDED,
+        text="quick",
+        started_at=1_700_000_010.0,  # 0.123 s before the event (at = ...010.123456)
+    )
+
+    assert await store.apply(done)
+
+    stored = await store.get("acme", record.id)
+    assert stored is not None
+    assert stored.started_at == 1_700_000_010.0
+    assert stored.finished_at == done.at
+
+
+async def test_a_started_event_s_start_is_when_the_attempt_began(store: TaskStore) -> None:
+    # ``started`` goes out up to a second late; the start it carries is the real one.
+    record = await store.create(new_record())
+    late = event(record, EventKind.STARTED, started_at=1_700_000_009.5)
+
+    assert await store.apply(late)
+
+    stored = await store.get("acme", record.id)
+    assert stored is not None
+    assert stored.started_at == 1_700_000_009.5

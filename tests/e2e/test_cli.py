@@ -7,6 +7,7 @@ import asyncio
 import re
 import subprocess
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -130,6 +131,30 @@ async def test_submit_sends_a_conversation_with_message(
 
     assert outcome.returncode == 0, outcome.stderr
     assert outcome.stdout == "the last: question\n"  # echo answers the last user turn
+
+
+async def test_a_short_task_s_record_shows_its_real_start(
+    services: Services, session: aiohttp.ClientSession
+) -> None:
+    port = free_port()
+    run = services.start("run", ["run", "--port", str(port)], clean_env())
+    url = run.url = f"http://127.0.0.1:{port}"
+    await wait_healthy(session, run)
+
+    # 300 ms: shorter than the delay of a `started` event, so the terminal event is alone.
+    body = {"prompt": "quick", "parameters": {"latency_ms": 300}, "cache": False}
+    async with session.post(f"{url}/v1/tasks", json=body) as response:
+        task_id = (await response.json())["id"]
+    for _ in range(100):
+        async with session.get(f"{url}/v1/tasks/{task_id}") as response:
+            task = await response.json()
+        if task["status"] == "succeeded":
+            break
+        await asyncio.sleep(0.1)
+    assert task["status"] == "succeeded", task
+    started = datetime.fromisoformat(task["started_at"])
+    finished = datetime.fromisoformat(task["finished_at"])
+    assert (finished - started).total_seconds() >= 0.3  # echo slept 300 ms in between
 
 
 async def test_run_mode_keeps_echo_even_with_echo_enabled_false(

@@ -137,6 +137,9 @@ class ResultEvent:
     #: SUCCEEDED: what the answer cost in US dollars, from the worker's price table
     #: (``MODEL_PRICES``) and ``usage``; None when the model has no price or no usage.
     cost_usd: float | None = None
+    #: STARTED and terminal events: when the attempt began (the worker's clock). An attempt
+    #: too short for a ``started`` event still tells the API its real start this way.
+    started_at: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -270,6 +273,7 @@ def event_payload(
     error: ErrorInfo | None = None,
     finish_reason: str | None = None,
     cost_usd: float | None = None,
+    started_at: float | None = None,
 ) -> dict[str, Any]:
     """The results stream payload of the ``ResultEvent`` with these fields, without building
     the event first: the worker's hottest path (every event of every task)."""
@@ -287,6 +291,7 @@ def event_payload(
         "error": error_payload(error),
         "finish_reason": finish_reason,
         "cost_usd": cost_usd,
+        "started_at": started_at,
     }
 
 
@@ -306,6 +311,7 @@ def encode_event(event: ResultEvent) -> dict[str, Any]:
         error=event.error,
         finish_reason=event.finish_reason,
         cost_usd=event.cost_usd,
+        started_at=event.started_at,
     )
 
 

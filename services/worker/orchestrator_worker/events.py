@@ -136,6 +136,7 @@ class AttemptEvents:
         self._flushing: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         self._closed = False
+        self._began: float | None = None  # when begin() was called (the attempt's start)
         self.terminal_published = False
 
     @property
@@ -158,6 +159,7 @@ class AttemptEvents:
         delta, or at the first tick ``clock.started_after`` seconds from now, unless a
         terminal event comes first; with ``at_once`` (a retried attempt), right away."""
         self._started_due = True
+        self._began = time.time()
         if at_once and self._flushing is None and not self._closed:
             self._flushing = asyncio.get_running_loop().create_task(self._flush(with_text=False))
         else:
@@ -333,6 +335,7 @@ class AttemptEvents:
             error=error,
             finish_reason=finish_reason,
             cost_usd=cost_usd,
+            started_at=None if kind is EventKind.DELTA else self._began,
         )
         # The message id names the event, so a re-sent copy is recognisably the same one.
         message = Message(payload=payload, id=f"{self.task_id}:{self.attempt}:{self._seq}")

@@ -209,7 +209,7 @@ if attempt > ca then
 end
 if seq < ns then return 0 end
 if cur[8] then redis.call('HDEL', rec, 'pv') end -- a worker has it: it was published
-local step = {ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]}
+local step = {ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[15]}
 if step[1] ~= '1' and seq > ns then
   if redis.call('HSETNX', buf, seq, cmsgpack.pack(step)) == 0 then return 0 end
   redis.call('PEXPIRE', buf, ARGV[6])
@@ -221,9 +221,11 @@ local started = cur[6]
 local function commit(s)
   if redis.call('RPUSH', log, s[4]) == 1 then redis.call('PEXPIRE', log, ARGV[6]) end
   if not started then
-    started = s[3]
+    -- the attempt's start as the worker said (s[6]; absent from steps buffered by an older
+    -- API), else the event's time
+    started = s[6] or s[3]
     fields[#fields + 1] = 'sa'
-    fields[#fields + 1] = s[3]
+    fields[#fields + 1] = started
   end
   if s[1] == '1' then
     fields[#fields + 1] = 'fa'

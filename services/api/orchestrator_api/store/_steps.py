@@ -34,6 +34,8 @@ class Step:
     at: float
     result: TaskResult | None = None
     error: ErrorInfo | None = None
+    #: When the attempt began, if the worker said (else ``at`` stands for it).
+    started: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -45,7 +47,7 @@ def step_for(event: ResultEvent) -> Step:
     attempt = event.attempt
     if event.kind is EventKind.STARTED:
         data: dict[str, Any] = {"status": TaskStatus.RUNNING.value, "attempt": attempt}
-        return Step("status", data, TaskStatus.RUNNING, attempt, event.at)
+        return Step("status", data, TaskStatus.RUNNING, attempt, event.at, started=event.started_at)
     if event.kind is EventKind.DELTA:
         data = {"text": event.text, "attempt": attempt}
         return Step("delta", data, TaskStatus.RUNNING, attempt, event.at)
@@ -72,10 +74,20 @@ def step_for(event: ResultEvent) -> Step:
             "cost_usd": event.cost_usd,
             "attempt": attempt,
         }
-        return Step("result", data, TaskStatus.SUCCEEDED, attempt, event.at, result=result)
+        return Step(
+            "result",
+            data,
+            TaskStatus.SUCCEEDED,
+            attempt,
+            event.at,
+            result=result,
+            started=event.started_at,
+        )
     error = event.error or UNKNOWN_ERROR
     data = {"type": error.type, "message": error.message, "attempt": attempt}
-    return Step("error", data, TaskStatus.FAILED, attempt, event.at, error=error)
+    return Step(
+        "error", data, TaskStatus.FAILED, attempt, event.at, error=error, started=event.started_at
+    )
 
 
 @attrs.define

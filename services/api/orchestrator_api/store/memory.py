@@ -278,7 +278,9 @@ class MemoryTaskStore:
 
     def _commit(self, task_id: str, entry: _Entry, step: Step) -> None:
         record = entry.record
-        started_at = record.started_at if record.started_at is not None else step.at
+        started_at = record.started_at
+        if started_at is None:  # the attempt's own start when the worker sent it
+            started_at = step.started if step.started is not None else step.at
         attempts = max(record.attempts, step.attempt)
         if step.terminal:
             entry.record = attrs.evolve(

@@ -408,6 +408,7 @@ class RedisTaskStore:
             payload,
             cached,
             cached_entry,
+            repr(step.started if step.started is not None else step.at),
         )
         with _translated("apply"):
             outcome = await self._script(APPLY, self._keys(event.task_id), args)
