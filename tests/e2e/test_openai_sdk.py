@@ -253,3 +253,16 @@ def test_a_task_the_provider_failed_is_an_sdk_error_with_its_task(
         )
     assert raised.value.code == "invalid_request"
     assert raised.value.response.headers["X-Task-Id"]
+
+
+def test_the_sdk_lists_the_models_the_live_workers_serve(client: openai.OpenAI) -> None:
+    deadline = time.monotonic() + 30  # the worker's first advert may still be on its way
+    while True:
+        ids = {model.id for model in client.models.list()}
+        if ids or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+
+    assert "echo" in ids
+    assert all(model.object == "model" for model in client.models.list())
+    assert client.models.retrieve("echo").id == "echo"
