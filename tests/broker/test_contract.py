@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
+import attrs
 import pytest
 
 from orchestrator_broker import (
@@ -328,6 +329,63 @@ async def test_nack_with_delay_redelivers_after_the_delay(broker: Broker, stream
         await second.ack()
     assert await broker.pending_count(stream, GROUP) == 0
     assert await broker.backlog(stream, GROUP) == 0
+
+
+async def test_defer_redelivers_after_the_delay_without_counting(
+    broker: Broker, stream: str
+) -> None:
+    await broker.ensure_group(stream, GROUP)
+    message = Message("wait for me")
+    await broker.publish(stream, message)
+    delay = 0.4
+    async with contextlib.aclosing(broker.consume(stream, GROUP, "c1", QUICK)) as consumer:
+        (first,) = await take(consumer, 1)
+        await first.nack()  # one real attempt: the count goes to 2
+        (second,) = await take(consumer, 1)
+        assert second.delivery_count == 2
+        deferred_at = time.monotonic()
+        await second.defer(delay)
+        assert second.settled
+        assert await broker.pending_count(stream, GROUP) == 0
+        assert await broker.backlog(stream, GROUP) == 1
+        (third,) = await take(consumer, 1)
+        assert time.monotonic() - deferred_at >= delay - 0.05
+        assert seen(broker, third.message) == seen(broker, message)
+        assert third.delivery_count == 2  # waiting was not a delivery
+        await third.defer(0.0)
+        (fourth,) = await take(consumer, 1)
+        assert fourth.delivery_count == 2
+        await fourth.ack()
+    assert await broker.pending_count(stream, GROUP) == 0
+    assert await broker.backlog(stream, GROUP) == 0
+
+
+async def test_deferring_never_reaches_max_deliveries(broker: Broker, stream: str) -> None:
+    await broker.ensure_group(stream, GROUP)
+    await broker.publish(stream, Message("patient"))
+    options = attrs.evolve(QUICK, max_deliveries=2)
+    async with contextlib.aclosing(broker.consume(stream, GROUP, "c1", options)) as consumer:
+        for _ in range(5):
+            (delivery,) = await take(consumer, 1)
+            assert delivery.delivery_count == 1
+            await delivery.defer(0.0)
+        (last,) = await take(consumer, 1)
+        await last.ack()
+    assert await broker.dead_letters(stream) == []
+
+
+async def test_defer_refuses_a_negative_delay_and_a_settled_delivery(
+    broker: Broker, stream: str
+) -> None:
+    await broker.ensure_group(stream, GROUP)
+    await broker.publish(stream, Message("x"))
+    async with contextlib.aclosing(broker.consume(stream, GROUP, "c1", QUICK)) as consumer:
+        (delivery,) = await take(consumer, 1)
+        with pytest.raises(ValueError, match="delay"):
+            await delivery.defer(-1.0)
+        await delivery.ack()
+        with pytest.raises(AlreadySettled):
+            await delivery.defer(0.0)
 
 
 async def test_nacked_entry_goes_to_any_consumer(broker: Broker, stream: str) -> None:

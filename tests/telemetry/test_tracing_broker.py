@@ -227,6 +227,23 @@ async def test_exception_in_activate_is_recorded_and_reraised(
     assert process.attributes[NACK_DELAY] == 2.5
 
 
+async def test_defer_is_a_settlement_of_its_own(
+    broker: TracingBroker, recorder: SpanRecorder
+) -> None:
+    await broker.publish(STREAM, Message(payload=1))
+    delivery = await receive(broker)
+    assert delivery.delivery_count == 1
+    await delivery.defer(0.0)
+    process = recorder.one(f"process {STREAM}")
+    assert process.status.status_code is StatusCode.UNSET
+    assert process.attributes is not None
+    assert process.attributes[SETTLEMENT] == "defer"
+    assert process.attributes[NACK_DELAY] == 0.0
+    again = await receive(broker)
+    assert again.delivery_count == 1
+    await again.ack()
+
+
 async def test_cancellation_in_activate_is_an_event_not_an_error(
     broker: TracingBroker, recorder: SpanRecorder
 ) -> None:

@@ -40,6 +40,12 @@ class RedisDelivery:
             raise ValueError(f"delay must be >= 0, got {delay!r}")
         await self._settle(self._broker._nack(self, delay, self.delivery_count))
 
+    async def defer(self, delay: float) -> None:
+        if delay < 0:
+            raise ValueError(f"delay must be >= 0, got {delay!r}")
+        # prior_deliveries one less: the redelivery's count is this one's again.
+        await self._settle(self._broker._nack(self, delay, self.delivery_count - 1))
+
     async def dead_letter(self, reason: str) -> None:
         await self._settle(self._broker._dead_letter(self, reason))
 

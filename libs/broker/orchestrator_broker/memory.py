@@ -210,6 +210,12 @@ class MemoryDelivery:
         self._settle()
         self._broker._nack(self, delay)
 
+    async def defer(self, delay: float) -> None:
+        if delay < 0:
+            raise ValueError(f"delay must not be negative, got {delay!r}")
+        self._settle()
+        self._broker._nack(self, delay, counted=False)
+
     async def dead_letter(self, reason: str) -> None:
         self._settle()
         self._broker._dead_letter_delivery(self, reason)
@@ -566,12 +572,14 @@ class MemoryBroker:
             )
         return pending
 
-    def _nack(self, delivery: MemoryDelivery, delay: float) -> None:
+    def _nack(self, delivery: MemoryDelivery, delay: float, *, counted: bool = True) -> None:
         pending = self._owned(delivery)
         st = self._streams[delivery.stream]
         del st.groups[delivery.group].pel[delivery.entry_id]
         due = time.monotonic() + delay
-        waiting = _Delayed(pending.entry_id, pending.fields, pending.message, pending.count)
+        # The redelivery adds one to the count: an uncounted hand-back takes it off first.
+        count = pending.count if counted else pending.count - 1
+        waiting = _Delayed(pending.entry_id, pending.fields, pending.message, count)
         heapq.heappush(st.groups[delivery.group].delayed, (due, next(self._tiebreak), waiting))
         st.signal.notify()  # waiting consumers recompute how long to sleep
 

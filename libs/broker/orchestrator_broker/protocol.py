@@ -9,6 +9,10 @@ it is settled exactly once by one of:
 - ``ack()``: done, never delivered again;
 - ``nack(delay)``: hand it back, to be redelivered after ``delay`` seconds; while it waits it
   belongs to no consumer and holds no worker slot;
+- ``defer(delay)``: the same, except that the hand-back does not count as a delivery: the
+  redelivery has the delivery count this one had. For a consumer that gave the entry back
+  untried (it waits out something, such as a provider's pause); ``max_deliveries`` does not
+  bound such waits, so the consumer must (the worker: by the task's deadline);
 - ``dead_letter(reason)``: move it to ``<stream>:dead`` with the reason, atomically with the
   ack. Adapters keep the newest ``dead_letter_maxlen`` dead letters of a stream (default
   ``DEFAULT_DEAD_LETTER_MAXLEN``; 0 keeps all), so a storm of failures cannot fill memory.
@@ -116,6 +120,11 @@ class Delivery(Protocol):
 
     async def nack(self, delay: float = 0.0) -> None:
         """Give the delivery back, to be redelivered (count + 1) after ``delay`` seconds."""
+        ...
+
+    async def defer(self, delay: float) -> None:
+        """Give the delivery back untried, to be redelivered after ``delay`` seconds with
+        the same delivery count (it was not an attempt)."""
         ...
 
     async def dead_letter(self, reason: str) -> None:

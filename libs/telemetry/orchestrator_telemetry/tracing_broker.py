@@ -123,6 +123,9 @@ class TracedDelivery:
     async def nack(self, delay: float = 0.0) -> None:
         await self._settle(self._delivery.nack(delay), {SETTLEMENT: "nack", NACK_DELAY: delay})
 
+    async def defer(self, delay: float) -> None:
+        await self._settle(self._delivery.defer(delay), {SETTLEMENT: "defer", NACK_DELAY: delay})
+
     async def dead_letter(self, reason: str) -> None:
         await self._settle(
             self._delivery.dead_letter(reason),
