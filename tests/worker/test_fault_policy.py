@@ -21,7 +21,9 @@ from orchestrator_worker.fault_policy import (
     BrokerRefused,
     Cancelled,
     Crashed,
+    Deadline,
     Decision,
+    Expired,
     Failed,
     Invalid,
     Outcome,
@@ -113,14 +115,20 @@ def exhausted(attempt: int, error: ErrorInfo) -> Decision:
         pytest.param(
             Blocked("openai", CIRCUIT_OPEN, 8.0, "server_error"),
             1,
-            Decision(DEFER, 10.0),
-            id="circuit-open-defers-for-the-cooldown-and-a-quarter",
+            Decision(RETRY, 10.0),
+            id="no-deadline-circuit-open-waits-as-an-attempt",
         ),
         pytest.param(
-            Blocked("openai", PAUSED, 4.0, "rate_limit"), 2, Decision(DEFER, 5.0), id="paused"
+            Blocked("openai", PAUSED, 4.0, "rate_limit"),
+            2,
+            Decision(RETRY, 5.0),
+            id="no-deadline-paused",
         ),
         pytest.param(
-            Blocked("openai", PAUSED, 0.0), 1, Decision(DEFER, 0.0625), id="never-a-hot-loop"
+            Blocked("openai", PAUSED, 0.0),
+            1,
+            Decision(RETRY, 0.0625),
+            id="no-deadline-never-a-hot-loop",
         ),
         pytest.param(
             Blocked("openai", CIRCUIT_OPEN, 8.0, "server_error"),
@@ -219,6 +227,121 @@ def exhausted(attempt: int, error: ErrorInfo) -> Decision:
 )
 def test_the_fault_policy_decides(outcome: Outcome, attempt: int, expected: Decision) -> None:
     assert decide(outcome, attempt, POLICY) == expected
+
+
+HOUR = Deadline(3600.0, 3000.0)
+SOON = Deadline(900.0, 3.0)
+GONE = Deadline(900.0, -0.5)
+
+
+def expired(message: str) -> Decision:
+    """``failed``/``deadline_exceeded`` with ``message``, then dead-lettered."""
+    return Decision(
+        DEAD,
+        error=ErrorInfo("deadline_exceeded", message),
+        reason=f"deadline exceeded: {message}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("outcome", "attempt", "deadline", "expected"),
+    [
+        pytest.param(
+            Blocked("openai", CIRCUIT_OPEN, 8.0, "server_error"),
+            1,
+            HOUR,
+            Decision(DEFER, 10.0),
+            id="circuit-open-defers-for-the-cooldown-and-a-quarter",
+        ),
+        pytest.param(
+            Blocked("openai", PAUSED, 4.0, "rate_limit"),
+            3,
+            HOUR,
+            Decision(DEFER, 5.0),
+            id="waiting-is-not-an-attempt-even-on-the-last-one",
+        ),
+        pytest.param(
+            Blocked("openai", PAUSED, 0.0), 9, HOUR, Decision(DEFER, 0.0625), id="no-hot-loop"
+        ),
+        pytest.param(
+            Blocked("openai", PAUSED, 2.0, "rate_limit"),
+            1,
+            Deadline(900.0, 2.4),
+            Decision(DEFER, 2.2),
+            id="jitter-only-into-the-time-left",
+        ),
+        pytest.param(
+            Blocked("openai", PAUSED, 4.0, "rate_limit"),
+            1,
+            SOON,
+            expired(
+                "the task's deadline (900 s after submission) passes while provider openai "
+                "is paused after a rate_limit for 4.0 s more"
+            ),
+            id="a-pause-past-the-deadline-fails-at-once",
+        ),
+        pytest.param(
+            Blocked("openai", CIRCUIT_OPEN, 30.0),
+            2,
+            SOON,
+            expired(
+                "the task's deadline (900 s after submission) passes while the circuit of "
+                "provider openai is open for 30.0 s more"
+            ),
+            id="an-open-circuit-past-the-deadline",
+        ),
+        pytest.param(
+            Failed("openai", E500), 1, HOUR, Decision(RETRY, 1.0), id="failed-retries-in-time"
+        ),
+        pytest.param(
+            Failed("openai", E500, retry_after=5.0),
+            1,
+            SOON,
+            expired(
+                "the task's deadline (900 s after submission) leaves no time for a retry in "
+                "6.0 s; attempt 1 failed: server_error: HTTP 500"
+            ),
+            id="a-retry-past-the-deadline-fails-at-once",
+        ),
+        pytest.param(
+            Failed("openai", E500),
+            3,
+            SOON,
+            exhausted(
+                3, ErrorInfo("server_error", "gave up after 3 attempt(s); the last one: HTTP 500")
+            ),
+            id="own-failures-say-so",
+        ),
+        pytest.param(
+            Expired(),
+            2,
+            GONE,
+            expired(
+                "the task's deadline (900 s after submission) passed before attempt 2 could "
+                "call a provider"
+            ),
+            id="expired-before-a-call",
+        ),
+        pytest.param(
+            Expired("gemini"),
+            1,
+            GONE,
+            expired(
+                "the task's deadline (900 s after submission) passed during the call to gemini"
+            ),
+            id="expired-during-a-call",
+        ),
+    ],
+)
+def test_the_deadline_bounds_the_task(
+    outcome: Outcome, attempt: int, deadline: Deadline, expected: Decision
+) -> None:
+    assert decide(outcome, attempt, POLICY, deadline) == expected
+
+
+def test_an_expired_outcome_needs_its_deadline() -> None:
+    with pytest.raises(ValueError, match="deadline"):
+        decide(Expired(), 1, POLICY)
 
 
 def test_a_dead_letter_reason_is_cut_to_300_characters() -> None:
@@ -653,6 +776,13 @@ def test_every_fault_setting_is_read(tmp_path: Path) -> None:
     assert (policy.max_attempts, policy.base, policy.cap) == (7, 0.5, 20.0)
 
 
+def test_the_deadline_defaults_to_three_task_timeouts_and_is_read() -> None:
+    assert WorkerSettings.from_env({}).deadline_seconds == 900.0
+    assert WorkerSettings.from_env({"TASK_TIMEOUT_SECONDS": "20"}).deadline_seconds == 60.0
+    read = WorkerSettings.from_env({"TASK_TIMEOUT_SECONDS": "20", "TASK_DEADLINE_SECONDS": "7.5"})
+    assert read.deadline_seconds == 7.5
+
+
 def test_max_deliveries_alone_leaves_the_worker_one_delivery() -> None:
     assert WorkerSettings.from_env({"MAX_DELIVERIES": "3"}).max_attempts == 2
     assert WorkerSettings.from_env({"MAX_DELIVERIES": "10"}).max_attempts == 5
@@ -671,6 +801,8 @@ def test_max_deliveries_alone_leaves_the_worker_one_delivery() -> None:
         ({"PROVIDER_CONCURRENCY": "openai=-1"}, "PROVIDER_CONCURRENCY"),
         ({"BREAKER_FAILURES": "many"}, "BREAKER_FAILURES"),
         ({"BREAKER_COOLDOWN_SECONDS": "0"}, "BREAKER_COOLDOWN_SECONDS"),
+        ({"TASK_DEADLINE_SECONDS": "0"}, "TASK_DEADLINE_SECONDS"),
+        ({"TASK_DEADLINE_SECONDS": "an hour"}, "TASK_DEADLINE_SECONDS"),
         ({"MODEL_PRICES": "a=1"}, "MODEL_PRICES"),
         ({"MODEL_PRICES_FILE": "/nonexistent/prices.json"}, "MODEL_PRICES_FILE"),
     ],
@@ -690,6 +822,7 @@ def test_the_docstring_documents_every_fault_setting() -> None:
         "MAX_ATTEMPTS", "MAX_DELIVERIES", "RETRY_BASE_SECONDS", "RETRY_MAX_SECONDS",
         "MODEL_ALIASES", "PROVIDER_CONCURRENCY", "BREAKER_FAILURES",
         "BREAKER_COOLDOWN_SECONDS", "MODEL_PRICES", "MODEL_PRICES_FILE",
+        "TASK_DEADLINE_SECONDS",
     ):  # fmt: skip
         assert f"``{variable}``" in doc
 

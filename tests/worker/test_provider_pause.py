@@ -270,7 +270,7 @@ async def test_a_shorter_later_hint_does_not_shorten_the_pause(
     assert [(p, seconds) for p, seconds, _ in hooks.pauses] == [("openai", pytest.approx(3.0))]
 
 
-async def test_the_last_attempt_of_a_task_held_back_by_a_pause_fails_like_an_exhausted_retry(
+async def test_without_a_submission_time_the_waits_of_a_paused_task_count_as_attempts(
     broker: MemoryBroker, start, fake: TimedFakeLLM
 ) -> None:
     fake.script(Reply.error(429, headers={"Retry-After": "30"}))

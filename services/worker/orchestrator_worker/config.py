@@ -58,6 +58,12 @@ class WorkerSettings:
     ``DEFAULT_MODEL``            ``echo``                  model for tasks that name none
     ``TASK_TIMEOUT_SECONDS``     ``300``                   a provider call longer than this
                                                            fails the task with ``timeout``
+    ``TASK_DEADLINE_SECONDS``    ``3 x TASK_TIMEOUT``      a task not done this long after its
+                                                           submission (queue wait, attempts,
+                                                           backoff and waiting out a paused
+                                                           provider together) fails with
+                                                           ``deadline_exceeded``, dead-lettered;
+                                                           calls are cut short at it
     ``LEASE_SECONDS``            ``30``                    a crashed worker's tasks are
                                                            reclaimed by others after this long
     ``MAX_ATTEMPTS``             ``5``                     provider attempts per task: a task
@@ -143,6 +149,7 @@ class WorkerSettings:
     concurrency: int = 5
     default_model: str = "echo"
     task_timeout: float = 300.0
+    task_deadline: float | None = None  # None: TASK_DEADLINE_SECONDS unset, 3 x task_timeout
     lease_seconds: float = 30.0
     max_attempts: int = 5
     max_deliveries: int = 6
@@ -165,6 +172,11 @@ class WorkerSettings:
     presence_ttl: float = 15.0
     telemetry: TelemetrySettings | None = attrs.field(default=None, repr=False)
     providers: ProviderSettings | None = attrs.field(default=None, repr=False)
+
+    @property
+    def deadline_seconds(self) -> float:
+        """``TASK_DEADLINE_SECONDS``, by default three times ``TASK_TIMEOUT_SECONDS``."""
+        return self.task_deadline if self.task_deadline is not None else 3 * self.task_timeout
 
     @property
     def delta_flush_interval(self) -> float:
@@ -193,6 +205,7 @@ class WorkerSettings:
             "concurrency": env.integer("NUMBER_OF_WORKERS", d.concurrency, low=1, high=100_000),
             "default_model": env.text("DEFAULT_MODEL", d.default_model),
             "task_timeout": env.seconds("TASK_TIMEOUT_SECONDS", d.task_timeout, positive=True),
+            "task_deadline": env.seconds("TASK_DEADLINE_SECONDS", None, positive=True),
             "lease_seconds": env.seconds("LEASE_SECONDS", d.lease_seconds, positive=True),
             # None when unset: _check_attempts derives one from the other.
             "max_attempts": env.integer("MAX_ATTEMPTS", None, low=1, high=999),

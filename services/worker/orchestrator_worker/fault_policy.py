@@ -15,9 +15,14 @@ retry mends)                  ``ProviderError`` (400, 401/403, 404, content filt
 limit, 5xx, overload, cut     at least the provider's ``Retry-After``; an overload backs
 stream, malformed answer,     off one step further); on the last attempt ``DEAD_LETTER``
 timeout)                      after ``failed`` with its type, saying the attempts ran out
-``Blocked`` (every target's   ``DEFER`` for ``RetryPolicy.deferral`` of the hold; on the
-circuit open or provider      last attempt ``DEAD_LETTER`` after ``failed``, typed by what
-paused)                       tripped the circuit or paused the provider
+``Blocked`` (every target's   ``DEFER`` (an uncounted hand-back, ``defer(delay)``) for
+circuit open or provider      ``RetryPolicy.deferral`` of the hold: waiting is not an
+paused)                       attempt. With no deadline known (a payload without
+                              ``submitted_at``), ``RETRY`` instead, so that ``MAX_ATTEMPTS``
+                              bounds the waits, and on the last attempt ``DEAD_LETTER``
+``Expired`` (the deadline     ``DEAD_LETTER`` after ``failed``/``deadline_exceeded``
+passed before or during a
+call)
 ``Invalid`` (the payload is   ``DEAD_LETTER`` with the reason (and ``failed``/
 not a task)                   ``invalid_task``, which the runner can publish only when the
                               payload named a task id and tenant)
@@ -31,9 +36,12 @@ the provider call)            details), or a plain ``ACK`` if a terminal event i
 the grace period)             event is out
 ============================  ============================================================
 
-Every hand-back (``RETRY``, ``DEFER``) is a ``nack(delay)``, which raises the delivery
-count, the attempt number: deferrals and shutdown hand-backs use up attempts too, so
-``MAX_ATTEMPTS`` bounds how long a task can go round.
+A ``RETRY`` is a ``nack(delay)``, which raises the delivery count, the attempt number;
+a ``DEFER`` is a ``defer(delay)``, which does not. So a task fails either from its own
+calls' failures (``MAX_ATTEMPTS`` of them, the last one's error type) or from its deadline
+(``TASK_DEADLINE_SECONDS`` after submission, ``deadline_exceeded``), and its error says
+which. The deadline (``Deadline``) bounds the whole task: a retry or a deferral that would
+end past it fails the task at once instead, and each call is cut short at it.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from .retry import RetryPolicy
 __all__ = [
     "ANSWERED",
     "CRASHED",
+    "DEADLINE_EXCEEDED",
     "MAX_REASON",
     "REPUBLISH_DELAY",
     "Action",
@@ -59,7 +68,9 @@ __all__ = [
     "BrokerRefused",
     "Cancelled",
     "Crashed",
+    "Deadline",
     "Decision",
+    "Expired",
     "Failed",
     "Invalid",
     "Outcome",
@@ -126,6 +137,14 @@ class Blocked:
 
 
 @attrs.frozen
+class Expired:
+    """The task's deadline passed: before this attempt could call anyone, or during the
+    call to ``provider`` (which was cut short)."""
+
+    provider: str | None = None
+
+
+@attrs.frozen
 class Invalid:
     """The payload is not a task."""
 
@@ -162,6 +181,7 @@ Outcome = (
     | Refused
     | Failed
     | Blocked
+    | Expired
     | Invalid
     | Overdelivered
     | BrokerRefused
@@ -193,11 +213,30 @@ class Decision:
     reason: str | None = None
 
 
+@attrs.frozen
+class Deadline:
+    """A task's deadline: ``seconds`` after its submission in all (``TASK_DEADLINE_SECONDS``),
+    ``remaining`` of them left now."""
+
+    seconds: float
+    remaining: float
+
+    @property
+    def passed(self) -> bool:
+        return self.remaining <= 0
+
+
+#: The error type of a task that ran out of time rather than of attempts.
+DEADLINE_EXCEEDED = "deadline_exceeded"
+
 _ACK = Decision(Action.ACK)
 
 
-def decide(outcome: Outcome, attempt: int, retry: RetryPolicy) -> Decision:
-    """The decision for ``outcome`` of attempt ``attempt`` (the delivery count)."""
+def decide(
+    outcome: Outcome, attempt: int, retry: RetryPolicy, deadline: Deadline | None = None
+) -> Decision:
+    """The decision for ``outcome`` of attempt ``attempt`` (the delivery count), with the
+    task's ``deadline`` (None: the task carries no submission time, so none is known)."""
     if isinstance(outcome, Answered):
         return _ACK
     if isinstance(outcome, Refused):
@@ -207,11 +246,31 @@ def decide(outcome: Outcome, attempt: int, retry: RetryPolicy) -> Decision:
             message = f"gave up after {attempt} attempt(s); the last one: {outcome.error.message}"
             return _give_up(attempt, ErrorInfo(type=outcome.error.type, message=message))
         delay = retry.delay(attempt, hint=outcome.retry_after, harder=outcome.harder)
+        if deadline is not None and delay >= deadline.remaining:
+            error = outcome.error
+            return _expire(
+                deadline,
+                f"leaves no time for a retry in {delay:.1f} s; attempt {attempt} failed: "
+                f"{error.type}: {error.message}",
+            )
         return Decision(Action.RETRY, delay)
     if isinstance(outcome, Blocked):
-        if retry.exhausted(attempt):
-            return _give_up(attempt, _blocked_error(outcome, attempt))
-        return Decision(Action.DEFER, retry.deferral(outcome.seconds))
+        if deadline is None:
+            # Nothing else would bound the waits: they count as attempts.
+            if retry.exhausted(attempt):
+                return _give_up(attempt, _blocked_error(outcome, attempt))
+            return Decision(Action.RETRY, retry.deferral(outcome.seconds))
+        if outcome.seconds >= deadline.remaining:
+            return _expire(deadline, f"passes while {_holding(outcome)}")
+        # Jitter only into the time left, so that the task comes back before its deadline.
+        room = outcome.seconds + (deadline.remaining - outcome.seconds) / 2
+        return Decision(Action.DEFER, min(retry.deferral(outcome.seconds), room))
+    if isinstance(outcome, Expired):
+        if deadline is None:
+            raise ValueError("an Expired outcome needs the deadline")
+        if outcome.provider is None:
+            return _expire(deadline, f"passed before attempt {attempt} could call a provider")
+        return _expire(deadline, f"passed during the call to {outcome.provider}")
     if isinstance(outcome, Invalid):
         reason = f"invalid task: {outcome.reason}"[:MAX_REASON]
         return Decision(
@@ -239,6 +298,25 @@ def _give_up(attempt: int, error: ErrorInfo) -> Decision:
     """Tell the client (``failed``), then dead-letter the task with the reason."""
     reason = f"attempts exhausted ({attempt}): {error.type}: {error.message}"[:MAX_REASON]
     return Decision(Action.DEAD_LETTER, error=error, reason=reason)
+
+
+def _expire(deadline: Deadline, what: str) -> Decision:
+    """Fail the task for its deadline (``what`` says how it ran out) and dead-letter it."""
+    message = f"the task's deadline ({deadline.seconds:g} s after submission) {what}"
+    error = ErrorInfo(type=DEADLINE_EXCEEDED, message=message[:MAX_REASON])
+    return Decision(
+        Action.DEAD_LETTER, error=error, reason=f"deadline exceeded: {message}"[:MAX_REASON]
+    )
+
+
+def _holding(outcome: Blocked) -> str:
+    """Why no target of a blocked task took calls, naming what caused it when known."""
+    provider, seconds = outcome.provider, outcome.seconds
+    if outcome.paused:
+        cause = f" after a {outcome.cause}" if outcome.cause else ""
+        return f"provider {provider} is paused{cause} for {seconds:.1f} s more"
+    cause = f" ({outcome.cause})" if outcome.cause else ""
+    return f"the circuit of provider {provider} is open{cause} for {seconds:.1f} s more"
 
 
 def _blocked_error(outcome: Blocked, attempt: int) -> ErrorInfo:

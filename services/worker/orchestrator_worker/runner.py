@@ -13,7 +13,9 @@ decided by ``fault_policy``, which is pure; this module does the I/O around it:
   answered); otherwise the attempt ends there;
 - it streams the answer into ``events`` (``started``, deltas, then ``succeeded`` with
   ``cost_usd`` from the price table; no ``started`` for a first attempt that takes under a
-  second and streams no delta), bounding each call by ``TASK_TIMEOUT_SECONDS``;
+  second and streams no delta), bounding each call by ``TASK_TIMEOUT_SECONDS`` and by what is
+  left of the task's deadline (``TASK_DEADLINE_SECONDS`` after its submission: a task past
+  it fails as ``deadline_exceeded`` without another call);
 - it tells each provider's circuit breaker how its calls went, and pauses a provider that
   asked to wait (a 429, 529 or 503 carrying ``Retry-After`` or rate-limit reset headers) for
   every task of this process, so that other tasks do not collect the same rate limit;
@@ -55,12 +57,15 @@ from .breaker import CIRCUIT_OPEN, PAUSED, BreakerCall, Hold
 from .events import AttemptEvents, FlushClock
 from .fault_policy import (
     ANSWERED,
+    DEADLINE_EXCEEDED,
     Action,
     Blocked,
     BrokerRefused,
     Cancelled,
     Crashed,
+    Deadline,
     Decision,
+    Expired,
     Failed,
     Invalid,
     Overdelivered,
@@ -117,6 +122,7 @@ class TaskRunner:
         results_stream: str,
         task_timeout: float,
         flush_interval: float,
+        task_deadline: float | None = None,
         started_after: float = 1.0,
         router: ModelRouter | None = None,
         retry: RetryPolicy | None = None,
@@ -129,6 +135,7 @@ class TaskRunner:
         self._providers = providers
         self._results = results_stream
         self._timeout = task_timeout
+        self._deadline = task_deadline if task_deadline is not None else 3 * task_timeout
         self._clock = FlushClock(flush_interval, started_after)
         self._router = router or ModelRouter(providers)
         self._retry = retry or RetryPolicy()
@@ -195,6 +202,13 @@ class TaskRunner:
             self._metrics.task_failed(events.provider, events.model, decision.error.type)
         return decision
 
+    def deadline(self, task: TaskMessage) -> Deadline | None:
+        """``task``'s deadline as it stands now (None: the task says not when it was
+        submitted, so no deadline is known)."""
+        if task.submitted_at <= 0:
+            return None
+        return Deadline(self._deadline, task.submitted_at + self._deadline - time.time())
+
     async def _attempt(self, task: TaskMessage, events: AttemptEvents) -> Decision:
         """Run this attempt: its targets in turn until one answers; how to settle."""
         attempt = events.attempt
@@ -202,6 +216,10 @@ class TaskRunner:
         if attempt > retry.max_attempts:
             events.model = task.model
             return await self._give_up(task, events, decide(Overdelivered(), attempt, retry))
+        deadline = self.deadline(task)
+        if deadline is not None and deadline.passed:
+            events.model = task.model
+            return await self._give_up(task, events, decide(Expired(), attempt, retry, deadline))
         try:
             routes = self._router.routes(task.model, task.parameters)
         except ProviderError as exc:
@@ -220,6 +238,15 @@ class TaskRunner:
         metrics = self._metrics
         for route in routes:
             name = route.provider.name
+            timeout = self._timeout
+            if deadline is not None:
+                deadline = self.deadline(task)
+                assert deadline is not None
+                if deadline.passed:  # a failed target before this one took the rest
+                    return await self._give_up(
+                        task, events, decide(Expired(), attempt, retry, deadline)
+                    )
+                timeout = min(timeout, deadline.remaining)
             guard = self._guards[name]
             hold = guard.breaker.hold()
             if hold is not None:
@@ -247,9 +274,9 @@ class TaskRunner:
                     if metrics is not None:
                         metrics.attempt_started(name, route.model, attempt, task.submitted_at)
                 called = time.monotonic()
-                outcome = await self._call(route, task, events, call)
+                outcome = await self._call(route, task, events, call, timeout)
                 if metrics is not None:
-                    failure = None if isinstance(outcome, Finish) else outcome.error.type
+                    failure = _failure_type(outcome)
                     metrics.provider_called(name, route.model, time.monotonic() - called, failure)
             finally:
                 guard.release()
@@ -281,6 +308,9 @@ class TaskRunner:
                         submitted_at=task.submitted_at,
                     )
                 return decision
+            if isinstance(outcome, Expired):
+                decision = decide(outcome, attempt, retry, self.deadline(task))
+                return await self._give_up(task, events, decision)
             last = outcome
         if last is None:
             return await self._defer(task, events, blocked)
@@ -310,7 +340,7 @@ class TaskRunner:
     ) -> Decision:
         """A retryable failure: hand the task back with a backoff, or give up."""
         attempt = events.attempt
-        decision = decide(failure, attempt, self._retry)
+        decision = decide(failure, attempt, self._retry, self.deadline(task))
         if decision.action is Action.DEAD_LETTER:
             return await self._give_up(task, events, decision)
         delay = decision.delay
@@ -350,7 +380,8 @@ class TaskRunner:
         paused = hold.reason == PAUSED
         cause = breaker.paused_by if paused else breaker.last_error
         attempt = events.attempt
-        decision = decide(Blocked(provider, hold.reason, hold.seconds, cause), attempt, self._retry)
+        blocked_by = Blocked(provider, hold.reason, hold.seconds, cause)
+        decision = decide(blocked_by, attempt, self._retry, self.deadline(task))
         if decision.action is Action.DEAD_LETTER:
             events.model = task.model
             return await self._give_up(task, events, decision)
@@ -397,10 +428,17 @@ class TaskRunner:
         return decision
 
     async def _call(
-        self, route: Route, task: TaskMessage, events: AttemptEvents, call: BreakerCall
-    ) -> Finish | Failed | Refused:
-        """Stream the answer into ``events``; the finish, or why there is none. Reports the
-        outcome to the provider's circuit breaker."""
+        self,
+        route: Route,
+        task: TaskMessage,
+        events: AttemptEvents,
+        call: BreakerCall,
+        timeout: float,
+    ) -> Finish | Failed | Refused | Expired:
+        """Stream the answer into ``events`` within ``timeout`` seconds; the finish, or why
+        there is none. Reports the outcome to the provider's circuit breaker. A call cut
+        short by the task's deadline (``timeout`` less than ``TASK_TIMEOUT_SECONDS``) is
+        ``Expired``, and tells the breaker nothing: the provider did not fail."""
         name = route.provider.name
         request = CompletionRequest(
             model=route.model,
@@ -410,7 +448,7 @@ class TaskRunner:
         )
         finish = Finish()
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(timeout):
                 stream = route.provider.stream(request)
                 try:
                     async for item in stream:
@@ -432,6 +470,9 @@ class TaskRunner:
                 call.succeeded()  # the provider is up: it answered, with a refusal
             return from_provider_error(name, exc)
         except TimeoutError:
+            if timeout < self._timeout:
+                log.info("task %s: its deadline passed during the call to %s", task.task_id, name)
+                return Expired(name)
             log.info("task %s: %s timed out after %g s", task.task_id, name, self._timeout)
             call.failed("timeout")
             return timed_out(name, self._timeout)
@@ -527,8 +568,19 @@ def _settlement(delivery: Delivery, decision: Decision) -> _Settle:
     if action is Action.DEAD_LETTER:
         reason = decision.reason or ""
         return lambda: delivery.dead_letter(reason)
-    delay = decision.delay  # RETRY or DEFER: handed back
+    delay = decision.delay
+    if action is Action.DEFER:  # handed back untried: not an attempt
+        return lambda: delivery.defer(delay)
     return lambda: delivery.nack(delay)
+
+
+def _failure_type(outcome: Finish | Failed | Refused | Expired) -> str | None:
+    """The error type of a call's outcome, for metrics (None: it answered)."""
+    if isinstance(outcome, Finish):
+        return None
+    if isinstance(outcome, Expired):
+        return DEADLINE_EXCEEDED
+    return outcome.error.type
 
 
 def _failure(decision: Decision) -> ErrorInfo:

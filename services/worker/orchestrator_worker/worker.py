@@ -136,6 +136,7 @@ class Worker:
             self._providers,
             results_stream=settings.results_stream,
             task_timeout=settings.task_timeout,
+            task_deadline=settings.deadline_seconds,
             flush_interval=settings.delta_flush_interval,
             started_after=started_after,
             router=self.router,
