@@ -4,6 +4,7 @@ with real workers running in process on the same in-memory broker."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -13,7 +14,13 @@ from aiohttp.test_utils import TestClient
 
 from orchestrator_api.workers import WorkerDirectory, unserved_model
 from orchestrator_broker import BrokerUnavailable, MemoryBroker
-from orchestrator_tasks import WorkerAdvert, encode_advert, presence_group
+from orchestrator_tasks import (
+    NOT_BLANK_PATTERN,
+    WorkerAdvert,
+    encode_advert,
+    is_blank,
+    presence_group,
+)
 from orchestrator_worker import Worker, WorkerSettings
 from tests.api.conftest import ACME, ApiClientFactory
 from tests.api.test_http_openapi import Checked, fetch_document
@@ -113,7 +120,7 @@ async def test_one_model_is_found_when_a_live_worker_serves_it(
     assert (await client.get("/v1/models/fast")).status == 401
 
 
-async def test_a_model_no_live_worker_serves_is_a_422_naming_model(
+async def test_a_model_no_live_worker_serves_is_a_400_naming_model(
     api_client: ApiClientFactory, broker: MemoryBroker, start_worker: StartWorker
 ) -> None:
     client = await api_client(broker=broker)
@@ -124,7 +131,7 @@ async def test_a_model_no_live_worker_serves_is_a_422_naming_model(
         response = await client.post(
             "/v1/tasks", json={"prompt": "x", "model": model}, headers=ACME
         )
-        assert response.status == 422, model
+        assert response.status == 400, model
         problem = await response.json()
         assert [e["field"] for e in problem["errors"]] == ["model"]
         assert "echo" in problem["errors"][0]["message"]  # what is served instead
@@ -178,8 +185,39 @@ async def test_model_responses_match_the_document(
         (template, 200),
         (template, 404),
         (template, 401),
-        ("/v1/tasks", 422),
+        ("/v1/tasks", 400),
     }
+
+
+MODELS = ("echo", " echo/x ", "fast", "fast/x", "slow", "\ufefffast", "echox", "openai /x", "")
+
+
+async def test_the_served_document_says_which_models_the_live_workers_serve(
+    api_client: ApiClientFactory, broker: MemoryBroker, start_worker: StartWorker
+) -> None:
+    client = await api_client(broker=broker)
+    alone = await fetch_document(client)
+    schemas = alone["components"]["schemas"]
+    # No worker alive: any model that is not blank.
+    assert schemas["TaskSubmission"]["properties"]["model"]["pattern"] == NOT_BLANK_PATTERN
+    await start_worker("w1", model_aliases={"fast": ("echo",)})
+    await wait_for_json(client, "/health", lambda b: b["workers"] == 1)
+
+    document = await fetch_document(client)
+    schemas = document["components"]["schemas"]
+    rule = schemas["TaskSubmission"]["properties"]["model"]["pattern"]
+    assert schemas["ChatCompletionRequest"]["properties"]["model"]["pattern"] == rule
+    pattern = re.compile(rule)
+    for model in MODELS:
+        response = await client.post(
+            "/v1/tasks", json={"prompt": "x", "model": model}, headers=ACME
+        )
+        if is_blank(model):
+            assert response.status == 400  # blank: refused by the schema's own pattern
+            continue
+        # The document and the server agree on every name.
+        expected = 202 if pattern.search(model) else 400
+        assert response.status == expected, (model, response.status)
 
 
 # -- the directory: one broker read per window, shared ------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.e2e.support import Services, clean_env, free_port, wait_healthy
+from tests.e2e.support import Services, clean_env, free_port, wait_healthy, wait_until
 from tests.support.fake_llm import FakeLLM
 
 pytestmark = pytest.mark.slow
@@ -50,6 +50,9 @@ async def _run_schemathesis(
     api = services.start("run", ["run", "--port", str(port)], env)
     api.url = f"http://127.0.0.1:{port}"
     await wait_healthy(session, api)
+    # The document schemathesis reads must name the models the worker serves (a submit of
+    # another is a 400): wait for the worker's advert before it is fetched.
+    await wait_until("the worker's advert", lambda: _workers_alive(session, api.url), timeout=30)
 
     process = await asyncio.create_subprocess_exec(
         str(SCHEMATHESIS),
@@ -95,3 +98,8 @@ async def _run_schemathesis(
     assert process.returncode == 0, report
     assert "No issues found" in report or " passed" in report, report
     assert api.alive(), api.tail()
+
+
+async def _workers_alive(session: aiohttp.ClientSession, url: str) -> bool:
+    async with session.get(f"{url}/health") as response:
+        return bool((await response.json()).get("workers"))

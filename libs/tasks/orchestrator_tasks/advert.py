@@ -24,6 +24,7 @@ from typing import Any, Final
 import attrs
 
 from .errors import ContractError
+from .text import strip
 
 __all__ = [
     "InvalidAdvert",
@@ -59,7 +60,7 @@ class WorkerAdvert:
 
     def serves(self, model: str) -> bool:
         """True when a task naming ``model`` can run here (an alias, or a provider prefix)."""
-        name = model.strip()
+        name = strip(model)
         return name in self.aliases or name.partition("/")[0] in self.providers
 
     def models(self) -> list[str]:

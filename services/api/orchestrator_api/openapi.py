@@ -2,6 +2,10 @@
 
 Written by hand next to the handlers it describes; ``tests/api/test_http_openapi.py`` checks
 that it lists exactly the app's routes and that real responses validate against it.
+
+While workers are alive, the served document also says which ``model`` names they serve
+(``served_model_pattern``: their aliases, and their provider prefixes), because a submit
+naming any other model is a 400: the document and the server stay one truth.
 """
 
 from __future__ import annotations
@@ -34,7 +38,10 @@ from .validation import (
     MAX_NESTING,
 )
 
-__all__ = ["build_document", "document_bytes"]
+__all__ = ["Served", "build_document", "document_bytes", "served_model_pattern"]
+
+#: What the live workers serve: their provider prefixes and their aliases, each sorted.
+Served = tuple[tuple[str, ...], tuple[str, ...]]
 
 Schema = dict[str, Any]
 
@@ -974,7 +981,11 @@ def build_document() -> dict[str, Any]:
                         **{
                             status: _openai_error(description)
                             for status, description in (
-                                ("400", "Invalid request, or the provider refused it."),
+                                (
+                                    "400",
+                                    "Invalid request (a model no live worker serves too), or "
+                                    "the provider refused it.",
+                                ),
                                 ("401", "Missing or unknown API key."),
                                 ("404", "The model is not served (the task failed)."),
                                 ("409", "The Idempotency-Key is in use by another request."),
@@ -1018,7 +1029,11 @@ def build_document() -> dict[str, Any]:
                         ),
                         "400": _problem(
                             "Malformed JSON, or invalid fields (listed in `errors`), or an "
-                            "invalid Idempotency-Key."
+                            "invalid Idempotency-Key. Also, while any worker is alive, a "
+                            "`model` no live worker serves (neither its provider prefix nor an "
+                            "alias; `errors` names `model`, see GET /v1/models; this document, "
+                            "as served, gives their pattern); with none alive the task is "
+                            "accepted and waits in the queue."
                         ),
                         "413": _problem(
                             "The body (MAX_BODY_BYTES) or the conversation's text "
@@ -1032,11 +1047,7 @@ def build_document() -> dict[str, Any]:
                         ),
                         "422": _problem(
                             "This Idempotency-Key was used before with another request body "
-                            "(compared as parsed: key order and whitespace do not matter). Or, "
-                            "while any worker is alive, no live worker serves the `model` "
-                            "(neither its provider prefix nor an alias; `errors` names `model`, "
-                            "see GET /v1/models); with none alive the task is accepted and "
-                            "waits in the queue."
+                            "(compared as parsed: key order and whitespace do not matter)."
                         ),
                         "429": _problem(
                             "The tenant is over its submission rate (`RATE_LIMITS`); nothing "
@@ -1173,7 +1184,59 @@ def build_document() -> dict[str, Any]:
     }
 
 
-@functools.cache
-def document_bytes() -> bytes:
-    """The document, serialized once."""
-    return orjson.dumps(build_document())
+@functools.lru_cache(maxsize=16)
+def document_bytes(served: Served | None = None) -> bytes:
+    """The document, serialized once per set of ``served`` models (None: no worker alive,
+    so any model is taken and waits for one)."""
+    document = build_document()
+    if served is not None:
+        document = _with_served_models(document, *served)
+    return orjson.dumps(document)
+
+
+def served_model_pattern(providers: Iterable[str], aliases: Iterable[str]) -> str:
+    """A pattern (Python and ECMAScript) matching exactly the model names that
+    ``WorkerAdvert.serves`` accepts for these providers and aliases: whitespace around the
+    name, then an alias, or a provider prefix alone or followed by ``/`` and anything."""
+    prefixes = "|".join(_literal(name) for name in providers)
+    names = "|".join(_literal(name) for name in aliases)
+    choices = [f"(?:{prefixes})(?:/[\\s\\S]*)?"] if prefixes else []
+    if names:
+        choices.append(f"(?:{names})")
+    if not choices:
+        return "^(?!)"  # nothing is served
+    return f"^{_WHITESPACE}*(?:{'|'.join(choices)}){_WHITESPACE}*$"
+
+
+def _literal(name: str) -> str:
+    """``name`` as a regular expression matching itself, in Python and ECMAScript alike
+    (``re.escape`` escapes characters, such as ``-``, that ECMAScript's ``u`` mode refuses
+    to see escaped)."""
+    return "".join(f"\\{c}" if c in _REGEX_SPECIALS else c for c in name)
+
+
+_REGEX_SPECIALS: Final = frozenset("\\^$.|?*+()[]{}/")
+
+
+def _with_served_models(
+    document: Schema, providers: tuple[str, ...], aliases: tuple[str, ...]
+) -> Schema:
+    """``document`` whose submissions' ``model`` must be one the workers serve (copies of
+    the schemas it changes: the module's own stay as they are)."""
+    pattern = served_model_pattern(providers, aliases)
+    served = ", ".join(providers) + (f"; aliases {', '.join(aliases)}" if aliases else "")
+    schemas = dict(document["components"]["schemas"])
+    for name in ("TaskSubmission", "ChatCompletionRequest"):
+        schema = dict(schemas[name])
+        properties = dict(schema["properties"])
+        model = dict(properties["model"])
+        model["pattern"] = pattern  # it implies the not-blank pattern it replaces
+        model["description"] = (
+            f"{model.get('description', 'Model to use.')} The live workers serve: {served} "
+            "(another model is a 400; see GET /v1/models)."
+        )
+        properties["model"] = model
+        schema["properties"] = properties
+        schemas[name] = schema
+    components = {**document["components"], "schemas": schemas}
+    return {**document, "components": components}

@@ -142,7 +142,7 @@ async def accept_submission(
     key: str | None,
 ) -> tuple[TaskRecord, bool]:
     """Submit the task (and count it): the record, and whether it is new; 503, 422 or 409
-    problems when it cannot be taken (422 too for a model no live worker serves)."""
+    problems when it cannot be taken, 400 for a model no live worker serves."""
     if submission.model is not None:
         await _check_served(state, submission.model)
     try:
@@ -174,12 +174,12 @@ async def accept_submission(
 
 
 async def _check_served(state: ApiState, model: str) -> None:
-    """A 422 naming ``model`` when live workers exist and none of them serves it: the body is
-    valid (a 400 would contradict the schema), the deployment's state refuses it."""
+    """A 400 naming ``model`` when live workers exist and none of them serves it (the
+    document served meanwhile says so: ``openapi.served_model_pattern``)."""
     reason = unserved_model(await state.workers.adverts(), model)
     if reason is not None:
         raise Problem(
-            422,
+            400,
             f"The request body is invalid (model): {reason}.",
             type=TYPE_VALIDATION,
             title="Invalid request",
@@ -278,10 +278,16 @@ async def _check(name: str, ping: Awaitable[None], timeout: float) -> str:
 
 
 async def openapi_document(request: web.Request) -> web.Response:
-    """``GET /openapi.json``."""
+    """``GET /openapi.json``: with the models the live workers serve, when there are any."""
     from .openapi import document_bytes
 
-    return web.Response(body=document_bytes(), content_type=_JSON)
+    adverts = await request.app[STATE].workers.adverts()
+    served = None
+    if adverts:
+        providers = tuple(sorted({p for advert in adverts for p in advert.providers}))
+        aliases = tuple(sorted({name for advert in adverts for name in advert.aliases}))
+        served = (providers, aliases)
+    return web.Response(body=document_bytes(served), content_type=_JSON)
 
 
 def add_routes(app: web.Application) -> None:
