@@ -18,6 +18,7 @@ import attrs
 import pytest
 
 from orchestrator_broker import (
+    SUBSCRIBED,
     AlreadySettled,
     Broker,
     ConfigError,
@@ -762,3 +763,63 @@ async def test_a_payload_that_is_not_json_is_refused(broker: Broker, presence: s
     with pytest.raises(TypeError):
         await broker.announce(presence, "w1", {"x": object()}, ttl=60)
     assert await broker.members(presence) == {}
+
+
+# -- flags ----------------------------------------------------------------------------------
+
+
+async def next_flag(watcher: AsyncIterator[str], timeout: float = 5.0) -> str:
+    async with asyncio.timeout(timeout):
+        return await anext(watcher)
+
+
+async def test_a_raised_flag_is_stored_and_heard_by_every_watcher(
+    broker: Broker, presence: str
+) -> None:
+    group = f"flags-{presence}"
+    first = broker.watch_flags(group)
+    second = broker.watch_flags(group)
+    other = broker.watch_flags(f"{group}-other")
+    try:
+        for watcher in (first, second, other):
+            assert await next_flag(watcher) == SUBSCRIBED
+        assert await broker.raised_flags(group, ["t1", "t2"]) == set()
+
+        await broker.raise_flag(group, "t1", ttl=60)
+
+        assert await broker.raised_flags(group, ["t1", "t2", "t1"]) == {"t1"}
+        assert await broker.raised_flags(group, []) == set()
+        assert await broker.raised_flags(f"{group}-other", ["t1"]) == set()
+        assert await next_flag(first) == "t1"
+        assert await next_flag(second) == "t1"
+        await broker.raise_flag(f"{group}-other", "t9", ttl=60)
+        assert await next_flag(other) == "t9"  # the other group heard its own flag only
+    finally:
+        for watcher in (first, second, other):
+            await watcher.aclose()
+
+
+async def test_a_flag_goes_when_its_ttl_runs_out(broker: Broker, presence: str) -> None:
+    group = f"flags-{presence}"
+    await broker.raise_flag(group, "brief", ttl=0.2)
+    await broker.raise_flag(group, "lasting", ttl=60)
+    assert await broker.raised_flags(group, ["brief", "lasting"]) == {"brief", "lasting"}
+    await asyncio.sleep(0.4)
+    assert await broker.raised_flags(group, ["brief", "lasting"]) == {"lasting"}
+
+
+@pytest.mark.parametrize(("name", "ttl"), [("", 60.0), ("x", 0.0), ("x", -1.0)])
+async def test_a_bad_flag_is_refused(broker: Broker, presence: str, name: str, ttl: float) -> None:
+    with pytest.raises(ValueError, match=r"flag|ttl"):
+        await broker.raise_flag(f"flags-{presence}", name, ttl)
+
+
+async def test_closing_the_broker_ends_its_watchers(broker: Broker, presence: str) -> None:
+    watcher = broker.watch_flags(f"flags-{presence}")
+    assert await next_flag(watcher) == SUBSCRIBED
+    pending = asyncio.ensure_future(anext(watcher))
+    await broker.close()
+    async with asyncio.timeout(5):
+        with contextlib.suppress(StopAsyncIteration):
+            await pending
+    await watcher.aclose()

@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from orchestrator_broker import (
+    SUBSCRIBED,
     AlreadySettled,
     BrokerError,
     BrokerUnavailable,
@@ -555,3 +556,23 @@ async def test_a_group_deleted_over_and_over_does_not_spin(
     await gen.aclose()
     assert 2 <= turns <= 30  # backing off, not hundreds of attempts
     assert caplog.text.count("is gone") == 1
+
+
+async def test_a_flag_watcher_resubscribes_after_a_redis_restart(
+    redis_server_factory: Callable[..., Any],
+) -> None:
+    server = redis_server_factory()
+    broker = RedisStreamsBroker.from_url(server.url)
+    watcher = broker.watch_flags("cancel")
+    try:
+        async with asyncio.timeout(30):
+            assert await anext(watcher) == SUBSCRIBED
+            server.kill()
+            server.start()
+            # Subscribed again: it says so, so that its caller can check what it missed.
+            assert await anext(watcher) == SUBSCRIBED
+            await broker.raise_flag("cancel", "t1", ttl=60)
+            assert await anext(watcher) == "t1"
+    finally:
+        await watcher.aclose()
+        await broker.close()

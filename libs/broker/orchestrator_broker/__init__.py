@@ -1,6 +1,7 @@
 """The broker library: a Broker protocol with Redis Streams and in-memory adapters, and the
 Redis pipeline coalescer they and the API's task store share."""
 
+from ._flags import SUBSCRIBED
 from ._redis_coalesce import Command, PipelineCoalescer
 from .errors import (
     AlreadySettled,
@@ -26,6 +27,7 @@ from .redis_streams import RedisDelivery, RedisStreamsBroker
 
 __all__ = [
     "DEFAULT_DEAD_LETTER_MAXLEN",
+    "SUBSCRIBED",
     "AlreadySettled",
     "Broker",
     "BrokerError",

@@ -22,7 +22,7 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Collection, Mapping
 from typing import Any
 
 import attrs
@@ -36,6 +36,7 @@ from ._dead_letters import (
     DEAD_REASON,
     read_dead_letter,
 )
+from ._flags import SUBSCRIBED, check_flag
 from ._presence import check_ttl, decode_payload, encode_payload
 from .errors import AlreadySettled, BrokerUnavailable, ConfigError, DecodeError, LeaseLost
 from .message import Message, decode_fields, encode_fields
@@ -238,6 +239,9 @@ class MemoryBroker:
         self._streams: dict[str, _Stream] = {}
         # presence group -> member -> (expiry on the monotonic clock, JSON payload)
         self._presence: dict[str, dict[str, tuple[float, bytes]]] = {}
+        # flag group -> name -> expiry on the monotonic clock; and each group's watchers
+        self._flags: dict[str, dict[str, float]] = {}
+        self._flag_watchers: dict[str, set[asyncio.Queue[str | None]]] = {}
         self._closed = False
         self._tiebreak = itertools.count()
 
@@ -372,6 +376,41 @@ class MemoryBroker:
                 found[member] = payload
         return found
 
+    async def raise_flag(self, group: str, name: str, ttl: float) -> None:
+        self._check_open()
+        check_flag(name, ttl)
+        flags = self._flags.setdefault(group, {})
+        now = time.monotonic()
+        if len(flags) > 1024:  # expired ones go now and then, so the dict cannot grow forever
+            for gone in [n for n, expiry in flags.items() if expiry <= now]:
+                del flags[gone]
+        flags[name] = now + ttl
+        for queue in self._flag_watchers.get(group, ()):
+            queue.put_nowait(name)
+
+    async def raised_flags(self, group: str, names: Collection[str]) -> set[str]:
+        self._check_open()
+        flags = self._flags.get(group)
+        if not flags:
+            return set()
+        now = time.monotonic()
+        return {name for name in names if flags.get(name, now) > now}
+
+    async def watch_flags(self, group: str) -> AsyncGenerator[str, None]:
+        self._check_open()
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        watchers = self._flag_watchers.setdefault(group, set())
+        watchers.add(queue)
+        try:
+            yield SUBSCRIBED
+            while not self._closed:
+                name = await queue.get()
+                if name is None:  # close()
+                    return
+                yield name
+        finally:
+            watchers.discard(queue)
+
     async def ping(self) -> None:
         self._check_open()
 
@@ -379,6 +418,9 @@ class MemoryBroker:
         self._closed = True
         for st in self._streams.values():
             st.signal.notify()
+        for watchers in self._flag_watchers.values():
+            for queue in watchers:
+                queue.put_nowait(None)
 
     # -- internals -----------------------------------------------------------------------
 

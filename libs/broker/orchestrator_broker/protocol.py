@@ -26,11 +26,18 @@ Besides streams, a broker keeps *presence*: members of a named group announce th
 a JSON payload under a TTL (``announce``), renew it by announcing again, and leave
 (``withdraw``) or simply stop renewing; ``members`` lists only those whose TTL has not run
 out. Workers use it to tell the API what they serve.
+
+And *flags*: durable markers with a TTL in a named group, raised by one process and heard at
+once by every process watching the group (``raise_flag``, ``raised_flags``,
+``watch_flags``). A flag is raised durably before watchers hear of it, so a process that
+registers interest first and then checks ``raised_flags`` never misses one; watchers need
+one subscription per process, not one per flag. The API raises a task's cancel flag; a
+worker checks it when it takes the task up and watches for the ones it runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Collection, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -218,6 +225,26 @@ class Broker(Protocol):
     async def members(self, group: str) -> dict[str, dict[str, Any]]:
         """The members of presence ``group`` whose TTL has not run out, with their payloads
         (copies: changing them changes nothing in the broker)."""
+        ...
+
+    async def raise_flag(self, group: str, name: str, ttl: float) -> None:
+        """Raise flag ``name`` of ``group`` for ``ttl`` seconds (raising it again renews the
+        TTL), then tell every ``watch_flags`` of the group. When this returns, the flag is
+        stored. Raises ``ValueError`` for an empty name or a bad TTL, ``BrokerUnavailable``
+        when the broker cannot be reached.
+        """
+        ...
+
+    async def raised_flags(self, group: str, names: Collection[str]) -> set[str]:
+        """Which of ``names`` are raised in ``group`` (their TTL not run out), in one call."""
+        ...
+
+    def watch_flags(self, group: str) -> AsyncGenerator[str, None]:
+        """The names of the flags raised in ``group`` from now on, as they are raised, until
+        ``close()`` or ``aclose()``. It yields ``SUBSCRIBED`` (the empty string) once it is
+        subscribed, and again after each reconnection: flags raised while it was not may be
+        missed, and ``raised_flags`` tells. A flag raised twice may be heard twice.
+        """
         ...
 
     async def ping(self) -> None:

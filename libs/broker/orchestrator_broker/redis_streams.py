@@ -67,6 +67,8 @@ Guarantees, and the traps they avoid:
   (``NOGROUP``: deleted, or Redis restarted empty) at ``0``, and log once per outage.
 - Presence (``announce``/``withdraw``/``members``): see ``_redis_presence``; one Lua script
   per call through the write coalescer, TTLs on the server's clock.
+- Flags (``raise_flag``/``raised_flags``/``watch_flags``): see ``_redis_flags``; a key per
+  flag, one pub/sub connection per watcher (from the reading pool).
 - A task cancelled while consuming always ends, even when redis-py's ``wait_for`` swallowed
   the cancel (Python 3.11).
 """
@@ -76,7 +78,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Collection, Mapping
 from typing import Any
 
 import attrs
@@ -88,10 +90,12 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from ._dead_letters import read_dead_letter
+from ._flags import check_flag
 from ._presence import check_ttl, decode_payload, encode_payload
 from ._redis_coalesce import PipelineCoalescer
 from ._redis_delivery import RedisDelivery
 from ._redis_errors import chained_broker_error, is_nogroup, mapped_errors
+from ._redis_flags import RAISE_FLAG, flag_channel, flag_key, watch_channel
 from ._redis_presence import PresenceScripts, presence_keys
 from ._redis_reads import claim
 from ._redis_scripts import (
@@ -160,6 +164,7 @@ class RedisStreamsBroker:
         self._reader = Redis(connection_pool=self._read_pool)
         self._scripts = Scripts.register(self._client)
         self._presence = PresenceScripts.register(self._client)
+        self._raise_flag: AsyncScript = self._client.register_script(RAISE_FLAG)
         # Never resent on a connection error: XADD is not idempotent.
         self._writes = PipelineCoalescer(
             self._client, max_batch=max_batch, errors=chained_broker_error
@@ -289,6 +294,31 @@ class RedisStreamsBroker:
             if payload is not None:
                 found[member] = payload
         return found
+
+    async def raise_flag(self, group: str, name: str, ttl: float) -> None:
+        self._check_open()
+        check_flag(name, ttl)
+        ttl_ms = max(1, int(ttl * 1000))
+        await self._eval(
+            self._raise_flag, [flag_key(group, name)], [ttl_ms, flag_channel(group), name]
+        )
+
+    async def raised_flags(self, group: str, names: Collection[str]) -> set[str]:
+        self._check_open()
+        ordered = list(dict.fromkeys(names))
+        if not ordered:
+            return set()
+        values = await self._writes.call("MGET", *(flag_key(group, n) for n in ordered))
+        return {name for name, value in zip(ordered, values, strict=True) if value is not None}
+
+    async def watch_flags(self, group: str) -> AsyncGenerator[str, None]:
+        self._check_open()
+        watcher = watch_channel(self._reader, flag_channel(group), lambda: self._closed)
+        try:
+            async for name in watcher:
+                yield name
+        finally:
+            await watcher.aclose()
 
     async def ping(self) -> None:
         self._check_open()

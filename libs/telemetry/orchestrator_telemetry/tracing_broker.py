@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -386,6 +386,15 @@ class TracingBroker:
 
     async def members(self, group: str) -> dict[str, dict[str, Any]]:
         return await self._broker.members(group)
+
+    async def raise_flag(self, group: str, name: str, ttl: float) -> None:
+        await self._broker.raise_flag(group, name, ttl)
+
+    async def raised_flags(self, group: str, names: Collection[str]) -> set[str]:
+        return await self._broker.raised_flags(group, names)
+
+    def watch_flags(self, group: str) -> AsyncGenerator[str, None]:
+        return self._broker.watch_flags(group)
 
     async def ping(self) -> None:
         await self._broker.ping()
