@@ -201,6 +201,8 @@ class FakeLLM:
 
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
+        #: Streams whose client went away before the stream ended (a cancel closes it).
+        self.disconnected: list[RecordedRequest] = []
         self.default: Reply = Reply()
         self._script: deque[Reply] = deque()
         self._responder: Callable[[RecordedRequest], Reply] | None = None
@@ -344,7 +346,11 @@ class FakeLLM:
                 body=orjson.dumps(events.whole()),
                 content_type="application/json",
             )
-        return await self._stream(request, reply, events)
+        try:
+            return await self._stream(request, reply, events)
+        except (ConnectionError, asyncio.CancelledError):
+            self.disconnected.append(recorded)
+            raise
 
     async def _stream(
         self, request: web.Request, reply: Reply, events: _OpenAIStream | _GeminiStream

@@ -49,6 +49,7 @@ async def start_worker(
     providers: ProviderRegistry | None = None,
     started_after: float = 1.0,
     hooks: Any = None,
+    metrics: Any = None,
     **overrides: Any,
 ) -> RunningWorker:
     worker = Worker(
@@ -57,6 +58,7 @@ async def start_worker(
         providers=providers,
         started_after=started_after,
         hooks=hooks,
+        metrics=metrics,
     )
     # The results group exists before anything is published, as the API's would.
     await broker.ensure_group(RESULTS, "test")

@@ -30,10 +30,11 @@ from .messages import (
     usage_payload,
 )
 from .parameters import PARAMETERS, ParameterSpec, provider_of, validate_parameters
-from .streams import RESULTS_STREAM, TASKS_GROUP, TASKS_STREAM
+from .streams import CANCEL_FLAGS, RESULTS_STREAM, TASKS_GROUP, TASKS_STREAM
 from .text import NOT_BLANK_PATTERN, is_blank
 
 __all__ = [
+    "CANCEL_FLAGS",
     "NOT_BLANK_PATTERN",
     "PARAMETERS",
     "RESULTS_STREAM",

@@ -70,6 +70,7 @@ class EventKind(enum.StrEnum):
     DELTA = "delta"  # a chunk of answer text (coalesced, ~100 ms worth)
     SUCCEEDED = "succeeded"  # terminal: the whole answer and usage
     FAILED = "failed"  # terminal: the error
+    CANCELLED = "cancelled"  # terminal: cancelled by its client; ``text`` is what was answered
 
 
 @attrs.frozen
@@ -128,7 +129,7 @@ class ResultEvent:
     attempt: int
     seq: int
     at: float
-    text: str = ""  # DELTA: the chunk; SUCCEEDED: the whole answer
+    text: str = ""  # DELTA: the chunk; SUCCEEDED: the whole answer; CANCELLED: the partial one
     provider: str | None = None
     model: str | None = None
     usage: Usage | None = None
@@ -143,7 +144,10 @@ class ResultEvent:
 
     @property
     def terminal(self) -> bool:
-        return self.kind in (EventKind.SUCCEEDED, EventKind.FAILED)
+        return self.kind in _TERMINAL
+
+
+_TERMINAL: Final = frozenset({EventKind.SUCCEEDED, EventKind.FAILED, EventKind.CANCELLED})
 
 
 # --- values ------------------------------------------------------------------------------

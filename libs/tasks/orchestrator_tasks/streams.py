@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["RESULTS_STREAM", "TASKS_GROUP", "TASKS_STREAM"]
+__all__ = ["CANCEL_FLAGS", "RESULTS_STREAM", "TASKS_GROUP", "TASKS_STREAM"]
 
 #: The stream the API publishes ``TaskMessage``s on and the workers read.
 TASKS_STREAM: Final = "tasks"
@@ -16,3 +16,7 @@ TASKS_STREAM: Final = "tasks"
 RESULTS_STREAM: Final = "results"
 #: The consumer group all workers share on the tasks stream (each task goes to one worker).
 TASKS_GROUP: Final = "workers"
+#: The broker's flag group of cancelled tasks: the API raises a task's id there (see
+#: ``Broker.raise_flag``), the workers check it when they take a task up and watch it for
+#: the tasks they run.
+CANCEL_FLAGS: Final = "cancel"

@@ -226,6 +226,17 @@ class AttemptEvents:
         await self._publish(EventKind.FAILED, error=error)
         self.terminal_published = True
 
+    async def cancelled(self) -> None:
+        """Publish ``cancelled`` with the text answered so far (after any write in flight;
+        the deltas already out are a prefix of it)."""
+        in_flight = self._end_flushing()
+        if in_flight is not None:
+            await in_flight
+        if self._error is not None:
+            raise self._error
+        await self._publish(EventKind.CANCELLED, text=self.text)
+        self.terminal_published = True
+
     async def abandon(self) -> None:
         """End the attempt without a terminal event (it will be retried): no more clock
         writes, and the write in flight, if any, finished first, so that every event of

@@ -32,6 +32,8 @@ past ``MAX_ATTEMPTS``)        provider is called
 could not be published)
 ``Crashed`` (a bug outside    ``ACK`` after ``failed``/``internal`` (message naming no
 the provider call)            details), or a plain ``ACK`` if a terminal event is out
+``Aborted`` (its client       ``ACK``, after the runner published ``cancelled``
+cancelled the task)
 ``Cancelled`` (shutdown past  ``RETRY`` at once (``nack(0)``), or ``ACK`` if a terminal
 the grace period)             event is out
 ============================  ============================================================
@@ -62,6 +64,7 @@ __all__ = [
     "DEADLINE_EXCEEDED",
     "MAX_REASON",
     "REPUBLISH_DELAY",
+    "Aborted",
     "Action",
     "Answered",
     "Blocked",
@@ -170,6 +173,11 @@ class Crashed:
 
 
 @attrs.frozen
+class Aborted:
+    """The task's client cancelled it: ``cancelled`` is out (or about to be)."""
+
+
+@attrs.frozen
 class Cancelled:
     """The handler was cancelled (shutdown); ``finished``: a terminal event is out."""
 
@@ -186,6 +194,7 @@ Outcome = (
     | Overdelivered
     | BrokerRefused
     | Crashed
+    | Aborted
     | Cancelled
 )
 
@@ -289,6 +298,8 @@ def decide(
         if outcome.finished:
             return _ACK
         return Decision(Action.ACK, error=ErrorInfo(type="internal", message=CRASHED))
+    if isinstance(outcome, Aborted):
+        return _ACK
     if isinstance(outcome, Cancelled):
         return _ACK if outcome.finished else Decision(Action.RETRY, 0.0)
     raise TypeError(f"not an outcome: {outcome!r}")

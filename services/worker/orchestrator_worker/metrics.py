@@ -139,6 +139,13 @@ class WorkerMetrics:
             capped=("model",),
             max_label_values=max_label_values,
         )
+        self.cancelled = counter(
+            registry,
+            "orchestrator_worker_tasks_cancelled_total",
+            "Tasks cancelled by their client, by when: queued (no provider was called) or "
+            "running (its call was stopped).",
+            ("stage",),
+        )
         self.retried = counter(
             registry,
             "orchestrator_worker_tasks_retried_total",
@@ -296,6 +303,11 @@ class WorkerMetrics:
         reached, e.g. an unknown model)."""
         self.failed.labels(provider or "none", model or "none", error_type).inc()
         self._ended("failed", run_seconds, submitted_at)
+
+    def task_cancelled(self, *, run_seconds: float | None, submitted_at: float = 0.0) -> None:
+        """The ``cancelled`` event of a task went out (its client cancelled it)."""
+        self.cancelled.labels("queued" if run_seconds is None else "running").inc()
+        self._ended("cancelled", run_seconds, submitted_at)
 
     def _ended(self, status: str, run_seconds: float | None, submitted_at: float) -> None:
         if run_seconds is not None:

@@ -25,6 +25,11 @@ decided by ``fault_policy``, which is pure; this module does the I/O around it:
   unavailable. On cancellation (shutdown past its grace period) it hands the delivery back
   within a few seconds.
 
+A task its client cancelled (``cancels``) is checked when the delivery arrives and before
+each call: it publishes ``cancelled`` (with the text answered so far) and is acked, never
+retried; a call in progress when the cancel comes is interrupted, which closes the HTTP
+stream to the provider.
+
 Any other exception, in the provider or in the worker itself, fails the task as
 ``internal``, with a message naming at most the exception class: no text, no traceback,
 which go to the log. Each decision is a span event on the delivery's ``process`` span
@@ -54,10 +59,12 @@ from orchestrator_broker import (
 from orchestrator_tasks import ErrorInfo, InvalidTask, TaskMessage, decode_task
 
 from .breaker import CIRCUIT_OPEN, PAUSED, BreakerCall, Hold
+from .cancels import Abort, Cancels
 from .events import AttemptEvents, FlushClock
 from .fault_policy import (
     ANSWERED,
     DEADLINE_EXCEEDED,
+    Aborted,
     Action,
     Blocked,
     BrokerRefused,
@@ -130,8 +137,10 @@ class TaskRunner:
         prices: PriceTable | None = None,
         hooks: WorkerHooks | None = None,
         metrics: WorkerMetrics | None = None,
+        cancels: Cancels | None = None,
     ) -> None:
         self._broker = broker
+        self._cancels = cancels
         self._providers = providers
         self._results = results_stream
         self._timeout = task_timeout
@@ -163,8 +172,9 @@ class TaskRunner:
             attempt=delivery.delivery_count,
             clock=self._clock,
         )
+        abort = self._cancels.register(task.task_id) if self._cancels is not None else None
         try:
-            decision = await self._attempt(task, events)
+            decision = await self._attempt(task, events, abort)
         except BrokerError as exc:
             log.warning(
                 "task %s attempt %d abandoned, the broker refused an event: %s",
@@ -185,6 +195,8 @@ class TaskRunner:
             decision = await self._report_crash(events)
         finally:
             events.close()
+            if abort is not None and self._cancels is not None:
+                self._cancels.unregister(abort)
         await self._settle(delivery, decision)
 
     async def _report_crash(self, events: AttemptEvents) -> Decision:
@@ -209,10 +221,15 @@ class TaskRunner:
             return None
         return Deadline(self._deadline, task.submitted_at + self._deadline - time.time())
 
-    async def _attempt(self, task: TaskMessage, events: AttemptEvents) -> Decision:
+    async def _attempt(
+        self, task: TaskMessage, events: AttemptEvents, abort: Abort | None = None
+    ) -> Decision:
         """Run this attempt: its targets in turn until one answers; how to settle."""
         attempt = events.attempt
         retry = self._retry
+        if abort is not None and await self._cancel_requested(abort):
+            events.model = task.model
+            return await self._cancel(task, events, None)
         if attempt > retry.max_attempts:
             events.model = task.model
             return await self._give_up(task, events, decide(Overdelivered(), attempt, retry))
@@ -237,6 +254,8 @@ class TaskRunner:
         began = 0.0  # monotonic start of the first call of this attempt
         metrics = self._metrics
         for route in routes:
+            if abort is not None and abort.requested:
+                return await self._cancel(task, events, began if begun else None)
             name = route.provider.name
             timeout = self._timeout
             if deadline is not None:
@@ -274,7 +293,7 @@ class TaskRunner:
                     if metrics is not None:
                         metrics.attempt_started(name, route.model, attempt, task.submitted_at)
                 called = time.monotonic()
-                outcome = await self._call(route, task, events, call, timeout)
+                outcome = await self._call(route, task, events, call, timeout, abort)
                 if metrics is not None:
                     failure = _failure_type(outcome)
                     metrics.provider_called(name, route.model, time.monotonic() - called, failure)
@@ -311,10 +330,29 @@ class TaskRunner:
             if isinstance(outcome, Expired):
                 decision = decide(outcome, attempt, retry, self.deadline(task))
                 return await self._give_up(task, events, decision)
+            if isinstance(outcome, Aborted):
+                return await self._cancel(task, events, began)
             last = outcome
         if last is None:
             return await self._defer(task, events, blocked)
         return await self._retry_later(task, events, last)
+
+    async def _cancel_requested(self, abort: Abort) -> bool:
+        """Whether the task was cancelled before it started (its flag, checked once)."""
+        if abort.requested:
+            return True
+        return self._cancels is not None and await self._cancels.cancelled(abort.task_id)
+
+    async def _cancel(
+        self, task: TaskMessage, events: AttemptEvents, began: float | None
+    ) -> Decision:
+        """The client cancelled the task: ``cancelled`` with the text so far, then ack."""
+        await events.cancelled()
+        _span_event("orchestrator.cancelled", {"orchestrator.attempt": events.attempt})
+        if self._metrics is not None:
+            run = time.monotonic() - began if began is not None else None
+            self._metrics.task_cancelled(run_seconds=run, submitted_at=task.submitted_at)
+        return decide(Aborted(), events.attempt, self._retry)
 
     def _fell_back(
         self, task: TaskMessage, old: str, new: str, reason: str, paused: float | None = None
@@ -434,11 +472,13 @@ class TaskRunner:
         events: AttemptEvents,
         call: BreakerCall,
         timeout: float,
-    ) -> Finish | Failed | Refused | Expired:
+        abort: Abort | None = None,
+    ) -> Finish | Failed | Refused | Expired | Aborted:
         """Stream the answer into ``events`` within ``timeout`` seconds; the finish, or why
         there is none. Reports the outcome to the provider's circuit breaker. A call cut
         short by the task's deadline (``timeout`` less than ``TASK_TIMEOUT_SECONDS``) is
-        ``Expired``, and tells the breaker nothing: the provider did not fail."""
+        ``Expired``, and tells the breaker nothing: the provider did not fail; so is a call
+        its client cancelled (``Aborted``): the stream to the provider is closed."""
         name = route.provider.name
         request = CompletionRequest(
             model=route.model,
@@ -447,6 +487,8 @@ class TaskRunner:
             task_id=task.task_id,
         )
         finish = Finish()
+        if abort is not None:
+            abort.enter_call()
         try:
             async with asyncio.timeout(timeout):
                 stream = route.provider.stream(request)
@@ -476,12 +518,19 @@ class TaskRunner:
             log.info("task %s: %s timed out after %g s", task.task_id, name, self._timeout)
             call.failed("timeout")
             return timed_out(name, self._timeout)
-        except (BrokerError, asyncio.CancelledError):
+        except asyncio.CancelledError:
+            if abort is not None and abort.took_cancel():
+                log.info("task %s: the call to %s stopped: cancelled", task.task_id, name)
+                return Aborted()
+            raise
+        except BrokerError:
             raise
         except Exception as exc:
             log.exception("task %s: provider %s raised", task.task_id, name)
             return call_crashed(exc)
         finally:
+            if abort is not None:
+                abort.leave_call()
             call.release()  # no verdict unless one was given above
         return finish
 
@@ -574,10 +623,12 @@ def _settlement(delivery: Delivery, decision: Decision) -> _Settle:
     return lambda: delivery.nack(delay)
 
 
-def _failure_type(outcome: Finish | Failed | Refused | Expired) -> str | None:
+def _failure_type(outcome: Finish | Failed | Refused | Expired | Aborted) -> str | None:
     """The error type of a call's outcome, for metrics (None: it answered)."""
     if isinstance(outcome, Finish):
         return None
+    if isinstance(outcome, Aborted):
+        return "cancelled"
     if isinstance(outcome, Expired):
         return DEADLINE_EXCEEDED
     return outcome.error.type

@@ -27,6 +27,7 @@ from orchestrator_broker import Broker, BrokerError, ConsumeOptions, Delivery, d
 from orchestrator_broker import ConfigError as BrokerConfigError
 from orchestrator_tasks import WorkerAdvert, presence_group
 
+from .cancels import Cancels
 from .config import WorkerSettings
 from .errors import ConfigError
 from .hooks import WorkerHooks, safe_hooks
@@ -131,6 +132,7 @@ class Worker:
         )
         # (serve() checks the default model too; an embedding caller may route every task)
         check_settings(settings, self._providers, default_model=False)
+        self.cancels = Cancels(broker)
         self._runner = TaskRunner(
             broker,
             self._providers,
@@ -145,6 +147,7 @@ class Worker:
             prices=PriceTable(settings.model_prices),
             hooks=self._hooks,
             metrics=metrics,
+            cancels=self.cancels,
         )
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -223,6 +226,12 @@ class Worker:
 
     async def _work(self) -> None:
         self._fetcher = asyncio.create_task(self._fetch(), name=f"{self.consumer} fetch")
+        # One subscription for the cancels of every task this process runs, kept until the
+        # last one has ended (drained or handed back).
+        watch_over = asyncio.Event()
+        watcher = asyncio.create_task(
+            self.cancels.watch(watch_over), name=f"{self.consumer} cancels"
+        )
         try:
             await asyncio.wait([self._fetcher])
             await self._drain()
@@ -235,6 +244,14 @@ class Worker:
             await self._hand_back({*self._tasks, self._fetcher})
             raise
         finally:
+            watch_over.set()
+            watcher.cancel()
+            try:
+                await watcher
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a bug: it must not stop the shutdown
+                log.exception("the watcher of cancelled tasks failed")
             if self._owns_providers:
                 await self._providers.close()
 
