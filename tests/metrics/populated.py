@@ -48,6 +48,7 @@ def populated_registry() -> CollectorRegistry:
     worker.task_succeeded("echo", "echo", Usage(3, 4), 0.001, run_seconds=0.1, submitted_at=1.0)
     worker.task_failed(None, None, "invalid_model")
     worker.task_requeued("shutdown")
+    worker.task_cancelled(run_seconds=0.5, submitted_at=time.time() - 1)
     worker.retry_scheduled("openai", "rate_limit", 1, 0.5)
     worker.fallback("openai", "gemini", "timeout")
     worker.dead_lettered("max_attempts", "rate_limit")
