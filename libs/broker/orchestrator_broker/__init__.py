@@ -20,6 +20,7 @@ from .protocol import (
     DeadLetter,
     Delivery,
     dead_letter_stream,
+    entry_time,
 )
 from .redis_settings import RedisSettings
 from .redis_streams import RedisDelivery, RedisStreamsBroker
@@ -45,4 +46,5 @@ __all__ = [
     "RedisStreamsBroker",
     "dead_letter_stream",
     "default_consumer_name",
+    "entry_time",
 ]
