@@ -18,9 +18,10 @@ log entry, both as a hit shows them), ``<cache key>:lead`` the leader's id, and
 ``<record>:fol`` the list of a leader's followers.
 
 The per-tenant index ``<prefix>:tenant:<tenant>:tasks`` is a sorted set of task ids scored
-by creation time (epoch seconds). Every write to it (``index()``) also drops the ids scored
-before ``cutoff`` (creation time minus the longest a task can live: the safety TTL plus the
-TTL) and sets the set's own TTL to that lifetime, so it goes with the last of its tasks.
+by creation time (epoch seconds; a requeued task by when it was requeued). Every write to it
+(``index()``) also drops the ids scored before ``cutoff`` (the score minus the longest a task
+can live: the safety TTL plus the TTL) and sets the set's own TTL to that lifetime, so it
+goes with the last of its tasks.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import hashlib
 
 import attrs
 
-__all__ = ["APPLY", "CREATE", "DISCARD", "PAGE", "SUBMIT", "Script"]
+__all__ = ["APPLY", "CREATE", "DISCARD", "PAGE", "REQUEUE", "SUBMIT", "Script"]
 
 
 @attrs.frozen
@@ -203,6 +204,38 @@ redis.call('ZREM', KEYS[4], ARGV[2])
 redis.call('PUBLISH', ARGV[3], '')
 return 1
 """)
+
+#: ``TaskStore.requeue``. KEYS: record, log, buffer, tenant index. ARGV: tenant, task id,
+#: fixed blob (to recreate an expired record), attempts, safety ttl ms, then the index entry
+#: (score, cutoff, lifetime ms), wake channel, the done seq (``_steps.DONE_SEQ``). Returns
+#: the attempt count kept, or -1 when the id is another tenant's task (nothing changed).
+REQUEUE = Script(
+    _PROLOGUE
+    + """
+local rec, log, buf = KEYS[1], KEYS[2], KEYS[3]
+local cur = redis.call('HMGET', rec, 'tn', 'st', 'ca', 'n', 'ns', 'ik')
+if cur[1] and cur[1] ~= ARGV[1] then return -1 end
+local attempts = tonumber(ARGV[4])
+if cur[1] then
+  local ca = tonumber(cur[3] or '0')
+  attempts = math.max(attempts, ca, tonumber(cur[4] or '0'))
+  if cur[2] == 'queued' and ca == attempts and cur[5] == ARGV[10] then return attempts end
+  redis.call('HDEL', rec, 'sa', 'fa', 'r', 'e', 'pv')
+else
+  redis.call('DEL', log)
+  redis.call('HSET', rec, 'tn', ARGV[1], 'm', ARGV[3])
+end
+redis.call('DEL', buf)
+redis.call('HSET', rec, 'st', 'queued', 'n', attempts, 'ca', attempts, 'ns', ARGV[10])
+redis.call('RPUSH', log, string.format('["status",{"status":"queued","attempt":%d}]', attempts))
+redis.call('PEXPIRE', rec, ARGV[5])
+redis.call('PEXPIRE', log, ARGV[5])
+if cur[6] and redis.call('GET', cur[6]) == ARGV[2] then redis.call('PEXPIRE', cur[6], ARGV[5]) end
+index(KEYS[4], ARGV[6], ARGV[2], ARGV[7], ARGV[8])
+redis.call('PUBLISH', ARGV[9], '')
+return attempts
+"""
+)
 
 #: One page of a tenant index, newest first. KEYS: index. ARGV: the cursor's task id ('' for
 #: the start), its score ('' when unknown), how many. Returns {1, {id, score, ...}} for the

@@ -6,7 +6,8 @@ Expired entries vanish on access and are swept on writes, so nothing accumulates
 waiters sleep on a per-task event, never in a polling loop. Cache hits and joined tasks
 follow ``_sharing``.
 
-The per-tenant index of ``list_tasks`` is a dict per tenant, task id to creation time, that
+The per-tenant index of ``list_tasks`` is a dict per tenant, task id to creation time (or to
+when it was requeued: ``requeue`` gives the task a new life, listed as of then), that
 loses a task exactly when the task is dropped: about 100 bytes per task (a dict slot and a
 float; the id string is the record's own), and an empty tenant's dict goes too. A page sorts
 the tenant's live tasks, O(n log n) in the tenant's task count: fine for one process.
@@ -26,7 +27,7 @@ from orchestrator_tasks.messages import ResultEvent
 
 from ..model import StoredEvent, TaskPage, TaskRecord, TaskResult, TaskStatus
 from ._sharing import ORPHANED, cache_hit, mirror, orphaned, result_data, reused_events
-from ._steps import QUEUED_DATA, Cursor, Step, step_for
+from ._steps import DONE_SEQ, QUEUED_DATA, Cursor, Step, step_for
 from .errors import IdempotencyKeyInUse, IdempotencyKeyReused, StoreUnavailable, UnknownCursor
 
 __all__ = ["DEFAULT_PENDING_SECONDS", "DEFAULT_SAFETY_TTL", "MemoryTaskStore"]
@@ -301,6 +302,46 @@ class MemoryTaskStore:
                 return TaskPage(tuple(found), has_more=True)
             found.append(record)
         return TaskPage(tuple(found), has_more=False)
+
+    async def requeue(self, record: TaskRecord, attempts: int) -> int:
+        if self._closed:
+            raise StoreUnavailable("the task store is closed")
+        self._sweep()
+        entry = self._live(record.id)
+        if entry is not None and entry.record.tenant != record.tenant:
+            raise ValueError(f"task {record.id} is another tenant's")
+        if entry is None:  # expired: recreated from what the task message tells
+            fresh = TaskRecord(
+                id=record.id,
+                tenant=record.tenant,
+                status=TaskStatus.QUEUED,
+                created_at=record.created_at,
+                model=record.model,
+                trace_id=record.trace_id,
+            )
+            entry = _Entry(fresh, None, expires_at=0.0)
+            entry.append("status", dict(QUEUED_DATA))
+            self._entries[record.id] = entry
+        attempts = max(attempts, entry.cursor.attempt, entry.record.attempts)
+        done = Cursor(attempt=attempts, next_seq=DONE_SEQ)
+        if entry.record.status is TaskStatus.QUEUED and entry.cursor == done:
+            return attempts  # requeued already
+        entry.record = attrs.evolve(
+            entry.record,
+            status=TaskStatus.QUEUED,
+            attempts=attempts,
+            started_at=None,
+            finished_at=None,
+            result=None,
+            error=None,
+        )
+        entry.cursor = done
+        entry.pending_until = None
+        entry.append("status", {"status": TaskStatus.QUEUED.value, "attempt": attempts})
+        self._expire_at(record.id, entry, self._clock() + self.safety_ttl_seconds)
+        self._index.setdefault(record.tenant, {})[record.id] = time.time()
+        entry.notify()
+        return attempts
 
     async def apply(self, event: ResultEvent) -> bool:
         self._sweep()

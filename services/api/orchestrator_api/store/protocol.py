@@ -82,6 +82,22 @@ class TaskStore(Protocol):
         """
         ...
 
+    async def requeue(self, record: TaskRecord, attempts: int) -> int:
+        """Put the task ``record.id`` back to ``queued``: a dead letter of it is replayed
+        (``ai-orchestrator dead-letters replay``) and will run again under its own id.
+
+        Its result, error and times are cleared and its attempt count kept (``attempts``, or
+        the record's own if it counted more); events of those attempts are ignored from now
+        on, so the replay's first attempt (the count + 1) takes over. A ``status`` event
+        (``queued``, that count as ``attempt``) goes into its log and wakes its followers;
+        it expires like a new task (``safety_ttl_seconds`` from now) and is listed as of
+        now. A task that has expired is recreated from ``record`` (what the task message
+        tells: no metadata). Returns the attempt count: publish the replay with it as
+        ``prior_attempts``. Calling it again with the same count changes nothing. Raises
+        ``ValueError`` when the id is another tenant's task (nothing changes).
+        """
+        ...
+
     async def apply(self, event: ResultEvent) -> bool:
         """Apply one result event to the record and append it to the event log.
 

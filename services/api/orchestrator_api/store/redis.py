@@ -10,18 +10,20 @@ Keys (``prefix`` defaults to ``orchestrator``), all expiring:
 - ``<prefix>:cache:<tenant>:<digest>`` hash: a cached answer (expires ``ttl_seconds`` after
   its task succeeded), ``...:lead`` the id of the task in flight for it, and
   ``<prefix>:task:<id>:fol`` that task's followers (see ``_scripts`` and ``_sharing``);
-- ``<prefix>:tenant:<tenant>:tasks`` sorted set: the tenant's task ids by creation time, for
-  ``list_tasks``. Each write drops the ids older than the longest a task can live
-  (``safety_ttl_seconds + ttl_seconds``) and sets that as the set's own TTL, so it expires
-  with the tenant's last task. Ids of tasks that ended earlier stay until then (a listing
-  skips them, and removes those it meets). Cost: about 140 bytes per id once a set holds
-  more than 128 (a skiplist node and a dict entry for the 32-character id and its score;
-  ``MEMORY USAGE`` on Redis 7.0: 1.45 MB for 10,000 ids, ``tests/api/test_store_redis.py``),
-  about 60 while it holds fewer (a listpack).
+- ``<prefix>:tenant:<tenant>:tasks`` sorted set: the tenant's task ids by creation time (a
+  requeued task's by when it was requeued: that starts a new life), for ``list_tasks``.
+  Each write drops the ids older than the longest a task can live (``safety_ttl_seconds +
+  ttl_seconds``) and sets that as the set's own TTL, so it expires with the tenant's last
+  task. Ids of tasks that ended earlier stay until then (a listing skips them, and removes
+  those it meets). Cost: about 140 bytes per id once a set holds more than 128 (a skiplist
+  node and a dict entry for the 32-character id and its score; ``MEMORY USAGE`` on Redis
+  7.0: 1.45 MB for 10,000 ids, ``tests/api/test_store_listing.py``), about 60 while it holds
+  fewer (a listpack).
 
 TTL: every key of a task expires ``ttl_seconds`` after the task ends (set atomically with
 the terminal event). Until then they carry ``safety_ttl_seconds`` (default 24 h, at least
 ``ttl_seconds``) from creation, so a task whose result never comes does not stay forever.
+``requeue`` (a replayed dead letter) sets the safety TTL again, from then.
 
 Writes of concurrent callers share one pipeline per event-loop turn (the broker library's
 ``PipelineCoalescer``, resending on a fresh connection after a connection error); every
@@ -39,6 +41,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import attrs
 import orjson
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import SSLConnection
@@ -53,9 +56,9 @@ from orchestrator_broker.redis_settings import RedisSettings
 from orchestrator_tasks.messages import ErrorInfo, ResultEvent, Usage
 
 from ..model import StoredEvent, TaskPage, TaskRecord, TaskResult, TaskStatus
-from ._scripts import APPLY, CREATE, DISCARD, PAGE, SUBMIT, Script
+from ._scripts import APPLY, CREATE, DISCARD, PAGE, REQUEUE, SUBMIT, Script
 from ._sharing import ORPHANED, mirror, reused_events
-from ._steps import QUEUED_DATA, step_for
+from ._steps import DONE_SEQ, QUEUED_DATA, step_for
 from ._wakeup import Wakeups
 from .errors import (
     IdempotencyKeyInUse,
@@ -123,6 +126,19 @@ def _decode_record(fields: Sequence[Any]) -> TaskRecord:
         trace_id=meta.get("trace_id"),
         cached=cached is not None,
         joined=_text(joined) if joined is not None else None,
+    )
+
+
+def _fixed(record: TaskRecord) -> bytes:
+    """The record's fixed part, hash field ``m``."""
+    return orjson.dumps(
+        {
+            "id": record.id,
+            "created_at": record.created_at,
+            "model": record.model,
+            "metadata": record.metadata,
+            "trace_id": record.trace_id,
+        }
     )
 
 
@@ -265,9 +281,8 @@ class RedisTaskStore:
     def _index_key(self, tenant: str) -> str:
         return self._tenant_prefix + tenant + ":tasks"
 
-    def _index_entry(self, record: TaskRecord) -> tuple[str, str, str]:
-        """ARGV of an index write for ``record``: score, cutoff, the set's lifetime (ms)."""
-        score = record.created_at
+    def _index_entry(self, score: float) -> tuple[str, str, str]:
+        """ARGV of an index write scored ``score``: score, cutoff, the set's lifetime (ms)."""
         return repr(score), repr(score - self._lifetime), self._lifetime_ms
 
     def _channel(self, task_id: str) -> str:
@@ -301,18 +316,10 @@ class RedisTaskStore:
     ) -> TaskRecord:
         if record.status is not TaskStatus.QUEUED:
             raise ValueError(f"a new task must be queued, got {record.status}")
-        fixed = orjson.dumps(
-            {
-                "id": record.id,
-                "created_at": record.created_at,
-                "model": record.model,
-                "metadata": record.metadata,
-                "trace_id": record.trace_id,
-            }
-        )
+        fixed = _fixed(record)
         record_key = self._task_prefix + record.id
         index_key = self._index_key(record.tenant)
-        score, cutoff, lifetime = self._index_entry(record)
+        score, cutoff, lifetime = self._index_entry(record.created_at)
         if idempotency_key is None and cache_key is None:
             # The plainest case needs no script: plain commands in the shared pipeline.
             # Repeating them (the batcher's retry) is harmless: nobody has seen the task yet.
@@ -456,6 +463,25 @@ class RedisTaskStore:
             if stale:
                 await self._run(("ZREM", index_key, *stale))
         return TaskPage(tuple(found[:limit]), has_more=len(found) > limit)
+
+    async def requeue(self, record: TaskRecord, attempts: int) -> int:
+        """See ``TaskStore.requeue``; one atomic ``REQUEUE`` script call."""
+        args = (
+            record.tenant,
+            record.id,
+            _fixed(attrs.evolve(record, metadata={})),
+            attempts,
+            self._safety_ms,
+            *self._index_entry(time.time()),
+            self._channel(record.id),
+            DONE_SEQ,
+        )
+        keys = (*self._keys(record.id), self._index_key(record.tenant))
+        with _translated("requeue"):
+            kept = int(await self._script(REQUEUE, keys, args))
+        if kept < 0:
+            raise ValueError(f"task {record.id} is another tenant's")
+        return kept
 
     async def apply(self, event: ResultEvent) -> bool:
         """See ``TaskStore.apply``; one atomic ``APPLY`` script call (``_steps.Cursor`` rules)."""
