@@ -149,6 +149,15 @@ async def test_real_responses_match_the_document(api_client: ApiClientFactory) -
     await call("GET", template, "/v1/tasks/unknown", headers=ACME)  # 404
     await call("GET", template, task_path)  # 401
 
+    status, listed = await call("GET", "/v1/tasks", "/v1/tasks?limit=1", headers=ACME)
+    assert (status, listed["has_more"]) == (200, True)
+    status, empty = await call("GET", "/v1/tasks", "/v1/tasks?status=running", headers=ACME)
+    assert (status, empty["data"], empty["last_id"]) == (200, [], None)
+    await call("GET", "/v1/tasks", "/v1/tasks?limit=0", headers=ACME)  # 400
+    await call("GET", "/v1/tasks", "/v1/tasks?after=unknown", headers=ACME)  # 400
+    await call("GET", "/v1/tasks")  # 401
+    assert {(s[2]) for s in call.seen if s[:2] == ("GET", "/v1/tasks")} == {200, 400, 401}
+
     assert {(s[1], s[2]) for s in call.seen} >= {
         ("/health", 200),
         ("/v1/tasks", 202),

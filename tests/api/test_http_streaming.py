@@ -112,6 +112,41 @@ async def test_sse_sends_every_event_with_an_id_and_ends_after_the_result(
     assert len(set(ids)) == len(ids)
 
 
+async def test_a_requeued_task_s_stream_goes_on_past_its_old_error_to_its_new_run(
+    api_client: ApiClientFactory,
+) -> None:
+    client = await api_client()
+    task_id = await new_task(client)
+    store = api_state(client).store
+    await apply_all(client, [result_event(task_id, EventKind.FAILED, 0)])
+    record = await store.get("acme", task_id)
+    assert record is not None
+    url = f"/v1/tasks/{task_id}/events"
+    failed = messages(await read_sse(await client.get(url, headers=ACME)))
+    assert [e["event"] for e in failed] == ["status", "error"]  # it ended there, then
+
+    await store.requeue(record, 1)  # its dead letter replayed
+    following = asyncio.create_task(
+        read_sse(await client.get(url, headers={**ACME, "Last-Event-ID": failed[-1]["id"]}))
+    )
+    whole = asyncio.create_task(read_sse(await client.get(url, headers=ACME)))
+    await asyncio.sleep(0.05)
+    await apply_all(client, [result_event(task_id, EventKind.SUCCEEDED, 0, attempt=2, text="ok")])
+
+    resumed = messages(await following)
+    assert [(e["event"], e["data"]["attempt"]) for e in resumed] == [
+        ("status", 1),
+        ("result", 2),
+    ]
+    assert resumed[0]["data"]["status"] == "queued"
+    assert [e["event"] for e in messages(await whole)] == [
+        "status",
+        "error",
+        "status",
+        "result",
+    ]
+
+
 async def test_sse_resumes_after_last_event_id_without_loss_or_repeat(
     api_client: ApiClientFactory,
 ) -> None:

@@ -676,6 +676,112 @@ def test_a_negative_dead_letter_cap_is_refused() -> None:
         RedisStreamsBroker.from_url("redis://127.0.0.1:1/0", dead_letter_maxlen=-1)
 
 
+# -- dead letters, for operators -------------------------------------------------------------
+
+
+async def dead_letter_all(broker: Broker, stream: str, count: int) -> list[Message]:
+    """Publish ``count`` messages and dead-letter each ("failure <n>"), in order."""
+    await broker.ensure_group(stream, GROUP)
+    messages = await publish_many(broker, stream, count)
+    async with contextlib.aclosing(broker.consume(stream, GROUP, "c1", QUICK)) as consumer:
+        for n, delivery in enumerate(await take(consumer, count)):
+            await delivery.dead_letter(f"failure {n}")
+    return messages
+
+
+async def test_dead_letters_are_read_a_page_at_a_time(broker: Broker, stream: str) -> None:
+    await dead_letter_all(broker, stream, 7)
+
+    pages, after = [], None
+    while page := await broker.dead_letters(stream, count=3, after=after):
+        pages.append([dead.reason for dead in page])
+        after = page[-1].entry_id
+
+    assert pages == [
+        ["failure 0", "failure 1", "failure 2"],
+        ["failure 3", "failure 4", "failure 5"],
+        ["failure 6"],
+    ]
+
+
+async def test_a_dead_letter_says_when_it_was_written(broker: Broker, stream: str) -> None:
+    before = time.time()
+    await dead_letter_all(broker, stream, 1)
+    after = time.time()
+
+    (dead,) = await broker.dead_letters(stream)
+    # Entry ids carry milliseconds (the broker's clock; here the same machine's).
+    assert before - 0.001 <= dead.dead_at <= after + 0.001
+
+
+async def test_removing_a_dead_letter_removes_only_that_one(broker: Broker, stream: str) -> None:
+    await dead_letter_all(broker, stream, 3)
+    first, second, third = await broker.dead_letters(stream)
+
+    assert await broker.remove_dead_letter(stream, second.entry_id) is True
+    assert await broker.remove_dead_letter(stream, second.entry_id) is False  # gone already
+
+    assert await broker.dead_letters(stream) == [first, third]
+    assert await broker.remove_dead_letter("no-such-stream", first.entry_id) is False
+
+
+async def test_a_removed_dead_letter_leaves_the_stream_itself_alone(
+    broker: Broker, stream: str
+) -> None:
+    await dead_letter_all(broker, stream, 1)
+    (dead,) = await broker.dead_letters(stream)
+    await broker.publish(stream, Message("after"))
+
+    await broker.remove_dead_letter(stream, dead.entry_id)
+
+    async with contextlib.aclosing(broker.consume(stream, GROUP, "c2", QUICK)) as consumer:
+        (delivery,) = await take(consumer, 1)
+        assert delivery.message.payload == "after"
+        await delivery.ack()
+
+
+async def test_purging_removes_every_dead_letter(broker: Broker, stream: str) -> None:
+    await dead_letter_all(broker, stream, 4)
+
+    assert await broker.purge_dead_letters(stream) == 4
+
+    assert await broker.dead_letters(stream) == []
+    assert await broker.purge_dead_letters(stream) == 0
+    assert await broker.purge_dead_letters("no-such-stream") == 0
+
+
+async def test_purging_by_age_keeps_the_younger_dead_letters(broker: Broker, stream: str) -> None:
+    await dead_letter_all(broker, stream, 2)
+    # A second apart, so that an age between the two is clear of the clock's resolution and
+    # of how long the calls take.
+    await asyncio.sleep(1.0)
+    await dead_letter_all(broker, stream, 1)
+    old, _, young = await broker.dead_letters(stream)
+    gap = young.dead_at - old.dead_at
+    assert gap >= 0.9
+
+    assert await broker.purge_dead_letters(stream, older_than=3600) == 0
+    age_of_old = time.time() - old.dead_at
+    assert await broker.purge_dead_letters(stream, older_than=age_of_old - gap / 2) == 2
+
+    assert await broker.dead_letters(stream) == [young]
+
+
+@pytest.mark.parametrize("older_than", [-1, float("nan"), float("inf")])
+async def test_a_purge_age_that_is_not_zero_or_more_seconds_is_refused(
+    broker: Broker, stream: str, older_than: float
+) -> None:
+    with pytest.raises(ValueError, match="older_than"):
+        await broker.purge_dead_letters(stream, older_than=older_than)
+
+
+async def test_an_entry_id_that_is_not_one_is_refused(broker: Broker, stream: str) -> None:
+    with pytest.raises(ValueError, match="entry id"):
+        await broker.remove_dead_letter(stream, "0-0; DEL x")
+    with pytest.raises(ValueError, match="entry id"):
+        await broker.dead_letters(stream, after="yesterday")
+
+
 # -- presence -------------------------------------------------------------------------------
 
 

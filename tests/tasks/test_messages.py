@@ -43,6 +43,7 @@ FULL_TASK = TaskMessage(
     model="echo",
     parameters={"latency_ms": 5, "response_format": {"type": "json_object"}},
     submitted_at=1.5,
+    prior_attempts=5,
 )
 MINIMAL_TASK = TaskMessage(task_id="t1", tenant="a", messages=messages_of("hi"))
 
@@ -159,6 +160,21 @@ USER: list[dict[str, Any]] = [{"role": "user", "content": "p"}]
         (
             {"task_id": "t", "tenant": "a", "messages": USER, "submitted_at": "x"},
             "submitted_at",
+            "t",
+        ),
+        (
+            {"task_id": "t", "tenant": "a", "messages": USER, "prior_attempts": -1},
+            "prior_attempts",
+            "t",
+        ),
+        (
+            {"task_id": "t", "tenant": "a", "messages": USER, "prior_attempts": 2.0},
+            "prior_attempts",
+            "t",
+        ),
+        (
+            {"task_id": "t", "tenant": "a", "messages": USER, "prior_attempts": True},
+            "prior_attempts",
             "t",
         ),
     ],

@@ -217,6 +217,39 @@ async def test_a_delivery_past_max_attempts_is_reported_and_dead_lettered_withou
     assert "attempts_exhausted" in letter.reason
 
 
+async def test_a_replayed_task_numbers_its_attempts_on_from_before_with_a_fresh_budget(
+    broker: MemoryBroker, start, fake: TimedFakeLLM
+) -> None:
+    # Replayed from the dead letters after 3 attempts (the most allowed): it runs again,
+    # attempts 4, 5 and 6, and only then gives up.
+    fake.default = Reply.error(503)
+    task = await submit(broker, model=MINI, prior_attempts=3)
+    await start(max_attempts=3, breaker_failures=0, **FAST_RETRIES)
+
+    events = (await collect(broker, 1))[task.task_id]
+    await wait_for(lambda: settled(broker))
+
+    assert fake.count == 3
+    assert [(e.kind, e.attempt) for e in events] == [(S, 4), (S, 5), (S, 6), (FAIL, 6)]
+    assert events[-1].error is not None
+    assert "gave up after 3 attempt" in events[-1].error.message
+    assert len(await broker.dead_letters(TASKS)) == 1
+
+
+async def test_a_replayed_task_that_answers_says_so_in_its_next_attempt(
+    broker: MemoryBroker, start, fake: TimedFakeLLM
+) -> None:
+    fake.default = Reply.answer("back", " again")
+    task = await submit(broker, model=MINI, prior_attempts=5)
+    await start(**FAST_RETRIES)
+
+    events = (await collect(broker, 1))[task.task_id]
+
+    # ``started`` at once, as for any retry: clients drop what they held of attempt 5.
+    assert [(e.kind, e.attempt) for e in events] == [(S, 6), (OK, 6)]
+    assert events[-1].text == "back again"
+
+
 async def test_an_alias_falls_back_to_its_second_target(
     broker: MemoryBroker, start, fake: TimedFakeLLM
 ) -> None:

@@ -21,6 +21,7 @@ from .protocol import (
     DeadLetter,
     Delivery,
     dead_letter_stream,
+    entry_time,
 )
 from .redis_settings import RedisSettings
 from .redis_streams import RedisDelivery, RedisStreamsBroker
@@ -47,4 +48,5 @@ __all__ = [
     "RedisStreamsBroker",
     "dead_letter_stream",
     "default_consumer_name",
+    "entry_time",
 ]

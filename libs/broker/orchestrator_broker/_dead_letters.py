@@ -3,6 +3,8 @@ entry's fields as they were, then these (the Redis adapter's Lua scripts spell t
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 
 from .errors import DecodeError
@@ -16,6 +18,8 @@ __all__ = [
     "DEAD_FIELDS",
     "DEAD_GROUP",
     "DEAD_REASON",
+    "check_age",
+    "check_entry_id",
     "read_dead_letter",
 ]
 
@@ -60,3 +64,26 @@ def read_dead_letter(entry_id: str, raw: Mapping[bytes | str, bytes | str]) -> D
         message=message,
         raw_fields={k: v for k, v in text.items() if k not in DEAD_FIELDS},
     )
+
+
+def check_age(older_than: float | None) -> None:
+    """``ValueError`` unless ``older_than`` (``purge_dead_letters``) is None or a finite
+    number of seconds, zero or more."""
+    if older_than is None:
+        return
+    if not (
+        isinstance(older_than, int | float)
+        and not isinstance(older_than, bool)
+        and math.isfinite(older_than)
+        and older_than >= 0
+    ):
+        raise ValueError(f"older_than must be zero or more seconds, got {older_than!r}")
+
+
+_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+
+
+def check_entry_id(entry_id: str) -> None:
+    """``ValueError`` unless ``entry_id`` is a stream entry id, ``<ms>-<seq>``."""
+    if not (isinstance(entry_id, str) and _ENTRY_ID.fullmatch(entry_id)):
+        raise ValueError(f"not a stream entry id (<ms>-<seq>): {entry_id!r}")

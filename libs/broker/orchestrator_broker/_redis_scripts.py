@@ -186,6 +186,19 @@ return redis.call('XTRIM', stream, 'MINID', string.format('%d-%d', best_ms, best
 )
 
 
+# KEYS: dead  ARGV: older_than_ms (-1: all)
+# Deletes the dead letters written before now - older_than (server clock, as their ids).
+# -> how many were deleted
+_PURGE_DEAD = (
+    _PROLOGUE
+    + """
+local dead, older = KEYS[1], tonumber(ARGV[1])
+if older < 0 then return redis.call('XTRIM', dead, 'MAXLEN', 0) end
+return redis.call('XTRIM', dead, 'MINID', string.format('%d-0', now_ms() - older))
+"""
+)
+
+
 @attrs.frozen
 class Scripts:
     """The scripts registered on one client (EVALSHA, reloaded after a Redis restart)."""
@@ -195,6 +208,7 @@ class Scripts:
     promote: AsyncScript
     extend: AsyncScript
     trim: AsyncScript
+    purge_dead: AsyncScript
 
     @classmethod
     def register(cls, client: Redis) -> Scripts:
@@ -207,4 +221,5 @@ class Scripts:
             promote=reg(_PROMOTE),
             extend=reg(_EXTEND),
             trim=reg(_TRIM),
+            purge_dead=reg(_PURGE_DEAD),
         )

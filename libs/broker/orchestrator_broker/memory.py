@@ -34,6 +34,8 @@ from ._dead_letters import (
     DEAD_FIELDS,
     DEAD_GROUP,
     DEAD_REASON,
+    check_age,
+    check_entry_id,
     read_dead_letter,
 )
 from ._flags import SUBSCRIBED, check_flag
@@ -170,6 +172,30 @@ class _Stream:
         self.base += excess
         for group in self.groups.values():
             group.next_index = max(group.next_index, self.base)
+
+    def remove(self, entry_id: str) -> bool:
+        """Delete one entry, like ``XDEL`` (groups that have not read it yet never will)."""
+        for index, (candidate, _) in enumerate(self.log):
+            if candidate == entry_id:
+                del self.log[index]
+                position = self.base + index
+                for group in self.groups.values():
+                    if group.next_index > position:
+                        group.next_index -= 1
+                return True
+        return False
+
+    def drop_before(self, entry_id: tuple[int, int]) -> int:
+        """Delete the entries older than ``entry_id``, like ``XTRIM MINID``; how many went."""
+        count = 0
+        while count < len(self.log) and _id_key(self.log[count][0]) < entry_id:
+            count += 1
+        if count:
+            del self.log[:count]
+            self.base += count
+            for group in self.groups.values():
+                group.next_index = max(group.next_index, self.base)
+        return count
 
     def next_id(self) -> str:
         ms = int(time.time() * 1000)
@@ -342,10 +368,37 @@ class MemoryBroker:
             return 0
         return st.end - g.next_index + len(g.delayed)
 
-    async def dead_letters(self, stream: str, count: int = 100) -> list[DeadLetter]:
+    async def dead_letters(
+        self, stream: str, count: int = 100, after: str | None = None
+    ) -> list[DeadLetter]:
         self._check_open()
+        if after is not None:
+            check_entry_id(after)
         st = self._streams.get(dead_letter_stream(stream))
-        return [read_dead_letter(e, f) for e, f in st.log[:count]] if st else []
+        if st is None:
+            return []
+        entries = st.log
+        if after is not None:
+            start = _id_key(after)
+            entries = [(e, f) for e, f in entries if _id_key(e) > start]
+        return [read_dead_letter(e, f) for e, f in entries[:count]]
+
+    async def remove_dead_letter(self, stream: str, entry_id: str) -> bool:
+        self._check_open()
+        check_entry_id(entry_id)
+        st = self._streams.get(dead_letter_stream(stream))
+        return st is not None and st.remove(entry_id)
+
+    async def purge_dead_letters(self, stream: str, older_than: float | None = None) -> int:
+        self._check_open()
+        check_age(older_than)
+        st = self._streams.get(dead_letter_stream(stream))
+        if st is None:
+            return 0
+        if older_than is None:
+            return st.drop_before((2**63, 0))
+        # Ids carry the wall clock in ms, as on Redis: drop those before now - older_than.
+        return st.drop_before((int((time.time() - older_than) * 1000), 0))
 
     async def announce(
         self, group: str, member: str, payload: Mapping[str, Any], ttl: float

@@ -16,6 +16,9 @@ it is settled exactly once by one of:
 - ``dead_letter(reason)``: move it to ``<stream>:dead`` with the reason, atomically with the
   ack. Adapters keep the newest ``dead_letter_maxlen`` dead letters of a stream (default
   ``DEFAULT_DEAD_LETTER_MAXLEN``; 0 keeps all), so a storm of failures cannot fill memory.
+  Operators read them back (``dead_letters``, oldest first, a page at a time), remove one
+  once it has been dealt with (``remove_dead_letter``, e.g. after republishing it), or purge
+  them by age (``purge_dead_letters``).
 
 A pending delivery whose consumer stops renewing its lease (``extend_lease()``) for longer
 than ``ConsumeOptions.lease`` is presumed dead and reclaimed by another consumer of the same
@@ -82,9 +85,20 @@ class ConsumeOptions:
         return self.reclaim_interval if self.reclaim_interval is not None else self.lease / 2
 
 
+def entry_time(entry_id: str) -> float:
+    """When an entry was written, in epoch seconds: the millisecond part of its id (a Redis
+    stream id, ``<ms>-<seq>``, on the server's clock; 0.0 for an id that is not one)."""
+    ms, _, _ = entry_id.partition("-")
+    return int(ms) / 1000 if ms.isdigit() else 0.0
+
+
 @attrs.frozen
 class DeadLetter:
-    """An entry moved to ``<stream>:dead``, as read back for inspection or replay."""
+    """An entry moved to ``<stream>:dead``, as read back for inspection or replay.
+
+    ``entry_id`` names the dead letter itself (what ``remove_dead_letter`` takes);
+    ``original_entry_id`` the entry it was on the stream.
+    """
 
     entry_id: str
     original_entry_id: str
@@ -93,6 +107,11 @@ class DeadLetter:
     delivery_count: int
     message: Message | None  # None when the original entry was corrupt or already deleted
     raw_fields: dict[str, str]
+
+    @property
+    def dead_at(self) -> float:
+        """When it was dead-lettered (epoch seconds, from its entry id)."""
+        return entry_time(self.entry_id)
 
 
 @runtime_checkable
@@ -203,8 +222,22 @@ class Broker(Protocol):
         """How many entries wait for ``group``: undelivered plus delayed (nacked) ones."""
         ...
 
-    async def dead_letters(self, stream: str, count: int = 100) -> list[DeadLetter]:
-        """The oldest ``count`` entries of ``<stream>:dead``."""
+    async def dead_letters(
+        self, stream: str, count: int = 100, after: str | None = None
+    ) -> list[DeadLetter]:
+        """The oldest ``count`` entries of ``<stream>:dead`` (those after the dead letter
+        ``after``, when given: pass the last ``entry_id`` of a page to read the next)."""
+        ...
+
+    async def remove_dead_letter(self, stream: str, entry_id: str) -> bool:
+        """Delete the dead letter ``entry_id`` of ``stream``; False if there was none (already
+        removed, trimmed, or never there). Nothing else changes."""
+        ...
+
+    async def purge_dead_letters(self, stream: str, older_than: float | None = None) -> int:
+        """Delete the dead letters of ``stream`` written more than ``older_than`` seconds ago
+        (by the broker's clock; all of them when None); returns how many went. Raises
+        ``ValueError`` for a negative ``older_than``."""
         ...
 
     async def announce(

@@ -14,7 +14,10 @@ Layout in Redis, for a stream ``S``:
 - ``S:dead``: dead letters: the original entry's fields plus ``dead_reason``,
   ``dead_entry_id``, ``dead_group``, ``dead_delivery_count`` (deliveries actually handed
   out) and ``dead_consumer``. ``dead_letters(S)`` reads them back as ``DeadLetter``
-  (``raw_fields`` = the original fields only; ``message`` is None if they do not decode).
+  (``raw_fields`` = the original fields only; ``message`` is None if they do not decode),
+  a page at a time (``XRANGE`` after an id); ``remove_dead_letter`` is an ``XDEL`` and
+  ``purge_dead_letters`` one ``XTRIM`` (``MINID`` of the server's time minus the age, by Lua;
+  ``MAXLEN 0`` for all).
 
 Guarantees, and the traps they avoid:
 
@@ -89,7 +92,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
-from ._dead_letters import read_dead_letter
+from ._dead_letters import check_age, check_entry_id, read_dead_letter
 from ._flags import check_flag
 from ._presence import check_ttl, decode_payload, encode_payload
 from ._redis_coalesce import PipelineCoalescer
@@ -265,11 +268,34 @@ class RedisStreamsBroker:
                 lag = await self._count_after(stream, _text(info["last-delivered-id"]))
         return int(lag) + int(delayed)
 
-    async def dead_letters(self, stream: str, count: int = 100) -> list[DeadLetter]:
+    async def dead_letters(
+        self, stream: str, count: int = 100, after: str | None = None
+    ) -> list[DeadLetter]:
         self._check_open()
+        start = "-"
+        if after is not None:
+            check_entry_id(after)
+            start = f"({after}"
         with mapped_errors():
-            entries: Any = await self._client.xrange(dead_letter_stream(stream), count=count)
+            entries: Any = await self._client.xrange(
+                dead_letter_stream(stream), min=start, count=count
+            )
         return [read_dead_letter(_text(entry_id), fields) for entry_id, fields in entries or []]
+
+    async def remove_dead_letter(self, stream: str, entry_id: str) -> bool:
+        self._check_open()
+        check_entry_id(entry_id)
+        removed = await self._writes.call("XDEL", dead_letter_stream(stream), entry_id)
+        return int(removed) > 0
+
+    async def purge_dead_letters(self, stream: str, older_than: float | None = None) -> int:
+        self._check_open()
+        check_age(older_than)
+        older_ms = -1 if older_than is None else int(older_than * 1000)
+        removed = await self._eval(
+            self._scripts.purge_dead, [dead_letter_stream(stream)], [older_ms]
+        )
+        return int(removed)
 
     async def announce(
         self, group: str, member: str, payload: Mapping[str, Any], ttl: float

@@ -7,10 +7,15 @@ decoded here and nowhere else: ``encode_task``/``decode_task`` and
 ``encode_event``/``event_payload``/``decode_event``, which are also ``converter``'s hooks for
 the two classes.
 
-Every result event carries ``attempt`` (the task delivery's delivery count) and ``seq``
-(0, 1, 2, ... within that attempt, in the order the worker published them), so the API can
-apply them in order and drop redelivered duplicates: ``(task_id, attempt, seq)`` identifies
-an event.
+Every result event carries ``attempt`` (the task's ``prior_attempts`` plus its delivery's
+delivery count) and ``seq`` (0, 1, 2, ... within that attempt, in the order the worker
+published them), so the API can apply them in order and drop redelivered duplicates:
+``(task_id, attempt, seq)`` identifies an event. ``prior_attempts`` is 0 for a task as the
+API submitted it; a dead letter replayed by an operator (``ai-orchestrator dead-letters
+replay``) goes out again with the attempts it had made, so its attempts keep counting up
+(the API's record ignores events of attempts it has seen) while the worker's retry budget,
+which counts deliveries, starts afresh. A worker older than this field numbers a replayed
+task's attempts from 1 again, which the API ignores: upgrade the workers first.
 
 The two encoders are written out by hand: they run for every task the API publishes and
 every event a worker publishes, and cattrs' generated function costs ~8x more for a task
@@ -117,6 +122,9 @@ class TaskMessage:
     model: str | None = None
     parameters: dict[str, Any] = attrs.field(factory=dict)
     submitted_at: float = 0.0
+    #: Attempts made before this task was last replayed from the dead letters (0: never):
+    #: an attempt's number is this plus its delivery count.
+    prior_attempts: int = 0
 
 
 @attrs.frozen
@@ -170,7 +178,7 @@ def error_payload(error: ErrorInfo | None) -> dict[str, str] | None:
 #: The payload keys ``decode_task`` reads; unknown extra keys are ignored (an older worker
 #: reading a newer API's task).
 TASK_FIELDS: Final = frozenset(
-    {"task_id", "tenant", "messages", "model", "parameters", "submitted_at"}
+    {"task_id", "tenant", "messages", "model", "parameters", "submitted_at", "prior_attempts"}
 )
 
 
@@ -188,6 +196,7 @@ def encode_task(task: TaskMessage) -> dict[str, Any]:
         "model": task.model,
         "parameters": task.parameters,
         "submitted_at": task.submitted_at,
+        "prior_attempts": task.prior_attempts,
     }
 
 
@@ -249,6 +258,11 @@ def decode_task(payload: Any) -> TaskMessage:
         isinstance(submitted_at, bool) or not isinstance(submitted_at, int | float)
     ):
         raise InvalidTask("submitted_at is not a number", **salvage)
+    prior_attempts = payload.get("prior_attempts")
+    if prior_attempts is None:
+        prior_attempts = 0
+    elif type(prior_attempts) is not int or prior_attempts < 0:
+        raise InvalidTask("prior_attempts is not a whole number, zero or more", **salvage)
     return TaskMessage(
         task_id=task_id,
         tenant=payload["tenant"],
@@ -256,6 +270,7 @@ def decode_task(payload: Any) -> TaskMessage:
         model=payload.get("model"),
         parameters=parameters if parameters is not None else {},
         submitted_at=float(submitted_at) if submitted_at is not None else 0.0,
+        prior_attempts=prior_attempts,
     )
 
 

@@ -31,7 +31,8 @@ A traced delivery never settled by the time ``TracingBroker.close()`` runs has i
 then, marked ``orchestrator.delivery.settlement = "abandoned"``.
 
 Presence (``announce``, ``withdraw``, ``members``) passes through untraced: it is heartbeat
-traffic, not messages.
+traffic, not messages. So do the dead-letter operations (``dead_letters``,
+``remove_dead_letter``, ``purge_dead_letters``): operator tools, not message traffic.
 """
 
 from __future__ import annotations
@@ -373,8 +374,16 @@ class TracingBroker:
     async def backlog(self, stream: str, group: str) -> int:
         return await self._broker.backlog(stream, group)
 
-    async def dead_letters(self, stream: str, count: int = 100) -> list[DeadLetter]:
-        return await self._broker.dead_letters(stream, count)
+    async def dead_letters(
+        self, stream: str, count: int = 100, after: str | None = None
+    ) -> list[DeadLetter]:
+        return await self._broker.dead_letters(stream, count, after)
+
+    async def remove_dead_letter(self, stream: str, entry_id: str) -> bool:
+        return await self._broker.remove_dead_letter(stream, entry_id)
+
+    async def purge_dead_letters(self, stream: str, older_than: float | None = None) -> int:
+        return await self._broker.purge_dead_letters(stream, older_than)
 
     async def announce(
         self, group: str, member: str, payload: Mapping[str, Any], ttl: float

@@ -69,3 +69,12 @@ class StoredEvent:
     id: str
     event: str
     data: dict[str, Any]
+
+
+@attrs.frozen
+class TaskPage:
+    """One page of a tenant's tasks (``TaskStore.list_tasks``), newest first."""
+
+    records: tuple[TaskRecord, ...]
+    #: More tasks follow the last one (ask again with it as ``after``).
+    has_more: bool

@@ -29,6 +29,7 @@ from orchestrator_tasks.parameters import (
 )
 
 from . import problems
+from .listing import DEFAULT_LIMIT, MAX_AFTER_CHARS, MAX_LIMIT
 from .validation import (
     IDEMPOTENCY_KEY_PATTERN,
     MAX_IDEMPOTENCY_KEY,
@@ -741,6 +742,32 @@ _SCHEMAS: Final[dict[str, Schema]] = {
             },
         },
     },
+    "TaskList": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["object", "data", "first_id", "last_id", "has_more"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {
+                "type": "array",
+                "maxItems": MAX_LIMIT,
+                "items": _ref("Task"),
+                "description": "Newest first (by creation; a replayed task by its replay).",
+            },
+            "first_id": {
+                "type": ["string", "null"],
+                "description": "The id of the first task of `data`; null when it is empty.",
+            },
+            "last_id": {
+                "type": ["string", "null"],
+                "description": (
+                    "The id of the last task of `data` (null when it is empty): pass it as "
+                    "`after` for the next page."
+                ),
+            },
+            "has_more": {"type": "boolean", "description": "More tasks follow `last_id`."},
+        },
+    },
     "ModelList": {
         "type": "object",
         "additionalProperties": False,
@@ -812,6 +839,32 @@ _TASK_ID: Final = {
     "required": True,
     "schema": {"type": "string", "minLength": 1},
 }
+_LIST_QUERY: Final = [
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": f"How many tasks, at most (default {DEFAULT_LIMIT}).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+    },
+    {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": (
+            "A cursor: the `last_id` of the previous page. It must be one of your tasks still "
+            "listed (within its TTL), else 400."
+        ),
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_AFTER_CHARS},
+    },
+    {
+        "name": "status",
+        "in": "query",
+        "required": False,
+        "description": "Only the tasks with this status (as GET /v1/tasks/{task_id} shows it).",
+        "schema": _ref("TaskStatus"),
+    },
+]
 _RESUME: Final = [
     {
         "name": "Last-Event-ID",
@@ -1002,6 +1055,26 @@ def build_document() -> dict[str, Any]:
                 }
             },
             "/v1/tasks": {
+                "get": {
+                    "operationId": "listTasks",
+                    "summary": "Your tasks within their TTL, newest first (OpenAI's list shape).",
+                    "description": (
+                        "Every task of the caller's tenant that has not expired yet "
+                        "(CACHE_TTL_MINUTES after it ended; a day while it has not), newest "
+                        "first, each as GET /v1/tasks/{task_id} shows it. Page with `after` "
+                        "(the previous page's `last_id`) while `has_more`; filter with "
+                        "`status`. Another tenant's tasks are never listed."
+                    ),
+                    "parameters": _LIST_QUERY,
+                    "responses": {
+                        "200": _json("A page of tasks.", _ref("TaskList")),
+                        "400": _problem(
+                            "A query parameter is invalid or given twice, or `after` is not one "
+                            "of your listed tasks (`errors` names the parameter)."
+                        ),
+                        **_common("Unauthorized", "Unavailable"),
+                    },
+                },
                 "post": {
                     "operationId": "submitTask",
                     "summary": "Submit a prompt as a task.",
@@ -1065,7 +1138,7 @@ def build_document() -> dict[str, Any]:
                         ),
                         **_common("Unauthorized", "Unavailable"),
                     },
-                }
+                },
             },
             "/v1/tasks/{task_id}": {
                 "get": {

@@ -10,6 +10,7 @@ from typing import Final
 import orjson
 from aiohttp import web
 
+from .listing import invalid_query, parse_list_query
 from .metrics import METRICS
 from .model import TaskRecord
 from .problems import (
@@ -26,7 +27,7 @@ from .problems import (
 )
 from .ratelimit import retry_after_header
 from .state import STATE, ApiState
-from .store.errors import IdempotencyKeyInUse, IdempotencyKeyReused
+from .store.errors import IdempotencyKeyInUse, IdempotencyKeyReused, UnknownCursor
 from .streaming import stream_sse, stream_websocket
 from .tasks import Unavailable
 from .validation import (
@@ -35,7 +36,7 @@ from .validation import (
     parse_submission,
     valid_idempotency_key,
 )
-from .views import task_view
+from .views import task_list_view, task_view
 from .workers import unserved_model
 
 __all__ = ["accept_submission", "add_routes", "read_submission", "tenant_of"]
@@ -201,6 +202,23 @@ async def _body(request: web.Request, length: int | None, limit: int) -> bytes:
     return await request.read()
 
 
+async def list_tasks(request: web.Request) -> web.Response:
+    """``GET /v1/tasks``: the tenant's tasks within their TTL, newest first, a page at a time."""
+    state = request.app[STATE]
+    tenant = tenant_of(request, state)
+    query = parse_list_query(request.query)
+    try:
+        page = await state.tasks.list_tasks(
+            tenant, limit=query.limit, after=query.after, status=query.status
+        )
+    except UnknownCursor as exc:
+        message = "not one of your tasks (it may have expired): start again without after"
+        raise invalid_query([{"field": "after", "message": message}]) from exc
+    except Unavailable as exc:
+        raise _unavailable(exc) from exc
+    return _json(task_list_view(page))
+
+
 async def get_task(request: web.Request) -> web.Response:
     """``GET /v1/tasks/{task_id}``."""
     state = request.app[STATE]
@@ -297,6 +315,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/health", health, allow_head=False)
     app.router.add_get("/openapi.json", openapi_document, allow_head=False)
     app.router.add_post("/v1/tasks", submit_task)
+    app.router.add_get("/v1/tasks", list_tasks, allow_head=False)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/tasks/{task_id}", get_task, allow_head=False)
     app.router.add_get("/v1/tasks/{task_id}/events", task_events, allow_head=False)

@@ -1,10 +1,12 @@
 """A task's events, live: Server-Sent Events and WebSocket.
 
 Both follow the store's event log from a position (``Last-Event-ID``), send each event with
-its log id, and end after the terminal event (``result`` or ``error``). While idle, SSE sends
-a ``: keepalive`` comment and WebSocket a ping every ``heartbeat`` seconds. When the app shuts
-down, ``StreamRegistry.close_all()`` (an ``on_shutdown`` hook) ends every open stream at once,
-so the server drains promptly; clients reconnect with the last id they saw and lose nothing.
+its log id, and end after the terminal event (``result`` or ``error``); one that more events
+follow (a task requeued from the dead letters: ``queued`` again) is not the end. While idle,
+SSE sends a ``: keepalive`` comment and WebSocket a ping every ``heartbeat`` seconds. When the
+app shuts down, ``StreamRegistry.close_all()`` (an ``on_shutdown`` hook) ends every open
+stream at once, so the server drains promptly; clients reconnect with the last id they saw
+and lose nothing.
 """
 
 from __future__ import annotations
@@ -104,10 +106,13 @@ async def follow(
                 else:
                     yield None
                     continue
+            last = events[-1]
             for event in events:
                 yield event
                 after = event.id
-                if event.event in TERMINAL_EVENTS:
+                # A terminal event followed by more is not the end: the task was requeued (a
+                # dead letter replayed) and runs again.
+                if event is last and event.event in TERMINAL_EVENTS:
                     return
     finally:
         for stopper in stoppers:

@@ -17,8 +17,8 @@ from orchestrator_tasks import ChatMessage, TaskMessage, encode_task
 from orchestrator_telemetry.propagation import current_span_context
 
 from .deadlines import Deadlines
-from .model import TaskRecord, TaskStatus
-from .store.errors import IdempotencyKeyInUse, IdempotencyKeyReused, StoreError
+from .model import TaskPage, TaskRecord, TaskStatus
+from .store.errors import IdempotencyKeyInUse, IdempotencyKeyReused, StoreError, UnknownCursor
 from .store.protocol import TaskStore
 from .validation import Submission
 
@@ -87,7 +87,7 @@ class Unavailable(Exception):
 
 @attrs.frozen
 class TaskService:
-    """The domain side of ``POST /v1/tasks`` and ``GET /v1/tasks/{id}``."""
+    """The domain side of ``POST /v1/tasks``, ``GET /v1/tasks`` and ``GET /v1/tasks/{id}``."""
 
     broker: Broker
     store: TaskStore
@@ -192,6 +192,24 @@ class TaskService:
         try:
             with self.deadlines.bound(self.publish_timeout):
                 return await self.store.get(tenant, task_id)
+        except (StoreError, TimeoutError) as exc:
+            raise Unavailable("task store") from exc
+
+    async def list_tasks(
+        self,
+        tenant: str,
+        *,
+        limit: int,
+        after: str | None = None,
+        status: TaskStatus | None = None,
+    ) -> TaskPage:
+        """A page of the tenant's tasks, newest first (``TaskStore.list_tasks``); raises
+        ``UnknownCursor`` for an ``after`` that is not one of them."""
+        try:
+            with self.deadlines.bound(self.publish_timeout):
+                return await self.store.list_tasks(tenant, limit=limit, after=after, status=status)
+        except UnknownCursor:
+            raise
         except (StoreError, TimeoutError) as exc:
             raise Unavailable("task store") from exc
 

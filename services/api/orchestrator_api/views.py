@@ -1,4 +1,5 @@
-"""The JSON shapes the API answers with (the ``Task`` and ``Health`` schemas of openapi.py)."""
+"""The JSON shapes the API answers with (the ``Task``, ``TaskList`` and ``Health`` schemas of
+openapi.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from typing import Any
 
 from orchestrator_tasks import error_payload, usage_payload
 
-from .model import TaskRecord
+from .model import TaskPage, TaskRecord
 
-__all__ = ["task_view", "timestamp"]
+__all__ = ["task_list_view", "task_view", "timestamp"]
 
 
 def timestamp(seconds: float | None) -> datetime | None:
@@ -44,4 +45,17 @@ def task_view(record: TaskRecord) -> dict[str, Any]:
         "error": error_payload(record.error),
         "cached": record.cached,
         "joined": record.joined is not None,
+    }
+
+
+def task_list_view(page: TaskPage) -> dict[str, Any]:
+    """A page of tasks in OpenAI's list shape: each item as ``task_view``; ``first_id`` and
+    ``last_id`` are null for an empty page; pass ``last_id`` as ``after`` for the next."""
+    data = [task_view(record) for record in page.records]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": page.has_more,
     }

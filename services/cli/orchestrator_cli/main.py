@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +53,79 @@ def _parse_param(text: str) -> tuple[str, Any]:
     return name, value
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?")
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90``, ``90s``, ``15m``, ``2h``, ``7d`` or ``1w`` (argparse's type)."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 15m, 2h, 7d)")
+    number, unit = match.groups()
+    return float(number) * _UNITS[unit or "s"]
+
+
+def _positive(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number, at least 1: {text!r}")
+    return int(text)
+
+
+def _env_file_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="read NAME=value settings from FILE (repeatable; real variables win)",
+    )
+
+
+def _add_dead_letters(commands: Any) -> None:
+    about = (
+        "Inspect, replay or purge the dead letters on the Redis of REDIS_URI (and "
+        "REDIS_STREAM_ID, REDIS_RESULTS_STREAM_ID, CACHE_TTL_MINUTES, as for the services)."
+    )
+    dead = commands.add_parser("dead-letters", help=about, description=about)
+    actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
+    streams = ("tasks", "results")
+
+    listing = actions.add_parser("list", help="Print the dead letters, oldest first, one per line.")
+    listing.add_argument("--stream", choices=streams, default="tasks", help="default: tasks")
+    listing.add_argument(
+        "--limit", type=_positive, default=100, metavar="N", help="at most N (default 100)"
+    )
+    listing.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON lines: entry_id, task_id, tenant, reason, delivery_count, dead_at",
+    )
+    _env_file_option(listing)
+
+    replaying = actions.add_parser(
+        "replay",
+        help="Run dead-lettered tasks again under their own ids.",
+        description="Put each task back to queued (its attempts count on) and publish it "
+        "again; its dead letter is removed only once it is published.",
+    )
+    chosen = replaying.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("task_ids", nargs="*", default=[], metavar="TASK_ID", help="tasks")
+    chosen.add_argument("--all", action="store_true", help="every dead-lettered task")
+    _env_file_option(replaying)
+
+    purging = actions.add_parser("purge", help="Delete dead letters.")
+    purging.add_argument("--stream", choices=streams, default="tasks", help="default: tasks")
+    purging.add_argument(
+        "--older-than",
+        type=parse_duration,
+        metavar="DURATION",
+        help="only those dead-lettered longer ago than this (90s, 15m, 2h, 7d); default: all",
+    )
+    _env_file_option(purging)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ai-orchestrator",
@@ -61,14 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def service(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument(
-            "--env-file",
-            type=Path,
-            action="append",
-            default=[],
-            metavar="FILE",
-            help="read NAME=value settings from FILE (repeatable; real variables win)",
-        )
+        _env_file_option(sub)
         return sub
 
     api = service("api", "Run the HTTP API service (settings from the environment).")
@@ -141,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         "connection), waiting Retry-After; the submission's Idempotency-Key makes them safe "
         "(default: 5)",
     )
+    _add_dead_letters(commands)
     return parser
 
 
@@ -193,12 +261,29 @@ def _run_submit(args: argparse.Namespace) -> int:
         _fail(str(exc), code=1)
 
 
+def _run_dead_letters(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    from orchestrator_settings import ConfigError
+
+    from .dead_letters import DeadLetterError, run
+
+    if args.action == "replay" and not args.all and not args.task_ids:
+        raise UsageError("dead-letters replay needs TASK_ID... or --all")
+    try:
+        return asyncio.run(run(args, environ, sys.stdout))
+    except (ConfigError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    except DeadLetterError as exc:
+        _fail(str(exc), code=1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "submit":
             return _run_submit(args)
         environ = _environment(args.env_file)
+        if args.command == "dead-letters":
+            return _run_dead_letters(args, environ)
         from .launch import UsageError as LaunchError
         from .launch import launch
 

@@ -1,7 +1,8 @@
 """The result events of one attempt of one task: numbered, in order, with text coalesced.
 
-What a client sees for one attempt (``attempt`` = the task delivery's delivery count), with
-``seq`` 0, 1, 2... in this order:
+What a client sees for one attempt (``attempt`` = the task delivery's delivery count, plus
+the attempts of the task before it was replayed from the dead letters), with ``seq`` 0, 1,
+2... in this order:
 
 1. ``started``, with the provider and model: the task is running. For a first attempt it is
    written just before the first delta, or once the attempt has run for about a second
@@ -117,12 +118,18 @@ class AttemptEvents:
         clock: FlushClock,
         provider: str | None = None,
         model: str | None = None,
+        prior_attempts: int = 0,
     ) -> None:
         self._broker = broker
         self._stream = stream
         self.task_id = task_id
         self.tenant = tenant
+        #: The delivery count: what the retry budget counts.
         self.attempt = attempt
+        #: The attempt's number as the events carry it: the attempts the task made before it
+        #: was last replayed from the dead letters (``TaskMessage.prior_attempts``), plus
+        #: ``attempt``.
+        self.number = prior_attempts + attempt
         self.provider = provider
         self.model = model
         self._clock = clock
@@ -336,7 +343,7 @@ class AttemptEvents:
             task_id=self.task_id,
             tenant=self.tenant,
             kind=kind,
-            attempt=self.attempt,
+            attempt=self.number,
             seq=self._seq,
             at=time.time(),
             text=text,
@@ -349,7 +356,7 @@ class AttemptEvents:
             started_at=None if kind is EventKind.DELTA else self._began,
         )
         # The message id names the event, so a re-sent copy is recognisably the same one.
-        message = Message(payload=payload, id=f"{self.task_id}:{self.attempt}:{self._seq}")
+        message = Message(payload=payload, id=f"{self.task_id}:{self.number}:{self._seq}")
         # The seq is taken before the write: a failed write voids the attempt anyway.
         self._seq += 1
         await self._broker.publish(self._stream, message)

@@ -171,6 +171,7 @@ class TaskRunner:
             tenant=task.tenant,
             attempt=delivery.delivery_count,
             clock=self._clock,
+            prior_attempts=task.prior_attempts,
         )
         abort = self._cancels.register(task.task_id) if self._cancels is not None else None
         try:
@@ -288,10 +289,12 @@ class TaskRunner:
                 events.provider, events.model = name, route.model
                 if not begun:
                     begun = True
-                    events.begin(at_once=attempt > 1)
+                    # Any attempt after the task's first (a replayed task's too) voids what
+                    # clients hold of the one before: its ``started`` goes out at once.
+                    events.begin(at_once=events.number > 1)
                     began = time.monotonic()
                     if metrics is not None:
-                        metrics.attempt_started(name, route.model, attempt, task.submitted_at)
+                        metrics.attempt_started(name, route.model, events.number, task.submitted_at)
                 called = time.monotonic()
                 outcome = await self._call(route, task, events, call, timeout, abort)
                 if metrics is not None:

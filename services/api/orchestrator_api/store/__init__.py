@@ -1,6 +1,12 @@
 """Task records and event logs: the TaskStore protocol and its memory and Redis adapters."""
 
-from .errors import IdempotencyKeyInUse, IdempotencyKeyReused, StoreError, StoreUnavailable
+from .errors import (
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    StoreError,
+    StoreUnavailable,
+    UnknownCursor,
+)
 from .memory import DEFAULT_PENDING_SECONDS, DEFAULT_SAFETY_TTL, MemoryTaskStore
 from .protocol import TaskStore
 from .redis import RedisTaskStore
@@ -15,4 +21,5 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "TaskStore",
+    "UnknownCursor",
 ]

@@ -16,6 +16,12 @@ reads through (while its own ``st`` stays ``queued``); ``ck`` the cache key a le
 A cache key ``<prefix>:cache:<tenant>:<digest>`` is a hash (``r`` the result blob, ``l`` the
 log entry, both as a hit shows them), ``<cache key>:lead`` the leader's id, and
 ``<record>:fol`` the list of a leader's followers.
+
+The per-tenant index ``<prefix>:tenant:<tenant>:tasks`` is a sorted set of task ids scored
+by creation time (epoch seconds; a requeued task by when it was requeued). Every write to it
+(``index()``) also drops the ids scored before ``cutoff`` (the score minus the longest a task
+can live: the safety TTL plus the TTL) and sets the set's own TTL to that lifetime, so it
+goes with the last of its tasks.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import hashlib
 
 import attrs
 
-__all__ = ["APPLY", "CREATE", "DISCARD", "SUBMIT", "Script"]
+__all__ = ["APPLY", "CREATE", "DISCARD", "PAGE", "REQUEUE", "SUBMIT", "Script"]
 
 
 @attrs.frozen
@@ -52,11 +58,17 @@ local function replay(key, rec, fp)
   if tonumber(held[1]) > now then return 2 end
   return nil
 end
+local function index(key, score, id, cutoff, life)
+  redis.call('ZADD', key, score, id)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. cutoff)
+  redis.call('PEXPIRE', key, life)
+end
 """
 
 #: A create with an idempotency key and no cache key (one with neither is a plain HSET +
-#: PEXPIRE). KEYS: record, idempotency key. ARGV: tenant, fixed blob, safety ttl ms, task id,
-#: record key prefix, pending ms, request fingerprint ('' for none). Returns 1 when stored (or
+#: PEXPIRE). KEYS: record, idempotency key, tenant index. ARGV: tenant, fixed blob, safety ttl
+#: ms, task id, record key prefix, pending ms, request fingerprint ('' for none), then the
+#: index entry: score, cutoff, lifetime ms. Returns 1 when stored (or
 #: already stored by a retry of this call), 2 when the key's task is still pending, 3 when it
 #: was created by another request (fingerprints differ; nothing stored either way), else the
 #: existing record's fields (tn m st sa fa n r e j c) for the idempotency key. A key whose
@@ -79,15 +91,17 @@ redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'ik', K
   'pv', string.format('%d', now + tonumber(ARGV[6])))
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'fp', ARGV[7]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+index(KEYS[3], ARGV[8], ARGV[4], ARGV[9], ARGV[10])
 return 1
 """
 )
 
 #: A create with a cache key: idempotency key first, then a cache hit, then joining the
 #: published leader in flight, else leading (or, while the leader is still pending, running
-#: alone). KEYS: record, idempotency key ('' for none), cache key, lead key. ARGV: tenant,
-#: fixed blob, safety ttl ms, task id, record key prefix, ttl ms, created at, pending ms,
-#: request fingerprint ('' for none). Returns 1 when the task was stored to be published, 2
+#: alone). KEYS: record, idempotency key ('' for none), cache key, lead key, tenant index.
+#: ARGV: tenant, fixed blob, safety ttl ms, task id, record key prefix, ttl ms, created at,
+#: pending ms, request fingerprint ('' for none), then the index entry: score, cutoff,
+#: lifetime ms. Returns 1 when the task was stored to be published, 2
 #: when the idempotency key's task is still pending, 3 when it was created by another request
 #: (nothing stored either way), else the fields (tn m st sa fa n r e j c) of the hit or
 #: follower stored, or of the idempotency key's record; a retry of this call answers as its
@@ -151,14 +165,15 @@ if KEYS[2] ~= '' then
   if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'fp', ARGV[9]) end
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
+index(KEYS[5], ARGV[10], ARGV[4], ARGV[11], ARGV[12])
 if shared then return redis.call('HMGET', KEYS[1], unpack(F)) end
 return 1
 """
 )
 
-#: KEYS: record, log, buffer. ARGV: tenant, task id, wake channel, then for a leader's
-#: followers (they fail: ``_sharing.ORPHANED``): ttl ms, finished at, error blob, log entry.
-#: Returns 1 if removed.
+#: KEYS: record, log, buffer, tenant index. ARGV: tenant, task id, wake channel, then for a
+#: leader's followers (they fail: ``_sharing.ORPHANED``): ttl ms, finished at, error blob, log
+#: entry. Returns 1 if removed.
 DISCARD = Script("""
 local cur = redis.call('HMGET', KEYS[1], 'tn', 'ik', 'ck')
 if cur[1] ~= ARGV[1] then return 0 end
@@ -185,8 +200,58 @@ if cur[3] then
   redis.call('DEL', fol)
 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[2])
 redis.call('PUBLISH', ARGV[3], '')
 return 1
+""")
+
+#: ``TaskStore.requeue``. KEYS: record, log, buffer, tenant index. ARGV: tenant, task id,
+#: fixed blob (to recreate an expired record), attempts, safety ttl ms, then the index entry
+#: (score, cutoff, lifetime ms), wake channel, the done seq (``_steps.DONE_SEQ``). Returns
+#: the attempt count kept, or -1 when the id is another tenant's task (nothing changed).
+REQUEUE = Script(
+    _PROLOGUE
+    + """
+local rec, log, buf = KEYS[1], KEYS[2], KEYS[3]
+local cur = redis.call('HMGET', rec, 'tn', 'st', 'ca', 'n', 'ns', 'ik')
+if cur[1] and cur[1] ~= ARGV[1] then return -1 end
+local attempts = tonumber(ARGV[4])
+if cur[1] then
+  local ca = tonumber(cur[3] or '0')
+  attempts = math.max(attempts, ca, tonumber(cur[4] or '0'))
+  if cur[2] == 'queued' and ca == attempts and cur[5] == ARGV[10] then return attempts end
+  redis.call('HDEL', rec, 'sa', 'fa', 'r', 'e', 'pv')
+else
+  redis.call('DEL', log)
+  redis.call('HSET', rec, 'tn', ARGV[1], 'm', ARGV[3])
+end
+redis.call('DEL', buf)
+redis.call('HSET', rec, 'st', 'queued', 'n', attempts, 'ca', attempts, 'ns', ARGV[10])
+redis.call('RPUSH', log, string.format('["status",{"status":"queued","attempt":%d}]', attempts))
+redis.call('PEXPIRE', rec, ARGV[5])
+redis.call('PEXPIRE', log, ARGV[5])
+if cur[6] and redis.call('GET', cur[6]) == ARGV[2] then redis.call('PEXPIRE', cur[6], ARGV[5]) end
+index(KEYS[4], ARGV[6], ARGV[2], ARGV[7], ARGV[8])
+redis.call('PUBLISH', ARGV[9], '')
+return attempts
+"""
+)
+
+#: One page of a tenant index, newest first. KEYS: index. ARGV: the cursor's task id ('' for
+#: the start), its score ('' when unknown), how many. Returns {1, {id, score, ...}} for the
+#: ids after the cursor, or {0, {}} when the cursor is not in the index and its score is not
+#: known. A cursor that left the index between two pages of one listing (its task discarded
+#: or pruned) resumes below its score.
+PAGE = Script("""
+local key, after, score, count = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+if after == '' then return {1, redis.call('ZREVRANGE', key, 0, count - 1, 'WITHSCORES')} end
+local rank = redis.call('ZREVRANK', key, after)
+if rank then
+  return {1, redis.call('ZREVRANGE', key, rank + 1, rank + count, 'WITHSCORES')}
+end
+if score == '' then return {0, {}} end
+return {1, redis.call('ZREVRANGEBYSCORE', key, '(' .. score, '-inf', 'WITHSCORES', 'LIMIT', 0,
+  count)}
 """)
 
 #: KEYS: record, log, buffer. ARGV: tenant, task id, attempt, seq, ttl ms, safety ttl ms,

@@ -19,6 +19,10 @@ from ..model import TaskResult, TaskStatus
 #: Data of the first log entry of every task, written (or implied) by ``create``.
 QUEUED_DATA: dict[str, Any] = {"status": TaskStatus.QUEUED.value, "attempt": 0}
 
+#: The next seq of an attempt whose events are over: a requeued task's (``TaskStore.requeue``),
+#: so every event of that attempt counts as a duplicate and the next attempt takes over.
+DONE_SEQ = 2**53
+
 #: What a FAILED event without error details is recorded as.
 UNKNOWN_ERROR = ErrorInfo(type="internal", message="the worker reported a failure without details")
 
@@ -96,7 +100,8 @@ class Cursor:
 
     The ordering rules (the Redis Lua script implements the same ones):
 
-    - once the record is terminal, every event is ignored;
+    - once the record is terminal, every event is ignored (until it is requeued: then events
+      of the attempts so far are, and the next attempt's apply);
     - an event of an attempt older than ``attempt`` is ignored; one of a newer attempt
       switches to it (seq restarts at 0, events buffered for the old attempt are dropped);
     - ``seq < next_seq`` is a duplicate: ignored;

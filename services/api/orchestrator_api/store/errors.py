@@ -1,9 +1,16 @@
-"""The task store's exceptions: one root, the case the HTTP layer maps to 503, and the
-idempotency key still in use (409) or reused for another request (422)."""
+"""The task store's exceptions: one root, the case the HTTP layer maps to 503, the
+idempotency key still in use (409) or reused for another request (422), and a list cursor
+that names none of the tenant's tasks (400)."""
 
 from __future__ import annotations
 
-__all__ = ["IdempotencyKeyInUse", "IdempotencyKeyReused", "StoreError", "StoreUnavailable"]
+__all__ = [
+    "IdempotencyKeyInUse",
+    "IdempotencyKeyReused",
+    "StoreError",
+    "StoreUnavailable",
+    "UnknownCursor",
+]
 
 
 class StoreError(Exception):
@@ -27,3 +34,8 @@ class IdempotencyKeyInUse(StoreError):
 class IdempotencyKeyReused(StoreError):
     """The idempotency key's task was created by a request with another body (its
     fingerprint differs). Nothing was stored: a new task needs a new key."""
+
+
+class UnknownCursor(StoreError):
+    """``list_tasks(after=...)`` named no task in the tenant's list: unknown, another
+    tenant's, or expired. Nothing was read."""

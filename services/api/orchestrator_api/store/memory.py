@@ -5,6 +5,12 @@ after creation while it has not; a cached answer ``ttl_seconds`` after its task 
 Expired entries vanish on access and are swept on writes, so nothing accumulates; live
 waiters sleep on a per-task event, never in a polling loop. Cache hits and joined tasks
 follow ``_sharing``.
+
+The per-tenant index of ``list_tasks`` is a dict per tenant, task id to creation time (or to
+when it was requeued: ``requeue`` gives the task a new life, listed as of then), that
+loses a task exactly when the task is dropped: about 100 bytes per task (a dict slot and a
+float; the id string is the record's own), and an empty tenant's dict goes too. A page sorts
+the tenant's live tasks, O(n log n) in the tenant's task count: fine for one process.
 """
 
 from __future__ import annotations
@@ -19,10 +25,10 @@ import attrs
 
 from orchestrator_tasks.messages import ResultEvent
 
-from ..model import StoredEvent, TaskRecord, TaskResult, TaskStatus
+from ..model import StoredEvent, TaskPage, TaskRecord, TaskResult, TaskStatus
 from ._sharing import ORPHANED, cache_hit, mirror, orphaned, result_data, reused_events
-from ._steps import QUEUED_DATA, Cursor, Step, step_for
-from .errors import IdempotencyKeyInUse, IdempotencyKeyReused, StoreUnavailable
+from ._steps import DONE_SEQ, QUEUED_DATA, Cursor, Step, step_for
+from .errors import IdempotencyKeyInUse, IdempotencyKeyReused, StoreUnavailable, UnknownCursor
 
 __all__ = ["DEFAULT_PENDING_SECONDS", "DEFAULT_SAFETY_TTL", "MemoryTaskStore"]
 
@@ -101,6 +107,7 @@ class MemoryTaskStore:
         self._cache: dict[tuple[str, str], tuple[TaskResult, float]] = {}  # -> expires at
         self._cache_expiries: list[tuple[float, tuple[str, str]]] = []  # heap, like above
         self._leaders: dict[tuple[str, str], str] = {}  # (tenant, key) -> task id
+        self._index: dict[str, dict[str, float]] = {}  # tenant -> task id -> list position
         self._closed = False
 
     def __repr__(self) -> str:
@@ -114,6 +121,12 @@ class MemoryTaskStore:
 
     def _drop(self, task_id: str, entry: _Entry) -> None:
         del self._entries[task_id]
+        tenant = entry.record.tenant
+        listed = self._index.get(tenant)
+        if listed is not None:
+            listed.pop(task_id, None)
+            if not listed:
+                del self._index[tenant]
         key = entry.idempotency_key
         if key is not None and self._idempotency.get((entry.record.tenant, key)) == task_id:
             del self._idempotency[(entry.record.tenant, key)]
@@ -210,6 +223,7 @@ class MemoryTaskStore:
                 else:
                     leader = None  # the leader is not published yet: this task runs alone
         self._entries[record.id] = entry
+        self._index.setdefault(tenant, {})[record.id] = record.created_at
         self._expire_at(record.id, entry, expires_at)
         if idempotency_key is not None:
             self._idempotency[(tenant, idempotency_key)] = record.id
@@ -260,6 +274,74 @@ class MemoryTaskStore:
         if source is None:
             return None
         return entry.record if source is entry else mirror(entry.record, source.record)
+
+    async def list_tasks(
+        self,
+        tenant: str,
+        *,
+        limit: int,
+        after: str | None = None,
+        status: TaskStatus | None = None,
+    ) -> TaskPage:
+        if self._closed:
+            raise StoreUnavailable("the task store is closed")
+        self._sweep()
+        listed = self._index.get(tenant, {})
+        if after is not None and after not in listed:
+            raise UnknownCursor(f"{after!r} is not one of this tenant's tasks")
+        order = sorted(listed.items(), key=lambda item: (item[1], item[0]), reverse=True)
+        start = 0
+        if after is not None:
+            start = next(i for i, (task_id, _) in enumerate(order) if task_id == after) + 1
+        found: list[TaskRecord] = []
+        for task_id, _ in order[start:]:
+            record = await self.get(tenant, task_id)
+            if record is None or (status is not None and record.status is not status):
+                continue
+            if len(found) == limit:
+                return TaskPage(tuple(found), has_more=True)
+            found.append(record)
+        return TaskPage(tuple(found), has_more=False)
+
+    async def requeue(self, record: TaskRecord, attempts: int) -> int:
+        if self._closed:
+            raise StoreUnavailable("the task store is closed")
+        self._sweep()
+        entry = self._live(record.id)
+        if entry is not None and entry.record.tenant != record.tenant:
+            raise ValueError(f"task {record.id} is another tenant's")
+        if entry is None:  # expired: recreated from what the task message tells
+            fresh = TaskRecord(
+                id=record.id,
+                tenant=record.tenant,
+                status=TaskStatus.QUEUED,
+                created_at=record.created_at,
+                model=record.model,
+                trace_id=record.trace_id,
+            )
+            entry = _Entry(fresh, None, expires_at=0.0)
+            entry.append("status", dict(QUEUED_DATA))
+            self._entries[record.id] = entry
+        attempts = max(attempts, entry.cursor.attempt, entry.record.attempts)
+        done = Cursor(attempt=attempts, next_seq=DONE_SEQ)
+        if entry.record.status is TaskStatus.QUEUED and entry.cursor == done:
+            return attempts  # requeued already
+        entry.record = attrs.evolve(
+            entry.record,
+            status=TaskStatus.QUEUED,
+            attempts=attempts,
+            started_at=None,
+            finished_at=None,
+            result=None,
+            error=None,
+        )
+        entry.cursor = done
+        entry.pending_until = None
+        entry.append("status", {"status": TaskStatus.QUEUED.value, "attempt": attempts})
+        self._expire_at(record.id, entry, self._clock() + self.safety_ttl_seconds)
+        self._index.setdefault(record.tenant, {})[record.id] = time.time()
+        entry.notify()
+        return attempts
 
     async def apply(self, event: ResultEvent) -> bool:
         self._sweep()

@@ -3,6 +3,10 @@
 Two implementations: ``MemoryTaskStore`` (single-process mode, tests) and ``RedisTaskStore``
 (keys expire ``CACHE_TTL_MINUTES`` after the task ends; so do cached answers). Every method
 may raise ``StoreUnavailable`` (a ``StoreError``) when the backend cannot be reached.
+
+Each tenant's tasks are also kept in a per-tenant index, ordered by creation, so that
+``list_tasks`` can page through them; an entry lives no longer than its task could (see the
+stores for how it is pruned and what it costs).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 from orchestrator_tasks.messages import ResultEvent
 
-from ..model import StoredEvent, TaskRecord
+from ..model import StoredEvent, TaskPage, TaskRecord, TaskStatus
 
 
 @runtime_checkable
@@ -60,6 +64,38 @@ class TaskStore(Protocol):
 
     async def get(self, tenant: str, task_id: str) -> TaskRecord | None:
         """The record, or None when unknown, expired, or another tenant's."""
+        ...
+
+    async def list_tasks(
+        self,
+        tenant: str,
+        *,
+        limit: int,
+        after: str | None = None,
+        status: TaskStatus | None = None,
+    ) -> TaskPage:
+        """Up to ``limit`` of ``tenant``'s tasks within their TTL, newest first (by creation;
+        ties by id), each as ``get`` shows it; only those whose (shown) status is ``status``,
+        when given. With ``after``, those that come after that task in this order: it must
+        be one of the tenant's listed tasks, else ``UnknownCursor``. Another tenant's tasks
+        are never listed.
+        """
+        ...
+
+    async def requeue(self, record: TaskRecord, attempts: int) -> int:
+        """Put the task ``record.id`` back to ``queued``: a dead letter of it is replayed
+        (``ai-orchestrator dead-letters replay``) and will run again under its own id.
+
+        Its result, error and times are cleared and its attempt count kept (``attempts``, or
+        the record's own if it counted more); events of those attempts are ignored from now
+        on, so the replay's first attempt (the count + 1) takes over. A ``status`` event
+        (``queued``, that count as ``attempt``) goes into its log and wakes its followers;
+        it expires like a new task (``safety_ttl_seconds`` from now) and is listed as of
+        now. A task that has expired is recreated from ``record`` (what the task message
+        tells: no metadata). Returns the attempt count: publish the replay with it as
+        ``prior_attempts``. Calling it again with the same count changes nothing. Raises
+        ``ValueError`` when the id is another tenant's task (nothing changes).
+        """
         ...
 
     async def apply(self, event: ResultEvent) -> bool:

@@ -9,11 +9,21 @@ Keys (``prefix`` defaults to ``orchestrator``), all expiring:
 - ``<prefix>:idem:<tenant>:<key>`` string: the task id an idempotency key created;
 - ``<prefix>:cache:<tenant>:<digest>`` hash: a cached answer (expires ``ttl_seconds`` after
   its task succeeded), ``...:lead`` the id of the task in flight for it, and
-  ``<prefix>:task:<id>:fol`` that task's followers (see ``_scripts`` and ``_sharing``).
+  ``<prefix>:task:<id>:fol`` that task's followers (see ``_scripts`` and ``_sharing``);
+- ``<prefix>:tenant:<tenant>:tasks`` sorted set: the tenant's task ids by creation time (a
+  requeued task's by when it was requeued: that starts a new life), for ``list_tasks``.
+  Each write drops the ids older than the longest a task can live (``safety_ttl_seconds +
+  ttl_seconds``) and sets that as the set's own TTL, so it expires with the tenant's last
+  task. Ids of tasks that ended earlier stay until then (a listing skips them, and removes
+  those it meets). Cost: about 140 bytes per id once a set holds more than 128 (a skiplist
+  node and a dict entry for the 32-character id and its score; ``MEMORY USAGE`` on Redis
+  7.0: 1.45 MB for 10,000 ids, ``tests/api/test_store_listing.py``), about 60 while it holds
+  fewer (a listpack).
 
 TTL: every key of a task expires ``ttl_seconds`` after the task ends (set atomically with
 the terminal event). Until then they carry ``safety_ttl_seconds`` (default 24 h, at least
 ``ttl_seconds``) from creation, so a task whose result never comes does not stay forever.
+``requeue`` (a replayed dead letter) sets the safety TTL again, from then.
 
 Writes of concurrent callers share one pipeline per event-loop turn (the broker library's
 ``PipelineCoalescer``, resending on a fresh connection after a connection error); every
@@ -31,6 +41,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import attrs
 import orjson
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import SSLConnection
@@ -44,12 +55,18 @@ from orchestrator_broker import Command, PipelineCoalescer
 from orchestrator_broker.redis_settings import RedisSettings
 from orchestrator_tasks.messages import ErrorInfo, ResultEvent, Usage
 
-from ..model import StoredEvent, TaskRecord, TaskResult, TaskStatus
-from ._scripts import APPLY, CREATE, DISCARD, SUBMIT, Script
+from ..model import StoredEvent, TaskPage, TaskRecord, TaskResult, TaskStatus
+from ._scripts import APPLY, CREATE, DISCARD, PAGE, REQUEUE, SUBMIT, Script
 from ._sharing import ORPHANED, mirror, reused_events
-from ._steps import QUEUED_DATA, step_for
+from ._steps import DONE_SEQ, QUEUED_DATA, step_for
 from ._wakeup import Wakeups
-from .errors import IdempotencyKeyInUse, IdempotencyKeyReused, StoreError, StoreUnavailable
+from .errors import (
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    StoreError,
+    StoreUnavailable,
+    UnknownCursor,
+)
 from .memory import DEFAULT_PENDING_SECONDS, DEFAULT_SAFETY_TTL
 
 __all__ = ["RedisTaskStore"]
@@ -112,6 +129,19 @@ def _decode_record(fields: Sequence[Any]) -> TaskRecord:
     )
 
 
+def _fixed(record: TaskRecord) -> bytes:
+    """The record's fixed part, hash field ``m``."""
+    return orjson.dumps(
+        {
+            "id": record.id,
+            "created_at": record.created_at,
+            "model": record.model,
+            "metadata": record.metadata,
+            "trace_id": record.trace_id,
+        }
+    )
+
+
 def _translate(action: str, exc: RedisError | OSError) -> StoreError:
     """The store's own error for a redis-py one (raise it ``from`` the cause)."""
     if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
@@ -170,6 +200,9 @@ class RedisTaskStore:
         self.pending_seconds = pending_seconds
         self._ttl_ms = str(max(int(ttl_seconds * 1000), 1))
         self._safety_ms = str(max(int(self.safety_ttl_seconds * 1000), 1))
+        # The longest a task can live: the safety TTL, then the TTL after a last-moment end.
+        self._lifetime = self.safety_ttl_seconds + ttl_seconds
+        self._lifetime_ms = str(max(int(self._lifetime * 1000), 1))
         self._pending_ms = str(max(int(pending_seconds * 1000), 0))
         self._client = client
         self._owns_client = owns_client
@@ -177,6 +210,7 @@ class RedisTaskStore:
         self._task_prefix = f"{prefix}:task:"
         self._idem_prefix = f"{prefix}:idem:"
         self._cache_prefix = f"{prefix}:cache:"
+        self._tenant_prefix = f"{prefix}:tenant:"
         # Every command sent is safe to repeat (idempotent scripts, reads): a pipeline that
         # fails on a connection error is resent once on a fresh connection.
         self._batcher = PipelineCoalescer(client, resend=True)
@@ -244,6 +278,13 @@ class RedisTaskStore:
         record = self._task_prefix + task_id
         return record, record + ":log", record + ":buf"
 
+    def _index_key(self, tenant: str) -> str:
+        return self._tenant_prefix + tenant + ":tasks"
+
+    def _index_entry(self, score: float) -> tuple[str, str, str]:
+        """ARGV of an index write scored ``score``: score, cutoff, the set's lifetime (ms)."""
+        return repr(score), repr(score - self._lifetime), self._lifetime_ms
+
     def _channel(self, task_id: str) -> str:
         return self._task_prefix + task_id + ":wake"
 
@@ -275,24 +316,21 @@ class RedisTaskStore:
     ) -> TaskRecord:
         if record.status is not TaskStatus.QUEUED:
             raise ValueError(f"a new task must be queued, got {record.status}")
-        fixed = orjson.dumps(
-            {
-                "id": record.id,
-                "created_at": record.created_at,
-                "model": record.model,
-                "metadata": record.metadata,
-                "trace_id": record.trace_id,
-            }
-        )
+        fixed = _fixed(record)
         record_key = self._task_prefix + record.id
+        index_key = self._index_key(record.tenant)
+        score, cutoff, lifetime = self._index_entry(record.created_at)
         if idempotency_key is None and cache_key is None:
-            # The plainest case needs no script: two plain commands in the shared pipeline.
+            # The plainest case needs no script: plain commands in the shared pipeline.
             # Repeating them (the batcher's retry) is harmless: nobody has seen the task yet.
             # (try/except inline: _translated's generator costs a few us on every submission.)
             try:
                 await self._run(
                     ("HSET", record_key, "tn", record.tenant, "m", fixed, "st", "queued"),
                     ("PEXPIRE", record_key, self._safety_ms),
+                    ("ZADD", index_key, score, record.id),
+                    ("ZREMRANGEBYSCORE", index_key, "-inf", "(" + cutoff),
+                    ("PEXPIRE", index_key, lifetime),
                 )
             except (RedisError, OSError) as exc:
                 raise _translate("create", exc) from exc
@@ -300,7 +338,7 @@ class RedisTaskStore:
         idem = "" if idempotency_key is None else self._idem_prefix + record.tenant + ":"
         idem += idempotency_key or ""
         if cache_key is None:
-            keys: tuple[str, ...] = (record_key, idem)
+            keys: tuple[str, ...] = (record_key, idem, index_key)
             args: tuple[Any, ...] = (
                 record.tenant,
                 fixed,
@@ -309,11 +347,14 @@ class RedisTaskStore:
                 self._task_prefix,
                 self._pending_ms,
                 fingerprint or "",
+                score,
+                cutoff,
+                lifetime,
             )
             script = CREATE
         else:
             cache = self._cache_prefix + record.tenant + ":" + cache_key
-            keys = (record_key, idem, cache, cache + ":lead")
+            keys = (record_key, idem, cache, cache + ":lead", index_key)
             args = (
                 record.tenant,
                 fixed,
@@ -324,6 +365,9 @@ class RedisTaskStore:
                 repr(record.created_at),
                 self._pending_ms,
                 fingerprint or "",
+                score,
+                cutoff,
+                lifetime,
             )
             script = SUBMIT
         try:
@@ -368,7 +412,7 @@ class RedisTaskStore:
             orjson.dumps(["error", {**error, "attempt": 0}]),
         )
         with _translated("discard"):
-            await self._script(DISCARD, self._keys(task_id), args)
+            await self._script(DISCARD, (*self._keys(task_id), self._index_key(tenant)), args)
 
     async def get(self, tenant: str, task_id: str) -> TaskRecord | None:
         with _translated("get"):
@@ -379,6 +423,65 @@ class RedisTaskStore:
             if record.joined is None:
                 return record
             return await self._shown(record)
+
+    async def list_tasks(
+        self,
+        tenant: str,
+        *,
+        limit: int,
+        after: str | None = None,
+        status: TaskStatus | None = None,
+    ) -> TaskPage:
+        """See ``TaskStore.list_tasks``: pages of the tenant index (``PAGE``), each page's
+        records read with ``get`` in one pipeline, until ``limit + 1`` match or the index
+        ends. With a ``status`` filter a page grows (to 1,000 ids), as a rare status may be
+        far down a long list; the cost is one round trip per page scanned."""
+        index_key = self._index_key(tenant)
+        found: list[TaskRecord] = []
+        stale: list[str] = []
+        cursor, cursor_score = after or "", ""
+        size = limit + 1 if status is None else max(limit + 1, 100)
+        with _translated("list"):
+            while len(found) <= limit:
+                known, flat = await self._script(PAGE, (index_key,), (cursor, cursor_score, size))
+                if not known:
+                    raise UnknownCursor(f"{after!r} is not one of this tenant's tasks")
+                ids = [_text(flat[i]) for i in range(0, len(flat), 2)]
+                if not ids:
+                    break
+                records = await asyncio.gather(*(self.get(tenant, task_id) for task_id in ids))
+                for task_id, record in zip(ids, records, strict=True):
+                    if record is None:
+                        stale.append(task_id)  # expired (or a follower whose leader went)
+                    elif status is None or record.status is status:
+                        found.append(record)
+                cursor, cursor_score = ids[-1], _text(flat[-1])
+                if len(ids) < size:
+                    break
+                if status is not None:
+                    size = min(size * 2, 1000)
+            if stale:
+                await self._run(("ZREM", index_key, *stale))
+        return TaskPage(tuple(found[:limit]), has_more=len(found) > limit)
+
+    async def requeue(self, record: TaskRecord, attempts: int) -> int:
+        """See ``TaskStore.requeue``; one atomic ``REQUEUE`` script call."""
+        args = (
+            record.tenant,
+            record.id,
+            _fixed(attrs.evolve(record, metadata={})),
+            attempts,
+            self._safety_ms,
+            *self._index_entry(time.time()),
+            self._channel(record.id),
+            DONE_SEQ,
+        )
+        keys = (*self._keys(record.id), self._index_key(record.tenant))
+        with _translated("requeue"):
+            kept = int(await self._script(REQUEUE, keys, args))
+        if kept < 0:
+            raise ValueError(f"task {record.id} is another tenant's")
+        return kept
 
     async def apply(self, event: ResultEvent) -> bool:
         """See ``TaskStore.apply``; one atomic ``APPLY`` script call (``_steps.Cursor`` rules)."""
