@@ -1,7 +1,7 @@
 """Worker presence on real processes: ``ai-orchestrator api`` and two ``worker`` processes on
 a throwaway redis-server. The workers advertise what they serve; ``/v1/models`` and
 ``/health`` show it; a SIGKILLed worker drops out once its short TTL runs out; a model no live
-worker serves is a 422 at submit.
+worker serves is a 400 at submit.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ async def test_models_and_health_follow_the_live_workers(
 
     # A worker is alive now: an unserved model is refused at submit, naming the field.
     status, _, problem = await client.post_task("x", model="anthropic/claude")
-    assert status == 422
+    assert status == 400
     assert [e["field"] for e in problem["errors"]] == ["model"]
     done = await client.wait_done((await client.submit("served", model="fast"))["id"])
     assert done["status"] == "succeeded", done
