@@ -25,7 +25,9 @@ def worker_env(server: RedisServer, name: str, **extra: str) -> dict[str, str]:
         REDIS_URI=server.url,
         APP_ID="e2e-presence-worker",
         CONSUMER_NAME=name,
-        PRESENCE_TTL_SECONDS="1",
+        # Short, so the killed worker drops out soon; not shorter: on a loaded machine a
+        # renewal (every third of it) may come late, and a live worker would blink out.
+        PRESENCE_TTL_SECONDS="3",
         MODEL_ALIASES="fast=echo",
         METRICS_PORT="0",
         **extra,
@@ -64,7 +66,11 @@ async def test_models_and_health_follow_the_live_workers(
         return {m["id"] for m in listing["data"]} == {"echo", "fast", "echo/doomed"}
 
     await wait_until("both workers listed", both_listed, timeout=60)
-    assert (await get_json(session, f"{api.url}/health"))[1]["workers"] == 2
+
+    async def both_alive() -> bool:
+        return bool((await get_json(session, f"{api.url}/health"))[1]["workers"] == 2)
+
+    await wait_until("both workers alive", both_alive, timeout=30)
     status, model = await get_json(session, f"{api.url}/v1/models/fast", **auth)
     assert (status, model["object"], model["owned_by"]) == (200, "model", "ai-orchestrator")
 
