@@ -97,7 +97,7 @@ def step_for(event: ResultEvent) -> Step:
             TaskStatus.CANCELLED,
             attempt,
             event.at,
-            partial_text=event.text,
+            partial_text=event.text or None,
             started=event.started_at,
         )
     error = event.error or UNKNOWN_ERROR
