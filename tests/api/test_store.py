@@ -113,6 +113,8 @@ def summary(events: list[StoredEvent]) -> list[tuple[str, Any]]:
             shown.append(("delta", (data["text"], data["attempt"])))
         elif stored.event == "result":
             shown.append(("result", (data["text"], data["attempt"])))
+        elif stored.event == "cancelled":
+            shown.append(("cancelled", (data["partial_text"], data["attempt"])))
         else:
             shown.append(("error", (data["type"], data["attempt"])))
     return shown

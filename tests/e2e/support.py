@@ -272,7 +272,7 @@ async def wait_until(what: str, predicate: Any, *, timeout: float, interval: flo
 
 # ---- the HTTP API -------------------------------------------------------------------------
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed"})
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 TERMINAL_EVENTS = frozenset({"result", "error"})
 
 

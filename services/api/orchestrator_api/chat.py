@@ -28,12 +28,12 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from .model import StoredEvent, TaskRecord
+from .model import StoredEvent, TaskRecord, TaskStatus
 from .problems import PROBLEM_CONTENT_TYPE, Problem, error_middleware, trace_headers
 from .routes import accept_submission, read_submission
 from .state import STATE, ApiState
 from .store.errors import StoreError
-from .streaming import follow
+from .streaming import TERMINAL_EVENTS, follow
 from .validation import Submission, parse_submission
 
 __all__ = [
@@ -83,6 +83,8 @@ _TASK_ERRORS: Final[Mapping[str, tuple[int, str]]] = {
     "invalid_request": (400, "invalid_request_error"),
     "content_filter": (400, "invalid_request_error"),
     "invalid_model": (404, "invalid_request_error"),
+    # Not a failure: its client cancelled it (POST /v1/tasks/{id}/cancel): a 409 conflict.
+    "cancelled": (409, "invalid_request_error"),
 }
 #: OpenAI error types by HTTP status, for errors before the task exists.
 _ERROR_TYPES: Final = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
@@ -337,9 +339,12 @@ def _openai_error_from_problem(response: web.Response) -> web.Response:
 
 def _task_failed(record: TaskRecord) -> web.Response:
     error = record.error
-    kind = error.type if error is not None else "internal"
+    if record.status is TaskStatus.CANCELLED:
+        kind, message = "cancelled", f"Task {record.id} was cancelled."
+    else:
+        kind = error.type if error is not None else "internal"
+        message = error.message if error is not None else "The task failed."
     status, type_ = _TASK_ERRORS.get(kind, (502, "server_error"))
-    message = error.message if error is not None else "The task failed."
     headers = {"X-Task-Id": record.id}
     if status == 429:
         headers["Retry-After"] = "1"
@@ -360,7 +365,7 @@ async def _ended(
     )
     async with contextlib.aclosing(events):
         async for event in events:
-            if event is not None and event.event in ("result", "error"):
+            if event is not None and event.event in TERMINAL_EVENTS:
                 break
         else:
             return None
@@ -473,6 +478,11 @@ async def _write_events(
                 elif event.event == "error":
                     kind, message = event.data.get("type"), event.data.get("message")
                     await response.write(_stream_error(record, kind, message))
+                    return
+                elif event.event == "cancelled":
+                    await response.write(
+                        _stream_error(record, "cancelled", f"Task {record.id} was cancelled.")
+                    )
                     return
     except StoreError:
         log.warning("chat stream of task %s ended: the store is unavailable", record.id)

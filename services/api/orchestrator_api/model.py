@@ -15,10 +15,14 @@ class TaskStatus(enum.StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def terminal(self) -> bool:
-        return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 
 @attrs.frozen
@@ -55,6 +59,18 @@ class TaskRecord:
     #: The id of the identical in-flight task this one follows (its status, events, result
     #: and error), instead of running itself; None for a task that runs (or a cache hit).
     joined: str | None = None
+    #: A task cancelled while it ran: the text answered until it was stopped.
+    partial_text: str | None = None
+
+
+@attrs.frozen
+class Cancellation:
+    """What ``TaskStore.cancel`` did: the task as it now stands, and whether its run is to
+    be stopped (the workers told, by the task's cancel flag): False when the run goes on
+    for others (the task followed another, or others follow it)."""
+
+    record: TaskRecord
+    stop_run: bool
 
 
 @attrs.frozen
@@ -63,7 +79,7 @@ class StoredEvent:
 
     ``id`` is opaque to clients and strictly increasing within one task's log, so
     ``Last-Event-ID`` resumes exactly after it. ``event`` is one of ``status``, ``delta``,
-    ``result``, ``error``.
+    ``result``, ``error``, ``cancelled``.
     """
 
     id: str

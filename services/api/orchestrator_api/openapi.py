@@ -58,6 +58,7 @@ _PROBLEM_TYPES: Final = [
     problems.TYPE_KEY_IN_USE,
     problems.TYPE_KEY_REUSED,
     problems.TYPE_RATE_LIMITED,
+    problems.TYPE_TASK_FINISHED,
     problems.TYPE_INTERNAL,
 ]
 
@@ -398,6 +399,7 @@ _SCHEMAS: Final[dict[str, Schema]] = {
             "error",
             "cached",
             "joined",
+            "partial_text",
         ],
         "properties": {
             "id": {"type": "string", "minLength": 1},
@@ -437,9 +439,19 @@ _SCHEMAS: Final[dict[str, Schema]] = {
                     "`unavailable` (submit again)."
                 ),
             },
+            "partial_text": {
+                "type": ["string", "null"],
+                "description": (
+                    "A task cancelled while it ran: the text answered until it was stopped "
+                    "(null otherwise)."
+                ),
+            },
         },
     },
-    "TaskStatus": {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]},
+    "TaskStatus": {
+        "type": "string",
+        "enum": ["queued", "running", "succeeded", "failed", "cancelled"],
+    },
     "TaskResult": {
         "type": "object",
         "additionalProperties": False,
@@ -484,7 +496,10 @@ _SCHEMAS: Final[dict[str, Schema]] = {
         "required": ["id", "event", "data"],
         "properties": {
             "id": {"type": "string", "minLength": 1},
-            "event": {"type": "string", "enum": ["status", "delta", "result", "error"]},
+            "event": {
+                "type": "string",
+                "enum": ["status", "delta", "result", "error", "cancelled"],
+            },
             "data": {"type": "object"},
         },
         "oneOf": [
@@ -497,6 +512,12 @@ _SCHEMAS: Final[dict[str, Schema]] = {
             {"properties": {"event": {"const": "delta"}, "data": _ref("DeltaEventData")}},
             {"properties": {"event": {"const": "result"}, "data": _ref("ResultEventData")}},
             {"properties": {"event": {"const": "error"}, "data": _ref("ErrorEventData")}},
+            {
+                "properties": {
+                    "event": {"const": "cancelled"},
+                    "data": _ref("CancelledEventData"),
+                }
+            },
         ],
     },
     "ChatCompletionRequest": {
@@ -643,7 +664,7 @@ _SCHEMAS: Final[dict[str, Schema]] = {
         "required": ["event", "data"],
         "properties": {
             "id": {"type": "string", "minLength": 1},
-            "event": {"enum": ["status", "delta", "result", "error"]},
+            "event": {"enum": ["status", "delta", "result", "error", "cancelled"]},
             "data": {"type": "string", "contentMediaType": "application/json"},
             "retry": {"type": "integer", "minimum": 0},
         },
@@ -680,6 +701,17 @@ _SCHEMAS: Final[dict[str, Schema]] = {
                 "minimum": 0,
                 "description": "0 for an answer served from the prompt cache.",
             },
+        },
+    },
+    "CancelledEventData": {
+        "type": "object",
+        "required": ["partial_text", "attempt"],
+        "properties": {
+            "partial_text": {
+                "type": "string",
+                "description": "The text answered until the task was stopped ('' if none).",
+            },
+            "attempt": {"type": "integer", "minimum": 0},
         },
     },
     "ErrorEventData": {
@@ -1151,14 +1183,36 @@ def build_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/tasks/{task_id}/cancel": {
+                "post": {
+                    "operationId": "cancelTask",
+                    "summary": "Cancel a task: it never starts, or its model call is stopped.",
+                    "description": (
+                        "202 with the task. A queued task is `cancelled` at once and never "
+                        "calls a model. A running task stays `running` until its worker has "
+                        "stopped the call (within about a second; the provider's stream is "
+                        "closed), then ends `cancelled` with the text so far as "
+                        "`partial_text`. A task that joined another, or that others joined, "
+                        "ends `cancelled` alone: the run goes on for the others. Repeating a "
+                        "cancel is harmless; a finished task is a 409."
+                    ),
+                    "parameters": [_TASK_ID],
+                    "responses": {
+                        "202": _json("Cancelled, or being stopped.", _ref("Task")),
+                        "409": _problem("The task has succeeded or failed already."),
+                        **_common("Unauthorized", "NotFound", "Unavailable"),
+                    },
+                }
+            },
             "/v1/tasks/{task_id}/events": {
                 "get": {
                     "operationId": "taskEvents",
                     "summary": "The task's events as Server-Sent Events.",
                     "description": (
-                        "Messages `status`, `delta`, `result`, `error` (schema `TaskEvent`: "
-                        "SSE `id`, `event`, and `data` as one line of JSON), from the start or "
-                        "after Last-Event-ID, then live. Ends after `result` or `error`. "
+                        "Messages `status`, `delta`, `result`, `error`, `cancelled` (schema "
+                        "`TaskEvent`: SSE `id`, `event`, and `data` as one line of JSON), from "
+                        "the start or after Last-Event-ID, then live. Ends after `result`, "
+                        "`error` or `cancelled`. "
                         "A `: keepalive` comment comes every 15 s while idle."
                     ),
                     "parameters": [_TASK_ID, *_RESUME],

@@ -58,6 +58,7 @@ TYPE_UNSUPPORTED_MEDIA: Final = "urn:ai-orchestrator:problem:unsupported-media-t
 TYPE_KEY_IN_USE: Final = "urn:ai-orchestrator:problem:idempotency-key-in-use"
 TYPE_KEY_REUSED: Final = "urn:ai-orchestrator:problem:idempotency-key-reused"
 TYPE_RATE_LIMITED: Final = "urn:ai-orchestrator:problem:rate-limited"
+TYPE_TASK_FINISHED: Final = "urn:ai-orchestrator:problem:task-finished"
 TYPE_INTERNAL: Final = "urn:ai-orchestrator:problem:internal-error"
 
 _TITLES: Final = {

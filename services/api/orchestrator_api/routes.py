@@ -18,6 +18,7 @@ from .problems import (
     TYPE_KEY_REUSED,
     TYPE_NOT_FOUND,
     TYPE_RATE_LIMITED,
+    TYPE_TASK_FINISHED,
     TYPE_TOO_LARGE,
     TYPE_UNAUTHORIZED,
     TYPE_UNAVAILABLE,
@@ -27,7 +28,7 @@ from .problems import (
 )
 from .ratelimit import retry_after_header
 from .state import STATE, ApiState
-from .store.errors import IdempotencyKeyInUse, IdempotencyKeyReused, UnknownCursor
+from .store.errors import IdempotencyKeyInUse, IdempotencyKeyReused, TaskFinished, UnknownCursor
 from .streaming import stream_sse, stream_websocket
 from .tasks import Unavailable
 from .validation import (
@@ -227,6 +228,33 @@ async def get_task(request: web.Request) -> web.Response:
     return _json(task_view(record))
 
 
+async def cancel_task(request: web.Request) -> web.Response:
+    """``POST /v1/tasks/{task_id}/cancel``: 202 with the task (cancelled, or running until its
+    worker stops it); 404 for another tenant's; 409 once it has finished."""
+    state = request.app[STATE]
+    tenant = tenant_of(request, state)
+    task_id = request.match_info["task_id"]
+    record: TaskRecord | None = None
+    if len(task_id) <= _MAX_TASK_ID:
+        try:
+            record = await state.tasks.cancel(tenant, task_id)
+        except TaskFinished as exc:
+            raise Problem(
+                409,
+                f"Task {task_id!r} has {exc.record.status.value} already: there is nothing "
+                "to cancel.",
+                type=TYPE_TASK_FINISHED,
+                title="Task finished",
+            ) from exc
+        except Unavailable as exc:
+            raise _unavailable(exc, "; the task was not cancelled, try again") from exc
+    if record is None:
+        raise Problem(
+            404, f"There is no task {task_id!r} (or it has expired).", type=TYPE_NOT_FOUND
+        )
+    return _json(task_view(record), status=202)
+
+
 async def _record(request: web.Request, state: ApiState, tenant: str) -> TaskRecord:
     task_id = request.match_info["task_id"]
     record: TaskRecord | None = None
@@ -318,5 +346,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/tasks", list_tasks, allow_head=False)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/tasks/{task_id}", get_task, allow_head=False)
+    app.router.add_post("/v1/tasks/{task_id}/cancel", cancel_task)
     app.router.add_get("/v1/tasks/{task_id}/events", task_events, allow_head=False)
     app.router.add_get("/v1/tasks/{task_id}/ws", task_websocket, allow_head=False)

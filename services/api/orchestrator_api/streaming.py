@@ -1,8 +1,9 @@
 """A task's events, live: Server-Sent Events and WebSocket.
 
 Both follow the store's event log from a position (``Last-Event-ID``), send each event with
-its log id, and end after the terminal event (``result`` or ``error``); one that more events
-follow (a task requeued from the dead letters: ``queued`` again) is not the end. While idle,
+its log id, and end after the terminal event (``result``, ``error`` or ``cancelled``); one
+that more events follow (a task requeued from the dead letters: ``queued`` again) is not the
+end. While idle,
 SSE sends a ``: keepalive`` comment and WebSocket a ping every ``heartbeat`` seconds. When the
 app shuts down, ``StreamRegistry.close_all()`` (an ``on_shutdown`` hook) ends every open
 stream at once, so the server drains promptly; clients reconnect with the last id they saw
@@ -39,7 +40,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT: Final = 15.0
-TERMINAL_EVENTS: Final = frozenset({"result", "error"})
+TERMINAL_EVENTS: Final = frozenset({"result", "error", "cancelled"})
 
 #: Sent first on every SSE stream: how long an EventSource waits before reconnecting (ms).
 _SSE_RETRY: Final = b"retry: 2000\n\n"

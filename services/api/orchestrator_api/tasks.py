@@ -13,12 +13,18 @@ import attrs
 import orjson
 
 from orchestrator_broker import Broker, BrokerError, Message
-from orchestrator_tasks import ChatMessage, TaskMessage, encode_task
+from orchestrator_tasks import CANCEL_FLAGS, ChatMessage, TaskMessage, encode_task
 from orchestrator_telemetry.propagation import current_span_context
 
 from .deadlines import Deadlines
 from .model import TaskPage, TaskRecord, TaskStatus
-from .store.errors import IdempotencyKeyInUse, IdempotencyKeyReused, StoreError, UnknownCursor
+from .store.errors import (
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    StoreError,
+    TaskFinished,
+    UnknownCursor,
+)
 from .store.protocol import TaskStore
 from .validation import Submission
 
@@ -87,12 +93,16 @@ class Unavailable(Exception):
 
 @attrs.frozen
 class TaskService:
-    """The domain side of ``POST /v1/tasks``, ``GET /v1/tasks`` and ``GET /v1/tasks/{id}``."""
+    """The domain side of ``POST /v1/tasks``, ``GET /v1/tasks``, ``GET /v1/tasks/{id}`` and
+    ``POST /v1/tasks/{id}/cancel``."""
 
     broker: Broker
     store: TaskStore
     stream: str
     publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
+    #: How long a cancel flag stays raised: as long as a task can wait in the queue (the
+    #: store's safety TTL for unfinished records).
+    cancel_flag_ttl: float = 86_400.0
     deadlines: Deadlines = attrs.field(factory=Deadlines, eq=False, repr=False)
 
     async def submit(
@@ -194,6 +204,29 @@ class TaskService:
                 return await self.store.get(tenant, task_id)
         except (StoreError, TimeoutError) as exc:
             raise Unavailable("task store") from exc
+
+    async def cancel(self, tenant: str, task_id: str) -> TaskRecord | None:
+        """Cancel the tenant's task (``TaskStore.cancel``) and, when its run is to stop,
+        raise its cancel flag for the workers (``CANCEL_FLAGS``, for as long as the task
+        could still be queued); None for a task that is not the tenant's. Raises
+        ``TaskFinished`` (409) for a finished task, ``Unavailable`` when the store or the
+        broker cannot be reached: then the cancel may be repeated, harmlessly."""
+        try:
+            with self.deadlines.bound(self.publish_timeout):
+                cancellation = await self.store.cancel(tenant, task_id)
+        except TaskFinished:
+            raise
+        except (StoreError, TimeoutError) as exc:
+            raise Unavailable("task store") from exc
+        if cancellation is None:
+            return None
+        if cancellation.stop_run:
+            try:
+                with self.deadlines.bound(self.publish_timeout):
+                    await self.broker.raise_flag(CANCEL_FLAGS, task_id, self.cancel_flag_ttl)
+            except (BrokerError, TimeoutError) as exc:
+                raise Unavailable("broker") from exc
+        return cancellation.record
 
     async def list_tasks(
         self,

@@ -45,6 +45,7 @@ def task_view(record: TaskRecord) -> dict[str, Any]:
         "error": error_payload(record.error),
         "cached": record.cached,
         "joined": record.joined is not None,
+        "partial_text": record.partial_text,
     }
 
 

@@ -5,6 +5,7 @@ from .errors import (
     IdempotencyKeyReused,
     StoreError,
     StoreUnavailable,
+    TaskFinished,
     UnknownCursor,
 )
 from .memory import DEFAULT_PENDING_SECONDS, DEFAULT_SAFETY_TTL, MemoryTaskStore
@@ -20,6 +21,7 @@ __all__ = [
     "RedisTaskStore",
     "StoreError",
     "StoreUnavailable",
+    "TaskFinished",
     "TaskStore",
     "UnknownCursor",
 ]

@@ -17,6 +17,11 @@ A cache key ``<prefix>:cache:<tenant>:<digest>`` is a hash (``r`` the result blo
 log entry, both as a hit shows them), ``<cache key>:lead`` the leader's id, and
 ``<record>:fol`` the list of a leader's followers.
 
+Cancellation (``CANCEL``): a cancelled task's ``st`` is ``cancelled`` and ``p`` its partial
+text. A leader cancelled while others follow it keeps its ``st`` (its run goes on for them)
+and gets ``xv``, how it shows to its own tenant (orjson: finished_at, partial_text), and
+``xc``, how many log entries are its own (the rest are its followers').
+
 The per-tenant index ``<prefix>:tenant:<tenant>:tasks`` is a sorted set of task ids scored
 by creation time (epoch seconds; a requeued task by when it was requeued). Every write to it
 (``index()``) also drops the ids scored before ``cutoff`` (the score minus the longest a task
@@ -30,7 +35,7 @@ import hashlib
 
 import attrs
 
-__all__ = ["APPLY", "CREATE", "DISCARD", "PAGE", "REQUEUE", "SUBMIT", "Script"]
+__all__ = ["APPLY", "CANCEL", "CREATE", "DISCARD", "PAGE", "REQUEUE", "SUBMIT", "Script"]
 
 
 @attrs.frozen
@@ -220,7 +225,7 @@ if cur[1] then
   local ca = tonumber(cur[3] or '0')
   attempts = math.max(attempts, ca, tonumber(cur[4] or '0'))
   if cur[2] == 'queued' and ca == attempts and cur[5] == ARGV[10] then return attempts end
-  redis.call('HDEL', rec, 'sa', 'fa', 'r', 'e', 'pv')
+  redis.call('HDEL', rec, 'sa', 'fa', 'r', 'e', 'pv', 'p', 'xv', 'xc')
 else
   redis.call('DEL', log)
   redis.call('HSET', rec, 'tn', ARGV[1], 'm', ARGV[3])
@@ -254,6 +259,85 @@ return {1, redis.call('ZREVRANGEBYSCORE', key, '(' .. score, '-inf', 'WITHSCORES
   count)}
 """)
 
+#: ``TaskStore.cancel``. KEYS: record, log. ARGV: tenant, task id, ttl ms, finished at, the
+#: record key prefix, the shown attempts and started at ('' for none) of a follower. Returns
+#: 0 unknown (or another tenant's), 1 finished (nothing changed), 2 cancelled (now or
+#: before; the run is to stop), 3 a follower cancelled alone (now or before), 4 a leader
+#: cancelled alone while others follow its run (now or before), 5 running (its worker is to
+#: stop it). The cancelled event's log entry is built here, with the partial text: the
+#: deltas of the task's current attempt in its log (a follower's: a copy of its leader's).
+CANCEL = Script("""
+local rec, log = KEYS[1], KEYS[2]
+local id, ttl, at, prefix = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local cur = redis.call('HMGET', rec, 'tn', 'st', 'j', 'ck', 'ik', 'n', 'xv')
+if cur[1] ~= ARGV[1] then return 0 end
+if cur[7] then return 4 end
+local st = cur[2]
+if st == 'succeeded' or st == 'failed' then return 1 end
+if st == 'cancelled' then return cur[3] and 3 or 2 end
+local function partial(key, attempt)
+  local parts = {}
+  for _, raw in ipairs(redis.call('LRANGE', key, 0, -1)) do
+    local e = cjson.decode(raw)
+    if e[1] == 'delta' and tonumber(e[2]['attempt']) == attempt then
+      parts[#parts + 1] = e[2]['text']
+    end
+  end
+  if #parts == 0 then return false end
+  return table.concat(parts)
+end
+local function ended(attempts, text, started)
+  local entry = '["cancelled",{"partial_text":' .. cjson.encode(text or '') ..
+    ',"attempt":' .. attempts .. '}]'
+  redis.call('RPUSH', log, entry)
+  local fields = {'st', 'cancelled', 'fa', at, 'n', attempts}
+  if text then fields[#fields + 1] = 'p'; fields[#fields + 1] = text end
+  if started then fields[#fields + 1] = 'sa'; fields[#fields + 1] = started end
+  redis.call('HSET', rec, unpack(fields))
+  redis.call('PEXPIRE', rec, ttl)
+  redis.call('PEXPIRE', log, ttl)
+  if cur[5] and redis.call('GET', cur[5]) == id then redis.call('PEXPIRE', cur[5], ttl) end
+  redis.call('PUBLISH', rec .. ':wake', '')
+end
+if cur[3] then
+  -- A follower: it ends alone, on a copy of the log it was shown; the leader runs on.
+  local lrec = prefix .. cur[3]
+  local lead = redis.call('HMGET', lrec, 'st')
+  if lead[1] == 'succeeded' or lead[1] == 'failed' then return 1 end
+  local attempts = tonumber(ARGV[6])
+  redis.call('DEL', log)
+  local entries = redis.call('LRANGE', lrec .. ':log', 0, -1)
+  for i = 1, #entries, 1000 do
+    redis.call('RPUSH', log, unpack(entries, i, math.min(i + 999, #entries)))
+  end
+  local started = ARGV[7] ~= '' and ARGV[7] or nil
+  ended(attempts, partial(log, attempts), started)
+  redis.call('LREM', lrec .. ':fol', 1, id)
+  redis.call('PUBLISH', lrec .. ':wake', '')  -- its readers wait on its leader's channel
+  return 3
+end
+if cur[4] then
+  -- Identical submissions run anew from now on.
+  local lead = cur[4] .. ':lead'
+  if redis.call('GET', lead) == id then redis.call('DEL', lead) end
+end
+local attempts = tonumber(cur[6] or '0')
+if redis.call('LLEN', rec .. ':fol') > 0 then
+  -- Others follow its run: it ends cancelled alone, the run goes on for them.
+  local text = partial(log, attempts)
+  local view = '{"finished_at":' .. at .. ',"attempt":' .. attempts .. ',"partial_text":' ..
+    (text and cjson.encode(text) or 'null') .. '}'
+  redis.call('HSET', rec, 'xv', view, 'xc', redis.call('LLEN', log))
+  redis.call('PUBLISH', rec .. ':wake', '')
+  return 4
+end
+if st == 'queued' then
+  ended(attempts, nil, nil)
+  return 2
+end
+return 5
+""")
+
 #: KEYS: record, log, buffer. ARGV: tenant, task id, attempt, seq, ttl ms, safety ttl ms,
 #: wake channel, then the step: terminal ('1'/'0'), status, at, log entry, result/error blob,
 #: then for a success: the cache entry's result blob and log entry (filled in if the task
@@ -264,7 +348,7 @@ APPLY = Script("""
 local rec, log, buf = KEYS[1], KEYS[2], KEYS[3]
 local cur = redis.call('HMGET', rec, 'tn', 'st', 'ca', 'ns', 'ik', 'sa', 'ck', 'pv')
 if cur[1] ~= ARGV[1] then return 0 end
-if cur[2] == 'succeeded' or cur[2] == 'failed' then return 0 end
+if cur[2] == 'succeeded' or cur[2] == 'failed' or cur[2] == 'cancelled' then return 0 end
 local attempt, seq = tonumber(ARGV[3]), tonumber(ARGV[4])
 local ca, ns = tonumber(cur[3] or '0'), tonumber(cur[4] or '0')
 if attempt < ca then return 0 end
@@ -295,8 +379,10 @@ local function commit(s)
   if s[1] == '1' then
     fields[#fields + 1] = 'fa'
     fields[#fields + 1] = s[3]
-    fields[#fields + 1] = (s[2] == 'succeeded') and 'r' or 'e'
-    fields[#fields + 1] = s[5]
+    if s[2] ~= 'cancelled' or s[5] ~= '' then  -- (a cancelled task's partial text: 'p')
+      fields[#fields + 1] = (s[2] == 'succeeded') and 'r' or ((s[2] == 'failed') and 'e' or 'p')
+      fields[#fields + 1] = s[5]
+    end
   end
   return s[2]
 end

@@ -27,8 +27,12 @@ from ..model import StoredEvent, TaskRecord, TaskResult, TaskStatus
 __all__ = [
     "ORPHANED",
     "cache_hit",
+    "cancelled",
+    "cancelled_data",
+    "cancelled_log",
     "mirror",
     "orphaned",
+    "partial_text",
     "result_data",
     "reused",
     "reused_events",
@@ -97,6 +101,42 @@ def mirror(own: TaskRecord, leader: TaskRecord) -> TaskRecord:
         error=leader.error,
         cached=leader.status is TaskStatus.SUCCEEDED,
     )
+
+
+def cancelled(shown: TaskRecord, at: float, text: str | None) -> TaskRecord:
+    """A task as its cancel ends it: ``cancelled`` at ``at`` (never started if it had not),
+    with the text answered so far; a follower's shown progress becomes its own."""
+    return attrs.evolve(
+        shown,
+        status=TaskStatus.CANCELLED,
+        finished_at=at,
+        result=None,
+        error=None,
+        cached=False,
+        partial_text=text,
+    )
+
+
+def partial_text(log: list[StoredEvent], attempt: int) -> str | None:
+    """The text of ``attempt``'s deltas in ``log`` (None if it sent none)."""
+    parts = [
+        str(e.data.get("text", ""))
+        for e in log
+        if e.event == "delta" and e.data.get("attempt") == attempt
+    ]
+    return "".join(parts) if parts else None
+
+
+def cancelled_data(record: TaskRecord) -> dict[str, Any]:
+    """The data of the ``cancelled`` event of ``record``."""
+    return {"partial_text": record.partial_text or "", "attempt": record.attempts}
+
+
+def cancelled_log(own: list[StoredEvent], record: TaskRecord) -> list[StoredEvent]:
+    """The log of a task that ended cancelled alone while others follow its run: its share
+    of the run's log, then its own ``cancelled`` event."""
+    event = StoredEvent(id=str(len(own) + 1), event="cancelled", data=cancelled_data(record))
+    return [*own, event]
 
 
 def orphaned(own: TaskRecord, at: float) -> TaskRecord:

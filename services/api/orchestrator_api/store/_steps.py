@@ -40,6 +40,8 @@ class Step:
     error: ErrorInfo | None = None
     #: When the attempt began, if the worker said (else ``at`` stands for it).
     started: float | None = None
+    #: A cancelled attempt's text so far.
+    partial_text: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -85,6 +87,17 @@ def step_for(event: ResultEvent) -> Step:
             attempt,
             event.at,
             result=result,
+            started=event.started_at,
+        )
+    if event.kind is EventKind.CANCELLED:
+        data = {"partial_text": event.text, "attempt": attempt}
+        return Step(
+            "cancelled",
+            data,
+            TaskStatus.CANCELLED,
+            attempt,
+            event.at,
+            partial_text=event.text or None,
             started=event.started_at,
         )
     error = event.error or UNKNOWN_ERROR

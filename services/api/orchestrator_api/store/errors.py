@@ -4,11 +4,17 @@ that names none of the tenant's tasks (400)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..model import TaskRecord
+
 __all__ = [
     "IdempotencyKeyInUse",
     "IdempotencyKeyReused",
     "StoreError",
     "StoreUnavailable",
+    "TaskFinished",
     "UnknownCursor",
 ]
 
@@ -34,6 +40,14 @@ class IdempotencyKeyInUse(StoreError):
 class IdempotencyKeyReused(StoreError):
     """The idempotency key's task was created by a request with another body (its
     fingerprint differs). Nothing was stored: a new task needs a new key."""
+
+
+class TaskFinished(StoreError):
+    """``cancel`` of a task that has succeeded or failed already: nothing changed."""
+
+    def __init__(self, record: TaskRecord) -> None:
+        super().__init__("the task has finished")
+        self.record = record
 
 
 class UnknownCursor(StoreError):

@@ -25,10 +25,27 @@ import attrs
 
 from orchestrator_tasks.messages import ResultEvent
 
-from ..model import StoredEvent, TaskPage, TaskRecord, TaskResult, TaskStatus
-from ._sharing import ORPHANED, cache_hit, mirror, orphaned, result_data, reused_events
+from ..model import Cancellation, StoredEvent, TaskPage, TaskRecord, TaskResult, TaskStatus
+from ._sharing import (
+    ORPHANED,
+    cache_hit,
+    cancelled,
+    cancelled_data,
+    cancelled_log,
+    mirror,
+    orphaned,
+    partial_text,
+    result_data,
+    reused_events,
+)
 from ._steps import DONE_SEQ, QUEUED_DATA, Cursor, Step, step_for
-from .errors import IdempotencyKeyInUse, IdempotencyKeyReused, StoreUnavailable, UnknownCursor
+from .errors import (
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    StoreUnavailable,
+    TaskFinished,
+    UnknownCursor,
+)
 
 __all__ = ["DEFAULT_PENDING_SECONDS", "DEFAULT_SAFETY_TTL", "MemoryTaskStore"]
 
@@ -53,6 +70,10 @@ class _Entry:
     followers: list[str] = attrs.field(factory=list)  # a leader's joined tasks
     pending_until: float | None = None  # set until confirmed published (TaskStore.create)
     fingerprint: str | None = None  # of the request that created it, with an idempotency key
+    #: A leader cancelled while others follow it: how it shows to its own tenant, and how
+    #: much of the log (shared with its followers, whose run goes on) is its own.
+    cancelled: TaskRecord | None = None
+    cut: int = 0
 
     def append(self, event: str, data: dict[str, object]) -> None:
         self.log.append(StoredEvent(id=str(len(self.log) + 1), event=event, data=data))
@@ -270,10 +291,52 @@ class MemoryTaskStore:
         entry = self._owned(tenant, task_id)
         if entry is None:
             return None
+        if entry.cancelled is not None:
+            return entry.cancelled
         source = self._source(entry)
         if source is None:
             return None
         return entry.record if source is entry else mirror(entry.record, source.record)
+
+    async def cancel(self, tenant: str, task_id: str) -> Cancellation | None:
+        if self._closed:
+            raise StoreUnavailable("the task store is closed")
+        self._sweep()
+        entry = self._owned(tenant, task_id)
+        shown = None if entry is None else await self.get(tenant, task_id)
+        if entry is None or shown is None:
+            return None
+        if shown.status is TaskStatus.CANCELLED:
+            return Cancellation(shown, stop_run=entry.cancelled is None and shown.joined is None)
+        if shown.status.terminal:
+            raise TaskFinished(shown)
+        now = time.time()
+        leader_id = entry.record.joined
+        if leader_id is not None:  # a follower: alone, on a copy of what it has shown
+            leader = self._live(leader_id)
+            if leader is not None:
+                with contextlib.suppress(ValueError):
+                    leader.followers.remove(task_id)
+                entry.log = list(leader.log)
+            entry.record = cancelled(shown, now, partial_text(entry.log, shown.attempts))
+            entry.append("cancelled", cancelled_data(entry.record))
+            self._expire_at(task_id, entry, self._clock() + self.ttl_seconds)
+            entry.notify()
+            return Cancellation(entry.record, stop_run=False)
+        self._release(task_id, entry)  # identical submissions run anew from now on
+        if any(self._live(f) is not None for f in entry.followers):
+            # Others follow its run: it ends cancelled alone, the run goes on for them.
+            entry.cut = len(entry.log)
+            entry.cancelled = cancelled(shown, now, partial_text(entry.log, shown.attempts))
+            entry.notify()
+            return Cancellation(entry.cancelled, stop_run=False)
+        if shown.status is TaskStatus.QUEUED:
+            entry.record = cancelled(shown, now, None)
+            entry.append("cancelled", cancelled_data(entry.record))
+            self._expire_at(task_id, entry, self._clock() + self.ttl_seconds)
+            entry.notify()
+            return Cancellation(entry.record, stop_run=True)
+        return Cancellation(shown, stop_run=True)  # running: its worker ends it
 
     async def list_tasks(
         self,
@@ -373,6 +436,7 @@ class MemoryTaskStore:
                 finished_at=step.at,
                 result=step.result,
                 error=step.error,
+                partial_text=step.partial_text,
             )
             expires_at = self._clock() + self.ttl_seconds
             self._expire_at(task_id, entry, expires_at)
@@ -409,6 +473,8 @@ class MemoryTaskStore:
             if self._closed:
                 raise StoreUnavailable("the task store is closed")
             own = self._owned(tenant, task_id)
+            if own is not None and own.cancelled is not None:
+                return cancelled_log(own.log[: own.cut], own.cancelled)[start:]
             entry = None if own is None else self._source(own)
             if entry is None:
                 return []

@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 from orchestrator_tasks.messages import ResultEvent
 
-from ..model import StoredEvent, TaskPage, TaskRecord, TaskStatus
+from ..model import Cancellation, StoredEvent, TaskPage, TaskRecord, TaskStatus
 
 
 @runtime_checkable
@@ -64,6 +64,26 @@ class TaskStore(Protocol):
 
     async def get(self, tenant: str, task_id: str) -> TaskRecord | None:
         """The record, or None when unknown, expired, or another tenant's."""
+        ...
+
+    async def cancel(self, tenant: str, task_id: str) -> Cancellation | None:
+        """Cancel the tenant's task (None: unknown, expired, or another tenant's; raises
+        ``TaskFinished`` for one that succeeded or failed, changing nothing).
+
+        - A queued task is ``cancelled`` at once (``finished_at`` now, ``started_at`` null,
+          a ``cancelled`` event in its log); its run is to be stopped (``stop_run``): the
+          worker that takes it up never calls a provider.
+        - A running one stays ``running``, its run to be stopped: the worker's ``cancelled``
+          event ends it (with its ``partial_text``).
+        - A task that followed another (``joined``) is ``cancelled`` at once, alone: the one
+          it followed runs on (``stop_run`` False). So does a task that others follow: it
+          ends ``cancelled`` (with the text so far as ``partial_text``) while its run goes on
+          for its followers.
+        - A cancelled one is returned as it is (``stop_run`` again where it was: telling
+          the workers twice is harmless).
+
+        A cancelled task leads no cache key any more: identical submissions run anew.
+        """
         ...
 
     async def list_tasks(

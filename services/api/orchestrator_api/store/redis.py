@@ -55,9 +55,9 @@ from orchestrator_broker import Command, PipelineCoalescer
 from orchestrator_broker.redis_settings import RedisSettings
 from orchestrator_tasks.messages import ErrorInfo, ResultEvent, Usage
 
-from ..model import StoredEvent, TaskPage, TaskRecord, TaskResult, TaskStatus
-from ._scripts import APPLY, CREATE, DISCARD, PAGE, REQUEUE, SUBMIT, Script
-from ._sharing import ORPHANED, mirror, reused_events
+from ..model import Cancellation, StoredEvent, TaskPage, TaskRecord, TaskResult, TaskStatus
+from ._scripts import APPLY, CANCEL, CREATE, DISCARD, PAGE, REQUEUE, SUBMIT, Script
+from ._sharing import ORPHANED, cancelled, mirror, reused_events
 from ._steps import DONE_SEQ, QUEUED_DATA, step_for
 from ._wakeup import Wakeups
 from .errors import (
@@ -65,6 +65,7 @@ from .errors import (
     IdempotencyKeyReused,
     StoreError,
     StoreUnavailable,
+    TaskFinished,
     UnknownCursor,
 )
 from .memory import DEFAULT_PENDING_SECONDS, DEFAULT_SAFETY_TTL
@@ -73,9 +74,9 @@ __all__ = ["RedisTaskStore"]
 
 log = logging.getLogger(__name__)
 
-_RECORD_FIELDS = ("tn", "m", "st", "sa", "fa", "n", "r", "e", "j", "c")
+_RECORD_FIELDS = ("tn", "m", "st", "sa", "fa", "n", "r", "e", "j", "c", "p", "xv")
 _LEADER_FIELDS = _RECORD_FIELDS[:8]
-_TERMINAL = frozenset({b"succeeded", b"failed", "succeeded", "failed"})
+_TERMINAL = frozenset({b"succeeded", b"failed", b"cancelled", "succeeded", "failed", "cancelled"})
 
 
 def _text(value: bytes | str) -> str:
@@ -92,8 +93,9 @@ def _after_index(after: str | None) -> int:
 
 
 def _decode_record(fields: Sequence[Any]) -> TaskRecord:
-    tenant, fixed, status, started, finished, attempts, result, error, *sharing = fields
-    joined, cached = sharing if sharing else (None, None)
+    tenant, fixed, status, started, finished, attempts, result, error, *more = fields
+    # (older scripts return the first ten fields only)
+    joined, cached, partial, view = (*more, None, None, None, None)[:4]
     meta = orjson.loads(fixed)
     task_result = None
     if result is not None:
@@ -111,7 +113,7 @@ def _decode_record(fields: Sequence[Any]) -> TaskRecord:
     if error is not None:
         data = orjson.loads(error)
         task_error = ErrorInfo(type=data["type"], message=data["message"])
-    return TaskRecord(
+    record = TaskRecord(
         id=meta["id"],
         tenant=_text(tenant),
         status=TaskStatus(_text(status)),
@@ -126,7 +128,13 @@ def _decode_record(fields: Sequence[Any]) -> TaskRecord:
         trace_id=meta.get("trace_id"),
         cached=cached is not None,
         joined=_text(joined) if joined is not None else None,
+        partial_text=_text(partial) if partial is not None else None,
     )
+    if view is None:
+        return record
+    # A leader cancelled while others follow its run: how it shows to its own tenant.
+    shown = orjson.loads(view)
+    return cancelled(record, shown["finished_at"], shown["partial_text"])
 
 
 def _fixed(record: TaskRecord) -> bytes:
@@ -424,6 +432,34 @@ class RedisTaskStore:
                 return record
             return await self._shown(record)
 
+    async def cancel(self, tenant: str, task_id: str) -> Cancellation | None:
+        """See ``TaskStore.cancel``: one ``CANCEL`` script, between two reads of the task
+        as it is shown (a follower's attempts and start come from its leader)."""
+        shown = await self.get(tenant, task_id)
+        if shown is None:
+            return None
+        following = shown.joined is not None and not shown.status.terminal
+        args = (
+            tenant,
+            task_id,
+            self._ttl_ms,
+            repr(time.time()),
+            self._task_prefix,
+            shown.attempts if following else 0,
+            repr(shown.started_at) if following and shown.started_at is not None else "",
+        )
+        record, log_key, _ = self._keys(task_id)
+        with _translated("cancel"):
+            outcome = int(await self._script(CANCEL, (record, log_key), args))
+        if outcome == 0:
+            return None
+        now = await self.get(tenant, task_id)
+        if now is None:  # expired in between
+            return None
+        if outcome == 1:
+            raise TaskFinished(now)
+        return Cancellation(now, stop_run=outcome in (2, 5))
+
     async def list_tasks(
         self,
         tenant: str,
@@ -496,6 +532,8 @@ class RedisTaskStore:
             cached_entry = orjson.dumps(["result", {**result, "attempt": 0}])
         elif step.error is not None:
             payload = orjson.dumps({"type": step.error.type, "message": step.error.message})
+        elif step.partial_text is not None:
+            payload = step.partial_text.encode()
         args = (
             event.tenant,
             event.task_id,
@@ -525,10 +563,13 @@ class RedisTaskStore:
         record, log_key, _ = self._keys(task_id)
         with _translated("events"):
             head, entries = await self._run(
-                ("HMGET", record, "tn", "st", "j"), ("LRANGE", log_key, max(start - 1, 0), -1)
+                ("HMGET", record, "tn", "st", "j", "xv", "xc"),
+                ("LRANGE", log_key, max(start - 1, 0), -1),
             )
             if head[0] is None or _text(head[0]) != tenant:
                 return [], False, task_id
+            if head[3] is not None:
+                return self._cut_log(head, entries, start), False, task_id
             source = task_id
             if head[2] is not None and head[1] not in _TERMINAL:
                 source = _text(head[2])
@@ -548,6 +589,24 @@ class RedisTaskStore:
         if source != task_id:
             events = reused_events(events)
         return events, not TaskStatus(_text(head[1])).terminal, source
+
+    @staticmethod
+    def _cut_log(head: Sequence[Any], entries: Sequence[Any], start: int) -> list[StoredEvent]:
+        """The log of a leader cancelled while others follow its run: its own share of the
+        run's log (``xc`` entries), then its ``cancelled`` event; ids after ``start``."""
+        view = orjson.loads(head[3])
+        own = int(head[4])
+        events: list[StoredEvent] = []
+        if start < 1:
+            events.append(StoredEvent(id="1", event="status", data=dict(QUEUED_DATA)))
+        first_id = max(start, 1) + 1
+        for offset, raw in enumerate(entries[: max(own - (first_id - 2), 0)]):
+            name, data = orjson.loads(raw)
+            events.append(StoredEvent(id=str(first_id + offset), event=name, data=data))
+        if start < own + 2:
+            data = {"partial_text": view["partial_text"] or "", "attempt": view["attempt"]}
+            events.append(StoredEvent(id=str(own + 2), event="cancelled", data=data))
+        return events
 
     async def events(
         self, tenant: str, task_id: str, after: str | None = None, timeout: float = 0.0
