@@ -37,19 +37,25 @@ class Script:
         return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
 
-# The creating scripts' prologue. ``now``: the server's time in ms (scripts may read TIME:
-# Redis 7 replicates effects). ``replay``: the answer to a replay of an idempotency key whose
-# existing record (``rec``, its HMGET) is at ``key``: 3 if another request (fingerprint
-# ``fp``, '' for none) made it, 2 while it is pending, else ``rec``; nil once it was
-# abandoned (pending past its deadline), so the key may be taken over.
+# The creating scripts' prologue. ``clock()``: the server's time in ms, read once and only
+# when needed (scripts may read TIME: Redis 7 replicates effects). ``replay``: the answer to
+# a replay of an idempotency key whose existing record (``rec``, its HMGET) is at ``key``: 3
+# if another request (fingerprint ``fp``, '' for none) made it, 2 while it is pending, else
+# ``rec``; nil once it was abandoned (pending past its deadline), so the key may be taken over.
 _PROLOGUE = """
-local clock = redis.call('TIME')
-local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
+local now
+local function clock()
+  if not now then
+    local t = redis.call('TIME')
+    now = t[1] * 1000 + math.floor(t[2] / 1000)
+  end
+  return now
+end
 local function replay(key, rec, fp)
   local held = redis.call('HMGET', key, 'pv', 'fp')
   if held[2] and fp ~= '' and held[2] ~= fp then return 3 end
   if not held[1] then return rec end
-  if tonumber(held[1]) > now then return 2 end
+  if tonumber(held[1]) > clock() then return 2 end
   return nil
 end
 """
@@ -76,7 +82,7 @@ if existing then
 end
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
 redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'ik', KEYS[2],
-  'pv', string.format('%d', now + tonumber(ARGV[6])))
+  'pv', string.format('%d', clock() + tonumber(ARGV[6])))
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'fp', ARGV[7]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
@@ -89,16 +95,18 @@ return 1
 #: fixed blob, safety ttl ms, task id, record key prefix, ttl ms, created at, pending ms,
 #: request fingerprint ('' for none). Returns 1 when the task was stored to be published, 2
 #: when the idempotency key's task is still pending, 3 when it was created by another request
-#: (nothing stored either way), else the fields (tn m st sa fa n r e j c) of the hit or
-#: follower stored, or of the idempotency key's record; a retry of this call answers as its
-#: first run did.
+#: (nothing stored either way); ``{'h', result blob}`` for a hit stored, ``{'j', leader id,
+#: its status, started at, attempts}`` for a follower stored (the caller has the rest of
+#: either record: nothing of it is sent back), else ``{'r', fields (tn m st sa fa n r e j c)}``
+#: of the idempotency key's record. A retry of this call answers as its first run did (a
+#: shared task's as ``'r'``).
 SUBMIT = Script(
     _PROLOGUE
     + """
 local F = {'tn', 'm', 'st', 'sa', 'fa', 'n', 'r', 'e', 'j', 'c'}
-local mine = redis.call('HMGET', KEYS[1], unpack(F))
+local mine = redis.call('HMGET', KEYS[1], 'tn', 'j', 'c')
 if mine[1] then
-  if mine[9] or mine[10] then return mine end
+  if mine[2] or mine[3] then return {'r', unpack(redis.call('HMGET', KEYS[1], unpack(F)))} end
   return 1
 end
 if KEYS[2] ~= '' then
@@ -107,52 +115,62 @@ if KEYS[2] ~= '' then
     local rec = redis.call('HMGET', ARGV[5] .. existing, unpack(F))
     if rec[1] then
       local answer = replay(ARGV[5] .. existing, rec, ARGV[9])
+      if type(answer) == 'table' then return {'r', unpack(answer)} end
       if answer then return answer end
     end
   end
 end
+-- The record's fields, written by one HSET: every redis.call costs, and this runs per request.
+local fields = {'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued'}
+local function add(name, value)
+  fields[#fields + 1] = name
+  fields[#fields + 1] = value
+end
+if KEYS[2] ~= '' then
+  add('ik', KEYS[2])
+  if ARGV[9] ~= '' then add('fp', ARGV[9]) end
+end
 local ttl = ARGV[3]
-local shared = true
+local answer = 1
 local hit = redis.call('HMGET', KEYS[3], 'r', 'l')
 if hit[1] and hit[2] then
   ttl = ARGV[6]
-  redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'succeeded', 'sa', ARGV[7],
-    'fa', ARGV[7], 'n', '0', 'r', hit[1], 'c', '1')
+  fields[6] = 'succeeded'
+  add('sa', ARGV[7])
+  add('fa', ARGV[7])
+  add('n', '0')
+  add('r', hit[1])
+  add('c', '1')
   local log = KEYS[1] .. ':log'
   redis.call('RPUSH', log, hit[2])
   redis.call('PEXPIRE', log, ttl)
+  answer = {'h', hit[1]}
 else
   local leader = redis.call('GET', KEYS[4])
-  local lead = {false, false}
-  if leader then lead = redis.call('HMGET', ARGV[5] .. leader, 'st', 'pv') end
+  local lead = {}
+  if leader then lead = redis.call('HMGET', ARGV[5] .. leader, 'st', 'pv', 'sa', 'n') end
   local live = lead[1] == 'queued' or lead[1] == 'running'
   if live and not lead[2] then
-    redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'j', leader)
+    add('j', leader)
+    -- The follower's id goes on the leader's list, for its expiry only (see FOLLOWERS); the
+    -- list's own expiry is set once, by its first entry.
     local fol = ARGV[5] .. leader .. ':fol'
-    redis.call('RPUSH', fol, ARGV[4])
-    redis.call('PEXPIRE', fol, ARGV[3])
+    if redis.call('RPUSH', fol, ARGV[4]) == 1 then redis.call('PEXPIRE', fol, ARGV[3]) end
+    answer = {'j', leader, lead[1], lead[3], lead[4]}
   else
-    local pv = string.format('%d', now + tonumber(ARGV[8]))
-    if live and tonumber(lead[2]) > now then
-      -- The leader is not published yet: run alone rather than wait on its outcome.
-      redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'pv', pv)
-    else
-      -- No leader, or one abandoned by its request: lead.
+    add('pv', string.format('%d', clock() + tonumber(ARGV[8])))
+    if not (live and tonumber(lead[2]) > clock()) then
+      -- No leader, or one abandoned by its request: lead. (Else the leader is not published
+      -- yet: run alone rather than wait on its outcome.)
       redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[3])
-      redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'ck', KEYS[3],
-        'pv', pv)
+      add('ck', KEYS[3])
     end
-    shared = false
   end
 end
-if KEYS[2] ~= '' then
-  redis.call('SET', KEYS[2], ARGV[4], 'PX', ttl)
-  redis.call('HSET', KEYS[1], 'ik', KEYS[2])
-  if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'fp', ARGV[9]) end
-end
+if KEYS[2] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'PX', ttl) end
+redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('PEXPIRE', KEYS[1], ttl)
-if shared then return redis.call('HMGET', KEYS[1], unpack(F)) end
-return 1
+return answer
 """
 )
 

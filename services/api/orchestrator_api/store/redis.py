@@ -46,7 +46,7 @@ from orchestrator_tasks.messages import ErrorInfo, ResultEvent, Usage
 
 from ..model import StoredEvent, TaskRecord, TaskResult, TaskStatus
 from ._scripts import APPLY, CREATE, DISCARD, SUBMIT, Script
-from ._sharing import ORPHANED, mirror, reused_events
+from ._sharing import ORPHANED, cache_hit, follow, mirror, reused_events
 from ._steps import QUEUED_DATA, step_for
 from ._wakeup import Wakeups
 from .errors import IdempotencyKeyInUse, IdempotencyKeyReused, StoreError, StoreUnavailable
@@ -74,22 +74,24 @@ def _after_index(after: str | None) -> int:
         return 0  # not one of ours: replay from the start rather than lose events
 
 
+def _decode_result(blob: bytes | str) -> TaskResult:
+    data = orjson.loads(blob)
+    usage = data.get("usage")
+    return TaskResult(
+        text=data["text"],
+        provider=data.get("provider"),
+        model=data.get("model"),
+        usage=Usage(**usage) if usage is not None else None,
+        finish_reason=data.get("finish_reason"),
+        cost_usd=data.get("cost_usd"),
+    )
+
+
 def _decode_record(fields: Sequence[Any]) -> TaskRecord:
     tenant, fixed, status, started, finished, attempts, result, error, *sharing = fields
     joined, cached = sharing if sharing else (None, None)
     meta = orjson.loads(fixed)
-    task_result = None
-    if result is not None:
-        data = orjson.loads(result)
-        usage = data.get("usage")
-        task_result = TaskResult(
-            text=data["text"],
-            provider=data.get("provider"),
-            model=data.get("model"),
-            usage=Usage(**usage) if usage is not None else None,
-            finish_reason=data.get("finish_reason"),
-            cost_usd=data.get("cost_usd"),
-        )
+    task_result = None if result is None else _decode_result(result)
     task_error = None
     if error is not None:
         data = orjson.loads(error)
@@ -334,6 +336,22 @@ class RedisTaskStore:
                 if reply == 3:
                     raise IdempotencyKeyReused("this idempotency key was used by another request")
                 return record
+            if script is SUBMIT:
+                # A new follower or hit comes back as what it adds to ``record`` (the usual
+                # shared answer: no second round trip, nothing decoded twice).
+                kind = reply[0]
+                if kind in (b"j", "j"):
+                    _, leader, status, started, attempts = reply
+                    return follow(
+                        record,
+                        _text(leader),
+                        TaskStatus(_text(status)),
+                        None if started is None else float(started),
+                        0 if attempts is None else int(attempts),
+                    )
+                if kind in (b"h", "h"):
+                    return cache_hit(record, _decode_result(reply[1]), record.created_at)
+                reply = reply[1:]
             return await self._shown(_decode_record(reply)) or record
         except (RedisError, OSError) as exc:
             raise _translate("create", exc) from exc
