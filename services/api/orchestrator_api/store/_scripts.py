@@ -16,6 +16,12 @@ reads through (while its own ``st`` stays ``queued``); ``ck`` the cache key a le
 A cache key ``<prefix>:cache:<tenant>:<digest>`` is a hash (``r`` the result blob, ``l`` the
 log entry, both as a hit shows them), ``<cache key>:lead`` the leader's id, and
 ``<record>:fol`` the list of a leader's followers.
+
+A follower costs the same whatever the number of followers before it: joining reads the
+leader and appends one id to ``:fol``; nothing else about the leader changes. The list is
+only there to expire the followers with their leader: the leader's end (``APPLY``) or
+discard (``DISCARD``) touches it once, and ``FOLLOWERS`` then works through it in bounded
+batches, so no single script runs longer with more followers.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import hashlib
 
 import attrs
 
-__all__ = ["APPLY", "CREATE", "DISCARD", "SUBMIT", "Script"]
+__all__ = ["APPLY", "CREATE", "DISCARD", "FOLLOWERS", "SUBMIT", "Script"]
 
 
 @attrs.frozen
@@ -174,20 +180,48 @@ return answer
 """
 )
 
-#: KEYS: record, log, buffer. ARGV: tenant, task id, wake channel, then for a leader's
-#: followers (they fail: ``_sharing.ORPHANED``): ttl ms, finished at, error blob, log entry.
-#: Returns 1 if removed.
+#: KEYS: record, log, buffer. ARGV: tenant, task id, wake channel, ttl ms. Returns 0 if nothing
+#: was removed, else 1 + how many followers the task had: they are still to fail
+#: (``FOLLOWERS``, ``orphan``), and their list now expires ttl ms from now.
 DISCARD = Script("""
 local cur = redis.call('HMGET', KEYS[1], 'tn', 'ik', 'ck')
 if cur[1] ~= ARGV[1] then return 0 end
 if cur[2] and redis.call('GET', cur[2]) == ARGV[2] then redis.call('DEL', cur[2]) end
+local waiting = 0
 if cur[3] then
   local lead = cur[3] .. ':lead'
   if redis.call('GET', lead) == ARGV[2] then redis.call('DEL', lead) end
   local fol = KEYS[1] .. ':fol'
-  local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[2])
-  for _, f in ipairs(redis.call('LRANGE', fol, 0, -1)) do
-    local fk = prefix .. f
+  waiting = redis.call('LLEN', fol)
+  if waiting > 0 then redis.call('PEXPIRE', fol, ARGV[4]) end
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('PUBLISH', ARGV[3], '')
+return 1 + waiting
+""")
+
+#: One bounded batch of a leader's followers, off its list. KEYS: the leader's record, its
+#: followers list. ARGV: ``release`` or ``orphan``, batch size, record key prefix, ttl ms,
+#: then for ``orphan``: finished at, error blob, log entry. ``release`` (the leader ended): a
+#: follower, and its idempotency key, expire when the leader's record does (in ttl ms if that
+#: has no expiry). ``orphan`` (the leader was discarded): a follower still queued fails
+#: (``_sharing.ORPHANED``) and expires in ttl ms. Returns how many followers are left.
+FOLLOWERS = Script("""
+local ids = redis.call('LPOP', KEYS[2], ARGV[2])
+if not ids then return 0 end
+if ARGV[1] == 'release' then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl == -1 then ttl = tonumber(ARGV[4]) elseif ttl < 1 then ttl = 1 end
+  for _, f in ipairs(ids) do
+    local fk = ARGV[3] .. f
+    if redis.call('PEXPIRE', fk, ttl) == 1 then
+      local fik = redis.call('HGET', fk, 'ik')
+      if fik and redis.call('GET', fik) == f then redis.call('PEXPIRE', fik, ttl) end
+    end
+  end
+else
+  for _, f in ipairs(ids) do
+    local fk = ARGV[3] .. f
     local fcur = redis.call('HMGET', fk, 'st', 'ik')
     if fcur[1] == 'queued' then
       redis.call('HSET', fk, 'st', 'failed', 'fa', ARGV[5], 'e', ARGV[6])
@@ -200,24 +234,27 @@ if cur[3] then
       redis.call('PUBLISH', fk .. ':wake', '')
     end
   end
-  redis.call('DEL', fol)
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('PUBLISH', ARGV[3], '')
-return 1
+return redis.call('LLEN', KEYS[2])
 """)
 
 #: KEYS: record, log, buffer. ARGV: tenant, task id, attempt, seq, ttl ms, safety ttl ms,
 #: wake channel, then the step: terminal ('1'/'0'), status, at, log entry, result/error blob,
 #: then for a success: the cache entry's result blob and log entry (filled in if the task
 #: leads a cache key, whose lead it then releases; its followers expire with it).
-#: Returns 0 ignored, 1 applied, 2 buffered (same rules as ``_steps.Cursor``). The record
-#: changes are gathered into one HSET: every redis.call costs, and this runs per event.
+#: Returns 0 ignored, 1 applied, 2 buffered (same rules as ``_steps.Cursor``); 3 applied, and
+#: 4 ignored (the task had ended), when the task's followers are still to be released
+#: (``FOLLOWERS``; their list now expires with the task). The record changes are gathered
+#: into one HSET: every redis.call costs, and this runs per event.
 APPLY = Script("""
 local rec, log, buf = KEYS[1], KEYS[2], KEYS[3]
 local cur = redis.call('HMGET', rec, 'tn', 'st', 'ca', 'ns', 'ik', 'sa', 'ck', 'pv')
 if cur[1] ~= ARGV[1] then return 0 end
-if cur[2] == 'succeeded' or cur[2] == 'failed' then return 0 end
+if cur[2] == 'succeeded' or cur[2] == 'failed' then
+  -- A redelivery after a release of its followers was cut short: resume it.
+  if cur[7] and redis.call('EXISTS', rec .. ':fol') == 1 then return 4 end
+  return 0
+end
 local attempt, seq = tonumber(ARGV[3]), tonumber(ARGV[4])
 local ca, ns = tonumber(cur[3] or '0'), tonumber(cur[4] or '0')
 if attempt < ca then return 0 end
@@ -254,6 +291,7 @@ local function commit(s)
   return s[2]
 end
 local status = commit(step)
+local outcome = 1
 ns = seq + 1
 if step[1] == '1' then
   redis.call('DEL', buf)
@@ -267,15 +305,8 @@ if step[1] == '1' then
       redis.call('HSET', cur[7], 'r', ARGV[13], 'l', ARGV[14])
       redis.call('PEXPIRE', cur[7], ARGV[5])
     end
-    local fol = rec .. ':fol'
-    local prefix = string.sub(rec, 1, #rec - #ARGV[2])
-    for _, f in ipairs(redis.call('LRANGE', fol, 0, -1)) do
-      local fk = prefix .. f
-      redis.call('PEXPIRE', fk, ARGV[5])
-      local fik = redis.call('HGET', fk, 'ik')
-      if fik and redis.call('GET', fik) == f then redis.call('PEXPIRE', fik, ARGV[5]) end
-    end
-    redis.call('DEL', fol)
+    -- Its followers expire with it: FOLLOWERS releases them, a bounded batch at a time.
+    if redis.call('PEXPIRE', rec .. ':fol', ARGV[5]) == 1 then outcome = 3 end
   end
 else
   while true do
@@ -288,5 +319,5 @@ else
 end
 redis.call('HSET', rec, 'st', status, 'n', ca, 'ca', ca, 'ns', ns, unpack(fields))
 redis.call('PUBLISH', ARGV[7], '')
-return 1
+return outcome
 """)

@@ -4,7 +4,9 @@ Expiry follows the Redis store: ``ttl_seconds`` after the task ends, ``safety_tt
 after creation while it has not; a cached answer ``ttl_seconds`` after its task succeeded.
 Expired entries vanish on access and are swept on writes, so nothing accumulates; live
 waiters sleep on a per-task event, never in a polling loop. Cache hits and joined tasks
-follow ``_sharing``.
+follow ``_sharing``: a follower reads through its leader, which keeps only the list of their
+ids, to expire (or fail) them when it ends; that is done ``FOLLOWER_BATCH`` at a time,
+yielding to the event loop in between, so no call blocks it longer with more followers.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from ._steps import QUEUED_DATA, Cursor, Step, step_for
 from .errors import IdempotencyKeyInUse, IdempotencyKeyReused, StoreUnavailable
 
 __all__ = ["DEFAULT_PENDING_SECONDS", "DEFAULT_SAFETY_TTL", "MemoryTaskStore"]
+
+#: Followers expired (or failed) between two yields to the event loop.
+FOLLOWER_BATCH = 1000
 
 #: How long a task that never ends is kept (a lost worker result, a task stuck in a backlog).
 DEFAULT_SAFETY_TTL = 24 * 3600.0
@@ -236,16 +241,20 @@ class MemoryTaskStore:
         self._drop(task_id, entry)
         # Its followers were told their task was accepted: they fail, rather than vanish.
         now = time.time()
-        for follower_id in entry.followers:
-            follower = self._live(follower_id)
-            if follower is None or follower.record.status.terminal:
-                continue
-            follower.record = orphaned(follower.record, now)
-            follower.append(
-                "error", {"type": ORPHANED.type, "message": ORPHANED.message, "attempt": 0}
-            )
-            self._expire_at(follower_id, follower, self._clock() + self.ttl_seconds)
-            follower.notify()
+        followers, entry.followers = entry.followers, []
+        for start in range(0, len(followers), FOLLOWER_BATCH):
+            if start:
+                await asyncio.sleep(0)
+            for follower_id in followers[start : start + FOLLOWER_BATCH]:
+                follower = self._live(follower_id)
+                if follower is None or follower.record.status.terminal:
+                    continue
+                follower.record = orphaned(follower.record, now)
+                follower.append(
+                    "error", {"type": ORPHANED.type, "message": ORPHANED.message, "attempt": 0}
+                )
+                self._expire_at(follower_id, follower, self._clock() + self.ttl_seconds)
+                follower.notify()
 
     async def confirm(self, tenant: str, task_id: str) -> None:
         entry = self._owned(tenant, task_id)
@@ -274,7 +283,20 @@ class MemoryTaskStore:
             self._commit(event.task_id, entry, step_for(admitted))
         if ready:
             entry.notify()
+        if entry.record.status.terminal and entry.followers:
+            await self._release_followers(entry)
         return True
+
+    async def _release_followers(self, entry: _Entry) -> None:
+        """An ended leader's followers expire with it (they read through it)."""
+        followers, entry.followers = entry.followers, []
+        for start in range(0, len(followers), FOLLOWER_BATCH):
+            if start:
+                await asyncio.sleep(0)
+            for follower_id in followers[start : start + FOLLOWER_BATCH]:
+                follower = self._entries.get(follower_id)
+                if follower is not None:
+                    self._expire_at(follower_id, follower, entry.expires_at)
 
     def _commit(self, task_id: str, entry: _Entry, step: Step) -> None:
         record = entry.record
@@ -302,8 +324,8 @@ class MemoryTaskStore:
         entry.append(step.event, step.data)
 
     def _finish_leader(self, task_id: str, entry: _Entry, step: Step, expires_at: float) -> None:
-        """A leader ended: cache its answer (success only), release the key, and let its
-        followers expire with it (they read through it)."""
+        """A leader ended: cache its answer (success only) and release the key (``apply``
+        then lets its followers expire with it)."""
         key = entry.cache_key
         if key is None:
             return
@@ -311,11 +333,6 @@ class MemoryTaskStore:
         if step.result is not None:
             self._cache[key] = (step.result, expires_at)
             heapq.heappush(self._cache_expiries, (expires_at, key))
-        for follower_id in entry.followers:
-            follower = self._entries.get(follower_id)
-            if follower is not None:
-                self._expire_at(follower_id, follower, expires_at)
-        entry.followers.clear()
 
     async def events(
         self, tenant: str, task_id: str, after: str | None = None, timeout: float = 0.0

@@ -11,6 +11,13 @@ Keys (``prefix`` defaults to ``orchestrator``), all expiring:
   its task succeeded), ``...:lead`` the id of the task in flight for it, and
   ``<prefix>:task:<id>:fol`` that task's followers (see ``_scripts`` and ``_sharing``).
 
+A follower reads through its leader's record and log; the leader keeps only the list of
+their ids, to expire them with it. When it ends (``apply``) or is discarded (``discard``),
+that call works through the list in batches of ``FOLLOWER_BATCH`` (one short script each),
+so a join, a terminal event and every other command cost the same with 10 or 100,000
+followers. A release cut short (the process died) resumes on a redelivery of the terminal
+event; one never resumed leaves those followers to their safety TTL.
+
 TTL: every key of a task expires ``ttl_seconds`` after the task ends (set atomically with
 the terminal event). Until then they carry ``safety_ttl_seconds`` (default 24 h, at least
 ``ttl_seconds``) from creation, so a task whose result never comes does not stay forever.
@@ -45,16 +52,21 @@ from orchestrator_broker.redis_settings import RedisSettings
 from orchestrator_tasks.messages import ErrorInfo, ResultEvent, Usage
 
 from ..model import StoredEvent, TaskRecord, TaskResult, TaskStatus
-from ._scripts import APPLY, CREATE, DISCARD, SUBMIT, Script
+from ._scripts import APPLY, CREATE, DISCARD, FOLLOWERS, SUBMIT, Script
 from ._sharing import ORPHANED, cache_hit, follow, mirror, reused_events
 from ._steps import QUEUED_DATA, step_for
 from ._wakeup import Wakeups
 from .errors import IdempotencyKeyInUse, IdempotencyKeyReused, StoreError, StoreUnavailable
 from .memory import DEFAULT_PENDING_SECONDS, DEFAULT_SAFETY_TTL
 
-__all__ = ["RedisTaskStore"]
+__all__ = ["FOLLOWER_BATCH", "RedisTaskStore"]
 
 log = logging.getLogger(__name__)
+
+#: Followers released (or failed) per script call: each takes the server about 1 ms per 250
+#: (the other clients of that Redis wait that long), and one call per batch goes on the
+#: terminal event's way.
+FOLLOWER_BATCH = 256
 
 _RECORD_FIELDS = ("tn", "m", "st", "sa", "fa", "n", "r", "e", "j", "c")
 _LEADER_FIELDS = _RECORD_FIELDS[:8]
@@ -375,18 +387,32 @@ class RedisTaskStore:
         return mirror(record, _decode_record(fields))
 
     async def discard(self, tenant: str, task_id: str) -> None:
-        error = {"type": ORPHANED.type, "message": ORPHANED.message}
-        args = (
-            tenant,
-            task_id,
-            self._channel(task_id),
-            self._ttl_ms,
-            repr(time.time()),
-            orjson.dumps(error),
-            orjson.dumps(["error", {**error, "attempt": 0}]),
-        )
+        args = (tenant, task_id, self._channel(task_id), self._ttl_ms)
         with _translated("discard"):
-            await self._script(DISCARD, self._keys(task_id), args)
+            removed = await self._script(DISCARD, self._keys(task_id), args)
+            if removed > 1:  # it had followers: they fail
+                error = {"type": ORPHANED.type, "message": ORPHANED.message}
+                orphan = (
+                    repr(time.time()),
+                    orjson.dumps(error),
+                    orjson.dumps(["error", {**error, "attempt": 0}]),
+                )
+                await self._followers(task_id, "orphan", *orphan)
+
+    async def _followers(self, task_id: str, action: str, *extra: Any) -> None:
+        """Work through the followers list of ``task_id`` (ended or discarded: it only
+        shrinks) one ``FOLLOWERS`` batch at a time; see ``_scripts``."""
+        record = self._task_prefix + task_id
+        keys = (record, record + ":fol")
+        args = (action, FOLLOWER_BATCH, self._task_prefix, self._ttl_ms, *extra)
+        left = await self._script(FOLLOWERS, keys, args)
+        # Bounded: nothing joins a task that ended, so this many batches empty the list.
+        for _ in range(left // FOLLOWER_BATCH + 1):
+            if not left:
+                return
+            left = await self._script(FOLLOWERS, keys, args)
+        if left:
+            log.warning("task %s: %d followers left to %s", task_id, left, action)
 
     async def get(self, tenant: str, task_id: str) -> TaskRecord | None:
         with _translated("get"):
@@ -430,6 +456,8 @@ class RedisTaskStore:
         )
         with _translated("apply"):
             outcome = await self._script(APPLY, self._keys(event.task_id), args)
+            if outcome >= 3:  # the task ended (4: before, but its release was cut short)
+                await self._followers(event.task_id, "release")
         return bool(outcome)
 
     async def _read(
