@@ -1,4 +1,4 @@
-"""The benchmark harness: ``python -m tests.bench.bench [dispatch|concurrency|http|all] [--json]``.
+"""The benchmark harness: ``python -m tests.bench.bench [BENCHMARK|all] [--json]``.
 
 Each benchmark starts what it needs (a throwaway redis-server on a free loopback port with
 persistence off: no RDB snapshots, no AOF; real ``ai-orchestrator`` subprocesses), warms up,
@@ -13,6 +13,9 @@ measures, and stops everything by PID (also on Ctrl-C, SIGTERM and errors):
 3. ``http``: ``POST /v1/tasks`` requests/s and p50/p99 latency at 64 connections against
    one ``ai-orchestrator api`` process (auth on) pinned to one CPU, from a separate load
    generator (``wrk``, else a Python aiohttp one) pinned to the other.
+4. ``chat``: what the orchestrator adds to a chat client's wait (``chat.py``).
+5. ``followers``: ``--followers`` (100,000) tasks joined to one in-flight task through the
+   task store, a join's cost at the start against the end, and the cost of the leader's end.
 
 The services export no span unless ``--tracing RATIO`` (or ``--service-env``) says so: then
 they send the sampled spans over OTLP/HTTP to a local sink process (``otlp_sink.py``, pinned
@@ -47,6 +50,7 @@ import orjson
 
 from .chat import ChatConfig, run_chat
 from .dispatch import DispatchConfig, run_dispatch
+from .followers import FollowersConfig, run_followers
 from .httpbench import HttpConfig, choose_loadgen, run_http
 from .processes import PROFILE_RATE, BenchError, Processes, py_spy
 from .profiles import summarize
@@ -279,11 +283,22 @@ def bench_chat(args: argparse.Namespace, processes: Processes) -> dict[str, Any]
     return {"loadavg_before": _loadavg(), **run_chat(processes, config)}
 
 
+def bench_followers(args: argparse.Namespace, processes: Processes) -> dict[str, Any]:
+    config = FollowersConfig(
+        followers=args.followers,
+        sample=args.followers_sample,
+        store=args.followers_store,
+        timeout=args.timeout,
+    )
+    return {"loadavg_before": _loadavg(), **run_followers(processes, config)}
+
+
 BENCHMARKS: dict[str, Callable[[argparse.Namespace, Processes], dict[str, Any]]] = {
     "dispatch": bench_dispatch,
     "concurrency": bench_concurrency,
     "http": bench_http,
     "chat": bench_chat,
+    "followers": bench_followers,
 }
 
 
@@ -316,11 +331,21 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument(
         "--chat-latency-ms", type=float, default=200.0, help="chat: the fake provider's latency"
     )
+    sizes.add_argument(
+        "--followers", type=int, default=100_000, help="followers: tasks joined to one leader"
+    )
+    sizes.add_argument(
+        "--followers-sample", type=int, default=1_000, help="followers: joins per timed sample"
+    )
     sizes.add_argument("--http-warmup", type=float, default=2.0, help="http: warm-up seconds")
     sizes.add_argument("--connections", type=int, default=64, help="http: connections")
     parser.add_argument(
         "--loadgen", choices=["auto", "wrk", "python"], default="auto",
         help="http load generator (auto: wrk if installed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--followers-store", choices=["redis", "memory"], default="redis",
+        help="followers: the task store measured",
     )  # fmt: skip
     parser.add_argument(
         "--timeout", type=float, default=120.0,
@@ -398,6 +423,15 @@ def _headline(name: str, outcome: dict[str, Any]) -> str:
         return (
             f"{outcome['seconds']:.3f} s for {outcome['tasks']} tasks, ideal "
             f"{outcome['ideal_seconds']:g} s (target {target.get('limit_seconds')} s: {met})"
+        )
+    if name == "followers":
+        first, last = outcome["first_sample"], outcome["last_sample"]
+        end = outcome["terminal_event"]
+        return (
+            f"{outcome['followers']} followers: a join {first['wall_us_per_join']} us (first "
+            f"{first['joins']}) -> {last['wall_us_per_join']} us (last {last['joins']}); the "
+            f"leader's end {end['apply_wall_ms']} ms, longest Redis command "
+            f"{end['longest_redis_command_ms']} ms"
         )
     if name == "chat":
         first, whole = (

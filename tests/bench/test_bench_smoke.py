@@ -31,6 +31,7 @@ TINY_CONCURRENCY = [
     "--concurrency", "20", "--latency-ms", "50",
 ]  # fmt: skip
 TINY_HTTP = ["--duration", "1", "--http-warmup", "0.5", "--connections", "4"]
+TINY_FOLLOWERS = ["--followers", "300", "--followers-sample", "100"]
 
 
 def run_bench(
@@ -126,6 +127,44 @@ def test_http_measures_submissions_with_auth_on(
     assert_all_stopped(tmp_path)
 
 
+def test_followers_joins_many_tasks_to_one_and_ends_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, document = run_bench(capsys, tmp_path, "followers", *TINY_FOLLOWERS)
+
+    result = document["benchmarks"]["followers"]
+    assert code == 0, result
+    assert result["status"] == "complete"
+    assert result["followers"] == 300
+    assert result["not_joined"] == 0
+    assert [s["after_followers"] for s in result["samples"]] == [0, 100, 200]
+    for key in ("wall_us_per_join", "harness_cpu_us_per_join", "redis_cpu_us_per_join"):
+        assert result["first_sample"][key] is not None
+        assert result["last_sample"][key] is not None
+    assert result["terminal_event"]["applied"] is True
+    assert result["terminal_event"]["longest_redis_command"].startswith("EVALSHA")
+    assert result["sampled_followers_with_the_result"] == result["sampled_followers"] == 4
+    assert result["sampled_followers_expiring_with_the_leader"] == 4
+    # The leader's record is the same size after 300 joins as before the first.
+    before, after = result["leader_record_bytes"].values()
+    assert before == after
+    assert_all_stopped(tmp_path)
+
+
+def test_followers_measures_the_memory_store_too(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, document = run_bench(
+        capsys, tmp_path, "followers", *TINY_FOLLOWERS, "--followers-store", "memory"
+    )
+
+    result = document["benchmarks"]["followers"]
+    assert code == 0, result
+    assert result["store"] == "MemoryTaskStore"
+    assert result["sampled_followers_with_the_result"] == 4
+    assert result["last_sample"]["redis_cpu_us_per_join"] is None
+
+
 def test_chat_measures_what_the_orchestrator_adds_to_a_chat_client_s_wait(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -178,8 +217,9 @@ def test_baseline_runs_the_bare_equivalents_under_the_same_conditions(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     code, document = run_bench(
-        capsys, tmp_path, "all", "--baseline", *TINY_DISPATCH, *TINY_CONCURRENCY, *TINY_HTTP
-    )
+        capsys, tmp_path, "all", "--baseline",
+        *TINY_DISPATCH, *TINY_CONCURRENCY, *TINY_HTTP, *TINY_FOLLOWERS,
+    )  # fmt: skip
 
     assert code == 0, document
     benchmarks = document["benchmarks"]
@@ -190,6 +230,7 @@ def test_baseline_runs_the_bare_equivalents_under_the_same_conditions(
     assert benchmarks["dispatch"]["baseline"]["tasks_per_second"] > 0
     assert benchmarks["concurrency"]["baseline"]["seconds"] > 0
     assert benchmarks["http"]["baseline"]["requests_per_second"] > 0
+    assert benchmarks["followers"]["status"] == "complete"
     assert_all_stopped(tmp_path)
 
 
