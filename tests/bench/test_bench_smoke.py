@@ -119,11 +119,32 @@ def test_http_measures_submissions_with_auth_on(
     assert code == 0, result
     assert result["status"] == "complete"
     assert result["loadgen"] in {"wrk", "python-aiohttp"}
-    assert result["requests"] > 0
-    assert result["errors"]["status"] == 0  # every answer a 2xx: the key was accepted
-    # Every accepted submission is on the tasks stream (the warm-up's too).
-    assert result["tasks_stream_length"] >= result["requests"]
-    assert set(result["latency_ms"]) >= {"p50", "p99"}
+    cases = result["cases"]
+    assert list(cases) == ["publish", "join", "hit"]  # every case, in one run
+    for case in cases.values():
+        assert case["status"] == "complete"
+        assert case["requests"] > 0
+        assert case["errors"]["status"] == 0  # every answer a 2xx: the key was accepted
+        assert set(case["latency_ms"]) >= {"p50", "p99"}
+        assert case["api_cpu_us_per_request"] > 0
+    # "cache": false: every accepted submission is on the tasks stream (the warm-up's too).
+    assert cases["publish"]["tasks_stream_length"] >= cases["publish"]["requests"]
+    # The same prompt with the cache on joins the first task: almost nothing is published
+    # (only what came before the first was confirmed published ran on its own).
+    assert 1 <= cases["join"]["tasks_stream_length"] < cases["join"]["requests"] / 2
+    # After the first task succeeded, every request is a cache hit: only the first ran.
+    assert cases["hit"]["tasks_stream_length"] == 1
+    assert set(result["over_publish"]) == {"join", "hit"}
+    assert_all_stopped(tmp_path)
+
+
+def test_http_runs_one_case_when_asked(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, document = run_bench(capsys, tmp_path, "http", *TINY_HTTP, "--case", "join")
+
+    result = document["benchmarks"]["http"]
+    assert code == 0, result
+    assert list(result["cases"]) == ["join"]
+    assert result["over_publish"] is None
     assert_all_stopped(tmp_path)
 
 
@@ -187,7 +208,7 @@ def test_chat_measures_what_the_orchestrator_adds_to_a_chat_client_s_wait(
 
 @pytest.mark.parametrize(
     ("benchmark", "sizes"),
-    [("dispatch", TINY_DISPATCH), ("http", TINY_HTTP)],
+    [("dispatch", TINY_DISPATCH), ("http", [*TINY_HTTP, "--case", "publish"])],
     ids=["dispatch", "http"],
 )
 def test_tracing_exports_the_services_spans_to_the_sink(
@@ -200,11 +221,12 @@ def test_tracing_exports_the_services_spans_to_the_sink(
     assert result["status"] == "complete"
     assert document["tracing"]["ratio"] == 1.0
     assert document["tracing"]["exporter"] == "OTLP/HTTP to a local sink"
-    sink = result["otlp_sink"]
+    measured = result["cases"]["publish"] if benchmark == "http" else result
+    sink = measured["otlp_sink"]
     assert sink["total"]["spans"] > 0
     assert sink["total"]["rejected"] == 0
     assert 0 <= sink["during_measurement"]["spans"] <= sink["total"]["spans"]
-    assert "otlp-sink" in result["cpu_during_measurement"]
+    assert "otlp-sink" in measured["cpu_during_measurement"]
     assert any(line.startswith("otlp-sink ") for line in _pids_lines(tmp_path))
     assert_all_stopped(tmp_path)
 
@@ -223,13 +245,19 @@ def test_baseline_runs_the_bare_equivalents_under_the_same_conditions(
 
     assert code == 0, document
     benchmarks = document["benchmarks"]
-    for name in ("dispatch", "concurrency", "http"):
+    for name in ("dispatch", "concurrency"):
         baseline = benchmarks[name]["baseline"]
         assert baseline["status"] == "complete", (name, baseline)
         assert baseline["orchestrator_over_baseline"] > 0
     assert benchmarks["dispatch"]["baseline"]["tasks_per_second"] > 0
     assert benchmarks["concurrency"]["baseline"]["seconds"] > 0
-    assert benchmarks["http"]["baseline"]["requests_per_second"] > 0
+    http = benchmarks["http"]
+    assert http["baseline"]["status"] == "complete"
+    assert http["baseline"]["requests_per_second"] > 0
+    # Each case against the same bare run: what the headline's "of bare" shows.
+    assert set(http["baseline"]["orchestrator_over_baseline"]) == {"publish", "join", "hit"}
+    for case in http["cases"].values():
+        assert case["over_baseline"] > 0
     assert benchmarks["followers"]["status"] == "complete"
     assert_all_stopped(tmp_path)
 
