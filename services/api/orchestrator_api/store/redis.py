@@ -53,7 +53,7 @@ from orchestrator_tasks.messages import ErrorInfo, ResultEvent, Usage
 
 from ..model import StoredEvent, TaskRecord, TaskResult, TaskStatus
 from ._scripts import APPLY, CREATE, DISCARD, FOLLOWERS, SUBMIT, Script
-from ._sharing import ORPHANED, cache_hit, follow, mirror, reused_events
+from ._sharing import ORPHANED, cache_hit, follow, reused_events
 from ._steps import QUEUED_DATA, step_for
 from ._wakeup import Wakeups
 from .errors import IdempotencyKeyInUse, IdempotencyKeyReused, StoreError, StoreUnavailable
@@ -69,7 +69,8 @@ log = logging.getLogger(__name__)
 FOLLOWER_BATCH = 256
 
 _RECORD_FIELDS = ("tn", "m", "st", "sa", "fa", "n", "r", "e", "j", "c")
-_LEADER_FIELDS = _RECORD_FIELDS[:8]
+#: What a follower shows of its leader (not its fixed part: its own metadata may be large).
+_LEADER_FIELDS = ("tn", "st", "sa", "fa", "n", "r", "e")
 _TERMINAL = frozenset({b"succeeded", b"failed", "succeeded", "failed"})
 
 
@@ -99,15 +100,17 @@ def _decode_result(blob: bytes | str) -> TaskResult:
     )
 
 
+def _decode_error(blob: bytes | str) -> ErrorInfo:
+    data = orjson.loads(blob)
+    return ErrorInfo(type=data["type"], message=data["message"])
+
+
 def _decode_record(fields: Sequence[Any]) -> TaskRecord:
     tenant, fixed, status, started, finished, attempts, result, error, *sharing = fields
     joined, cached = sharing if sharing else (None, None)
     meta = orjson.loads(fixed)
     task_result = None if result is None else _decode_result(result)
-    task_error = None
-    if error is not None:
-        data = orjson.loads(error)
-        task_error = ErrorInfo(type=data["type"], message=data["message"])
+    task_error = None if error is None else _decode_error(error)
     return TaskRecord(
         id=meta["id"],
         tenant=_text(tenant),
@@ -382,9 +385,19 @@ class RedisTaskStore:
         if leader_id is None or record.status.terminal:
             return record
         (fields,) = await self._run(("HMGET", self._task_prefix + leader_id, *_LEADER_FIELDS))
-        if fields[0] is None:
+        tenant, status, started, finished, attempts, result, error = fields
+        if tenant is None:
             return None
-        return mirror(record, _decode_record(fields))
+        return follow(
+            record,
+            leader_id,
+            TaskStatus(_text(status)),
+            None if started is None else float(started),
+            0 if attempts is None else int(attempts),
+            None if finished is None else float(finished),
+            None if result is None else _decode_result(result),
+            None if error is None else _decode_error(error),
+        )
 
     async def discard(self, tenant: str, task_id: str) -> None:
         args = (tenant, task_id, self._channel(task_id), self._ttl_ms)
