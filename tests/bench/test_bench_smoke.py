@@ -159,6 +159,7 @@ def test_followers_joins_many_tasks_to_one_and_ends_it(
     assert result["followers"] == 300
     assert result["not_joined"] == 0
     assert [s["after_followers"] for s in result["samples"]] == [0, 100, 200]
+    assert result["tenths"]["samples_each"] == 1
     for key in ("wall_us_per_join", "harness_cpu_us_per_join", "redis_cpu_us_per_join"):
         assert result["first_sample"][key] is not None
         assert result["last_sample"][key] is not None
