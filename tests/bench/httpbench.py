@@ -6,6 +6,10 @@ process pinned to the second CPU (with the redis-server): ``wrk`` with ``wrk_pos
 installed, else ``python -m tests.bench.loadgen``. Nothing drains the tasks stream; it just
 grows for the length of the run. Tracing is off, unless ``tracing`` (a sampling ratio) has
 the API export its spans to an OTLP sink process on the second CPU too (``tracing.py``).
+
+Every request of a run sends the same prompt; the ``case`` says what the API does with it
+(``CASES``). ``join`` and ``hit`` are what the prompt cache, on by default, makes of
+identical prompts: they must cost no more than ``publish``.
 """
 
 from __future__ import annotations
@@ -21,9 +25,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import attrs
 import orjson
 from redis.asyncio import Redis
+
+from orchestrator_broker import Message, RedisStreamsBroker
+from orchestrator_tasks import RESULTS_STREAM, EventKind, ResultEvent, Usage, encode_event
 
 from .processes import (
     BenchError,
@@ -40,10 +48,21 @@ from .processes import (
 )
 from .tracing import SinkWindow, sink_env, start_sink
 
-__all__ = ["HttpConfig", "HttpRun", "choose_loadgen", "run_http"]
+__all__ = ["CASES", "HttpConfig", "HttpRun", "choose_loadgen", "run_http"]
 
 WRK_SCRIPT = Path(__file__).with_name("wrk_post.lua")
 _SUMMARY = re.compile(rb"^BENCH_JSON (.*)$", re.MULTILINE)
+
+#: What each request of a case does (the load generators read the case from ``BENCH_CASE``).
+CASES = {
+    "publish": '"cache": false: each request stores its task and publishes it',
+    "join": "prompt cache on, nothing drains the tasks stream: each request joins the first "
+    "task, still in flight (those sent before it was published run alone)",
+    "hit": "prompt cache on, after the first task succeeded (the harness plays its worker): "
+    "each request is a cache hit",
+}
+#: The prompt every request sends (``wrk_post.lua`` and ``loadgen.py`` send the same).
+PROMPT = "Hello, orchestrator! Echo this back, word by word."
 
 
 @attrs.frozen
@@ -57,6 +76,12 @@ class HttpConfig:
     extra_env: Mapping[str, str] = attrs.field(factory=dict)  # e.g. OTEL_TRACES_SAMPLER
     tracing: float | None = None  # sampling ratio: export spans to a sink (never when bare)
     bare: bool = False  # run tests.bench.bare_api instead: the calibration point
+    case: str = "publish"  # one of CASES (the bare API answers every case alike)
+
+    @property
+    def name(self) -> str:
+        """The run's processes and logs are named after it: ``api-join``, ``redis-join``."""
+        return "bare" if self.bare else self.case
 
 
 @attrs.define
@@ -90,10 +115,12 @@ def choose_loadgen(wanted: str) -> str:
 def run_http(processes: Processes, config: HttpConfig) -> HttpRun:
     """Start redis + the API, warm up, measure; the processes stop with ``processes``."""
     tool = choose_loadgen(config.loadgen)
+    if config.case not in CASES:
+        raise BenchError(f"unknown case {config.case!r} (one of {', '.join(CASES)})")
     cpus = usable_cpus()
     api_cpus = {cpus[0]} if len(cpus) >= 2 else None
     load_cpus = {cpus[1]} if len(cpus) >= 2 else None
-    redis = processes.redis("redis-bare" if config.bare else "redis")
+    redis = processes.redis(f"redis-{config.name}")
     assert redis.process is not None
     if load_cpus:
         pin(redis.process.pid, load_cpus)
@@ -118,12 +145,19 @@ def run_http(processes: Processes, config: HttpConfig) -> HttpRun:
         api = processes.start("bare-api", command, bench_module_env(env), cpus=api_cpus)
     else:
         command = [*orchestrator_command(), "api", "--host", "127.0.0.1", "--port", str(port)]
-        api = processes.start("api", command, env, cpus=api_cpus, profile=config.profile)
+        api = processes.start(
+            f"api-{config.case}", command, env, cpus=api_cpus, profile=config.profile
+        )
     base = f"http://127.0.0.1:{port}"
     wait_http_ok(f"{base}/health", config.startup_timeout, api)
     if api_cpus:
         pin(api.pid, api_cpus)  # again: threads started since launch
     url = f"{base}/v1/tasks"
+    if config.case == "hit" and not config.bare:
+        try:
+            asyncio.run(_fill_cache(url, key, redis.url, config.startup_timeout))
+        except (OSError, ValueError, aiohttp.ClientError, BenchError) as exc:
+            return _failed(api, f"could not fill the cache: {exc}", redis.url, api_cpus, load_cpus)
     if config.warmup > 0:
         warm = _load(processes, tool, url, key, config, config.warmup, load_cpus, "warmup")
         if warm is None or not api.alive():
@@ -177,6 +211,45 @@ def _failed(
     return HttpRun(False, {}, {}, _pinning(api_cpus, load_cpus), 0, error=why)
 
 
+async def _fill_cache(url: str, key: str, redis_url: str, timeout: float) -> None:
+    """Submit the prompt once and answer it as a worker would (a ``succeeded`` result event
+    on the results stream), then wait until the API shows it succeeded: the prompt's answer
+    is cached from then on."""
+    headers = {"Authorization": f"Bearer {key}"}
+    limit = aiohttp.ClientTimeout(total=5.0)
+    async with aiohttp.ClientSession(headers=headers, timeout=limit) as session:
+        async with session.post(url, json={"prompt": PROMPT, "model": "echo"}) as response:
+            response.raise_for_status()
+            task = await response.json()
+        ended = ResultEvent(
+            task_id=task["id"],
+            tenant="bench",
+            kind=EventKind.SUCCEEDED,
+            attempt=1,
+            seq=0,
+            at=time.time(),
+            text=PROMPT,
+            provider="echo",
+            model="echo",
+            usage=Usage(input_tokens=9, output_tokens=9),
+            finish_reason="stop",
+        )
+        broker = RedisStreamsBroker.from_url(redis_url)
+        try:
+            await broker.publish(RESULTS_STREAM, Message(payload=encode_event(ended)))
+        finally:
+            await broker.close()
+        deadline = time.monotonic() + timeout
+        status = task["status"]
+        while time.monotonic() < deadline:
+            async with session.get(f"{url}/{task['id']}") as response:
+                status = (await response.json())["status"]
+            if status == "succeeded":
+                return
+            await asyncio.sleep(0.05)
+    raise BenchError(f"the first task is still {status} after {timeout:g} s")
+
+
 def _load(
     processes: Processes,
     tool: str,
@@ -188,7 +261,7 @@ def _load(
     name: str,
 ) -> dict[str, Any] | None:
     """Run the load generator for ``duration`` seconds; its summary, or None if it failed."""
-    env = dict(os.environ, BENCH_API_KEY=key)
+    env = dict(os.environ, BENCH_API_KEY=key, BENCH_CASE=config.case)
     seconds: float
     if tool == "wrk":
         seconds = max(1, round(duration))
@@ -203,7 +276,7 @@ def _load(
             "--connections", str(config.connections), "--duration", str(seconds),
         ]  # fmt: skip
         env = bench_module_env(env)
-    generator = processes.start(name, args, env, cpus=cpus)
+    generator = processes.start(f"{name}-{config.name}", args, env, cpus=cpus)
     deadline = time.monotonic() + seconds + 30.0
     while generator.alive() and time.monotonic() < deadline:
         time.sleep(0.05)

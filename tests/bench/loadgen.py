@@ -4,7 +4,8 @@
 requests in flight (one closed loop per connection: send, read the whole answer, repeat)
 for ``duration`` seconds, then prints one line ``BENCH_JSON {...}`` in the same shape as the
 ``wrk`` script's (requests, duration, errors, latency percentiles in ms). The API key is
-read from ``BENCH_API_KEY``.
+read from ``BENCH_API_KEY``, the case (the body, as ``wrk_post.lua`` picks it) from
+``BENCH_CASE``.
 
 One asyncio process on one core tops out near 5,000-8,000 requests/s, well below what it
 would need to saturate a fast server: prefer ``wrk`` when the numbers matter.
@@ -23,15 +24,15 @@ from collections.abc import Sequence
 import aiohttp
 import orjson
 
-# "cache": false: every request takes the full path (record + publish); with the prompt
-# cache on, identical requests would join the first one and publish nothing.
-BODY = orjson.dumps(
-    {
-        "prompt": "Hello, orchestrator! Echo this back, word by word.",
-        "model": "echo",
-        "cache": False,
-    }
-)
+# "publish" sends "cache": false: every request takes the full path (record + publish). "join"
+# and "hit" leave the prompt cache on: identical requests join the first one while it is in
+# flight, or hit its cached answer, and publish nothing.
+PROMPT = {"prompt": "Hello, orchestrator! Echo this back, word by word.", "model": "echo"}
+
+
+def body(case: str) -> bytes:
+    """What every request of ``case`` sends."""
+    return orjson.dumps({**PROMPT, "cache": False} if case == "publish" else PROMPT)
 
 
 def percentile(sorted_values: Sequence[float], pct: float) -> float:
@@ -47,6 +48,7 @@ async def run(url: str, connections: int, duration: float, timeout: float) -> di
         "Content-Type": "application/json",
         "Authorization": f"Bearer {os.environ.get('BENCH_API_KEY', '')}",
     }
+    data = body(os.environ.get("BENCH_CASE") or "publish")
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     errors: Counter[str] = Counter()
@@ -62,7 +64,7 @@ async def run(url: str, connections: int, duration: float, timeout: float) -> di
                 if sent >= deadline:
                     return
                 try:
-                    async with session.post(url, data=BODY, headers=headers) as response:
+                    async with session.post(url, data=data, headers=headers) as response:
                         await response.read()
                         statuses[response.status] += 1
                 except TimeoutError:

@@ -31,6 +31,7 @@ TINY_CONCURRENCY = [
     "--concurrency", "20", "--latency-ms", "50",
 ]  # fmt: skip
 TINY_HTTP = ["--duration", "1", "--http-warmup", "0.5", "--connections", "4"]
+TINY_FOLLOWERS = ["--followers", "300", "--followers-sample", "100"]
 
 
 def run_bench(
@@ -118,12 +119,72 @@ def test_http_measures_submissions_with_auth_on(
     assert code == 0, result
     assert result["status"] == "complete"
     assert result["loadgen"] in {"wrk", "python-aiohttp"}
-    assert result["requests"] > 0
-    assert result["errors"]["status"] == 0  # every answer a 2xx: the key was accepted
-    # Every accepted submission is on the tasks stream (the warm-up's too).
-    assert result["tasks_stream_length"] >= result["requests"]
-    assert set(result["latency_ms"]) >= {"p50", "p99"}
+    cases = result["cases"]
+    assert list(cases) == ["publish", "join", "hit"]  # every case, in one run
+    for case in cases.values():
+        assert case["status"] == "complete"
+        assert case["requests"] > 0
+        assert case["errors"]["status"] == 0  # every answer a 2xx: the key was accepted
+        assert set(case["latency_ms"]) >= {"p50", "p99"}
+        assert case["api_cpu_us_per_request"] > 0
+    # "cache": false: every accepted submission is on the tasks stream (the warm-up's too).
+    assert cases["publish"]["tasks_stream_length"] >= cases["publish"]["requests"]
+    # The same prompt with the cache on joins the first task: almost nothing is published
+    # (only what came before the first was confirmed published ran on its own).
+    assert 1 <= cases["join"]["tasks_stream_length"] < cases["join"]["requests"] / 2
+    # After the first task succeeded, every request is a cache hit: only the first ran.
+    assert cases["hit"]["tasks_stream_length"] == 1
+    assert set(result["over_publish"]) == {"join", "hit"}
     assert_all_stopped(tmp_path)
+
+
+def test_http_runs_one_case_when_asked(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, document = run_bench(capsys, tmp_path, "http", *TINY_HTTP, "--case", "join")
+
+    result = document["benchmarks"]["http"]
+    assert code == 0, result
+    assert list(result["cases"]) == ["join"]
+    assert result["over_publish"] is None
+    assert_all_stopped(tmp_path)
+
+
+def test_followers_joins_many_tasks_to_one_and_ends_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, document = run_bench(capsys, tmp_path, "followers", *TINY_FOLLOWERS)
+
+    result = document["benchmarks"]["followers"]
+    assert code == 0, result
+    assert result["status"] == "complete"
+    assert result["followers"] == 300
+    assert result["not_joined"] == 0
+    assert [s["after_followers"] for s in result["samples"]] == [0, 100, 200]
+    assert result["tenths"]["samples_each"] == 1
+    for key in ("wall_us_per_join", "harness_cpu_us_per_join", "redis_cpu_us_per_join"):
+        assert result["first_sample"][key] is not None
+        assert result["last_sample"][key] is not None
+    assert result["terminal_event"]["applied"] is True
+    assert result["terminal_event"]["longest_redis_command"].startswith("EVALSHA")
+    assert result["sampled_followers_with_the_result"] == result["sampled_followers"] == 4
+    assert result["sampled_followers_expiring_with_the_leader"] == 4
+    # The leader's record is the same size after 300 joins as before the first.
+    before, after = result["leader_record_bytes"].values()
+    assert before == after
+    assert_all_stopped(tmp_path)
+
+
+def test_followers_measures_the_memory_store_too(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, document = run_bench(
+        capsys, tmp_path, "followers", *TINY_FOLLOWERS, "--followers-store", "memory"
+    )
+
+    result = document["benchmarks"]["followers"]
+    assert code == 0, result
+    assert result["store"] == "MemoryTaskStore"
+    assert result["sampled_followers_with_the_result"] == 4
+    assert result["last_sample"]["redis_cpu_us_per_join"] is None
 
 
 def test_chat_measures_what_the_orchestrator_adds_to_a_chat_client_s_wait(
@@ -148,7 +209,7 @@ def test_chat_measures_what_the_orchestrator_adds_to_a_chat_client_s_wait(
 
 @pytest.mark.parametrize(
     ("benchmark", "sizes"),
-    [("dispatch", TINY_DISPATCH), ("http", TINY_HTTP)],
+    [("dispatch", TINY_DISPATCH), ("http", [*TINY_HTTP, "--case", "publish"])],
     ids=["dispatch", "http"],
 )
 def test_tracing_exports_the_services_spans_to_the_sink(
@@ -161,11 +222,12 @@ def test_tracing_exports_the_services_spans_to_the_sink(
     assert result["status"] == "complete"
     assert document["tracing"]["ratio"] == 1.0
     assert document["tracing"]["exporter"] == "OTLP/HTTP to a local sink"
-    sink = result["otlp_sink"]
+    measured = result["cases"]["publish"] if benchmark == "http" else result
+    sink = measured["otlp_sink"]
     assert sink["total"]["spans"] > 0
     assert sink["total"]["rejected"] == 0
     assert 0 <= sink["during_measurement"]["spans"] <= sink["total"]["spans"]
-    assert "otlp-sink" in result["cpu_during_measurement"]
+    assert "otlp-sink" in measured["cpu_during_measurement"]
     assert any(line.startswith("otlp-sink ") for line in _pids_lines(tmp_path))
     assert_all_stopped(tmp_path)
 
@@ -178,18 +240,26 @@ def test_baseline_runs_the_bare_equivalents_under_the_same_conditions(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     code, document = run_bench(
-        capsys, tmp_path, "all", "--baseline", *TINY_DISPATCH, *TINY_CONCURRENCY, *TINY_HTTP
-    )
+        capsys, tmp_path, "all", "--baseline",
+        *TINY_DISPATCH, *TINY_CONCURRENCY, *TINY_HTTP, *TINY_FOLLOWERS,
+    )  # fmt: skip
 
     assert code == 0, document
     benchmarks = document["benchmarks"]
-    for name in ("dispatch", "concurrency", "http"):
+    for name in ("dispatch", "concurrency"):
         baseline = benchmarks[name]["baseline"]
         assert baseline["status"] == "complete", (name, baseline)
         assert baseline["orchestrator_over_baseline"] > 0
     assert benchmarks["dispatch"]["baseline"]["tasks_per_second"] > 0
     assert benchmarks["concurrency"]["baseline"]["seconds"] > 0
-    assert benchmarks["http"]["baseline"]["requests_per_second"] > 0
+    http = benchmarks["http"]
+    assert http["baseline"]["status"] == "complete"
+    assert http["baseline"]["requests_per_second"] > 0
+    # Each case against the same bare run: what the headline's "of bare" shows.
+    assert set(http["baseline"]["orchestrator_over_baseline"]) == {"publish", "join", "hit"}
+    for case in http["cases"].values():
+        assert case["over_baseline"] > 0
+    assert benchmarks["followers"]["status"] == "complete"
     assert_all_stopped(tmp_path)
 
 

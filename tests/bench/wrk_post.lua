@@ -3,9 +3,16 @@
 -- No response() callback on purpose: it would make wrk hand every response to Lua. wrk
 -- already counts non-2xx/3xx answers in errors.status.
 wrk.method = "POST"
--- "cache": false: every request takes the full path (record + publish); with the prompt cache
--- on, identical requests would join the first one and publish nothing.
-wrk.body = '{"prompt": "Hello, orchestrator! Echo this back, word by word.", "model": "echo", "cache": false}'
+-- BENCH_CASE (httpbench.CASES) picks the body. "publish" (the default) sends "cache": false:
+-- every request takes the full path (record + publish). "join" and "hit" leave the prompt
+-- cache on: identical requests join the first one while it is in flight, or hit its cached
+-- answer, and publish nothing.
+local prompt = '{"prompt": "Hello, orchestrator! Echo this back, word by word.", "model": "echo"'
+if (os.getenv("BENCH_CASE") or "publish") == "publish" then
+  wrk.body = prompt .. ', "cache": false}'
+else
+  wrk.body = prompt .. '}'
+end
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_API_KEY") or "")
 

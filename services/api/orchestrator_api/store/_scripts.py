@@ -17,10 +17,18 @@ A cache key ``<prefix>:cache:<tenant>:<digest>`` is a hash (``r`` the result blo
 log entry, both as a hit shows them), ``<cache key>:lead`` the leader's id, and
 ``<record>:fol`` the list of a leader's followers.
 
+A follower costs the same whatever the number of followers before it: joining reads the
+leader and appends one id to ``:fol``; nothing else about the leader changes. The list is
+only there to expire the followers with their leader: the leader's end (``APPLY``) or
+discard (``DISCARD``) touches it once, and ``FOLLOWERS`` then works through it in bounded
+batches, so no single script runs longer with more followers.
+
 Cancellation (``CANCEL``): a cancelled task's ``st`` is ``cancelled`` and ``p`` its partial
 text. A leader cancelled while others follow it keeps its ``st`` (its run goes on for them)
 and gets ``xv``, how it shows to its own tenant (orjson: finished_at, partial_text), and
-``xc``, how many log entries are its own (the rest are its followers').
+``xc``, how many log entries are its own (the rest are its followers'); ``fx`` counts its
+followers that were cancelled (they stay on ``:fol``, which is only ever scanned in
+batches).
 
 The per-tenant index ``<prefix>:tenant:<tenant>:tasks`` is a sorted set of task ids scored
 by creation time (epoch seconds; a requeued task by when it was requeued). Every write to it
@@ -35,7 +43,17 @@ import hashlib
 
 import attrs
 
-__all__ = ["APPLY", "CANCEL", "CREATE", "DISCARD", "PAGE", "REQUEUE", "SUBMIT", "Script"]
+__all__ = [
+    "APPLY",
+    "CANCEL",
+    "CREATE",
+    "DISCARD",
+    "FOLLOWERS",
+    "PAGE",
+    "REQUEUE",
+    "SUBMIT",
+    "Script",
+]
 
 
 @attrs.frozen
@@ -48,19 +66,25 @@ class Script:
         return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
 
-# The creating scripts' prologue. ``now``: the server's time in ms (scripts may read TIME:
-# Redis 7 replicates effects). ``replay``: the answer to a replay of an idempotency key whose
-# existing record (``rec``, its HMGET) is at ``key``: 3 if another request (fingerprint
-# ``fp``, '' for none) made it, 2 while it is pending, else ``rec``; nil once it was
-# abandoned (pending past its deadline), so the key may be taken over.
+# The creating scripts' prologue. ``clock()``: the server's time in ms, read once and only
+# when needed (scripts may read TIME: Redis 7 replicates effects). ``replay``: the answer to
+# a replay of an idempotency key whose existing record (``rec``, its HMGET) is at ``key``: 3
+# if another request (fingerprint ``fp``, '' for none) made it, 2 while it is pending, else
+# ``rec``; nil once it was abandoned (pending past its deadline), so the key may be taken over.
 _PROLOGUE = """
-local clock = redis.call('TIME')
-local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
+local now
+local function clock()
+  if not now then
+    local t = redis.call('TIME')
+    now = t[1] * 1000 + math.floor(t[2] / 1000)
+  end
+  return now
+end
 local function replay(key, rec, fp)
   local held = redis.call('HMGET', key, 'pv', 'fp')
   if held[2] and fp ~= '' and held[2] ~= fp then return 3 end
   if not held[1] then return rec end
-  if tonumber(held[1]) > now then return 2 end
+  if tonumber(held[1]) > clock() then return 2 end
   return nil
 end
 local function index(key, score, id, cutoff, life)
@@ -93,7 +117,7 @@ if existing then
 end
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
 redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'ik', KEYS[2],
-  'pv', string.format('%d', now + tonumber(ARGV[6])))
+  'pv', string.format('%d', clock() + tonumber(ARGV[6])))
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'fp', ARGV[7]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 index(KEYS[3], ARGV[8], ARGV[4], ARGV[9], ARGV[10])
@@ -108,16 +132,18 @@ return 1
 #: pending ms, request fingerprint ('' for none), then the index entry: score, cutoff,
 #: lifetime ms. Returns 1 when the task was stored to be published, 2
 #: when the idempotency key's task is still pending, 3 when it was created by another request
-#: (nothing stored either way), else the fields (tn m st sa fa n r e j c) of the hit or
-#: follower stored, or of the idempotency key's record; a retry of this call answers as its
-#: first run did.
+#: (nothing stored either way); ``{'h', result blob}`` for a hit stored, ``{'j', leader id,
+#: its status, started at, attempts}`` for a follower stored (the caller has the rest of
+#: either record: nothing of it is sent back), else ``{'r', fields (tn m st sa fa n r e j c)}``
+#: of the idempotency key's record. A retry of this call answers as its first run did (a
+#: shared task's as ``'r'``).
 SUBMIT = Script(
     _PROLOGUE
     + """
 local F = {'tn', 'm', 'st', 'sa', 'fa', 'n', 'r', 'e', 'j', 'c'}
-local mine = redis.call('HMGET', KEYS[1], unpack(F))
+local mine = redis.call('HMGET', KEYS[1], 'tn', 'j', 'c')
 if mine[1] then
-  if mine[9] or mine[10] then return mine end
+  if mine[2] or mine[3] then return {'r', unpack(redis.call('HMGET', KEYS[1], unpack(F)))} end
   return 1
 end
 if KEYS[2] ~= '' then
@@ -126,70 +152,109 @@ if KEYS[2] ~= '' then
     local rec = redis.call('HMGET', ARGV[5] .. existing, unpack(F))
     if rec[1] then
       local answer = replay(ARGV[5] .. existing, rec, ARGV[9])
+      if type(answer) == 'table' then return {'r', unpack(answer)} end
       if answer then return answer end
     end
   end
 end
+-- The record's fields, written by one HSET: every redis.call costs, and this runs per request.
+local fields = {'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued'}
+local function add(name, value)
+  fields[#fields + 1] = name
+  fields[#fields + 1] = value
+end
+if KEYS[2] ~= '' then
+  add('ik', KEYS[2])
+  if ARGV[9] ~= '' then add('fp', ARGV[9]) end
+end
 local ttl = ARGV[3]
-local shared = true
+local answer = 1
 local hit = redis.call('HMGET', KEYS[3], 'r', 'l')
 if hit[1] and hit[2] then
   ttl = ARGV[6]
-  redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'succeeded', 'sa', ARGV[7],
-    'fa', ARGV[7], 'n', '0', 'r', hit[1], 'c', '1')
+  fields[6] = 'succeeded'
+  add('sa', ARGV[7])
+  add('fa', ARGV[7])
+  add('n', '0')
+  add('r', hit[1])
+  add('c', '1')
   local log = KEYS[1] .. ':log'
   redis.call('RPUSH', log, hit[2])
   redis.call('PEXPIRE', log, ttl)
+  answer = {'h', hit[1]}
 else
   local leader = redis.call('GET', KEYS[4])
-  local lead = {false, false}
-  if leader then lead = redis.call('HMGET', ARGV[5] .. leader, 'st', 'pv') end
+  local lead = {}
+  if leader then lead = redis.call('HMGET', ARGV[5] .. leader, 'st', 'pv', 'sa', 'n') end
   local live = lead[1] == 'queued' or lead[1] == 'running'
   if live and not lead[2] then
-    redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'j', leader)
+    add('j', leader)
+    -- The follower's id goes on the leader's list, for its expiry only (see FOLLOWERS); the
+    -- list's own expiry is set once, by its first entry.
     local fol = ARGV[5] .. leader .. ':fol'
-    redis.call('RPUSH', fol, ARGV[4])
-    redis.call('PEXPIRE', fol, ARGV[3])
+    if redis.call('RPUSH', fol, ARGV[4]) == 1 then redis.call('PEXPIRE', fol, ARGV[3]) end
+    answer = {'j', leader, lead[1], lead[3], lead[4]}
   else
-    local pv = string.format('%d', now + tonumber(ARGV[8]))
-    if live and tonumber(lead[2]) > now then
-      -- The leader is not published yet: run alone rather than wait on its outcome.
-      redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'pv', pv)
-    else
-      -- No leader, or one abandoned by its request: lead.
+    add('pv', string.format('%d', clock() + tonumber(ARGV[8])))
+    if not (live and tonumber(lead[2]) > clock()) then
+      -- No leader, or one abandoned by its request: lead. (Else the leader is not published
+      -- yet: run alone rather than wait on its outcome.)
       redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[3])
-      redis.call('HSET', KEYS[1], 'tn', ARGV[1], 'm', ARGV[2], 'st', 'queued', 'ck', KEYS[3],
-        'pv', pv)
+      add('ck', KEYS[3])
     end
-    shared = false
   end
 end
-if KEYS[2] ~= '' then
-  redis.call('SET', KEYS[2], ARGV[4], 'PX', ttl)
-  redis.call('HSET', KEYS[1], 'ik', KEYS[2])
-  if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'fp', ARGV[9]) end
-end
+if KEYS[2] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'PX', ttl) end
+redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('PEXPIRE', KEYS[1], ttl)
 index(KEYS[5], ARGV[10], ARGV[4], ARGV[11], ARGV[12])
-if shared then return redis.call('HMGET', KEYS[1], unpack(F)) end
-return 1
+return answer
 """
 )
 
-#: KEYS: record, log, buffer, tenant index. ARGV: tenant, task id, wake channel, then for a
-#: leader's followers (they fail: ``_sharing.ORPHANED``): ttl ms, finished at, error blob, log
-#: entry. Returns 1 if removed.
+#: KEYS: record, log, buffer, tenant index. ARGV: tenant, task id, wake channel, ttl ms.
+#: Returns 0 if nothing was removed, else 1 + how many followers the task had: they are
+#: still to fail (``FOLLOWERS``, ``orphan``), and their list now expires ttl ms from now.
 DISCARD = Script("""
 local cur = redis.call('HMGET', KEYS[1], 'tn', 'ik', 'ck')
 if cur[1] ~= ARGV[1] then return 0 end
 if cur[2] and redis.call('GET', cur[2]) == ARGV[2] then redis.call('DEL', cur[2]) end
+local waiting = 0
 if cur[3] then
   local lead = cur[3] .. ':lead'
   if redis.call('GET', lead) == ARGV[2] then redis.call('DEL', lead) end
   local fol = KEYS[1] .. ':fol'
-  local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[2])
-  for _, f in ipairs(redis.call('LRANGE', fol, 0, -1)) do
-    local fk = prefix .. f
+  waiting = redis.call('LLEN', fol)
+  if waiting > 0 then redis.call('PEXPIRE', fol, ARGV[4]) end
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[2])
+redis.call('PUBLISH', ARGV[3], '')
+return 1 + waiting
+""")
+
+#: One bounded batch of a leader's followers, off its list. KEYS: the leader's record, its
+#: followers list. ARGV: ``release`` or ``orphan``, batch size, record key prefix, ttl ms,
+#: then for ``orphan``: finished at, error blob, log entry. ``release`` (the leader ended): a
+#: follower, and its idempotency key, expire when the leader's record does (in ttl ms if that
+#: has no expiry). ``orphan`` (the leader was discarded): a follower still queued fails
+#: (``_sharing.ORPHANED``) and expires in ttl ms. Returns how many followers are left.
+FOLLOWERS = Script("""
+local ids = redis.call('LPOP', KEYS[2], ARGV[2])
+if not ids then return 0 end
+if ARGV[1] == 'release' then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl == -1 then ttl = tonumber(ARGV[4]) elseif ttl < 1 then ttl = 1 end
+  for _, f in ipairs(ids) do
+    local fk = ARGV[3] .. f
+    if redis.call('PEXPIRE', fk, ttl) == 1 then
+      local fik = redis.call('HGET', fk, 'ik')
+      if fik and redis.call('GET', fik) == f then redis.call('PEXPIRE', fik, ttl) end
+    end
+  end
+else
+  for _, f in ipairs(ids) do
+    local fk = ARGV[3] .. f
     local fcur = redis.call('HMGET', fk, 'st', 'ik')
     if fcur[1] == 'queued' then
       redis.call('HSET', fk, 'st', 'failed', 'fa', ARGV[5], 'e', ARGV[6])
@@ -202,12 +267,8 @@ if cur[3] then
       redis.call('PUBLISH', fk .. ':wake', '')
     end
   end
-  redis.call('DEL', fol)
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('ZREM', KEYS[4], ARGV[2])
-redis.call('PUBLISH', ARGV[3], '')
-return 1
+return redis.call('LLEN', KEYS[2])
 """)
 
 #: ``TaskStore.requeue``. KEYS: record, log, buffer, tenant index. ARGV: tenant, task id,
@@ -312,7 +373,8 @@ if cur[3] then
   end
   local started = ARGV[7] ~= '' and ARGV[7] or nil
   ended(attempts, partial(log, attempts), started)
-  redis.call('LREM', lrec .. ':fol', 1, id)
+  -- Not taken off the leader's list (a scan): counted, so the leader knows who still follows.
+  redis.call('HINCRBY', lrec, 'fx', 1)
   redis.call('PUBLISH', lrec .. ':wake', '')  -- its readers wait on its leader's channel
   return 3
 end
@@ -322,7 +384,8 @@ if cur[4] then
   if redis.call('GET', lead) == id then redis.call('DEL', lead) end
 end
 local attempts = tonumber(cur[6] or '0')
-if redis.call('LLEN', rec .. ':fol') > 0 then
+local gone = tonumber(redis.call('HGET', rec, 'fx') or '0')
+if redis.call('LLEN', rec .. ':fol') > gone then
   -- Others follow its run: it ends cancelled alone, the run goes on for them.
   local text = partial(log, attempts)
   local view = '{"finished_at":' .. at .. ',"attempt":' .. attempts .. ',"partial_text":' ..
@@ -342,13 +405,19 @@ return 5
 #: wake channel, then the step: terminal ('1'/'0'), status, at, log entry, result/error blob,
 #: then for a success: the cache entry's result blob and log entry (filled in if the task
 #: leads a cache key, whose lead it then releases; its followers expire with it).
-#: Returns 0 ignored, 1 applied, 2 buffered (same rules as ``_steps.Cursor``). The record
-#: changes are gathered into one HSET: every redis.call costs, and this runs per event.
+#: Returns 0 ignored, 1 applied, 2 buffered (same rules as ``_steps.Cursor``); 3 applied, and
+#: 4 ignored (the task had ended), when the task's followers are still to be released
+#: (``FOLLOWERS``; their list now expires with the task). The record changes are gathered
+#: into one HSET: every redis.call costs, and this runs per event.
 APPLY = Script("""
 local rec, log, buf = KEYS[1], KEYS[2], KEYS[3]
 local cur = redis.call('HMGET', rec, 'tn', 'st', 'ca', 'ns', 'ik', 'sa', 'ck', 'pv')
 if cur[1] ~= ARGV[1] then return 0 end
-if cur[2] == 'succeeded' or cur[2] == 'failed' or cur[2] == 'cancelled' then return 0 end
+if cur[2] == 'succeeded' or cur[2] == 'failed' or cur[2] == 'cancelled' then
+  -- A redelivery after a release of its followers was cut short: resume it.
+  if cur[7] and redis.call('EXISTS', rec .. ':fol') == 1 then return 4 end
+  return 0
+end
 local attempt, seq = tonumber(ARGV[3]), tonumber(ARGV[4])
 local ca, ns = tonumber(cur[3] or '0'), tonumber(cur[4] or '0')
 if attempt < ca then return 0 end
@@ -387,6 +456,7 @@ local function commit(s)
   return s[2]
 end
 local status = commit(step)
+local outcome = 1
 ns = seq + 1
 if step[1] == '1' then
   redis.call('DEL', buf)
@@ -400,15 +470,8 @@ if step[1] == '1' then
       redis.call('HSET', cur[7], 'r', ARGV[13], 'l', ARGV[14])
       redis.call('PEXPIRE', cur[7], ARGV[5])
     end
-    local fol = rec .. ':fol'
-    local prefix = string.sub(rec, 1, #rec - #ARGV[2])
-    for _, f in ipairs(redis.call('LRANGE', fol, 0, -1)) do
-      local fk = prefix .. f
-      redis.call('PEXPIRE', fk, ARGV[5])
-      local fik = redis.call('HGET', fk, 'ik')
-      if fik and redis.call('GET', fik) == f then redis.call('PEXPIRE', fik, ARGV[5]) end
-    end
-    redis.call('DEL', fol)
+    -- Its followers expire with it: FOLLOWERS releases them, a bounded batch at a time.
+    if redis.call('PEXPIRE', rec .. ':fol', ARGV[5]) == 1 then outcome = 3 end
   end
 else
   while true do
@@ -421,5 +484,5 @@ else
 end
 redis.call('HSET', rec, 'st', status, 'n', ca, 'ca', ca, 'ns', ns, unpack(fields))
 redis.call('PUBLISH', ARGV[7], '')
-return 1
+return outcome
 """)

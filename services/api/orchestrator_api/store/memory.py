@@ -4,7 +4,9 @@ Expiry follows the Redis store: ``ttl_seconds`` after the task ends, ``safety_tt
 after creation while it has not; a cached answer ``ttl_seconds`` after its task succeeded.
 Expired entries vanish on access and are swept on writes, so nothing accumulates; live
 waiters sleep on a per-task event, never in a polling loop. Cache hits and joined tasks
-follow ``_sharing``.
+follow ``_sharing``: a follower reads through its leader, which keeps only the list of their
+ids, to expire (or fail) them when it ends; that is done ``FOLLOWER_BATCH`` at a time,
+yielding to the event loop in between, so no call blocks it longer with more followers.
 
 The per-tenant index of ``list_tasks`` is a dict per tenant, task id to creation time (or to
 when it was requeued: ``requeue`` gives the task a new life, listed as of then), that
@@ -49,6 +51,9 @@ from .errors import (
 
 __all__ = ["DEFAULT_PENDING_SECONDS", "DEFAULT_SAFETY_TTL", "MemoryTaskStore"]
 
+#: Followers expired (or failed) between two yields to the event loop.
+FOLLOWER_BATCH = 1000
+
 #: How long a task that never ends is kept (a lost worker result, a task stuck in a backlog).
 DEFAULT_SAFETY_TTL = 24 * 3600.0
 
@@ -74,6 +79,7 @@ class _Entry:
     #: much of the log (shared with its followers, whose run goes on) is its own.
     cancelled: TaskRecord | None = None
     cut: int = 0
+    cancelled_followers: int = 0  # of ``followers``: they follow no more
 
     def append(self, event: str, data: dict[str, object]) -> None:
         self.log.append(StoredEvent(id=str(len(self.log) + 1), event=event, data=data))
@@ -271,16 +277,20 @@ class MemoryTaskStore:
         self._drop(task_id, entry)
         # Its followers were told their task was accepted: they fail, rather than vanish.
         now = time.time()
-        for follower_id in entry.followers:
-            follower = self._live(follower_id)
-            if follower is None or follower.record.status.terminal:
-                continue
-            follower.record = orphaned(follower.record, now)
-            follower.append(
-                "error", {"type": ORPHANED.type, "message": ORPHANED.message, "attempt": 0}
-            )
-            self._expire_at(follower_id, follower, self._clock() + self.ttl_seconds)
-            follower.notify()
+        followers, entry.followers = entry.followers, []
+        for start in range(0, len(followers), FOLLOWER_BATCH):
+            if start:
+                await asyncio.sleep(0)
+            for follower_id in followers[start : start + FOLLOWER_BATCH]:
+                follower = self._live(follower_id)
+                if follower is None or follower.record.status.terminal:
+                    continue
+                follower.record = orphaned(follower.record, now)
+                follower.append(
+                    "error", {"type": ORPHANED.type, "message": ORPHANED.message, "attempt": 0}
+                )
+                self._expire_at(follower_id, follower, self._clock() + self.ttl_seconds)
+                follower.notify()
 
     async def confirm(self, tenant: str, task_id: str) -> None:
         entry = self._owned(tenant, task_id)
@@ -315,8 +325,7 @@ class MemoryTaskStore:
         if leader_id is not None:  # a follower: alone, on a copy of what it has shown
             leader = self._live(leader_id)
             if leader is not None:
-                with contextlib.suppress(ValueError):
-                    leader.followers.remove(task_id)
+                leader.cancelled_followers += 1  # (counted: a list scan costs per follower)
                 entry.log = list(leader.log)
             entry.record = cancelled(shown, now, partial_text(entry.log, shown.attempts))
             entry.append("cancelled", cancelled_data(entry.record))
@@ -324,7 +333,7 @@ class MemoryTaskStore:
             entry.notify()
             return Cancellation(entry.record, stop_run=False)
         self._release(task_id, entry)  # identical submissions run anew from now on
-        if any(self._live(f) is not None for f in entry.followers):
+        if len(entry.followers) > entry.cancelled_followers:
             # Others follow its run: it ends cancelled alone, the run goes on for them.
             entry.cut = len(entry.log)
             entry.cancelled = cancelled(shown, now, partial_text(entry.log, shown.attempts))
@@ -419,7 +428,20 @@ class MemoryTaskStore:
             self._commit(event.task_id, entry, step_for(admitted))
         if ready:
             entry.notify()
+        if entry.record.status.terminal and entry.followers:
+            await self._release_followers(entry)
         return True
+
+    async def _release_followers(self, entry: _Entry) -> None:
+        """An ended leader's followers expire with it (they read through it)."""
+        followers, entry.followers = entry.followers, []
+        for start in range(0, len(followers), FOLLOWER_BATCH):
+            if start:
+                await asyncio.sleep(0)
+            for follower_id in followers[start : start + FOLLOWER_BATCH]:
+                follower = self._entries.get(follower_id)
+                if follower is not None:
+                    self._expire_at(follower_id, follower, entry.expires_at)
 
     def _commit(self, task_id: str, entry: _Entry, step: Step) -> None:
         record = entry.record
@@ -448,8 +470,8 @@ class MemoryTaskStore:
         entry.append(step.event, step.data)
 
     def _finish_leader(self, task_id: str, entry: _Entry, step: Step, expires_at: float) -> None:
-        """A leader ended: cache its answer (success only), release the key, and let its
-        followers expire with it (they read through it)."""
+        """A leader ended: cache its answer (success only) and release the key (``apply``
+        then lets its followers expire with it)."""
         key = entry.cache_key
         if key is None:
             return
@@ -457,11 +479,6 @@ class MemoryTaskStore:
         if step.result is not None:
             self._cache[key] = (step.result, expires_at)
             heapq.heappush(self._cache_expiries, (expires_at, key))
-        for follower_id in entry.followers:
-            follower = self._entries.get(follower_id)
-            if follower is not None:
-                self._expire_at(follower_id, follower, expires_at)
-        entry.followers.clear()
 
     async def events(
         self, tenant: str, task_id: str, after: str | None = None, timeout: float = 0.0

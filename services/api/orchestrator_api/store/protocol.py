@@ -59,7 +59,8 @@ class TaskStore(Protocol):
     async def discard(self, tenant: str, task_id: str) -> None:
         """Remove a record whose publish failed (and its idempotency key, and its lead of a
         cache key), so no record is left stuck at ``queued`` for a task that was never
-        accepted. Tasks that joined it in the meantime fail (``_sharing.ORPHANED``)."""
+        accepted. Tasks that joined it in the meantime fail (``_sharing.ORPHANED``), a
+        bounded batch at a time, before the call returns."""
         ...
 
     async def get(self, tenant: str, task_id: str) -> TaskRecord | None:
@@ -131,6 +132,11 @@ class TaskStore(Protocol):
         whole answer) and the held-back events are dropped. The first event of a newer
         attempt switches to it. Events of unknown tasks (or naming another tenant) return
         False.
+
+        A leader's terminal event also lets its followers expire with it (``_sharing``), a
+        bounded batch at a time, before the call returns: however many joined it, no single
+        step takes longer. If that was cut short (the process died), a redelivery of the
+        terminal event finishes it, and returns True once more.
         """
         ...
 

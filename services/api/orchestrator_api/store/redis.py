@@ -20,6 +20,13 @@ Keys (``prefix`` defaults to ``orchestrator``), all expiring:
   7.0: 1.45 MB for 10,000 ids, ``tests/api/test_store_listing.py``), about 60 while it holds
   fewer (a listpack).
 
+A follower reads through its leader's record and log; the leader keeps only the list of
+their ids, to expire them with it. When it ends (``apply``) or is discarded (``discard``),
+that call works through the list in batches of ``FOLLOWER_BATCH`` (one short script each),
+so a join, a terminal event and every other command cost the same with 10 or 100,000
+followers. A release cut short (the process died) resumes on a redelivery of the terminal
+event; one never resumed leaves those followers to their safety TTL.
+
 TTL: every key of a task expires ``ttl_seconds`` after the task ends (set atomically with
 the terminal event). Until then they carry ``safety_ttl_seconds`` (default 24 h, at least
 ``ttl_seconds``) from creation, so a task whose result never comes does not stay forever.
@@ -56,8 +63,8 @@ from orchestrator_broker.redis_settings import RedisSettings
 from orchestrator_tasks.messages import ErrorInfo, ResultEvent, Usage
 
 from ..model import Cancellation, StoredEvent, TaskPage, TaskRecord, TaskResult, TaskStatus
-from ._scripts import APPLY, CANCEL, CREATE, DISCARD, PAGE, REQUEUE, SUBMIT, Script
-from ._sharing import ORPHANED, cancelled, mirror, reused_events
+from ._scripts import APPLY, CANCEL, CREATE, DISCARD, FOLLOWERS, PAGE, REQUEUE, SUBMIT, Script
+from ._sharing import ORPHANED, cache_hit, cancelled, follow, reused_events
 from ._steps import DONE_SEQ, QUEUED_DATA, step_for
 from ._wakeup import Wakeups
 from .errors import (
@@ -70,12 +77,18 @@ from .errors import (
 )
 from .memory import DEFAULT_PENDING_SECONDS, DEFAULT_SAFETY_TTL
 
-__all__ = ["RedisTaskStore"]
+__all__ = ["FOLLOWER_BATCH", "RedisTaskStore"]
 
 log = logging.getLogger(__name__)
 
+#: Followers released (or failed) per script call: each takes the server about 1 ms per 250
+#: (the other clients of that Redis wait that long), and one call per batch goes on the
+#: terminal event's way.
+FOLLOWER_BATCH = 256
+
 _RECORD_FIELDS = ("tn", "m", "st", "sa", "fa", "n", "r", "e", "j", "c", "p", "xv")
-_LEADER_FIELDS = _RECORD_FIELDS[:8]
+#: What a follower shows of its leader (not its fixed part: its own metadata may be large).
+_LEADER_FIELDS = ("tn", "st", "sa", "fa", "n", "r", "e")
 _TERMINAL = frozenset({b"succeeded", b"failed", b"cancelled", "succeeded", "failed", "cancelled"})
 
 
@@ -92,27 +105,31 @@ def _after_index(after: str | None) -> int:
         return 0  # not one of ours: replay from the start rather than lose events
 
 
+def _decode_result(blob: bytes | str) -> TaskResult:
+    data = orjson.loads(blob)
+    usage = data.get("usage")
+    return TaskResult(
+        text=data["text"],
+        provider=data.get("provider"),
+        model=data.get("model"),
+        usage=Usage(**usage) if usage is not None else None,
+        finish_reason=data.get("finish_reason"),
+        cost_usd=data.get("cost_usd"),
+    )
+
+
+def _decode_error(blob: bytes | str) -> ErrorInfo:
+    data = orjson.loads(blob)
+    return ErrorInfo(type=data["type"], message=data["message"])
+
+
 def _decode_record(fields: Sequence[Any]) -> TaskRecord:
     tenant, fixed, status, started, finished, attempts, result, error, *more = fields
     # (older scripts return the first ten fields only)
     joined, cached, partial, view = (*more, None, None, None, None)[:4]
     meta = orjson.loads(fixed)
-    task_result = None
-    if result is not None:
-        data = orjson.loads(result)
-        usage = data.get("usage")
-        task_result = TaskResult(
-            text=data["text"],
-            provider=data.get("provider"),
-            model=data.get("model"),
-            usage=Usage(**usage) if usage is not None else None,
-            finish_reason=data.get("finish_reason"),
-            cost_usd=data.get("cost_usd"),
-        )
-    task_error = None
-    if error is not None:
-        data = orjson.loads(error)
-        task_error = ErrorInfo(type=data["type"], message=data["message"])
+    task_result = None if result is None else _decode_result(result)
+    task_error = None if error is None else _decode_error(error)
     record = TaskRecord(
         id=meta["id"],
         tenant=_text(tenant),
@@ -386,6 +403,22 @@ class RedisTaskStore:
                 if reply == 3:
                     raise IdempotencyKeyReused("this idempotency key was used by another request")
                 return record
+            if script is SUBMIT:
+                # A new follower or hit comes back as what it adds to ``record`` (the usual
+                # shared answer: no second round trip, nothing decoded twice).
+                kind = reply[0]
+                if kind in (b"j", "j"):
+                    _, leader, status, started, attempts = reply
+                    return follow(
+                        record,
+                        _text(leader),
+                        TaskStatus(_text(status)),
+                        None if started is None else float(started),
+                        0 if attempts is None else int(attempts),
+                    )
+                if kind in (b"h", "h"):
+                    return cache_hit(record, _decode_result(reply[1]), record.created_at)
+                reply = reply[1:]
             return await self._shown(_decode_record(reply)) or record
         except (RedisError, OSError) as exc:
             raise _translate("create", exc) from exc
@@ -404,23 +437,49 @@ class RedisTaskStore:
         if leader_id is None or record.status.terminal:
             return record
         (fields,) = await self._run(("HMGET", self._task_prefix + leader_id, *_LEADER_FIELDS))
-        if fields[0] is None:
+        tenant, status, started, finished, attempts, result, error = fields
+        if tenant is None:
             return None
-        return mirror(record, _decode_record(fields))
+        return follow(
+            record,
+            leader_id,
+            TaskStatus(_text(status)),
+            None if started is None else float(started),
+            0 if attempts is None else int(attempts),
+            None if finished is None else float(finished),
+            None if result is None else _decode_result(result),
+            None if error is None else _decode_error(error),
+        )
 
     async def discard(self, tenant: str, task_id: str) -> None:
-        error = {"type": ORPHANED.type, "message": ORPHANED.message}
-        args = (
-            tenant,
-            task_id,
-            self._channel(task_id),
-            self._ttl_ms,
-            repr(time.time()),
-            orjson.dumps(error),
-            orjson.dumps(["error", {**error, "attempt": 0}]),
-        )
+        args = (tenant, task_id, self._channel(task_id), self._ttl_ms)
         with _translated("discard"):
-            await self._script(DISCARD, (*self._keys(task_id), self._index_key(tenant)), args)
+            removed = await self._script(
+                DISCARD, (*self._keys(task_id), self._index_key(tenant)), args
+            )
+            if removed > 1:  # it had followers: they fail
+                error = {"type": ORPHANED.type, "message": ORPHANED.message}
+                orphan = (
+                    repr(time.time()),
+                    orjson.dumps(error),
+                    orjson.dumps(["error", {**error, "attempt": 0}]),
+                )
+                await self._followers(task_id, "orphan", *orphan)
+
+    async def _followers(self, task_id: str, action: str, *extra: Any) -> None:
+        """Work through the followers list of ``task_id`` (ended or discarded: it only
+        shrinks) one ``FOLLOWERS`` batch at a time; see ``_scripts``."""
+        record = self._task_prefix + task_id
+        keys = (record, record + ":fol")
+        args = (action, FOLLOWER_BATCH, self._task_prefix, self._ttl_ms, *extra)
+        left = await self._script(FOLLOWERS, keys, args)
+        # Bounded: nothing joins a task that ended, so this many batches empty the list.
+        for _ in range(left // FOLLOWER_BATCH + 1):
+            if not left:
+                return
+            left = await self._script(FOLLOWERS, keys, args)
+        if left:
+            log.warning("task %s: %d followers left to %s", task_id, left, action)
 
     async def get(self, tenant: str, task_id: str) -> TaskRecord | None:
         with _translated("get"):
@@ -553,6 +612,8 @@ class RedisTaskStore:
         )
         with _translated("apply"):
             outcome = await self._script(APPLY, self._keys(event.task_id), args)
+            if outcome >= 3:  # the task ended (4: before, but its release was cut short)
+                await self._followers(event.task_id, "release")
         return bool(outcome)
 
     async def _read(
