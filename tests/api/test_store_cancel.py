@@ -170,3 +170,18 @@ async def test_a_cancelled_leader_ends_alone_while_its_run_goes_on(store: TaskSt
     assert again.stop_run is False
     listed = await store.list_tasks("acme", limit=10, status=TaskStatus.CANCELLED)
     assert [r.id for r in listed.records] == [leader.id]
+
+
+async def test_a_leader_whose_followers_all_cancelled_is_stopped_itself(store: TaskStore) -> None:
+    leader = await submit(store, new_record(), cache_key=KEY)
+    follower = await submit(store, new_record(), cache_key=KEY)
+    await store.apply(started(leader))
+    first = await store.cancel("acme", follower.id)
+    assert first is not None
+    assert first.stop_run is False
+
+    cancellation = await store.cancel("acme", leader.id)
+
+    assert cancellation is not None
+    assert cancellation.stop_run is True  # nobody follows its run any more: stop it
+    assert cancellation.record.status is TaskStatus.RUNNING  # until its worker says so
