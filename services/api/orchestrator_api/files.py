@@ -36,6 +36,7 @@ _MAX_FIELD: Final = 1024
 #: Room for the multipart framing and the small fields around the file.
 _FRAMING: Final = 64 * 1024
 _PURPOSES: Final = ("batch", "batch_output")
+_EXPIRY: Final = ("expires_after[anchor]", "expires_after[seconds]")
 
 
 def _json(body: object) -> web.Response:
@@ -85,6 +86,16 @@ async def _field(part: BodyPartReader, name: str) -> str:
         raise bad_request("must be UTF-8 text", name) from None
 
 
+def _check_expiry(name: str, value: str) -> None:
+    """OpenAI's ``expires_after`` is checked, not used: files expire after
+    ``BATCH_FILE_TTL_HOURS``."""
+    if name.endswith("[anchor]"):
+        if value != "created_at":
+            raise bad_request("must be created_at", name)
+    elif not (value.isascii() and value.isdigit() and 3600 <= int(value) <= 2_592_000):
+        raise bad_request("must be a whole number of seconds from 3600 to 2592000", name)
+
+
 async def upload_file(request: web.Request) -> web.Response:
     """``POST /v1/files``: the file, once all of it is stored."""
     tenant = tenant_of(request, request.app[STATE])
@@ -118,8 +129,10 @@ async def upload_file(request: web.Request) -> web.Response:
                 if stored is not None:
                     raise bad_request("send one file", "file")
                 stored = await _store(api, tenant, part)
+            elif part.name in _EXPIRY:
+                _check_expiry(part.name, await _field(part, part.name))
             else:
-                await part.release()  # expires_after and the like: not used
+                raise bad_request("is not a field of an upload", str(part.name))
     except ValueError as exc:  # aiohttp: the body is not the multipart it says
         await _forget(api, tenant, stored)
         raise bad_request(f"the multipart body is malformed ({exc})", "file") from None

@@ -59,8 +59,11 @@ SCHEMAS: Final[dict[str, Schema]] = {
     "FileUpload": {
         "type": "object",
         "required": ["purpose", "file"],
+        "additionalProperties": False,
         "properties": {
             "purpose": {"const": "batch"},
+            "expires_after[anchor]": {"const": "created_at"},
+            "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2592000},
             "file": {
                 "type": "string",
                 "format": "binary",
