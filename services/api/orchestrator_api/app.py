@@ -15,6 +15,8 @@ from orchestrator_broker import Broker
 from orchestrator_tasks import presence_group
 from orchestrator_telemetry.runtime import cleanup_ctx, closing, traced_broker
 
+from .batch.protocol import BatchStore
+from .batches import add_batch_api
 from .catalog import add_model_routes
 from .config import ApiSettings
 from .metrics import METRICS, ApiMetrics
@@ -73,6 +75,7 @@ def create_app(
     heartbeat: float = DEFAULT_HEARTBEAT,
     publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
     metrics: ApiMetrics | None = None,
+    batch_store: BatchStore | None = None,
 ) -> web.Application:
     """The API app on ``broker`` and ``store``.
 
@@ -84,7 +87,9 @@ def create_app(
     someone else; tests pass their own ``results_consumer``). Every request gets a server span
     from ``tracer_provider`` (default: the global one), whose ``traceparent`` the response
     carries. ``GET /metrics`` (no auth) serves ``metrics`` (default: new ``ApiMetrics``;
-    single-process mode passes one on the registry it shares with the worker). Raises
+    single-process mode passes one on the registry it shares with the worker). The Files and
+    Batches APIs keep their files and batches in ``batch_store`` (the caller's to close;
+    default: built from ``REDIS_URI`` like the store). Raises
     ``ConfigError`` when auth is on and there are no API keys.
     """
     keyring = settings.keyring()
@@ -129,6 +134,7 @@ def create_app(
         await workers.close()
 
     app.cleanup_ctx.append(cleanup_ctx(STATE, handler_state))
+    add_batch_api(app, settings, batch_store)  # after STATE: its runner submits tasks
     add_routes(app)
     add_model_routes(app)
     _add_metrics(app, metrics, streams)

@@ -106,6 +106,9 @@ class ApiSettings:
     - ``HTTP_KEEPALIVE_SECONDS`` [75]: an idle keep-alive connection is closed after this.
     - ``HTTP_MAX_CONNECTIONS`` [10000]: open connections per API process; past it a new
       connection gets ``503`` (``Retry-After: 1``) at once and is closed.
+    - ``MAX_BATCH_FILE_BYTES`` [104857600]: largest file ``POST /v1/files`` takes (413 above).
+    - ``BATCH_FILE_TTL_HOURS`` [720]: how long an uploaded file, a batch's output and error
+      files, and a finished batch are kept.
     - ``LOG_LEVEL`` [INFO]: DEBUG, INFO, WARNING, ERROR or CRITICAL (DEBUG adds access logs).
     - ``LOG_FORMAT`` [plain]: ``plain`` or ``json`` (one JSON object per line, with trace ids).
     """
@@ -129,6 +132,8 @@ class ApiSettings:
     http_header_timeout_seconds: float = 10.0
     http_keepalive_seconds: float = 75.0
     http_max_connections: int = 10_000
+    max_batch_file_bytes: int = 104_857_600
+    batch_file_ttl_hours: float = 720.0
     log_level: str = "INFO"
     log_format: str = "plain"
 
@@ -173,6 +178,10 @@ class ApiSettings:
             ),
             http_keepalive_seconds=env.seconds("HTTP_KEEPALIVE_SECONDS", 75.0, positive=True),
             http_max_connections=env.integer("HTTP_MAX_CONNECTIONS", 10_000, low=1, high=10**7),
+            max_batch_file_bytes=env.integer(
+                "MAX_BATCH_FILE_BYTES", 104_857_600, low=1024, high=2**40
+            ),
+            batch_file_ttl_hours=env.number("BATCH_FILE_TTL_HOURS", 720.0, low=0.0, positive=True),
             log_level=env.choice("LOG_LEVEL", "INFO", _LOG_LEVELS, case="upper"),
             log_format=env.choice("LOG_FORMAT", "plain", _LOG_FORMATS, case="lower"),
         )

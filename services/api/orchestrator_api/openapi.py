@@ -29,6 +29,7 @@ from orchestrator_tasks.parameters import (
 )
 
 from . import problems
+from .batch.openapi import add_batch_operations
 from .listing import DEFAULT_LIMIT, MAX_AFTER_CHARS, MAX_LIMIT
 from .validation import (
     IDEMPOTENCY_KEY_PATTERN,
@@ -970,7 +971,11 @@ def _common(*names: str) -> dict[str, Any]:
 
 
 def build_document() -> dict[str, Any]:
-    """The OpenAPI document as a dict."""
+    """The OpenAPI document as a dict (with the Files and Batches operations)."""
+    return add_batch_operations(_core_document())
+
+
+def _core_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {

@@ -209,7 +209,57 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: 5)",
     )
     _add_dead_letters(commands)
+    _add_batch(commands)
     return parser
+
+
+def _add_batch(commands: Any) -> None:
+    about = "Run a JSONL file of chat completion requests as a batch (the OpenAI Batch API)."
+    batch = commands.add_parser("batch", help=about, description=about)
+    actions = batch.add_subparsers(dest="action", required=True, metavar="ACTION")
+    submit = actions.add_parser(
+        "submit", help="Upload FILE, start its batch, print the batch id (and follow it)."
+    )
+    submit.add_argument("file", type=Path, help="JSONL: one /v1/chat/completions request a line")
+    submit.add_argument(
+        "--wait", action="store_true", help="follow the batch to its end (a progress bar)"
+    )
+    submit.add_argument("--output", type=Path, help="with --wait: write the output file here")
+    submit.add_argument("--errors", type=Path, help="with --wait: write the error file here")
+    submit.add_argument(
+        "--url",
+        default=os.environ.get("ORCHESTRATOR_URL", "http://127.0.0.1:8080"),
+        help="the API's base URL (default: ORCHESTRATOR_URL or http://127.0.0.1:8080)",
+    )
+    submit.add_argument(
+        "--api-key",
+        default=os.environ.get("ORCHESTRATOR_API_KEY"),
+        help="bearer key (default: ORCHESTRATOR_API_KEY)",
+    )
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from .batch import BatchError, submit_batch
+
+    if (args.output or args.errors) and not args.wait:
+        raise UsageError("--output and --errors need --wait")
+    if not args.file.is_file():
+        raise UsageError(f"{args.file}: no such file")
+    try:
+        return asyncio.run(
+            submit_batch(
+                args.url,
+                args.api_key,
+                args.file,
+                wait=args.wait,
+                output=args.output,
+                errors=args.errors,
+                out=sys.stdout,
+                progress=sys.stderr,
+            )
+        )
+    except BatchError as exc:
+        _fail(str(exc), code=1)
 
 
 #: The roles ``--message`` takes (the API's ``messages[].role``).
@@ -281,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "submit":
             return _run_submit(args)
+        if args.command == "batch":
+            return _run_batch(args)
         environ = _environment(args.env_file)
         if args.command == "dead-letters":
             return _run_dead_letters(args, environ)

@@ -1,0 +1,420 @@
+"""``BatchRunner``: turns batches into tasks, collects their answers, writes the files.
+
+Every API process runs one. It looks at the active batches (``BatchStore.active_batches``)
+and drives each one whose lease it gets, a step at a time: read a stretch of the input file
+from the batch's cursor and submit its lines as tasks (``TaskService.submit``, the path of
+``POST /v1/chat/completions``: validation, the prompt cache, joining, traces and costs);
+collect the answers of pending lines whose tasks ended (``finish_lines``); when every line
+has its answer, write the output and error files. Everything a step does is in the store,
+so when a process stops (or loses the lease), another one resumes where it was: a line
+submitted again gets its task back (its ``Idempotency-Key`` is the batch and line number).
+
+A task record expires ``CACHE_TTL_MINUTES`` after it ends: its answer is collected well
+before that while any API process runs; a line whose task is gone when collected (every API
+process down for longer) goes to the error file as ``task_expired``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Final
+
+import attrs
+from opentelemetry import trace
+
+from orchestrator_tasks import WorkerAdvert
+
+from ..model import TaskRecord
+from ..store.errors import IdempotencyKeyInUse, IdempotencyKeyReused, StoreError, TaskFinished
+from ..tasks import TaskService, Unavailable
+from ..validation import Submission
+from ..workers import unserved_model
+from .lines import InvalidLine, line_error, parse_line, task_line, with_batch_metadata
+from .model import BatchRecord, BatchStatus, FileInfo, LineResult, PendingLine
+from .protocol import BatchStore
+
+__all__ = ["BATCH_PRIORITY", "BatchRunner", "new_file_id"]
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("orchestrator_api.batch")
+
+#: The priority batch lines run at: a tenant's interactive tasks overtake its batches
+#: (issue 12). TaskService.submit takes no priority yet: ``_submit`` is where it goes.
+BATCH_PRIORITY: Final = "low"
+#: Lines read and submitted per step; answers collected per look.
+INGEST_LINES: Final = 256
+HARVEST_LINES: Final = 512
+#: Submissions of one batch in flight at once: bounded, so a big batch does not crowd out
+#: interactive requests on the same API process.
+SUBMIT_CONCURRENCY: Final = 16
+#: Lines per read of the results while writing the files.
+WRITE_LINES: Final = 1000
+
+Adverts = Callable[[], Awaitable[Sequence[WorkerAdvert]]]
+
+
+def new_file_id() -> str:
+    return f"file-{os.urandom(12).hex()}"
+
+
+@attrs.define
+class _Lines:
+    """A stretch of input: each line (None: longer than allowed), where it ended, and
+    whether the file did."""
+
+    lines: list[bytes | None]
+    cursor: int
+    eof: bool
+
+
+async def _read_lines(
+    chunks: AsyncGenerator[bytes, None], start: int, max_lines: int, max_line_bytes: int
+) -> _Lines:
+    out: list[bytes | None] = []
+    cursor = start
+    buffer = bytearray()
+    skipping = False  # inside a line that is too long: drop its bytes until its newline
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            buffer += chunk
+            while len(out) < max_lines:
+                end = buffer.find(b"\n")
+                if end < 0:
+                    if len(buffer) > max_line_bytes:
+                        cursor += len(buffer)
+                        buffer.clear()
+                        skipping = True
+                    break
+                line = bytes(buffer[:end])
+                del buffer[: end + 1]
+                cursor += end + 1
+                if skipping:
+                    out.append(None)
+                    skipping = False
+                elif len(line) > max_line_bytes:
+                    out.append(None)
+                elif line.strip():
+                    out.append(line)
+            if len(out) >= max_lines:
+                return _Lines(out, cursor, eof=False)
+    if skipping:
+        out.append(None)
+    elif buffer.strip():
+        out.append(None if len(buffer) > max_line_bytes else bytes(buffer))
+    return _Lines(out, cursor + len(buffer), eof=True)
+
+
+class BatchRunner:
+    """Drives the active batches whose lease this process holds (see the module)."""
+
+    def __init__(
+        self,
+        store: BatchStore,
+        tasks: TaskService,
+        *,
+        file_ttl_seconds: float,
+        max_prompt_chars: int,
+        max_line_bytes: int,
+        adverts: Adverts | None = None,
+        interval: float = 1.0,
+        lease_seconds: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.tasks = tasks
+        self.file_ttl_seconds = file_ttl_seconds
+        self.max_prompt_chars = max_prompt_chars
+        self.max_line_bytes = max_line_bytes
+        self.interval = interval
+        self.lease_seconds = lease_seconds
+        self._adverts = adverts
+        self._owner = os.urandom(8).hex()
+        self._driving: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def kick(self) -> None:
+        """Look at the active batches now (a batch was created or cancelled)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Until ``stop``: every ``interval`` (or when kicked), drive each active batch this
+        process can lease and is not driving yet."""
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                for batch_id in await self.store.active_batches():
+                    if batch_id in self._driving:
+                        continue
+                    if await self.store.acquire(batch_id, self._owner, self.lease_seconds):
+                        task = asyncio.create_task(self._drive(batch_id), name=f"batch-{batch_id}")
+                        self._driving[batch_id] = task
+                        task.add_done_callback(functools.partial(self._driven, batch_id))
+            except StoreError as exc:
+                log.warning("batches: the store is unavailable: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
+
+    def _driven(self, batch_id: str, _: asyncio.Task[None]) -> None:
+        self._driving.pop(batch_id, None)
+
+    async def stop(self) -> None:
+        """Stop driving; the leases are given up, so another process resumes at once."""
+        self._stopping = True
+        self._wake.set()
+        running = list(self._driving.values())
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+    async def _drive(self, batch_id: str) -> None:
+        try:
+            while not self._stopping:
+                record = await self.store.load(batch_id)
+                if record is None or record.status.terminal:
+                    await self.store.retire(batch_id)
+                    return
+                if not await self._step(record):
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.interval):
+                            await self._wake.wait()
+                if not await self.store.acquire(batch_id, self._owner, self.lease_seconds):
+                    return  # another process took it over (this one stalled)
+        except (StoreError, Unavailable) as exc:
+            log.warning("batch %s: paused, the store or broker is unavailable: %s", batch_id, exc)
+        except Exception:
+            log.exception("batch %s: step failed; it will be resumed", batch_id)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.release(batch_id, self._owner))
+
+    # ---- one step -------------------------------------------------------------------------
+
+    async def _step(self, record: BatchRecord) -> bool:
+        """One step of the batch; whether it did anything."""
+        stopping = self._stopping_as(record)
+        if stopping is not None and not record.stopped:
+            await self._stop_tasks(record)
+            record = attrs.evolve(record, stopped=True)
+            await self.store.save(record)
+        if not record.ingested:
+            await self._ingest(record, stopping)
+            await self._harvest(record, stopping)  # while a big batch is read, answers arrive
+            return True
+        if await self._harvest(record, stopping):
+            return True
+        if not await self.store.pending(record.id, 1):
+            await self._finalize(record, stopping)
+            return True
+        return False
+
+    @staticmethod
+    def _stopping_as(record: BatchRecord) -> str | None:
+        if record.cancelling_at is not None:
+            return "batch_cancelled"
+        if time.time() >= record.expires_at:
+            return "batch_expired"
+        return None
+
+    async def _stop_tasks(self, record: BatchRecord) -> None:
+        """Cancel the tasks of every pending line (their answers, if any, are collected
+        as usual)."""
+        semaphore = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+
+        async def cancel(line: PendingLine) -> None:
+            async with semaphore:
+                with contextlib.suppress(TaskFinished):
+                    await self.tasks.cancel(record.tenant, line.task_id)
+
+        pending = await self.store.pending(record.id, max(record.lines, 1))
+        await asyncio.gather(*(cancel(line) for line in pending))
+
+    async def _ingest(self, record: BatchRecord, stopping: str | None) -> None:
+        info = await self.store.get_file(record.tenant, record.input_file_id)
+        if info is None:
+            if record.lines == 0:
+                await self._fail(record, "invalid_file", "The input file was deleted or expired.")
+            else:  # deleted meanwhile: what was read is the batch
+                await self.store.save(attrs.evolve(record, ingested=True))
+            return
+        read = await _read_lines(
+            self.store.read_file(record.input_file_id, record.cursor),
+            record.cursor,
+            INGEST_LINES,
+            self.max_line_bytes,
+        )
+        adverts = await self._adverts() if self._adverts is not None and stopping is None else ()
+        done: list[LineResult] = []
+        jobs: list[tuple[int, str, Submission]] = []
+        number = record.lines
+        for raw in read.lines:
+            try:
+                if raw is None:
+                    message = f"The line is longer than {self.max_line_bytes} bytes."
+                    raise InvalidLine(message, "line_too_long")
+                custom_id, submission = parse_line(raw, max_prompt_chars=self.max_prompt_chars)
+                if stopping is not None:
+                    message = "The batch stopped before this request was sent."
+                    raise InvalidLine(message, stopping, custom_id)
+                reason = unserved_model(adverts, submission.model)
+                if reason is not None:
+                    raise InvalidLine(f"body: model: {reason}", "model_not_found", custom_id)
+                jobs.append((number, custom_id, submission))
+            except InvalidLine as exc:
+                done.append(line_error(record.id, number, exc))
+            number += 1
+        pending = await self._submit_all(record, jobs, done)
+        await self.store.add_lines(record.id, read.cursor, number, pending, done)
+        if read.eof and number == 0:
+            await self._fail(record, "empty_file", "The input file has no requests.")
+            return
+        now = time.time()
+        changed = attrs.evolve(
+            record,
+            ingested=read.eof,
+            status=BatchStatus.IN_PROGRESS,
+            in_progress_at=record.in_progress_at or now,
+        )
+        if changed != record:
+            await self.store.save(changed)
+
+    async def _submit_all(
+        self,
+        record: BatchRecord,
+        jobs: list[tuple[int, str, Submission]],
+        done: list[LineResult],
+    ) -> list[PendingLine]:
+        semaphore = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+
+        async def submit(number: int, custom_id: str, submission: Submission) -> PendingLine | None:
+            async with semaphore:
+                key = f"{record.id}:{number}"
+                attributes: dict[str, str | int] = {"batch.id": record.id, "batch.line": number}
+                with _tracer.start_as_current_span("batch line", attributes=attributes):
+                    try:
+                        task = await self._submit(
+                            record.tenant,
+                            with_batch_metadata(submission, record.id, custom_id),
+                            key,
+                        )
+                    except IdempotencyKeyReused:
+                        changed = InvalidLine("The line changed since it was read.", "conflict")
+                        done.append(line_error(record.id, number, changed))
+                        return None
+            return PendingLine(number, task.id, custom_id, submission.model or "default")
+
+        results = await asyncio.gather(*(submit(*job) for job in jobs))
+        return [line for line in results if line is not None]
+
+    async def _submit(self, tenant: str, submission: Submission, key: str) -> TaskRecord:
+        """A line's task (its own again when submitted before: ``key``). Unavailable and
+        IdempotencyKeyInUse end the step: the stretch is read and submitted again later.
+
+        Issue 12: pass ``priority=BATCH_PRIORITY`` here once TaskService.submit takes it.
+        """
+        try:
+            record, _ = await self.tasks.submit(tenant, submission, key)
+        except IdempotencyKeyInUse as exc:
+            raise Unavailable("task store") from exc
+        return record
+
+    async def _harvest(self, record: BatchRecord, stopping: str | None) -> int:
+        """Collect the answers of pending lines whose tasks ended; how many."""
+        collected = 0
+        while True:
+            lines = await self.store.pending(record.id, HARVEST_LINES)
+            if not lines:
+                return collected
+            tasks = await asyncio.gather(
+                *(self.tasks.get(record.tenant, line.task_id) for line in lines)
+            )
+            results = [
+                task_line(line, task, stopping or "task_cancelled")
+                for line, task in zip(lines, tasks, strict=True)
+                if task is None or task.status.terminal
+            ]
+            if results:
+                await self.store.finish_lines(record.id, results)
+            collected += len(results)
+            if len(lines) < HARVEST_LINES or len(results) < len(lines) // 2:
+                return collected
+
+    # ---- the end --------------------------------------------------------------------------
+
+    async def _fail(self, record: BatchRecord, code: str, message: str) -> None:
+        now = time.time()
+        error = {"code": code, "message": message, "line": None, "param": "input_file_id"}
+        await self.store.save(
+            attrs.evolve(
+                record, status=BatchStatus.FAILED, failed_at=now, errors=(error,), ingested=True
+            )
+        )
+        await self.store.retire(record.id)
+
+    async def _finalize(self, record: BatchRecord, stopping: str | None) -> None:
+        now = time.time()
+        if record.status is not BatchStatus.FINALIZING:
+            record = attrs.evolve(record, status=BatchStatus.FINALIZING, finalizing_at=now)
+            await self.store.save(record)
+        fresh = await self.store.load(record.id)
+        counts = fresh or record
+        output = await self._write(record, ok=True) if counts.completed else None
+        lines = counts.lines
+        errors = await self._write(record, ok=False) if counts.completed < lines else None
+        now = time.time()
+        ends = {
+            "batch_cancelled": {"status": BatchStatus.CANCELLED, "cancelled_at": now},
+            "batch_expired": {"status": BatchStatus.EXPIRED, "expired_at": now},
+        }
+        end = ends.get(stopping or "", {"status": BatchStatus.COMPLETED, "completed_at": now})
+        await self.store.save(
+            attrs.evolve(
+                record,
+                output_file_id=output.id if output else None,
+                error_file_id=errors.id if errors else None,
+                **end,  # type: ignore[arg-type]
+            )
+        )
+        await self.store.retire(record.id)
+
+    async def _write(self, record: BatchRecord, *, ok: bool) -> FileInfo | None:
+        """The output (``ok``) or error file, streamed into the store; None when empty."""
+        lines = (await self.store.load(record.id) or record).lines
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for first in range(0, lines, WRITE_LINES):
+                results = await self.store.line_results(
+                    record.id, first, min(WRITE_LINES, lines - first)
+                )
+                out = bytearray()
+                for number, result in enumerate(results, start=first):
+                    if result is None:
+                        if not ok:  # never lost: each line is in one of the two files
+                            lost = InvalidLine("The line's result was lost.", "line_lost")
+                            out += line_error(record.id, number, lost).text + b"\n"
+                    elif result.ok is ok:
+                        out += result.text + b"\n"
+                if out:
+                    yield bytes(out)
+
+        now = time.time()
+        info = FileInfo(
+            id=new_file_id(),
+            tenant=record.tenant,
+            filename=f"{record.id}_{'output' if ok else 'error'}.jsonl",
+            purpose="batch_output",
+            bytes=0,
+            created_at=now,
+            expires_at=now + self.file_ttl_seconds,
+        )
+        stored = await self.store.put_file(info, chunks())
+        if stored.bytes == 0:
+            await self.store.delete_file(record.tenant, stored.id)
+            return None
+        return stored
