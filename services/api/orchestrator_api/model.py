@@ -55,6 +55,8 @@ class TaskRecord:
     #: The id of the identical in-flight task this one follows (its status, events, result
     #: and error), instead of running itself; None for a task that runs (or a cache hit).
     joined: str | None = None
+    #: Its priority within the tenant's share (``high``, ``normal``, ``low``).
+    priority: str = "normal"
 
 
 @attrs.frozen

@@ -120,6 +120,7 @@ class Worker:
             lease=settings.lease_seconds,
             max_deliveries=settings.max_deliveries,
             auto_extend=True,
+            fairness=settings.fairness,
         )
         self._hooks = safe_hooks(hooks if hooks is not None else metrics)
         self.router = ModelRouter(self._providers, settings.model_aliases)

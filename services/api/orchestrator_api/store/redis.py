@@ -126,6 +126,7 @@ def _decode_record(fields: Sequence[Any]) -> TaskRecord:
         trace_id=meta.get("trace_id"),
         cached=cached is not None,
         joined=_text(joined) if joined is not None else None,
+        priority=meta.get("priority", "normal"),
     )
 
 
@@ -138,6 +139,7 @@ def _fixed(record: TaskRecord) -> bytes:
             "model": record.model,
             "metadata": record.metadata,
             "trace_id": record.trace_id,
+            "priority": record.priority,
         }
     )
 
