@@ -33,7 +33,12 @@ def test_service_tier_and_priority_become_the_tasks_priority(
 
 @pytest.mark.parametrize(
     ("extra", "param"),
-    [({"service_tier": "scale"}, "service_tier"), ({"priority": "urgent"}, "priority")],
+    [
+        ({"service_tier": "scale"}, "service_tier"),
+        ({"service_tier": 1, "priority": "high"}, "service_tier"),
+        ({"priority": "urgent"}, "priority"),
+        ({"priority": ["high"]}, "priority"),
+    ],
 )
 def test_an_unknown_tier_or_priority_is_a_400_naming_it(extra: dict[str, Any], param: str) -> None:
     with pytest.raises(_BadRequest) as raised:

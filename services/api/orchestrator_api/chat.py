@@ -215,18 +215,16 @@ def submission_body(data: Any) -> tuple[dict[str, Any], bool, bool]:
 
 def _priority(data: dict[str, Any]) -> str:
     """The task priority asked by ``priority`` (ours) or else ``service_tier`` (OpenAI's:
-    ``priority`` is high, ``flex`` low, ``auto``/``default`` normal)."""
+    ``priority`` is high, ``flex`` low, ``auto``/``default`` normal); both are checked."""
+    tier = data.get("service_tier")
+    if tier is not None and (not isinstance(tier, str) or tier not in _SERVICE_TIERS):
+        raise _BadRequest("'service_tier' must be auto, default, priority or flex.", "service_tier")
     priority = data.get("priority")
     if priority is not None:
-        if priority not in _PRIORITIES:
+        if not isinstance(priority, str) or priority not in _PRIORITIES:
             raise _BadRequest("'priority' must be high, normal or low.", "priority")
-        return str(priority)
-    tier = data.get("service_tier")
-    if tier is None:
-        return "normal"
-    if not isinstance(tier, str) or tier not in _SERVICE_TIERS:
-        raise _BadRequest("'service_tier' must be auto, default, priority or flex.", "service_tier")
-    return _SERVICE_TIERS[tier]
+        return priority
+    return "normal" if tier is None else _SERVICE_TIERS[tier]
 
 
 def _messages(messages: Any) -> list[dict[str, Any]]:
