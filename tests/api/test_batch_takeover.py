@@ -16,7 +16,7 @@ import pytest
 from orchestrator_api.batch import BatchRecord, BatchRunner, BatchStatus, FileInfo, RedisBatchStore
 from orchestrator_api.store import RedisTaskStore
 from orchestrator_api.tasks import TaskService
-from orchestrator_broker import Message
+from orchestrator_broker import Message, Priority
 from orchestrator_broker.memory import MemoryBroker
 from orchestrator_tasks.messages import EventKind, ResultEvent
 
@@ -31,10 +31,19 @@ class CountingBroker(MemoryBroker):
     def __init__(self) -> None:
         super().__init__()
         self.published: list[str] = []
+        self.priorities: list[Priority] = []
 
-    async def publish(self, stream: str, message: Message) -> str:
+    async def publish(
+        self,
+        stream: str,
+        message: Message,
+        *,
+        key: str | None = None,
+        priority: Priority = "normal",
+    ) -> str:
         self.published.append(message.id)
-        return await super().publish(stream, message)
+        self.priorities.append(priority)
+        return await super().publish(stream, message, key=key, priority=priority)
 
 
 def _input() -> bytes:
@@ -125,6 +134,7 @@ async def test_a_second_runner_takes_over_and_every_line_runs_once(redis_url: st
     assert (finished.lines, finished.completed, finished.failed) == (LINES, LINES, 0)
     assert submitted_before > recorded.lines  # the lost stretch had been published...
     assert len(broker.published) == len(set(broker.published)) == LINES  # ...and only once
+    assert set(broker.priorities) == {"low"}  # a batch runs low: interactive tasks overtake it
 
 
 async def _answer_until_done(store: RedisBatchStore, task_store: RedisTaskStore) -> BatchRecord:

@@ -37,11 +37,11 @@ class FlakyBroker(MemoryBroker):
         super().__init__()
         self.failures = failures
 
-    async def publish(self, stream: str, message: Message) -> str:
+    async def publish(self, stream: str, message: Message, **options: Any) -> str:
         if self.failures > 0:
             self.failures -= 1
             raise BrokerUnavailable("connection refused")
-        return await super().publish(stream, message)
+        return await super().publish(stream, message, **options)
 
 
 class KeyRecordingStore(MemoryTaskStore):

@@ -178,7 +178,7 @@ async def test_failed_tasks_503s_and_health_failures_match_the_document(
     api_client: ApiClientFactory,
 ) -> None:
     class DownBroker(MemoryBroker):
-        async def publish(self, stream: str, message: Message) -> str:
+        async def publish(self, stream: str, message: Message, **options: Any) -> str:
             raise BrokerUnavailable("down")
 
         async def ping(self) -> None:
@@ -246,7 +246,8 @@ async def test_streamed_events_match_the_task_event_schema(api_client: ApiClient
         {"prompt": "x", "parameters": {"latency_ms": -1}},
         {"prompt": "x", "parameters": {"latency_ms": "5"}},
         {"prompt": "x", "metadata": 1},
-        {"prompt": "x", "priority": "high"},
+        {"prompt": "x", "priority": "urgent"},
+        {"prompt": "x", "urgency": "high"},
     ],
 )
 async def test_bodies_the_api_rejects_the_schema_rejects_too(

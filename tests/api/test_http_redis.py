@@ -88,12 +88,12 @@ class RedisKillingBroker(MemoryBroker):
         super().__init__()
         self.server: RedisServer | None = server
 
-    async def publish(self, stream: str, message: Message) -> str:
+    async def publish(self, stream: str, message: Message, **options: Any) -> str:
         if self.server is not None:
             self.server.kill()
             self.server = None
             raise BrokerUnavailable("connection reset")
-        return await super().publish(stream, message)
+        return await super().publish(stream, message, **options)
 
 
 async def test_a_task_orphaned_by_a_redis_crash_mid_submit_blocks_nothing_for_long(

@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from orchestrator_api.config import ApiSettings
 from orchestrator_api.service import serve
+from orchestrator_broker import ConsumeOptions, Fairness, RedisStreamsBroker
 from tests.api.conftest import ACME, API_KEYS
 from tests.support.redis_server import free_port
 
@@ -130,16 +131,30 @@ async def test_serve_on_redis_publishes_to_the_tasks_stream_and_serves_the_task(
         async with session.get(f"{url}/v1/tasks/{task['id']}", headers=ACME) as response:
             assert response.status == 200
             assert (await response.json())["status"] == "queued"
+        # Published keyed by tenant: it waits in the tasks stream's waiting room until a
+        # consumer of the group asks, and reaches the stream then.
+        broker = RedisStreamsBroker.from_url(redis_url)
         client = aioredis.Redis.from_url(redis_url)
         try:
+            assert await broker.backlog("tasks", "workers") == 1
+            await broker.ensure_group("tasks", "workers")
+            options = ConsumeOptions(block=0.1, fairness=Fairness())
+            consumer = broker.consume("tasks", "workers", "probe", options)
+            async with asyncio.timeout(10):
+                delivery = await anext(consumer)
+            await delivery.ack()
+            await consumer.aclose()
             entries: list[tuple[bytes, dict[bytes, bytes]]] = await client.xrange("tasks")  # type: ignore[assignment]
         finally:
             await client.aclose()
+            await broker.close()
         assert len(entries) == 1
         fields = entries[0][1]
         payload = orjson.loads(fields[b"payload"])
         assert payload["task_id"] == task["id"]
         assert payload["messages"] == [{"role": "user", "content": "over redis", "name": None}]
+        assert payload["priority"] == "normal"
+        assert fields[b"fair_key"] == b"acme"
         assert b"traceparent" in fields  # the trace crosses the broker
 
 

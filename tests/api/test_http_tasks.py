@@ -301,7 +301,9 @@ async def test_overlong_idempotency_key_is_a_400(api_client: ApiClientFactory) -
         ({"prompt": "x", "parameters": {"latency_ms": "5"}}, "parameters.latency_ms"),
         ({"prompt": "x", "parameters": {"latency_ms": True}}, "parameters.latency_ms"),
         ({"prompt": "x", "metadata": 1}, "metadata"),
-        ({"prompt": "x", "priority": "high"}, "priority"),
+        ({"prompt": "x", "priority": "urgent"}, "priority"),
+        ({"prompt": "x", "priority": 1}, "priority"),
+        ({"prompt": "x", "urgency": "high"}, "urgency"),
     ],
 )
 async def test_invalid_fields_are_a_400_naming_the_field(
@@ -426,16 +428,16 @@ class DownBroker(MemoryBroker):
 
     down = True
 
-    async def publish(self, stream: str, message: Message) -> str:
+    async def publish(self, stream: str, message: Message, **options: Any) -> str:
         if self.down:
             raise BrokerUnavailable("connection refused")
-        return await super().publish(stream, message)
+        return await super().publish(stream, message, **options)
 
 
 class StuckBroker(MemoryBroker):
     """A broker whose publishes never finish (a hung connection)."""
 
-    async def publish(self, stream: str, message: Message) -> str:
+    async def publish(self, stream: str, message: Message, **options: Any) -> str:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
@@ -479,10 +481,10 @@ class GatedBroker(MemoryBroker):
         self.gate = asyncio.Event()
         self.waiting = asyncio.Event()
 
-    async def publish(self, stream: str, message: Message) -> str:
+    async def publish(self, stream: str, message: Message, **options: Any) -> str:
         self.waiting.set()
         await self.gate.wait()
-        return await super().publish(stream, message)
+        return await super().publish(stream, message, **options)
 
 
 class UndiscardableStore(MemoryTaskStore):
@@ -681,3 +683,31 @@ async def test_json_nested_deeper_than_the_limit_is_a_400_naming_the_field(
     # at the limit, still fine
     ok = await client.post("/v1/tasks", json={"prompt": "x", "metadata": _nested(32)}, headers=ACME)
     assert ok.status == 202, await ok.text()
+
+
+# -- priorities -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("priority", ["high", "normal", "low"])
+async def test_submit_carries_the_priority_to_the_task_message_and_the_record(
+    api_client: ApiClientFactory, priority: str
+) -> None:
+    client = await api_client()
+    response = await client.post(
+        "/v1/tasks", json={"prompt": "hello", "priority": priority}, headers=ACME
+    )
+    assert response.status == 202
+    task = await response.json()
+    assert task["priority"] == priority
+    assert task["queue_wait"] is None  # not started yet
+    [message] = await published(api_state(client).broker)  # type: ignore[arg-type]
+    assert message.priority == priority
+
+
+async def test_the_priority_defaults_to_normal(api_client: ApiClientFactory) -> None:
+    client = await api_client()
+    response = await client.post("/v1/tasks", json={"prompt": "hello"}, headers=ACME)
+    task = await response.json()
+    assert task["priority"] == "normal"
+    [message] = await published(api_state(client).broker)  # type: ignore[arg-type]
+    assert message.priority == "normal"

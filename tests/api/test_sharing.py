@@ -25,6 +25,7 @@ OWN = TaskRecord(
     model="m-1",
     metadata={"mine": 1},
     trace_id="0" * 31 + "1",
+    priority="high",
 )
 
 
@@ -38,7 +39,7 @@ def test_every_field_is_named_by_the_builders() -> None:
     assert [f.name for f in attrs.fields(TaskRecord)] == [
         "id", "tenant", "status", "created_at", "model", "started_at", "finished_at",
         "attempts", "result", "error", "metadata", "trace_id", "cached", "joined",
-        "partial_text",
+        "partial_text", "priority",
     ]  # fmt: skip
 
 

@@ -292,8 +292,11 @@ def _load(
 
 
 async def _xlen(url: str) -> int:
+    """Tasks queued: on the tasks stream, or (published keyed by tenant, none dispatched
+    yet with no worker running) in its waiting room."""
     client = Redis.from_url(url)
     try:
-        return int(await client.xlen("tasks"))
+        waiting = await client.get("tasks:fair:n")
+        return int(await client.xlen("tasks")) + int(waiting or 0)
     finally:
         await client.aclose()

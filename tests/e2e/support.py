@@ -302,10 +302,18 @@ class Api:
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
     async def post_task(
-        self, prompt: str, *, model: str = "echo", timeout: float = 30.0, **parameters: Any
+        self,
+        prompt: str,
+        *,
+        model: str = "echo",
+        timeout: float = 30.0,
+        priority: str | None = None,
+        **parameters: Any,
     ) -> tuple[int, dict[str, str], dict[str, Any]]:
         """``POST /v1/tasks`` (the echo model unless told): (status, headers, JSON body)."""
         body: dict[str, Any] = {"prompt": prompt, "model": model}
+        if priority is not None:
+            body["priority"] = priority
         if parameters:
             body["parameters"] = parameters
         async with self.session.post(

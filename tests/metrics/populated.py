@@ -44,6 +44,7 @@ def populated_registry() -> CollectorRegistry:
     api.watch_streams(StreamRegistry())
     worker.attempt_started("echo", "echo", 1, time.time())
     worker.attempt_started("echo", "echo", 2, time.time())
+    worker.tenant_task("acme", 1)
     worker.provider_called("echo", "echo", 0.1)
     worker.task_succeeded("echo", "echo", Usage(3, 4), 0.001, run_seconds=0.1, submitted_at=1.0)
     worker.task_failed(None, None, "invalid_model")

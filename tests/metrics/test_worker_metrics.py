@@ -125,6 +125,9 @@ async def test_successful_tasks_count_tokens_cost_and_latency(running: Running) 
     assert value(families, "orchestrator_worker_cost_usd_total", provider="echo") > 0
     assert value(families, "orchestrator_worker_provider_duration_seconds_count") == 3
     assert value(families, "orchestrator_task_queue_wait_seconds_count", attempt="first") == 3
+    count = "orchestrator_task_priority_queue_wait_seconds_count"
+    assert value(families, count, priority="normal") == 3
+    assert value(families, "orchestrator_worker_tenant_tasks_running", tenant="acme") == 0
     assert value(families, "orchestrator_task_run_seconds_count", status="succeeded") == 3
     assert value(families, "orchestrator_task_total_seconds_count", status="succeeded") == 3
     assert 0 <= value(families, "orchestrator_task_total_seconds_sum") < 60

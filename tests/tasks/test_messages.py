@@ -96,7 +96,7 @@ def test_a_minimal_task_payload_decodes_with_the_defaults() -> None:
 
 
 def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
-    payload = {**encode_task(MINIMAL_TASK), "priority": 3}
+    payload = {**encode_task(MINIMAL_TASK), "urgency": 3}
 
     assert decode_task(payload) == MINIMAL_TASK
 

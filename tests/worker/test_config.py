@@ -184,3 +184,40 @@ async def test_the_broker_keeps_dead_letter_maxlen_dead_letters() -> None:
 def test_echo_is_on_unless_echo_enabled_is_false() -> None:
     assert WorkerSettings.from_env({}).echo_enabled is True
     assert WorkerSettings.from_env({"ECHO_ENABLED": "false"}).echo_enabled is False
+
+
+def test_tenant_weights_caps_and_aging_make_the_fairness() -> None:
+    settings = WorkerSettings.from_env(
+        {
+            "TENANT_WEIGHTS": "*=1, acme=3",
+            "TENANT_CONCURRENCY": "*=20,acme=50",
+            "PRIORITY_AGING_SECONDS": "30",
+        }
+    )
+    fairness = settings.fairness
+    assert (fairness.weight("acme"), fairness.weight("other")) == (3.0, 1.0)
+    assert (fairness.cap("acme"), fairness.cap("other")) == (50, 20)
+    assert fairness.aging == 30.0
+
+
+def test_without_tenant_settings_every_tenant_weighs_one_and_has_no_cap() -> None:
+    fairness = WorkerSettings.from_env({}).fairness
+    assert (fairness.weight("x"), fairness.cap("x"), fairness.aging) == (1.0, None, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("TENANT_WEIGHTS", "acme=0"),
+        ("TENANT_WEIGHTS", "acme=x"),
+        ("TENANT_WEIGHTS", "a cme=1"),
+        ("TENANT_CONCURRENCY", "acme=0"),
+        ("TENANT_CONCURRENCY", "acme=1.5"),
+        ("TENANT_CONCURRENCY", "acme"),
+        ("PRIORITY_AGING_SECONDS", "0"),
+    ],
+)
+def test_a_malformed_tenant_setting_names_its_variable(variable: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        WorkerSettings.from_env({variable: raw})
+    assert raised.value.variable == variable

@@ -16,10 +16,13 @@ from .message import Message
 from .names import default_consumer_name
 from .protocol import (
     DEFAULT_DEAD_LETTER_MAXLEN,
+    PRIORITIES,
     Broker,
     ConsumeOptions,
     DeadLetter,
     Delivery,
+    Fairness,
+    Priority,
     dead_letter_stream,
     entry_time,
 )
@@ -28,6 +31,7 @@ from .redis_streams import RedisDelivery, RedisStreamsBroker
 
 __all__ = [
     "DEFAULT_DEAD_LETTER_MAXLEN",
+    "PRIORITIES",
     "SUBSCRIBED",
     "AlreadySettled",
     "Broker",
@@ -39,10 +43,12 @@ __all__ = [
     "DeadLetter",
     "DecodeError",
     "Delivery",
+    "Fairness",
     "LeaseLost",
     "MemoryBroker",
     "Message",
     "PipelineCoalescer",
+    "Priority",
     "RedisDelivery",
     "RedisSettings",
     "RedisStreamsBroker",

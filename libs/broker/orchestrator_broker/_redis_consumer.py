@@ -133,7 +133,11 @@ class ConsumerLoop:
         if not self.group_ready:
             await broker.ensure_group(self.stream, self.group)
             self.group_ready = True
-        due_in = await broker._promote(self.stream, options.batch_size)
+        # Due delayed entries back onto the stream, and keyed ones from the waiting room
+        # (as many as this read will take; none while draining the own PEL).
+        due_in = await broker._promote_dispatch(
+            self.stream, self.consumer, options, 0 if self.pel_cursor is not None else None
+        )
         if self.pel_cursor is not None:
             await self._read_own_pel()
             if self.buffer:
@@ -141,18 +145,17 @@ class ConsumerLoop:
         now = time.monotonic()
         if now >= self.next_reclaim:
             self.next_reclaim = now + options.effective_reclaim_interval
-            self._take(
-                await claim(
-                    broker,
-                    self.stream,
-                    self.group,
-                    self.consumer,
-                    options.lease,
-                    options.batch_size,
-                    options.max_deliveries,
-                    skip=self.unsettled.__contains__,
-                )
+            claimed = await claim(
+                broker,
+                self.stream,
+                self.group,
+                self.consumer,
+                options.lease,
+                options.batch_size,
+                options.max_deliveries,
+                skip=self.unsettled.__contains__,
             )
+            self._take(await broker._keyed(claimed, options, claimed=True))
             if self.buffer:
                 return
         if broker.trim_interval is not None and now >= self.next_trim:
@@ -178,16 +181,15 @@ class ConsumerLoop:
             return
         self.pel_cursor = _text(entries[-1][0])
         fresh = [(i, f) for i, f in entries if _text(i) not in self.unsettled]
-        self._take(
-            await build_deliveries(
-                self.broker,
-                self.stream,
-                self.group,
-                self.consumer,
-                fresh,
-                self.options.max_deliveries,
-            )
+        own = await build_deliveries(
+            self.broker,
+            self.stream,
+            self.group,
+            self.consumer,
+            fresh,
+            self.options.max_deliveries,
         )
+        self._take(await self.broker._keyed(own, self.options, claimed=True))
 
     async def _read_new(self, block: float) -> None:
         read = asyncio.ensure_future(
@@ -214,17 +216,16 @@ class ConsumerLoop:
             return
         with mapped_errors():
             reply = read.result()
-        self._take(
-            await build_deliveries(
-                self.broker,
-                self.stream,
-                self.group,
-                self.consumer,
-                _entries(reply),
-                self.options.max_deliveries,
-                fresh=True,
-            )
+        new = await build_deliveries(
+            self.broker,
+            self.stream,
+            self.group,
+            self.consumer,
+            _entries(reply),
+            self.options.max_deliveries,
+            fresh=True,
         )
+        self._take(await self.broker._keyed(new, self.options, claimed=False))
 
     def _take(self, deliveries: list[RedisDelivery]) -> None:
         for delivery in deliveries:
@@ -295,6 +296,9 @@ class ConsumerLoop:
                 continue
             try:
                 lost = await self.broker._extend(self.stream, self.group, self.consumer, ids)
+                await self.broker._renew_running(
+                    self.stream, self.options.lease, list(self.unsettled.values())
+                )
             except BrokerError as exc:
                 logger.debug("lease renewal failed for %s: %s", self.consumer, exc)
                 continue

@@ -27,12 +27,17 @@ class RedisDelivery:
     _tracker: dict[str, RedisDelivery] | None = attrs.field(default=None, repr=False)
     _settled: bool = False
     lease_lost: bool = False
+    key: str | None = None  # a keyed (fairly dispatched) entry's key
+    capped: bool = False  # its key has a cap: settling it releases its share
 
     @property
     def settled(self) -> bool:
         return self._settled
 
     async def ack(self) -> None:
+        if self.capped and self.key is not None:
+            await self._settle(self._broker._ack_keyed(self))
+            return
         await self._settle(self._broker._ack(self.stream, self.group, self.entry_id))
 
     async def nack(self, delay: float = 0.0) -> None:

@@ -156,5 +156,9 @@ async def build_deliveries(
                     stream, group, consumer, entry_id, reason, count - 1
                 )
             continue
-        out.append(RedisDelivery(message, stream, group, entry_id, count, consumer, broker))
+        delivery = RedisDelivery(message, stream, group, entry_id, count, consumer, broker)
+        key = fields.get(b"fair_key") or fields.get("fair_key")
+        if key:
+            delivery.key = _text(key)
+        out.append(delivery)
     return out

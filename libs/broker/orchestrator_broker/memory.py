@@ -12,6 +12,11 @@ stream fields through ``encode_fields``/``decode_fields``, exactly as on Redis, 
 waiting consumers sleep on an event that publishes, nacks and ``close()`` wake, never in a
 polling loop. Presence members expire on the monotonic clock; payloads are kept as JSON, as
 on Redis, so what ``members`` returns is always a fresh copy.
+
+Keyed entries (``publish(..., key=...)``) wait in a per-stream ``WaitingRoom``
+(``_memory_fair``) and are appended to the log one at a time when a consumer has read
+everything else, so they are scheduled as on Redis: fair shares, priorities, aging and caps
+(a key's running entries are its pending ones whose lease has not run out).
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ from ._dead_letters import (
     check_entry_id,
     read_dead_letter,
 )
+from ._fair import FAIR_ENQUEUED, FAIR_FIELDS, FAIR_KEY, FAIR_PRIORITY, check_fair
 from ._flags import SUBSCRIBED, check_flag
+from ._memory_fair import WaitingEntry, WaitingRoom
 from ._presence import check_ttl, decode_payload, encode_payload
 from .errors import AlreadySettled, BrokerUnavailable, ConfigError, DecodeError, LeaseLost
 from .message import Message, decode_fields, encode_fields
@@ -47,6 +54,8 @@ from .protocol import (
     ConsumeOptions,
     DeadLetter,
     Delivery,
+    Fairness,
+    Priority,
     dead_letter_stream,
 )
 
@@ -106,6 +115,7 @@ class _Pending:
     count: int
     last_delivery: float
     keeper: _Keeper | None = None
+    key: str | None = None  # a keyed entry's key
 
     def idle(self, now: float) -> float:
         if self.keeper is not None and self.keeper.active and self.keeper.auto_extend:
@@ -135,6 +145,9 @@ class _Stream:
     last_id: tuple[int, int] = (0, 0)
     groups: dict[str, _Group] = attrs.field(factory=dict)
     signal: _Signal = attrs.field(factory=_Signal)
+    room: WaitingRoom = attrs.field(factory=WaitingRoom)
+    # key -> ids of its entries made pending (settled ones are pruned when counted)
+    running: dict[str, set[str]] = attrs.field(factory=dict)
 
     @property
     def end(self) -> int:
@@ -273,8 +286,24 @@ class MemoryBroker:
 
     # -- the Broker protocol -------------------------------------------------------------
 
-    async def publish(self, stream: str, message: Message) -> str:
-        return await self.publish_raw(stream, encode_fields(message))
+    async def publish(
+        self,
+        stream: str,
+        message: Message,
+        *,
+        key: str | None = None,
+        priority: Priority = "normal",
+    ) -> str:
+        check_fair(key, priority)
+        if key is None:
+            return await self.publish_raw(stream, encode_fields(message))
+        self._check_open()
+        st = self._stream(stream)
+        now_ms = int(time.time() * 1000)
+        fields: _Fields = {k: v for k, v in encode_fields(message).items()}
+        st.room.push(WaitingEntry(fields, 0, key, priority, now_ms))
+        st.signal.notify()
+        return f"{now_ms}-{next(self._tiebreak)}"
 
     async def publish_raw(
         self, stream: str, fields: Mapping[str, bytes | str] | Mapping[bytes, bytes | str]
@@ -365,8 +394,8 @@ class MemoryBroker:
         st = self._streams.get(stream)
         g = st.groups.get(group) if st else None
         if st is None or g is None:
-            return 0
-        return st.end - g.next_index + len(g.delayed)
+            return st.room.count if st else 0
+        return st.end - g.next_index + len(g.delayed) + st.room.count
 
     async def dead_letters(
         self, stream: str, count: int = 100, after: str | None = None
@@ -554,7 +583,7 @@ class MemoryBroker:
                 )
                 if delivery is not None:
                     return delivery
-        while g.next_index < st.end:  # 4. new entries
+        while g.next_index < st.end or self._dispatch(st, cur):  # 4. new entries
             entry_id, fields = st.log[g.next_index - st.base]
             g.next_index += 1
             if g.next_index - st.base >= _TRIM_AT:
@@ -583,7 +612,44 @@ class MemoryBroker:
         g = st.groups.get(cur.group)
         if g is not None and g.delayed:
             wait = min(wait, g.delayed[0][0] - now)
+        due = st.room.next_due()
+        if due is not None:
+            wait = min(wait, due - now)
         return wait
+
+    def _dispatch(self, st: _Stream, cur: _Cursor) -> bool:
+        """Append the next keyed entry (fair share, priority, caps) to the log, if any."""
+        if not st.room.count:
+            return False
+        g = self._group(st, cur.group)
+        lease = cur.options.lease
+
+        def running(key: str) -> int:
+            ids = st.running.get(key)
+            if not ids:
+                return 0
+            now = time.monotonic()
+            gone = {e for e in ids if e not in g.pel}
+            ids -= gone
+            if not ids:
+                del st.running[key]
+            return sum(1 for e in ids if g.pel[e].idle(now) < lease)
+
+        entry = st.room.dispatch(cur.options.fairness or Fairness(), running)
+        if entry is None:
+            return False
+        self._append_keyed(st, entry)
+        return True
+
+    @staticmethod
+    def _append_keyed(st: _Stream, entry: WaitingEntry) -> None:
+        fields = dict(entry.fields)
+        if entry.prior:
+            fields["prior_deliveries"] = str(entry.prior)
+        fields[FAIR_KEY] = entry.key
+        fields[FAIR_PRIORITY] = entry.priority
+        fields[FAIR_ENQUEUED] = str(entry.enqueued_ms)
+        st.log.append((st.next_id(), fields))
 
     def _deliver(
         self,
@@ -607,8 +673,12 @@ class MemoryBroker:
             )
             return None
         g = self._group(st, cur.group)
+        key = fields.get(FAIR_KEY)
+        if key is not None:
+            key = _text(key)
+            st.running.setdefault(key, set()).add(entry_id)
         g.pel[entry_id] = _Pending(
-            entry_id, fields, message, cur.consumer, count, time.monotonic(), cur.keeper
+            entry_id, fields, message, cur.consumer, count, time.monotonic(), cur.keeper, key
         )
         return MemoryDelivery(self, message, cur.stream, cur.group, cur.consumer, entry_id, count)
 
@@ -655,8 +725,12 @@ class MemoryBroker:
     # otherwise, so a stalled consumer cannot requeue or bury work another one took over.
 
     def _ack(self, delivery: MemoryDelivery) -> None:
-        if self._pending_of(delivery) is not None:
-            del self._streams[delivery.stream].groups[delivery.group].pel[delivery.entry_id]
+        pending = self._pending_of(delivery)
+        if pending is not None:
+            st = self._streams[delivery.stream]
+            del st.groups[delivery.group].pel[delivery.entry_id]
+            if pending.key is not None:
+                st.signal.notify()  # its key may be under its cap again
 
     def _owned(self, delivery: MemoryDelivery) -> _Pending:
         pending = self._pending_of(delivery)
@@ -674,6 +748,10 @@ class MemoryBroker:
         due = time.monotonic() + delay
         # The redelivery adds one to the count: an uncounted hand-back takes it off first.
         count = pending.count if counted else pending.count - 1
+        if pending.key is not None:  # back to its key's waiting room, at the front
+            st.room.delay(_waiting(pending, count), due)
+            st.signal.notify()
+            return
         waiting = _Delayed(pending.entry_id, pending.fields, pending.message, count)
         heapq.heappush(st.groups[delivery.group].delayed, (due, next(self._tiebreak), waiting))
         st.signal.notify()  # waiting consumers recompute how long to sleep
@@ -690,6 +768,8 @@ class MemoryBroker:
             delivery.delivery_count,
             delivery.consumer,
         )
+        if pending.key is not None:
+            self._streams[delivery.stream].signal.notify()
 
     def _extend(self, delivery: MemoryDelivery) -> None:
         self._owned(delivery).last_delivery = time.monotonic()
@@ -738,3 +818,21 @@ class _Cursor:
 
 def _too_many(max_deliveries: int) -> str:
     return f"exceeded max deliveries ({max_deliveries})"
+
+
+def _waiting(pending: _Pending, prior: int) -> WaitingEntry:
+    """A pending keyed entry as it goes back to the waiting room, ``prior`` deliveries made."""
+    fields = pending.fields
+    base: _Fields = {
+        k: v for k, v in fields.items() if _text(k) not in FAIR_FIELDS and k != "prior_deliveries"
+    }
+    priority = _text(fields.get(FAIR_PRIORITY, "normal"))
+    enqueued = _text(fields.get(FAIR_ENQUEUED, "0"))
+    assert pending.key is not None
+    return WaitingEntry(
+        base,
+        prior,
+        pending.key,
+        priority if priority in ("high", "low") else "normal",  # type: ignore[arg-type]
+        int(enqueued) if enqueued.isdigit() else 0,
+    )

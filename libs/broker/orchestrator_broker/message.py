@@ -18,8 +18,12 @@ from cattrs.preconf.orjson import make_converter
 
 from .errors import DecodeError
 
-#: Stream fields a header may not use, because the encoding owns them.
-RESERVED_FIELDS = frozenset({"id", "created_at", "payload", "prior_deliveries"})
+#: Stream fields a header may not use, because the encoding owns them (the ``fair_*`` ones
+#: carry a keyed entry's key, priority and enqueue time: see ``protocol``).
+RESERVED_FIELDS = frozenset(
+    {"id", "created_at", "payload", "prior_deliveries"}
+    | {"fair_key", "fair_priority", "fair_enqueued"}
+)
 
 #: The private converter for payloads; services never touch the global one.
 _converter = make_converter()

@@ -36,12 +36,27 @@ once by every process watching the group (``raise_flag``, ``raised_flags``,
 registers interest first and then checks ``raised_flags`` never misses one; watchers need
 one subscription per process, not one per flag. The API raises a task's cancel flag; a
 worker checks it when it takes the task up and watches for the ones it runs.
+
+*Fair publishing*: ``publish(stream, message, key=tenant, priority=...)`` does not append to
+the stream but to a waiting room of ``stream``, per key and priority. Entries move from there
+onto the stream only when a consumer asks for work (``consume`` dispatches as many as it
+reads at once), chosen by weighted fair queuing across keys (stride scheduling: the key with
+the smallest virtual time goes next, and pays ``1 / weight``), highest priority first within
+a key, a ``low`` entry older than ``Fairness.aging`` competing as ``normal``. A key with
+``Fairness.caps`` has at most that many entries dispatched and unsettled at once across all
+consumers of the stream (counted under the lease, so a dead consumer's share returns once its
+leases run out); while capped it is skipped, holding nothing. Once on the stream an entry is
+an ordinary delivery: leases, reclaim, delivery counts and dead letters work as without a key;
+a nacked or deferred keyed entry goes back to its key's waiting room (at the front of its
+priority) once its delay is over. The waiting room belongs to the stream, not to a group:
+use keys on work-queue streams with one consumer group, all of whose consumers pass the same
+``Fairness``. Publishing without a key is unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Collection, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, TypeAlias, runtime_checkable
 
 import attrs
 
@@ -57,9 +72,54 @@ def dead_letter_stream(stream: str) -> str:
     return f"{stream}:dead"
 
 
+#: How urgent a keyed entry is within its key's share.
+Priority: TypeAlias = Literal["high", "normal", "low"]
+#: The priorities, most urgent first.
+PRIORITIES: Final[tuple[Priority, ...]] = ("high", "normal", "low")
+
+
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _weights(_: object, attribute: attrs.Attribute[Any], value: Mapping[str, float]) -> None:
+    for key, weight in value.items():
+        if not key or not weight > 0:
+            raise ValueError(f"{attribute.name}: {key!r}={weight!r} needs a key and weight > 0")
+
+
+def _caps(_: object, attribute: attrs.Attribute[Any], value: Mapping[str, int]) -> None:
+    for key, cap in value.items():
+        if not key or not isinstance(cap, int) or cap < 1:
+            raise ValueError(f"{attribute.name}: {key!r}={cap!r} needs a key and a cap >= 1")
+
+
+def _frozen_map(value: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(value)
+
+
+@attrs.frozen
+class Fairness:
+    """How a consumer dispatches keyed entries (see the module docstring).
+
+    ``weights`` and ``caps`` map a key to its weight (its share is proportional to it) and
+    to its most entries running at once; the key ``"*"`` stands for every key not named
+    (weight 1 and no cap unless given). ``aging``: seconds after which a ``low`` entry
+    competes as ``normal``.
+    """
+
+    weights: Mapping[str, float] = attrs.field(
+        factory=dict, converter=_frozen_map, validator=_weights
+    )
+    caps: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_map, validator=_caps)
+    aging: float = attrs.field(default=60.0, validator=_positive)
+
+    def weight(self, key: str) -> float:
+        return self.weights.get(key, self.weights.get("*", 1.0))
+
+    def cap(self, key: str) -> int | None:
+        return self.caps.get(key, self.caps.get("*"))
 
 
 @attrs.frozen
@@ -69,7 +129,11 @@ class ConsumeOptions:
     ``lease`` is how long a delivery may go without a lease extension before other consumers
     may reclaim it; ``auto_extend`` renews the lease of every unsettled delivery of this
     consumer every ``lease / 3`` seconds, so only a consumer that died (or hung its event loop)
-    loses its deliveries.
+    loses its deliveries. ``fairness`` says how keyed entries are dispatched (weights, caps,
+    aging); every consumer of a stream must pass the same. A consumer with ``fairness``
+    expects keyed entries: on Redis, an idle one is woken by the next keyed publish at once
+    (one without waits for its next turn, up to ``block``, unless keyed entries were
+    published before; it dispatches them with the default ``Fairness``).
     """
 
     batch_size: int = attrs.field(default=100, validator=_positive)
@@ -78,6 +142,7 @@ class ConsumeOptions:
     reclaim_interval: float | None = None
     max_deliveries: int = attrs.field(default=5, validator=_positive)
     auto_extend: bool = True
+    fairness: Fairness | None = None
 
     @property
     def effective_reclaim_interval(self) -> float:
@@ -166,11 +231,22 @@ class Delivery(Protocol):
 class Broker(Protocol):
     """Streams of messages read by consumer groups, with at-least-once delivery."""
 
-    async def publish(self, stream: str, message: Message) -> str:
+    async def publish(
+        self,
+        stream: str,
+        message: Message,
+        *,
+        key: str | None = None,
+        priority: Priority = "normal",
+    ) -> str:
         """Append ``message`` durably to ``stream``; returns its entry id.
 
         When this returns, the message is accepted (with Redis: written, and as durable as
         the server's ``appendfsync`` makes it). Raises ``BrokerUnavailable`` otherwise.
+        With a ``key`` (a tenant) it goes to the stream's waiting room instead, to be
+        dispatched fairly with ``priority`` (see the module docstring); the id returned then
+        names it in the waiting room (the delivery gets a stream id of its own). Raises
+        ``ValueError`` for an empty key or an unknown priority.
         """
         ...
 

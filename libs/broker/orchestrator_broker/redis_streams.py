@@ -93,11 +93,13 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from ._dead_letters import check_age, check_entry_id, read_dead_letter
+from ._fair import check_fair, fairness_arg
 from ._flags import check_flag
 from ._presence import check_ttl, decode_payload, encode_payload
 from ._redis_coalesce import PipelineCoalescer
 from ._redis_delivery import RedisDelivery
 from ._redis_errors import chained_broker_error, is_nogroup, mapped_errors
+from ._redis_fair import FairScripts, capped_key, run_key, waiting_key
 from ._redis_flags import RAISE_FLAG, flag_channel, flag_key, watch_channel
 from ._redis_presence import PresenceScripts, presence_keys
 from ._redis_reads import claim
@@ -116,6 +118,8 @@ from .protocol import (
     ConsumeOptions,
     DeadLetter,
     Delivery,
+    Fairness,
+    Priority,
     dead_letter_stream,
 )
 from .redis_settings import RedisSettings
@@ -167,6 +171,7 @@ class RedisStreamsBroker:
         self._reader = Redis(connection_pool=self._read_pool)
         self._scripts = Scripts.register(self._client)
         self._presence = PresenceScripts.register(self._client)
+        self._fair = FairScripts.register(self._client)
         self._raise_flag: AsyncScript = self._client.register_script(RAISE_FLAG)
         # Never resent on a connection error: XADD is not idempotent.
         self._writes = PipelineCoalescer(
@@ -199,8 +204,21 @@ class RedisStreamsBroker:
 
     # -- Broker protocol -------------------------------------------------------------
 
-    async def publish(self, stream: str, message: Message) -> str:
+    async def publish(
+        self,
+        stream: str,
+        message: Message,
+        *,
+        key: str | None = None,
+        priority: Priority = "normal",
+    ) -> str:
         self._check_open()
+        check_fair(key, priority)
+        if key is not None:
+            flat: list[Any] = [key, priority]
+            for name, value in encode_fields(message).items():
+                flat += (name, value)
+            return _text(await self._eval(self._fair.publish, [stream], flat))
         args: list[Any] = ["XADD", stream, "*"]
         for name, value in encode_fields(message).items():
             args += (name, value)
@@ -254,15 +272,17 @@ class RedisStreamsBroker:
         self._check_open()
         with mapped_errors():
             if not await self._client.exists(stream):
-                delayed: int = await self._client.zcard(delayed_key(stream))
-                return delayed
+                parked: int = await self._client.zcard(delayed_key(stream))
+                return parked + int(await self._client.get(waiting_key(stream)) or 0)
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.xinfo_groups(stream)
                 pipe.zcard(delayed_key(stream))
-                groups, delayed = await pipe.execute()
+                pipe.get(waiting_key(stream))
+                groups, delayed, waiting = await pipe.execute()
+            delayed = int(delayed) + int(waiting or 0)
             info = next((g for g in groups if _text(g["name"]) == group), None)
             if info is None:
-                return int(delayed)
+                return delayed
             lag = info.get("lag")
             if lag is None:  # Redis 7 cannot tell after deletions: count by hand
                 lag = await self._count_after(stream, _text(info["last-delivered-id"]))
@@ -442,13 +462,22 @@ class RedisStreamsBroker:
 
     async def _nack(self, delivery: RedisDelivery, delay: float, prior: int) -> None:
         d = delivery
-        result = _text(
-            await self._eval(
-                self._scripts.nack,
-                [d.stream, delayed_key(d.stream), dead_letter_stream(d.stream)],
-                [d.group, d.entry_id, d.consumer, int(delay * 1000), prior],
+        if d.key is not None:  # back to its key's waiting room
+            result = _text(
+                await self._eval(
+                    self._fair.nack,
+                    [d.stream, dead_letter_stream(d.stream)],
+                    [d.group, d.entry_id, d.consumer, int(delay * 1000), prior],
+                )
             )
-        )
+        else:
+            result = _text(
+                await self._eval(
+                    self._scripts.nack,
+                    [d.stream, delayed_key(d.stream), dead_letter_stream(d.stream)],
+                    [d.group, d.entry_id, d.consumer, int(delay * 1000), prior],
+                )
+            )
         if result == "LOST":
             raise LeaseLost(f"entry {d.entry_id} is no longer pending for {d.consumer}")
         if result == "DELETED":
@@ -468,6 +497,83 @@ class RedisStreamsBroker:
             reason,
             delivery.delivery_count,
         )
+        if delivery.capped and delivery.key is not None:
+            await self._release(delivery.stream, delivery.key, delivery.entry_id)
+
+    # -- keyed entries (see _redis_fair) -----------------------------------------------
+
+    async def _ack_keyed(self, delivery: RedisDelivery) -> None:
+        """XACK, and give the entry's share of its key's cap back, in one round trip."""
+        self._check_io()
+        d = delivery
+        assert d.key is not None
+        await asyncio.gather(
+            self._writes.call("XACK", d.stream, d.group, d.entry_id),
+            self._release(d.stream, d.key, d.entry_id),
+        )
+
+    async def _release(self, stream: str, key: str, entry_id: str) -> None:
+        # Not atomic with the settle: a release lost to an outage expires with the lease.
+        await asyncio.gather(
+            self._writes.call("ZREM", run_key(stream, key), entry_id),
+            # A capped key is looked at again by the next dispatch (XX: only if capped).
+            self._writes.call("ZADD", capped_key(stream), "XX", 0, key),
+        )
+
+    async def _promote_dispatch(
+        self, stream: str, consumer: str, options: ConsumeOptions, count: int | None
+    ) -> float | None:
+        """Move due delayed entries back, and up to ``count`` (default: a batch) keyed
+        entries from the waiting room; returns seconds until the next delayed one is due."""
+        n = options.batch_size if count is None else count
+        wait_ms, _ = await self._eval(
+            self._fair.turn,
+            [stream, delayed_key(stream)],
+            [
+                options.batch_size,
+                n,
+                consumer,
+                int(options.block * 1000),
+                fairness_arg(options.fairness or Fairness(), options.lease),
+                0 if options.fairness is None else 1,
+            ],
+        )
+        return None if int(wait_ms) < 0 else int(wait_ms) / 1000
+
+    async def _keyed(
+        self, deliveries: list[RedisDelivery], options: ConsumeOptions, *, claimed: bool
+    ) -> list[RedisDelivery]:
+        """Mark the keyed deliveries whose key has a cap; a claimed (or own-PEL) one counts
+        as running again (the dispatch counted a fresh one)."""
+        renew: list[RedisDelivery] = []
+        for delivery in deliveries:
+            fairness = options.fairness
+            if delivery.key is not None and fairness and fairness.cap(delivery.key) is not None:
+                delivery.capped = True
+                renew.append(delivery)
+        if claimed and renew:
+            await self._renew_running(deliveries[0].stream, options.lease, renew, existing=False)
+        return deliveries
+
+    async def _renew_running(
+        self,
+        stream: str,
+        lease: float,
+        deliveries: list[RedisDelivery],
+        *,
+        existing: bool = True,
+    ) -> None:
+        """Push the lease expiry of capped keyed ``deliveries`` in their keys' running sets."""
+        pairs: list[Any] = []
+        for d in deliveries:
+            if d.capped and d.key is not None and not d.settled:
+                pairs += (d.key, d.entry_id)
+        for i in range(0, len(pairs), 2 * _EXTEND_CHUNK):
+            await self._eval(
+                self._fair.renew,
+                [stream],
+                [round(lease * 1000), 1 if existing else 0, *pairs[i : i + 2 * _EXTEND_CHUNK]],
+            )
 
     async def _dead_letter_entry(
         self, stream: str, group: str, consumer: str, entry_id: str, reason: str, count: int

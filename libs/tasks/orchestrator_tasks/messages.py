@@ -50,12 +50,14 @@ from .errors import InvalidResultEvent, InvalidTask
 __all__ = [
     "ROLES",
     "TASK_FIELDS",
+    "TASK_PRIORITIES",
     "ChatMessage",
     "ErrorInfo",
     "EventKind",
     "ResultEvent",
     "Role",
     "TaskMessage",
+    "TaskPriority",
     "Usage",
     "converter",
     "decode_event",
@@ -89,6 +91,10 @@ class ErrorInfo:
     type: str  # e.g. "timeout", "rate_limit", "invalid_request", "internal"
     message: str
 
+
+#: A task's priority within its tenant's share, most urgent first (``TaskMessage.priority``).
+TaskPriority: TypeAlias = Literal["high", "normal", "low"]
+TASK_PRIORITIES: Final[tuple[TaskPriority, ...]] = ("high", "normal", "low")
 
 #: Who speaks a turn of a conversation.
 Role: TypeAlias = Literal["system", "user", "assistant"]
@@ -125,6 +131,9 @@ class TaskMessage:
     #: Attempts made before this task was last replayed from the dead letters (0: never):
     #: an attempt's number is this plus its delivery count.
     prior_attempts: int = 0
+    #: How urgent it is within its tenant's share (the broker's ``Priority``): the API
+    #: publishes it with this priority and the tenant as the fairness key.
+    priority: TaskPriority = "normal"
 
 
 @attrs.frozen
@@ -178,7 +187,16 @@ def error_payload(error: ErrorInfo | None) -> dict[str, str] | None:
 #: The payload keys ``decode_task`` reads; unknown extra keys are ignored (an older worker
 #: reading a newer API's task).
 TASK_FIELDS: Final = frozenset(
-    {"task_id", "tenant", "messages", "model", "parameters", "submitted_at", "prior_attempts"}
+    {
+        "task_id",
+        "tenant",
+        "messages",
+        "model",
+        "parameters",
+        "submitted_at",
+        "prior_attempts",
+        "priority",
+    }
 )
 
 
@@ -197,6 +215,7 @@ def encode_task(task: TaskMessage) -> dict[str, Any]:
         "parameters": task.parameters,
         "submitted_at": task.submitted_at,
         "prior_attempts": task.prior_attempts,
+        "priority": task.priority,
     }
 
 
@@ -263,6 +282,12 @@ def decode_task(payload: Any) -> TaskMessage:
         prior_attempts = 0
     elif type(prior_attempts) is not int or prior_attempts < 0:
         raise InvalidTask("prior_attempts is not a whole number, zero or more", **salvage)
+    raw_priority = payload.get("priority")
+    priority: TaskPriority = "normal"  # also an older API's task, which had none
+    if raw_priority is not None:
+        if raw_priority not in TASK_PRIORITIES:
+            raise InvalidTask(f"priority is not one of {', '.join(TASK_PRIORITIES)}", **salvage)
+        priority = raw_priority
     return TaskMessage(
         task_id=task_id,
         tenant=payload["tenant"],
@@ -271,6 +296,7 @@ def decode_task(payload: Any) -> TaskMessage:
         parameters=parameters if parameters is not None else {},
         submitted_at=float(submitted_at) if submitted_at is not None else 0.0,
         prior_attempts=prior_attempts,
+        priority=priority,
     )
 
 

@@ -48,7 +48,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from orchestrator_broker import Broker, ConsumeOptions, DeadLetter, Delivery, Message
+from orchestrator_broker import Broker, ConsumeOptions, DeadLetter, Delivery, Message, Priority
 
 from .config import package_version
 from .context_only import ContextOnlyTracer
@@ -274,15 +274,25 @@ class TracingBroker:
     def system(self) -> str:
         return self._system
 
-    async def publish(self, stream: str, message: Message) -> str:
-        """Publish in a ``send <stream>`` PRODUCER span whose context the headers carry."""
+    async def publish(
+        self,
+        stream: str,
+        message: Message,
+        *,
+        key: str | None = None,
+        priority: Priority = "normal",
+    ) -> str:
+        """Publish in a ``send <stream>`` PRODUCER span whose context the headers carry
+        (``key`` and ``priority`` pass through: see ``Broker.publish``)."""
         ids_only = self._ids_only
         if ids_only is not None:
             # The span would record nothing: only its context (a fresh span id in the current
             # trace, or a new trace) goes into the headers, as W3C asks.
             current = context_api.get_current()
             headers = inject_span_context(message.headers, ids_only.span_context(current), current)
-            return await self._broker.publish(stream, message.replace_headers(headers))
+            return await self._broker.publish(
+                stream, message.replace_headers(headers), key=key, priority=priority
+            )
         with self._tracer.start_as_current_span(f"send {stream}", kind=SpanKind.PRODUCER) as span:
             # Attributes only if the span records: the configurable samplers (the built-in
             # ones) never read them, so setting them after the start is equivalent.
@@ -297,7 +307,9 @@ class TracingBroker:
                         "messaging.message.id": message.id,
                     }
                 )
-            entry_id = await self._broker.publish(stream, inject_message(message))
+            entry_id = await self._broker.publish(
+                stream, inject_message(message), key=key, priority=priority
+            )
             if recording:
                 span.set_attribute(self._entry_id_key, entry_id)
             return entry_id

@@ -61,7 +61,11 @@ _PARAMETERS: Final = {
 #: Fields taken as they are, or checked here.
 _OTHER_FIELDS: Final = frozenset(
     {"model", "messages", "stream", "stream_options", "n", "user", "metadata"}
+    | {"service_tier", "priority"}
 )
+#: Our task priorities, by OpenAI's ``service_tier`` (``priority`` and ``priority`` is too).
+_SERVICE_TIERS: Final = {"auto": "normal", "default": "normal", "priority": "high", "flex": "low"}
+_PRIORITIES: Final = ("high", "normal", "low")
 #: Our message roles, by OpenAI's (``developer`` is the newer name for ``system``).
 _ROLES: Final = {
     "system": "system",
@@ -201,11 +205,28 @@ def submission_body(data: Any) -> tuple[dict[str, Any], bool, bool]:
             raise _BadRequest("'user' must be a string.", "user")
         metadata["user"] = data["user"]
     body: dict[str, Any] = {"model": model, "messages": _messages(data.get("messages"))}
+    priority = _priority(data)
+    if priority != "normal":
+        body["priority"] = priority
     if parameters:
         body["parameters"] = parameters
     if metadata:
         body["metadata"] = metadata
     return body, bool(stream), include_usage
+
+
+def _priority(data: dict[str, Any]) -> str:
+    """The task priority asked by ``priority`` (ours) or else ``service_tier`` (OpenAI's:
+    ``priority`` is high, ``flex`` low, ``auto``/``default`` normal); both are checked."""
+    tier = data.get("service_tier")
+    if tier is not None and (not isinstance(tier, str) or tier not in _SERVICE_TIERS):
+        raise _BadRequest("'service_tier' must be auto, default, priority or flex.", "service_tier")
+    priority = data.get("priority")
+    if priority is not None:
+        if not isinstance(priority, str) or priority not in _PRIORITIES:
+            raise _BadRequest("'priority' must be high, normal or low.", "priority")
+        return priority
+    return "normal" if tier is None else _SERVICE_TIERS[tier]
 
 
 def _messages(messages: Any) -> list[dict[str, Any]]:

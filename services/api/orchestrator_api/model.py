@@ -61,6 +61,8 @@ class TaskRecord:
     joined: str | None = None
     #: A task cancelled while it ran: the text answered until it was stopped.
     partial_text: str | None = None
+    #: Its priority within the tenant's share (``high``, ``normal``, ``low``).
+    priority: str = "normal"
 
 
 @attrs.frozen

@@ -381,6 +381,15 @@ _SCHEMAS: Final[dict[str, Schema]] = {
                 f"objects and arrays nest at most {MAX_NESTING} deep (else 400).",
                 "additionalProperties": True,
             },
+            "priority": {
+                "enum": ["high", "normal", "low", None],
+                "default": "normal",
+                "description": (
+                    "Order among this tenant's waiting tasks: higher first (tenants share "
+                    "the workers fairly whatever their tasks' priorities). A `low` task "
+                    "that waited PRIORITY_AGING_SECONDS competes as `normal`."
+                ),
+            },
         },
     },
     "Task": {
@@ -401,9 +410,18 @@ _SCHEMAS: Final[dict[str, Schema]] = {
             "cached",
             "joined",
             "partial_text",
+            "priority",
+            "queue_wait",
         ],
         "properties": {
             "id": {"type": "string", "minLength": 1},
+            "priority": {"enum": ["high", "normal", "low"]},
+            "queue_wait": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "Seconds from submission to the start of the first attempt "
+                "(null until then).",
+            },
             "status": {"$ref": "#/components/schemas/TaskStatus"},
             "created_at": {"type": "string", "format": "date-time"},
             "started_at": {"type": ["string", "null"], "format": "date-time"},
@@ -551,6 +569,12 @@ _SCHEMAS: Final[dict[str, Schema]] = {
                 "properties": {"include_usage": {"type": ["boolean", "null"]}},
             },
             "n": {"enum": [1, None]},
+            "service_tier": {
+                "enum": ["auto", "default", "priority", "flex", None],
+                "description": "`priority` runs the task as `high`, `flex` as `low` "
+                "(`priority` wins when both are given).",
+            },
+            "priority": {"enum": ["high", "normal", "low", None]},
             "user": {"type": ["string", "null"], "description": "Kept in the task's metadata."},
             "metadata": {"type": ["object", "null"]},
             **{

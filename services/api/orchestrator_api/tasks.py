@@ -77,6 +77,8 @@ def request_fingerprint(submission: Submission) -> str:
             submission.parameters,
             submission.metadata,
             submission.cache,
+            # Only when asked, so earlier keys' fingerprints stay what they were.
+            *(() if submission.priority == "normal" else (submission.priority,)),
         ),
         option=orjson.OPT_SORT_KEYS,
     )
@@ -137,6 +139,7 @@ class TaskService:
             model=submission.model,
             metadata=submission.metadata,
             trace_id=f"{span_context.trace_id:032x}" if span_context.is_valid else None,
+            priority=submission.priority,
         )
         bound = self.deadlines.bound(self.publish_timeout)
         try:
@@ -170,6 +173,7 @@ class TaskService:
                     model=submission.model,
                     parameters=submission.parameters,
                     submitted_at=now,
+                    priority=submission.priority,
                 )
             ),
             id=task_id,
@@ -177,7 +181,10 @@ class TaskService:
         )
         try:
             with bound:  # the same bound again: a fresh deadline, one task lookup
-                await self.broker.publish(self.stream, message)
+                # Keyed by tenant: the workers share their slots fairly among tenants.
+                await self.broker.publish(
+                    self.stream, message, key=tenant, priority=submission.priority
+                )
         except (BrokerError, TimeoutError) as exc:
             await self._discard(tenant, task_id)
             raise Unavailable("broker") from exc

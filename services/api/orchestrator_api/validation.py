@@ -16,7 +16,15 @@ from typing import Any, Final, cast
 import attrs
 import orjson
 
-from orchestrator_tasks import ROLES, ChatMessage, Role, is_blank, messages_of
+from orchestrator_tasks import (
+    ROLES,
+    TASK_PRIORITIES,
+    ChatMessage,
+    Role,
+    TaskPriority,
+    is_blank,
+    messages_of,
+)
 from orchestrator_tasks.parameters import normalize_parameters, validate_parameters
 
 from .problems import (
@@ -64,7 +72,7 @@ MAX_NESTING: Final = 32
 _NESTED: Final = (dict, list)
 MAX_NAME_CHARS: Final = 64
 _FIELDS: Final = frozenset(
-    {"prompt", "messages", "model", "system", "parameters", "metadata", "cache"}
+    {"prompt", "messages", "model", "system", "parameters", "metadata", "cache", "priority"}
 )
 _MESSAGE_FIELDS: Final = frozenset({"role", "content", "name"})
 _ROLE_LIST: Final = ", ".join(ROLES)
@@ -81,6 +89,8 @@ class Submission:
     metadata: dict[str, Any] = attrs.field(factory=dict)
     #: Whether the tenant's prompt cache applies (``"cache": false`` opts out).
     cache: bool = True
+    #: How urgent the task is within the tenant's share of the workers.
+    priority: TaskPriority = "normal"
 
 
 def parse_submission(body: bytes, *, max_prompt_chars: int) -> Submission:
@@ -118,6 +128,11 @@ def parse_submission(body: bytes, *, max_prompt_chars: int) -> Submission:
     cache = data.get("cache")
     if cache is not None and type(cache) is not bool:
         errors.append({"field": "cache", "message": "must be true or false"})
+    priority = data.get("priority")
+    if priority is not None and priority not in TASK_PRIORITIES:
+        errors.append(
+            {"field": "priority", "message": f"must be one of {', '.join(TASK_PRIORITIES)}"}
+        )
     if errors:
         raise _invalid(errors)
 
@@ -137,6 +152,7 @@ def parse_submission(body: bytes, *, max_prompt_chars: int) -> Submission:
         parameters=normalize_parameters(parameters) if parameters else {},
         metadata=metadata or {},
         cache=cache is not False,
+        priority=priority if priority is not None else "normal",
     )
 
 

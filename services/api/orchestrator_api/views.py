@@ -46,6 +46,11 @@ def task_view(record: TaskRecord) -> dict[str, Any]:
         "cached": record.cached,
         "joined": record.joined is not None,
         "partial_text": record.partial_text,
+        "priority": record.priority,
+        # From submission to the start of its first attempt (null until it started).
+        "queue_wait": None
+        if record.started_at is None
+        else max(0.0, record.started_at - record.created_at),
     }
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from orchestrator_broker import DEFAULT_DEAD_LETTER_MAXLEN
+from orchestrator_broker import DEFAULT_DEAD_LETTER_MAXLEN, Fairness
 from orchestrator_broker.redis_settings import RedisSettings
 from orchestrator_settings import Env
 from orchestrator_tasks import RESULTS_STREAM, TASKS_GROUP, TASKS_STREAM
@@ -23,6 +23,7 @@ from .pricing import Price, load_prices_file, parse_prices
 from .providers.settings import ProviderSettings
 from .retry import RetryPolicy
 from .routing import parse_aliases
+from .tenancy import parse_caps, parse_weights
 
 _NAME = re.compile(r"[A-Za-z0-9_.:\-]+")
 _NAME_EXPECTED = "may only hold letters, digits and _ . : -"
@@ -128,6 +129,17 @@ class WorkerSettings:
                                                            for the API) is renewed every third
                                                            of this; a dead worker drops out of
                                                            ``GET /v1/models`` after this long
+    ``TENANT_WEIGHTS``           ``*=1``                   ``*=1,acme=3``: free slots go to the
+                                                           tenants with waiting tasks in these
+                                                           proportions (weighted round robin)
+    ``TENANT_CONCURRENCY``       (no caps)                 ``*=20,acme=50``: tasks of a tenant
+                                                           running at once across all workers
+                                                           of the stream (leased: a crashed
+                                                           worker's share returns within
+                                                           LEASE_SECONDS); the same on every
+                                                           worker, as are the weights
+    ``PRIORITY_AGING_SECONDS``   ``60``                    a ``low`` task waiting this long
+                                                           competes as ``normal``
     ============================ ========================= =======================================
 
     The ``OTEL_*`` variables (sampler, headers, ``OTEL_SDK_DISABLED``...) are read by
@@ -170,6 +182,9 @@ class WorkerSettings:
     metrics_port: int | None = None  # None: METRICS_PORT unset, DEFAULT_METRICS_PORT
     metrics_max_label_values: int = MAX_LABEL_VALUES
     presence_ttl: float = 15.0
+    tenant_weights: Mapping[str, float] = attrs.field(factory=dict, hash=False)
+    tenant_concurrency: Mapping[str, int] = attrs.field(factory=dict, hash=False)
+    priority_aging: float = 60.0
     telemetry: TelemetrySettings | None = attrs.field(default=None, repr=False)
     providers: ProviderSettings | None = attrs.field(default=None, repr=False)
 
@@ -238,6 +253,13 @@ class WorkerSettings:
                 "METRICS_MAX_LABEL_VALUES", d.metrics_max_label_values, low=1, high=100_000
             ),
             "presence_ttl": env.seconds("PRESENCE_TTL_SECONDS", d.presence_ttl, positive=True),
+            "tenant_weights": env.parsed("TENANT_WEIGHTS", parse_weights, d.tenant_weights),
+            "tenant_concurrency": env.parsed(
+                "TENANT_CONCURRENCY", parse_caps, d.tenant_concurrency
+            ),
+            "priority_aging": env.seconds(
+                "PRIORITY_AGING_SECONDS", d.priority_aging, positive=True
+            ),
         }
         prices: dict[str, Price] = env.parsed("MODEL_PRICES_FILE", load_prices_file, {})
         prices.update(env.parsed("MODEL_PRICES", parse_prices, {}))
@@ -262,6 +284,14 @@ class WorkerSettings:
         """Where ``GET /metrics`` listens: ``METRICS_HOST`` and ``METRICS_PORT`` (9100)."""
         port = DEFAULT_METRICS_PORT if self.metrics_port is None else self.metrics_port
         return self.metrics_host, port
+
+    @property
+    def fairness(self) -> Fairness:
+        """``TENANT_WEIGHTS``, ``TENANT_CONCURRENCY`` and ``PRIORITY_AGING_SECONDS`` for the
+        broker."""
+        return Fairness(
+            weights=self.tenant_weights, caps=self.tenant_concurrency, aging=self.priority_aging
+        )
 
     @property
     def retry_policy(self) -> RetryPolicy:

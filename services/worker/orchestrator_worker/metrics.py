@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector
 
 from orchestrator_broker import Broker
 from orchestrator_tasks.messages import Usage
-from orchestrator_telemetry.metrics import MAX_LABEL_VALUES, counter, histogram
+from orchestrator_telemetry.metrics import MAX_LABEL_VALUES, counter, gauge, histogram
 from orchestrator_telemetry.queue_metrics import QueueMetrics
 
 __all__ = [
@@ -247,6 +247,23 @@ class WorkerMetrics:
             ("status",),
             buckets=QUEUE_WAIT_BUCKETS,
         )
+        self.priority_wait = histogram(
+            registry,
+            "orchestrator_task_priority_queue_wait_seconds",
+            "From the API accepting a task to a worker starting its first attempt, by the "
+            "task's priority (high, normal, low).",
+            ("priority",),
+            buckets=QUEUE_WAIT_BUCKETS,
+        )
+        self.tenant_running = gauge(
+            registry,
+            "orchestrator_worker_tenant_tasks_running",
+            "Tasks this worker runs now, by tenant (METRICS_MAX_LABEL_VALUES tenants; later "
+            "new ones are other): sum over workers for a tenant's share.",
+            ("tenant",),
+            capped=("tenant",),
+            max_label_values=max_label_values,
+        )
         self._wait = {
             "first": self.queue_wait.labels("first"),
             "retry": self.queue_wait.labels("retry"),
@@ -255,12 +272,25 @@ class WorkerMetrics:
 
     # ---- the task's life ------------------------------------------------------------------
 
-    def attempt_started(self, provider: str, model: str, attempt: int, submitted_at: float) -> None:
+    def attempt_started(
+        self,
+        provider: str,
+        model: str,
+        attempt: int,
+        submitted_at: float,
+        priority: str = "normal",
+    ) -> None:
         """An attempt begins its model call (``attempt`` = the delivery count)."""
         self.started.labels(provider, model).inc()
         if submitted_at > 0:
             wait = max(0.0, time.time() - submitted_at)
             self._wait["first" if attempt <= 1 else "retry"].observe_traced(wait)
+            if attempt <= 1:
+                self.priority_wait.labels(priority).observe_traced(wait)
+
+    def tenant_task(self, tenant: str, delta: int) -> None:
+        """A task of ``tenant`` began (+1) or ended (-1) in this worker."""
+        self.tenant_running.labels(tenant).inc(delta)
 
     def provider_called(
         self, provider: str, model: str, seconds: float, error_type: str | None = None

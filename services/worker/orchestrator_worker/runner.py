@@ -294,7 +294,9 @@ class TaskRunner:
                     events.begin(at_once=events.number > 1)
                     began = time.monotonic()
                     if metrics is not None:
-                        metrics.attempt_started(name, route.model, events.number, task.submitted_at)
+                        metrics.attempt_started(
+                            name, route.model, events.number, task.submitted_at, task.priority
+                        )
                 called = time.monotonic()
                 outcome = await self._call(route, task, events, call, timeout, abort)
                 if metrics is not None:

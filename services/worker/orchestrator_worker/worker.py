@@ -120,8 +120,10 @@ class Worker:
             lease=settings.lease_seconds,
             max_deliveries=settings.max_deliveries,
             auto_extend=True,
+            fairness=settings.fairness,
         )
         self._hooks = safe_hooks(hooks if hooks is not None else metrics)
+        self._metrics = metrics
         self.router = ModelRouter(self._providers, settings.model_aliases)
         self.guards = ProviderGuards(
             concurrency=settings.provider_concurrency,
@@ -298,11 +300,18 @@ class Worker:
         task.add_done_callback(self._finished)
 
     async def _handle(self, delivery: Delivery) -> None:
-        if self._delivery_context is None:
-            await self._runner.handle(delivery)
-            return
-        with self._delivery_context(delivery):
-            await self._runner.handle(delivery)
+        tenant = _tenant_of(delivery)
+        if self._metrics is not None and tenant is not None:
+            self._metrics.tenant_task(tenant, 1)
+        try:
+            if self._delivery_context is None:
+                await self._runner.handle(delivery)
+                return
+            with self._delivery_context(delivery):
+                await self._runner.handle(delivery)
+        finally:
+            if self._metrics is not None and tenant is not None:
+                self._metrics.tenant_task(tenant, -1)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -345,3 +354,10 @@ class Worker:
         if tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait(tasks, timeout=_HAND_BACK_WAIT)
+
+
+def _tenant_of(delivery: Delivery) -> str | None:
+    """The tenant a task delivery names (for metrics; None when the payload has none)."""
+    payload = delivery.message.payload
+    tenant = payload.get("tenant") if isinstance(payload, dict) else None
+    return tenant if isinstance(tenant, str) else None

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("orchestrator_api.batch")
 
 #: The priority batch lines run at: a tenant's interactive tasks overtake its batches
-#: (issue 12). TaskService.submit takes no priority yet: ``_submit`` is where it goes.
+#: (issue 12).
 BATCH_PRIORITY: Final = "low"
 #: Lines read and submitted per step; answers collected per look.
 INGEST_LINES: Final = 256
@@ -313,11 +313,11 @@ class BatchRunner:
         return [line for line in results if line is not None]
 
     async def _submit(self, tenant: str, submission: Submission, key: str) -> TaskRecord:
-        """A line's task (its own again when submitted before: ``key``). Unavailable and
-        IdempotencyKeyInUse end the step: the stretch is read and submitted again later.
-
-        Issue 12: pass ``priority=BATCH_PRIORITY`` here once TaskService.submit takes it.
-        """
+        """A line's task (its own again when submitted before: ``key``), at ``low``
+        priority whatever the line asked: the tenant's interactive tasks overtake its batch.
+        Unavailable and IdempotencyKeyInUse end the step: the stretch is read and submitted
+        again later."""
+        submission = attrs.evolve(submission, priority=BATCH_PRIORITY)
         try:
             record, _ = await self.tasks.submit(tenant, submission, key)
         except IdempotencyKeyInUse as exc:

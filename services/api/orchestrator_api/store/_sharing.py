@@ -93,6 +93,7 @@ def cache_hit(record: TaskRecord, result: TaskResult, at: float) -> TaskRecord:
         metadata=record.metadata,
         trace_id=record.trace_id,
         cached=True,
+        priority=record.priority,
     )
 
 
@@ -128,6 +129,7 @@ def follow(
         trace_id=own.trace_id,
         cached=status is TaskStatus.SUCCEEDED,
         joined=leader,
+        priority=own.priority,
     )
 
 

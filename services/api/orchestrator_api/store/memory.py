@@ -390,6 +390,7 @@ class MemoryTaskStore:
                 created_at=record.created_at,
                 model=record.model,
                 trace_id=record.trace_id,
+                priority=record.priority,
             )
             entry = _Entry(fresh, None, expires_at=0.0)
             entry.append("status", dict(QUEUED_DATA))

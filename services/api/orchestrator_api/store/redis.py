@@ -146,6 +146,7 @@ def _decode_record(fields: Sequence[Any]) -> TaskRecord:
         cached=cached is not None,
         joined=_text(joined) if joined is not None else None,
         partial_text=_text(partial) if partial is not None else None,
+        priority=meta.get("priority", "normal"),
     )
     if view is None:
         return record
@@ -163,6 +164,7 @@ def _fixed(record: TaskRecord) -> bytes:
             "model": record.model,
             "metadata": record.metadata,
             "trace_id": record.trace_id,
+            "priority": record.priority,
         }
     )
 
