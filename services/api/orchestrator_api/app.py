@@ -15,8 +15,10 @@ from orchestrator_broker import Broker
 from orchestrator_tasks import presence_group
 from orchestrator_telemetry.runtime import cleanup_ctx, closing, traced_broker
 
+from .admin import add_admin_routes
 from .catalog import add_model_routes
 from .config import ApiSettings
+from .console import add_console_routes
 from .metrics import METRICS, ApiMetrics
 from .problems import error_middleware
 from .ratelimit import RateLimiter
@@ -131,6 +133,8 @@ def create_app(
     app.cleanup_ctx.append(cleanup_ctx(STATE, handler_state))
     add_routes(app)
     add_model_routes(app)
+    add_console_routes(app)
+    add_admin_routes(app)
     _add_metrics(app, metrics, streams)
     _instrument(app, tracer_provider)
     app.on_shutdown.append(streams.close_all)

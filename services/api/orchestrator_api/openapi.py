@@ -29,6 +29,7 @@ from orchestrator_tasks.parameters import (
 )
 
 from . import problems
+from .console_docs import console_paths
 from .listing import DEFAULT_LIMIT, MAX_AFTER_CHARS, MAX_LIMIT
 from .validation import (
     IDEMPOTENCY_KEY_PATTERN,
@@ -1287,6 +1288,7 @@ def build_document() -> dict[str, Any]:
                     },
                 }
             },
+            **console_paths(),
         },
         "components": {
             "schemas": _SCHEMAS,
