@@ -16,6 +16,7 @@ from aiohttp import web
 from orchestrator_broker import BrokerError, dead_letter_stream
 from orchestrator_tasks import TASKS_GROUP
 
+from .console_docs import TYPE_FORBIDDEN, TYPE_REPLAY_FAILED
 from .dead_letters import DeadLetterError, describe, one_line, purge, replay
 from .problems import TYPE_UNAVAILABLE, TYPE_VALIDATION, Problem
 from .routes import tenant_of
@@ -24,8 +25,6 @@ from .store.errors import StoreError
 
 __all__ = ["TYPE_FORBIDDEN", "TYPE_REPLAY_FAILED", "add_admin_routes"]
 
-TYPE_FORBIDDEN: Final = "urn:ai-orchestrator:problem:forbidden"
-TYPE_REPLAY_FAILED: Final = "urn:ai-orchestrator:problem:replay-failed"
 _MAX_LIST: Final = 500
 _MAX_REPLAY_IDS: Final = 1000
 
@@ -46,6 +45,7 @@ def _operator(request: web.Request) -> ApiState:
             403,
             "Only the operator tenants (ADMIN_TENANTS) may use this endpoint.",
             type=TYPE_FORBIDDEN,
+            title="Forbidden",
         )
     return state
 

@@ -7,7 +7,12 @@ from typing import Any, Final
 
 from .problems import PROBLEM_CONTENT_TYPE
 
-__all__ = ["console_paths"]
+__all__ = ["CONSOLE_PROBLEM_TYPES", "TYPE_FORBIDDEN", "TYPE_REPLAY_FAILED", "console_paths"]
+
+#: Problem types of the operator endpoints (the document's ``Problem.type`` lists them).
+TYPE_FORBIDDEN: Final = "urn:ai-orchestrator:problem:forbidden"
+TYPE_REPLAY_FAILED: Final = "urn:ai-orchestrator:problem:replay-failed"
+CONSOLE_PROBLEM_TYPES: Final = (TYPE_FORBIDDEN, TYPE_REPLAY_FAILED)
 
 Schema = dict[str, Any]
 

@@ -29,7 +29,7 @@ from orchestrator_tasks.parameters import (
 )
 
 from . import problems
-from .console_docs import console_paths
+from .console_docs import CONSOLE_PROBLEM_TYPES, console_paths
 from .listing import DEFAULT_LIMIT, MAX_AFTER_CHARS, MAX_LIMIT
 from .validation import (
     IDEMPOTENCY_KEY_PATTERN,
@@ -61,6 +61,7 @@ _PROBLEM_TYPES: Final = [
     problems.TYPE_RATE_LIMITED,
     problems.TYPE_TASK_FINISHED,
     problems.TYPE_INTERNAL,
+    *CONSOLE_PROBLEM_TYPES,
 ]
 
 
