@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command (README: "Test it"). On a fresh Debian machine it installs what is
-# missing -- a venv at .venv with the pinned dependencies, and redis-server and wrk (the HTTP
-# benchmark's load generator) from Debian's packages -- then runs the linters, the type
-# checker, the import layering check and the whole test suite.
+# missing -- a venv at .venv with the pinned dependencies, and redis-server, wrk (the HTTP
+# benchmark's load generator) and chromium (the console's browser tests) from Debian's
+# packages -- then runs the linters, the type checker, the import layering check and the
+# whole test suite.
 # Extra arguments go to pytest (e.g. `tests/run.sh tests/broker -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,9 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+# The console's browser tests (tests/console) drive Debian's chromium through Playwright;
+# `playwright install` (a downloaded browser) is never run.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "tests/run.sh: ${missing[*]} missing; installing Debian's packages" >&2
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

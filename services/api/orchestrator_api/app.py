@@ -15,10 +15,12 @@ from orchestrator_broker import Broker
 from orchestrator_tasks import presence_group
 from orchestrator_telemetry.runtime import cleanup_ctx, closing, traced_broker
 
+from .admin import add_admin_routes
 from .batch.protocol import BatchStore
 from .batches import add_batch_api
 from .catalog import add_model_routes
 from .config import ApiSettings
+from .console import add_console_routes
 from .metrics import METRICS, ApiMetrics
 from .problems import error_middleware
 from .ratelimit import RateLimiter
@@ -137,6 +139,8 @@ def create_app(
     add_batch_api(app, settings, batch_store)  # after STATE: its runner submits tasks
     add_routes(app)
     add_model_routes(app)
+    add_console_routes(app)
+    add_admin_routes(app)
     _add_metrics(app, metrics, streams)
     _instrument(app, tracer_provider)
     app.on_shutdown.append(streams.close_all)

@@ -111,6 +111,10 @@ class ApiSettings:
       files, and a finished batch are kept.
     - ``LOG_LEVEL`` [INFO]: DEBUG, INFO, WARNING, ERROR or CRITICAL (DEBUG adds access logs).
     - ``LOG_FORMAT`` [plain]: ``plain`` or ``json`` (one JSON object per line, with trace ids).
+    - ``ADMIN_TENANTS`` [unset]: comma-separated tenants that may use the operator endpoints
+      (``/v1/admin/...``: queues, dead letters) and the console's operator views.
+    - ``CONSOLE_TRACE_URL`` [unset]: the console's link to a task's trace, an http(s) URL
+      template holding ``{trace_id}`` (e.g. Grafana Explore on Tempo); unset = no link.
     """
 
     port: int = 8080
@@ -136,6 +140,8 @@ class ApiSettings:
     batch_file_ttl_hours: float = 720.0
     log_level: str = "INFO"
     log_format: str = "plain"
+    admin_tenants: frozenset[str] = frozenset()
+    console_trace_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiSettings:
@@ -184,6 +190,8 @@ class ApiSettings:
             batch_file_ttl_hours=env.number("BATCH_FILE_TTL_HOURS", 720.0, low=0.0, positive=True),
             log_level=env.choice("LOG_LEVEL", "INFO", _LOG_LEVELS, case="upper"),
             log_format=env.choice("LOG_FORMAT", "plain", _LOG_FORMATS, case="lower"),
+            admin_tenants=frozenset(env.parsed("ADMIN_TENANTS", _tenants, ())),
+            console_trace_url=_trace_url(env),
         )
         if settings.stream == settings.results_stream:
             raise ConfigError("REDIS_RESULTS_STREAM_ID", "must differ from REDIS_STREAM_ID")
@@ -224,6 +232,21 @@ class ApiSettings:
 
 def _rate_limits(_: str, raw: str) -> dict[str, Rate]:
     return parse_rate_limits(raw)  # its ValueError becomes a ConfigError naming RATE_LIMITS
+
+
+def _tenants(name: str, raw: str) -> tuple[str, ...]:
+    tenants = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for tenant in tenants:
+        if not _TENANT.match(tenant):
+            raise ConfigError(name, f"tenant {tenant!r} must be 1-64 of [A-Za-z0-9_.-]")
+    return tenants
+
+
+def _trace_url(env: Env) -> str | None:
+    url = env.url("CONSOLE_TRACE_URL", None, credentials=False)
+    if url is not None and "{trace_id}" not in url:
+        raise ConfigError("CONSOLE_TRACE_URL", "must hold {trace_id} where the trace id goes")
+    return url
 
 
 def _name(env: Env, name: str, default: str) -> str:

@@ -30,6 +30,7 @@ from orchestrator_tasks.parameters import (
 
 from . import problems
 from .batch.openapi import add_batch_operations
+from .console_docs import CONSOLE_PROBLEM_TYPES, console_paths
 from .listing import DEFAULT_LIMIT, MAX_AFTER_CHARS, MAX_LIMIT
 from .validation import (
     IDEMPOTENCY_KEY_PATTERN,
@@ -61,6 +62,7 @@ _PROBLEM_TYPES: Final = [
     problems.TYPE_RATE_LIMITED,
     problems.TYPE_TASK_FINISHED,
     problems.TYPE_INTERNAL,
+    *CONSOLE_PROBLEM_TYPES,
 ]
 
 
@@ -1316,6 +1318,7 @@ def _core_document() -> dict[str, Any]:
                     },
                 }
             },
+            **console_paths(),
         },
         "components": {
             "schemas": _SCHEMAS,
