@@ -5,6 +5,7 @@ context (so a fresh ``sessionStorage``) per test. Screenshots go to the test's t
 
 from __future__ import annotations
 
+import io
 import json
 import time
 import urllib.request
@@ -12,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
+import orjson
 import pytest
 from playwright import sync_api as playwright_sync
 
@@ -257,10 +260,32 @@ def test_another_tenants_task_is_not_shown(console: Console, base_url: str) -> N
     assert console.page.locator(f"[data-task-id='{task['id']}']").count() == 0
 
 
-def test_batches_show_an_empty_state_without_a_batch_api(console: Console) -> None:
+def test_batches_show_their_progress_and_the_models_are_listed(console: Console) -> None:
+    console.sign_in(ADMIN)
+    console.page.goto(f"{console.base_url}/console#/batches")
+    console.by("batches-empty").wait_for()  # this tenant has none
+    # A batch of two lines, through the official SDK, as a user would submit it.
+    client = openai.OpenAI(base_url=f"{console.base_url}/v1", api_key=KEY, max_retries=0)
+    lines = b"".join(
+        orjson.dumps(
+            {
+                "custom_id": f"line-{n}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "echo", "messages": [{"role": "user", "content": f"q{n}"}]},
+            }
+        )
+        + b"\n"
+        for n in range(2)
+    )
+    uploaded = client.files.create(file=("lines.jsonl", io.BytesIO(lines)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    console.by("sign-out").click()
     console.sign_in()
     console.page.goto(f"{console.base_url}/console#/batches")
-    console.by("batches-empty").wait_for()
+    console.page.locator("[data-testid=batch-row]", has_text=batch.id).wait_for()
     console.page.goto(f"{console.base_url}/console#/models")
     console.page.locator("[data-testid=model-row]", has_text="echo").first.wait_for()
 

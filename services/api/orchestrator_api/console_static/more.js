@@ -34,7 +34,7 @@ export function batchesView({ view, signal }) {
       });
       fill(body, rows.length
         ? table(["Batch", "Status", "Progress", "Created"], rows, "batch-list")
-        : h("p", { class: "hint" }, "No batches."));
+        : h("p", { class: "hint", dataset: { testid: "batches-empty" } }, "No batches yet."));
     } catch (error) {
       if (signal.aborted) return;
       fill(body, h("p", { class: "hint", dataset: { testid: "batches-empty" } },
