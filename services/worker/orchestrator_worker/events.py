@@ -203,11 +203,7 @@ class AttemptEvents:
     ) -> None:
         """Publish ``succeeded`` with the whole answer (after any write still in flight, and
         after a last delta with the rest of the text if this attempt streamed deltas)."""
-        in_flight = self._end_flushing()
-        if in_flight is not None:
-            await in_flight
-        if self._error is not None:
-            raise self._error
+        await self._last_write()
         if self._deltas and self._pending:
             # The deltas then spell the result exactly.
             text = "".join(self._pending)
@@ -225,22 +221,14 @@ class AttemptEvents:
 
     async def failed(self, error: ErrorInfo) -> None:
         """Publish ``failed`` with ``error`` (after any write still in flight)."""
-        in_flight = self._end_flushing()
-        if in_flight is not None:
-            await in_flight
-        if self._error is not None:
-            raise self._error
+        await self._last_write()
         await self._publish(EventKind.FAILED, error=error)
         self.terminal_published = True
 
     async def cancelled(self) -> None:
         """Publish ``cancelled`` with the text answered so far (after any write in flight;
         the deltas already out are a prefix of it)."""
-        in_flight = self._end_flushing()
-        if in_flight is not None:
-            await in_flight
-        if self._error is not None:
-            raise self._error
+        await self._last_write()
         await self._publish(EventKind.CANCELLED, text=self.text)
         self.terminal_published = True
 
@@ -318,6 +306,15 @@ class AttemptEvents:
         # once if this write was ``started`` alone).
         if self._pending and self._error is None:
             self._schedule()
+
+    async def _last_write(self) -> None:
+        """Before a terminal event: no more clock writes, the write in flight finished, and
+        its error (or an earlier one) raised."""
+        in_flight = self._end_flushing()
+        if in_flight is not None:
+            await in_flight
+        if self._error is not None:
+            raise self._error
 
     def _end_flushing(self) -> asyncio.Task[None] | None:
         """No more clock writes; the write still in flight, if any, to wait for."""
