@@ -19,7 +19,7 @@ from orchestrator_settings import Env
 from .breaker import CircuitBreaker, PauseListener, StateListener
 from .errors import ConfigError
 
-__all__ = ["ProviderGuard", "ProviderGuards", "parse_concurrency"]
+__all__ = ["ProviderGuard", "ProviderGuards", "parse_concurrency", "whole_limit"]
 
 _PROVIDER = re.compile(r"[A-Za-z0-9_.\-]+")
 
@@ -29,11 +29,12 @@ VARIABLE = "PROVIDER_CONCURRENCY"
 def parse_concurrency(variable: str, raw: str) -> dict[str, int]:
     """``provider=limit,...`` as a mapping; ``ConfigError`` naming ``variable``."""
     return Env({variable: raw}).mapping(
-        variable, _limit, key=_PROVIDER, entry="provider=limit (e.g. openai=50)"
+        variable, whole_limit, key=_PROVIDER, entry="provider=limit (e.g. openai=50)"
     )
 
 
-def _limit(raw: str) -> int:
+def whole_limit(raw: str) -> int:
+    """A limit of things at once: a whole number in 1..1000000 (``ValueError`` otherwise)."""
     try:
         limit = int(raw)
     except ValueError:

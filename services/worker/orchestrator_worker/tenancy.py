@@ -12,6 +12,8 @@ import re
 
 from orchestrator_settings import Env
 
+from .limits import whole_limit
+
 #: A tenant as these settings name it, or ``*`` for every other tenant.
 _TENANT = re.compile(r"\*|[A-Za-z0-9_.:@\-]+")
 
@@ -26,7 +28,7 @@ def parse_weights(variable: str, raw: str) -> dict[str, float]:
 def parse_caps(variable: str, raw: str) -> dict[str, int]:
     """``tenant=tasks,...`` (``*`` for the rest; whole numbers >= 1) as a mapping."""
     return Env({variable: raw}).mapping(
-        variable, _cap, key=_TENANT, entry="tenant=tasks (e.g. *=20,acme=50)"
+        variable, whole_limit, key=_TENANT, entry="tenant=tasks (e.g. *=20,acme=50)"
     )
 
 
@@ -38,13 +40,3 @@ def _weight(raw: str) -> float:
     if not (math.isfinite(weight) and 0 < weight <= 1_000_000):
         raise ValueError(f"{raw} is outside (0, 1000000]")
     return weight
-
-
-def _cap(raw: str) -> int:
-    try:
-        cap = int(raw)
-    except ValueError:
-        raise ValueError(f"{raw!r} is not a whole number") from None
-    if not 1 <= cap <= 1_000_000:
-        raise ValueError(f"{cap} is outside 1..1000000")
-    return cap

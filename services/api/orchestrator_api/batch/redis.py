@@ -27,10 +27,7 @@ from typing import Any, Final
 
 import attrs
 import orjson
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import SSLConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -38,6 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from orchestrator_broker.redis_settings import RedisSettings
 
 from ..store.errors import StoreError, StoreUnavailable
+from ..store.redis import client_for
 from .model import CHUNK_BYTES, BatchRecord, BatchStatus, FileInfo, LineResult, PendingLine
 
 __all__ = ["RedisBatchStore"]
@@ -86,24 +84,6 @@ _RELEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-
-def _client_for(settings: RedisSettings) -> Redis:
-    extra: dict[str, Any] = {"connection_class": SSLConnection} if settings.tls else {}
-    pool = BlockingConnectionPool(
-        host=settings.host,
-        port=settings.port,
-        db=settings.db,
-        username=settings.username,
-        password=settings.password,
-        socket_connect_timeout=settings.connect_timeout,
-        socket_timeout=settings.socket_timeout,
-        max_connections=settings.max_connections,
-        timeout=settings.pool_timeout,
-        retry=Retry(NoBackoff(), 1),
-        **extra,
-    )
-    return Redis.from_pool(pool)
 
 
 @contextlib.contextmanager
@@ -186,7 +166,7 @@ class RedisBatchStore:
     def from_url(cls, url: str, *, ttl_seconds: float, **kwargs: Any) -> RedisBatchStore:
         """A store with its own connection pool (closed by ``close()``); connects lazily.
         Batches and their lines expire ``ttl_seconds`` after their last change."""
-        client = _client_for(RedisSettings.from_uri(url))
+        client = client_for(RedisSettings.from_uri(url))
         return cls(client, ttl_seconds=ttl_seconds, owns_client=True, **kwargs)
 
     def _key(self, *parts: str) -> str:

@@ -185,7 +185,9 @@ def _translated(action: str) -> Any:
         raise _translate(action, exc) from exc
 
 
-def _client_for(settings: RedisSettings) -> Redis:
+def client_for(settings: RedisSettings) -> Redis:
+    """A client owning its own pool for ``settings`` (the task store's and the batch
+    store's)."""
     extra: dict[str, Any] = {"connection_class": SSLConnection} if settings.tls else {}
     pool = BlockingConnectionPool(
         host=settings.host,
@@ -286,7 +288,7 @@ class RedisTaskStore:
     ) -> RedisTaskStore:
         """A store with its own connection pool (closed by ``close()``)."""
         return cls(
-            _client_for(settings),
+            client_for(settings),
             ttl_seconds=ttl_seconds,
             safety_ttl_seconds=safety_ttl_seconds,
             pending_seconds=pending_seconds,
