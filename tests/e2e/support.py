@@ -25,6 +25,8 @@ import aiohttp
 import attrs
 import orjson
 
+from tests.support.settings_names import service_variables
+
 ROOT = Path(__file__).resolve().parents[2]
 STACK_SCRIPT = ROOT / "deployment" / "local" / "stack.py"
 
@@ -42,39 +44,9 @@ def _command() -> str:
 #: The console script of the interpreter running the tests.
 AI_ORCHESTRATOR = _command()
 
-#: Variables the services read: never inherited from the developer's shell.
-_SERVICE_VARIABLES = frozenset(
-    {
-        "PORT",
-        "HOST",
-        "APP_ID",
-        "REDIS_URI",
-        "JAEGER_URI",
-        "CACHE_TTL_MINUTES",
-        "REDIS_STREAM_ID",
-        "REDIS_RESULTS_STREAM_ID",
-        "API_KEYS",
-        "API_KEYS_FILE",
-        "METRICS_HOST",
-        "AUTH_DISABLED",
-        "MAX_BODY_BYTES",
-        "MAX_PROMPT_CHARS",
-        "SHUTDOWN_GRACE_SECONDS",
-        "LOG_LEVEL",
-        "LOG_FORMAT",
-        "NUMBER_OF_WORKERS",
-        "DEFAULT_MODEL",
-        "TASK_TIMEOUT_SECONDS",
-        "LEASE_SECONDS",
-        "MAX_DELIVERIES",
-        "DELTA_FLUSH_MS",
-        "CONSUMER_GROUP",
-        "CONSUMER_NAME",
-        "METRICS_PORT",
-        "ORCHESTRATOR_URL",
-        "ORCHESTRATOR_API_KEY",
-    }
-)
+#: Variables the services (and the CLI's client) read: never inherited from the developer's
+#: shell. Found by reading the settings classes, so a new setting is never missed.
+_SERVICE_VARIABLES = service_variables() | {"ORCHESTRATOR_URL", "ORCHESTRATOR_API_KEY"}
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
