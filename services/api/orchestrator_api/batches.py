@@ -27,7 +27,6 @@ from orchestrator_telemetry.runtime import cleanup_ctx, closing
 
 from .batch.lines import CHAT_ENDPOINT
 from .batch.model import BatchRecord, BatchStatus
-from .batch.openai_errors import openai_errors
 from .batch.protocol import BatchStore
 from .batch.runner import BatchRunner
 from .batch.views import batch_view, list_view
@@ -308,7 +307,7 @@ def add_batch_api(
 
     app.cleanup_ctx.append(cleanup_ctx(BATCH_API, batch_api))
     add_file_routes(app)
-    app.router.add_post("/v1/batches", openai_errors(create_batch))
-    app.router.add_get("/v1/batches", openai_errors(list_batches), allow_head=False)
-    app.router.add_get("/v1/batches/{batch_id}", openai_errors(get_batch), allow_head=False)
-    app.router.add_post("/v1/batches/{batch_id}/cancel", openai_errors(cancel_batch))
+    app.router.add_post("/v1/batches", create_batch)
+    app.router.add_get("/v1/batches", list_batches, allow_head=False)
+    app.router.add_get("/v1/batches/{batch_id}", get_batch, allow_head=False)
+    app.router.add_post("/v1/batches/{batch_id}/cancel", cancel_batch)

@@ -29,7 +29,7 @@ import orjson
 from aiohttp import web
 
 from .model import StoredEvent, TaskRecord, TaskStatus
-from .problems import PROBLEM_CONTENT_TYPE, Problem, error_middleware, trace_headers
+from .problems import Problem, openai_error_body, openai_error_type, trace_headers
 from .routes import accept_submission, read_submission
 from .state import STATE, ApiState
 from .store.errors import StoreError
@@ -39,7 +39,6 @@ from .validation import Submission, parse_submission
 __all__ = [
     "chat_completions",
     "completion",
-    "error_body",
     "submission_body",
 ]
 
@@ -91,8 +90,6 @@ _TASK_ERRORS: Final[Mapping[str, tuple[int, str]]] = {
     "cancelled": (409, "invalid_request_error"),
 }
 #: OpenAI error types by HTTP status, for errors before the task exists.
-_ERROR_TYPES: Final = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
-
 _SSE_HEADERS: Final = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
@@ -115,17 +112,9 @@ class _BadRequest(Exception):
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    """``POST /v1/chat/completions``."""
-    # The problems the shared checks raise (401, 415, 413, 429, 503, a body aiohttp cannot
-    # read, a crash) are made by the API's own error middleware, then told in OpenAI's shape.
-    response = await error_middleware(request, _chat)
-    if response.prepared or response.content_type != PROBLEM_CONTENT_TYPE:
-        return response
-    assert isinstance(response, web.Response)
-    return _openai_error_from_problem(response)
-
-
-async def _chat(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/chat/completions``. The problems the shared checks raise (401, 415, 413,
+    429, 503, a body aiohttp cannot read, a crash) leave the API's error middleware in
+    OpenAI's shape, as on every OpenAI path."""
     state = request.app[STATE]
     tenant, body, key = await read_submission(request, state)
     try:
@@ -316,13 +305,6 @@ def completion(record: TaskRecord, requested: str) -> dict[str, Any]:
     }
 
 
-def error_body(
-    message: str, type_: str, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
-    """OpenAI's error object."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
 def _error(
     status: int,
     message: str,
@@ -332,30 +314,13 @@ def _error(
     code: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    kind = (
-        type_
-        or _ERROR_TYPES.get(status)
-        or ("server_error" if status >= 500 else "invalid_request_error")
-    )
+    kind = type_ or openai_error_type(status)
     return web.Response(
-        body=orjson.dumps(error_body(message, kind, param, code)),
+        body=orjson.dumps(openai_error_body(message, kind, param, code)),
         status=status,
         headers={**trace_headers(), **(headers or {})},
         content_type="application/json",
     )
-
-
-def _openai_error_from_problem(response: web.Response) -> web.Response:
-    problem = orjson.loads(response.body)  # type: ignore[arg-type]
-    errors = problem.get("errors") or []
-    param = str(errors[0]["field"]) if errors else None
-    code = str(problem.get("type", "")).rpartition(":")[2] or None
-    passed = {
-        name: value
-        for name, value in response.headers.items()
-        if name in ("Retry-After", "WWW-Authenticate", "traceparent", "Accept-Post")
-    }
-    return _error(response.status, str(problem.get("detail", "")), param, code=code, headers=passed)
 
 
 def _task_failed(record: TaskRecord) -> web.Response:
@@ -547,5 +512,5 @@ def _stream_error(record: TaskRecord, kind: str | None, message: str | None = No
     }
     message = messages.get(kind or "") or message or f"The task failed ({kind})."
     return b"data: %s\n\n" % orjson.dumps(
-        error_body(message, "server_error", None, kind or "internal")
+        openai_error_body(message, "server_error", None, kind or "internal")
     )

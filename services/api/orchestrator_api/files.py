@@ -19,7 +19,6 @@ from aiohttp import BodyPartReader, web
 from multidict import MultiMapping
 
 from .batch.model import CHUNK_BYTES, FileInfo
-from .batch.openai_errors import openai_errors
 from .batch.views import file_view, list_view
 from .batches import BATCH_API, BatchApi, bad_request, not_found, unavailable
 from .problems import TYPE_TOO_LARGE, TYPE_UNSUPPORTED_MEDIA, Problem
@@ -244,8 +243,8 @@ async def file_content(request: web.Request) -> web.StreamResponse:
 
 def add_file_routes(app: web.Application) -> None:
     """Register the Files API's routes."""
-    app.router.add_post("/v1/files", openai_errors(upload_file))
-    app.router.add_get("/v1/files", openai_errors(list_files), allow_head=False)
-    app.router.add_get("/v1/files/{file_id}", openai_errors(get_file), allow_head=False)
-    app.router.add_delete("/v1/files/{file_id}", openai_errors(delete_file))
-    app.router.add_get("/v1/files/{file_id}/content", openai_errors(file_content), allow_head=False)
+    app.router.add_post("/v1/files", upload_file)
+    app.router.add_get("/v1/files", list_files, allow_head=False)
+    app.router.add_get("/v1/files/{file_id}", get_file, allow_head=False)
+    app.router.add_delete("/v1/files/{file_id}", delete_file)
+    app.router.add_get("/v1/files/{file_id}/content", file_content, allow_head=False)

@@ -981,12 +981,19 @@ _TASK_ID_HEADER: Final = {
 }
 
 
-def _openai_error(description: str) -> Schema:
+def _openai_error(description: str, *, task: bool = True) -> Schema:
     return {
         "description": description,
-        "headers": {**_TASK_ID_HEADER, **_RETRY_AFTER},
+        "headers": {**(_TASK_ID_HEADER if task else {}), **_RETRY_AFTER},
         "content": {"application/json": {"schema": _ref("OpenAIError")}},
     }
+
+
+#: The errors every ``/v1/models`` operation may answer, in OpenAI's shape.
+_MODELS_ERRORS: Final = {
+    "401": _openai_error("Missing or unknown API key.", task=False),
+    "500": _openai_error("An unexpected server error.", task=False),
+}
 
 
 def _common(*names: str) -> dict[str, Any]:
@@ -1294,7 +1301,7 @@ def _core_document() -> dict[str, Any]:
                     ),
                     "responses": {
                         "200": _json("The models.", _ref("ModelList")),
-                        **_common("Unauthorized"),
+                        **_MODELS_ERRORS,
                     },
                 }
             },
@@ -1313,8 +1320,8 @@ def _core_document() -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": _json("The model.", _ref("Model")),
-                        "404": _problem("No live worker serves this model."),
-                        **_common("Unauthorized"),
+                        "404": _openai_error("No live worker serves this model.", task=False),
+                        **_MODELS_ERRORS,
                     },
                 }
             },

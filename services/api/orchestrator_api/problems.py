@@ -1,4 +1,8 @@
-"""RFC 9457 problem details: every error leaves the API as ``application/problem+json``.
+"""RFC 9457 problem details: every error leaves the API as ``application/problem+json``,
+except on the OpenAI-compatible paths (``/v1/chat/completions``, ``/v1/models``, ``/v1/files``,
+``/v1/batches``, any other ``/v1/`` path that is not this API's own), which answer OpenAI's
+error object ``{"error": {"message", "type", "param", "code"}}`` with the same status, so the
+official SDKs raise their own exception classes with the message.
 
 Handlers raise ``Problem``; ``error_middleware`` turns it, any aiohttp ``HTTPException``
 (unknown route, wrong method, body too large), a body that breaks off or does not decode, and
@@ -38,7 +42,10 @@ __all__ = [
     "Problem",
     "error_middleware",
     "malformed_request",
+    "openai_error_body",
+    "openai_error_type",
     "problem_response",
+    "speaks_openai",
     "trace_headers",
 ]
 
@@ -115,9 +122,55 @@ class Problem(Exception):
         return body
 
 
+#: ``/v1/`` paths that are this API's own; every other ``/v1/`` path is OpenAI's.
+_NATIVE_PREFIXES: Final = ("/v1/tasks", "/v1/admin", "/v1/console")
+#: OpenAI's error ``type`` by status; other 4xx are ``invalid_request_error``.
+_OPENAI_TYPES: Final = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
+
+
+def speaks_openai(path: str) -> bool:
+    """Whether errors on ``path`` are told in OpenAI's shape."""
+    return path.startswith("/v1/") and not path.startswith(_NATIVE_PREFIXES)
+
+
+def openai_error_body(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error object."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def openai_error_type(status: int) -> str:
+    """OpenAI's error ``type`` for an HTTP status."""
+    return _OPENAI_TYPES.get(status) or (
+        "server_error" if status >= 500 else "invalid_request_error"
+    )
+
+
+def _openai_response(problem: Problem) -> web.Response:
+    param = str(problem.errors[0]["field"]) if problem.errors else None
+    code = problem.type.rpartition(":")[2] if problem.type != TYPE_BLANK else None
+    return web.Response(
+        body=orjson.dumps(
+            openai_error_body(problem.detail, openai_error_type(problem.status), param, code)
+        ),
+        status=problem.status,
+        headers=problem.headers,
+        content_type="application/json",
+    )
+
+
 def problem_response(problem: Problem, request: web.BaseRequest | None = None) -> web.Response:
-    """The ``application/problem+json`` response for ``problem``."""
+    """The ``application/problem+json`` response for ``problem`` (OpenAI's error object on
+    the paths that speak OpenAI's API)."""
     instance = request.path if request is not None else None
+    if instance is not None and speaks_openai(instance):
+        return _openai_response(problem)
     response = web.Response(
         body=orjson.dumps(problem.body(instance)),
         status=problem.status,

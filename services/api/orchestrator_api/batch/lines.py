@@ -9,9 +9,9 @@ import attrs
 import orjson
 
 from ..chat import _BadRequest as ChatBadRequest  # the reasons chat.py refuses a request
-from ..chat import completion, error_body, submission_body
+from ..chat import completion, submission_body
 from ..model import TaskRecord, TaskStatus
-from ..problems import Problem
+from ..problems import Problem, openai_error_body
 from ..validation import Submission, parse_submission
 from .model import LineResult, PendingLine
 
@@ -131,7 +131,7 @@ def task_line(pending: PendingLine, record: TaskRecord | None, ended_as: str) ->
     response = {
         "status_code": status,
         "request_id": task_id,
-        "body": error_body(message, type_, None, kind),
+        "body": openai_error_body(message, type_, None, kind),
     }
     return LineResult(line=pending.line, ok=False, text=_entry(task_id, custom_id, response, None))
 
