@@ -84,14 +84,38 @@ def api_client(
 PENDING = 0.2
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+#: Each task store: the memory one, and the Redis one on the tests' own redis-server.
+_STORES = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
+
+
+def _make_store(request: pytest.FixtureRequest, **options: Any) -> TaskStore:
+    options.setdefault("ttl_seconds", 60.0)
+    if request.param == "memory":
+        ttl = options.pop("ttl_seconds")
+        return MemoryTaskStore(ttl, **options)
+    return RedisTaskStore.from_url(request.getfixturevalue("redis_url"), **options)
+
+
+@pytest.fixture
+def store_options() -> dict[str, float]:
+    """Options both stores of ``store`` are made with (``ttl_seconds`` 60 unless given); a
+    test module overrides this fixture to change them."""
+    return {}
+
+
+@pytest.fixture(params=_STORES)
+async def store(
+    request: pytest.FixtureRequest, store_options: dict[str, float]
+) -> AsyncIterator[TaskStore]:
+    """Each task store, made with ``store_options``."""
+    made = _make_store(request, **store_options)
+    yield made
+    await made.close()
+
+
+@pytest.fixture(params=_STORES)
 async def quick_store(request: pytest.FixtureRequest) -> AsyncIterator[TaskStore]:
     """Each store, with unconfirmed tasks abandoned after ``PENDING`` seconds (a TTL of 60)."""
-    made: TaskStore
-    if request.param == "memory":
-        made = MemoryTaskStore(60, pending_seconds=PENDING)
-    else:
-        url = request.getfixturevalue("redis_url")
-        made = RedisTaskStore.from_url(url, ttl_seconds=60, pending_seconds=PENDING)
+    made = _make_store(request, pending_seconds=PENDING)
     yield made
     await made.close()

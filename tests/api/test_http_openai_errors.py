@@ -24,7 +24,8 @@ def _openai_error(body: Any) -> dict[str, Any]:
     assert set(body) == {"error"}, body
     error = body["error"]
     assert set(error) == {"message", "type", "param", "code"}, error
-    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["message"], str)
+    assert error["message"]
     return dict(error)
 
 

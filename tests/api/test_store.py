@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -118,17 +117,6 @@ def summary(events: list[StoredEvent]) -> list[tuple[str, Any]]:
         else:
             shown.append(("error", (data["type"], data["attempt"])))
     return shown
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[TaskStore]:
-    made: TaskStore
-    if request.param == "memory":
-        made = MemoryTaskStore(TTL)
-    else:
-        made = RedisTaskStore.from_url(request.getfixturevalue("redis_url"), ttl_seconds=TTL)
-    yield made
-    await made.close()
 
 
 # -- records ----------------------------------------------------------------------------------

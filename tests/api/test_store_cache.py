@@ -7,7 +7,6 @@ A task created with a cache key leads it (runs), follows the identical task in f
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -29,17 +28,6 @@ from tests.api.test_store import (
 
 KEY = "0123456789abcdef0123456789abcdef01234567"
 OTHER_KEY = "f" * 40
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[TaskStore]:
-    made: TaskStore
-    if request.param == "memory":
-        made = MemoryTaskStore(TTL)
-    else:
-        made = RedisTaskStore.from_url(request.getfixturevalue("redis_url"), ttl_seconds=TTL)
-    yield made
-    await made.close()
 
 
 async def test_the_first_task_with_a_key_leads_it(store: TaskStore) -> None:

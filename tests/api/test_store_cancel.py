@@ -5,12 +5,10 @@ others. Both stores pass this suite."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from orchestrator_api.model import TaskStatus
-from orchestrator_api.store import MemoryTaskStore, RedisTaskStore, TaskFinished, TaskStore
+from orchestrator_api.store import TaskFinished, TaskStore
 from orchestrator_tasks.messages import EventKind
 from tests.api.test_store import (
     delta,
@@ -25,17 +23,6 @@ from tests.api.test_store import (
 
 TTL = 60.0
 KEY = "k" * 64
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[TaskStore]:
-    made: TaskStore
-    if request.param == "memory":
-        made = MemoryTaskStore(TTL)
-    else:
-        made = RedisTaskStore.from_url(request.getfixturevalue("redis_url"), ttl_seconds=TTL)
-    yield made
-    await made.close()
 
 
 async def test_a_queued_task_is_cancelled_at_once(store: TaskStore) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,17 +17,6 @@ from tests.api.test_store import failed, new_record, started, submit, succeeded
 HANG = 20.0
 TTL = 60.0
 KEY = "c" * 40
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[TaskStore]:
-    made: TaskStore
-    if request.param == "memory":
-        made = MemoryTaskStore(TTL)
-    else:
-        made = RedisTaskStore.from_url(request.getfixturevalue("redis_url"), ttl_seconds=TTL)
-    yield made
-    await made.close()
 
 
 async def created(store: TaskStore, count: int, tenant: str = "acme") -> list[TaskRecord]:

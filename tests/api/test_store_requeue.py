@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -27,17 +26,9 @@ TTL = 60.0
 SAFETY = 3600.0
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[TaskStore]:
-    made: TaskStore
-    if request.param == "memory":
-        made = MemoryTaskStore(TTL, safety_ttl_seconds=SAFETY)
-    else:
-        made = RedisTaskStore.from_url(
-            request.getfixturevalue("redis_url"), ttl_seconds=TTL, safety_ttl_seconds=SAFETY
-        )
-    yield made
-    await made.close()
+@pytest.fixture
+def store_options() -> dict[str, float]:
+    return {"ttl_seconds": TTL, "safety_ttl_seconds": SAFETY}
 
 
 async def test_a_failed_task_goes_back_to_queued_with_its_attempts(store: TaskStore) -> None:
