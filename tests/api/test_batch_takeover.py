@@ -103,7 +103,13 @@ async def test_a_second_runner_takes_over_and_every_line_runs_once(redis_url: st
         # before recording it.
         first = _runner(store, tasks, lease=0.2)
         assert await store.acquire("batch_x", "first", 0.2)
-        await first._step(record)
+        await first._step(record)  # the validation pass: nothing is submitted yet
+        validated = await store.load("batch_x")
+        assert validated is not None
+        assert validated.status is BatchStatus.IN_PROGRESS
+        assert validated.lines == 0
+        assert broker.published == []
+        await first._step(validated)
         recorded = await store.load("batch_x")
         assert recorded is not None
         assert 0 < recorded.lines < LINES

@@ -281,3 +281,63 @@ async def test_an_empty_file_fails_the_batch(api_client: ApiClientFactory) -> No
     failed = await until(client, batch["id"], "failed")
     assert failed["errors"]["data"][0]["code"] == "empty_file"
     assert failed["request_counts"]["total"] == 0
+
+
+async def test_a_custom_id_on_two_lines_fails_the_batch_before_any_line_runs(
+    api_client: ApiClientFactory,
+) -> None:
+    client = await api_client()
+    data = jsonl(line("a"), line("b"), b"not json", line("a", "again"), line("c"), line("b"))
+    uploaded = await upload(client, data)
+
+    batch = await create(client, uploaded["id"])
+
+    failed = await until(client, batch["id"], "failed")
+    assert failed["errors"]["data"] == [
+        {
+            "code": "duplicate_custom_id",
+            "message": "custom_id 'a' is also on line 1: each request's custom_id must be "
+            "unique in the batch.",
+            "line": 4,
+            "param": "custom_id",
+        },
+        {
+            "code": "duplicate_custom_id",
+            "message": "custom_id 'b' is also on line 2: each request's custom_id must be "
+            "unique in the batch.",
+            "line": 6,
+            "param": "custom_id",
+        },
+    ]
+    assert failed["output_file_id"] is None
+    assert failed["error_file_id"] is None
+    listed = await (await client.get("/v1/tasks?limit=100", headers=ACME)).json()
+    assert listed["data"] == []  # nothing ran
+
+
+async def test_a_file_of_more_requests_than_a_batch_holds_fails_it(
+    api_client: ApiClientFactory, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr("orchestrator_api.batch.runner.MAX_BATCH_LINES", 3)
+    client = await api_client()
+    uploaded = await upload(client, jsonl(line("a"), b"", line("b"), line("c"), line("d")))
+
+    batch = await create(client, uploaded["id"])
+
+    failed = await until(client, batch["id"], "failed")
+    assert [error["code"] for error in failed["errors"]["data"]] == ["too_many_requests"]
+    listed = await (await client.get("/v1/tasks?limit=100", headers=ACME)).json()
+    assert listed["data"] == []
+
+
+async def test_the_most_requests_a_batch_holds_run(
+    api_client: ApiClientFactory, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr("orchestrator_api.batch.runner.MAX_BATCH_LINES", 3)
+    client = await api_client()
+    uploaded = await upload(client, jsonl(line("a"), b"", line("b"), line("c")))
+
+    batch = await create(client, uploaded["id"])
+
+    found = await batch_tasks(client, batch["id"], 3)
+    assert sorted(found) == ["a", "b", "c"]

@@ -118,3 +118,22 @@ def test_the_sdk_raises_its_own_errors_for_a_bad_batch(
     assert raised.value.param == "input_file_id"
     with pytest.raises(openai.NotFoundError):
         client.batches.retrieve("batch_missing")
+
+
+def test_a_duplicate_custom_id_fails_the_batch_with_its_line_through_the_sdk(
+    client: openai.OpenAI,  # noqa: F811
+) -> None:
+    data = _jsonl(_line("q1", "alpha"), _line("q2", "beta"), _line("q1", "gamma"))
+    uploaded = client.files.create(file=("dup.jsonl", io.BytesIO(data)), purpose="batch")
+
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = _until_done(client, batch.id)
+
+    assert done.status == "failed"
+    assert done.errors is not None
+    assert done.errors.data is not None
+    [error] = done.errors.data
+    assert (error.code, error.line, error.param) == ("duplicate_custom_id", 3, "custom_id")
+    assert done.output_file_id is None

@@ -19,13 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
 import attrs
+import orjson
 from opentelemetry import trace
 
 from orchestrator_tasks import WorkerAdvert
@@ -39,7 +41,7 @@ from .lines import InvalidLine, line_error, parse_line, task_line, with_batch_me
 from .model import BatchRecord, BatchStatus, FileInfo, LineResult, PendingLine
 from .protocol import BatchStore
 
-__all__ = ["BATCH_PRIORITY", "BatchRunner", "new_file_id"]
+__all__ = ["BATCH_PRIORITY", "MAX_BATCH_LINES", "BatchRunner", "new_file_id"]
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("orchestrator_api.batch")
@@ -55,6 +57,12 @@ HARVEST_LINES: Final = 512
 SUBMIT_CONCURRENCY: Final = 16
 #: Lines per read of the results while writing the files.
 WRITE_LINES: Final = 1000
+#: Requests a batch may hold (OpenAI's limit): a longer input file fails the batch.
+MAX_BATCH_LINES: Final = 50_000
+#: Lines the validation pass reads between two yields to the event loop.
+VALIDATE_LINES: Final = 256
+#: Batch-level errors kept in ``errors`` when validation fails (OpenAI lists each).
+MAX_BATCH_ERRORS: Final = 100
 
 Adverts = Callable[[], Awaitable[Sequence[WorkerAdvert]]]
 
@@ -108,6 +116,44 @@ async def _read_lines(
     elif buffer.strip():
         out.append(None if len(buffer) > max_line_bytes else bytes(buffer))
     return _Lines(out, cursor + len(buffer), eof=True)
+
+
+async def _split_lines(
+    chunks: AsyncGenerator[bytes, None], max_line_bytes: int
+) -> AsyncGenerator[tuple[int, bytes | None], None]:
+    """Each line of the file with its 1-based line number; None for a line longer than
+    ``max_line_bytes`` (its bytes are dropped, never held)."""
+    number = 0
+    buffer = bytearray()
+    skipping = False
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            buffer += chunk
+            while (end := buffer.find(b"\n")) >= 0:
+                number += 1
+                line = bytes(buffer[:end])
+                del buffer[: end + 1]
+                if skipping:
+                    skipping = False
+                    yield number, None
+                else:
+                    yield number, None if len(line) > max_line_bytes else line
+            if len(buffer) > max_line_bytes:
+                buffer.clear()
+                skipping = True
+    if skipping or buffer:
+        yield number + 1, None if skipping or len(buffer) > max_line_bytes else bytes(buffer)
+
+
+def _custom_id(raw: bytes) -> str | None:
+    """A line's ``custom_id`` if it has a usable one (the ingest reports the lines that do
+    not, each in the error file)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    custom_id = data.get("custom_id") if isinstance(data, dict) else None
+    return custom_id if isinstance(custom_id, str) and custom_id else None
 
 
 class BatchRunner:
@@ -203,6 +249,9 @@ class BatchRunner:
             await self._stop_tasks(record)
             record = attrs.evolve(record, stopped=True)
             await self.store.save(record)
+        if record.status is BatchStatus.VALIDATING and stopping is None:
+            await self._validate(record)
+            return True
         if not record.ingested:
             await self._ingest(record, stopping)
             await self._harvest(record, stopping)  # while a big batch is read, answers arrive
@@ -234,6 +283,54 @@ class BatchRunner:
 
         pending = await self.store.pending(record.id, max(record.lines, 1))
         await asyncio.gather(*(cancel(line) for line in pending))
+
+    async def _validate(self, record: BatchRecord) -> None:
+        """Read the whole input once before any line runs, as OpenAI does: a batch with a
+        ``custom_id`` on two lines, or with more than ``MAX_BATCH_LINES`` requests, fails
+        here (``errors`` names the lines) and runs nothing. Memory is a 16-byte digest per
+        line; a process that stops midway leaves the batch ``validating``, and the next one
+        validates it again from the start."""
+        info = await self.store.get_file(record.tenant, record.input_file_id)
+        if info is None:
+            await self._fail(record, "invalid_file", "The input file was deleted or expired.")
+            return
+        first_seen: dict[bytes, int] = {}
+        errors: list[dict[str, Any]] = []
+        requests = 0
+        lines = _split_lines(self.store.read_file(record.input_file_id, 0), self.max_line_bytes)
+        async for number, raw in lines:
+            if raw is not None and not raw.strip():
+                continue
+            requests += 1
+            if requests > MAX_BATCH_LINES:
+                message = f"The input file has more than {MAX_BATCH_LINES} requests."
+                await self._fail(record, "too_many_requests", message)
+                await lines.aclose()
+                return
+            if requests % VALIDATE_LINES == 0:
+                await asyncio.sleep(0)  # a big file never holds the event loop
+            custom_id = _custom_id(raw) if raw is not None else None
+            if custom_id is None:
+                continue
+            digest = hashlib.blake2b(custom_id.encode(), digest_size=16).digest()
+            seen = first_seen.setdefault(digest, number)
+            if seen != number and len(errors) < MAX_BATCH_ERRORS:
+                errors.append(
+                    {
+                        "code": "duplicate_custom_id",
+                        "message": f"custom_id {custom_id!r} is also on line {seen}: each "
+                        "request's custom_id must be unique in the batch.",
+                        "line": number,
+                        "param": "custom_id",
+                    }
+                )
+        if errors:
+            await self._fail_with(record, tuple(errors))
+            return
+        now = time.time()
+        await self.store.save(
+            attrs.evolve(record, status=BatchStatus.IN_PROGRESS, in_progress_at=now)
+        )
 
     async def _ingest(self, record: BatchRecord, stopping: str | None) -> None:
         info = await self.store.get_file(record.tenant, record.input_file_id)
@@ -348,11 +445,14 @@ class BatchRunner:
     # ---- the end --------------------------------------------------------------------------
 
     async def _fail(self, record: BatchRecord, code: str, message: str) -> None:
-        now = time.time()
         error = {"code": code, "message": message, "line": None, "param": "input_file_id"}
+        await self._fail_with(record, (error,))
+
+    async def _fail_with(self, record: BatchRecord, errors: tuple[dict[str, Any], ...]) -> None:
+        now = time.time()
         await self.store.save(
             attrs.evolve(
-                record, status=BatchStatus.FAILED, failed_at=now, errors=(error,), ingested=True
+                record, status=BatchStatus.FAILED, failed_at=now, errors=errors, ingested=True
             )
         )
         await self.store.retire(record.id)
