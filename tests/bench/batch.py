@@ -129,6 +129,7 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             async with session.post(f"{url}/v1/batches", json=body) as response:
                 batch = await response.json()
             latencies: list[float] = []
+            moments: list[float] = []
             redis_peak = 0
             ingest_seconds = None
             while True:
@@ -138,6 +139,7 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     await response.read()
                 if ingest_seconds is None:
                     latencies.append(time.perf_counter() - begin)
+                    moments.append(round(time.monotonic() - started, 2))
                 async with session.get(f"{url}/v1/batches/{batch['id']}") as response:
                     batch = await response.json()
                 redis_peak = max(redis_peak, int(client.info("memory")["used_memory"]))
@@ -165,6 +167,12 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "n": len(latencies),
                 "p50": round(_percentile(latencies, 0.5) * 1000, 1),
                 "p99": round(_percentile(latencies, 0.99) * 1000, 1),
+                "max": round(max(latencies, default=0.0) * 1000, 1),
+                # the five slowest: (seconds since the upload began, milliseconds)
+                "slowest": sorted(
+                    zip(moments, (round(v * 1000, 1) for v in latencies), strict=True),
+                    key=lambda item: -item[1],
+                )[:5],
             },
             "redis_peak_bytes_per_line": round((redis_peak - redis_before) / args.lines),
             "targets": {"rss_growth_mb": 100, "tasks_post_p99_ms": 50},

@@ -428,9 +428,13 @@ class BatchRunner:
             lines = await self.store.pending(record.id, HARVEST_LINES)
             if not lines:
                 return collected
-            tasks = await asyncio.gather(
-                *(self.tasks.get(record.tenant, line.task_id) for line in lines)
-            )
+            semaphore = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+
+            async def get(line: PendingLine) -> TaskRecord | None:
+                async with semaphore:
+                    return await self.tasks.get(record.tenant, line.task_id)
+
+            tasks = await asyncio.gather(*(get(line) for line in lines))
             results = [
                 task_line(line, task, stopping or "task_cancelled")
                 for line, task in zip(lines, tasks, strict=True)
