@@ -424,16 +424,16 @@ class BatchRunner:
     async def _harvest(self, record: BatchRecord, stopping: str | None) -> int:
         """Collect the answers of pending lines whose tasks ended; how many."""
         collected = 0
+        semaphore = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+
+        async def get(line: PendingLine) -> TaskRecord | None:
+            async with semaphore:
+                return await self.tasks.get(record.tenant, line.task_id)
+
         while True:
             lines = await self.store.pending(record.id, HARVEST_LINES)
             if not lines:
                 return collected
-            semaphore = asyncio.Semaphore(SUBMIT_CONCURRENCY)
-
-            async def get(line: PendingLine) -> TaskRecord | None:
-                async with semaphore:
-                    return await self.tasks.get(record.tenant, line.task_id)
-
             tasks = await asyncio.gather(*(get(line) for line in lines))
             results = [
                 task_line(line, task, stopping or "task_cancelled")
