@@ -10,10 +10,13 @@ import time
 from typing import Any
 
 import aiohttp
+import attrs
 import orjson
 from aiohttp.test_utils import TestClient
 
 from orchestrator_api.batches import BATCH_API
+from orchestrator_api.config import ApiSettings
+from orchestrator_api.ratelimit import parse_rate_limits
 from orchestrator_tasks.messages import ErrorInfo, EventKind, ResultEvent
 from tests.api.conftest import ACME, GLOBEX, ApiClientFactory, api_state
 
@@ -341,3 +344,23 @@ async def test_the_most_requests_a_batch_holds_run(
 
     found = await batch_tasks(client, batch["id"], 3)
     assert sorted(found) == ["a", "b", "c"]
+
+
+async def test_batch_lines_do_not_spend_the_tenants_rate_limit(
+    api_client: ApiClientFactory, api_settings: ApiSettings
+) -> None:
+    # As at OpenAI, a batch has its own limits: its lines run at low priority within the
+    # tenant's fair share and caps, and never take interactive submissions' rate.
+    settings = attrs.evolve(api_settings, rate_limits=parse_rate_limits("acme=2/h"))
+    client = await api_client(settings=settings)
+    uploaded = await upload(client, jsonl(*(line(f"q{n}") for n in range(5))))
+
+    batch = await create(client, uploaded["id"])
+
+    found = await batch_tasks(client, batch["id"], 5)
+    assert len(found) == 5
+    for _ in range(2):  # the burst of two is still whole
+        response = await client.post("/v1/tasks", json={"prompt": "hi"}, headers=ACME)
+        assert response.status == 202, await response.text()
+    response = await client.post("/v1/tasks", json={"prompt": "hi"}, headers=ACME)
+    assert response.status == 429
