@@ -14,7 +14,9 @@ Redis keys share one hash slot):
   earliest lease expiry; 0 once one of their entries is settled).
 - ``S:fair:delayed``: ZSET of nacked keyed entries until due (msgpack ``{key, priority,
   entry}``); due ones go back to the front of their queue.
-- ``S:fair:n``: entries waiting or delayed (``backlog``); ``S:fair:seq``: publish ids.
+- ``S:fair:n``: entries waiting or delayed (``backlog``); ``S:fair:depth``: HASH of the same
+  by priority (``queue_depths``); ``S:fair:waiting``: ZSET of the keys with entries waiting
+  or delayed, scored by how many (``waiting_keys``); ``S:fair:seq``: publish ids.
 - ``S:fair:demand``: ZSET of ``<consumer>#<i>`` slots of consumers about to block on an
   empty stream, scored by expiry; a publish that finds one dispatches at once, so an idle
   system answers as fast as before. ``S:fair:conf``: the last consumer's weights and caps,
@@ -45,7 +47,14 @@ end
 local function fkeys(s)
   return {ready = s .. ':fair:ready', pass = s .. ':fair:pass', vt = s .. ':fair:vt',
           capped = s .. ':fair:capped', delayed = s .. ':fair:delayed', n = s .. ':fair:n',
-          seq = s .. ':fair:seq', demand = s .. ':fair:demand', conf = s .. ':fair:conf'}
+          seq = s .. ':fair:seq', demand = s .. ':fair:demand', conf = s .. ':fair:conf',
+          depth = s .. ':fair:depth', waiting = s .. ':fair:waiting'}
+end
+-- d entries of key t at priority p more (or fewer) waiting or delayed.
+local function count(k, t, p, d)
+  redis.call('INCRBY', k.n, d)
+  redis.call('HINCRBY', k.depth, p, d)
+  if tonumber(redis.call('ZINCRBY', k.waiting, d, t)) <= 0 then redis.call('ZREM', k.waiting, t) end
 end
 local function qkey(s, t, p) return s .. ':q:{' .. t .. '}:' .. p end
 local function rkey(s, t) return s .. ':run:{' .. t .. '}' end
@@ -144,7 +153,7 @@ local function dispatch(s, k, conf, n, now)
           args[#args + 1] = v
         end
         local id = redis.call(unpack(args))
-        redis.call('DECR', k.n)
+        count(k, t, p, -1)
         if c ~= nil then redis.call('ZADD', rkey(s, t), now + conf.lease, id) end
         redis.call('SET', k.vt, pass)
         local np = pass + 1 / weight(conf, t)
@@ -173,7 +182,7 @@ local now = now_ms()
 local fields = {}
 for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('RPUSH', qkey(s, t, p), cmsgpack.pack({now, 0, fields}))
-redis.call('INCR', k.n)
+count(k, t, p, 1)
 make_ready(k, t)
 redis.call('ZREMRANGEBYSCORE', k.demand, '-inf', now)
 if #redis.call('ZPOPMIN', k.demand) > 0 then
@@ -267,7 +276,7 @@ end
 local k = fkeys(s)
 local item = cmsgpack.pack({enq, prior, fields})
 local now = now_ms()
-redis.call('INCR', k.n)
+count(k, t, p, 1)
 if delay <= 0 then
   redis.call('LPUSH', qkey(s, t, p), item)
   make_ready(k, t)
@@ -281,6 +290,16 @@ if #redis.call('XINFO', 'GROUPS', s) == 1 then redis.call('XDEL', s, id) end
 return 'OK'
 """
 )
+
+# KEYS: stream, running, capped  ARGV: group, id, key
+# A capped key's ack: XACK and give the entry's share of the cap back in one step, so no
+# crash or lost connection between the two can hold the share until the lease runs out.
+# A capped key is looked at again by the next dispatch (XX: only if it is capped).
+_ACK = """
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], 'XX', 0, ARGV[3])
+return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+"""
 
 # KEYS: stream  ARGV: lease_ms, only_existing (1|0), key, id, key, id, ...
 # Sets the lease expiry of running keyed entries (renewals: only those still counted).
@@ -312,6 +331,16 @@ def waiting_key(stream: str) -> str:
     return f"{stream}:fair:n"
 
 
+def depth_key(stream: str) -> str:
+    """The same by priority (a HASH: ``high``, ``normal``, ``low``)."""
+    return f"{stream}:fair:depth"
+
+
+def waiting_keys_key(stream: str) -> str:
+    """The keys with entries waiting or delayed, scored by how many (a ZSET)."""
+    return f"{stream}:fair:waiting"
+
+
 @attrs.frozen
 class FairScripts:
     """The waiting-room scripts registered on one client."""
@@ -320,10 +349,11 @@ class FairScripts:
     turn: AsyncScript
     nack: AsyncScript
     renew: AsyncScript
+    ack: AsyncScript
 
     @classmethod
     def register(cls, client: Redis) -> FairScripts:
         def reg(source: str) -> Any:
             return client.register_script(source)
 
-        return cls(reg(_PUBLISH), reg(_TURN), reg(_NACK), reg(_RENEW))
+        return cls(reg(_PUBLISH), reg(_TURN), reg(_NACK), reg(_RENEW), reg(_ACK))
