@@ -86,14 +86,18 @@ def test_dispatch_counts_every_task_through_a_worker(
 def test_dispatch_compares_the_fair_path_with_fifo_in_the_same_run(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    code, document = run_bench(capsys, tmp_path, "dispatch", *TINY_DISPATCH, "--tenants", "10")
+    code, document = run_bench(
+        capsys, tmp_path, "dispatch", *TINY_DISPATCH, "--tenants", "10", "--rounds", "2"
+    )
 
     result = document["benchmarks"]["dispatch"]
     assert code == 0, result
     assert result["status"] == "complete"
     assert [f["tenants"] for f in result["fair"]] == [1, 10]
+    assert len(result["rounds_tasks_per_second"]) == 2
     for fair, floor in zip(result["fair"], (">= 0.8", ">= 0.5"), strict=True):
         assert fair["status"] == "complete", fair
+        assert len(fair["rounds_tasks_per_second"]) == 2
         assert fair["tasks_per_second"] > 0
         assert fair["over_fifo"] == pytest.approx(
             fair["tasks_per_second"] / result["tasks_per_second"], rel=0.01

@@ -95,11 +95,11 @@ async def test_higher_priority_first_within_a_key(broker: Broker, stream: str) -
 async def test_an_aged_low_entry_competes_as_normal(broker: Broker, stream: str) -> None:
     await broker.ensure_group(stream, GROUP)
     await broker.publish(stream, keyed("a", 0, "low"), key="a", priority="low")
-    await asyncio.sleep(0.3)  # older than the aging below
+    await asyncio.sleep(0.6)  # older than the aging below; 2 stays younger while 0, 1, 3 go
     await broker.publish(stream, keyed("a", 1), key="a")
     await broker.publish(stream, keyed("a", 2, "low"), key="a", priority="low")
     await broker.publish(stream, keyed("a", 3), key="a")
-    options = ConsumeOptions(batch_size=1, block=0.1, lease=30.0, fairness=Fairness(aging=0.2))
+    options = ConsumeOptions(batch_size=1, block=0.1, lease=30.0, fairness=Fairness(aging=0.5))
     async with contextlib.aclosing(broker.consume(stream, GROUP, "c1", options)) as consumer:
         got = await take_acking(consumer, 4)
     # 0 waited past the aging and is older than 1; 2 did not and is low.

@@ -101,9 +101,14 @@ local function take(s, t, now, aging)
   local item = redis.call('LPOP', qkey(s, t, 'high'))
   if item then return item, 'high' end
   local qn, ql = qkey(s, t, 'normal'), qkey(s, t, 'low')
-  local en, el = head_enq(qn), head_enq(ql)
-  if el and el <= now - aging and (not en or el < en) then return redis.call('LPOP', ql), 'low' end
-  if en then return redis.call('LPOP', qn), 'normal' end
+  local el = head_enq(ql)
+  -- An aged low head goes first unless the normal head is older still.
+  if el and el <= now - aging then
+    local en = head_enq(qn)
+    if not en or el < en then return redis.call('LPOP', ql), 'low' end
+  end
+  item = redis.call('LPOP', qn)
+  if item then return item, 'normal' end
   if el then return redis.call('LPOP', ql), 'low' end
   return nil, nil
 end
@@ -129,22 +134,31 @@ local function dispatch(s, k, conf, n, now)
       park(k, s, t)
     end
   end
-  local moved = 0
+  -- The top key keeps dispatching while its pass stays below the next key's (stride
+  -- scheduling would pick it again anyway): one ready-set lookup and update per run of a
+  -- key, not per entry. The counts and the virtual time are written once, at the end.
+  local moved, vt = 0, nil
+  local gone, by_prio, order = {}, {}, {}
   while moved < n do
-    local top = redis.call('ZRANGE', k.ready, 0, 0, 'WITHSCORES')
+    local top = redis.call('ZRANGE', k.ready, 0, 1, 'WITHSCORES')
     if #top == 0 then break end
-    local t, pass = top[1], tonumber(top[2])
+    local t, pass, rival = top[1], tonumber(top[2]), math.huge
+    if top[4] then rival = tonumber(top[4]) end
     local c = cap(conf, t)
-    if c ~= nil and running(s, t, now) >= c then
+    local r = 0
+    if c ~= nil then r = running(s, t, now) end
+    if c ~= nil and r >= c then
       redis.call('ZREM', k.ready, t)
       redis.call('HSET', k.pass, t, pass)
       park(k, s, t)
     else
-      local item, p = take(s, t, now, conf.aging)
-      if item == nil then
-        redis.call('ZREM', k.ready, t)
-        redis.call('HSET', k.pass, t, pass)
-      else
+      local step, more = 1 / weight(conf, t), true
+      while moved < n do
+        local item, p = take(s, t, now, conf.aging)
+        if item == nil then
+          more = false
+          break
+        end
         local it = cmsgpack.unpack(item)
         local args = {'XADD', s, '*'}
         if it[2] > 0 then
@@ -156,17 +170,36 @@ local function dispatch(s, k, conf, n, now)
           args[#args + 1] = v
         end
         local id = redis.call(unpack(args))
-        count(k, t, p, -1)
-        if c ~= nil then redis.call('ZADD', rkey(s, t), now + conf.lease, id) end
-        redis.call('SET', k.vt, pass)
-        local np = pass + 1 / weight(conf, t)
-        if has_work(s, t) then
-          redis.call('ZADD', k.ready, np, t)
-        else
-          redis.call('ZREM', k.ready, t)
-          redis.call('HSET', k.pass, t, np)
+        if c ~= nil then
+          redis.call('ZADD', rkey(s, t), now + conf.lease, id)
+          r = r + 1
         end
+        if gone[t] == nil then
+          gone[t] = 0
+          order[#order + 1] = t
+        end
+        gone[t] = gone[t] + 1
+        by_prio[p] = (by_prio[p] or 0) + 1
+        vt = pass
+        pass = pass + step
         moved = moved + 1
+        if pass >= rival or (c ~= nil and r >= c) then break end
+      end
+      if more and has_work(s, t) then
+        redis.call('ZADD', k.ready, pass, t)
+      else
+        redis.call('ZREM', k.ready, t)
+        redis.call('HSET', k.pass, t, pass)
+      end
+    end
+  end
+  if vt ~= nil then
+    redis.call('SET', k.vt, vt)
+    redis.call('INCRBY', k.n, -moved)
+    for p, d in pairs(by_prio) do redis.call('HINCRBY', k.depth, p, -d) end
+    for _, t in ipairs(order) do
+      if tonumber(redis.call('ZINCRBY', k.waiting, -gone[t], t)) <= 0 then
+        redis.call('ZREM', k.waiting, t)
       end
     end
   end
