@@ -11,7 +11,7 @@ import attrs
 import pytest
 
 from orchestrator_api.config import ApiSettings, ConfigError
-from orchestrator_broker import Message
+from orchestrator_broker import ConsumeOptions, Message
 from orchestrator_broker.memory import MemoryBroker
 from orchestrator_tasks import ChatMessage, TaskMessage, encode_task
 from tests.api.conftest import ACME, API_KEYS, ApiClientFactory
@@ -136,12 +136,34 @@ async def test_queues_show_backlog_pending_and_workers(api_client: ApiClientFact
     client = await api_client(broker=broker)
     assert (await client.post("/v1/tasks", json={"prompt": "hi"}, headers=ACME)).status == 202
     body = await (await client.get("/v1/admin/queues", headers=OPS)).json()
-    assert body["priorities"] is None
+    assert body["priorities"] == {"high": 0, "normal": 1, "low": 0}  # not dispatched yet
     assert body["workers"] == []
-    [queue] = body["queues"]
-    assert queue["stream"] == "tasks"
-    assert queue["group"] == "workers"
-    assert queue["backlog"] + queue["pending"] == 1
+    assert [(q["stream"], q["group"]) for q in body["queues"]] == [("tasks", "workers")] * 4
+    assert [(q["priority"], q["backlog"], q["pending"]) for q in body["queues"]] == [
+        (None, 0, 0),
+        ("high", 0, 0),
+        ("normal", 1, 0),
+        ("low", 0, 0),
+    ]
+
+
+async def test_queues_show_each_priority_and_the_stream_apart(
+    api_client: ApiClientFactory,
+) -> None:
+    broker = MemoryBroker()
+    await broker.ensure_group("tasks", "workers")
+    client = await api_client(broker=broker)
+    for n, priority in enumerate(("high", "low", "low")):
+        body = {"prompt": f"hi {n}", "priority": priority}
+        assert (await client.post("/v1/tasks", json=body, headers=ACME)).status == 202
+    consumer = broker.consume("tasks", "workers", "w", ConsumeOptions(batch_size=1))
+    running = await anext(consumer)  # the high one, dispatched and being worked on
+    body = await (await client.get("/v1/admin/queues", headers=OPS)).json()
+    assert body["priorities"] == {"high": 0, "normal": 0, "low": 2}
+    rows = {q["priority"]: (q["backlog"], q["pending"]) for q in body["queues"]}
+    assert rows == {None: (0, 1), "high": (0, 0), "normal": (0, 0), "low": (2, 0)}
+    await running.ack()
+    await consumer.aclose()
 
 
 async def _dead_letter(broker: MemoryBroker, task_id: str) -> None:

@@ -6,10 +6,14 @@ measures, and stops everything by PID (also on Ctrl-C, SIGTERM and errors):
 
 1. ``dispatch``: ``--tasks`` (20,000) instant ``echo`` tasks published straight onto the
    tasks stream, through ONE worker process (``NUMBER_OF_WORKERS`` = ``--workers``, 1,000);
-   tasks/s from the first publish to the last terminal result event.
+   tasks/s from the first publish to the last terminal result event. Then, in the same run,
+   the fair path: the same tasks published keyed by tenant (through the waiting room, as
+   the API publishes them) with one tenant and with ``--tenants`` (1,000) tenants, each
+   with a backlog; their rates against the FIFO one (targets 0.8x and 0.5x).
 2. ``concurrency``: ``--concurrency-tasks`` (2,000) ``echo`` tasks with
    ``latency_ms=500`` through one worker at concurrency 1,000; seconds, against the ideal
-   (1.0 s: two waves of 500 ms).
+   (1.0 s: two waves of 500 ms); then the same on the fair path (one tenant and
+   ``--tenants``).
 3. ``http``: ``POST /v1/tasks`` requests/s and p50/p99 latency at 64 connections against
    one ``ai-orchestrator api`` process (auth on) pinned to one CPU, from a separate load
    generator (``wrk``, else a Python aiohttp one) pinned to the other. Identical prompts,
@@ -51,7 +55,7 @@ import attrs
 import orjson
 
 from .chat import ChatConfig, run_chat
-from .dispatch import DispatchConfig, run_dispatch
+from .dispatch import DispatchConfig, DispatchRun, run_dispatch
 from .followers import FollowersConfig, run_followers
 from .httpbench import CASES, HttpConfig, HttpRun, choose_loadgen, run_http
 from .processes import PROFILE_RATE, BenchError, Processes, py_spy
@@ -64,6 +68,8 @@ __all__ = ["BENCHMARKS", "main", "run_benchmarks"]
 TARGETS = {
     "dispatch": {"tasks_per_second": ">= 5000"},
     "concurrency": {"seconds": "<= 1.25 (1.25 x ideal for other sizes)"},
+    # The fair path's dispatch rate over the FIFO path's, measured in the same run.
+    "fair_dispatch": {"one_tenant": 0.8, "many_tenants": 0.5},
     "http": {"requests_per_second": ">= 9000", "p99_ms": "<= 25"},
 }
 REFERENCES = {
@@ -116,8 +122,46 @@ def bench_dispatch(args: argparse.Namespace, processes: Processes) -> dict[str, 
         tracing=args.tracing,
     )
     load = _loadavg()
-    run = run_dispatch(processes, config)
+    sizes = _fair_sizes(args)
+    # --rounds: FIFO and each fair size in turn, round after round, so a change in the
+    # machine's load falls on all of them alike; each reports its median round.
+    fifo_runs: list[DispatchRun] = []
+    fair_runs: dict[int, list[DispatchRun]] = {tenants: [] for tenants, _ in sizes}
+    for index in range(args.rounds):
+        suffix = f"-round{index + 1}" if args.rounds > 1 else ""
+        if args.rounds > 1:
+            _progress(f"dispatch: round {index + 1} of {args.rounds}")
+        fifo_runs.append(run_dispatch(processes, attrs.evolve(config, label=suffix)))
+        for tenants, _ in sizes:
+            _progress(f"dispatch: the fair path, {tenants} tenant(s)")
+            keyed = attrs.evolve(config, tenants=tenants, label=f"-{tenants}{suffix}")
+            fair_runs[tenants].append(run_dispatch(processes, keyed))
+    run = _median(fifo_runs)
     rate = round(run.tasks_per_second, 1)
+    fair = []
+    for tenants, floor in sizes:
+        keyed = _median(fair_runs[tenants])
+        keyed_rate = round(keyed.tasks_per_second, 1)
+        over = _ratio(keyed_rate, rate)
+        fair.append(
+            {
+                "tenants": tenants,
+                "status": "complete" if keyed.complete else "incomplete",
+                "error": keyed.error,
+                "tasks_per_second": keyed_rate,
+                "over_fifo": over,
+                "target": {
+                    "over_fifo": f">= {floor}",
+                    "met": keyed.complete and run.complete and (over or 0) >= floor,
+                },
+                "rounds_tasks_per_second": [round(r.tasks_per_second) for r in fair_runs[tenants]],
+                "worker_cpu_us_per_task": _per(keyed.cpu, "worker", keyed.results, 1e6),
+                "redis_cpu_us_per_task": _per(keyed.cpu, "redis-server", keyed.results, 1e6),
+                "cpu_during_measurement": keyed.cpu,
+                "profile_worker": _profile(keyed.worker_profile, args.profile),
+            }
+        )
+    status, error = _status(run.complete, run.error, fair)
     baseline = None
     if args.baseline:
         _progress("dispatch: baseline (bare redis-py Streams worker)")
@@ -132,8 +176,8 @@ def bench_dispatch(args: argparse.Namespace, processes: Processes) -> dict[str, 
             "cpu_during_measurement": bare.cpu,
         }
     return {
-        "status": "complete" if run.complete else "incomplete",
-        "error": run.error,
+        "status": status,
+        "error": error,
         "tasks": run.published,
         "completed": run.results,
         "failed": run.failed,
@@ -141,15 +185,52 @@ def bench_dispatch(args: argparse.Namespace, processes: Processes) -> dict[str, 
         "seconds": round(run.seconds, 3),
         "publish_seconds": round(run.publish_seconds, 3),
         "tasks_per_second": rate,
+        "rounds_tasks_per_second": [round(r.tasks_per_second) for r in fifo_runs],
+        "redis_cpu_us_per_task": _per(run.cpu, "redis-server", run.results, 1e6),
         "target": {**TARGETS["dispatch"], "met": run.complete and rate >= 5000},
         "reference": REFERENCES["dispatch"],
         "cpu_during_measurement": run.cpu,
         "worker_cpu_us_per_task": _per(run.cpu, "worker", run.results, 1e6),
         "loadavg_before": load,
         "baseline": baseline,
+        "fair": fair,
         "otlp_sink": run.otlp_sink,
         "profile_worker": _profile(run.worker_profile, args.profile),
     }
+
+
+def _status(
+    complete: bool, error: str | None, fair: list[dict[str, Any]]
+) -> tuple[str, str | None]:
+    """The benchmark's status: incomplete when the FIFO run or a fair-path run was."""
+    if not complete:
+        return "incomplete", error
+    for run in fair:
+        if run["status"] != "complete":
+            return "incomplete", f"the fair path with {run['tenants']} tenant(s): {run['error']}"
+    return "complete", None
+
+
+def _median(runs: list[DispatchRun]) -> DispatchRun:
+    """The run of median rate (of an even number, the lower middle one); an incomplete run
+    if there was one, so that a stall is never hidden."""
+    incomplete = [run for run in runs if not run.complete]
+    if incomplete:
+        return incomplete[0]
+    ranked = sorted(runs, key=lambda run: run.tasks_per_second)
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def _fair_sizes(args: argparse.Namespace) -> list[tuple[int, float]]:
+    """The fair-path runs (tenants, the floor of their rate over FIFO's): one tenant and
+    ``--tenants``; none with ``--tenants 0``."""
+    if not args.tenants:
+        return []
+    floors = TARGETS["fair_dispatch"]
+    sizes = [(1, floors["one_tenant"])]
+    if args.tenants > 1:
+        sizes.append((args.tenants, floors["many_tenants"]))
+    return sizes
 
 
 def _ratio(measured: float, baseline: float) -> float | None:
@@ -178,6 +259,27 @@ def bench_concurrency(args: argparse.Namespace, processes: Processes) -> dict[st
     limit = 1.25 * ideal
     load = _loadavg()
     run = run_dispatch(processes, config)
+    fair = []
+    for tenants, _ in _fair_sizes(args):
+        _progress(f"concurrency: the fair path, {tenants} tenant(s)")
+        keyed = run_dispatch(processes, attrs.evolve(config, tenants=tenants, label=f"-{tenants}"))
+        fair.append(
+            {
+                "tenants": tenants,
+                "status": "complete" if keyed.complete else "incomplete",
+                "error": keyed.error,
+                "seconds": round(keyed.seconds, 3),
+                "over_ideal": round(keyed.seconds / ideal, 3) if ideal else None,
+                "target": {
+                    **TARGETS["concurrency"],
+                    "limit_seconds": round(limit, 3),
+                    "met": keyed.complete and keyed.seconds <= limit,
+                },
+                "worker_cpu_us_per_task": _per(keyed.cpu, "worker", keyed.results, 1e6),
+                "profile_worker": _profile(keyed.worker_profile, args.profile),
+            }
+        )
+    status, error = _status(run.complete, run.error, fair)
     baseline = None
     if args.baseline:
         _progress("concurrency: baseline (bare redis-py Streams worker)")
@@ -192,8 +294,8 @@ def bench_concurrency(args: argparse.Namespace, processes: Processes) -> dict[st
             "cpu_during_measurement": bare.cpu,
         }
     return {
-        "status": "complete" if run.complete else "incomplete",
-        "error": run.error,
+        "status": status,
+        "error": error,
         "tasks": run.published,
         "completed": run.results,
         "failed": run.failed,
@@ -213,6 +315,7 @@ def bench_concurrency(args: argparse.Namespace, processes: Processes) -> dict[st
         "worker_cpu_us_per_task": _per(run.cpu, "worker", run.results, 1e6),
         "loadavg_before": load,
         "baseline": baseline,
+        "fair": fair,
         "otlp_sink": run.otlp_sink,
         "profile_worker": _profile(run.worker_profile, args.profile),
     }
@@ -357,6 +460,16 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--tasks", type=int, default=20_000, help="dispatch: measured tasks")
     sizes.add_argument("--warmup-tasks", type=int, default=2_000, help="dispatch: warm-up tasks")
     sizes.add_argument("--workers", type=int, default=1_000, help="dispatch: NUMBER_OF_WORKERS")
+    sizes.add_argument(
+        "--rounds", type=int, default=1,
+        help="dispatch: run FIFO and the fair path this many times in turn, each reporting "
+        "its median round (a noisy machine's load then falls on all alike)",
+    )  # fmt: skip
+    sizes.add_argument(
+        "--tenants", type=int, default=1_000,
+        help="dispatch, concurrency: also run the fair path (keyed publishing) with one tenant "
+        "and with this many, each with a backlog (0: the FIFO path only)",
+    )  # fmt: skip
     sizes.add_argument("--concurrency-tasks", type=int, default=2_000)
     sizes.add_argument("--concurrency-warmup-tasks", type=int, default=1_000)
     sizes.add_argument("--concurrency", type=int, default=1_000, help="concurrency: slots")
@@ -459,11 +572,23 @@ def _headline(name: str, outcome: dict[str, Any]) -> str:
     target = outcome.get("target", {})
     met = "met" if target.get("met") else "NOT met"
     if name == "dispatch":
-        return f"{outcome['tasks_per_second']:.0f} tasks/s (target >= 5000: {met})"
+        fair = "".join(
+            f"; fair, {f['tenants']} tenant(s): {f['tasks_per_second']:.0f} tasks/s = "
+            f"{f['over_fifo']}x FIFO (target {f['target']['over_fifo']}: "
+            f"{'met' if f['target']['met'] else 'NOT met'})"
+            for f in outcome.get("fair", [])
+        )
+        return f"FIFO {outcome['tasks_per_second']:.0f} tasks/s (target >= 5000: {met}){fair}"
     if name == "concurrency":
+        fair = "".join(
+            f"; fair, {f['tenants']} tenant(s): {f['seconds']:.3f} s = {f['over_ideal']}x "
+            f"ideal ({'met' if f['target']['met'] else 'NOT met'})"
+            for f in outcome.get("fair", [])
+        )
         return (
-            f"{outcome['seconds']:.3f} s for {outcome['tasks']} tasks, ideal "
+            f"FIFO {outcome['seconds']:.3f} s for {outcome['tasks']} tasks, ideal "
             f"{outcome['ideal_seconds']:g} s (target {target.get('limit_seconds')} s: {met})"
+            f"{fair}"
         )
     if name == "followers":
         first, last = outcome["first_sample"], outcome["last_sample"]

@@ -5,6 +5,11 @@ Both publish ``TaskMessage``s straight onto the tasks stream with the broker lib
 count terminal ``ResultEvent``s (``succeeded``/``failed``) on the results stream with a plain
 ``XREAD`` loop. The clock runs from the first publish to the last terminal event seen.
 
+With ``tenants`` (N > 0) they are published keyed instead (``publish(..., key=tenant)``,
+tenants in turn: ``tenant-0`` ... ``tenant-<N-1>``), so they wait in the broker's waiting
+room and the worker's dispatch shares them out fairly, each tenant with a backlog of about
+``tasks / N``: the path the API's tasks take. Without, the FIFO path (one stream).
+
 The worker is a real ``ai-orchestrator worker`` subprocess on a throwaway redis-server;
 with ``tracing`` (a sampling ratio) it exports its spans to an OTLP sink process (``tracing.py``).
 """
@@ -57,6 +62,8 @@ class DispatchConfig:
     extra_env: Mapping[str, str] = attrs.field(factory=dict)  # e.g. OTEL_TRACES_SAMPLER
     tracing: float | None = None  # sampling ratio: export spans to a sink (never when bare)
     bare: bool = False  # run tests.bench.bare_worker instead: the calibration point
+    tenants: int = 0  # publish keyed over this many tenants (0: unkeyed, straight on the stream)
+    label: str = ""  # tells apart the processes (and logs) of several runs in one directory
 
 
 @attrs.define
@@ -81,7 +88,7 @@ class DispatchRun:
 
 def run_dispatch(processes: Processes, config: DispatchConfig) -> DispatchRun:
     """Start redis + one worker, warm up, measure; the processes stop with ``processes``."""
-    redis = processes.redis("redis-bare" if config.bare else "redis")
+    redis = processes.redis(("redis-bare" if config.bare else "redis") + config.label)
     window, traced = None, {}
     if config.tracing is not None and not config.bare:
         window = SinkWindow(start_sink(processes, load_cpus(), config.startup_timeout))
@@ -98,10 +105,10 @@ def run_dispatch(processes: Processes, config: DispatchConfig) -> DispatchRun:
     )
     if config.bare:
         command = [sys.executable, "-m", "tests.bench.bare_worker"]
-        worker = processes.start("bare-worker", command, bench_module_env(env))
+        worker = processes.start("bare-worker" + config.label, command, bench_module_env(env))
     else:
         command = [*orchestrator_command(), "worker"]
-        worker = processes.start("worker", command, env, profile=config.profile)
+        worker = processes.start("worker" + config.label, command, env, profile=config.profile)
     assert redis.process is not None
     run = asyncio.run(_measure(redis.url, worker, redis.process.pid, config, window))
     processes.stop(worker)  # it flushes its last spans as it stops
@@ -198,7 +205,9 @@ async def _phase(
 ) -> DispatchRun:
     """Publish ``n`` tasks and wait for their terminal events (bounded by the timeout)."""
     parameters: Mapping[str, Any] = {"latency_ms": config.latency_ms} if config.latency_ms else {}
-    messages = [_task(config.prompt, parameters) for _ in range(n)]
+    tenants = [f"tenant-{i}" for i in range(config.tenants)]
+    keys = [tenants[i % len(tenants)] if tenants else None for i in range(n)]
+    messages = [_task(config.prompt, parameters, key or "bench") for key in keys]
     wanted = {m.id for m in messages}
     deadline = time.monotonic() + config.timeout
     start = time.perf_counter()
@@ -206,8 +215,10 @@ async def _phase(
     publish_seconds = 0.0
     try:
         for i in range(0, n, config.publish_batch):
-            batch = messages[i : i + config.publish_batch]
-            await asyncio.gather(*(broker.publish("tasks", m) for m in batch))
+            batch = range(i, min(n, i + config.publish_batch))
+            await asyncio.gather(
+                *(broker.publish("tasks", messages[j], key=keys[j]) for j in batch)
+            )
         publish_seconds = time.perf_counter() - start
         ended, failed, last = await counting
     finally:
@@ -229,12 +240,12 @@ async def _phase(
     )
 
 
-def _task(prompt: str, parameters: Mapping[str, Any]) -> Message:
+def _task(prompt: str, parameters: Mapping[str, Any], tenant: str) -> Message:
     task_id = uuid.uuid4().hex
     now = time.time()
     payload = {
         "task_id": task_id,
-        "tenant": "bench",
+        "tenant": tenant,
         "messages": [{"role": "user", "content": prompt, "name": None}],
         "model": "echo",
         "parameters": dict(parameters),

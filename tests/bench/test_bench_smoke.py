@@ -25,10 +25,10 @@ from tests.bench.profiles import summarize
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_DISPATCH = ["--tasks", "200", "--warmup-tasks", "20", "--workers", "50"]
+TINY_DISPATCH = ["--tasks", "200", "--warmup-tasks", "20", "--workers", "50", "--tenants", "0"]
 TINY_CONCURRENCY = [
     "--concurrency-tasks", "40", "--concurrency-warmup-tasks", "10",
-    "--concurrency", "20", "--latency-ms", "50",
+    "--concurrency", "20", "--latency-ms", "50", "--tenants", "0",
 ]  # fmt: skip
 TINY_HTTP = ["--duration", "1", "--http-warmup", "0.5", "--connections", "4"]
 TINY_FOLLOWERS = ["--followers", "300", "--followers-sample", "100"]
@@ -80,6 +80,47 @@ def test_dispatch_counts_every_task_through_a_worker(
     assert set(result["cpu_during_measurement"]) == {"worker", "redis-server", "harness"}
     assert document["tracing"].startswith("off")
     assert result["otlp_sink"] is None
+    assert_all_stopped(tmp_path)
+
+
+def test_dispatch_compares_the_fair_path_with_fifo_in_the_same_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, document = run_bench(
+        capsys, tmp_path, "dispatch", *TINY_DISPATCH, "--tenants", "10", "--rounds", "2"
+    )
+
+    result = document["benchmarks"]["dispatch"]
+    assert code == 0, result
+    assert result["status"] == "complete"
+    assert [f["tenants"] for f in result["fair"]] == [1, 10]
+    assert len(result["rounds_tasks_per_second"]) == 2
+    for fair, floor in zip(result["fair"], (">= 0.8", ">= 0.5"), strict=True):
+        assert fair["status"] == "complete", fair
+        assert len(fair["rounds_tasks_per_second"]) == 2
+        assert fair["tasks_per_second"] > 0
+        assert fair["over_fifo"] == pytest.approx(
+            fair["tasks_per_second"] / result["tasks_per_second"], rel=0.01
+        )
+        assert fair["target"]["over_fifo"] == floor
+        assert isinstance(fair["target"]["met"], bool)
+    assert_all_stopped(tmp_path)
+
+
+def test_concurrency_on_the_fair_path_reports_seconds_against_the_ideal(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, document = run_bench(
+        capsys, tmp_path, "concurrency", *TINY_CONCURRENCY, "--tenants", "10"
+    )
+
+    result = document["benchmarks"]["concurrency"]
+    assert code == 0, result
+    assert [f["tenants"] for f in result["fair"]] == [1, 10]
+    for fair in result["fair"]:
+        assert fair["status"] == "complete", fair
+        assert fair["target"]["limit_seconds"] == pytest.approx(0.125)
+        assert fair["over_ideal"] > 0
     assert_all_stopped(tmp_path)
 
 

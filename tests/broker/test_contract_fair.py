@@ -95,11 +95,11 @@ async def test_higher_priority_first_within_a_key(broker: Broker, stream: str) -
 async def test_an_aged_low_entry_competes_as_normal(broker: Broker, stream: str) -> None:
     await broker.ensure_group(stream, GROUP)
     await broker.publish(stream, keyed("a", 0, "low"), key="a", priority="low")
-    await asyncio.sleep(0.3)  # older than the aging below
+    await asyncio.sleep(0.6)  # older than the aging below; 2 stays younger while 0, 1, 3 go
     await broker.publish(stream, keyed("a", 1), key="a")
     await broker.publish(stream, keyed("a", 2, "low"), key="a", priority="low")
     await broker.publish(stream, keyed("a", 3), key="a")
-    options = ConsumeOptions(batch_size=1, block=0.1, lease=30.0, fairness=Fairness(aging=0.2))
+    options = ConsumeOptions(batch_size=1, block=0.1, lease=30.0, fairness=Fairness(aging=0.5))
     async with contextlib.aclosing(broker.consume(stream, GROUP, "c1", options)) as consumer:
         got = await take_acking(consumer, 4)
     # 0 waited past the aging and is older than 1; 2 did not and is low.
@@ -218,6 +218,47 @@ async def test_backlog_counts_waiting_keyed_entries(broker: Broker, stream: str)
     assert await broker.backlog(stream, GROUP) == 0
 
 
+async def test_queue_depths_count_waiting_keyed_entries_by_priority(
+    broker: Broker, stream: str
+) -> None:
+    await broker.ensure_group(stream, GROUP)
+    assert await broker.queue_depths(stream, GROUP) == {"high": 0, "normal": 0, "low": 0}
+    for priority, n in (("high", 1), ("normal", 3), ("low", 2)):
+        for i in range(n):
+            await broker.publish(stream, keyed("a", i, priority), key="a", priority=priority)  # type: ignore[arg-type]
+    await broker.publish(stream, Message({"key": "-", "n": 0}))  # unkeyed: backlog only
+    assert await broker.queue_depths(stream, GROUP) == {"high": 1, "normal": 3, "low": 2}
+    assert sorted(await drain(broker, stream, 3)) == ["-", "a", "a"]  # a's high, then normal
+    assert await broker.queue_depths(stream, GROUP) == {"high": 0, "normal": 2, "low": 2}
+
+
+async def test_a_nacked_keyed_entry_counts_at_its_priority_while_it_waits(
+    broker: Broker, stream: str
+) -> None:
+    await broker.ensure_group(stream, GROUP)
+    await broker.publish(stream, keyed("a", 0, "low"), key="a", priority="low")
+    async with contextlib.aclosing(broker.consume(stream, GROUP, "c1", ONE)) as consumer:
+        (delivery,) = await take(consumer, 1)
+        assert await broker.queue_depths(stream, GROUP) == {"high": 0, "normal": 0, "low": 0}
+        await delivery.nack(30)
+        assert await broker.queue_depths(stream, GROUP) == {"high": 0, "normal": 0, "low": 1}
+        assert await broker.waiting_keys(stream) == {"a": 1}
+
+
+async def test_waiting_keys_lists_the_keys_with_most_waiting(broker: Broker, stream: str) -> None:
+    await broker.ensure_group(stream, GROUP)
+    assert await broker.waiting_keys(stream) == {}
+    for key, n in (("a", 5), ("b", 1), ("c", 3)):
+        for i in range(n):
+            await broker.publish(stream, keyed(key, i), key=key)
+    assert await broker.waiting_keys(stream, 2) == {"a": 5, "c": 3}
+    assert list(await broker.waiting_keys(stream)) == ["a", "c", "b"]
+    await drain(broker, stream, 9)
+    assert await broker.waiting_keys(stream) == {}
+    with pytest.raises(ValueError, match="top"):
+        await broker.waiting_keys(stream, 0)
+
+
 async def test_many_keys_each_get_a_turn(broker: Broker, stream: str) -> None:
     await broker.ensure_group(stream, GROUP)
     keys = [f"tenant-{i}" for i in range(300)]
@@ -239,7 +280,10 @@ async def test_unkeyed_publishing_is_unchanged_beside_keyed(broker: Broker, stre
     assert sorted(keys) == ["-", "a"]
 
 
-@pytest.mark.parametrize(("key", "priority"), [("", "normal"), ("a", "urgent"), ("a" * 201, "low")])
+@pytest.mark.parametrize(
+    ("key", "priority"),
+    [("", "normal"), ("a", "urgent"), ("a" * 201, "low"), ("}a", "normal"), ("a{b}", "high")],
+)
 async def test_publish_refuses_a_bad_key_or_priority(
     broker: Broker, stream: str, key: str, priority: str
 ) -> None:

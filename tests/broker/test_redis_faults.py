@@ -10,7 +10,14 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from orchestrator_broker import BrokerUnavailable, ConsumeOptions, Message
+from orchestrator_broker import (
+    PRIORITIES,
+    BrokerUnavailable,
+    ConsumeOptions,
+    Fairness,
+    Message,
+    Priority,
+)
 from orchestrator_broker.redis_streams import RedisStreamsBroker
 from tests.support.redis_server import RedisServer
 
@@ -20,12 +27,18 @@ STREAM, GROUP = "tasks", "workers"
 UNAVAILABLE = "Redis unavailable for consumer"
 
 
-async def publish_until_accepted(broker: RedisStreamsBroker, message: Message) -> None:
-    """What the API does on 503, compressed: retry until Redis accepts it."""
+async def publish_until_accepted(
+    broker: RedisStreamsBroker, message: Message, *, fair: bool = False
+) -> None:
+    """What the API does on 503, compressed: retry until Redis accepts it. ``fair``: keyed
+    by one of seven tenants, with a priority, as the API publishes tasks."""
+    n: int = message.payload
+    key = f"tenant-{n % 7}" if fair else None
+    priority: Priority = PRIORITIES[n % 3] if fair else "normal"
     async with asyncio.timeout(60):
         while True:
             try:
-                await broker.publish(STREAM, message)
+                await broker.publish(STREAM, message, key=key, priority=priority)
                 return
             except BrokerUnavailable:
                 await asyncio.sleep(0.05)
@@ -71,21 +84,29 @@ async def settled(broker: RedisStreamsBroker) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fair", [False, True], ids=["fifo", "fair"])
 async def test_consumers_survive_a_crash_and_lose_nothing(
     redis_server_factory: Callable[..., RedisServer],
     workers: list[Worker],
     caplog: pytest.LogCaptureFixture,
+    fair: bool,
 ) -> None:
+    """SIGKILL Redis (AOF, fsync always) mid-consume: every accepted entry is still settled
+    once it is back. Fair: most entries wait in the waiting room (keyed, three priorities,
+    tenants capped at 3 running) when it dies, a few on the stream or pending."""
     server = redis_server_factory(appendonly=True)
     broker = RedisStreamsBroker.from_url(server.url, trim_interval=None)
     caplog.set_level(logging.WARNING, logger="orchestrator_broker.redis")
-    options = ConsumeOptions(block=0.2, lease=1.5, reclaim_interval=0.3, batch_size=20)
+    fairness = Fairness(weights={"tenant-0": 3}, caps={"*": 3}) if fair else None
+    options = ConsumeOptions(
+        block=0.2, lease=1.5, reclaim_interval=0.3, batch_size=20, fairness=fairness
+    )
     try:
         await broker.ensure_group(STREAM, GROUP)
         workers += [Worker(broker, f"w{i}", options) for i in range(2)]
         total = 600
         publisher = asyncio.gather(
-            *(publish_until_accepted(broker, Message(i)) for i in range(total // 2))
+            *(publish_until_accepted(broker, Message(i), fair=fair) for i in range(total // 2))
         )
         await publisher
         async with asyncio.timeout(30):
@@ -94,7 +115,10 @@ async def test_consumers_survive_a_crash_and_lose_nothing(
 
         server.kill()  # SIGKILL mid-consume
         late = asyncio.gather(
-            *(publish_until_accepted(broker, Message(i)) for i in range(total // 2, total))
+            *(
+                publish_until_accepted(broker, Message(i), fair=fair)
+                for i in range(total // 2, total)
+            )
         )
         await asyncio.sleep(1.0)
         server.start()

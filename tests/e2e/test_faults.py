@@ -114,8 +114,10 @@ async def test_tasks_of_a_worker_killed_mid_task_finish_on_the_other_worker(
 ) -> None:
     server = redis_server_factory()
     _, client = await start_api(services, session, api_env(server))
-    doomed = services.worker(worker_env(server, "doomed"), name="worker-doomed")
-    survivor = services.worker(worker_env(server, "survivor"), name="worker-survivor")
+    # The fair path with a cap: the tenant may run 6 at once over both workers (4 slots each).
+    capped = {"TENANT_CONCURRENCY": "*=6"}
+    doomed = services.worker(worker_env(server, "doomed", **capped), name="worker-doomed")
+    survivor = services.worker(worker_env(server, "survivor", **capped), name="worker-survivor")
 
     # Both must be reading before the tasks arrive, or the first could take them all.
     await wait_until(
@@ -124,7 +126,9 @@ async def test_tasks_of_a_worker_killed_mid_task_finish_on_the_other_worker(
     prompts: dict[str, str] = {}
     for index in range(8):
         prompt = prompt_of(index, words=4)
-        task = await client.submit(prompt, latency_ms=2500)
+        task = await client.submit(
+            prompt, latency_ms=2500, priority=("high", "normal", "low")[index % 3]
+        )
         prompts[task["id"]] = prompt
 
     def both_busy() -> bool:
@@ -138,6 +142,7 @@ async def test_tasks_of_a_worker_killed_mid_task_finish_on_the_other_worker(
     }
     held = pending_by_consumer(server)["doomed"]
     doomed.kill()  # SIGKILL: no hand-back, no goodbye; only the lease expiring frees its tasks
+    # (and its share of the cap: the survivor could not run more than 6 - held meanwhile)
 
     done = await client.wait_all(list(prompts), timeout=90)
     check_answers(done, prompts)
@@ -181,8 +186,14 @@ async def test_api_answers_503_while_redis_is_down_and_recovers_by_itself(
     worker = services.worker(worker_env(server, "w1"))
     warm = await client.submit("before the outage")
     assert (await client.wait_done(warm["id"], timeout=60))["status"] == "succeeded"
-    # Accepted just before Redis dies: AOF (fsync always) keeps it, so it must still finish.
-    accepted = await client.submit("accepted before the crash", latency_ms=1000)
+    # Accepted just before Redis dies: AOF (fsync always) keeps them, so they must still
+    # finish: four run (the worker's slots), two wait in the fair waiting room, low and high.
+    accepted = [
+        await client.submit(f"accepted before the crash {n}", latency_ms=1000, priority=p)
+        for n, p in enumerate(["normal", "low", "high", "normal", "low", "high"])
+    ]
+    with redis.Redis.from_url(server.url) as raw:
+        assert int(raw.get(f"{TASKS_STREAM}:fair:n") or 0) >= 1  # some not yet dispatched
 
     server.kill()
 
@@ -227,9 +238,11 @@ async def test_api_answers_503_while_redis_is_down_and_recovers_by_itself(
     finished = await client.wait_done(after["id"], timeout=60)
     assert finished["status"] == "succeeded"
     assert finished["result"]["text"] == "after the outage"
-    survived = await client.wait_done(accepted["id"], timeout=60)
-    assert survived["status"] == "succeeded", survived
-    assert survived["result"]["text"] == "accepted before the crash"
+    for n, task in enumerate(accepted):
+        survived = await client.wait_done(task["id"], timeout=60)
+        assert survived["status"] == "succeeded", survived
+        assert survived["result"]["text"] == f"accepted before the crash {n}"
+        assert survived["priority"] == task["priority"]
     async with session.get(f"{api.url}/health") as response:
         assert response.status == 200
     assert api.alive()

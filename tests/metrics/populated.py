@@ -61,6 +61,7 @@ def populated_registry() -> CollectorRegistry:
     async def read_queues() -> None:
         broker = MemoryBroker()
         await broker.publish("tasks", Message(payload={"n": 1}))
+        await broker.publish("tasks", Message(payload={"n": 2}), key="acme", priority="high")
         api.watch_queues(broker, tasks_stream="tasks", results_stream="results")
         worker.watch_queue(broker, "tasks", "workers")
         await refresh(registry)

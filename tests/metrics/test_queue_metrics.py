@@ -60,6 +60,40 @@ async def test_backlog_pending_and_dead_letters_are_read_from_the_broker() -> No
     assert value(families, "orchestrator_broker_up") == 1
 
 
+async def test_a_fair_streams_waiting_room_is_read_by_priority_and_top_tenants() -> None:
+    broker = CountingBroker()
+    registry = CollectorRegistry()
+    queues = QueueMetrics(registry, broker, [], top_tenants=2)
+    queues.watch("tasks", "workers", fair=True)
+    await broker.ensure_group("tasks", "workers")
+    for tenant, n, priority in (("a", 4, "low"), ("b", 2, "high"), ("c", 1, "normal")):
+        for index in range(n):
+            await broker.publish("tasks", Message(index), key=tenant, priority=priority)  # type: ignore[arg-type]
+
+    families = await read(registry)
+    await broker.close()
+
+    waiting = {p: value(families, "orchestrator_queue_waiting", stream="tasks", priority=p)
+               for p in ("high", "normal", "low")}  # fmt: skip
+    assert waiting == {"high": 2, "normal": 1, "low": 4}
+    tenants = {
+        t: value(families, "orchestrator_queue_tenant_waiting", stream="tasks", tenant=t)
+        for t in ("a", "b", "other")
+    }
+    assert tenants == {"a": 4, "b": 2, "other": 1}  # two tenants named, the rest summed
+    assert len(families["orchestrator_queue_tenant_waiting"].samples) == 3
+
+
+async def test_an_unfair_stream_reports_no_waiting_room() -> None:
+    registry = CollectorRegistry()
+    broker = CountingBroker()
+    QueueMetrics(registry, broker, [("results", "api")])
+    families = await read(registry)
+    await broker.close()
+    assert "orchestrator_queue_waiting" not in families
+    assert "orchestrator_queue_tenant_waiting" not in families
+
+
 async def test_reads_are_cached_for_the_ttl() -> None:
     broker = CountingBroker()
     registry = CollectorRegistry()

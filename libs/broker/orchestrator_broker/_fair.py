@@ -16,11 +16,23 @@ MAX_KEY_LENGTH = 200
 
 
 def check_fair(key: str | None, priority: str) -> None:
-    """``ValueError`` for an empty or overlong key or an unknown priority."""
+    """``ValueError`` for an empty or overlong key, one with a brace, or an unknown priority.
+
+    The Redis adapter names a key's own Redis keys with it as a Cluster hash tag
+    (``S:q:{key}:high``); a brace in it could split them over hash slots.
+    """
     if priority not in PRIORITIES:
         raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
     if key is not None and not 0 < len(key) <= MAX_KEY_LENGTH:
         raise ValueError(f"key must be 1 to {MAX_KEY_LENGTH} characters, got {key!r}")
+    if key is not None and ("{" in key or "}" in key):
+        raise ValueError(f"key must not hold a brace ({{ or }}), got {key!r}")
+
+
+def check_top(top: int) -> None:
+    """``ValueError`` unless ``top`` (how many keys ``waiting_keys`` returns) is >= 1."""
+    if not isinstance(top, int) or top < 1:
+        raise ValueError(f"top must be a whole number >= 1, got {top!r}")
 
 
 def fairness_arg(fairness: Fairness, lease: float) -> str:

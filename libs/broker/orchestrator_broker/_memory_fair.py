@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 
 import attrs
@@ -66,6 +66,8 @@ class WaitingRoom:
     delayed: list[tuple[float, int, WaitingEntry]] = attrs.field(factory=list)
     vt: float = 0.0
     count: int = 0  # waiting plus delayed
+    depths: Counter[str] = attrs.field(factory=Counter)  # the same by priority
+    per_key: Counter[str] = attrs.field(factory=Counter)  # the same by key
     _seq: itertools.count[int] = attrs.field(factory=itertools.count)
 
     def push(self, entry: WaitingEntry, *, front: bool = False) -> None:
@@ -77,14 +79,14 @@ class WaitingRoom:
             queue.appendleft(entry)
         else:
             queue.append(entry)
-        self.count += 1
+        self._count(entry, 1)
         if not state.ready and entry.key not in self.capped:
             self._ready(entry.key, state)
 
     def delay(self, entry: WaitingEntry, due: float) -> None:
         """Hold ``entry`` until ``due`` (monotonic), then put it back at its queue's front."""
         heapq.heappush(self.delayed, (due, next(self._seq), entry))
-        self.count += 1
+        self._count(entry, 1)
 
     def next_due(self) -> float | None:
         return self.delayed[0][0] if self.delayed else None
@@ -95,7 +97,7 @@ class WaitingRoom:
         now = time.monotonic()
         while self.delayed and self.delayed[0][0] <= now:
             _, _, entry = heapq.heappop(self.delayed)
-            self.count -= 1
+            self._count(entry, -1)
             self.push(entry, front=True)
         for key in list(self.capped):
             cap = fairness.cap(key)
@@ -117,7 +119,7 @@ class WaitingRoom:
                 self.capped.add(key)
                 continue
             entry = state.take(now_ms, aging_ms)
-            self.count -= 1
+            self._count(entry, -1)
             self.vt = pass_
             state.pass_ = pass_ + 1 / fairness.weight(key)
             if state.waiting():
@@ -126,6 +128,17 @@ class WaitingRoom:
                 state.ready = False
             return entry
         return None
+
+    def top_keys(self, top: int) -> dict[str, int]:
+        """The ``top`` keys with the most entries waiting or delayed, most first."""
+        return dict(self.per_key.most_common(top))
+
+    def _count(self, entry: WaitingEntry, delta: int) -> None:
+        self.count += delta
+        self.depths[entry.priority] += delta
+        self.per_key[entry.key] += delta
+        if self.per_key[entry.key] <= 0:
+            del self.per_key[entry.key]
 
     def _ready(self, key: str, state: _Key) -> None:
         state.pass_ = max(state.pass_, self.vt)

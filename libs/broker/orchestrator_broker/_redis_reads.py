@@ -148,17 +148,17 @@ async def build_deliveries(
                 count += prior
                 if max_deliveries is not None and count > max_deliveries:
                     reason = f"exceeded max_deliveries ({max_deliveries})"
+        raw_key = fields.get(b"fair_key") or fields.get("fair_key") if fields else None
+        key = _text(raw_key) if raw_key else None
         if reason is not None:
             # Recorded with the deliveries that really happened: this fetch is not one.
             logger.warning("dead-lettering entry %s of %s: %s", entry_id, stream, reason)
             with contextlib.suppress(LeaseLost):  # another consumer has it now
                 await broker._dead_letter_entry(
-                    stream, group, consumer, entry_id, reason, count - 1
+                    stream, group, consumer, entry_id, reason, count - 1, key=key
                 )
             continue
         delivery = RedisDelivery(message, stream, group, entry_id, count, consumer, broker)
-        key = fields.get(b"fair_key") or fields.get("fair_key")
-        if key:
-            delivery.key = _text(key)
+        delivery.key = key
         out.append(delivery)
     return out

@@ -44,8 +44,9 @@ local function now_ms()
 end
 """
 
-# KEYS: stream, dead  ARGV: group, id, consumer, reason, delivery_count
-# -> 'LOST' | dead entry id
+# KEYS: stream, dead[, running, capped]  ARGV: group, id, consumer, reason, delivery_count[,
+# key]. With a keyed entry's running set and the capped set (``_redis_fair``), its share of
+# the key's cap is given back in the same step. -> 'LOST' | dead entry id
 _DEAD_LETTER = (
     _PROLOGUE
     + """
@@ -57,6 +58,10 @@ local fields = {}
 if #entry > 0 then fields = entry[1][2] end
 local dead_id = dead_record(dead, fields, ARGV[4], id, group, ARGV[5], consumer)
 settle(stream, group, id)
+if KEYS[4] then
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('ZADD', KEYS[4], 'XX', 0, ARGV[6])
+end
 return dead_id
 """
 )

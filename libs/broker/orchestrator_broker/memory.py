@@ -43,7 +43,7 @@ from ._dead_letters import (
     check_entry_id,
     read_dead_letter,
 )
-from ._fair import FAIR_ENQUEUED, FAIR_FIELDS, FAIR_KEY, FAIR_PRIORITY, check_fair
+from ._fair import FAIR_ENQUEUED, FAIR_FIELDS, FAIR_KEY, FAIR_PRIORITY, check_fair, check_top
 from ._flags import SUBSCRIBED, check_flag
 from ._memory_fair import WaitingEntry, WaitingRoom
 from ._presence import check_ttl, decode_payload, encode_payload
@@ -51,6 +51,7 @@ from .errors import AlreadySettled, BrokerUnavailable, ConfigError, DecodeError,
 from .message import Message, decode_fields, encode_fields
 from .protocol import (
     DEFAULT_DEAD_LETTER_MAXLEN,
+    PRIORITIES,
     ConsumeOptions,
     DeadLetter,
     Delivery,
@@ -396,6 +397,17 @@ class MemoryBroker:
         if st is None or g is None:
             return st.room.count if st else 0
         return st.end - g.next_index + len(g.delayed) + st.room.count
+
+    async def queue_depths(self, stream: str, group: str) -> dict[str, int]:
+        self._check_open()
+        st = self._streams.get(stream)
+        return {p: st.room.depths[p] if st else 0 for p in PRIORITIES}
+
+    async def waiting_keys(self, stream: str, top: int = 10) -> dict[str, int]:
+        self._check_open()
+        check_top(top)
+        st = self._streams.get(stream)
+        return st.room.top_keys(top) if st else {}
 
     async def dead_letters(
         self, stream: str, count: int = 100, after: str | None = None

@@ -298,6 +298,19 @@ class Broker(Protocol):
         """How many entries wait for ``group``: undelivered plus delayed (nacked) ones."""
         ...
 
+    async def queue_depths(self, stream: str, group: str) -> dict[str, int]:
+        """How many keyed entries of ``stream`` wait to be dispatched to ``group``, by
+        priority: ``{"high": n, "normal": n, "low": n}`` (always all three; nacked ones
+        waiting out a delay included, an aged ``low`` entry still counted as ``low``).
+        Entries already on the stream, and unkeyed ones, are in ``backlog`` only. O(1)."""
+        ...
+
+    async def waiting_keys(self, stream: str, top: int = 10) -> dict[str, int]:
+        """The ``top`` keys with the most keyed entries waiting on ``stream`` (as
+        ``queue_depths`` counts them), with their counts, most first; keys with none are
+        absent. Raises ``ValueError`` unless ``top >= 1``. O(log keys + top) on Redis."""
+        ...
+
     async def dead_letters(
         self, stream: str, count: int = 100, after: str | None = None
     ) -> list[DeadLetter]:

@@ -93,13 +93,20 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from ._dead_letters import check_age, check_entry_id, read_dead_letter
-from ._fair import check_fair, fairness_arg
+from ._fair import check_fair, check_top, fairness_arg
 from ._flags import check_flag
 from ._presence import check_ttl, decode_payload, encode_payload
 from ._redis_coalesce import PipelineCoalescer
 from ._redis_delivery import RedisDelivery
 from ._redis_errors import chained_broker_error, is_nogroup, mapped_errors
-from ._redis_fair import FairScripts, capped_key, run_key, waiting_key
+from ._redis_fair import (
+    FairScripts,
+    capped_key,
+    depth_key,
+    run_key,
+    waiting_key,
+    waiting_keys_key,
+)
 from ._redis_flags import RAISE_FLAG, flag_channel, flag_key, watch_channel
 from ._redis_presence import PresenceScripts, presence_keys
 from ._redis_reads import claim
@@ -115,6 +122,7 @@ from .errors import (
 from .message import Message, encode_fields
 from .protocol import (
     DEFAULT_DEAD_LETTER_MAXLEN,
+    PRIORITIES,
     ConsumeOptions,
     DeadLetter,
     Delivery,
@@ -287,6 +295,21 @@ class RedisStreamsBroker:
             if lag is None:  # Redis 7 cannot tell after deletions: count by hand
                 lag = await self._count_after(stream, _text(info["last-delivered-id"]))
         return int(lag) + int(delayed)
+
+    async def queue_depths(self, stream: str, group: str) -> dict[str, int]:
+        self._check_open()
+        with mapped_errors():
+            counts: list[Any] = await self._client.hmget(depth_key(stream), PRIORITIES)
+        return {p: max(0, int(c or 0)) for p, c in zip(PRIORITIES, counts, strict=True)}
+
+    async def waiting_keys(self, stream: str, top: int = 10) -> dict[str, int]:
+        self._check_open()
+        check_top(top)
+        with mapped_errors():
+            rows: Any = await self._client.zrevrange(
+                waiting_keys_key(stream), 0, top - 1, withscores=True
+            )
+        return {_text(key): int(score) for key, score in rows}
 
     async def dead_letters(
         self, stream: str, count: int = 100, after: str | None = None
@@ -496,28 +519,19 @@ class RedisStreamsBroker:
             delivery.entry_id,
             reason,
             delivery.delivery_count,
+            key=delivery.key,
         )
-        if delivery.capped and delivery.key is not None:
-            await self._release(delivery.stream, delivery.key, delivery.entry_id)
 
     # -- keyed entries (see _redis_fair) -----------------------------------------------
 
     async def _ack_keyed(self, delivery: RedisDelivery) -> None:
-        """XACK, and give the entry's share of its key's cap back, in one round trip."""
-        self._check_io()
+        """XACK, and give the entry's share of its key's cap back, in one script."""
         d = delivery
         assert d.key is not None
-        await asyncio.gather(
-            self._writes.call("XACK", d.stream, d.group, d.entry_id),
-            self._release(d.stream, d.key, d.entry_id),
-        )
-
-    async def _release(self, stream: str, key: str, entry_id: str) -> None:
-        # Not atomic with the settle: a release lost to an outage expires with the lease.
-        await asyncio.gather(
-            self._writes.call("ZREM", run_key(stream, key), entry_id),
-            # A capped key is looked at again by the next dispatch (XX: only if capped).
-            self._writes.call("ZADD", capped_key(stream), "XX", 0, key),
+        await self._eval(
+            self._fair.ack,
+            [d.stream, run_key(d.stream, d.key), capped_key(d.stream)],
+            [d.group, d.entry_id, d.key],
         )
 
     async def _promote_dispatch(
@@ -576,15 +590,24 @@ class RedisStreamsBroker:
             )
 
     async def _dead_letter_entry(
-        self, stream: str, group: str, consumer: str, entry_id: str, reason: str, count: int
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        entry_id: str,
+        reason: str,
+        count: int,
+        *,
+        key: str | None = None,
     ) -> None:
-        result = _text(
-            await self._eval(
-                self._scripts.dead_letter,
-                [stream, dead_letter_stream(stream)],
-                [group, entry_id, consumer, reason, count],
-            )
-        )
+        """Dead-letter a pending entry; a keyed one gives its share of its key's cap back in
+        the same script (a no-op for a key without a cap)."""
+        keys = [stream, dead_letter_stream(stream)]
+        args: list[Any] = [group, entry_id, consumer, reason, count]
+        if key is not None:
+            keys += (run_key(stream, key), capped_key(stream))
+            args.append(key)
+        result = _text(await self._eval(self._scripts.dead_letter, keys, args))
         if result == "LOST":
             raise LeaseLost(f"entry {entry_id} is no longer pending for {consumer}")
 

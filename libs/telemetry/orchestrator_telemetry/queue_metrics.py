@@ -9,6 +9,11 @@
 - ``orchestrator_queue_dead_letters{stream}``: entries in ``<stream>:dead``, counted up to
   ``dead_letter_cap``, for the streams watched with ``dead_letters=True`` (read every
   ``dead_letter_ttl`` seconds, as it fetches the entries);
+- for the streams watched with ``fair=True`` (keyed publishing: a waiting room),
+  ``orchestrator_queue_waiting{stream,priority}``: entries not yet dispatched, by priority
+  (``Broker.queue_depths``), and ``orchestrator_queue_tenant_waiting{stream,tenant}``: the
+  same for the ``top_tenants`` tenants with most waiting (``Broker.waiting_keys``) and
+  ``other`` for the rest, so the labels stay bounded however many tenants there are;
 - ``orchestrator_broker_up``: 1 when the broker answered the last refresh, else 0.
 
 A refresh runs at most once per ``ttl`` seconds whatever the number of scrapers (concurrent
@@ -40,7 +45,7 @@ from orchestrator_broker import Broker
 
 from .metrics import MetricError, add_refresh
 
-__all__ = ["QueueMetrics"]
+__all__ = ["OTHER_TENANTS", "QueueMetrics"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,17 @@ _PENDING = (
     "orchestrator_queue_pending",
     "Entries delivered to a consumer of the group and not settled yet.",
 )
+_WAITING = (
+    "orchestrator_queue_waiting",
+    "Entries waiting to be dispatched (the fair waiting room), by priority; delayed retries "
+    "included.",
+)
+_TENANT_WAITING = (
+    "orchestrator_queue_tenant_waiting",
+    "Entries waiting to be dispatched, for the tenants with most waiting (the rest: other).",
+)
+#: The tenant label of the waiting entries of every tenant not among the top ones.
+OTHER_TENANTS = "other"
 _UP = ("orchestrator_broker_up", "1 if the broker answered the last queue metrics refresh, else 0.")
 
 
@@ -83,12 +99,15 @@ class QueueMetrics(Collector):
         timeout: float = 1.0,
         dead_letter_ttl: float = 30.0,
         dead_letter_cap: int = 100,
+        top_tenants: int = 10,
     ) -> None:
         if registry in _ON_REGISTRY:
             raise MetricError("this registry has queue gauges already: use QueueMetrics.on()")
         self._broker = broker
         self._watched = list(dict.fromkeys(watched))
         self._dead_streams = list(dict.fromkeys(dead_letter_streams))
+        self._fair: list[tuple[str, str]] = []
+        self._top_tenants = top_tenants
         self._ttl = ttl
         self._timeout = timeout
         self._dead_letter_ttl = dead_letter_ttl
@@ -102,14 +121,20 @@ class QueueMetrics(Collector):
         # The last read: None while the broker is down (no stale depth is shown).
         self._depths: list[tuple[str, str, int, int]] | None = None
         self._dead: dict[str, int] = {}
+        self._waiting: list[tuple[str, dict[str, int], dict[str, int]]] = []
         registry.register(self)
         _ON_REGISTRY[registry] = self
         add_refresh(registry, self.refresh)
 
-    def watch(self, stream: str, group: str, *, dead_letters: bool = False) -> None:
-        """Also report ``stream`` for ``group`` (and its dead letters if asked)."""
+    def watch(
+        self, stream: str, group: str, *, dead_letters: bool = False, fair: bool = False
+    ) -> None:
+        """Also report ``stream`` for ``group`` (and its dead letters, its waiting room by
+        priority and by tenant, if asked)."""
         if (stream, group) not in self._watched:
             self._watched.append((stream, group))
+        if fair and (stream, group) not in self._fair:
+            self._fair.append((stream, group))
         if dead_letters and stream not in self._dead_streams:
             self._dead_streams.append(stream)
 
@@ -120,6 +145,8 @@ class QueueMetrics(Collector):
             GaugeMetricFamily(
                 "orchestrator_queue_dead_letters", self._dead_help, labels=("stream",)
             ),
+            GaugeMetricFamily(*_WAITING, labels=("stream", "priority")),
+            GaugeMetricFamily(*_TENANT_WAITING, labels=("stream", "tenant")),
             GaugeMetricFamily(*_UP),
         ]
 
@@ -136,6 +163,18 @@ class QueueMetrics(Collector):
             pending.add_metric((stream, group), delivered)
         yield backlog
         yield pending
+        if self._waiting:
+            room = GaugeMetricFamily(*_WAITING, labels=("stream", "priority"))
+            tenants = GaugeMetricFamily(*_TENANT_WAITING, labels=("stream", "tenant"))
+            for stream, by_priority, top in self._waiting:
+                for priority, count in by_priority.items():
+                    room.add_metric((stream, priority), count)
+                for tenant, count in top.items():
+                    tenants.add_metric((stream, tenant), count)
+                rest = sum(by_priority.values()) - sum(top.values())
+                tenants.add_metric((stream, OTHER_TENANTS), max(0, rest))
+            yield room
+            yield tenants
         if self._dead:
             dead = GaugeMetricFamily(
                 "orchestrator_queue_dead_letters", self._dead_help, labels=("stream",)
@@ -161,7 +200,8 @@ class QueueMetrics(Collector):
 
     async def _read(self) -> None:
         try:
-            async with asyncio.timeout(self._timeout * (1 + len(self._watched))):
+            reads = 1 + len(self._watched) + len(self._fair)
+            async with asyncio.timeout(self._timeout * reads):
                 depths = [
                     (
                         stream,
@@ -170,6 +210,14 @@ class QueueMetrics(Collector):
                         await self._broker.pending_count(stream, group),
                     )
                     for stream, group in self._watched
+                ]
+                waiting = [
+                    (
+                        stream,
+                        await self._broker.queue_depths(stream, group),
+                        await self._broker.waiting_keys(stream, self._top_tenants),
+                    )
+                    for stream, group in self._fair
                 ]
                 dead = None
                 if time.monotonic() - self._dead_letters_read >= self._dead_letter_ttl:
@@ -180,10 +228,12 @@ class QueueMetrics(Collector):
         except Exception as exc:  # the broker is down or slow: say so, show no stale depth
             log.debug("queue metrics: the broker did not answer: %r", exc)
             self._depths = None
+            self._waiting = []
             self._dead = {}
             self._dead_letters_read = -float("inf")
             return
         self._depths = depths
+        self._waiting = waiting
         if dead is not None:
             self._dead_letters_read = time.monotonic()
             self._dead = {**self._dead, **dead}

@@ -32,7 +32,8 @@ then, marked ``orchestrator.delivery.settlement = "abandoned"``.
 
 Presence (``announce``, ``withdraw``, ``members``) passes through untraced: it is heartbeat
 traffic, not messages. So do the dead-letter operations (``dead_letters``,
-``remove_dead_letter``, ``purge_dead_letters``): operator tools, not message traffic.
+``remove_dead_letter``, ``purge_dead_letters``) and the queue reads (``pending_count``,
+``backlog``, ``queue_depths``, ``waiting_keys``): operator tools, not message traffic.
 """
 
 from __future__ import annotations
@@ -385,6 +386,12 @@ class TracingBroker:
 
     async def backlog(self, stream: str, group: str) -> int:
         return await self._broker.backlog(stream, group)
+
+    async def queue_depths(self, stream: str, group: str) -> dict[str, int]:
+        return await self._broker.queue_depths(stream, group)
+
+    async def waiting_keys(self, stream: str, top: int = 10) -> dict[str, int]:
+        return await self._broker.waiting_keys(stream, top)
 
     async def dead_letters(
         self, stream: str, count: int = 100, after: str | None = None

@@ -70,28 +70,38 @@ def _broker_down(exc: Exception) -> Problem:
 
 
 async def queues(request: web.Request) -> web.Response:
-    """``GET /v1/admin/queues``: the tasks stream's backlog and pending deliveries for the
-    workers' group, and the live workers. ``priorities`` is null: the broker has one queue."""
+    """``GET /v1/admin/queues``: the tasks stream's queues for the workers' group, and the
+    live workers.
+
+    One row per queue a task waits in: the stream itself (``priority`` null: tasks
+    dispatched to the workers and not yet read, unkeyed and delayed ones; ``pending``: those
+    being worked on), then the waiting room of each priority (tasks not dispatched yet;
+    none of them is pending). The waiting column adds up to the broker's backlog.
+    ``priorities`` maps each priority to its waiting-room depth.
+    """
     state = _operator(request)
     stream = state.settings.stream
     try:
         backlog = await state.broker.backlog(stream, TASKS_GROUP)
         pending = await state.broker.pending_count(stream, TASKS_GROUP)
+        depths = await state.broker.queue_depths(stream, TASKS_GROUP)
     except BrokerError as exc:
         raise _broker_down(exc) from exc
     adverts = await state.workers.adverts()
+    row = {"stream": stream, "group": TASKS_GROUP}
     return _json(
         {
             "queues": [
                 {
-                    "stream": stream,
-                    "group": TASKS_GROUP,
+                    **row,
                     "priority": None,
-                    "backlog": backlog,
+                    # Read one after the other, so a dispatch in between could make it < 0.
+                    "backlog": max(0, backlog - sum(depths.values())),
                     "pending": pending,
-                }
+                },
+                *({**row, "priority": p, "backlog": depths[p], "pending": 0} for p in depths),
             ],
-            "priorities": None,
+            "priorities": depths,
             "workers": [
                 {
                     "consumer": advert.consumer,

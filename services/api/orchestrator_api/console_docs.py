@@ -68,21 +68,28 @@ _QUEUES: Final = {
     "properties": {
         "queues": {
             "type": "array",
+            "description": (
+                "One row per queue: the stream (priority null: dispatched and not yet read, "
+                "unkeyed and delayed tasks; pending: being worked on), then each priority's "
+                "waiting room (never pending). The backlogs add up to the whole backlog."
+            ),
             "items": {
                 "type": "object",
                 "required": ["stream", "group", "priority", "backlog", "pending"],
                 "properties": {
                     "stream": {"type": "string"},
                     "group": {"type": "string"},
-                    "priority": {"type": ["string", "integer", "null"]},
+                    "priority": {"enum": ["high", "normal", "low", None]},
                     "backlog": _INT,
                     "pending": _INT,
                 },
             },
         },
         "priorities": {
-            "type": ["array", "null"],
-            "description": "null: the broker has one queue per stream.",
+            "type": "object",
+            "description": "Tasks waiting to be dispatched (the waiting room), by priority.",
+            "required": ["high", "normal", "low"],
+            "properties": {"high": _INT, "normal": _INT, "low": _INT},
         },
         "workers": {
             "type": "array",
@@ -174,7 +181,7 @@ def console_paths() -> dict[str, Any]:
         "/v1/admin/queues": {
             "get": {
                 "operationId": "adminQueues",
-                "summary": "The tasks stream's backlog and pending deliveries; live workers.",
+                "summary": "The tasks stream's queues by priority; live workers.",
                 "responses": _admin({"200": _json("The queue and the workers.", _QUEUES)}),
             }
         },

@@ -231,9 +231,10 @@ class ApiMetrics:
         results_group: str = "api",
     ) -> QueueMetrics:
         """Backlog and pending of the tasks stream (the workers' group) and of the results
-        stream (the API's group), plus both dead-letter streams, read at scrape time."""
+        stream (the API's group), plus both dead-letter streams and the tasks' waiting room
+        (by priority, by tenant), read at scrape time."""
         self.queues = queues = QueueMetrics.on(self.registry, broker)
-        queues.watch(tasks_stream, worker_group, dead_letters=True)
+        queues.watch(tasks_stream, worker_group, dead_letters=True, fair=True)
         queues.watch(results_stream, results_group, dead_letters=True)
         return queues
 

@@ -390,8 +390,9 @@ class WorkerMetrics:
         self.providers.source = providers
 
     def watch_queue(self, broker: Broker, stream: str, group: str) -> QueueMetrics:
-        """Backlog and pending of the tasks stream for ``group``, read at scrape time (the
-        dead-letter count is the API's to read: it fetches entries)."""
+        """Backlog and pending of the tasks stream for ``group``, and its waiting room by
+        priority and by tenant, read at scrape time (the dead-letter count is the API's to
+        read: it fetches entries)."""
         self.queues = queues = QueueMetrics.on(self.registry, broker)
-        queues.watch(stream, group)
+        queues.watch(stream, group, fair=True)
         return queues
