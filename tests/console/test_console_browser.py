@@ -140,6 +140,10 @@ def test_the_console_is_readable_360_px_wide(console: Console) -> None:
     console.by("task-row").first.wait_for()
     assert console.page.evaluate("document.documentElement.scrollWidth") <= 360
     console.shot("tasks-360px")
+    console.open("#/new")
+    console.by("prompt").wait_for()
+    assert console.page.evaluate("document.documentElement.scrollWidth") <= 360
+    console.shot("new-360px")
 
 
 def test_another_tenants_task_is_not_shown(console: Console, base_url: str) -> None:
@@ -181,7 +185,10 @@ def test_batches_show_their_progress_and_the_models_are_listed(console: Console)
     console.by("sign-out").click()
     console.sign_in()
     console.open("#/batches")
-    console.page.locator("[data-testid=batch-row]", has_text=batch.id).wait_for()
+    row = console.page.locator("[data-testid=batch-row]", has_text=batch.id)
+    row.wait_for()
+    row.get_by_text("2/2").wait_for()  # its progress, refreshed live until done
+    assert row.locator("progress").get_attribute("value") == "2"
     console.open("#/models")
     console.page.locator("[data-testid=model-row]", has_text="echo").first.wait_for()
 
@@ -199,6 +206,47 @@ def test_an_operator_sees_the_queue_and_workers_and_a_tenant_does_not(console: C
     console.page.get_by_text("No dead letters.").wait_for()
     console.shot("operator")
     assert console.errors == []
+
+
+def test_the_page_talks_only_to_its_server_and_keeps_the_key_out_of_urls_and_cookies(
+    console: Console,
+) -> None:
+    console.sign_in()
+    console.submit("where do requests go")
+    console.wait_status("succeeded")
+    for view in ("#/tasks", "#/batches", "#/models", "#/new"):
+        console.open(view)
+        console.page.wait_for_load_state("networkidle")
+    urls = [r.url for r in console.requests]
+    assert len(urls) > 10
+    assert [u for u in urls if not u.startswith(console.base_url + "/")] == []
+    assert [u for u in urls if KEY in u] == []
+    assert KEY not in console.page.url
+    assert console.page.context.cookies() == []
+    assert console.page.evaluate("localStorage.length") == 0
+    assert console.page.evaluate("Object.values(sessionStorage)") == [KEY]
+
+
+def test_a_conversation_is_submitted_with_its_turns(console: Console) -> None:
+    page = console.page
+    console.sign_in()
+    console.open("#/new")
+    page.get_by_label("Conversation").check()
+    assert console.by("prompt").is_hidden()
+    turns = page.locator("#turns .turn")
+    turns.nth(0).locator("textarea").fill("first question")
+    page.get_by_role("button", name="Add message").click()
+    turns.nth(1).locator("select").select_option("assistant")
+    turns.nth(1).locator("textarea").fill("first answer")
+    page.get_by_role("button", name="Add message").click()
+    turns.nth(2).locator("textarea").fill("the last question")
+    console.by("model").fill("echo")
+    console.shot("conversation")
+    console.by("submit").click()
+    page.wait_for_url("**/console#/task/*")
+    console.wait_status("succeeded")
+    # echo answers with the conversation's last user message.
+    assert console.by("answer").text_content() == "the last question"
 
 
 #: Records every text the answer shows, so a test can check each one (not only the last).

@@ -136,3 +136,13 @@ def test_the_dead_letters_are_purged_from_the_console(console: Console, base_url
     console.page.get_by_text("No dead letters.").wait_for()
     assert _dead_letters(base_url) == []
     console.shot("dead-letters-purged")
+
+
+def test_the_operator_view_is_readable_360_px_wide(console: Console, base_url: str) -> None:
+    _dead_lettered_task(base_url)
+    console.page.set_viewport_size({"width": 360, "height": 740})
+    console.sign_in(ADMIN)
+    console.open("#/operator")
+    console.by("dead-letter-row").first.wait_for()
+    assert console.page.evaluate("document.documentElement.scrollWidth") <= 360
+    console.shot("operator-360px")
