@@ -68,11 +68,37 @@ def test_a_submitted_answer_streams_in_and_the_task_shows_its_details(console: C
     href = console.by("trace-link").get_attribute("href")
     assert href.startswith("http://grafana.invalid/explore?trace=")
     assert len(href.rsplit("=", 1)[1]) == 32
-    console.page.locator("dt", has_text="Attempts").wait_for()
+    details = console.page.locator("dl.details")
+    details.locator("dt", has_text="Attempts").wait_for()
+
+    def detail(name: str) -> str:
+        return str(details.locator(f"dt:text-is('{name}') + dd").text_content())
+
+    assert detail("Attempts") == "1"
+    assert detail("Usage") == "input tokens 30, output tokens 30"
+    assert detail("Model") == "echo"
+    for stamp in ("Created", "Started", "Finished"):
+        assert detail(stamp)[:1].isdigit(), stamp
+    assert detail("Trace id") == href.rsplit("=", 1)[1]
     console.open("#/tasks")
     console.page.locator(f"[data-testid=task-row][data-task-id='{task_id}']").wait_for()
     console.shot("task-list")
     assert console.errors == []
+
+
+def test_the_task_list_follows_a_task_live(console: Console) -> None:
+    console.sign_in()
+    task_id = console.submit("slow to answer", {"latency_ms": 5000})
+    console.open("#/tasks")
+    row = console.page.locator(f"[data-testid=task-row][data-task-id='{task_id}']")
+    # Running shows about a second in (worker events: "started"), then the list's next poll.
+    row.get_by_text("running").wait_for()
+    assert row.locator("td").nth(2).text_content() == "echo"
+    row.get_by_text("succeeded").wait_for()  # no reload: the list polls
+    wait, run = (row.locator("td").nth(n).text_content() for n in (3, 4))
+    assert wait.endswith(" s")
+    assert run.endswith(" s")
+    assert float(run.split()[0]) >= 4.5  # the 5 s latency, on the clock of the list
 
 
 def test_a_running_task_is_cancelled_from_its_page(console: Console) -> None:
@@ -196,6 +222,9 @@ def test_batches_show_their_progress_and_the_models_are_listed(console: Console)
 def test_an_operator_sees_the_queue_and_workers_and_a_tenant_does_not(console: Console) -> None:
     console.sign_in()
     assert console.page.locator("#nav-operator").is_hidden()
+    console.open("#/operator")  # typed in by hand: the task list, and no operator call
+    console.by("task-list").wait_for()
+    assert [r.url for r in console.requests if "/v1/admin/" in r.url] == []
     console.by("sign-out").click()
     assert console.page.evaluate("sessionStorage.length") == 0
     console.sign_in(ADMIN)
