@@ -71,10 +71,16 @@ def _depths(console: Console) -> list[tuple[str, str]]:
 
 
 def test_the_queue_depth_is_shown_per_priority(console: Console) -> None:
+    # The shape of the fair broker's answer: the stream's row (dispatched, not yet read),
+    # then one per priority's waiting room.
+    row = {"stream": "tasks", "group": "workers"}
     body = {
         "queues": [
-            {"stream": f"tasks:{p}", "group": "workers", "priority": p, "backlog": n, "pending": 0}
-            for p, n in (("high", 3), ("normal", 12), ("low", 0))
+            {**row, "priority": None, "backlog": 2, "pending": 4},
+            *(
+                {**row, "priority": p, "backlog": n, "pending": 0}
+                for p, n in (("high", 3), ("normal", 12), ("low", 0))
+            ),
         ],
         "priorities": {"low": 0, "normal": 12, "high": 3},
         "workers": [],
@@ -83,6 +89,7 @@ def test_the_queue_depth_is_shown_per_priority(console: Console) -> None:
     console.sign_in(ADMIN)
     console.open("#/operator")
     assert _depths(console) == [("high", "3"), ("normal", "12"), ("low", "0")]
+    assert console.by("queue-depth-total").locator("td").text_content() == "17"
     console.shot("queue-depth-per-priority")
 
 
@@ -92,11 +99,13 @@ def test_the_live_queue_depth_is_the_apis(console: Console, base_url: str) -> No
     console.sign_in(ADMIN)
     console.open("#/operator")
     console.by("worker-list").wait_for()
+    # Null from a broker with one queue; {"high": n, "normal": n, "low": n} from the fair one.
     if queues["priorities"] is None:
         total = sum(q["backlog"] for q in queues["queues"])
         assert _depths(console) == [("all (one queue)", str(total))]
     else:
         assert {name for name, _ in _depths(console)} == set(queues["priorities"])
+        console.by("queue-depth-total").wait_for()
     console.shot("operator")
     assert console.errors == []
 

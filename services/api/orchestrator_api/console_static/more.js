@@ -90,8 +90,11 @@ export function queueDepths(q) {
         return [name, depth];
       });
   }
-  const total = (q.queues || []).reduce((n, row) => n + (row.backlog || 0), 0);
-  return [["all (one queue)", total]];
+  return [["all (one queue)", totalBacklog(q)]];
+}
+
+function totalBacklog(q) {
+  return (q.queues || []).reduce((n, row) => n + (row.backlog || 0), 0);
 }
 
 export function operatorView({ view, signal }) {
@@ -121,9 +124,17 @@ export function operatorView({ view, signal }) {
   async function refresh() {
     try {
       const q = await api("/v1/admin/queues", { signal });
-      fill(queues, table(["Priority", "Waiting"], queueDepths(q).map(([name, depth]) =>
+      const depthRows = queueDepths(q).map(([name, depth]) =>
         h("tr", { dataset: { testid: "queue-depth", priority: name } },
-          h("th", { scope: "row" }, name), h("td", { class: "num" }, depth))), "queue-depths"),
+          h("th", { scope: "row" }, name), h("td", { class: "num" }, depth)));
+      if (q.priorities && typeof q.priorities === "object") {
+        // The priorities count the waiting rooms; the stream's own row holds those
+        // dispatched to the workers and not yet read: the total has both.
+        depthRows.push(h("tr", { dataset: { testid: "queue-depth-total" } },
+          h("th", { scope: "row" }, "total, with those dispatched"),
+          h("td", { class: "num" }, totalBacklog(q))));
+      }
+      fill(queues, table(["Priority", "Waiting"], depthRows, "queue-depths"),
       h("h4", {}, "Streams"),
       table(["Stream", "Group", "Priority", "Waiting", "Being worked on"],
           q.queues.map((row) => h("tr", {},
