@@ -142,6 +142,7 @@ class CuttableProxy:
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._open: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -152,9 +153,22 @@ class CuttableProxy:
         self._abort_all()
         if self._server is not None:
             self._server.close()
+        for handler in self._handlers:
+            handler.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._server is not None:
             await self._server.wait_closed()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
+        try:
+            await self._forward(reader, writer)
+        finally:
+            self._handlers.discard(handler)
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.wait_for(
                 asyncio.open_connection("127.0.0.1", self.target_port), 5
@@ -176,6 +190,7 @@ class CuttableProxy:
                 w.transport.abort()
             for pipe in pipes:
                 pipe.cancel()
+            await asyncio.gather(*pipes, return_exceptions=True)
 
     def _abort_all(self) -> None:
         for writer in list(self._open):

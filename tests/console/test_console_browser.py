@@ -306,6 +306,7 @@ def test_the_stream_resumes_after_a_network_drop_without_losing_or_repeating_tex
         console.wait_status("succeeded")
         console.shot("stream-resumed")
     assert console.by("answer").text_content() == words
+    assert console.by("task-error").text_content() == ""  # a load the cut failed is not news
     shown = console.page.evaluate("window.answers")
     # Every text shown was a prefix of the answer: no chunk was lost or shown twice, ...
     assert all(words.startswith(text) for text in shown), shown
