@@ -87,6 +87,38 @@ async def test_an_unchanged_file_revalidates_as_304(api_client: ApiClientFactory
     _secured(again.headers)
 
 
+async def test_a_file_is_gzipped_for_a_client_that_takes_gzip(
+    api_client: ApiClientFactory,
+) -> None:
+    client = await api_client()
+    plain = await client.get("/console/static/app.js", headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers
+    zipped = await client.get("/console/static/app.js", headers={"Accept-Encoding": "gzip, br"})
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    assert zipped.headers["Vary"] == "Accept-Encoding"
+    assert int(zipped.headers["Content-Length"]) < int(plain.headers["Content-Length"]) / 2
+    assert await zipped.text() == await plain.text()
+    _secured(zipped.headers)
+    refused = await client.get("/console/static/app.js", headers={"Accept-Encoding": "gzip;q=0"})
+    assert "Content-Encoding" not in refused.headers
+
+
+async def test_each_encoding_revalidates_against_its_own_etag(
+    api_client: ApiClientFactory,
+) -> None:
+    client = await api_client()
+    gzip_etag = (await client.get("/console", headers={"Accept-Encoding": "gzip"})).headers["ETag"]
+    again = await client.get(
+        "/console", headers={"Accept-Encoding": "gzip", "If-None-Match": f'"x", W/{gzip_etag}'}
+    )
+    assert again.status == 304
+    plain = await client.get(
+        "/console", headers={"Accept-Encoding": "identity", "If-None-Match": gzip_etag}
+    )
+    assert plain.status == 200
+    assert plain.headers["ETag"] != gzip_etag
+
+
 @pytest.mark.parametrize(
     "path", ["/console/static/nope.js", "/console/static/index.html", "/console/static/..%2fapp.py"]
 )

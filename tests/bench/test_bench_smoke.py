@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from tests.bench import bench
+from tests.bench import console as console_bench
 from tests.bench.processes import py_spy
 from tests.bench.profiles import summarize
 
@@ -397,3 +398,21 @@ def test_profile_summary_of_raw_stacks(tmp_path: Path) -> None:
     assert summary["self_pct_top"][0] == ["handle (/x/orchestrator_api/routes.py)", 75.0]
     assert summary["self_pct_by_package"] == {"orchestrator_api": 75.0, "aiohttp": 25.0}
     assert ["run (aiohttp/web.py)", 100.0] in summary["inclusive_pct_top"]
+
+
+@pytest.mark.skipif(not console_bench.CHROMIUM.exists(), reason="Debian's chromium is missing")
+def test_console_reports_cold_and_warm_load_times(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code = console_bench.main(
+        ["--runs", "1", "--tasks", "3", "--json", "--workdir", str(tmp_path), "--timeout", "60"]
+    )
+    result = orjson.loads(capsys.readouterr().out)
+    assert code == 0, result
+    for load in ("cold", "warm"):
+        assert result[load]["task_list_ms"]["median"] > 0
+        assert result[load]["files"] >= 3
+    # The warm load revalidates: nothing but headers comes again.
+    assert result["warm"]["transferred_bytes"] < result["cold"]["transferred_bytes"]
+    assert isinstance(result["target"]["met"], bool)
+    assert_all_stopped(tmp_path)

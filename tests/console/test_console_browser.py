@@ -1,139 +1,35 @@
-"""The web console in a real browser: Debian's ``chromium`` driven by Playwright (no browser
-download), against a real ``ai-orchestrator run`` process (API and worker on the in-memory
-broker, the echo provider). One browser and one process per module; a fresh browser
-context (so a fresh ``sessionStorage``) per test. Screenshots go to the test's tmp dir."""
+"""The web console in a real browser, against a real ``ai-orchestrator run`` process (API and
+worker on the in-memory broker, the echo provider): a tenant's views."""
 
 from __future__ import annotations
 
 import io
-import json
-import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import openai
 import orjson
 import pytest
-from playwright import sync_api as playwright_sync
 
-from tests.e2e.support import Services, clean_env, free_port
+from tests.console.support import (
+    ADMIN,
+    KEY,
+    OTHER,
+    Console,
+    CuttableProxy,
+    request_json,
+    start_console_service,
+)
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
-]
-
-KEY = "console-acme-key-0123456789"
-OTHER = "console-globex-key-012345678"
-ADMIN = "console-ops-key-0123456789ab"
-TRACE_URL = "http://grafana.invalid/explore?trace={trace_id}"
-
-
-def _request(url: str, key: str | None = None, body: object = None) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    data = None
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-        data = json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
+pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    services = Services(tmp_path_factory.mktemp("console-services"))
-    port = free_port()
-    env = clean_env(
-        API_KEYS=f"acme:{KEY},globex:{OTHER},ops:{ADMIN}",
-        ADMIN_TENANTS="ops",
-        CONSOLE_TRACE_URL=TRACE_URL,
-    )
-    service = services.start("run", ["run", "--port", str(port)], env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60  # a hang guard
-    while True:
-        assert service.alive(), service.tail()
-        try:
-            status, health = _request(f"{url}/health")
-            if status == 200 and health["workers"]:
-                break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, service.tail()
-        time.sleep(0.1)
+    services, url = start_console_service(tmp_path_factory.mktemp("console-services"))
     try:
         yield url
     finally:
         services.stop_all()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_sync.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield launched
-        launched.close()
-
-
-class Console:
-    """A page of the console, with the console errors and dialogs it produced."""
-
-    def __init__(self, page: Any, base_url: str, shots: Path) -> None:
-        self.page = page
-        self.base_url = base_url
-        self.shots = shots
-        self.errors: list[str] = []
-        self.dialogs: list[str] = []
-        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda exc: self.errors.append(str(exc)))
-        page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
-
-    def by(self, testid: str) -> Any:
-        return self.page.get_by_test_id(testid)
-
-    def open(self) -> Any:
-        return self.page.goto(f"{self.base_url}/console")
-
-    def sign_in(self, key: str = KEY) -> None:
-        self.open()
-        self.by("api-key").fill(key)
-        self.by("sign-in").click()
-        self.by("task-list").wait_for()
-
-    def submit(self, prompt: str, parameters: dict[str, Any] | None = None) -> str:
-        self.page.goto(f"{self.base_url}/console#/new")
-        self.by("prompt").fill(prompt)
-        self.by("model").fill("echo")
-        if parameters is not None:
-            self.by("parameters").fill(json.dumps(parameters))
-        self.by("submit").click()
-        self.page.wait_for_url("**/console#/task/*")
-        return self.page.url.rsplit("/", 1)[1]
-
-    def wait_status(self, status: str) -> None:
-        self.page.wait_for_function(
-            "s => document.querySelector('[data-testid=status]')?.textContent === s",
-            arg=status,
-        )
-
-    def shot(self, name: str) -> None:
-        self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
-
-
-@pytest.fixture
-def console(browser: Any, base_url: str, tmp_path: Path) -> Iterator[Console]:
-    context = browser.new_context(viewport={"width": 1100, "height": 800})
-    page = context.new_page()
-    page.set_default_timeout(30_000)  # a hang guard
-    yield Console(page, base_url, tmp_path)
-    context.close()
 
 
 def test_the_page_is_served_with_a_strict_csp_and_loads_without_errors(console: Console) -> None:
@@ -172,11 +68,37 @@ def test_a_submitted_answer_streams_in_and_the_task_shows_its_details(console: C
     href = console.by("trace-link").get_attribute("href")
     assert href.startswith("http://grafana.invalid/explore?trace=")
     assert len(href.rsplit("=", 1)[1]) == 32
-    console.page.locator("dt", has_text="Attempts").wait_for()
-    console.page.goto(f"{console.base_url}/console#/tasks")
+    details = console.page.locator("dl.details")
+    details.locator("dt", has_text="Attempts").wait_for()
+
+    def detail(name: str) -> str:
+        return str(details.locator(f"dt:text-is('{name}') + dd").text_content())
+
+    assert detail("Attempts") == "1"
+    assert detail("Usage") == "input tokens 30, output tokens 30"
+    assert detail("Model") == "echo"
+    for stamp in ("Created", "Started", "Finished"):
+        assert detail(stamp)[:1].isdigit(), stamp
+    assert detail("Trace id") == href.rsplit("=", 1)[1]
+    console.open("#/tasks")
     console.page.locator(f"[data-testid=task-row][data-task-id='{task_id}']").wait_for()
     console.shot("task-list")
     assert console.errors == []
+
+
+def test_the_task_list_follows_a_task_live(console: Console) -> None:
+    console.sign_in()
+    task_id = console.submit("slow to answer", {"latency_ms": 5000})
+    console.open("#/tasks")
+    row = console.page.locator(f"[data-testid=task-row][data-task-id='{task_id}']")
+    # Running shows about a second in (worker events: "started"), then the list's next poll.
+    row.get_by_text("running").wait_for()
+    assert row.locator("td").nth(2).text_content() == "echo"
+    row.get_by_text("succeeded").wait_for()  # no reload: the list polls
+    wait, run = (row.locator("td").nth(n).text_content() for n in (3, 4))
+    assert wait.endswith(" s")
+    assert run.endswith(" s")
+    assert float(run.split()[0]) >= 4.5  # the 5 s latency, on the clock of the list
 
 
 def test_a_running_task_is_cancelled_from_its_page(console: Console) -> None:
@@ -206,7 +128,7 @@ def test_a_prompt_of_html_is_shown_as_text(console: Console) -> None:
     console.wait_status("succeeded")
     assert console.by("answer").text_content() == prompt
     assert console.page.locator("img").count() == 0
-    console.page.goto(f"{console.base_url}/console#/tasks")
+    console.open("#/tasks")
     console.by("task-row").first.wait_for()
     console.shot("xss-as-text")
     assert console.dialogs == []
@@ -240,29 +162,33 @@ def test_the_console_is_readable_360_px_wide(console: Console) -> None:
     console.wait_status("succeeded")
     assert console.page.evaluate("document.documentElement.scrollWidth") <= 360
     console.shot("task-360px")
-    console.page.goto(f"{console.base_url}/console#/tasks")
+    console.open("#/tasks")
     console.by("task-row").first.wait_for()
     assert console.page.evaluate("document.documentElement.scrollWidth") <= 360
     console.shot("tasks-360px")
+    console.open("#/new")
+    console.by("prompt").wait_for()
+    assert console.page.evaluate("document.documentElement.scrollWidth") <= 360
+    console.shot("new-360px")
 
 
 def test_another_tenants_task_is_not_shown(console: Console, base_url: str) -> None:
-    status, task = _request(f"{base_url}/v1/tasks", OTHER, {"prompt": "globex secret"})
+    status, task = request_json(f"{base_url}/v1/tasks", OTHER, {"prompt": "globex secret"})
     assert status == 202
-    status, _ = _request(f"{base_url}/v1/tasks", KEY, {"prompt": "acme's own"})
+    status, _ = request_json(f"{base_url}/v1/tasks", KEY, {"prompt": "acme's own"})
     assert status == 202
     console.sign_in()
-    console.page.goto(f"{console.base_url}/console#/task/{task['id']}")
+    console.open(f"#/task/{task['id']}")
     console.wait_status("not found")
     assert "globex secret" not in console.page.content()
-    console.page.goto(f"{console.base_url}/console#/tasks")
+    console.open("#/tasks")
     console.by("task-row").first.wait_for()  # acme's own task
     assert console.page.locator(f"[data-task-id='{task['id']}']").count() == 0
 
 
 def test_batches_show_their_progress_and_the_models_are_listed(console: Console) -> None:
     console.sign_in(ADMIN)
-    console.page.goto(f"{console.base_url}/console#/batches")
+    console.open("#/batches")
     console.by("batches-empty").wait_for()  # this tenant has none
     # A batch of two lines, through the official SDK, as a user would submit it.
     client = openai.OpenAI(base_url=f"{console.base_url}/v1", api_key=KEY, max_retries=0)
@@ -284,22 +210,109 @@ def test_batches_show_their_progress_and_the_models_are_listed(console: Console)
     )
     console.by("sign-out").click()
     console.sign_in()
-    console.page.goto(f"{console.base_url}/console#/batches")
-    console.page.locator("[data-testid=batch-row]", has_text=batch.id).wait_for()
-    console.page.goto(f"{console.base_url}/console#/models")
+    console.open("#/batches")
+    row = console.page.locator("[data-testid=batch-row]", has_text=batch.id)
+    row.wait_for()
+    row.get_by_text("2/2").wait_for()  # its progress, refreshed live until done
+    assert row.locator("progress").get_attribute("value") == "2"
+    console.open("#/models")
     console.page.locator("[data-testid=model-row]", has_text="echo").first.wait_for()
 
 
 def test_an_operator_sees_the_queue_and_workers_and_a_tenant_does_not(console: Console) -> None:
     console.sign_in()
     assert console.page.locator("#nav-operator").is_hidden()
+    console.open("#/operator")  # typed in by hand: the task list, and no operator call
+    console.by("task-list").wait_for()
+    assert [r.url for r in console.requests if "/v1/admin/" in r.url] == []
     console.by("sign-out").click()
     assert console.page.evaluate("sessionStorage.length") == 0
     console.sign_in(ADMIN)
     assert console.page.locator("#nav-operator").is_visible()
-    console.page.goto(f"{console.base_url}/console#/operator")
+    console.open("#/operator")
     console.by("queue-list").wait_for()
     console.by("worker-list").wait_for()
     console.page.get_by_text("No dead letters.").wait_for()
     console.shot("operator")
     assert console.errors == []
+
+
+def test_the_page_talks_only_to_its_server_and_keeps_the_key_out_of_urls_and_cookies(
+    console: Console,
+) -> None:
+    console.sign_in()
+    console.submit("where do requests go")
+    console.wait_status("succeeded")
+    for view in ("#/tasks", "#/batches", "#/models", "#/new"):
+        console.open(view)
+        console.page.wait_for_load_state("networkidle")
+    urls = [r.url for r in console.requests]
+    assert len(urls) > 10
+    assert [u for u in urls if not u.startswith(console.base_url + "/")] == []
+    assert [u for u in urls if KEY in u] == []
+    assert KEY not in console.page.url
+    assert console.page.context.cookies() == []
+    assert console.page.evaluate("localStorage.length") == 0
+    assert console.page.evaluate("Object.values(sessionStorage)") == [KEY]
+
+
+def test_a_conversation_is_submitted_with_its_turns(console: Console) -> None:
+    page = console.page
+    console.sign_in()
+    console.open("#/new")
+    page.get_by_label("Conversation").check()
+    assert console.by("prompt").is_hidden()
+    turns = page.locator("#turns .turn")
+    turns.nth(0).locator("textarea").fill("first question")
+    page.get_by_role("button", name="Add message").click()
+    turns.nth(1).locator("select").select_option("assistant")
+    turns.nth(1).locator("textarea").fill("first answer")
+    page.get_by_role("button", name="Add message").click()
+    turns.nth(2).locator("textarea").fill("the last question")
+    console.by("model").fill("echo")
+    console.shot("conversation")
+    console.by("submit").click()
+    page.wait_for_url("**/console#/task/*")
+    console.wait_status("succeeded")
+    # echo answers with the conversation's last user message.
+    assert console.by("answer").text_content() == "the last question"
+
+
+#: Records every text the answer shows, so a test can check each one (not only the last).
+_RECORD_ANSWERS = """() => {
+  window.answers = [];
+  const answer = document.querySelector('[data-testid=answer]');
+  new MutationObserver(() => window.answers.push(answer.textContent))
+    .observe(answer, {childList: true, characterData: true, subtree: true});
+}"""
+
+
+def test_the_stream_resumes_after_a_network_drop_without_losing_or_repeating_text(
+    console: Console, base_url: str
+) -> None:
+    with CuttableProxy(int(base_url.rsplit(":", 1)[1])).running() as proxy:
+        console.base_url = proxy.url
+        console.sign_in()
+        words = " ".join(f"word{i}" for i in range(40))
+        console.submit(words, {"chunk_delay_ms": 100})
+        console.page.evaluate(_RECORD_ANSWERS)
+        console.page.wait_for_function(
+            "() => document.querySelector('[data-testid=answer]').textContent.includes('word3 ')"
+        )
+        proxy.cut()  # mid-answer: the stream's connection is reset
+        console.page.get_by_text("connection lost: reconnecting…").wait_for()
+        dropped_at = console.by("answer").text_content()
+        console.shot("stream-dropped")
+        console.wait_status("succeeded")
+        console.shot("stream-resumed")
+    assert console.by("answer").text_content() == words
+    assert console.by("task-error").text_content() == ""  # a load the cut failed is not news
+    shown = console.page.evaluate("window.answers")
+    # Every text shown was a prefix of the answer: no chunk was lost or shown twice, ...
+    assert all(words.startswith(text) for text in shown), shown
+    # ... and it grew on from where the drop left it, before the final result replaced it.
+    assert any(len(dropped_at) < len(text) < len(words) for text in shown), shown
+    streams = [r for r in console.requests if "/events" in r.url]
+    assert len(streams) >= 2
+    assert streams[0].headers.get("last-event-id") is None
+    assert streams[-1].headers.get("last-event-id")

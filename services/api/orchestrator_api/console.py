@@ -3,14 +3,16 @@ endpoint it reads its settings from (``GET /v1/console/config``).
 
 The files are plain HTML, CSS and JavaScript modules (no build step): read once, served
 from memory with a strict Content-Security-Policy (no inline script or style, nothing but
-this origin), ``nosniff``, no referrer, and an ETag so a reload revalidates instead of
-downloading again. The API key lives in the browser's ``sessionStorage`` and goes out only
-as the ``Authorization`` header of the console's own ``fetch()`` calls.
+this origin), ``nosniff``, no referrer, gzipped once at start (for clients that accept it),
+and an ETag per encoding so a reload revalidates (``304``) instead of downloading again. The
+API key lives in the browser's ``sessionStorage`` and goes out only as the ``Authorization``
+header of the console's own ``fetch()`` calls.
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 from pathlib import Path
 from typing import Final
@@ -41,6 +43,7 @@ SECURITY_HEADERS: Final = {
     "Cross-Origin-Opener-Policy": "same-origin",
     # Revalidate every time (the names carry no hash); the ETag makes that a 304.
     "Cache-Control": "no-cache",
+    "Vary": "Accept-Encoding",
 }
 
 _TYPES: Final = {
@@ -56,6 +59,9 @@ class ConsoleFile:
     body: bytes
     content_type: str
     etag: str
+    #: The body gzipped, and its ETag; None where gzip would not make it smaller.
+    gzipped: bytes | None = None
+    gzip_etag: str = ""
 
 
 @functools.cache
@@ -67,19 +73,55 @@ def console_files() -> dict[str, ConsoleFile]:
         if content_type is None or not path.is_file():
             continue
         body = path.read_bytes()
-        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-        files[path.name] = ConsoleFile(body, content_type, etag)
+        digest = hashlib.sha256(body).hexdigest()[:32]
+        gzipped = gzip.compress(body, compresslevel=9, mtime=0)
+        files[path.name] = ConsoleFile(
+            body,
+            content_type,
+            f'"{digest}"',
+            gzipped if len(gzipped) < len(body) else None,
+            f'"{digest}-gzip"',
+        )
     return files
+
+
+def _accepts_gzip(request: web.Request) -> bool:
+    """Whether ``Accept-Encoding`` takes gzip (``gzip`` or ``*``, at a q above 0)."""
+    for item in request.headers.get("Accept-Encoding", "").split(","):
+        coding, _, params = item.partition(";")
+        if coding.strip().lower() not in {"gzip", "*"}:
+            continue
+        q = params.strip().lower()
+        if not q.startswith("q="):
+            return True
+        try:
+            return float(q[2:]) > 0
+        except ValueError:
+            return False
+    return False
+
+
+def _matches(request: web.Request, etag: str) -> bool:
+    tags = {
+        tag.strip().removeprefix("W/")
+        for tag in request.headers.get("If-None-Match", "").split(",")
+    }
+    return etag in tags or "*" in tags
 
 
 def _serve(request: web.Request, name: str) -> web.Response:
     file = console_files().get(name)
     if file is None:
         raise Problem(404, "No such console file.", type=TYPE_NOT_FOUND)
-    headers = {**SECURITY_HEADERS, "ETag": file.etag}
-    if request.headers.get("If-None-Match") == file.etag:
+    body, etag, encoding = file.body, file.etag, None
+    if file.gzipped is not None and _accepts_gzip(request):
+        body, etag, encoding = file.gzipped, file.gzip_etag, "gzip"
+    headers = {**SECURITY_HEADERS, "ETag": etag}
+    if _matches(request, etag):
         return web.Response(status=304, headers=headers)
-    response = web.Response(body=file.body, headers=headers, content_type=file.content_type)
+    if encoding is not None:
+        headers["Content-Encoding"] = encoding
+    response = web.Response(body=body, headers=headers, content_type=file.content_type)
     response.charset = "utf-8"
     return response
 

@@ -68,6 +68,35 @@ export function modelsView({ view, signal }) {
   });
 }
 
+const PRIORITY_ORDER = ["high", "normal", "low"];
+
+function rank(name) {
+  const i = PRIORITY_ORDER.indexOf(name);
+  return i < 0 ? PRIORITY_ORDER.length : i;
+}
+
+/**
+ * [priority, depth] pairs of GET /v1/admin/queues: one per priority when ``priorities`` is an
+ * object ({"high": 3, ...}, a depth or an object with ``backlog``), else the one backlog.
+ */
+export function queueDepths(q) {
+  const p = q.priorities;
+  if (p && typeof p === "object") {
+    return Object.keys(p)
+      .sort((a, b) => rank(a) - rank(b) || a.localeCompare(b))
+      .map((name) => {
+        const v = p[name];
+        const depth = typeof v === "number" ? v : v && typeof v.backlog === "number" ? v.backlog : "–";
+        return [name, depth];
+      });
+  }
+  return [["all (one queue)", totalBacklog(q)]];
+}
+
+function totalBacklog(q) {
+  return (q.queues || []).reduce((n, row) => n + (row.backlog || 0), 0);
+}
+
 export function operatorView({ view, signal }) {
   const queues = h("div", { dataset: { testid: "queues" } });
   const workers = h("div", { dataset: { testid: "workers" } });
@@ -78,7 +107,7 @@ export function operatorView({ view, signal }) {
     "Purge all");
   view.append(h("section", { "aria-labelledby": "operator-title" },
     h("h2", { id: "operator-title" }, "Operator"),
-    h("h3", {}, "Queue"), queues,
+    h("h3", {}, "Queue depth"), queues,
     h("h3", {}, "Workers alive"), workers,
     h("h3", {}, "Dead letters"), h("div", { class: "row" }, replayAll, purge), message, letters));
 
@@ -95,14 +124,24 @@ export function operatorView({ view, signal }) {
   async function refresh() {
     try {
       const q = await api("/v1/admin/queues", { signal });
-      fill(queues, table(["Stream", "Group", "Priority", "Waiting", "Being worked on"],
-        q.queues.map((row) => h("tr", {},
-          h("td", { class: "mono" }, row.stream), h("td", {}, row.group),
-          h("td", {}, row.priority === null ? "–" : row.priority),
-          h("td", { class: "num" }, row.backlog), h("td", { class: "num" }, row.pending))),
-        "queue-list"),
-      q.priorities === null ? h("p", { class: "hint" },
-        "This broker has one queue per stream (no priorities).") : null);
+      const depthRows = queueDepths(q).map(([name, depth]) =>
+        h("tr", { dataset: { testid: "queue-depth", priority: name } },
+          h("th", { scope: "row" }, name), h("td", { class: "num" }, depth)));
+      if (q.priorities && typeof q.priorities === "object") {
+        // The priorities count the waiting rooms; the stream's own row holds those
+        // dispatched to the workers and not yet read: the total has both.
+        depthRows.push(h("tr", { dataset: { testid: "queue-depth-total" } },
+          h("th", { scope: "row" }, "total, with those dispatched"),
+          h("td", { class: "num" }, totalBacklog(q))));
+      }
+      fill(queues, table(["Priority", "Waiting"], depthRows, "queue-depths"),
+      h("h4", {}, "Streams"),
+      table(["Stream", "Group", "Priority", "Waiting", "Being worked on"],
+          q.queues.map((row) => h("tr", {},
+            h("td", { class: "mono" }, row.stream), h("td", {}, row.group),
+            h("td", {}, row.priority ?? "–"),
+            h("td", { class: "num" }, row.backlog), h("td", { class: "num" }, row.pending))),
+          "queue-list"));
       fill(workers, q.workers.length ? table(["Consumer", "Providers", "Default model", "Slots", "Since"],
         q.workers.map((w) => h("tr", {}, h("td", { class: "mono" }, w.consumer),
           h("td", {}, w.providers.join(", ")), h("td", {}, w.default_model),
@@ -110,11 +149,12 @@ export function operatorView({ view, signal }) {
         : h("p", { class: "hint" }, "No worker is alive."));
       const page = await api("/v1/admin/dead-letters?limit=100", { signal });
       fill(letters, page.data.length ? table(["Task", "Tenant", "Reason", "Deliveries", "Dead at", ""],
-        page.data.map((d) => h("tr", { dataset: { testid: "dead-letter-row" } },
+        page.data.map((d) => h("tr", { dataset: { testid: "dead-letter-row", taskId: d.task_id || "" } },
           h("td", { class: "mono" }, d.task_id || "–"), h("td", {}, d.tenant || "–"),
           h("td", {}, d.reason), h("td", { class: "num" }, d.delivery_count),
           h("td", {}, when(d.dead_at)),
-          h("td", {}, d.task_id ? h("button", { type: "button", class: "small", onclick: () =>
+          h("td", {}, d.task_id ? h("button", { type: "button", class: "small",
+            dataset: { testid: "replay" }, "aria-label": `Replay task ${d.task_id}`, onclick: () =>
             act("/v1/admin/dead-letters/replay", { task_ids: [d.task_id] },
               (a) => `Replayed ${a.replayed.length} task(s).`) }, "Replay") : null))),
         "dead-letter-list")

@@ -82,9 +82,14 @@ export function taskView({ view, signal, config }, taskId) {
     }
   }
 
+  let loadFailed = false; // the error shown is a failed load (cleared by the next good one)
+
   async function reload() {
     try {
-      show(await api(`/v1/tasks/${encodeURIComponent(taskId)}`, { signal }));
+      const record = await api(`/v1/tasks/${encodeURIComponent(taskId)}`, { signal });
+      if (loadFailed) fill(error);
+      loadFailed = false;
+      show(record);
       return true;
     } catch (err) {
       if (signal.aborted) return false;
@@ -94,6 +99,7 @@ export function taskView({ view, signal, config }, taskId) {
         fill(error, "There is no such task of yours (or it has expired).");
       } else {
         fill(error, `Could not load the task: ${err.message}`);
+        loadFailed = true;
       }
       return false;
     }
