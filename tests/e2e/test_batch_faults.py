@@ -28,8 +28,9 @@ LINES = 60
 async def fake() -> AsyncIterator[FakeLLM]:
     server = FakeLLM()
     await server.start()
-    # Each answer echoes its prompt, a word every 20 ms: the batch takes a few seconds.
-    server.default = Reply(chunks=None, chunk_delay=0.02)
+    # Each answer echoes its prompt after 300 ms: 60 lines on 4 workers take ~5 s, so the
+    # runner's harvests (every second at most) see the batch part-way, whatever the machine.
+    server.default = Reply(chunks=None, delay=0.3, chunk_delay=0.02)
     yield server
     await server.close()
 
