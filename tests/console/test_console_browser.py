@@ -278,6 +278,36 @@ def test_a_conversation_is_submitted_with_its_turns(console: Console) -> None:
     assert console.by("answer").text_content() == "the last question"
 
 
+def test_the_system_prompt_and_parameters_go_with_the_prompt(console: Console) -> None:
+    page = console.page
+    console.sign_in()
+    console.open("#/new")
+    console.by("prompt").fill("what is the answer?")
+    console.by("system").fill("Answer in one word.")
+    console.by("model").fill("echo")
+    sent_tasks: list[str] = []
+    page.on("request", lambda r: sent_tasks.append(r.url) if r.method == "POST" else None)
+    for bad, message in (
+        ("{temperature: 0.2}", "Parameters are not valid JSON."),
+        ("[0.2]", "Parameters must be a JSON object."),
+    ):
+        console.by("parameters").fill(bad)
+        console.by("submit").click()
+        page.get_by_text(message).wait_for()
+    assert sent_tasks == []  # refused in the page: nothing was sent
+    console.by("parameters").fill('{"temperature": 0.2}')
+    with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/v1/tasks")) as sent:
+        console.by("submit").click()
+    assert sent.value.post_data_json == {
+        "prompt": "what is the answer?",
+        "system": "Answer in one word.",
+        "model": "echo",
+        "parameters": {"temperature": 0.2},
+    }
+    console.wait_status("succeeded")
+    assert console.by("answer").text_content() == "what is the answer?"
+
+
 #: Records every text the answer shows, so a test can check each one (not only the last).
 _RECORD_ANSWERS = """() => {
   window.answers = [];
