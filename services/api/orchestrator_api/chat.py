@@ -434,6 +434,7 @@ async def _write_events(
 ) -> None:
     """The task's text as chunks, then its finish (and usage) chunk, or an error."""
     streamed_attempt = 0  # the attempt whose text went out, 0 while none did
+    streamed: list[str] = []  # that attempt's text sent so far
     events = follow(
         state.store,
         tenant,
@@ -454,10 +455,11 @@ async def _write_events(
                     return
                 if event.event == "delta":
                     streamed_attempt = attempt
+                    streamed.append(event.data["text"])
                     delta = {"content": event.data["text"]}
                     await response.write(_chunk(record, requested, delta))
                 elif event.event == "result":
-                    await _finish(response, record, requested, event, streamed_attempt > 0)
+                    await _finish(response, record, requested, event, "".join(streamed))
                     if include_usage:
                         await response.write(_usage_chunk(record, event, requested))
                     return
@@ -480,12 +482,19 @@ async def _finish(
     record: TaskRecord,
     requested: str,
     event: StoredEvent,
-    streamed: bool,
+    streamed: str,
 ) -> None:
+    """The text not streamed yet, then the finish chunk. The result carries the whole answer:
+    all of it when no delta came (an answer faster than the first delta), else what the
+    deltas missed. The deltas of an attempt spell its result, but with API replicas applying
+    results in parallel a terminal event may overtake the attempt's last delta, which the
+    store then drops: the result's text after what was streamed is that delta."""
     model = event.data.get("model") or requested
-    if not streamed and event.data.get("text"):
-        # An answer faster than the first delta: all of it in one chunk.
-        await response.write(_chunk(record, model, {"content": event.data["text"]}))
+    text = event.data.get("text") or ""
+    if text.startswith(streamed) and len(text) > len(streamed):
+        await response.write(_chunk(record, model, {"content": text[len(streamed) :]}))
+    elif not text.startswith(streamed):  # pragma: no cover - the deltas spell the result
+        log.warning("chat stream of task %s: its deltas are not its result's text", record.id)
     finish = _finish_reason(event.data.get("finish_reason"))
     await response.write(_chunk(record, model, {}, finish))
 

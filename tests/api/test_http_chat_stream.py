@@ -1,0 +1,106 @@
+"""``POST /v1/chat/completions`` with ``stream``: the task's text as chunks, whatever order
+the result events were applied in."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+
+from orchestrator_tasks.messages import EventKind, Usage
+from tests.api.conftest import ACME, ApiClientFactory, api_state
+from tests.api.test_http_streaming import HANG, result_event
+
+BODY: dict[str, Any] = {
+    "model": "echo",
+    "messages": [{"role": "user", "content": "say hello"}],
+    "stream": True,
+}
+
+
+async def _chunks(response: aiohttp.ClientResponse) -> list[Any]:
+    """Every ``data:`` payload until the stream ends (``[DONE]`` as the string)."""
+    payloads: list[Any] = []
+    async with asyncio.timeout(HANG):
+        async for raw in response.content:
+            line = raw.decode().strip()
+            if line.startswith("data: "):
+                data = line.removeprefix("data: ")
+                payloads.append(data if data == "[DONE]" else orjson.loads(data))
+    return payloads
+
+
+def _contents(payloads: list[Any]) -> list[str]:
+    return [
+        p["choices"][0]["delta"]["content"]
+        for p in payloads
+        if p != "[DONE]" and p["choices"] and "content" in p["choices"][0]["delta"]
+    ]
+
+
+def _succeeded(task_id: str, seq: int, text: str) -> Any:
+    return result_event(
+        task_id,
+        EventKind.SUCCEEDED,
+        seq,
+        text=text,
+        provider="echo",
+        model="echo",
+        usage=Usage(input_tokens=2, output_tokens=2),
+        finish_reason="stop",
+    )
+
+
+async def _stream_with(api_client: ApiClientFactory, events: list[Any]) -> list[Any]:
+    client = await api_client()
+    response = await client.post("/v1/chat/completions", json=BODY, headers=ACME)
+    assert response.status == 200, await response.text()
+    task_id = response.headers["X-Task-Id"]
+    store = api_state(client).store
+    for make in events:
+        await asyncio.sleep(0.02)  # each one read by the stream before the next
+        await store.apply(make(task_id))
+    return await _chunks(response)
+
+
+async def test_the_deltas_then_the_finish_chunk(api_client: ApiClientFactory) -> None:
+    payloads = await _stream_with(
+        api_client,
+        [
+            lambda t: result_event(t, EventKind.STARTED, 0),
+            lambda t: result_event(t, EventKind.DELTA, 1, text="Hel"),
+            lambda t: result_event(t, EventKind.DELTA, 2, text="lo"),
+            lambda t: _succeeded(t, 3, "Hello"),
+        ],
+    )
+    assert _contents(payloads) == ["", "Hel", "lo"]
+    assert payloads[-2]["choices"][0]["finish_reason"] == "stop"
+    assert payloads[-1] == "[DONE]"
+
+
+async def test_a_result_that_overtook_the_last_delta_still_completes_the_text(
+    api_client: ApiClientFactory,
+) -> None:
+    # Two API replicas apply results in parallel: the terminal event (seq 3) may be applied
+    # before the delta (seq 2) another replica holds, and the store then drops that delta.
+    payloads = await _stream_with(
+        api_client,
+        [
+            lambda t: result_event(t, EventKind.STARTED, 0),
+            lambda t: result_event(t, EventKind.DELTA, 1, text="Hel"),
+            lambda t: _succeeded(t, 3, "Hello"),
+            lambda t: result_event(t, EventKind.DELTA, 2, text="lo"),  # too late: dropped
+        ],
+    )
+    assert "".join(_contents(payloads)) == "Hello"
+    assert _contents(payloads) == ["", "Hel", "lo"]
+    assert payloads[-2]["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_an_answer_faster_than_a_delta_comes_in_one_chunk(
+    api_client: ApiClientFactory,
+) -> None:
+    payloads = await _stream_with(api_client, [lambda t: _succeeded(t, 0, "Hello")])
+    assert _contents(payloads) == ["", "Hello"]
