@@ -418,6 +418,7 @@ def bench_chat(args: argparse.Namespace, processes: Processes) -> dict[str, Any]
         rounds=args.chat_rounds,
         latency_ms=args.chat_latency_ms,
         timeout=args.timeout,
+        profile=args.profile,
     )
     return {"loadavg_before": _loadavg(), **run_chat(processes, config)}
 
@@ -604,10 +605,13 @@ def _headline(name: str, outcome: dict[str, Any]) -> str:
             outcome["added_to_first_token_ms"],
             outcome["added_to_non_streamed_answer_ms"],
         )
+        burst = outcome["burst"]
         return (
-            f"added to first token p50 {first['p50']} ms, p99 {first['p99']} ms; added to a "
-            f"non-streamed answer p50 {whole['p50']} ms, p99 {whole['p99']} ms (targets p50 "
-            f"<= 15 / <= 5 ms: {met})"
+            f"steady arrivals: added to first token p50 {first['p50']} ms, p99 {first['p99']} "
+            f"ms; added to a non-streamed answer p50 {whole['p50']} ms, p99 {whole['p99']} ms "
+            f"(targets p50 <= 15 / <= 5 ms: {met}); in bursts of {outcome['clients']}: p50 "
+            f"{burst['added_to_first_token_ms']['p50']} / "
+            f"{burst['added_to_non_streamed_answer_ms']['p50']} ms"
         )
     parts = []
     for case, result in outcome["cases"].items():

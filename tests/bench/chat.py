@@ -13,11 +13,22 @@ clients, for ``rounds`` rounds, each with a prompt of its own (no prompt cache, 
 
 The result is the orchestrator's *added* latency: each percentile of the orchestrator's
 times minus the same percentile of the baseline's.
+
+Two arrival patterns, each measured on all three paths:
+
+- ``steady`` (the target's): the clients are concurrent but not in step, as real ones are:
+  client ``i`` starts ``i / clients`` of one answer's duration in, then makes its ``rounds``
+  calls back to back. At any moment about ``clients`` calls are open; arrivals are spread.
+- ``burst``: every client sends at the same instant, ``rounds`` times (the next burst when
+  the last call of the previous one ended). Each process then works through 100 requests at
+  once, and the median request waits for about 50 others in each: this measures the burst's
+  queueing (per-request CPU times the burst), printed beside the steady figures.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -25,10 +36,19 @@ from typing import Any
 
 import aiohttp
 import attrs
+import redis.asyncio
 
 from tests.support.fake_llm import FakeLLM, Reply
 
-from .processes import Processes, free_port, orchestrator_command, service_env, wait_http_ok
+from .processes import (
+    CpuMeter,
+    Processes,
+    free_port,
+    orchestrator_command,
+    service_env,
+    wait_http_ok,
+)
+from .profiles import summarize
 
 __all__ = ["ChatConfig", "run_chat"]
 
@@ -44,6 +64,7 @@ class ChatConfig:
     chunk_ms: float = 20.0
     timeout: float = 120.0
     startup_timeout: float = 30.0
+    profile: bool = False  # run the api and the worker under py-spy
 
 
 @attrs.frozen
@@ -96,12 +117,32 @@ async def _whole(
     return Timing(total, total)
 
 
-async def _rounds(config: ChatConfig, call: Callable[[int], Awaitable[Timing]]) -> list[Timing]:
+Call = Callable[[int], Awaitable[Timing]]
+
+
+async def _burst(config: ChatConfig, call: Call) -> list[Timing]:
     timings: list[Timing] = []
     for round_ in range(config.rounds):
         base = round_ * config.clients
         timings += await asyncio.gather(*(call(base + i) for i in range(config.clients)))
     return timings
+
+
+async def _steady(config: ChatConfig, call: Call) -> list[Timing]:
+    spread = (config.latency_ms + config.chunks * config.chunk_ms) / 1000
+
+    async def client(i: int) -> list[Timing]:
+        await asyncio.sleep(spread * i / config.clients)
+        return [await call(round_ * config.clients + i) for round_ in range(config.rounds)]
+
+    per_client = await asyncio.gather(*(client(i) for i in range(config.clients)))
+    return [timing for timings in per_client for timing in timings]
+
+
+ARRIVALS: dict[str, Callable[[ChatConfig, Call], Awaitable[list[Timing]]]] = {
+    "steady": _steady,
+    "burst": _burst,
+}
 
 
 def run_chat(processes: Processes, config: ChatConfig) -> dict[str, Any]:
@@ -125,6 +166,7 @@ async def _run(processes: Processes, config: ChatConfig) -> dict[str, Any]:
             "api",
             [*orchestrator_command(), "api", "--host", "127.0.0.1", "--port", str(port)],
             {**env, "API_KEYS": f"bench:{_KEY}"},
+            profile=config.profile,
         )
         worker = processes.start(
             "worker",
@@ -136,6 +178,7 @@ async def _run(processes: Processes, config: ChatConfig) -> dict[str, Any]:
                 "OPENAI_BASE_URL": fake.openai_base_url,
                 "OPENAI_API_KEY": "sk-bench",
             },
+            profile=config.profile,
         )
         base = f"http://127.0.0.1:{port}"
         await asyncio.to_thread(wait_http_ok, f"{base}/health", config.startup_timeout, api)
@@ -144,8 +187,8 @@ async def _run(processes: Processes, config: ChatConfig) -> dict[str, Any]:
         direct = f"{fake.openai_base_url}/chat/completions"
         ours = f"{base}/v1/chat/completions"
 
-        def body(index: int, *, stream: bool) -> dict[str, Any]:
-            content = f"question {run_id} {index} {'s' if stream else 'w'}"
+        def body(index: int, *, stream: bool, arrivals: str) -> dict[str, Any]:
+            content = f"question {run_id} {arrivals} {index} {'s' if stream else 'w'}"
             return {
                 "model": "openai/gpt-4o-mini",
                 "messages": [{"role": "user", "content": content}],
@@ -154,31 +197,68 @@ async def _run(processes: Processes, config: ChatConfig) -> dict[str, Any]:
 
         timeout = aiohttp.ClientTimeout(total=config.timeout)
         limits = aiohttp.TCPConnector(limit=config.clients * 2)
+        measured: dict[str, dict[str, Any]] = {}
+        assert redis.process is not None
+        pids = {
+            "api": api.pid,
+            "worker": worker.pid,
+            "harness": os.getpid(),  # the clients and the fake provider
+            "redis": redis.process.pid,
+        }
         async with aiohttp.ClientSession(timeout=timeout, connector=limits) as session:
             # Warm-up: connections, the worker's provider session, the API's paths.
-            await _sse(session, ours, body(-1, stream=True), headers=headers)
-            baseline = await _rounds(
-                config,
-                lambda i: _sse(session, direct, {**body(i, stream=True), "model": "gpt-4o-mini"}),
-            )
-            streamed = await _rounds(
-                config, lambda i: _sse(session, ours, body(i, stream=True), headers=headers)
-            )
-            whole = await _rounds(
-                config, lambda i: _whole(session, ours, body(i, stream=False), headers=headers)
-            )
+            await _sse(session, ours, body(-1, stream=True, arrivals="warm"), headers=headers)
+            for name, arrive in ARRIVALS.items():
+
+                def direct_call(i: int, name: str = name) -> Awaitable[Timing]:
+                    request = {**body(i, stream=True, arrivals=name), "model": "gpt-4o-mini"}
+                    return _sse(session, direct, request)
+
+                def streamed_call(i: int, name: str = name) -> Awaitable[Timing]:
+                    request = body(i, stream=True, arrivals=name)
+                    return _sse(session, ours, request, headers=headers)
+
+                def whole_call(i: int, name: str = name) -> Awaitable[Timing]:
+                    request = body(i, stream=False, arrivals=name)
+                    return _whole(session, ours, request, headers=headers)
+
+                paths = {"direct": direct_call, "streamed": streamed_call, "whole": whole_call}
+                timings: dict[str, list[Timing]] = {}
+                cpu: dict[str, dict[str, float]] = {}
+                commands: dict[str, dict[str, float]] = {}
+                for path, call in paths.items():
+                    meter = CpuMeter(pids)
+                    before = await _commandstats(redis.url)
+                    meter.start()
+                    timings[path] = await arrive(config, call)
+                    used = meter.stop()
+                    after = await _commandstats(redis.url)
+                    commands[path] = {
+                        name: round((count - before.get(name, 0)) / len(timings[path]), 2)
+                        for name, count in sorted(after.items())
+                        if count - before.get(name, 0) >= len(timings[path]) / 10
+                    }
+                    cpu[path] = {
+                        process: round(figures["cpu_seconds"] * 1e6 / len(timings[path]))
+                        for process, figures in used.items()
+                    }
+                measured[name] = {
+                    **_figures(timings["direct"], timings["streamed"], timings["whole"]),
+                    "cpu_us_per_call": cpu,
+                    "redis_commands_per_call": commands,
+                }
         alive = api.alive() and worker.alive()
+        profiles: dict[str, Any] = {}
+        if config.profile:  # py-spy writes its profile when the program exits
+            for service in (api, worker):
+                processes.stop(service)
+                if service.profile is not None and service.profile.exists():
+                    profiles[f"profile_{service.name}"] = summarize(service.profile)
     finally:
         await fake.close()
-    provider = _summary(baseline)
-    stream = _summary(streamed)
-    complete = _summary(whole)
-
-    def added(ours_ms: dict[str, float], theirs_ms: dict[str, float]) -> dict[str, float]:
-        return {q: round(ours_ms[q] - theirs_ms[q], 2) for q in ("p50", "p99")}
-
-    first_added = added(stream["first"], provider["first"])
-    whole_added = added(complete["total"], provider["total"])
+    steady = measured["steady"]
+    first_added = steady["added_to_first_token_ms"]
+    whole_added = steady["added_to_non_streamed_answer_ms"]
     return {
         "status": "complete" if alive else "incomplete",
         "clients": config.clients,
@@ -188,15 +268,42 @@ async def _run(processes: Processes, config: ChatConfig) -> dict[str, Any]:
             "chunks": config.chunks,
             "chunk_ms": config.chunk_ms,
         },
-        "provider_direct_ms": provider,
-        "streamed_ms": stream,
-        "non_streamed_ms": complete,
-        "added_to_first_token_ms": first_added,
-        "added_to_stream_end_ms": added(stream["total"], provider["total"]),
-        "added_to_non_streamed_answer_ms": whole_added,
+        "arrivals": "steady (the figures here); burst below",
+        **steady,
+        "burst": measured["burst"],
+        **profiles,
         "target": {
+            "arrivals": "steady",
             "added_first_token_p50_ms": "<= 15",
             "added_non_streamed_p50_ms": "<= 5",
             "met": alive and first_added["p50"] <= 15 and whole_added["p50"] <= 5,
         },
+    }
+
+
+async def _commandstats(url: str) -> dict[str, int]:
+    """The redis-server's calls so far, by command (``INFO commandstats``)."""
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def _figures(baseline: list[Timing], streamed: list[Timing], whole: list[Timing]) -> dict[str, Any]:
+    provider = _summary(baseline)
+    stream = _summary(streamed)
+    complete = _summary(whole)
+
+    def added(ours_ms: dict[str, float], theirs_ms: dict[str, float]) -> dict[str, float]:
+        return {q: round(ours_ms[q] - theirs_ms[q], 2) for q in ("p50", "p99")}
+
+    return {
+        "provider_direct_ms": provider,
+        "streamed_ms": stream,
+        "non_streamed_ms": complete,
+        "added_to_first_token_ms": added(stream["first"], provider["first"]),
+        "added_to_stream_end_ms": added(stream["total"], provider["total"]),
+        "added_to_non_streamed_answer_ms": added(complete["total"], provider["total"]),
     }

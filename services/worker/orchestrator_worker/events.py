@@ -32,10 +32,13 @@ deltas of the latest attempt as they come (dropping what they hold when a ``star
 newer attempt arrives) and may take ``succeeded.text`` as the final word.
 
 A retryable failure that is retried (``nack``) publishes no terminal event for its attempt:
-the next attempt's ``started`` supersedes it. Events of one attempt are published strictly
-one after another (the next ``publish`` starts when the previous returned), so ``seq`` order
-is stream order. Each message's broker id is ``<task_id>:<attempt>:<seq>``, the event's
-identity.
+the next attempt's ``started`` supersedes it. Events of one attempt are published one after
+another (the next ``publish`` starts when the previous returned), except the two pairs that
+come together: ``started`` with the first delta, and the last delta with ``succeeded``. Each
+pair is handed to the broker in one event-loop turn, in order, so the Redis adapter writes it
+in one pipeline (one round trip, in ``seq`` order); were the two ever reordered, the API
+orders an attempt's events by ``seq`` anyway. Each message's broker id is
+``<task_id>:<attempt>:<seq>``, the event's identity.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from typing import Any
 
 from orchestrator_broker import Broker, Message
 from orchestrator_tasks.messages import ErrorInfo, EventKind, Usage, event_payload
@@ -204,19 +208,23 @@ class AttemptEvents:
         """Publish ``succeeded`` with the whole answer (after any write still in flight, and
         after a last delta with the rest of the text if this attempt streamed deltas)."""
         await self._last_write()
+        messages = []
         if self._deltas and self._pending:
             # The deltas then spell the result exactly.
             text = "".join(self._pending)
             self._pending.clear()
             self._deltas += 1
-            await self._publish(EventKind.DELTA, text=text)
-        await self._publish(
-            EventKind.SUCCEEDED,
-            text=self.text,
-            usage=usage,
-            finish_reason=finish_reason,
-            cost_usd=cost_usd,
+            messages.append(self._message(EventKind.DELTA, text=text))
+        messages.append(
+            self._message(
+                EventKind.SUCCEEDED,
+                text=self.text,
+                usage=usage,
+                finish_reason=finish_reason,
+                cost_usd=cost_usd,
+            )
         )
+        await self._send(messages)
         self.terminal_published = True
 
     async def failed(self, error: ErrorInfo) -> None:
@@ -290,14 +298,16 @@ class AttemptEvents:
     async def _flush(self, *, with_text: bool = True) -> None:
         """Write ``started`` if due, then (``with_text``) the text pending as a delta."""
         try:
+            messages = []
             if self._started_due:  # always before the first delta
                 self._started_due = False
-                await self._publish(EventKind.STARTED)
+                messages.append(self._message(EventKind.STARTED))
             if with_text and self._pending:
                 text = "".join(self._pending)
                 self._pending.clear()
                 self._deltas += 1
-                await self._publish(EventKind.DELTA, text=text)
+                messages.append(self._message(EventKind.DELTA, text=text))
+            await self._send(messages)
         except Exception as exc:
             self._error = exc
         finally:
@@ -326,7 +336,21 @@ class AttemptEvents:
         # any delta it takes
         return self._flushing
 
-    async def _publish(
+    async def _publish(self, kind: EventKind, **fields: Any) -> None:
+        await self._send([self._message(kind, **fields)])
+
+    async def _send(self, messages: list[Message]) -> None:
+        """Publish ``messages``, in order; several are handed over in one loop turn (one
+        pipeline), and this returns when all are written, raising the first error."""
+        if len(messages) == 1:
+            await self._broker.publish(self._stream, messages[0])
+        elif messages:
+            writes = [self._broker.publish(self._stream, message) for message in messages]
+            for outcome in await asyncio.gather(*writes, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+
+    def _message(
         self,
         kind: EventKind,
         *,
@@ -335,7 +359,7 @@ class AttemptEvents:
         error: ErrorInfo | None = None,
         finish_reason: str | None = None,
         cost_usd: float | None = None,
-    ) -> None:
+    ) -> Message:
         payload = event_payload(
             task_id=self.task_id,
             tenant=self.tenant,
@@ -356,4 +380,4 @@ class AttemptEvents:
         message = Message(payload=payload, id=f"{self.task_id}:{self.number}:{self._seq}")
         # The seq is taken before the write: a failed write voids the attempt anyway.
         self._seq += 1
-        await self._broker.publish(self._stream, message)
+        return message

@@ -14,12 +14,19 @@ server a SUBSCRIBE/UNSUBSCRIBE pair) per event. Confirmations are matched to the
 asked for them (Redis answers commands in order), never to an older one. When the
 connection drops, every waiter is woken (to re-read what it may have missed) and the
 subscriber reconnects with backoff and resubscribes; with no waiters left it stops.
+
+``generation(channel)`` lets a reader skip a read that cannot find anything: a number that
+changes with every message on a confirmed subscription, and is None while the channel is
+not (or no longer) confirmed. Numbers come from one counter and are never reused, so one
+seen before a read and seen again later means no message came in between, on a subscription
+held all along: nothing was published on that channel, so nothing was appended.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -70,6 +77,14 @@ class Wakeups:
         self._idle: dict[bytes, float] = {}  # subscribed channels without waiters, since when
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._counter = itertools.count(1)
+        self._generations: dict[bytes, int] = {}  # confirmed channels only
+
+    def generation(self, channel: str) -> int | None:
+        """Changes with every message on ``channel``; None unless its subscription is
+        confirmed (see the module docstring)."""
+        key = channel.encode()
+        return self._generations.get(key) if key in self._subscribed else None
 
     @contextlib.asynccontextmanager
     async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:
@@ -106,6 +121,7 @@ class Wakeups:
         for key in expired:
             del self._idle[key]
             self._subscribed.discard(key)
+            self._generations.pop(key, None)
             for batch in self._unconfirmed.get(key, ()):
                 batch.joinable = False  # its SUBSCRIBE is undone by this UNSUBSCRIBE
         if expired:
@@ -167,6 +183,7 @@ class Wakeups:
             finally:
                 self._conn = None
                 self._subscribed.clear()
+                self._generations.clear()
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
                 self._wake_all()
@@ -201,6 +218,8 @@ class Wakeups:
         if isinstance(key, str):
             key = key.encode()
         if kind in (b"message", "message"):
+            if key in self._generations:
+                self._generations[key] = next(self._counter)
             for event in self._waiters.get(key, ()):
                 event.set()
         elif kind in (b"subscribe", "subscribe"):
@@ -216,6 +235,7 @@ class Wakeups:
                 # the newest SUBSCRIBE answered and no UNSUBSCRIBE followed it
                 if batch.joinable and (key in self._waiters or key in self._idle):
                     self._subscribed.add(key)
+                    self._generations[key] = next(self._counter)
 
     async def close(self) -> None:
         self._closed = True

@@ -96,6 +96,10 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+#: Live readers whose last read position is kept (a few bytes each).
+_MAX_POSITIONS = 10_000
+
+
 def _after_index(after: str | None) -> int:
     if after is None:
         return 0
@@ -251,6 +255,9 @@ class RedisTaskStore:
             lambda: pool.connection_class(**{**pool.connection_kwargs, "protocol": 2}),
             linger=subscription_linger,
         )
+        #: (tenant, task id) -> (log position, wake-up generation) of live readers' last
+        #: reads (see ``events``); insertion order is age.
+        self._positions: dict[tuple[str, str], tuple[int, int]] = {}
 
     @classmethod
     def from_url(
@@ -677,14 +684,33 @@ class RedisTaskStore:
         self, tenant: str, task_id: str, after: str | None = None, timeout: float = 0.0
     ) -> list[StoredEvent]:
         start = _after_index(after)
-        events, open_, source = await self._read(tenant, task_id, start)
-        if events or not open_ or timeout <= 0:
-            return events
+        # A live reader calls again right after each batch: if nothing was published on the
+        # task's channel since the read that ended the last call (its subscription held all
+        # along), that read is still the whole truth and this call goes straight to waiting.
+        known = self._positions.pop((tenant, task_id), None)
+        channel = self._channel(task_id)
+        unchanged = known is not None and known == (start, self._wakeups.generation(channel))
+        if timeout <= 0 or not unchanged:
+            events, open_, source = await self._read(tenant, task_id, start)
+            if events or not open_ or timeout <= 0:
+                return events
+        else:
+            source = task_id  # as the last read found: its own log, open, nothing after start
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         async with self._watch(source) as woken:
             while True:
+                if unchanged:
+                    # Now that this waiter is registered, nothing can slip by: wait, unless a
+                    # message came in since the last call.
+                    unchanged = known == (start, self._wakeups.generation(channel))
+                    if unchanged:
+                        unchanged = False
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(max(deadline - loop.time(), 0.0)):
+                                await woken.wait()
                 woken.clear()
+                generation = self._wakeups.generation(self._channel(source))
                 try:
                     events, open_, _ = await self._read(tenant, task_id, start)
                 except StoreUnavailable:
@@ -697,10 +723,20 @@ class RedisTaskStore:
                     continue
                 remaining = deadline - loop.time()
                 if events or not open_ or remaining <= 0:
+                    if open_ and source == task_id and generation is not None:
+                        self._remember(
+                            (tenant, task_id), int(events[-1].id) if events else start, generation
+                        )
                     return events
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(remaining):
                         await woken.wait()
+
+    def _remember(self, key: tuple[str, str], position: int, generation: int) -> None:
+        """Where a live reader's read left it (bounded: the oldest entries go first)."""
+        self._positions[key] = (position, generation)
+        if len(self._positions) > _MAX_POSITIONS:
+            del self._positions[next(iter(self._positions))]
 
     @contextlib.asynccontextmanager
     async def _watch(self, task_id: str) -> AsyncIterator[asyncio.Event]:
