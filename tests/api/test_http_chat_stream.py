@@ -9,7 +9,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from orchestrator_tasks.messages import EventKind, Usage
+from orchestrator_tasks import decode_task
+from orchestrator_tasks.messages import ErrorInfo, EventKind, Usage
 from tests.api.conftest import ACME, ApiClientFactory, api_state
 from tests.api.test_http_streaming import HANG, result_event
 
@@ -104,3 +105,58 @@ async def test_an_answer_faster_than_a_delta_comes_in_one_chunk(
 ) -> None:
     payloads = await _stream_with(api_client, [lambda t: _succeeded(t, 0, "Hello")])
     assert _contents(payloads) == ["", "Hello"]
+
+
+async def _published(client: Any) -> str:
+    """The id of the next task the API publishes (taken off the tasks stream as a worker
+    would, and acked)."""
+    broker = api_state(client).broker
+    consumer = broker.consume("tasks", "workers", "test")
+    try:
+        async with asyncio.timeout(HANG):
+            delivery = await anext(consumer)
+        await delivery.ack()
+    finally:
+        await consumer.aclose()
+    return decode_task(delivery.message.payload).task_id
+
+
+async def test_a_non_streamed_answer_comes_from_the_result_and_again_from_the_cache(
+    api_client: ApiClientFactory,
+) -> None:
+    client = await api_client()
+    body = {**BODY, "stream": False}
+    pending = asyncio.ensure_future(client.post("/v1/chat/completions", json=body, headers=ACME))
+    store = api_state(client).store
+    task_id = await _published(client)
+    await store.apply(result_event(task_id, EventKind.STARTED, 0))
+    await store.apply(result_event(task_id, EventKind.DELTA, 1, text="Hel"))
+    await store.apply(_succeeded(task_id, 2, "Hello"))
+    response = await pending
+    assert response.status == 200, await response.text()
+    assert response.headers["X-Task-Id"] == task_id
+    answer = await response.json()
+    assert answer["choices"][0]["message"]["content"] == "Hello"
+    assert answer["choices"][0]["finish_reason"] == "stop"
+    assert answer["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
+    assert answer["model"] == "echo"
+    # The same request again: a prompt cache hit, answered at once the same way.
+    again = await client.post("/v1/chat/completions", json=body, headers=ACME)
+    assert again.status == 200
+    repeat = await again.json()
+    assert repeat["choices"] == answer["choices"]
+    assert repeat["usage"] == answer["usage"]
+
+
+async def test_a_non_streamed_failure_is_an_openai_error(api_client: ApiClientFactory) -> None:
+    client = await api_client()
+    body = {**BODY, "stream": False}
+    pending = asyncio.ensure_future(client.post("/v1/chat/completions", json=body, headers=ACME))
+    store = api_state(client).store
+    task_id = await _published(client)
+    error = ErrorInfo(type="rate_limit", message="slow down")
+    await store.apply(result_event(task_id, EventKind.FAILED, 0, error=error))
+    response = await pending
+    assert response.status == 429
+    assert response.headers["X-Task-Id"] == task_id
+    assert (await response.json())["error"]["message"] == "slow down"

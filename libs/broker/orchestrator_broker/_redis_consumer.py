@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
     from ._redis_delivery import RedisDelivery
     from ._redis_reads import RawEntry
     from .redis_streams import RedisStreamsBroker
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # mark it retrieved
 
 
 def _text(value: bytes | str) -> str:
@@ -58,6 +64,9 @@ class ConsumerLoop:
         self.pel_cursor: str | None = "0"  # None once the own PEL is drained
         self.group_ready = False
         self.next_reclaim = 0.0
+        #: When the next delayed entry falls due (monotonic; inf: none), as the last
+        #: promotion found; None before the first.
+        self.due_at: float | None = None
         self.next_trim = time.monotonic() + (broker.trim_interval or 0)
         self.failures = 0
         self.nogroup_streak = 0
@@ -133,16 +142,44 @@ class ConsumerLoop:
         if not self.group_ready:
             await broker.ensure_group(self.stream, self.group)
             self.group_ready = True
+        if options.fairness is None and self.pel_cursor is None and self.due_at is not None:
+            # No fair dispatching to do for this consumer: the promotion of due delayed
+            # entries (and of keyed ones, should any be published here) goes to Redis beside
+            # this turn's read instead of a round trip before it. What it moves onto the
+            # stream reaches this read or the next; the read blocks no longer than the
+            # previous promotion said the next delayed entry is due.
+            promotion = asyncio.ensure_future(
+                broker._promote_dispatch(self.stream, self.consumer, options, None)
+            )
+            try:
+                await self._fetch(time.monotonic(), self.due_at)
+            except BaseException:
+                # The read's error (or our cancellation) is what counts; the promotion's
+                # outcome, whatever it is, is moot.
+                promotion.add_done_callback(_retrieved)
+                raise
+            self._due(await promotion)
+            return
         # Due delayed entries back onto the stream, and keyed ones from the waiting room
         # (as many as this read will take; none while draining the own PEL).
         due_in = await broker._promote_dispatch(
             self.stream, self.consumer, options, 0 if self.pel_cursor is not None else None
         )
+        self._due(due_in)
         if self.pel_cursor is not None:
             await self._read_own_pel()
             if self.buffer:
                 return
-        now = time.monotonic()
+        await self._fetch(time.monotonic(), None if due_in is None else time.monotonic() + due_in)
+
+    def _due(self, due_in: float | None) -> None:
+        """Note when the next delayed entry falls due (``inf``: none is delayed)."""
+        self.due_at = math.inf if due_in is None else time.monotonic() + due_in
+
+    async def _fetch(self, now: float, due_at: float | None) -> None:
+        """Reclaim expired leases when it is time, trim when it is time, else read new
+        entries, blocking until ``due_at`` at the latest."""
+        broker, options = self.broker, self.options
         if now >= self.next_reclaim:
             self.next_reclaim = now + options.effective_reclaim_interval
             claimed = await claim(
@@ -162,8 +199,8 @@ class ConsumerLoop:
             self.next_trim = now + broker.trim_interval
             await broker.trim(self.stream)
         block = min(options.block, max(0.001, self.next_reclaim - now))
-        if due_in is not None:
-            block = min(block, max(0.001, due_in))
+        if due_at is not None and due_at != math.inf:
+            block = min(block, max(0.001, due_at - now))
         await self._read_new(block)
 
     async def _read_own_pel(self) -> None:

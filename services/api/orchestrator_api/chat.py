@@ -282,19 +282,39 @@ def completion(record: TaskRecord, requested: str) -> dict[str, Any]:
     result = record.result
     assert result is not None
     usage = result.usage
-    prompt = usage.input_tokens if usage is not None else 0
-    completion_tokens = usage.output_tokens if usage is not None else 0
+    tokens = None if usage is None else (usage.input_tokens, usage.output_tokens)
+    return _completion(record, result.text, result.model or requested, tokens, result.finish_reason)
+
+
+def _completion_of(record: TaskRecord, event: StoredEvent, requested: str) -> dict[str, Any]:
+    """The ``chat.completion`` of the task ``record`` from its ``result`` event (which
+    carries the whole answer): no read of the record it ended with."""
+    data = event.data
+    usage = data.get("usage")
+    tokens = None if not usage else (usage["input_tokens"], usage["output_tokens"])
+    model = data.get("model") or requested
+    return _completion(record, data.get("text") or "", model, tokens, data.get("finish_reason"))
+
+
+def _completion(
+    record: TaskRecord,
+    text: str,
+    model: str,
+    tokens: tuple[int, int] | None,
+    finish_reason: str | None,
+) -> dict[str, Any]:
+    prompt, completion_tokens = tokens or (0, 0)
     return {
         "id": f"chatcmpl-{record.id}",
         "object": "chat.completion",
         "created": int(record.created_at),
-        "model": result.model or requested,
+        "model": model,
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result.text, "refusal": None},
+                "message": {"role": "assistant", "content": text, "refusal": None},
                 "logprobs": None,
-                "finish_reason": _finish_reason(result.finish_reason),
+                "finish_reason": _finish_reason(finish_reason),
             }
         ],
         "usage": {
@@ -339,8 +359,8 @@ def _task_failed(record: TaskRecord) -> web.Response:
 
 async def _ended(
     request: web.Request, state: ApiState, tenant: str, record: TaskRecord
-) -> TaskRecord | None:
-    """The task once it has ended (None if the server is shutting down or it expired)."""
+) -> StoredEvent | None:
+    """The task's terminal event (None if the server is shutting down or it expired)."""
     events = follow(
         state.store,
         tenant,
@@ -352,10 +372,8 @@ async def _ended(
     async with contextlib.aclosing(events):
         async for event in events:
             if event is not None and event.event in TERMINAL_EVENTS:
-                break
-        else:
-            return None
-    return await state.store.get(tenant, record.id)
+                return event
+    return None
 
 
 async def _complete(
@@ -363,10 +381,13 @@ async def _complete(
 ) -> web.Response:
     task_header = {"X-Task-Id": record.id}
     try:
-        ended = await _ended(request, state, tenant, record)
-    except StoreError:
+        terminal = await _ended(request, state, tenant, record)
         ended = None
-    if ended is None or not ended.status.terminal:
+        if terminal is not None and terminal.event != "result":
+            ended = await state.store.get(tenant, record.id)  # why it failed
+    except StoreError:
+        terminal = ended = None
+    if terminal is None or (terminal.event != "result" and not (ended and ended.status.terminal)):
         return _error(
             503,
             "The answer is not available right now; the task goes on: read it at "
@@ -375,10 +396,10 @@ async def _complete(
             code="unavailable",
             headers={**task_header, "Retry-After": "1"},
         )
-    if ended.result is None:
+    if ended is not None:
         return _task_failed(ended)
     return web.Response(
-        body=orjson.dumps(completion(ended, requested)),
+        body=orjson.dumps(_completion_of(record, terminal, requested)),
         headers={**trace_headers(), **task_header},
         content_type="application/json",
     )
