@@ -52,17 +52,20 @@ BATCH_PRIORITY: Final = "low"
 #: Lines read and submitted per step; answers collected per look.
 INGEST_LINES: Final = 256
 HARVEST_LINES: Final = 512
-#: Submissions of one batch in flight at once: bounded, so a big batch does not crowd out
-#: interactive requests on the same API process.
-SUBMIT_CONCURRENCY: Final = 16
+#: Submissions (and answer reads) of one batch in flight at once: bounded, so a big batch
+#: does not crowd out interactive requests on the same API process. Four keep the ingest
+#: ahead of the workers (some 4,000 lines/s) while POST /v1/tasks stays fast beside it:
+#: with 16, its p99 during a 50,000-line ingest was 51-61 ms, with 4, 39-41 ms
+#: (tests/bench/README.md).
+SUBMIT_CONCURRENCY: Final = 4
 #: Lines per read of the results while writing the files.
 WRITE_LINES: Final = 1000
 #: Requests a batch may hold (OpenAI's limit): a longer input file fails the batch.
 MAX_BATCH_LINES: Final = 50_000
 #: Lines parsed (or answers turned into result lines) between two yields to the event
 #: loop: parsing a line takes some 40 us, so a step never holds the loop for more than a
-#: couple of milliseconds and interactive requests on the same process keep their latency.
-YIELD_LINES: Final = 32
+#: millisecond and interactive requests on the same process keep their latency.
+YIELD_LINES: Final = 16
 #: Batch-level errors kept in ``errors`` when validation fails (OpenAI lists each).
 MAX_BATCH_ERRORS: Final = 100
 
