@@ -116,6 +116,54 @@ async def test_a_reader_returning_within_the_linger_reuses_the_subscription(
         assert summary(await waiting) == [("status", ("running", 1))]
 
 
+async def test_a_live_reader_reads_the_log_once_per_wake_up_and_misses_nothing(
+    stores: Callable[..., RedisTaskStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serving, applying = stores(), stores()
+    record = new_record()
+    await serving.create(record)
+    reads = 0
+    read = serving._read
+
+    async def counted(*args: object) -> object:
+        nonlocal reads
+        reads += 1
+        return await read(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(serving, "_read", counted)
+    seen: list[str] = []
+    after = "1"
+    progressed = asyncio.Event()
+
+    async def follow(until: int) -> None:
+        nonlocal after
+        while len(seen) < until:
+            for stored in await serving.events("acme", record.id, after=after, timeout=HANG):
+                seen.append(stored.event)
+                after = stored.id
+            progressed.set()
+
+    reader = asyncio.create_task(follow(5))
+    await asyncio.sleep(0.1)  # waiting, subscribed
+    first = reads
+    events = [started(record), *(delta(record, seq, f"w{seq}") for seq in range(1, 5))]
+    for stored in events:
+        await applying.apply(stored)
+        async with asyncio.timeout(HANG):
+            while len(seen) < events.index(stored) + 1:
+                progressed.clear()
+                await progressed.wait()
+    await reader
+    # One read per event (each woke the reader once), none for the calls in between: the
+    # reader was subscribed all along and nothing else was published.
+    assert reads - first == len(events)
+    # While the reader is away, an event lands: its next call must read, not wait.
+    await applying.apply(delta(record, 5, "w5"))
+    async with asyncio.timeout(HANG):
+        late = await serving.events("acme", record.id, after=after, timeout=HANG)
+    assert [e.data.get("text") for e in late] == ["w5"]
+
+
 async def test_duplicate_idempotency_keys_in_one_pipeline_create_one_task(
     stores: Callable[..., RedisTaskStore],
 ) -> None:

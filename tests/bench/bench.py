@@ -258,17 +258,30 @@ def bench_concurrency(args: argparse.Namespace, processes: Processes) -> dict[st
     ideal = math.ceil(config.tasks / config.concurrency) * config.latency_ms / 1000.0
     limit = 1.25 * ideal
     load = _loadavg()
-    run = run_dispatch(processes, config)
+    sizes = _fair_sizes(args)
+    # --rounds as for dispatch: the paths in turn, round after round; each its median round.
+    fifo_runs: list[DispatchRun] = []
+    fair_runs: dict[int, list[DispatchRun]] = {tenants: [] for tenants, _ in sizes}
+    for index in range(args.rounds):
+        suffix = f"-round{index + 1}" if args.rounds > 1 else ""
+        if args.rounds > 1:
+            _progress(f"concurrency: round {index + 1} of {args.rounds}")
+        fifo_runs.append(run_dispatch(processes, attrs.evolve(config, label=suffix)))
+        for tenants, _ in sizes:
+            _progress(f"concurrency: the fair path, {tenants} tenant(s)")
+            keyed_config = attrs.evolve(config, tenants=tenants, label=f"-{tenants}{suffix}")
+            fair_runs[tenants].append(run_dispatch(processes, keyed_config))
+    run = _median(fifo_runs)
     fair = []
-    for tenants, _ in _fair_sizes(args):
-        _progress(f"concurrency: the fair path, {tenants} tenant(s)")
-        keyed = run_dispatch(processes, attrs.evolve(config, tenants=tenants, label=f"-{tenants}"))
+    for tenants, _ in sizes:
+        keyed = _median(fair_runs[tenants])
         fair.append(
             {
                 "tenants": tenants,
                 "status": "complete" if keyed.complete else "incomplete",
                 "error": keyed.error,
                 "seconds": round(keyed.seconds, 3),
+                "rounds_seconds": [round(r.seconds, 3) for r in fair_runs[tenants]],
                 "over_ideal": round(keyed.seconds / ideal, 3) if ideal else None,
                 "target": {
                     **TARGETS["concurrency"],
@@ -302,6 +315,7 @@ def bench_concurrency(args: argparse.Namespace, processes: Processes) -> dict[st
         "worker_concurrency": config.concurrency,
         "latency_ms": config.latency_ms,
         "seconds": round(run.seconds, 3),
+        "rounds_seconds": [round(r.seconds, 3) for r in fifo_runs],
         "ideal_seconds": ideal,
         "over_ideal": round(run.seconds / ideal, 3) if ideal else None,
         "publish_seconds": round(run.publish_seconds, 3),
@@ -463,8 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--workers", type=int, default=1_000, help="dispatch: NUMBER_OF_WORKERS")
     sizes.add_argument(
         "--rounds", type=int, default=1,
-        help="dispatch: run FIFO and the fair path this many times in turn, each reporting "
-        "its median round (a noisy machine's load then falls on all alike)",
+        help="dispatch, concurrency: run FIFO and the fair path this many times in turn, each "
+        "reporting its median round (a noisy machine's load then falls on all alike)",
     )  # fmt: skip
     sizes.add_argument(
         "--tenants", type=int, default=1_000,
