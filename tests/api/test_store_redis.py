@@ -122,13 +122,19 @@ async def test_a_live_reader_reads_the_log_once_per_wake_up_and_misses_nothing(
     serving, applying = stores(), stores()
     record = new_record()
     await serving.create(record)
-    reads = 0
+    reads = empty = 0
     read = serving._read
+    waiting = asyncio.Event()  # the reader's two first reads (before and after subscribing)
 
     async def counted(*args: object) -> object:
-        nonlocal reads
+        nonlocal reads, empty
         reads += 1
-        return await read(*args)  # type: ignore[arg-type]
+        found = await read(*args)  # type: ignore[arg-type]
+        if not found[0]:
+            empty += 1
+            if empty == 2:
+                waiting.set()
+        return found
 
     monkeypatch.setattr(serving, "_read", counted)
     seen: list[str] = []
@@ -144,7 +150,8 @@ async def test_a_live_reader_reads_the_log_once_per_wake_up_and_misses_nothing(
             progressed.set()
 
     reader = asyncio.create_task(follow(5))
-    await asyncio.sleep(0.1)  # waiting, subscribed
+    async with asyncio.timeout(HANG):
+        await waiting.wait()  # subscribed, found nothing, waiting
     first = reads
     events = [started(record), *(delta(record, seq, f"w{seq}") for seq in range(1, 5))]
     for stored in events:
