@@ -382,26 +382,27 @@ async def _complete(
     task_header = {"X-Task-Id": record.id}
     try:
         terminal = await _ended(request, state, tenant, record)
-        ended = None
+        # An answer comes whole in its result event; only a failure needs the record (why).
+        failed = None
         if terminal is not None and terminal.event != "result":
-            ended = await state.store.get(tenant, record.id)  # why it failed
+            failed = await state.store.get(tenant, record.id)
     except StoreError:
-        terminal = ended = None
-    if terminal is None or (terminal.event != "result" and not (ended and ended.status.terminal)):
-        return _error(
-            503,
-            "The answer is not available right now; the task goes on: read it at "
-            f"/v1/tasks/{record.id}.",
-            None,
-            code="unavailable",
-            headers={**task_header, "Retry-After": "1"},
+        terminal = failed = None
+    if terminal is not None and terminal.event == "result":
+        return web.Response(
+            body=orjson.dumps(_completion_of(record, terminal, requested)),
+            headers={**trace_headers(), **task_header},
+            content_type="application/json",
         )
-    if ended is not None:
-        return _task_failed(ended)
-    return web.Response(
-        body=orjson.dumps(_completion_of(record, terminal, requested)),
-        headers={**trace_headers(), **task_header},
-        content_type="application/json",
+    if failed is not None and failed.status.terminal:
+        return _task_failed(failed)
+    return _error(
+        503,
+        "The answer is not available right now; the task goes on: read it at "
+        f"/v1/tasks/{record.id}.",
+        None,
+        code="unavailable",
+        headers={**task_header, "Retry-After": "1"},
     )
 
 
