@@ -123,19 +123,7 @@ def bench_dispatch(args: argparse.Namespace, processes: Processes) -> dict[str, 
     )
     load = _loadavg()
     sizes = _fair_sizes(args)
-    # --rounds: FIFO and each fair size in turn, round after round, so a change in the
-    # machine's load falls on all of them alike; each reports its median round.
-    fifo_runs: list[DispatchRun] = []
-    fair_runs: dict[int, list[DispatchRun]] = {tenants: [] for tenants, _ in sizes}
-    for index in range(args.rounds):
-        suffix = f"-round{index + 1}" if args.rounds > 1 else ""
-        if args.rounds > 1:
-            _progress(f"dispatch: round {index + 1} of {args.rounds}")
-        fifo_runs.append(run_dispatch(processes, attrs.evolve(config, label=suffix)))
-        for tenants, _ in sizes:
-            _progress(f"dispatch: the fair path, {tenants} tenant(s)")
-            keyed = attrs.evolve(config, tenants=tenants, label=f"-{tenants}{suffix}")
-            fair_runs[tenants].append(run_dispatch(processes, keyed))
+    fifo_runs, fair_runs = _rounds("dispatch", args, processes, config, sizes)
     run = _median(fifo_runs)
     rate = round(run.tasks_per_second, 1)
     fair = []
@@ -211,6 +199,29 @@ def _status(
     return "complete", None
 
 
+def _rounds(
+    name: str,
+    args: argparse.Namespace,
+    processes: Processes,
+    config: DispatchConfig,
+    sizes: list[tuple[int, float]],
+) -> tuple[list[DispatchRun], dict[int, list[DispatchRun]]]:
+    """``--rounds``: FIFO and each fair size in turn, round after round, so a change in the
+    machine's load falls on all of them alike (each then reports its median round)."""
+    fifo_runs: list[DispatchRun] = []
+    fair_runs: dict[int, list[DispatchRun]] = {tenants: [] for tenants, _ in sizes}
+    for index in range(args.rounds):
+        suffix = f"-round{index + 1}" if args.rounds > 1 else ""
+        if args.rounds > 1:
+            _progress(f"{name}: round {index + 1} of {args.rounds}")
+        fifo_runs.append(run_dispatch(processes, attrs.evolve(config, label=suffix)))
+        for tenants, _ in sizes:
+            _progress(f"{name}: the fair path, {tenants} tenant(s)")
+            keyed = attrs.evolve(config, tenants=tenants, label=f"-{tenants}{suffix}")
+            fair_runs[tenants].append(run_dispatch(processes, keyed))
+    return fifo_runs, fair_runs
+
+
 def _median(runs: list[DispatchRun]) -> DispatchRun:
     """The run of median rate (of an even number, the lower middle one); an incomplete run
     if there was one, so that a stall is never hidden."""
@@ -259,18 +270,7 @@ def bench_concurrency(args: argparse.Namespace, processes: Processes) -> dict[st
     limit = 1.25 * ideal
     load = _loadavg()
     sizes = _fair_sizes(args)
-    # --rounds as for dispatch: the paths in turn, round after round; each its median round.
-    fifo_runs: list[DispatchRun] = []
-    fair_runs: dict[int, list[DispatchRun]] = {tenants: [] for tenants, _ in sizes}
-    for index in range(args.rounds):
-        suffix = f"-round{index + 1}" if args.rounds > 1 else ""
-        if args.rounds > 1:
-            _progress(f"concurrency: round {index + 1} of {args.rounds}")
-        fifo_runs.append(run_dispatch(processes, attrs.evolve(config, label=suffix)))
-        for tenants, _ in sizes:
-            _progress(f"concurrency: the fair path, {tenants} tenant(s)")
-            keyed_config = attrs.evolve(config, tenants=tenants, label=f"-{tenants}{suffix}")
-            fair_runs[tenants].append(run_dispatch(processes, keyed_config))
+    fifo_runs, fair_runs = _rounds("concurrency", args, processes, config, sizes)
     run = _median(fifo_runs)
     fair = []
     for tenants, _ in sizes:

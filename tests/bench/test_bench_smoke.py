@@ -112,16 +112,20 @@ def test_concurrency_on_the_fair_path_reports_seconds_against_the_ideal(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     code, document = run_bench(
-        capsys, tmp_path, "concurrency", *TINY_CONCURRENCY, "--tenants", "10"
+        capsys, tmp_path, "concurrency", *TINY_CONCURRENCY, "--tenants", "10", "--rounds", "2"
     )
 
     result = document["benchmarks"]["concurrency"]
     assert code == 0, result
     assert [f["tenants"] for f in result["fair"]] == [1, 10]
+    assert len(result["rounds_seconds"]) == 2
+    assert result["seconds"] in result["rounds_seconds"]  # its median round
     for fair in result["fair"]:
         assert fair["status"] == "complete", fair
         assert fair["target"]["limit_seconds"] == pytest.approx(0.125)
         assert fair["over_ideal"] > 0
+        assert len(fair["rounds_seconds"]) == 2
+        assert fair["seconds"] in fair["rounds_seconds"]
     assert_all_stopped(tmp_path)
 
 
