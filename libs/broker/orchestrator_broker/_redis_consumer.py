@@ -152,7 +152,7 @@ class ConsumerLoop:
                 broker._promote_dispatch(self.stream, self.consumer, options, None)
             )
             try:
-                await self._fetch(time.monotonic(), self.due_at)
+                await self._fetch(time.monotonic())
             except BaseException:
                 # The read's error (or our cancellation) is what counts; the promotion's
                 # outcome, whatever it is, is moot.
@@ -170,15 +170,15 @@ class ConsumerLoop:
             await self._read_own_pel()
             if self.buffer:
                 return
-        await self._fetch(time.monotonic(), None if due_in is None else time.monotonic() + due_in)
+        await self._fetch(time.monotonic())
 
     def _due(self, due_in: float | None) -> None:
         """Note when the next delayed entry falls due (``inf``: none is delayed)."""
         self.due_at = math.inf if due_in is None else time.monotonic() + due_in
 
-    async def _fetch(self, now: float, due_at: float | None) -> None:
+    async def _fetch(self, now: float) -> None:
         """Reclaim expired leases when it is time, trim when it is time, else read new
-        entries, blocking until ``due_at`` at the latest."""
+        entries, blocking no later than the next delayed entry is due (``due_at``)."""
         broker, options = self.broker, self.options
         if now >= self.next_reclaim:
             self.next_reclaim = now + options.effective_reclaim_interval
@@ -199,8 +199,8 @@ class ConsumerLoop:
             self.next_trim = now + broker.trim_interval
             await broker.trim(self.stream)
         block = min(options.block, max(0.001, self.next_reclaim - now))
-        if due_at is not None and due_at != math.inf:
-            block = min(block, max(0.001, due_at - now))
+        if self.due_at is not None:
+            block = min(block, max(0.001, self.due_at - now))
         await self._read_new(block)
 
     async def _read_own_pel(self) -> None:

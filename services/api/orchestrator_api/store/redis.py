@@ -699,16 +699,13 @@ class RedisTaskStore:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         async with self._watch(source) as woken:
+            # Now that this waiter is registered nothing can slip by: wait first, unless a
+            # message came in since the last call.
+            if unchanged and known == (start, self._wakeups.generation(channel)):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(deadline):
+                        await woken.wait()
             while True:
-                if unchanged:
-                    # Now that this waiter is registered, nothing can slip by: wait, unless a
-                    # message came in since the last call.
-                    unchanged = known == (start, self._wakeups.generation(channel))
-                    if unchanged:
-                        unchanged = False
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(max(deadline - loop.time(), 0.0)):
-                                await woken.wait()
                 woken.clear()
                 generation = self._wakeups.generation(self._channel(source))
                 try:
