@@ -86,41 +86,50 @@ class _Lines:
     eof: bool
 
 
-async def _read_lines(
-    chunks: AsyncGenerator[bytes, None], start: int, max_lines: int, max_line_bytes: int
-) -> _Lines:
-    out: list[bytes | None] = []
-    cursor = start
+async def _lines(
+    chunks: AsyncGenerator[bytes, None], max_line_bytes: int
+) -> AsyncGenerator[tuple[int, bytes | None], None]:
+    """Each line of the file (blank ones too) with the offset just past it, from where
+    ``chunks`` start; None for a line longer than ``max_line_bytes`` (its bytes are dropped,
+    never held). The one way the validation pass and the ingest split a file."""
+    offset = 0  # bytes before ``buffer``
     buffer = bytearray()
     skipping = False  # inside a line that is too long: drop its bytes until its newline
     async with contextlib.aclosing(chunks):
         async for chunk in chunks:
             buffer += chunk
-            while len(out) < max_lines:
-                end = buffer.find(b"\n")
-                if end < 0:
-                    if len(buffer) > max_line_bytes:
-                        cursor += len(buffer)
-                        buffer.clear()
-                        skipping = True
-                    break
+            while (end := buffer.find(b"\n")) >= 0:
                 line = bytes(buffer[:end])
                 del buffer[: end + 1]
-                cursor += end + 1
+                offset += end + 1
                 if skipping:
-                    out.append(None)
                     skipping = False
-                elif len(line) > max_line_bytes:
-                    out.append(None)
-                elif line.strip():
-                    out.append(line)
-            if len(out) >= max_lines:
-                return _Lines(out, cursor, eof=False)
-    if skipping:
-        out.append(None)
-    elif buffer.strip():
-        out.append(None if len(buffer) > max_line_bytes else bytes(buffer))
-    return _Lines(out, cursor + len(buffer), eof=True)
+                    yield offset, None
+                else:
+                    yield offset, None if len(line) > max_line_bytes else line
+            if len(buffer) > max_line_bytes:
+                offset += len(buffer)
+                buffer.clear()
+                skipping = True
+    if skipping or buffer:
+        offset += len(buffer)
+        yield offset, None if skipping or len(buffer) > max_line_bytes else bytes(buffer)
+
+
+async def _read_lines(
+    chunks: AsyncGenerator[bytes, None], start: int, max_lines: int, max_line_bytes: int
+) -> _Lines:
+    """Up to ``max_lines`` non-blank lines from ``start``, and the offset to go on from."""
+    out: list[bytes | None] = []
+    cursor = start
+    async with contextlib.aclosing(_lines(chunks, max_line_bytes)) as lines:
+        async for end, line in lines:
+            cursor = start + end
+            if line is None or line.strip():
+                out.append(line)
+                if len(out) >= max_lines:
+                    return _Lines(out, cursor, eof=False)
+    return _Lines(out, cursor, eof=True)
 
 
 async def _split_lines(
@@ -128,26 +137,11 @@ async def _split_lines(
 ) -> AsyncGenerator[tuple[int, bytes | None], None]:
     """Each line of the file with its 1-based line number; None for a line longer than
     ``max_line_bytes`` (its bytes are dropped, never held)."""
-    number = 0
-    buffer = bytearray()
-    skipping = False
-    async with contextlib.aclosing(chunks):
-        async for chunk in chunks:
-            buffer += chunk
-            while (end := buffer.find(b"\n")) >= 0:
-                number += 1
-                line = bytes(buffer[:end])
-                del buffer[: end + 1]
-                if skipping:
-                    skipping = False
-                    yield number, None
-                else:
-                    yield number, None if len(line) > max_line_bytes else line
-            if len(buffer) > max_line_bytes:
-                buffer.clear()
-                skipping = True
-    if skipping or buffer:
-        yield number + 1, None if skipping or len(buffer) > max_line_bytes else bytes(buffer)
+    async with contextlib.aclosing(_lines(chunks, max_line_bytes)) as lines:
+        number = 0
+        async for _, line in lines:
+            number += 1
+            yield number, line
 
 
 def _custom_id(raw: bytes) -> str | None:
