@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from orchestrator_broker import BrokerError, BrokerUnavailable, PipelineCoalescer
 from orchestrator_broker._redis_errors import chained_broker_error
+from orchestrator_broker._redis_pipeline import CAN_READ
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -125,9 +127,33 @@ async def test_a_lost_connection_fails_every_waiter_of_its_pipeline(
         await client.aclose()
 
 
-async def test_a_pipeline_is_resent_once_after_a_restart_when_allowed(
+async def test_a_pooled_connection_closed_by_a_restart_is_reconnected_before_the_send(
     redis_server_factory: Callable[..., RedisServer],
 ) -> None:
+    # redis-py's pool hands out such a connection as it is (maintenance notifications on)
+    # and the raw send has no retry: without the check, this SET was lost.
+    server = redis_server_factory()
+    client = Redis.from_url(server.url, socket_timeout=5.0)
+    coalescer = CountingCoalescer(client)
+    try:
+        assert await settle(coalescer.call("PING")) == [b"PONG"]
+        server.restart()
+        await asyncio.sleep(0.1)  # the loop reads the old server's FIN
+
+        assert await settle(coalescer.call("SET", "k", "1")) == [b"OK"]
+        assert coalescer.round_trips == [1, 1]  # not a resend: sent once, on a fresh socket
+    finally:
+        await client.aclose()
+
+
+async def test_a_pipeline_is_resent_once_after_a_restart_when_allowed(
+    redis_server_factory: Callable[..., RedisServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race the check above cannot close: the server goes away after the check.
+    async def looks_open(self: Connection) -> bool:
+        return False
+
+    monkeypatch.setattr(Connection, CAN_READ, looks_open)
     server = redis_server_factory()
     clients = [Redis.from_url(server.url, socket_timeout=5.0) for _ in range(2)]
     plain = CountingCoalescer(clients[0])

@@ -77,6 +77,13 @@ def test_a_read_response_without_timeout_is_detected(monkeypatch: pytest.MonkeyP
     assert "read_response" in (fast_path_problem() or "")
 
 
+def test_a_connection_without_the_closed_socket_check_is_detected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delattr(AbstractConnection, _redis_pipeline.CAN_READ)
+    assert _redis_pipeline.CAN_READ in (fast_path_problem() or "")
+
+
 def test_a_missing_hiredis_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 

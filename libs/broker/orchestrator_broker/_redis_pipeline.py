@@ -7,6 +7,10 @@ reply: several times the client CPU per command). Those connection methods sit b
 redis-py's documented API, so ``fast_path_problem`` checks at import that they (and
 ``hiredis.pack_command``) are what this module calls; if not, ``round_trip`` goes through
 ``Redis.pipeline(transaction=False)`` instead, with the same replies (logged once).
+
+A pooled connection that the server has closed (a Redis restart) is reconnected before the
+send: redis-py's pool leaves that check out when maintenance notifications are on, its
+default with RESP3, and counts on command retries that a raw send does not have.
 """
 
 from __future__ import annotations
@@ -31,6 +35,15 @@ def _parameters(function: Any) -> dict[str, inspect.Parameter]:
     return dict(inspect.signature(function).parameters)
 
 
+#: The connection method that tells whether a pooled socket was closed or holds unread data
+#: (``can_read_destructive`` before redis-py 8 deprecated it for ``can_read``).
+CAN_READ = (
+    "can_read"
+    if inspect.iscoroutinefunction(getattr(AbstractConnection, "can_read", None))
+    else "can_read_destructive"
+)
+
+
 def fast_path_problem() -> str | None:
     """Why the packed fast path cannot be used with the installed redis-py/hiredis, or None."""
     try:
@@ -47,6 +60,9 @@ def fast_path_problem() -> str | None:
             return "Connection.read_response takes no timeout"
         if "nowait" not in _parameters(AbstractConnection.disconnect):
             return "Connection.disconnect takes no nowait"
+        for method in (CAN_READ, "connect"):
+            if not inspect.iscoroutinefunction(getattr(AbstractConnection, method, None)):
+                return f"Connection.{method} is not a coroutine function"
         required = [
             p
             for name, p in _parameters(ConnectionPool.get_connection).items()
@@ -93,6 +109,10 @@ async def _packed(
     payload = b"".join([hiredis.pack_command(command) for command in commands])
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
+        if await getattr(conn, CAN_READ)():
+            # Closed by the server, or holding unread data (see the module docstring).
+            await conn.disconnect()
+            await conn.connect()
         await conn.send_packed_command(payload, check_health=False)
         replies: list[Any] = []
         async with asyncio.timeout(timeout):
