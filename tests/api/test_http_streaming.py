@@ -344,12 +344,18 @@ class FlakyStore(MemoryTaskStore):
     calls = 0
 
     async def events(
-        self, tenant: str, task_id: str, after: str | None = None, timeout: float = 0.0
+        self,
+        tenant: str,
+        task_id: str,
+        after: str | None = None,
+        timeout: float = 0.0,
+        *,
+        end_only: bool = False,
     ) -> list[StoredEvent]:
         self.calls += 1
         if self.calls > 1:
             raise StoreUnavailable("connection refused")
-        return await super().events(tenant, task_id, after, timeout)
+        return await super().events(tenant, task_id, after, timeout, end_only=end_only)
 
 
 async def test_sse_ends_cleanly_when_the_store_goes_away_mid_stream(

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from orchestrator_api.model import TaskRecord, TaskStatus
 from orchestrator_api.store import IdempotencyKeyInUse, RedisTaskStore, StoreUnavailable
-from tests.api.test_store import delta, new_record, started, succeeded, summary
+from tests.api.test_store import delta, failed, new_record, started, succeeded, summary
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -169,6 +169,100 @@ async def test_a_live_reader_reads_the_log_once_per_wake_up_and_misses_nothing(
     async with asyncio.timeout(HANG):
         late = await serving.events("acme", record.id, after=after, timeout=HANG)
     assert [e.data.get("text") for e in late] == ["w5"]
+
+
+def count_reads(store: RedisTaskStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The store's event-log reads so far, as a one-item list that counts up."""
+    reads = [0]
+    read = store._read
+
+    async def counted(*args: object) -> object:
+        reads[0] += 1
+        return await read(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "_read", counted)
+    return reads
+
+
+async def test_a_reader_waiting_for_the_end_sleeps_through_the_deltas(
+    stores: Callable[..., RedisTaskStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serving, applying = stores(), stores()
+    record = new_record()
+    await serving.create(record)
+    reads = count_reads(serving, monkeypatch)
+    waiting = asyncio.create_task(
+        serving.events("acme", record.id, after="1", timeout=HANG, end_only=True)
+    )
+    await asyncio.sleep(0.1)
+    subscribed = reads[0]
+
+    await applying.apply(started(record))
+    for seq in range(1, 6):
+        await applying.apply(delta(record, seq, f"w{seq} "))
+    await asyncio.sleep(0.2)  # long enough for five wake-ups and reads, had there been any
+    assert not waiting.done()
+    assert reads[0] == subscribed
+
+    await applying.apply(succeeded(record, 6, "w1 w2 w3 w4 w5 "))
+    async with asyncio.timeout(HANG):
+        found = await waiting
+    assert [e.event for e in found] == ["status", *["delta"] * 5, "result"]
+    assert reads[0] == subscribed + 1
+
+
+@pytest.mark.parametrize("ending", ["failed", "cancelled while queued", "discarded"])
+async def test_every_end_wakes_a_reader_waiting_for_the_end(
+    stores: Callable[..., RedisTaskStore], ending: str
+) -> None:
+    serving, changing = stores(), stores()
+    record = new_record()
+    await serving.create(record)
+    after = "1"
+    if ending == "failed":
+        await changing.apply(started(record))
+        after = "2"
+    waiting = asyncio.create_task(
+        serving.events("acme", record.id, after=after, timeout=HANG, end_only=True)
+    )
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+
+    if ending == "failed":
+        await changing.apply(failed(record, 1))
+    elif ending == "discarded":
+        await changing.discard("acme", record.id)
+    else:
+        await changing.cancel("acme", record.id)
+    async with asyncio.timeout(5.0):  # well before HANG: woken, not timed out
+        found = await waiting
+    expected = {"failed": ["error"], "cancelled while queued": ["cancelled"]}
+    assert [e.event for e in found] == expected.get(ending, [])
+
+
+async def test_only_ending_changes_say_so_on_the_wake_channel(
+    stores: Callable[..., RedisTaskStore], redis_url: str
+) -> None:
+    store = stores()
+    record, other = new_record(), new_record()
+    await store.create(record)
+    await store.create(other)
+    async with aioredis.Redis.from_url(redis_url) as client:
+        pubsub = client.pubsub()
+        await pubsub.subscribe(f"orchestrator:task:{record.id}:wake")
+        await pubsub.subscribe(f"orchestrator:task:{other.id}:wake")
+        await store.apply(started(record))
+        await store.apply(delta(record, 1, "a"))
+        await store.apply(succeeded(record, 2, "a"))
+        await store.cancel("acme", other.id)
+        payloads: list[bytes] = []
+        async with asyncio.timeout(HANG):
+            while len(payloads) < 4:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None:
+                    payloads.append(message["data"])
+        await pubsub.aclose()
+    assert payloads == [b"", b"", b"t", b"t"]
 
 
 async def test_duplicate_idempotency_keys_in_one_pipeline_create_one_task(

@@ -365,9 +365,11 @@ async def _ended(
         state.store,
         tenant,
         record.id,
-        None,
+        # Event 1 is always the task's queued status: not what we wait for.
+        None if record.status.terminal else "1",
         heartbeat=state.heartbeat,
         stop=[state.streams.closing.wait()],
+        end_only=True,
     )
     async with contextlib.aclosing(events):
         async for event in events:

@@ -76,16 +76,21 @@ async def follow(
     *,
     heartbeat: float,
     stop: Iterable[Awaitable[Any]],
+    end_only: bool = False,
 ) -> AsyncGenerator[StoredEvent | None, None]:
     """The task's events after ``after``, then live ones, through the terminal event.
 
     Yields None after ``heartbeat`` idle seconds (time for a keepalive). Ends early as soon as
-    any of ``stop`` completes, or when the task is gone (expired) while idle.
+    any of ``stop`` completes, or when the task is gone (expired) while idle. ``end_only``
+    (for a caller that wants the terminal event): wait for the end, not for each delta
+    (``TaskStore.events``); the events in between still come, in batches.
     """
     stoppers = [asyncio.ensure_future(s) for s in stop]
     try:
         while True:
-            fetch = asyncio.ensure_future(store.events(tenant, task_id, after, heartbeat))
+            fetch = asyncio.ensure_future(
+                store.events(tenant, task_id, after, heartbeat, end_only=end_only)
+            )
             done, _ = await asyncio.wait([fetch, *stoppers], return_when=asyncio.FIRST_COMPLETED)
             if fetch not in done:
                 fetch.cancel()

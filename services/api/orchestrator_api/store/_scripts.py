@@ -229,7 +229,7 @@ if cur[3] then
 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[2])
-redis.call('PUBLISH', ARGV[3], '')
+redis.call('PUBLISH', ARGV[3], 't')
 return 1 + waiting
 """)
 
@@ -264,7 +264,7 @@ else
       if fcur[2] and redis.call('GET', fcur[2]) == f then
         redis.call('PEXPIRE', fcur[2], ARGV[4])
       end
-      redis.call('PUBLISH', fk .. ':wake', '')
+      redis.call('PUBLISH', fk .. ':wake', 't')
     end
   end
 end
@@ -358,7 +358,7 @@ local function ended(attempts, text, started)
   redis.call('PEXPIRE', rec, ttl)
   redis.call('PEXPIRE', log, ttl)
   if cur[5] and redis.call('GET', cur[5]) == id then redis.call('PEXPIRE', cur[5], ttl) end
-  redis.call('PUBLISH', rec .. ':wake', '')
+  redis.call('PUBLISH', rec .. ':wake', 't')
 end
 if cur[3] then
   -- A follower: it ends alone, on a copy of the log it was shown; the leader runs on.
@@ -375,7 +375,7 @@ if cur[3] then
   ended(attempts, partial(log, attempts), started)
   -- Not taken off the leader's list (a scan): counted, so the leader knows who still follows.
   redis.call('HINCRBY', lrec, 'fx', 1)
-  redis.call('PUBLISH', lrec .. ':wake', '')  -- its readers wait on its leader's channel
+  redis.call('PUBLISH', lrec .. ':wake', 't')  -- its readers wait on its leader's channel
   return 3
 end
 if cur[4] then
@@ -391,7 +391,7 @@ if redis.call('LLEN', rec .. ':fol') > gone then
   local view = '{"finished_at":' .. at .. ',"attempt":' .. attempts .. ',"partial_text":' ..
     (text and cjson.encode(text) or 'null') .. '}'
   redis.call('HSET', rec, 'xv', view, 'xc', redis.call('LLEN', log))
-  redis.call('PUBLISH', rec .. ':wake', '')
+  redis.call('PUBLISH', rec .. ':wake', 't')
   return 4
 end
 if st == 'queued' then
@@ -408,7 +408,8 @@ return 5
 #: Returns 0 ignored, 1 applied, 2 buffered (same rules as ``_steps.Cursor``); 3 applied, and
 #: 4 ignored (the task had ended), when the task's followers are still to be released
 #: (``FOLLOWERS``; their list now expires with the task). The record changes are gathered
-#: into one HSET: every redis.call costs, and this runs per event.
+#: into one HSET: every redis.call costs, and this runs per event. The wake-up it publishes
+#: says ``t`` when the event ends the task (``_wakeup``: waiters for the end only).
 APPLY = Script("""
 local rec, log, buf = KEYS[1], KEYS[2], KEYS[3]
 local cur = redis.call('HMGET', rec, 'tn', 'st', 'ca', 'ns', 'ik', 'sa', 'ck', 'pv')
@@ -483,6 +484,6 @@ else
   end
 end
 redis.call('HSET', rec, 'st', status, 'n', ca, 'ca', ca, 'ns', ns, unpack(fields))
-redis.call('PUBLISH', ARGV[7], '')
+redis.call('PUBLISH', ARGV[7], step[1] == '1' and 't' or '')
 return outcome
 """)

@@ -7,7 +7,12 @@ hears about tasks it streams), and sets their events. A waiter then re-reads the
 message carries nothing, so a lost or duplicate wake-up costs a read, never an event.
 
 A watch returns only once Redis confirmed the subscription, so anything appended after the
-waiter's next log read is certain to wake it. A channel stays subscribed ``linger`` seconds
+waiter's next log read is certain to wake it. A message's payload is ``t`` when the change it
+announces ends the task (its terminal event, a cancel, a discard) and empty otherwise; a
+waiter that wants only the end (a non-streamed answer) watches with ``end_only`` and sleeps
+through the deltas instead of re-reading the log for each. (A message from an older API
+that publishes only empty payloads wakes no such waiter: it then reads when its wait times
+out, late but never wrong.) A channel stays subscribed ``linger`` seconds
 after its last waiter left: a streaming client calls ``events()`` again right after each
 batch, and should find its subscription still there instead of paying a round trip (and the
 server a SUBSCRIBE/UNSUBSCRIBE pair) per event. Confirmations are matched to the SUBSCRIBE that
@@ -68,6 +73,7 @@ class Wakeups:
         self._ping_interval = ping_interval
         self._linger = linger
         self._waiters: dict[bytes, set[asyncio.Event]] = {}
+        self._end_only: set[asyncio.Event] = set()  # waiters woken only by an ending message
         self._subscribed: set[bytes] = set()
         # per channel, one batch of futures per SUBSCRIBE sent and not yet confirmed
         self._unconfirmed: dict[bytes, deque[_Batch]] = {}
@@ -87,8 +93,9 @@ class Wakeups:
         return self._generations.get(key) if key in self._subscribed else None
 
     @contextlib.asynccontextmanager
-    async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:
-        """An event set whenever ``channel`` is published to, from confirmation until exit.
+    async def watch(self, channel: str, *, end_only: bool = False) -> AsyncIterator[asyncio.Event]:
+        """An event set whenever ``channel`` is published to, from confirmation until exit
+        (with ``end_only``: by a message that ends the task; and on a lost connection).
 
         Raises ``StoreUnavailable`` if the subscription cannot be confirmed in time.
         """
@@ -99,11 +106,14 @@ class Wakeups:
         self._idle.pop(key, None)
         waiters = self._waiters.setdefault(key, set())
         waiters.add(event)
+        if end_only:
+            self._end_only.add(event)
         try:
             await self._confirmed(key)
             yield event
         finally:
             waiters.discard(event)
+            self._end_only.discard(event)
             if not waiters and self._waiters.get(key) is waiters:
                 del self._waiters[key]
                 self._idle[key] = asyncio.get_running_loop().time()
@@ -220,8 +230,10 @@ class Wakeups:
         if kind in (b"message", "message"):
             if key in self._generations:
                 self._generations[key] = next(self._counter)
+            ended = len(reply) > 2 and reply[2] in (b"t", "t")
             for event in self._waiters.get(key, ()):
-                event.set()
+                if ended or event not in self._end_only:
+                    event.set()
         elif kind in (b"subscribe", "subscribe"):
             batches = self._unconfirmed.get(key)
             if not batches:

@@ -482,7 +482,13 @@ class MemoryTaskStore:
             heapq.heappush(self._cache_expiries, (expires_at, key))
 
     async def events(
-        self, tenant: str, task_id: str, after: str | None = None, timeout: float = 0.0
+        self,
+        tenant: str,
+        task_id: str,
+        after: str | None = None,
+        timeout: float = 0.0,
+        *,
+        end_only: bool = False,  # reads cost nothing here: every change wakes the reader
     ) -> list[StoredEvent]:
         start = _after_index(after)
         loop = asyncio.get_running_loop()

@@ -141,10 +141,19 @@ class TaskStore(Protocol):
         ...
 
     async def events(
-        self, tenant: str, task_id: str, after: str | None = None, timeout: float = 0.0
+        self,
+        tenant: str,
+        task_id: str,
+        after: str | None = None,
+        timeout: float = 0.0,
+        *,
+        end_only: bool = False,
     ) -> list[StoredEvent]:
         """Event log entries after ``after`` (all when None). With ``timeout`` > 0 and none
-        available yet, wait up to that long for new ones (live streaming).
+        available yet, wait up to that long for new ones (live streaming). With
+        ``end_only``, that wait is for the task's end: new deltas need not end it (a store
+        may still return them early), so a caller that wants only the terminal event
+        (a non-streamed answer) is not woken to read each one.
 
         Ids are decimal strings 1, 2, 3...; an ``after`` that is not one replays from the
         start. Returns at once, empty, for an unknown task (or another tenant's) and for a

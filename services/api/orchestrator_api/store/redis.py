@@ -681,7 +681,13 @@ class RedisTaskStore:
         return events
 
     async def events(
-        self, tenant: str, task_id: str, after: str | None = None, timeout: float = 0.0
+        self,
+        tenant: str,
+        task_id: str,
+        after: str | None = None,
+        timeout: float = 0.0,
+        *,
+        end_only: bool = False,
     ) -> list[StoredEvent]:
         start = _after_index(after)
         # A live reader calls again right after each batch: if nothing was published on the
@@ -698,7 +704,7 @@ class RedisTaskStore:
             source = task_id  # as the last read found: its own log, open, nothing after start
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        async with self._watch(source) as woken:
+        async with self._watch(source, end_only=end_only) as woken:
             # Now that this waiter is registered nothing can slip by: wait first, unless a
             # message came in since the last call.
             if unchanged and known == (start, self._wakeups.generation(channel)):
@@ -736,8 +742,8 @@ class RedisTaskStore:
             del self._positions[next(iter(self._positions))]
 
     @contextlib.asynccontextmanager
-    async def _watch(self, task_id: str) -> AsyncIterator[asyncio.Event]:
-        async with self._wakeups.watch(self._channel(task_id)) as woken:
+    async def _watch(self, task_id: str, *, end_only: bool = False) -> AsyncIterator[asyncio.Event]:
+        async with self._wakeups.watch(self._channel(task_id), end_only=end_only) as woken:
             yield woken
 
     async def ping(self) -> None:
