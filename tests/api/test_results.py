@@ -154,6 +154,81 @@ async def test_stop_ends_run(broker: MemoryBroker) -> None:
         await task
 
 
+class GatedStore(MemoryTaskStore):
+    """Records which applies began, and holds each until its gate opens."""
+
+    def __init__(self) -> None:
+        super().__init__(60)
+        self.began: list[tuple[str, int, int]] = []
+        self.gates: dict[tuple[int, int], asyncio.Event] = {}
+
+    async def apply(self, event: ResultEvent) -> bool:
+        self.began.append((event.kind.value, event.attempt, event.seq))
+        gate = self.gates.setdefault((event.attempt, event.seq), asyncio.Event())
+        await gate.wait()
+        return await super().apply(event)
+
+    def open(self, attempt: int, seq: int) -> None:
+        self.gates.setdefault((attempt, seq), asyncio.Event()).set()
+
+
+async def test_a_lane_applies_an_attempts_deltas_without_waiting_but_not_its_end(
+    broker: MemoryBroker, running: Callable[[ResultsConsumer], None]
+) -> None:
+    store = GatedStore()
+    record = new_record()
+    await store.create(record)
+    running(ResultsConsumer(broker, store, consumer="api-1", options=FAST))
+    await publish(broker, started(record), delta(record, 1, "a"), delta(record, 2, "b"))
+    # All three are being applied at once: none waited for the one before.
+    await eventually(lambda: _true(len(store.began) == 3))
+
+    await publish(broker, succeeded(record, 3, "ab"), started(record, attempt=2))
+    await asyncio.sleep(0.2)
+    assert len(store.began) == 3  # the terminal event waits for the three before it
+    store.open(1, 2)
+    store.open(1, 1)
+    await asyncio.sleep(0.1)
+    assert len(store.began) == 3  # ... all of them
+    store.open(1, 0)
+    await eventually(lambda: _true(len(store.began) == 4))
+    assert store.began[3] == ("succeeded", 1, 3)
+    await asyncio.sleep(0.1)
+    assert len(store.began) == 4  # and nothing runs beside it, not even another attempt
+    store.open(1, 3)
+    await eventually(lambda: _true(len(store.began) == 5))
+    store.open(2, 0)
+
+    await eventually(lambda: _settled(broker))
+    events = await store.events("acme", record.id)
+    assert [(e.event, e.data.get("text")) for e in events][:5] == [
+        ("status", None),
+        ("status", None),
+        ("delta", "a"),
+        ("delta", "b"),
+        ("result", "ab"),
+    ]
+
+
+async def test_an_attempts_events_wait_for_the_earlier_attempts_to_be_applied(
+    broker: MemoryBroker, running: Callable[[ResultsConsumer], None]
+) -> None:
+    store = GatedStore()
+    record = new_record()
+    await store.create(record)
+    running(ResultsConsumer(broker, store, consumer="api-1", options=FAST))
+    await publish(broker, started(record), delta(record, 1, "a"), started(record, attempt=2))
+    await eventually(lambda: _true(len(store.began) == 2))
+    await asyncio.sleep(0.2)
+    assert len(store.began) == 2
+    store.open(1, 0)
+    store.open(1, 1)
+    await eventually(lambda: _true(len(store.began) == 3))
+    assert store.began[2] == ("started", 2, 0)
+    store.open(2, 0)
+    await eventually(lambda: _settled(broker))
+
+
 @pytest.mark.redis
 async def test_events_wait_out_a_store_outage_and_none_is_lost(
     broker: MemoryBroker,

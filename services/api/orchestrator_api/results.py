@@ -5,9 +5,16 @@ stream, so the replicas share the work and each entry is applied by one of them 
 once: ``TaskStore.apply`` makes redeliveries harmless).
 
 Throughput comes from concurrency, order from lanes: deliveries are applied concurrently
-(the Redis store coalesces the applies of one event-loop turn into one pipeline), but those
-of one task go through that task's lane, one after another, in stream order. Across
-replicas, or after a redelivery, the store's own ordering rules take over.
+(the Redis store coalesces the applies of one event-loop turn into one pipeline), and those
+of one task go through that task's lane. A lane applies an attempt's non-terminal events
+(``started``, deltas) as they come, without waiting for the one before: the store puts an
+event that overtook its predecessor aside until the gap is filled (``_steps.Cursor``), so
+the log comes out in order either way, and a worker's ``started`` + first delta, read one
+after the other, cost one round trip instead of two before the first text can be read. A
+terminal event, or one of another attempt, waits until every earlier event of the lane is
+applied, and nothing starts beside it: the store would drop a delta that a terminal event
+overtook, and a stale attempt's event that a newer one overtook. Across replicas, or after
+a redelivery, the store's own ordering rules take over.
 
 Nothing is lost when the store is down: a delivery is acked only after its event is applied.
 While the store is unreachable its lane retries with backoff, holding the delivery (the
@@ -25,6 +32,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any
 
 import attrs
@@ -40,7 +48,24 @@ __all__ = ["ConsumerStats", "ResultsConsumer"]
 
 log = logging.getLogger(__name__)
 
-_Lane = deque[tuple[Delivery, ResultEvent]]
+
+class _Lane:
+    """One task's deliveries: those waiting, and those being applied (``running``, all of
+    one ``attempt``; ``barrier``: the one running is terminal, and nothing joins it)."""
+
+    __slots__ = ("attempt", "barrier", "queue", "running")
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[Delivery, ResultEvent]] = deque()
+        self.running = 0
+        self.attempt = 0
+        self.barrier = False
+
+    def admits(self, event: ResultEvent) -> bool:
+        """Whether ``event`` may be applied now, beside the running ones."""
+        if not self.running:
+            return True
+        return not self.barrier and not event.terminal and event.attempt == self.attempt
 
 
 @attrs.define
@@ -115,7 +140,7 @@ class ResultsConsumer:
             task.uncancel()  # our own stop(): a normal end
         finally:
             self._intake = None
-            if self._lane_tasks:
+            while self._lane_tasks:  # (a lane starts its next applies as others end)
                 await asyncio.gather(*self._lane_tasks, return_exceptions=True)
             if self._acks:
                 await asyncio.gather(*self._acks, return_exceptions=True)
@@ -165,29 +190,39 @@ class ResultsConsumer:
                 continue
             await self._slots.acquire()
             lane = self._lanes.get(event.task_id)
-            if lane is not None:
-                lane.append((delivery, event))
-                continue
-            lane = deque([(delivery, event)])
-            self._lanes[event.task_id] = lane
-            task = asyncio.get_running_loop().create_task(self._drain(event.task_id, lane))
-            self._lane_tasks.add(task)
-            task.add_done_callback(self._lane_tasks.discard)
+            if lane is None:
+                lane = self._lanes[event.task_id] = _Lane()
+            lane.queue.append((delivery, event))
+            self._admit(event.task_id, lane)
 
-    async def _drain(self, task_id: str, lane: _Lane) -> None:
-        try:
-            while lane:
-                delivery, event = lane[0]
-                await self._handle(delivery, event)
-                lane.popleft()
+    def _admit(self, task_id: str, lane: _Lane) -> None:
+        """Start applying the lane's waiting deliveries that may run now (``_Lane.admits``)."""
+        loop = asyncio.get_running_loop()
+        while lane.queue and lane.admits(lane.queue[0][1]):
+            delivery, event = lane.queue.popleft()
+            lane.barrier = event.terminal
+            lane.attempt = event.attempt
+            lane.running += 1
+            task = loop.create_task(self._handle(delivery, event))
+            self._lane_tasks.add(task)
+            task.add_done_callback(partial(self._applied, task_id, lane))
+
+    def _applied(self, task_id: str, lane: _Lane, task: asyncio.Task[None]) -> None:
+        self._lane_tasks.discard(task)
+        self._slots.release()
+        lane.running -= 1
+        if task.cancelled():  # only when the loop is torn down: hand the rest back
+            while lane.queue:
+                delivery, _ = lane.queue.popleft()
                 self._slots.release()
-        finally:
-            if self._lanes.get(task_id) is lane:
-                del self._lanes[task_id]
-            for delivery, _ in lane:  # only if cancelled midway: hand them back
-                self._slots.release()
-                with contextlib.suppress(BrokerError):
-                    await delivery.nack(0.0)
+                self._spawn(self._settle(delivery.nack, 0.0))
+        if lane.running:
+            return
+        lane.barrier = False
+        if lane.queue:
+            self._admit(task_id, lane)
+        elif self._lanes.get(task_id) is lane:
+            del self._lanes[task_id]
 
     async def _handle(self, delivery: Delivery, event: ResultEvent) -> None:
         with process_context(delivery):
