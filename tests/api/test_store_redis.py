@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -240,7 +241,7 @@ async def test_every_end_wakes_a_reader_waiting_for_the_end(
     assert [e.event for e in found] == expected.get(ending, [])
 
 
-async def test_only_ending_changes_say_so_on_the_wake_channel(
+async def test_wake_ups_say_what_ends_the_task_and_which_entry_was_appended(
     stores: Callable[..., RedisTaskStore], redis_url: str
 ) -> None:
     store = stores()
@@ -262,7 +263,122 @@ async def test_only_ending_changes_say_so_on_the_wake_channel(
                 if message is not None:
                     payloads.append(message["data"])
         await pubsub.aclose()
-    assert payloads == [b"", b"", b"t", b"t"]
+    # ids: 1 is the queued status, then the entries appended (a cancel's carries none)
+    assert payloads == [b"2", b"3", b"t4", b"t"]
+
+
+async def test_a_reader_on_the_replica_that_applies_takes_each_entry_without_a_read(
+    stores: Callable[..., RedisTaskStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serving, other = stores(), stores()
+    record = new_record()
+    await serving.create(record)
+    reads = count_reads(serving, monkeypatch)
+    seen: list[tuple[str, str]] = []
+    after = "1"
+    progressed = asyncio.Event()
+
+    async def follow(until: int) -> None:
+        nonlocal after
+        while len(seen) < until:
+            for stored in await serving.events("acme", record.id, after=after, timeout=HANG):
+                seen.append((stored.id, stored.event))
+                after = stored.id
+            progressed.set()
+
+    async def seen_reach(count: int) -> None:
+        async with asyncio.timeout(HANG):
+            while len(seen) < count:
+                progressed.clear()
+                await progressed.wait()
+
+    reader = asyncio.create_task(follow(6))
+    await asyncio.sleep(0.1)  # subscribed, found nothing, waiting
+    subscribed = reads[0]
+    for seq, applied in enumerate([started(record), *(delta(record, n, "w") for n in (1, 2))]):
+        await serving.apply(applied)
+        await seen_reach(seq + 1)
+    await asyncio.sleep(0.1)  # the applies' own wake-up messages come in meanwhile
+    assert reads[0] == subscribed  # handed over, and their messages were news to nobody
+
+    await other.apply(delta(record, 3, "x"))  # another replica: only its message tells
+    await seen_reach(4)
+    assert reads[0] == subscribed + 1
+    await serving.apply(delta(record, 4, "y"))
+    await serving.apply(succeeded(record, 5, "wwxy"))
+    async with asyncio.timeout(HANG):
+        await reader
+    assert seen == [
+        ("2", "status"),
+        ("3", "delta"),
+        ("4", "delta"),
+        ("5", "delta"),
+        ("6", "delta"),
+        ("7", "result"),
+    ]
+    assert reads[0] <= subscribed + 2  # (one more if the result's delivery found it reading)
+
+
+async def test_a_reader_waiting_for_the_end_is_handed_the_terminal_entry_alone(
+    stores: Callable[..., RedisTaskStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = stores()
+    record = new_record()
+    await store.create(record)
+    reads = count_reads(store, monkeypatch)
+    waiting = asyncio.create_task(
+        store.events("acme", record.id, after="1", timeout=HANG, end_only=True)
+    )
+    await asyncio.sleep(0.1)
+    subscribed = reads[0]
+    await store.apply(started(record))
+    await store.apply(delta(record, 1, "a"))
+    await store.apply(succeeded(record, 2, "a"))
+    async with asyncio.timeout(HANG):
+        found = await waiting
+    assert [(e.id, e.event, e.data["text"]) for e in found] == [("4", "result", "a")]
+    assert reads[0] == subscribed
+    # A reader that is not waiting for the end only gets every entry, in order.
+    assert [e.event for e in await store.events("acme", record.id, after="1", timeout=HANG)] == [
+        "status",
+        "delta",
+        "result",
+    ]
+
+
+async def test_an_entry_announced_before_its_delivery_here_is_not_hidden(
+    stores: Callable[..., RedisTaskStore], redis_url: str
+) -> None:
+    store = stores()
+    wakeups = store._wakeups
+    channel = "orchestrator:task:t1:wake"
+    async with aioredis.Redis.from_url(redis_url) as client, wakeups.watch(channel) as woken:
+
+        async def message(payload: str) -> int | None:
+            woken.clear()
+            before = wakeups.generation(channel)
+            await client.publish(channel, payload)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await woken.wait()
+            after = wakeups.generation(channel)
+            return None if after == before else after
+
+        assert await message("3") is not None  # another replica appended entry 3
+        assert wakeups.newest(channel) == 3
+        generation = wakeups.generation(channel)
+        woken.clear()
+        wakeups.deliver(channel, 2, ended=False)  # ours, older: not news, changes nothing
+        assert wakeups.generation(channel) == generation and not woken.is_set()
+        assert wakeups.newest(channel) == 3  # what a reader handed entry 2 must read up to
+        wakeups.deliver(channel, 4, ended=False)
+        assert woken.is_set() and wakeups.generation(channel) != generation
+        assert wakeups.newest(channel) == 4
+        assert await message("4") is None  # its own message: no wake-up, same generation
+        assert not woken.is_set()
+        assert await message("5") is not None  # a newer entry wakes
+        assert await message("t") is not None  # so does a change without a number (a cancel)
+        assert wakeups.newest(channel) is None  # ... after which no entry is known newest
 
 
 async def test_duplicate_idempotency_keys_in_one_pipeline_create_one_task(

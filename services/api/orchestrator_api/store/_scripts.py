@@ -405,14 +405,17 @@ return 5
 #: wake channel, then the step: terminal ('1'/'0'), status, at, log entry, result/error blob,
 #: then for a success: the cache entry's result blob and log entry (filled in if the task
 #: leads a cache key, whose lead it then releases; its followers expire with it).
-#: Returns 0 ignored, 1 applied, 2 buffered (same rules as ``_steps.Cursor``); 3 applied, and
-#: 4 ignored (the task had ended), when the task's followers are still to be released
-#: (``FOLLOWERS``; their list now expires with the task). The record changes are gathered
-#: into one HSET: every redis.call costs, and this runs per event. The wake-up it publishes
-#: says ``t`` when the event ends the task (``_wakeup``: waiters for the end only).
+#: Returns 0 ignored, 2 buffered (same rules as ``_steps.Cursor``), 4 ignored (the task had
+#: ended) when the task's followers are still to be released (``FOLLOWERS``); when applied,
+#: {1, id}, or {3, id} when the followers are still to be released (their list now expires
+#: with the task), where id is the log id of the event's entry if it is the only entry
+#: appended, to a log its readers read whole (no ``xv``), else 0. The record changes are
+#: gathered into one HSET: every redis.call costs, and this runs per event. The wake-up it
+#: publishes is the id of the newest entry, after ``t`` when the event ends the task
+#: (``_wakeup``: waiters for the end only, and entries handed to local readers).
 APPLY = Script("""
 local rec, log, buf = KEYS[1], KEYS[2], KEYS[3]
-local cur = redis.call('HMGET', rec, 'tn', 'st', 'ca', 'ns', 'ik', 'sa', 'ck', 'pv')
+local cur = redis.call('HMGET', rec, 'tn', 'st', 'ca', 'ns', 'ik', 'sa', 'ck', 'pv', 'xv')
 if cur[1] ~= ARGV[1] then return 0 end
 if cur[2] == 'succeeded' or cur[2] == 'failed' or cur[2] == 'cancelled' then
   -- A redelivery after a release of its followers was cut short: resume it.
@@ -437,8 +440,11 @@ if step[1] ~= '1' and seq > ns then
 end
 local fields = {}
 local started = cur[6]
+local committed, length = 0, 0
 local function commit(s)
-  if redis.call('RPUSH', log, s[4]) == 1 then redis.call('PEXPIRE', log, ARGV[6]) end
+  length = redis.call('RPUSH', log, s[4])
+  committed = committed + 1
+  if length == 1 then redis.call('PEXPIRE', log, ARGV[6]) end
   if not started then
     -- the attempt's start as the worker said (s[6]; absent from steps buffered by an older
     -- API), else the event's time
@@ -484,6 +490,8 @@ else
   end
 end
 redis.call('HSET', rec, 'st', status, 'n', ca, 'ca', ca, 'ns', ns, unpack(fields))
-redis.call('PUBLISH', ARGV[7], step[1] == '1' and 't' or '')
-return outcome
+-- log ids: 1 is the implied queued status, the entry at (1-based) position n is n + 1
+redis.call('PUBLISH', ARGV[7], (step[1] == '1' and 't' or '') .. (length + 1))
+if committed ~= 1 or cur[9] then return {outcome, 0} end
+return {outcome, length + 1}
 """)

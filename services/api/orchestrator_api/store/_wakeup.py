@@ -25,6 +25,13 @@ changes with every message on a confirmed subscription, and is None while the ch
 not (or no longer) confirmed. Numbers come from one counter and are never reused, so one
 seen before a read and seen again later means no message came in between, on a subscription
 held all along: nothing was published on that channel, so nothing was appended.
+
+The store's ``APPLY`` numbers its message with the id of the log entry it appended (``t12``,
+``13``). The process that applied it hands the entry to its own readers at once
+(``deliver``: it wakes them and changes the generation, as a message would) instead of
+letting them wait for the message and then read the log; when the numbered message then
+comes in, it is news to nobody here (``seen``) and changes nothing. A message without a
+number (a cancel, a discard) always wakes and always counts.
 """
 
 from __future__ import annotations
@@ -85,12 +92,42 @@ class Wakeups:
         self._background: set[asyncio.Task[None]] = set()
         self._counter = itertools.count(1)
         self._generations: dict[bytes, int] = {}  # confirmed channels only
+        #: confirmed channels: the newest log entry id announced (or delivered) on each,
+        #: and the generation that announcement made
+        self._seen: dict[bytes, tuple[int, int]] = {}
 
     def generation(self, channel: str) -> int | None:
         """Changes with every message on ``channel``; None unless its subscription is
         confirmed (see the module docstring)."""
         key = channel.encode()
         return self._generations.get(key) if key in self._subscribed else None
+
+    def deliver(self, channel: str, entry_id: int, *, ended: bool) -> None:
+        """Wake this process's waiters on ``channel`` for log entry ``entry_id``, which this
+        process appended (``ended``: it ends the task), and count it as seen, so its
+        message, when it comes, changes nothing. Nothing to do when the channel is not
+        confirmed, or when a message announced that entry or a later one already (the
+        waiters heard of it through the message)."""
+        key = channel.encode()
+        if key not in self._subscribed or entry_id <= self._seen.get(key, (0, 0))[0]:
+            return
+        generation = self._generations[key] = next(self._counter)
+        self._seen[key] = (entry_id, generation)
+        self._wake(key, ended)
+
+    def newest(self, channel: str) -> int | None:
+        """The id of the newest log entry announced on ``channel``, if nothing else came in
+        on it since that announcement (its generation is still the channel's); else None."""
+        key = channel.encode()
+        seen = self._seen.get(key)
+        if seen is None or key not in self._subscribed or self._generations.get(key) != seen[1]:
+            return None
+        return seen[0]
+
+    def _wake(self, key: bytes, ended: bool) -> None:
+        for event in self._waiters.get(key, ()):
+            if ended or event not in self._end_only:
+                event.set()
 
     @contextlib.asynccontextmanager
     async def watch(self, channel: str, *, end_only: bool = False) -> AsyncIterator[asyncio.Event]:
@@ -132,6 +169,7 @@ class Wakeups:
             del self._idle[key]
             self._subscribed.discard(key)
             self._generations.pop(key, None)
+            self._seen.pop(key, None)
             for batch in self._unconfirmed.get(key, ()):
                 batch.joinable = False  # its SUBSCRIBE is undone by this UNSUBSCRIBE
         if expired:
@@ -194,6 +232,7 @@ class Wakeups:
                 self._conn = None
                 self._subscribed.clear()
                 self._generations.clear()
+                self._seen.clear()
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
                 self._wake_all()
@@ -228,12 +267,19 @@ class Wakeups:
         if isinstance(key, str):
             key = key.encode()
         if kind in (b"message", "message"):
+            payload = reply[2] if len(reply) > 2 else b""
+            if isinstance(payload, str):
+                payload = payload.encode()
+            ended = payload.startswith(b"t")
+            number = payload[1:] if ended else payload
             if key in self._generations:
-                self._generations[key] = next(self._counter)
-            ended = len(reply) > 2 and reply[2] in (b"t", "t")
-            for event in self._waiters.get(key, ()):
-                if ended or event not in self._end_only:
-                    event.set()
+                entry_id = int(number) if number.isdigit() else 0
+                if entry_id and entry_id <= self._seen.get(key, (0, 0))[0]:
+                    return  # delivered here already: news to nobody
+                generation = self._generations[key] = next(self._counter)
+                if entry_id:
+                    self._seen[key] = (entry_id, generation)
+            self._wake(key, ended)
         elif kind in (b"subscribe", "subscribe"):
             batches = self._unconfirmed.get(key)
             if not batches:

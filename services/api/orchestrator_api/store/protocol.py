@@ -153,7 +153,8 @@ class TaskStore(Protocol):
         available yet, wait up to that long for new ones (live streaming). With
         ``end_only``, that wait is for the task's end: new deltas need not end it (a store
         may still return them early), so a caller that wants only the terminal event
-        (a non-streamed answer) is not woken to read each one.
+        (a non-streamed answer) is not woken to read each one; and a store may then return
+        the terminal entry alone, without those between.
 
         Ids are decimal strings 1, 2, 3...; an ``after`` that is not one replays from the
         start. Returns at once, empty, for an unknown task (or another tenant's) and for a

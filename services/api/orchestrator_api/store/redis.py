@@ -90,6 +90,8 @@ _RECORD_FIELDS = ("tn", "m", "st", "sa", "fa", "n", "r", "e", "j", "c", "p", "xv
 #: What a follower shows of its leader (not its fixed part: its own metadata may be large).
 _LEADER_FIELDS = ("tn", "st", "sa", "fa", "n", "r", "e")
 _TERMINAL = frozenset({b"succeeded", b"failed", b"cancelled", "succeeded", "failed", "cancelled"})
+#: The log entries that end a task (``streaming.TERMINAL_EVENTS``).
+_TERMINAL_EVENTS = frozenset({"result", "error", "cancelled"})
 
 
 def _text(value: bytes | str) -> str:
@@ -98,6 +100,13 @@ def _text(value: bytes | str) -> str:
 
 #: Live readers whose last read position is kept (a few bytes each).
 _MAX_POSITIONS = 10_000
+#: How long a log entry this process appended is handed to its own readers instead of read
+#: (``RedisTaskStore.events``): long enough for the readers it woke, short enough that no
+#: log can have been rebuilt under it (a requeue rebuilds only an expired task's log).
+_HANDOFF_SECONDS = 5.0
+#: The longest a woken reader waits for an apply of this process in flight to hand it the
+#: entry, before it reads the log instead (an apply takes one round trip).
+_APPLY_WAIT_SECONDS = 0.5
 
 
 def _after_index(after: str | None) -> int:
@@ -258,6 +267,15 @@ class RedisTaskStore:
         #: (tenant, task id) -> (log position, wake-up generation) of live readers' last
         #: reads (see ``events``); insertion order is age.
         self._positions: dict[tuple[str, str], tuple[int, int]] = {}
+        #: task id -> (log id, tenant, the entry, when) of the newest entry this process
+        #: appended alone to the task's log (``apply``): its readers take it from here
+        #: instead of reading the log; insertion order is age.
+        self._handed: dict[str, tuple[int, str, StoredEvent, float]] = {}
+        #: task id -> this process's applies in flight for it, and an event set when the
+        #: last one is over (made only for readers waiting on it): a reader woken by an
+        #: apply's message waits for that apply to hand the entry over, not to read it.
+        self._applying: dict[str, int] = {}
+        self._applied: dict[str, asyncio.Event] = {}
 
     @classmethod
     def from_url(
@@ -463,6 +481,7 @@ class RedisTaskStore:
         )
 
     async def discard(self, tenant: str, task_id: str) -> None:
+        self._handed.pop(task_id, None)
         args = (tenant, task_id, self._channel(task_id), self._ttl_ms)
         with _translated("discard"):
             removed = await self._script(
@@ -572,6 +591,7 @@ class RedisTaskStore:
 
     async def requeue(self, record: TaskRecord, attempts: int) -> int:
         """See ``TaskStore.requeue``; one atomic ``REQUEUE`` script call."""
+        self._handed.pop(record.id, None)  # (the log may be rebuilt)
         args = (
             record.tenant,
             record.id,
@@ -621,11 +641,69 @@ class RedisTaskStore:
             cached_entry,
             repr(step.started if step.started is not None else step.at),
         )
+        task_id = event.task_id
+        self._applying[task_id] = self._applying.get(task_id, 0) + 1
+        try:
+            with _translated("apply"):
+                reply = await self._script(APPLY, self._keys(task_id), args)
+            outcome, entry_id = (reply, 0) if isinstance(reply, int) else map(int, reply)
+            if entry_id:
+                self._hand(event, entry_id, step.event, step.data, step.terminal)
+        finally:
+            self._apply_over(task_id)
         with _translated("apply"):
-            outcome = await self._script(APPLY, self._keys(event.task_id), args)
             if outcome >= 3:  # the task ended (4: before, but its release was cut short)
                 await self._followers(event.task_id, "release")
         return bool(outcome)
+
+    def _hand(
+        self, event: ResultEvent, entry_id: int, name: str, data: dict[str, Any], ended: bool
+    ) -> None:
+        """Keep the entry just appended for this process's readers, and wake them."""
+        stored = StoredEvent(id=str(entry_id), event=name, data=data)
+        self._handed.pop(event.task_id, None)
+        # Kept before the waiters are woken (they run later, and look here first).
+        at = asyncio.get_running_loop().time()
+        self._handed[event.task_id] = (entry_id, event.tenant, stored, at)
+        if len(self._handed) > _MAX_POSITIONS:
+            del self._handed[next(iter(self._handed))]
+        self._wakeups.deliver(self._channel(event.task_id), entry_id, ended=ended)
+
+    def _apply_over(self, task_id: str) -> None:
+        left = self._applying[task_id] - 1
+        if left:
+            self._applying[task_id] = left
+            return
+        del self._applying[task_id]
+        waiting = self._applied.pop(task_id, None)
+        if waiting is not None:
+            waiting.set()
+
+    async def _applies_over(self, task_id: str) -> None:
+        """Wait (briefly) for this process's applies of the task in flight to end."""
+        if task_id not in self._applying:
+            return
+        over = self._applied.setdefault(task_id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_APPLY_WAIT_SECONDS):
+                await over.wait()
+
+    def _handed_after(
+        self, tenant: str, task_id: str, start: int, end_only: bool
+    ) -> StoredEvent | None:
+        """The entry right after ``start`` (for ``end_only``: or the terminal one), if this
+        process just appended it (``_hand``)."""
+        handed = self._handed.get(task_id)
+        if handed is None or handed[1] != tenant:
+            return None
+        entry_id, _, stored, at = handed
+        if entry_id != start + 1 and not (
+            end_only and entry_id > start and stored.event in _TERMINAL_EVENTS
+        ):
+            return None
+        if asyncio.get_running_loop().time() - at > _HANDOFF_SECONDS:
+            return None
+        return stored
 
     async def _read(
         self, tenant: str, task_id: str, start: int
@@ -695,6 +773,11 @@ class RedisTaskStore:
         # along), that read is still the whole truth and this call goes straight to waiting.
         known = self._positions.pop((tenant, task_id), None)
         channel = self._channel(task_id)
+        if (
+            timeout > 0
+            and (handed := self._handed_after(tenant, task_id, start, end_only)) is not None
+        ):
+            return self._handed_to(tenant, task_id, handed, channel)
         unchanged = known is not None and known == (start, self._wakeups.generation(channel))
         if timeout <= 0 or not unchanged:
             events, open_, source = await self._read(tenant, task_id, start)
@@ -713,6 +796,9 @@ class RedisTaskStore:
                         await woken.wait()
             while True:
                 woken.clear()
+                await self._applies_over(task_id)
+                if (handed := self._handed_after(tenant, task_id, start, end_only)) is not None:
+                    return self._handed_to(tenant, task_id, handed, channel)
                 generation = self._wakeups.generation(self._channel(source))
                 try:
                     events, open_, _ = await self._read(tenant, task_id, start)
@@ -734,6 +820,19 @@ class RedisTaskStore:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(remaining):
                         await woken.wait()
+
+    def _handed_to(
+        self, tenant: str, task_id: str, handed: StoredEvent, channel: str
+    ) -> list[StoredEvent]:
+        """A live reader's batch of one entry handed over (``_hand``). If it is the newest
+        entry announced on the channel and nothing came in since, the reader's next call
+        waits without reading (as after a read)."""
+        position = int(handed.id)
+        if handed.event not in _TERMINAL_EVENTS and self._wakeups.newest(channel) == position:
+            generation = self._wakeups.generation(channel)
+            if generation is not None:
+                self._remember((tenant, task_id), position, generation)
+        return [handed]
 
     def _remember(self, key: tuple[str, str], position: int, generation: int) -> None:
         """Where a live reader's read left it (bounded: the oldest entries go first)."""
