@@ -369,10 +369,12 @@ async def test_an_entry_announced_before_its_delivery_here_is_not_hidden(
         generation = wakeups.generation(channel)
         woken.clear()
         wakeups.deliver(channel, 2, ended=False)  # ours, older: not news, changes nothing
-        assert wakeups.generation(channel) == generation and not woken.is_set()
+        assert wakeups.generation(channel) == generation
+        assert not woken.is_set()
         assert wakeups.newest(channel) == 3  # what a reader handed entry 2 must read up to
         wakeups.deliver(channel, 4, ended=False)
-        assert woken.is_set() and wakeups.generation(channel) != generation
+        assert woken.is_set()
+        assert wakeups.generation(channel) != generation
         assert wakeups.newest(channel) == 4
         assert await message("4") is None  # its own message: no wake-up, same generation
         assert not woken.is_set()
