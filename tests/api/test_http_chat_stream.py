@@ -8,6 +8,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
+from aiohttp import web
 
 from orchestrator_tasks import decode_task
 from orchestrator_tasks.messages import ErrorInfo, EventKind, Usage
@@ -79,6 +81,45 @@ async def test_the_deltas_then_the_finish_chunk(api_client: ApiClientFactory) ->
     assert _contents(payloads) == ["", "Hel", "lo"]
     assert payloads[-2]["choices"][0]["finish_reason"] == "stop"
     assert payloads[-1] == "[DONE]"
+
+
+async def test_the_stream_ends_in_one_write(
+    api_client: ApiClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[bytes] = []
+    write, write_eof = web.StreamResponse.write, web.StreamResponse.write_eof
+
+    async def counted(self: web.StreamResponse, data: bytes) -> None:
+        writes.append(bytes(data))
+        await write(self, data)
+
+    async def counted_eof(self: web.StreamResponse, data: bytes = b"") -> None:
+        if not self._eof_sent:  # (aiohttp calls it again once the handler returned)
+            writes.append(b"EOF:" + bytes(data))
+        await write_eof(self, data)
+
+    monkeypatch.setattr(web.StreamResponse, "write", counted)
+    monkeypatch.setattr(web.StreamResponse, "write_eof", counted_eof)
+    request = {**BODY, "stream_options": {"include_usage": True}}
+    client = await api_client()
+    response = await client.post("/v1/chat/completions", json=request, headers=ACME)
+    task_id = response.headers["X-Task-Id"]
+    store = api_state(client).store
+    for make in [
+        lambda t: result_event(t, EventKind.STARTED, 0),
+        lambda t: result_event(t, EventKind.DELTA, 1, text="Hel"),
+        lambda t: _succeeded(t, 2, "Hello"),  # the result carries "lo", the missed text
+    ]:
+        await asyncio.sleep(0.02)
+        await store.apply(make(task_id))
+    payloads = await _chunks(response)
+
+    assert _contents(payloads) == ["", "Hel", "lo"]
+    assert payloads[-2]["usage"]["total_tokens"] == 4
+    # the role chunk, the delta, then the missed text, finish, usage and [DONE] at once
+    assert len(writes) == 3
+    assert writes[-1].startswith(b"EOF:data: ")
+    assert writes[-1].endswith(b"data: [DONE]\n\n")
 
 
 async def test_a_result_that_overtook_the_last_delta_still_completes_the_text(

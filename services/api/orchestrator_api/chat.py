@@ -440,9 +440,9 @@ async def _stream(
     try:
         with contextlib.suppress(ConnectionResetError):
             await response.write(_chunk(record, requested, {"role": "assistant", "content": ""}))
-            await _write_events(response, state, tenant, record, requested, include_usage)
-            await response.write(_DONE)
-            await response.write_eof()
+            ending = await _write_events(response, state, tenant, record, requested, include_usage)
+            # The last chunks, [DONE] and the end of the chunked body: one write, not four.
+            await response.write_eof(ending + _DONE)
     finally:
         state.streams.open -= 1
     return response
@@ -455,8 +455,9 @@ async def _write_events(
     record: TaskRecord,
     requested: str,
     include_usage: bool,
-) -> None:
-    """The task's text as chunks, then its finish (and usage) chunk, or an error."""
+) -> bytes:
+    """Write the task's text as chunks; return what ends the stream: its finish (and usage)
+    chunk, or an error chunk."""
     streamed_attempt = 0  # the attempt whose text went out, 0 while none did
     streamed: list[str] = []  # that attempt's text sent so far
     events = follow(
@@ -475,39 +476,28 @@ async def _write_events(
                     continue
                 attempt = event.data.get("attempt", 0)
                 if streamed_attempt and attempt > streamed_attempt and event.event != "error":
-                    await response.write(_stream_error(record, "attempt_retried"))
-                    return
+                    return _stream_error(record, "attempt_retried")
                 if event.event == "delta":
                     streamed_attempt = attempt
                     streamed.append(event.data["text"])
                     delta = {"content": event.data["text"]}
                     await response.write(_chunk(record, requested, delta))
                 elif event.event == "result":
-                    await _finish(response, record, requested, event, "".join(streamed))
+                    ending = _finish(record, requested, event, "".join(streamed))
                     if include_usage:
-                        await response.write(_usage_chunk(record, event, requested))
-                    return
+                        ending += _usage_chunk(record, event, requested)
+                    return ending
                 elif event.event == "error":
                     kind, message = event.data.get("type"), event.data.get("message")
-                    await response.write(_stream_error(record, kind, message))
-                    return
+                    return _stream_error(record, kind, message)
                 elif event.event == "cancelled":
-                    await response.write(
-                        _stream_error(record, "cancelled", f"Task {record.id} was cancelled.")
-                    )
-                    return
+                    return _stream_error(record, "cancelled", f"Task {record.id} was cancelled.")
     except StoreError:
         log.warning("chat stream of task %s ended: the store is unavailable", record.id)
-    await response.write(_stream_error(record, "unavailable"))
+    return _stream_error(record, "unavailable")
 
 
-async def _finish(
-    response: web.StreamResponse,
-    record: TaskRecord,
-    requested: str,
-    event: StoredEvent,
-    streamed: str,
-) -> None:
+def _finish(record: TaskRecord, requested: str, event: StoredEvent, streamed: str) -> bytes:
     """The text not streamed yet, then the finish chunk. The result carries the whole answer:
     all of it when no delta came (an answer faster than the first delta), else what the
     deltas missed. The deltas of an attempt spell its result, but with API replicas applying
@@ -515,12 +505,13 @@ async def _finish(
     store then drops: the result's text after what was streamed is that delta."""
     model = event.data.get("model") or requested
     text = event.data.get("text") or ""
+    missed = b""
     if text.startswith(streamed) and len(text) > len(streamed):
-        await response.write(_chunk(record, model, {"content": text[len(streamed) :]}))
+        missed = _chunk(record, model, {"content": text[len(streamed) :]})
     elif not text.startswith(streamed):  # pragma: no cover - the deltas spell the result
         log.warning("chat stream of task %s: its deltas are not its result's text", record.id)
     finish = _finish_reason(event.data.get("finish_reason"))
-    await response.write(_chunk(record, model, {}, finish))
+    return missed + _chunk(record, model, {}, finish)
 
 
 def _usage_chunk(record: TaskRecord, event: StoredEvent, requested: str) -> bytes:
