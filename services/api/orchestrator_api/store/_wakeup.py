@@ -7,8 +7,8 @@ hears about tasks it streams), and sets their events. A waiter then re-reads the
 message carries nothing, so a lost or duplicate wake-up costs a read, never an event.
 
 A watch returns only once Redis confirmed the subscription, so anything appended after the
-waiter's next log read is certain to wake it. A message's payload is ``t`` when the change it
-announces ends the task (its terminal event, a cancel, a discard) and empty otherwise; a
+waiter's next log read is certain to wake it. A message's payload starts with ``t`` when the
+change it announces ends the task (its terminal event, a cancel, a discard); a
 waiter that wants only the end (a non-streamed answer) watches with ``end_only`` and sleeps
 through the deltas instead of re-reading the log for each. (A message from an older API
 that publishes only empty payloads wakes no such waiter: it then reads when its wait times
@@ -109,11 +109,19 @@ class Wakeups:
         confirmed, or when a message announced that entry or a later one already (the
         waiters heard of it through the message)."""
         key = channel.encode()
-        if key not in self._subscribed or entry_id <= self._seen.get(key, (0, 0))[0]:
-            return
+        if key in self._subscribed and self._announce(key, entry_id):
+            self._wake(key, ended)
+
+    def _announce(self, key: bytes, entry_id: int) -> bool:
+        """Count a change on the confirmed channel ``key`` (a new generation), announcing
+        log entry ``entry_id`` (0: none named); False, counting nothing, for an entry
+        announced already."""
+        if entry_id and entry_id <= self._seen.get(key, (0, 0))[0]:
+            return False
         generation = self._generations[key] = next(self._counter)
-        self._seen[key] = (entry_id, generation)
-        self._wake(key, ended)
+        if entry_id:
+            self._seen[key] = (entry_id, generation)
+        return True
 
     def newest(self, channel: str) -> int | None:
         """The id of the newest log entry announced on ``channel``, if nothing else came in
@@ -272,13 +280,9 @@ class Wakeups:
                 payload = payload.encode()
             ended = payload.startswith(b"t")
             number = payload[1:] if ended else payload
-            if key in self._generations:
-                entry_id = int(number) if number.isdigit() else 0
-                if entry_id and entry_id <= self._seen.get(key, (0, 0))[0]:
-                    return  # delivered here already: news to nobody
-                generation = self._generations[key] = next(self._counter)
-                if entry_id:
-                    self._seen[key] = (entry_id, generation)
+            entry_id = int(number) if number.isdigit() else 0
+            if key in self._generations and not self._announce(key, entry_id):
+                return  # delivered here already: news to nobody
             self._wake(key, ended)
         elif kind in (b"subscribe", "subscribe"):
             batches = self._unconfirmed.get(key)
