@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -87,6 +87,10 @@ class StoredEvent:
     id: str
     event: str
     data: dict[str, Any]
+
+
+#: The log entries that end a task (one followed by more is not the end: a requeued task).
+TERMINAL_EVENTS: Final = frozenset({"result", "error", "cancelled"})
 
 
 @attrs.frozen

@@ -22,7 +22,7 @@ import attrs
 import orjson
 from aiohttp import WSMsgType, web
 
-from .model import StoredEvent
+from .model import TERMINAL_EVENTS, StoredEvent
 from .problems import trace_headers
 from .store.errors import StoreError
 from .store.protocol import TaskStore
@@ -40,7 +40,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT: Final = 15.0
-TERMINAL_EVENTS: Final = frozenset({"result", "error", "cancelled"})
 
 #: Sent first on every SSE stream: how long an EventSource waits before reconnecting (ms).
 _SSE_RETRY: Final = b"retry: 2000\n\n"

@@ -62,7 +62,15 @@ from orchestrator_broker import Command, PipelineCoalescer
 from orchestrator_broker.redis_settings import RedisSettings
 from orchestrator_tasks.messages import ErrorInfo, ResultEvent, Usage
 
-from ..model import Cancellation, StoredEvent, TaskPage, TaskRecord, TaskResult, TaskStatus
+from ..model import (
+    TERMINAL_EVENTS,
+    Cancellation,
+    StoredEvent,
+    TaskPage,
+    TaskRecord,
+    TaskResult,
+    TaskStatus,
+)
 from ._scripts import APPLY, CANCEL, CREATE, DISCARD, FOLLOWERS, PAGE, REQUEUE, SUBMIT, Script
 from ._sharing import ORPHANED, cache_hit, cancelled, follow, reused_events
 from ._steps import DONE_SEQ, QUEUED_DATA, step_for
@@ -90,8 +98,6 @@ _RECORD_FIELDS = ("tn", "m", "st", "sa", "fa", "n", "r", "e", "j", "c", "p", "xv
 #: What a follower shows of its leader (not its fixed part: its own metadata may be large).
 _LEADER_FIELDS = ("tn", "st", "sa", "fa", "n", "r", "e")
 _TERMINAL = frozenset({b"succeeded", b"failed", b"cancelled", "succeeded", "failed", "cancelled"})
-#: The log entries that end a task (``streaming.TERMINAL_EVENTS``).
-_TERMINAL_EVENTS = frozenset({"result", "error", "cancelled"})
 
 
 def _text(value: bytes | str) -> str:
@@ -698,7 +704,7 @@ class RedisTaskStore:
             return None
         entry_id, _, stored, at = handed
         if entry_id != start + 1 and not (
-            end_only and entry_id > start and stored.event in _TERMINAL_EVENTS
+            end_only and entry_id > start and stored.event in TERMINAL_EVENTS
         ):
             return None
         if asyncio.get_running_loop().time() - at > _HANDOFF_SECONDS:
@@ -828,7 +834,7 @@ class RedisTaskStore:
         entry announced on the channel and nothing came in since, the reader's next call
         waits without reading (as after a read)."""
         position = int(handed.id)
-        if handed.event not in _TERMINAL_EVENTS and self._wakeups.newest(channel) == position:
+        if handed.event not in TERMINAL_EVENTS and self._wakeups.newest(channel) == position:
             generation = self._wakeups.generation(channel)
             if generation is not None:
                 self._remember((tenant, task_id), position, generation)
