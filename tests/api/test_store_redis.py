@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from orchestrator_api.model import TaskRecord, TaskStatus
+from orchestrator_api.model import StoredEvent, TaskRecord, TaskStatus
 from orchestrator_api.store import IdempotencyKeyInUse, RedisTaskStore, StoreUnavailable
 from tests.api.test_store import delta, failed, new_record, started, succeeded, summary
 from tests.support.redis_server import RedisServer
@@ -117,6 +117,31 @@ async def test_a_reader_returning_within_the_linger_reuses_the_subscription(
         assert summary(await waiting) == [("status", ("running", 1))]
 
 
+class LiveReader:
+    """Follows a task's log as a streaming client does, from after its queued status: calls
+    ``events()`` again right after each batch, until it has seen ``until`` entries."""
+
+    def __init__(self, store: RedisTaskStore, task_id: str, *, until: int) -> None:
+        self.seen: list[StoredEvent] = []
+        self.after = "1"
+        self._progressed = asyncio.Event()
+        self.task = asyncio.create_task(self._follow(store, task_id, until))
+
+    async def _follow(self, store: RedisTaskStore, task_id: str, until: int) -> None:
+        while len(self.seen) < until:
+            for stored in await store.events("acme", task_id, after=self.after, timeout=HANG):
+                self.seen.append(stored)
+                self.after = stored.id
+            self._progressed.set()
+
+    async def reach(self, count: int) -> None:
+        """Wait until the reader has seen ``count`` entries."""
+        async with asyncio.timeout(HANG):
+            while len(self.seen) < count:
+                self._progressed.clear()
+                await self._progressed.wait()
+
+
 async def test_a_live_reader_reads_the_log_once_per_wake_up_and_misses_nothing(
     stores: Callable[..., RedisTaskStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -138,37 +163,23 @@ async def test_a_live_reader_reads_the_log_once_per_wake_up_and_misses_nothing(
         return found
 
     monkeypatch.setattr(serving, "_read", counted)
-    seen: list[str] = []
-    after = "1"
-    progressed = asyncio.Event()
-
-    async def follow(until: int) -> None:
-        nonlocal after
-        while len(seen) < until:
-            for stored in await serving.events("acme", record.id, after=after, timeout=HANG):
-                seen.append(stored.event)
-                after = stored.id
-            progressed.set()
-
-    reader = asyncio.create_task(follow(5))
+    reader = LiveReader(serving, record.id, until=5)
     async with asyncio.timeout(HANG):
         await waiting.wait()  # subscribed, found nothing, waiting
     first = reads
     events = [started(record), *(delta(record, seq, f"w{seq}") for seq in range(1, 5))]
-    for stored in events:
+    for index, stored in enumerate(events):
         await applying.apply(stored)
-        async with asyncio.timeout(HANG):
-            while len(seen) < events.index(stored) + 1:
-                progressed.clear()
-                await progressed.wait()
-    await reader
+        await reader.reach(index + 1)
+    async with asyncio.timeout(HANG):
+        await reader.task
     # One read per event (each woke the reader once), none for the calls in between: the
     # reader was subscribed all along and nothing else was published.
     assert reads - first == len(events)
     # While the reader is away, an event lands: its next call must read, not wait.
     await applying.apply(delta(record, 5, "w5"))
     async with asyncio.timeout(HANG):
-        late = await serving.events("acme", record.id, after=after, timeout=HANG)
+        late = await serving.events("acme", record.id, after=reader.after, timeout=HANG)
     assert [e.data.get("text") for e in late] == ["w5"]
 
 
@@ -274,41 +285,23 @@ async def test_a_reader_on_the_replica_that_applies_takes_each_entry_without_a_r
     record = new_record()
     await serving.create(record)
     reads = count_reads(serving, monkeypatch)
-    seen: list[tuple[str, str]] = []
-    after = "1"
-    progressed = asyncio.Event()
-
-    async def follow(until: int) -> None:
-        nonlocal after
-        while len(seen) < until:
-            for stored in await serving.events("acme", record.id, after=after, timeout=HANG):
-                seen.append((stored.id, stored.event))
-                after = stored.id
-            progressed.set()
-
-    async def seen_reach(count: int) -> None:
-        async with asyncio.timeout(HANG):
-            while len(seen) < count:
-                progressed.clear()
-                await progressed.wait()
-
-    reader = asyncio.create_task(follow(6))
+    reader = LiveReader(serving, record.id, until=6)
     await asyncio.sleep(0.1)  # subscribed, found nothing, waiting
     subscribed = reads[0]
     for seq, applied in enumerate([started(record), *(delta(record, n, "w") for n in (1, 2))]):
         await serving.apply(applied)
-        await seen_reach(seq + 1)
+        await reader.reach(seq + 1)
     await asyncio.sleep(0.1)  # the applies' own wake-up messages come in meanwhile
     assert reads[0] == subscribed  # handed over, and their messages were news to nobody
 
     await other.apply(delta(record, 3, "x"))  # another replica: only its message tells
-    await seen_reach(4)
+    await reader.reach(4)
     assert reads[0] == subscribed + 1
     await serving.apply(delta(record, 4, "y"))
     await serving.apply(succeeded(record, 5, "wwxy"))
     async with asyncio.timeout(HANG):
-        await reader
-    assert seen == [
+        await reader.task
+    assert [(e.id, e.event) for e in reader.seen] == [
         ("2", "status"),
         ("3", "delta"),
         ("4", "delta"),
