@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from orchestrator_api.model import StoredEvent, TaskRecord, TaskStatus
 from orchestrator_api.store import IdempotencyKeyInUse, RedisTaskStore, StoreUnavailable
+from orchestrator_api.store import redis as redis_store
 from tests.api.test_store import delta, failed, new_record, started, succeeded, summary
 from tests.support.redis_server import RedisServer
 
@@ -337,6 +338,21 @@ async def test_a_reader_waiting_for_the_end_is_handed_the_terminal_entry_alone(
         "delta",
         "result",
     ]
+
+
+async def test_entries_kept_for_local_readers_go_once_past_their_use(
+    stores: Callable[..., RedisTaskStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_store, "_HANDOFF_SECONDS", 0.05)
+    store = stores()
+    first, second = new_record(), new_record()
+    await store.create(first)
+    await store.create(second)
+    await store.apply(succeeded(first, 0, "a whole answer"))
+    assert first.id in store._handed
+    await asyncio.sleep(0.1)
+    await store.apply(started(second))
+    assert list(store._handed) == [second.id]  # (a result entry holds the whole answer)
 
 
 async def test_an_entry_announced_before_its_delivery_here_is_not_hidden(

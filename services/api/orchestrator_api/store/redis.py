@@ -667,12 +667,16 @@ class RedisTaskStore:
     ) -> None:
         """Keep the entry just appended for this process's readers, and wake them."""
         stored = StoredEvent(id=str(entry_id), event=name, data=data)
-        self._handed.pop(event.task_id, None)
-        # Kept before the waiters are woken (they run later, and look here first).
+        handed = self._handed
+        handed.pop(event.task_id, None)
         at = asyncio.get_running_loop().time()
-        self._handed[event.task_id] = (entry_id, event.tenant, stored, at)
-        if len(self._handed) > _MAX_POSITIONS:
-            del self._handed[next(iter(self._handed))]
+        # Entries past their use go (oldest first): a result entry holds the whole answer.
+        while handed and (
+            len(handed) >= _MAX_POSITIONS or at - next(iter(handed.values()))[3] > _HANDOFF_SECONDS
+        ):
+            del handed[next(iter(handed))]
+        # Kept before the waiters are woken (they run later, and look here first).
+        handed[event.task_id] = (entry_id, event.tenant, stored, at)
         self._wakeups.deliver(self._channel(event.task_id), entry_id, ended=ended)
 
     def _apply_over(self, task_id: str) -> None:
