@@ -32,6 +32,7 @@ class CountingBroker(MemoryBroker):
         super().__init__()
         self.published: list[str] = []
         self.priorities: list[Priority] = []
+        self.deltas: set[bool] = set()
 
     async def publish(
         self,
@@ -43,6 +44,8 @@ class CountingBroker(MemoryBroker):
     ) -> str:
         self.published.append(message.id)
         self.priorities.append(priority)
+        if stream == "tasks":
+            self.deltas.add(message.payload["deltas"])
         return await super().publish(stream, message, key=key, priority=priority)
 
 
@@ -141,6 +144,7 @@ async def test_a_second_runner_takes_over_and_every_line_runs_once(redis_url: st
     assert submitted_before > recorded.lines  # the lost stretch had been published...
     assert len(broker.published) == len(set(broker.published)) == LINES  # ...and only once
     assert set(broker.priorities) == {"low"}  # a batch runs low: interactive tasks overtake it
+    assert broker.deltas == {False}  # and nobody streams its lines' text
 
 
 async def _answer_until_done(store: RedisBatchStore, task_store: RedisTaskStore) -> BatchRecord:

@@ -57,9 +57,11 @@ class KeyRecordingStore(MemoryTaskStore):
         idempotency_key: str | None = None,
         cache_key: str | None = None,
         fingerprint: str | None = None,
+        *,
+        deltas: bool = True,
     ) -> TaskRecord:
         self.keys.append(idempotency_key)
-        return await super().create(record, idempotency_key, cache_key, fingerprint)
+        return await super().create(record, idempotency_key, cache_key, fingerprint, deltas=deltas)
 
 
 class FlakyReadStore(MemoryTaskStore):

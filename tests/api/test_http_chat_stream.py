@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from orchestrator_tasks import decode_task
+from orchestrator_tasks import TaskMessage, decode_task
 from orchestrator_tasks.messages import ErrorInfo, EventKind, Usage
 from tests.api.conftest import ACME, ApiClientFactory, api_state
 from tests.api.test_http_streaming import HANG, result_event
@@ -151,6 +151,10 @@ async def test_an_answer_faster_than_a_delta_comes_in_one_chunk(
 async def _published(client: Any) -> str:
     """The id of the next task the API publishes (taken off the tasks stream as a worker
     would, and acked)."""
+    return (await _next_task(client)).task_id
+
+
+async def _next_task(client: Any) -> TaskMessage:
     broker = api_state(client).broker
     consumer = broker.consume("tasks", "workers", "test")
     try:
@@ -159,7 +163,27 @@ async def _published(client: Any) -> str:
         await delivery.ack()
     finally:
         await consumer.aclose()
-    return decode_task(delivery.message.payload).task_id
+    return decode_task(delivery.message.payload)
+
+
+async def test_only_a_task_that_someone_streams_publishes_deltas(
+    api_client: ApiClientFactory,
+) -> None:
+    client = await api_client()
+    store = api_state(client).store
+
+    streamed = await client.post("/v1/chat/completions", json=BODY, headers=ACME)
+    assert (await _next_task(client)).deltas is True
+    streamed.close()
+    whole = {**BODY, "stream": False, "messages": [{"role": "user", "content": "whole"}]}
+    pending = asyncio.ensure_future(client.post("/v1/chat/completions", json=whole, headers=ACME))
+    task = await _next_task(client)
+    assert task.deltas is False
+    await store.apply(_succeeded(task.task_id, 0, "Hello"))
+    assert (await pending).status == 200
+    submitted = await client.post("/v1/tasks", json={"prompt": "p", "model": "echo"}, headers=ACME)
+    assert submitted.status == 202
+    assert (await _next_task(client)).deltas is True  # whoever submits it may stream it
 
 
 async def test_a_non_streamed_answer_comes_from_the_result_and_again_from_the_cache(

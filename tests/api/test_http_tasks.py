@@ -619,6 +619,8 @@ class HangingStore(MemoryTaskStore):
         idempotency_key: str | None = None,
         cache_key: str | None = None,
         fingerprint: str | None = None,
+        *,
+        deltas: bool = True,
     ) -> TaskRecord:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")

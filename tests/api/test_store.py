@@ -92,10 +92,12 @@ async def submit(
     idempotency_key: str | None = None,
     cache_key: str | None = None,
     fingerprint: str | None = None,
+    *,
+    deltas: bool = True,
 ) -> TaskRecord:
     """``create``, then ``confirm`` a task stored to be published, as ``TaskService`` does
     once its publish succeeded."""
-    stored = await store.create(record, idempotency_key, cache_key, fingerprint)
+    stored = await store.create(record, idempotency_key, cache_key, fingerprint, deltas=deltas)
     if stored.id == record.id and not stored.cached and stored.joined is None:
         await store.confirm(record.tenant, record.id)
     return stored

@@ -52,6 +52,31 @@ async def test_an_identical_task_in_flight_is_joined(store: TaskStore) -> None:
     assert await store.get("acme", follower.id) == follower
 
 
+async def test_a_task_without_deltas_joins_a_leader_that_streams(store: TaskStore) -> None:
+    leader = await submit(store, new_record(), cache_key=KEY)
+
+    quiet = await submit(store, new_record(), cache_key=KEY, deltas=False)
+
+    assert quiet.joined == leader.id
+
+
+async def test_a_streaming_task_does_not_follow_a_leader_without_deltas(
+    store: TaskStore,
+) -> None:
+    quiet = await submit(store, new_record(), cache_key=KEY, deltas=False)
+    assert (await submit(store, new_record(), cache_key=KEY, deltas=False)).joined == quiet.id
+
+    streaming = await submit(store, new_record(), cache_key=KEY)
+    # It runs, and leads in the quiet one's place: the next submissions follow it.
+    assert streaming.joined is None
+    assert (await submit(store, new_record(), cache_key=KEY)).joined == streaming.id
+    assert (await submit(store, new_record(), cache_key=KEY, deltas=False)).joined == streaming.id
+
+    # The quiet leader runs on for its followers; its end does not end the new lead.
+    await store.apply(failed(quiet, 0))
+    assert (await submit(store, new_record(), cache_key=KEY)).joined == streaming.id
+
+
 async def test_a_follower_shows_its_leaders_progress_and_result(store: TaskStore) -> None:
     leader = await submit(store, new_record(), cache_key=KEY)
     follower = await submit(store, new_record(), cache_key=KEY)

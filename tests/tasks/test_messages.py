@@ -44,6 +44,8 @@ FULL_TASK = TaskMessage(
     parameters={"latency_ms": 5, "response_format": {"type": "json_object"}},
     submitted_at=1.5,
     prior_attempts=5,
+    priority="high",
+    deltas=False,
 )
 MINIMAL_TASK = TaskMessage(task_id="t1", tenant="a", messages=messages_of("hi"))
 
@@ -177,6 +179,8 @@ USER: list[dict[str, Any]] = [{"role": "user", "content": "p"}]
             "prior_attempts",
             "t",
         ),
+        ({"task_id": "t", "tenant": "a", "messages": USER, "deltas": "no"}, "deltas", "t"),
+        ({"task_id": "t", "tenant": "a", "messages": USER, "deltas": None}, "deltas", "t"),
     ],
 )
 def test_a_bad_payload_is_an_invalid_task(payload: Any, reason: str, salvaged: str | None) -> None:

@@ -77,6 +77,24 @@ async def test_a_running_task_stops_its_call_and_reports_the_text_so_far(
     assert await broker.dead_letters(TASKS) == []
 
 
+async def test_a_cancelled_task_nobody_streams_reports_its_text_so_far(
+    broker: MemoryBroker, start, fake: TimedFakeLLM
+) -> None:
+    fake.default = LONG
+    task = await submit(broker, model=MINI, submitted_at=time.time(), deltas=False)
+    await start(started_after=0.05)
+    started = (await collect(broker, 0, events=1, consumer="watcher"))[task.task_id]
+    assert kinds(started) == [EventKind.STARTED]
+    await asyncio.sleep(0.35)  # a few words in, none of them published
+    await broker.raise_flag(CANCEL_FLAGS, task.task_id, ttl=60)
+
+    rest = (await collect(broker, 1, consumer="watcher"))[task.task_id]
+
+    assert kinds(rest) == [EventKind.CANCELLED]
+    assert rest[0].text.startswith("w0 w1 ")
+    assert len(rest[0].text.split()) < 300
+
+
 async def test_a_cancel_for_a_task_this_worker_does_not_run_changes_nothing(
     broker: MemoryBroker, start, fake: TimedFakeLLM
 ) -> None:

@@ -140,6 +140,21 @@ async def test_an_answer_faster_than_one_flush_has_no_deltas(
     assert kinds((await collect(broker, 1))[task.task_id]) == [OK]
 
 
+async def test_a_task_nobody_streams_publishes_its_text_only_in_the_result(
+    broker: MemoryBroker, worker_factory
+) -> None:
+    slow = FakeProvider(chunks=[f"w{i} " for i in range(12)], delay=0.02)
+    task = await submit(broker, model="fake", deltas=False)
+    # 240 ms of text against a 30 ms flush clock: a streamed task sends several deltas.
+    await worker_factory(broker, providers=registry(slow), delta_flush_ms=30, started_after=0.1)
+
+    events = (await collect(broker, 1))[task.task_id]
+
+    assert kinds(events) == [S, OK], "started after 0.1 s, then the whole answer, no delta"
+    assert events[-1].text == "".join(slow.chunks)
+    assert [event.seq for event in events] == [0, 1]
+
+
 async def test_a_task_without_model_uses_the_default_model(
     broker: MemoryBroker, worker_factory
 ) -> None:

@@ -134,6 +134,11 @@ class TaskMessage:
     #: How urgent it is within its tenant's share (the broker's ``Priority``): the API
     #: publishes it with this priority and the tenant as the fairness key.
     priority: TaskPriority = "normal"
+    #: Whether the worker publishes the answer's text as it arrives (``delta`` events).
+    #: False when nobody asked to stream it (a non-streamed chat completion, a batch line):
+    #: the text then comes whole in the terminal event, and the task costs one result
+    #: event instead of one per flush. A task from an older API has none: True.
+    deltas: bool = True
 
 
 @attrs.frozen
@@ -196,6 +201,7 @@ TASK_FIELDS: Final = frozenset(
         "submitted_at",
         "prior_attempts",
         "priority",
+        "deltas",
     }
 )
 
@@ -216,6 +222,7 @@ def encode_task(task: TaskMessage) -> dict[str, Any]:
         "submitted_at": task.submitted_at,
         "prior_attempts": task.prior_attempts,
         "priority": task.priority,
+        "deltas": task.deltas,
     }
 
 
@@ -288,6 +295,9 @@ def decode_task(payload: Any) -> TaskMessage:
         if raw_priority not in TASK_PRIORITIES:
             raise InvalidTask(f"priority is not one of {', '.join(TASK_PRIORITIES)}", **salvage)
         priority = raw_priority
+    deltas = payload.get("deltas", True)  # an older API's task has none
+    if type(deltas) is not bool:
+        raise InvalidTask("deltas is not true or false", **salvage)
     return TaskMessage(
         task_id=task_id,
         tenant=payload["tenant"],
@@ -297,6 +307,7 @@ def decode_task(payload: Any) -> TaskMessage:
         submitted_at=float(submitted_at) if submitted_at is not None else 0.0,
         prior_attempts=prior_attempts,
         priority=priority,
+        deltas=deltas,
     )
 
 

@@ -8,6 +8,12 @@ and then ``data: [DONE]``. Every response of an accepted request carries ``X-Tas
 task's id (``GET /v1/tasks/{id}``, same tenant only); a client that goes away does not cancel
 the task, which finishes and stays readable.
 
+A request without ``stream`` makes a task without deltas (``TaskMessage.deltas``): nobody
+reads its text before the end, so the worker publishes the answer once, in its result, and
+the API applies one event for it instead of one per flush. Its task streamed by id
+(``GET /v1/tasks/{id}/stream``) shows the text whole at the end; an identical streaming
+request does not follow it (``TaskStore.create``).
+
 Errors are OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, with the
 status the official SDKs map to their exception classes (400, 401, 404, 413, 415, 429 and 503
 with ``Retry-After``, 502 for a task the provider failed).
@@ -25,6 +31,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Final
 
+import attrs
 import orjson
 from aiohttp import web
 
@@ -126,6 +133,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         submission = _parse(task_body, state)
     except _BadRequest as exc:
         return _error(400, exc.message, exc.param)
+    if not stream:  # nobody reads its text before the end: the worker publishes none
+        submission = attrs.evolve(submission, deltas=False)
     record, _ = await accept_submission(request, state, tenant, submission, key)
     requested = submission.model or "default"
     if stream:

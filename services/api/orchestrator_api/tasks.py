@@ -151,6 +151,7 @@ class TaskService:
                     fingerprint=(
                         None if idempotency_key is None else request_fingerprint(submission)
                     ),
+                    deltas=submission.deltas,
                 )
         except (IdempotencyKeyInUse, IdempotencyKeyReused):
             raise
@@ -174,6 +175,7 @@ class TaskService:
                     parameters=submission.parameters,
                     submitted_at=now,
                     priority=submission.priority,
+                    deltas=submission.deltas,
                 )
             ),
             id=task_id,

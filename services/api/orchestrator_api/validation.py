@@ -91,6 +91,9 @@ class Submission:
     cache: bool = True
     #: How urgent the task is within the tenant's share of the workers.
     priority: TaskPriority = "normal"
+    #: Whether its text is published as it arrives (``TaskMessage.deltas``): False where
+    #: nobody streams it, a non-streamed chat completion or a batch line.
+    deltas: bool = True
 
 
 def parse_submission(body: bytes, *, max_prompt_chars: int) -> Submission:

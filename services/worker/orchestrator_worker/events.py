@@ -24,6 +24,11 @@ the attempts of the task before it was replayed from the dead letters), with ``s
 3. exactly one terminal event: ``succeeded`` carrying the *whole* answer in ``text`` (plus
    usage, finish reason and cost), or ``failed`` carrying ``error``.
 
+A task that nobody streams (``TaskMessage.deltas`` False: a non-streamed chat completion, a
+batch line) publishes no deltas at all: its text waits in the worker and comes whole in
+``succeeded`` (or ``cancelled``), so a call costs the API one result event to apply, not one
+per flush. ``started`` still goes out after ``started_after`` for a long call.
+
 An attempt that published at least one delta sends the text still buffered at its end as a
 last delta just before ``succeeded``, so *the deltas of an attempt concatenate to exactly its
 result text*. An attempt that published no delta (an answer faster than one flush interval)
@@ -123,6 +128,7 @@ class AttemptEvents:
         provider: str | None = None,
         model: str | None = None,
         prior_attempts: int = 0,
+        deltas: bool = True,
     ) -> None:
         self._broker = broker
         self._stream = stream
@@ -136,6 +142,8 @@ class AttemptEvents:
         self.number = prior_attempts + attempt
         self.provider = provider
         self.model = model
+        #: Whether text goes out in deltas as it arrives (else only in the terminal event).
+        self.streams = deltas
         self._clock = clock
         self._seq = 0
         self._deltas = 0  # delta events written (or being written)
@@ -182,14 +190,16 @@ class AttemptEvents:
         await self._publish(EventKind.STARTED)
 
     def add(self, chunk: str) -> None:
-        """Buffer a chunk of answer text; it goes out in the next delta."""
+        """Buffer a chunk of answer text; it goes out in the next delta (without deltas: in
+        the terminal event)."""
         if self._error is not None:
             raise self._error
         if not chunk:
             return
         self._parts.append(chunk)
-        self._pending.append(chunk)
-        self._schedule()
+        if self.streams:
+            self._pending.append(chunk)
+            self._schedule()
 
     def discard_text(self) -> bool:
         """Forget the answer text received so far (a fallback to another model within this

@@ -172,6 +172,7 @@ class TaskRunner:
             attempt=delivery.delivery_count,
             clock=self._clock,
             prior_attempts=task.prior_attempts,
+            deltas=task.deltas,
         )
         abort = self._cancels.register(task.task_id) if self._cancels is not None else None
         try:

@@ -412,10 +412,10 @@ class BatchRunner:
 
     async def _submit(self, tenant: str, submission: Submission, key: str) -> TaskRecord:
         """A line's task (its own again when submitted before: ``key``), at ``low``
-        priority whatever the line asked: the tenant's interactive tasks overtake its batch.
-        Unavailable and IdempotencyKeyInUse end the step: the stretch is read and submitted
-        again later."""
-        submission = attrs.evolve(submission, priority=BATCH_PRIORITY)
+        priority whatever the line asked: the tenant's interactive tasks overtake its batch;
+        without deltas, as nobody streams it. Unavailable and IdempotencyKeyInUse end the
+        step: the stretch is read and submitted again later."""
+        submission = attrs.evolve(submission, priority=BATCH_PRIORITY, deltas=False)
         try:
             record, _ = await self.tasks.submit(tenant, submission, key)
         except IdempotencyKeyInUse as exc:

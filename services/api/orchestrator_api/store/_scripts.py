@@ -12,7 +12,8 @@ A task created to be published carries ``pv``, the Redis time (ms) until which i
 may still confirm it (``TaskStore.create``); ``confirm`` or any applied event deletes it.
 
 Shared answers (``_sharing``): ``c`` = ``1`` on a cache hit; ``j`` the leader a follower
-reads through (while its own ``st`` stays ``queued``); ``ck`` the cache key a leader leads.
+reads through (while its own ``st`` stays ``queued``); ``ck`` the cache key a leader leads,
+and ``q`` = ``1`` on a leader that publishes no deltas (``TaskStore.create``).
 A cache key ``<prefix>:cache:<tenant>:<digest>`` is a hash (``r`` the result blob, ``l`` the
 log entry, both as a hit shows them), ``<cache key>:lead`` the leader's id, and
 ``<record>:fol`` the list of a leader's followers.
@@ -130,7 +131,8 @@ return 1
 #: alone). KEYS: record, idempotency key ('' for none), cache key, lead key, tenant index.
 #: ARGV: tenant, fixed blob, safety ttl ms, task id, record key prefix, ttl ms, created at,
 #: pending ms, request fingerprint ('' for none), then the index entry: score, cutoff,
-#: lifetime ms. Returns 1 when the task was stored to be published, 2
+#: lifetime ms, and '0' for a task without deltas ('1' else). Returns 1 when the task was
+#: stored to be published, 2
 #: when the idempotency key's task is still pending, 3 when it was created by another request
 #: (nothing stored either way); ``{'h', result blob}`` for a hit stored, ``{'j', leader id,
 #: its status, started at, attempts}`` for a follower stored (the caller has the rest of
@@ -185,9 +187,11 @@ if hit[1] and hit[2] then
 else
   local leader = redis.call('GET', KEYS[4])
   local lead = {}
-  if leader then lead = redis.call('HMGET', ARGV[5] .. leader, 'st', 'pv', 'sa', 'n') end
+  if leader then lead = redis.call('HMGET', ARGV[5] .. leader, 'st', 'pv', 'sa', 'n', 'q') end
   local live = lead[1] == 'queued' or lead[1] == 'running'
-  if live and not lead[2] then
+  -- A submission that streams does not follow a leader without deltas (q): it leads instead.
+  local blind = live and lead[5] and ARGV[13] == '1'
+  if live and not lead[2] and not blind then
     add('j', leader)
     -- The follower's id goes on the leader's list, for its expiry only (see FOLLOWERS); the
     -- list's own expiry is set once, by its first entry.
@@ -196,11 +200,13 @@ else
     answer = {'j', leader, lead[1], lead[3], lead[4]}
   else
     add('pv', string.format('%d', clock() + tonumber(ARGV[8])))
-    if not (live and tonumber(lead[2]) > clock()) then
-      -- No leader, or one abandoned by its request: lead. (Else the leader is not published
-      -- yet: run alone rather than wait on its outcome.)
+    if not live or blind or tonumber(lead[2]) <= clock() then
+      -- No leader, one abandoned by its request, or one without deltas (which runs on for
+      -- its followers): lead. (Else the leader is not published yet: run alone rather than
+      -- wait on its outcome.)
       redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[3])
       add('ck', KEYS[3])
+      if ARGV[13] == '0' then add('q', '1') end
     end
   end
 end

@@ -75,6 +75,7 @@ class _Entry:
     followers: list[str] = attrs.field(factory=list)  # a leader's joined tasks
     pending_until: float | None = None  # set until confirmed published (TaskStore.create)
     fingerprint: str | None = None  # of the request that created it, with an idempotency key
+    deltas: bool = True  # its text is published as it arrives (TaskStore.create)
     #: A leader cancelled while others follow it: how it shows to its own tenant, and how
     #: much of the log (shared with its followers, whose run goes on) is its own.
     cancelled: TaskRecord | None = None
@@ -197,6 +198,8 @@ class MemoryTaskStore:
         idempotency_key: str | None = None,
         cache_key: str | None = None,
         fingerprint: str | None = None,
+        *,
+        deltas: bool = True,
     ) -> TaskRecord:
         if record.status is not TaskStatus.QUEUED:
             raise ValueError(f"a new task must be queued, got {record.status}")
@@ -219,7 +222,9 @@ class MemoryTaskStore:
                             f"task {existing_id} of this idempotency key is being submitted"
                         )
                     # Abandoned by its request: the key goes to this task (below).
-        entry = _Entry(record, idempotency_key, expires_at=0.0, fingerprint=fingerprint)
+        entry = _Entry(
+            record, idempotency_key, expires_at=0.0, fingerprint=fingerprint, deltas=deltas
+        )
         entry.append("status", dict(QUEUED_DATA))
         expires_at = now + self.safety_ttl_seconds
         if idempotency_key is not None or cache_key is not None:
@@ -238,12 +243,15 @@ class MemoryTaskStore:
                 leader = self._live(leader_id) if leader_id is not None else None
                 if leader is not None and leader.record.status.terminal:
                     leader = None
-                if leader is not None and leader.pending_until is None:
+                # A submission that streams does not follow a leader without deltas.
+                blind = leader is not None and deltas and not leader.deltas
+                if leader is not None and leader.pending_until is None and not blind:
                     entry.record = attrs.evolve(record, joined=leader_id)
                     entry.pending_until = None  # never published
                     leader.followers.append(record.id)
-                elif leader is None or _abandoned(leader, now):
-                    # No leader, or one abandoned by its request: this task leads.
+                elif leader is None or blind or _abandoned(leader, now):
+                    # No leader, one abandoned by its request, or one without deltas that
+                    # this streaming task replaces (it runs on for its own followers).
                     leader = None
                     entry.cache_key = key
                     self._leaders[key] = record.id

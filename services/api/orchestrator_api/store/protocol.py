@@ -26,6 +26,8 @@ class TaskStore(Protocol):
         idempotency_key: str | None = None,
         cache_key: str | None = None,
         fingerprint: str | None = None,
+        *,
+        deltas: bool = True,
     ) -> TaskRecord:
         """Store a new queued task and return it as stored; with an idempotency key already
         used by the same tenant, store nothing and return the existing record instead
@@ -47,6 +49,11 @@ class TaskStore(Protocol):
         ``pending_seconds`` after its creation was abandoned by its request (the publish
         failed and so did the discard, or the process died): its idempotency key and its
         lead of the cache key are then taken over by the next submission.
+
+        ``deltas`` False: the task's worker publishes no text before its end (nobody streams
+        it: ``TaskMessage.deltas``). Such a task joins like any other, but a submission
+        that streams does not follow it (its client would see no text until the end): it
+        leads the key in its place, and the earlier leader runs on for its own followers.
         """
         ...
 

@@ -373,6 +373,8 @@ class RedisTaskStore:
         idempotency_key: str | None = None,
         cache_key: str | None = None,
         fingerprint: str | None = None,
+        *,
+        deltas: bool = True,
     ) -> TaskRecord:
         if record.status is not TaskStatus.QUEUED:
             raise ValueError(f"a new task must be queued, got {record.status}")
@@ -428,6 +430,7 @@ class RedisTaskStore:
                 score,
                 cutoff,
                 lifetime,
+                "1" if deltas else "0",
             )
             script = SUBMIT
         try:
