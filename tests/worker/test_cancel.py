@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Collection
 
+import pytest
 from prometheus_client import generate_latest
 
 from orchestrator_broker import MemoryBroker
 from orchestrator_tasks import CANCEL_FLAGS
 from orchestrator_tasks.messages import EventKind
-from orchestrator_worker.cancels import Abort
+from orchestrator_worker.cancels import Abort, Cancels
 from orchestrator_worker.metrics import WorkerMetrics
 from tests.support.fake_llm import Reply
 from tests.worker.faults import TimedFakeLLM
@@ -23,6 +25,24 @@ from tests.worker.support import TASKS, collect, kinds, settled, submit, wait_fo
 MINI = "openai/gpt-4o-mini"
 #: A stream the fake holds open for about 30 s, a word every 0.1 s.
 LONG = Reply.answer(*(f"w{i} " for i in range(300)), chunk_delay=0.1)
+
+
+class FlagReads(MemoryBroker):
+    """Counts the broker reads of cancel flags."""
+
+    reads = 0
+
+    async def raised_flags(self, group: str, names: Collection[str]) -> set[str]:
+        self.reads += 1
+        return await super().raised_flags(group, names)
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[FlagReads]:
+    """The in-memory broker, counting its reads of cancel flags."""
+    memory = FlagReads()
+    yield memory
+    await memory.close()
 
 
 async def test_a_task_cancelled_in_the_queue_never_calls_a_provider(
@@ -137,3 +157,97 @@ async def test_an_abort_takes_back_only_its_own_cancel() -> None:
         await asyncio.wait([running])
         assert running.cancelled() is shutdown_too
     assert outcomes == [True, False]
+
+
+async def _listening(cancels: Cancels, broker: FlagReads) -> asyncio.Task[None]:
+    """``cancels`` watching ``broker``, once its subscription is confirmed."""
+    stopping = asyncio.Event()
+    watcher = asyncio.create_task(cancels.watch(stopping))
+
+    async def heard() -> bool:
+        # Raised again each time (one raised before the subscription is never heard), until
+        # the watcher answers for it from memory.
+        await broker.raise_flag(CANCEL_FLAGS, "probe", ttl=60)
+        await asyncio.sleep(0.01)
+        reads = broker.reads
+        # (as if submitted far ahead: past any clock margin)
+        return await cancels.cancelled("probe", time.time() + 3600) and broker.reads == reads
+
+    await wait_for(heard)
+    return watcher
+
+
+async def test_the_watcher_answers_for_tasks_submitted_while_it_listened() -> None:
+    broker = FlagReads()
+    cancels = Cancels(broker, clock_margin=0.0)
+    before = time.time() - 60
+    watcher = await _listening(cancels, broker)
+    reads = broker.reads
+    try:
+        now = time.time()
+        await broker.raise_flag(CANCEL_FLAGS, "gone", ttl=60)
+        await wait_for(lambda: cancels.cancelled("gone", now))
+        assert await cancels.cancelled("kept", now) is False
+        assert broker.reads == reads, "answered from what the watcher heard"
+
+        # Submitted before the watcher listened: only the broker can tell.
+        await broker.raise_flag(CANCEL_FLAGS, "old", ttl=60)
+        assert await cancels.cancelled("old-unheard", before) is False
+        assert broker.reads == reads + 1
+    finally:
+        watcher.cancel()
+        await asyncio.wait([watcher])
+    # No longer listening: every check reads the broker.
+    assert await cancels.cancelled("gone", time.time()) is True
+    assert broker.reads == reads + 2
+
+
+async def test_a_task_submitted_within_the_clock_margin_reads_the_broker() -> None:
+    broker = FlagReads()
+    cancels = Cancels(broker, clock_margin=30.0)
+    watcher = await _listening(cancels, broker)
+    reads = broker.reads
+    try:
+        assert await cancels.cancelled("t", time.time()) is False
+        assert broker.reads == reads + 1
+    finally:
+        watcher.cancel()
+        await asyncio.wait([watcher])
+
+
+async def test_forgetting_a_flag_moves_what_the_watcher_can_answer_for() -> None:
+    broker = FlagReads()
+    cancels = Cancels(broker, memory=2, clock_margin=0.0)
+    watcher = await _listening(cancels, broker)
+    try:
+        submitted = time.time()
+        for name in ("a", "b"):  # with "probe": three heard, one over the memory
+            await broker.raise_flag(CANCEL_FLAGS, name, ttl=60)
+        await wait_for(lambda: cancels.cancelled("b", time.time()))
+        reads = broker.reads
+        # "probe" is forgotten, so a task submitted before that cannot be answered for.
+        assert await cancels.cancelled("probe", submitted) is True
+        assert broker.reads == reads + 1
+    finally:
+        watcher.cancel()
+        await asyncio.wait([watcher])
+
+
+async def test_a_task_cancelled_in_the_queue_while_the_worker_listens_never_starts(
+    broker: FlagReads, start, fake: TimedFakeLLM
+) -> None:
+    fake.default = Reply.answer("busy", chunk_delay=0.0, delay=0.5)
+    await submit(broker, "first", model=MINI, submitted_at=time.time())
+    # One slot: the second task waits in the queue behind the first.
+    await start(concurrency=1)
+    await wait_for(lambda: fake.count == 1)
+    # Submitted well after the worker's watcher subscribed (beyond its clock margin).
+    task = await submit(broker, "second", model=MINI, submitted_at=time.time() + 10)
+    await broker.raise_flag(CANCEL_FLAGS, task.task_id, ttl=60)
+    reads = broker.reads
+
+    events = (await collect(broker, 2))[task.task_id]
+
+    assert kinds(events) == [EventKind.CANCELLED]
+    assert fake.count == 1  # the provider never saw the second task
+    assert broker.reads == reads, "the watcher had heard the flag"

@@ -3,12 +3,21 @@
 The API raises a task's cancel flag in the broker (``CANCEL_FLAGS``, see
 ``Broker.raise_flag``). A worker learns of it in two ways, neither of them a poll per task:
 
-- when it takes a task up, it registers the task here first and then checks the flag (one
-  ``raised_flags`` call): a task cancelled while it waited in the queue never calls a
-  provider;
-- while it runs tasks, one watcher per process (``watch``) hears every flag as it is
-  raised, and aborts the task of that id if it runs here. After each (re)subscription it
-  checks the flags of every task it runs, in one call, for any it may have missed.
+- when it takes a task up, it registers the task here first and then checks the flag: a
+  task cancelled while it waited in the queue never calls a provider;
+- one watcher per process (``watch``) hears every flag as it is raised, and aborts the task
+  of that id if it runs here. After each (re)subscription it checks the flags of every task
+  it runs, in one call, for any it may have missed.
+
+The check at take-up costs no round trip when the watcher can answer it: the watcher keeps
+the names it heard (the newest ``memory`` of them), and a task submitted ``clock_margin``
+seconds or more after the watcher's subscription began (and after the oldest name it forgot)
+can only have had its flag raised while the watcher was listening: it is cancelled if and only
+if its name was heard. Any other task (submitted earlier, or while the watcher is not
+subscribed) has its flag read from the broker (one ``raised_flags`` call). The margin covers
+the clocks of the API and the worker drifting apart (the task's deadline already trusts them
+to agree), and a flag raised a moment before the check but heard a moment after it leaves
+the same window as one raised just after a broker read: the watcher then aborts the call.
 
 Aborting is cooperative: ``Abort.requested`` is read by the runner before each provider
 call, and a call in progress is interrupted (its task cancelled, which closes the HTTP stream
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from orchestrator_broker import SUBSCRIBED, Broker, BrokerError
 from orchestrator_tasks import CANCEL_FLAGS
@@ -73,9 +83,16 @@ class Abort:
 class Cancels:
     """The tasks a worker runs, by id, and the watcher that aborts the cancelled ones."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, *, memory: int = 100_000, clock_margin: float = 5.0) -> None:
         self._broker = broker
         self._running: dict[str, Abort] = {}
+        self._memory = memory
+        self._margin = clock_margin
+        #: The flags heard, oldest first (a dict as an ordered set).
+        self._heard: dict[str, None] = {}
+        #: The wall-clock time since which every raised flag was heard (and is remembered);
+        #: None while the watcher is not subscribed.
+        self._since: float | None = None
 
     def register(self, task_id: str) -> Abort:
         """Take ``task_id`` up: its switch, which the watcher can pull from now on."""
@@ -87,9 +104,13 @@ class Cancels:
         if self._running.get(abort.task_id) is abort:
             del self._running[abort.task_id]
 
-    async def cancelled(self, task_id: str) -> bool:
-        """Whether ``task_id``'s cancel flag is raised (``BrokerError`` if the broker cannot
-        tell)."""
+    async def cancelled(self, task_id: str, submitted_at: float = 0.0) -> bool:
+        """Whether ``task_id`` (submitted at ``submitted_at``, epoch seconds) has its cancel
+        flag raised: from what the watcher heard when it heard all there was, else from the
+        broker (``BrokerError`` if the broker cannot tell)."""
+        since = self._since
+        if since is not None and submitted_at - self._margin >= since:
+            return task_id in self._heard
         return bool(await self._broker.raised_flags(CANCEL_FLAGS, (task_id,)))
 
     @property
@@ -99,19 +120,28 @@ class Cancels:
     async def watch(self, stopping: asyncio.Event) -> None:
         """Abort the tasks whose flags are raised, until ``stopping`` is set or the broker
         closes; a watcher that fails is started again after a short wait."""
+        try:
+            await self._watch(stopping)
+        finally:
+            self._since = None  # not listening: every take-up reads its flag
+
+    async def _watch(self, stopping: asyncio.Event) -> None:
         failures = 0
         while not stopping.is_set():
             try:
                 async for name in self._broker.watch_flags(CANCEL_FLAGS):
                     if name == SUBSCRIBED:
                         failures = 0
+                        self._since = time.time()
                         await self._check_all()
                     else:
+                        self._hear(name)
                         self._abort(name)
                     if stopping.is_set():
                         return
                 return  # the broker closed
             except BrokerError as exc:
+                self._since = None
                 wait = _RETRY[min(failures, len(_RETRY) - 1)]
                 failures += 1
                 log.warning("watching for cancelled tasks failed (%s); again in %g s", exc, wait)
@@ -120,6 +150,14 @@ class Cancels:
                         await stopping.wait()
                 except TimeoutError:
                     pass
+
+    def _hear(self, task_id: str) -> None:
+        heard = self._heard
+        heard[task_id] = None
+        if len(heard) > self._memory:
+            del heard[next(iter(heard))]
+            # Forgotten: only tasks submitted from now on can be answered from memory.
+            self._since = time.time()
 
     async def _check_all(self) -> None:
         ids = list(self._running)

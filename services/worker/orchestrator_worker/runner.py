@@ -229,7 +229,7 @@ class TaskRunner:
         """Run this attempt: its targets in turn until one answers; how to settle."""
         attempt = events.attempt
         retry = self._retry
-        if abort is not None and await self._cancel_requested(abort):
+        if abort is not None and await self._cancel_requested(abort, task.submitted_at):
             events.model = task.model
             return await self._cancel(task, events, None)
         if attempt > retry.max_attempts:
@@ -343,11 +343,12 @@ class TaskRunner:
             return await self._defer(task, events, blocked)
         return await self._retry_later(task, events, last)
 
-    async def _cancel_requested(self, abort: Abort) -> bool:
+    async def _cancel_requested(self, abort: Abort, submitted_at: float) -> bool:
         """Whether the task was cancelled before it started (its flag, checked once)."""
         if abort.requested:
             return True
-        return self._cancels is not None and await self._cancels.cancelled(abort.task_id)
+        cancels = self._cancels
+        return cancels is not None and await cancels.cancelled(abort.task_id, submitted_at)
 
     async def _cancel(
         self, task: TaskMessage, events: AttemptEvents, began: float | None
