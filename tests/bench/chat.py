@@ -28,6 +28,7 @@ Two arrival patterns, each measured on all three paths:
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import secrets
 import time
@@ -206,8 +207,18 @@ async def _run(processes: Processes, config: ChatConfig) -> dict[str, Any]:
             "redis": redis.process.pid,
         }
         async with aiohttp.ClientSession(timeout=timeout, connector=limits) as session:
-            # Warm-up: connections, the worker's provider session, the API's paths.
-            await _sse(session, ours, body(-1, stream=True, arrivals="warm"), headers=headers)
+            # Warm-up, not measured: every client makes one call through each path, which
+            # opens the connections the run uses (the clients' to the API and to the fake,
+            # the worker's to the provider) and takes the services past their start-up.
+            async def warm(i: int) -> None:
+                request = body(i, stream=True, arrivals="warm")
+                await _sse(session, direct, {**request, "model": "gpt-4o-mini"})
+                await _sse(session, ours, request, headers=headers)
+                await _whole(session, ours, body(i, stream=False, arrivals="warm"), headers=headers)
+
+            await asyncio.gather(*(warm(i) for i in range(config.clients)))
+            gc.collect()  # the warm-up's garbage, not the first measured calls'
+            await asyncio.sleep(1.0)  # and the services done with it
             for name, arrive in ARRIVALS.items():
 
                 def direct_call(i: int, name: str = name) -> Awaitable[Timing]:

@@ -83,7 +83,7 @@ class Abort:
 class Cancels:
     """The tasks a worker runs, by id, and the watcher that aborts the cancelled ones."""
 
-    def __init__(self, broker: Broker, *, memory: int = 100_000, clock_margin: float = 5.0) -> None:
+    def __init__(self, broker: Broker, *, memory: int = 100_000, clock_margin: float = 2.0) -> None:
         self._broker = broker
         self._running: dict[str, Abort] = {}
         self._memory = memory
