@@ -171,6 +171,7 @@ async def test_the_api_command_logs_its_startup_line_serves_and_drains_on_sigter
     }
     env.pop("REDIS_URI", None)
     env.pop("JAEGER_URI", None)
+    env.pop("EVENT_LOOP", None)  # auto: uvloop, a dependency
     log_path = tmp_path / "api.log"
     with log_path.open("wb") as log_file:
         process = await asyncio.create_subprocess_exec(
@@ -211,6 +212,7 @@ async def test_the_api_command_logs_its_startup_line_serves_and_drains_on_sigter
     assert code == 0, output
     assert output.count("listening on") == 1
     assert f"127.0.0.1:{port}" in output
+    assert "event loop uvloop" in output
     assert "sekrit" not in output
 
 

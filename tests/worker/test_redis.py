@@ -115,6 +115,7 @@ async def test_the_worker_process_serves_until_sigterm(
         "NUMBER_OF_WORKERS": "3",
         "CONSUMER_NAME": "proc-1",
         "OTEL_TRACES_EXPORTER": "none",
+        "EVENT_LOOP": "asyncio",
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -143,6 +144,7 @@ async def test_the_worker_process_serves_until_sigterm(
     startup = [line for line in err.splitlines() if "consuming tasks" in line]
     assert len(startup) == 1, err
     assert "concurrency 3" in startup[0]
+    assert "event loop asyncio" in startup[0]
     assert "***" in startup[0]
     assert "s3cret-pw" not in err
     assert "SIGTERM received" in err

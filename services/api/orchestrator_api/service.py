@@ -14,6 +14,7 @@ from aiohttp import web
 from opentelemetry import trace
 
 from orchestrator_broker import Broker
+from orchestrator_settings.loop import loop_name
 from orchestrator_telemetry import TelemetrySettings
 from orchestrator_telemetry.runtime import observability
 
@@ -104,7 +105,7 @@ def _startup_line(settings: ApiSettings, url: str, backend: str, traces: str) ->
         f"{settings.app_id} listening on {url}; broker and store: {backend} (tasks stream "
         f"{settings.stream!r}, results stream {settings.results_stream!r}, ttl "
         f"{settings.cache_ttl_seconds:g}s); traces: {traces}; auth: {auth}; "
-        f"rate limits: {limits}"
+        f"rate limits: {limits}; event loop {loop_name()}"
     )
 
 

@@ -2,14 +2,14 @@
 
 Each command imports only the service it runs: ``api`` never loads the worker (nor its
 provider clients), ``worker`` never loads the API; ``run`` composes both
-(``single_process``). Configuration errors surface as ``UsageError`` so the CLI prints one
+(``single_process``), on the event loop ``EVENT_LOOP`` names (``orchestrator_settings.loop``).
+Configuration errors surface as ``UsageError`` so the CLI prints one
 line naming the variable and exits non-zero.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -17,6 +17,7 @@ import attrs
 
 from orchestrator_broker import BrokerError
 from orchestrator_settings import ConfigError
+from orchestrator_settings.loop import run
 
 if TYPE_CHECKING:
     from orchestrator_api import ApiSettings
@@ -39,7 +40,7 @@ def launch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         elif args.command == "run":
             from .single_process import run_single_process
 
-            asyncio.run(run_single_process(args, environ))
+            run(run_single_process(args, environ), environ)
         else:  # argparse only lets the known commands through
             raise UsageError(f"unknown command {args.command!r}")
     except (ConfigError, BrokerError, ValueError) as exc:
@@ -51,14 +52,14 @@ def _serve_api(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
     from orchestrator_api import service
 
     settings = api_settings(environ, host=args.host, port=args.port)
-    asyncio.run(service.serve(settings, environ=environ))
+    run(service.serve(settings, environ=environ), environ)
 
 
 def _serve_worker(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
     from orchestrator_worker import service
 
     settings = worker_settings(environ, concurrency=args.concurrency)
-    asyncio.run(service.serve(settings))
+    run(service.serve(settings), environ)
 
 
 def api_settings(environ: Mapping[str, str], *, host: str | None, port: int | None) -> ApiSettings:

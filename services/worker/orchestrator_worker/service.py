@@ -19,6 +19,7 @@ from opentelemetry import trace
 from orchestrator_broker import Broker
 from orchestrator_broker.redis_settings import RedisSettings
 from orchestrator_broker.redis_streams import RedisStreamsBroker, check_supported_server
+from orchestrator_settings.loop import loop_name, run
 from orchestrator_telemetry import (
     TelemetrySettings,
     TracingBroker,
@@ -136,7 +137,7 @@ def _log_startup(
 ) -> None:
     log.info(
         "worker %s consuming %s as %s/%s -> results on %s; broker %s; traces %s; "
-        "concurrency %d; default model %s (providers: %s)",
+        "concurrency %d; default model %s (providers: %s); event loop %s",
         settings.app_id,
         settings.stream,
         settings.consumer_group,
@@ -147,6 +148,7 @@ def _log_startup(
         settings.concurrency,
         settings.default_model,
         ", ".join(providers),
+        loop_name(),
     )
     log.info(
         "retries: up to %d attempt(s), backoff %g..%g s with full jitter; circuit breaker: %s; "
@@ -235,8 +237,9 @@ def main(environ: Mapping[str, str] | None = None) -> None:
     A malformed setting exits with status 2 and one line naming the variable.
     """
     try:
-        settings = WorkerSettings.from_env(os.environ if environ is None else environ)
-        asyncio.run(serve(settings))
+        environ = os.environ if environ is None else environ
+        settings = WorkerSettings.from_env(environ)
+        run(serve(settings), environ)
     except ConfigError as exc:  # any setting, telemetry's included
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
