@@ -33,6 +33,10 @@ messages (a system message first, then one user message), so the tasks stream ca
 which carried ``prompt`` (and ``system``) instead, and converts it the same way; an older
 worker cannot read a newer task (it has no ``prompt``) and fails it as invalid, so upgrade
 the workers before the API.
+
+``deltas`` (False: the worker publishes the answer only in the terminal event) is read as
+True when absent (an older API's task); an older worker ignores it and publishes deltas
+anyway, which costs the API more events but changes no answer.
 """
 
 from __future__ import annotations
