@@ -164,16 +164,13 @@ async def _listening(cancels: Cancels, broker: FlagReads) -> asyncio.Task[None]:
     stopping = asyncio.Event()
     watcher = asyncio.create_task(cancels.watch(stopping))
 
-    async def heard() -> bool:
-        # Raised again each time (one raised before the subscription is never heard), until
-        # the watcher answers for it from memory.
-        await broker.raise_flag(CANCEL_FLAGS, "probe", ttl=60)
-        await asyncio.sleep(0.01)
+    async def subscribed() -> bool:
+        # A task submitted far ahead (past any clock margin) and never flagged: answered
+        # without a read once the watcher listens.
         reads = broker.reads
-        # (as if submitted far ahead: past any clock margin)
-        return await cancels.cancelled("probe", time.time() + 3600) and broker.reads == reads
+        return not await cancels.cancelled("never", time.time() + 3600) and broker.reads == reads
 
-    await wait_for(heard)
+    await wait_for(subscribed)
     return watcher
 
 
@@ -181,25 +178,30 @@ async def test_the_watcher_answers_for_tasks_submitted_while_it_listened() -> No
     broker = FlagReads()
     cancels = Cancels(broker, clock_margin=0.0)
     before = time.time() - 60
+    await broker.raise_flag(CANCEL_FLAGS, "old", ttl=60)  # before the watcher listened
     watcher = await _listening(cancels, broker)
-    reads = broker.reads
     try:
         now = time.time()
+        reads = broker.reads
+        assert await cancels.cancelled("kept", now) is False
+        assert broker.reads == reads, "not heard: not cancelled, without a read"
+
         await broker.raise_flag(CANCEL_FLAGS, "gone", ttl=60)
         await wait_for(lambda: cancels.cancelled("gone", now))
-        assert await cancels.cancelled("kept", now) is False
-        assert broker.reads == reads, "answered from what the watcher heard"
+        reads = broker.reads
+        assert await cancels.cancelled("gone", now) is True
+        assert broker.reads == reads + 1, "heard: the broker has the last word"
 
         # Submitted before the watcher listened: only the broker can tell.
-        await broker.raise_flag(CANCEL_FLAGS, "old", ttl=60)
-        assert await cancels.cancelled("old-unheard", before) is False
-        assert broker.reads == reads + 1
+        assert await cancels.cancelled("old", before) is True
+        assert await cancels.cancelled("old-unflagged", before) is False
+        assert broker.reads == reads + 3
     finally:
         watcher.cancel()
         await asyncio.wait([watcher])
     # No longer listening: every check reads the broker.
-    assert await cancels.cancelled("gone", time.time()) is True
-    assert broker.reads == reads + 2
+    assert await cancels.cancelled("kept", time.time()) is False
+    assert broker.reads == reads + 4
 
 
 async def test_a_task_submitted_within_the_clock_margin_reads_the_broker() -> None:
@@ -221,33 +223,37 @@ async def test_forgetting_a_flag_moves_what_the_watcher_can_answer_for() -> None
     watcher = await _listening(cancels, broker)
     try:
         submitted = time.time()
-        for name in ("a", "b"):  # with "probe": three heard, one over the memory
+        for name in ("a", "b", "c"):  # one over the memory: "a" is forgotten
             await broker.raise_flag(CANCEL_FLAGS, name, ttl=60)
-        await wait_for(lambda: cancels.cancelled("b", time.time()))
+        await wait_for(lambda: cancels.cancelled("c", time.time()))
         reads = broker.reads
-        # "probe" is forgotten, so a task submitted before that cannot be answered for.
-        assert await cancels.cancelled("probe", submitted) is True
-        assert broker.reads == reads + 1
+        # A task submitted before "a" was forgotten cannot be answered for from memory.
+        assert await cancels.cancelled("a", submitted) is True
+        assert await cancels.cancelled("z", submitted) is False
+        assert broker.reads == reads + 2
     finally:
         watcher.cancel()
         await asyncio.wait([watcher])
 
 
-async def test_a_task_cancelled_in_the_queue_while_the_worker_listens_never_starts(
+async def test_a_worker_listening_for_flags_reads_none_for_tasks_nobody_cancelled(
     broker: FlagReads, start, fake: TimedFakeLLM
 ) -> None:
-    fake.default = Reply.answer("busy", chunk_delay=0.0, delay=0.5)
+    fake.default = Reply.answer("busy", delay=0.3)
     await submit(broker, "first", model=MINI, submitted_at=time.time())
-    # One slot: the second task waits in the queue behind the first.
+    # One slot: the next tasks wait in the queue behind the first.
     await start(concurrency=1)
     await wait_for(lambda: fake.count == 1)
     # Submitted well after the worker's watcher subscribed (beyond its clock margin).
-    task = await submit(broker, "second", model=MINI, submitted_at=time.time() + 10)
-    await broker.raise_flag(CANCEL_FLAGS, task.task_id, ttl=60)
+    later = time.time() + 10
+    kept = await submit(broker, "kept", model=MINI, submitted_at=later)
+    gone = await submit(broker, "gone", model=MINI, submitted_at=later)
+    await broker.raise_flag(CANCEL_FLAGS, gone.task_id, ttl=60)
     reads = broker.reads
 
-    events = (await collect(broker, 2))[task.task_id]
+    events = await collect(broker, 3)
 
-    assert kinds(events) == [EventKind.CANCELLED]
-    assert fake.count == 1  # the provider never saw the second task
-    assert broker.reads == reads, "the watcher had heard the flag"
+    assert kinds(events[kept.task_id])[-1] is EventKind.SUCCEEDED
+    assert kinds(events[gone.task_id]) == [EventKind.CANCELLED]
+    assert fake.count == 2  # the cancelled task never reached the provider
+    assert broker.reads == reads + 1, "one read: the flag the watcher had heard"

@@ -9,15 +9,16 @@ The API raises a task's cancel flag in the broker (``CANCEL_FLAGS``, see
   of that id if it runs here. After each (re)subscription it checks the flags of every task
   it runs, in one call, for any it may have missed.
 
-The check at take-up costs no round trip when the watcher can answer it: the watcher keeps
-the names it heard (the newest ``memory`` of them), and a task submitted ``clock_margin``
-seconds or more after the watcher's subscription began (and after the oldest name it forgot)
-can only have had its flag raised while the watcher was listening: it is cancelled if and only
-if its name was heard. Any other task (submitted earlier, or while the watcher is not
-subscribed) has its flag read from the broker (one ``raised_flags`` call). The margin covers
-the clocks of the API and the worker drifting apart (the task's deadline already trusts them
-to agree), and a flag raised a moment before the check but heard a moment after it leaves
-the same window as one raised just after a broker read: the watcher then aborts the call.
+The check at take-up costs no round trip in the usual case: the watcher keeps the names it
+heard (the newest ``memory`` of them), and a task submitted ``clock_margin`` seconds or more
+after the watcher's subscription began (and after the oldest name it forgot) can only have
+had its flag raised while the watcher was listening, so if its name was not heard it was
+not cancelled. Every other task (one whose name was heard, one submitted earlier, or any
+while the watcher is not subscribed) has its flag read from the broker (one ``raised_flags``
+call), which has the last word. The margin covers the clocks of the API and the worker
+drifting apart (the task's deadline already trusts them to agree), and a flag raised a
+moment before the check but heard a moment after it leaves the same window as one raised
+just after a broker read: the watcher then aborts the call.
 
 Aborting is cooperative: ``Abort.requested`` is read by the runner before each provider
 call, and a call in progress is interrupted (its task cancelled, which closes the HTTP stream
@@ -106,11 +107,12 @@ class Cancels:
 
     async def cancelled(self, task_id: str, submitted_at: float = 0.0) -> bool:
         """Whether ``task_id`` (submitted at ``submitted_at``, epoch seconds) has its cancel
-        flag raised: from what the watcher heard when it heard all there was, else from the
-        broker (``BrokerError`` if the broker cannot tell)."""
+        flag raised: False at once when the watcher heard all flags since before the task and
+        not this one, else the broker's answer (``BrokerError`` if it cannot tell)."""
         since = self._since
-        if since is not None and submitted_at - self._margin >= since:
-            return task_id in self._heard
+        heard_all = since is not None and submitted_at - self._margin >= since
+        if heard_all and task_id not in self._heard:
+            return False
         return bool(await self._broker.raised_flags(CANCEL_FLAGS, (task_id,)))
 
     @property
