@@ -433,6 +433,7 @@ def bench_chat(args: argparse.Namespace, processes: Processes) -> dict[str, Any]
         latency_ms=args.chat_latency_ms,
         timeout=args.timeout,
         profile=args.profile,
+        extra_env=args.service_env,
     )
     return {"loadavg_before": _loadavg(), **run_chat(processes, config)}
 

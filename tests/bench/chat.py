@@ -32,7 +32,7 @@ import gc
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -66,6 +66,7 @@ class ChatConfig:
     timeout: float = 120.0
     startup_timeout: float = 30.0
     profile: bool = False  # run the api and the worker under py-spy
+    extra_env: Mapping[str, str] = attrs.field(factory=dict)  # --service-env
 
 
 @attrs.frozen
@@ -162,7 +163,7 @@ async def _run(processes: Processes, config: ChatConfig) -> dict[str, Any]:
     try:
         redis = processes.redis()
         port = free_port()
-        env = service_env(redis.url)
+        env = service_env(redis.url, config.extra_env)
         api = processes.start(
             "api",
             [*orchestrator_command(), "api", "--host", "127.0.0.1", "--port", str(port)],

@@ -239,6 +239,7 @@ def test_chat_measures_what_the_orchestrator_adds_to_a_chat_client_s_wait(
     code, document = run_bench(
         capsys, tmp_path, "chat", "--chat-clients", "4", "--chat-rounds", "1",
         "--chat-latency-ms", "50",
+        "--service-env", "LOG_LEVEL=INFO", "--service-env", "EVENT_LOOP=asyncio",
     )  # fmt: skip
 
     result = document["benchmarks"]["chat"]
@@ -250,6 +251,9 @@ def test_chat_measures_what_the_orchestrator_adds_to_a_chat_client_s_wait(
     # The provider's latency is in every path: nothing answers before it.
     assert result["streamed_ms"]["first"]["p50"] >= 50
     assert set(result["added_to_first_token_ms"]) == {"p50", "p99"}
+    # --service-env reaches both services.
+    for log in ("api.log", "worker.log"):
+        assert "event loop asyncio" in (tmp_path / "chat" / log).read_text()
     assert_all_stopped(tmp_path)
 
 
