@@ -135,6 +135,7 @@ class Reply:
     stall: float = 0.0  # a pause after ``stall_after`` chunks, before the rest
     stall_after: int = 0
     cut_after: int | None = None  # drop the connection after this many chunks
+    hold: float = 0.0  # after the last event (and [DONE]), keep the body open this long
     done: bool = True  # OpenAI: end with ``data: [DONE]``
     as_json: bool = False  # answer with one non-streamed JSON body
     block_reason: str | None = None  # Gemini: promptFeedback.blockReason (no candidates)
@@ -203,6 +204,8 @@ class FakeLLM:
         self.requests: list[RecordedRequest] = []
         #: Streams whose client went away before the stream ended (a cancel closes it).
         self.disconnected: list[RecordedRequest] = []
+        #: Streams sent whole whose body is held open (``Reply.hold``) right now.
+        self.holding = 0
         self.default: Reply = Reply()
         self._script: deque[Reply] = deque()
         self._responder: Callable[[RecordedRequest], Reply] | None = None
@@ -377,6 +380,12 @@ class FakeLLM:
             await asyncio.sleep(reply.stall)
         for payload in tail:
             await response.write(events.frame(payload))
+        if reply.hold:
+            self.holding += 1
+            try:
+                await asyncio.sleep(reply.hold)
+            finally:
+                self.holding -= 1
         await response.write_eof()
         return response
 

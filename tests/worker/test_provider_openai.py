@@ -41,6 +41,7 @@ from orchestrator_worker.providers import (
     ServerError,
     StreamInterrupted,
 )
+from orchestrator_worker.providers import _http as http_module
 from tests.support.fake_llm import FakeLLM, Reply, collect, free_port
 from tests.worker import support
 
@@ -461,6 +462,42 @@ async def test_calls_share_one_session_and_reuse_its_connection(
         assert got.error is None
 
     assert len({request.peer for request in fake.requests}) == 1
+
+
+async def test_the_answer_does_not_wait_for_a_body_held_open_after_done(
+    fake: FakeLLM, make_provider: MakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_module, "DRAIN_SECONDS", 30.0)
+    provider = make_provider()
+    fake.script(Reply.answer("Hel", "lo", hold=2.0), Reply.answer("again"))
+
+    got = await collect(provider.stream(ask()))
+
+    assert got.error is None
+    assert got.chunks == ["Hel", "lo"]
+    assert fake.holding == 1, "the answer came while the server still held the body open"
+    # The rest of the body is awaited in the background, then its connection reused.
+    await support.wait_for(lambda: fake.holding == 0)
+    await asyncio.sleep(0.05)
+    again = await collect(provider.stream(ask()))
+    assert again.chunks == ["again"]
+    assert len({request.peer for request in fake.requests}) == 1
+
+
+async def test_a_body_held_open_past_the_drain_time_loses_its_connection_only(
+    fake: FakeLLM, make_provider: MakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_module, "DRAIN_SECONDS", 0.05)
+    provider = make_provider()
+    fake.script(Reply.answer("slow", hold=5.0), Reply.answer("next"))
+
+    got = await collect(provider.stream(ask()))
+    assert got.chunks == ["slow"]
+    await asyncio.sleep(0.2)  # past the drain time: that connection is closed
+
+    again = await collect(provider.stream(ask()))
+    assert again.chunks == ["next"]
+    assert len({request.peer for request in fake.requests}) == 2  # on a new connection
 
 
 async def test_closing_is_idempotent_and_a_closed_provider_can_be_reused(

@@ -42,7 +42,8 @@ _MAX_ERROR_BODY = 64 * 1024
 #: What a provider error code may look like to be quoted in a message.
 _CODE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 #: How long we wait for the end of a body after the stream's last event, to reuse the
-#: connection; a server that keeps it open longer gets it closed instead.
+#: connection (in the background: the answer does not wait); a server that keeps it open
+#: longer gets it closed instead.
 DRAIN_SECONDS = 1.0
 
 _DESCRIPTIONS = {
@@ -70,6 +71,8 @@ class HttpClient:
         self._settings = settings
         self._label = label
         self._session: aiohttp.ClientSession | None = None
+        self._ended: set[int] = set()  # ids of open responses whose last event was read
+        self._drains: set[asyncio.Task[None]] = set()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -95,7 +98,8 @@ class HttpClient:
         self, url: str, *, body: Mapping[str, Any], headers: Mapping[str, str]
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """POST ``body`` as JSON; the open response (closed on exit, its connection kept for
-        reuse only when the body was read to its end)."""
+        reuse only when the body was read to its end, or, after ``ended``, once the rest of
+        the body arrives in the background)."""
         try:
             response = await self.session.post(
                 url,
@@ -114,11 +118,26 @@ class HttpClient:
         finally:
             if response.content.at_eof():
                 response.release()
+            elif id(response) in self._ended:
+                task = asyncio.get_running_loop().create_task(_release_when_drained(response))
+                self._drains.add(task)
+                task.add_done_callback(self._drains.discard)
             else:
                 response.close()
+            self._ended.discard(id(response))
+
+    def ended(self, response: aiohttp.ClientResponse) -> None:
+        """The stream's last event is read: on leaving ``post`` the (empty) rest of the body is
+        awaited in the background, so the connection can be reused, instead of the answer
+        waiting for it (a server may hold the body open after its last event)."""
+        self._ended.add(id(response))
 
     async def close(self) -> None:
         """Close the session and its connections; idempotent."""
+        for task in list(self._drains):
+            task.cancel()
+        if self._drains:
+            await asyncio.gather(*self._drains, return_exceptions=True)
         session, self._session = self._session, None
         if session is not None and not session.closed:
             await session.close()
@@ -157,6 +176,16 @@ async def read_json(response: aiohttp.ClientResponse, *, label: str) -> Any:
     except (aiohttp.ClientError, OSError) as exc:
         raise StreamInterrupted(f"{label}: the connection broke ({_what(exc)})") from exc
     return decode_json(raw, label=label)
+
+
+async def _release_when_drained(response: aiohttp.ClientResponse) -> None:
+    try:
+        await drain(response)
+    finally:
+        if response.content.at_eof():
+            response.release()
+        else:
+            response.close()
 
 
 async def drain(response: aiohttp.ClientResponse) -> None:

@@ -31,7 +31,6 @@ from orchestrator_tasks.messages import Usage
 from ._http import (
     HttpClient,
     decode_json,
-    drain,
     error_for_status,
     read_json,
     redact,
@@ -136,7 +135,7 @@ class OpenAIProvider:
                             for text in answer.chunk(decode_json(event.data, label=_LABEL)):
                                 yield text
                     if answer.done:
-                        await drain(response)
+                        self._http.ended(response)
             finish = answer.finish()
             span.succeeded(finish.usage, finish.finish_reason, answer.text)
             yield finish
