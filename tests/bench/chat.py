@@ -2,7 +2,8 @@
 
 A fake OpenAI-compatible provider (``tests.support.fake_llm``, in this process) answers every
 call after a fixed latency, in ``chunks`` chunks ``chunk_ms`` apart. ``clients`` concurrent
-clients, for ``rounds`` rounds, each with a prompt of its own (no prompt cache, no joining):
+clients, for ``rounds`` rounds, each with a prompt of its own (no prompt cache, no joining),
+after a warm-up in which every client calls each path once (not measured):
 
 - straight to the fake (the baseline: the provider's own time to first token and to the
   whole answer),
