@@ -116,14 +116,12 @@ class HttpClient:
         try:
             yield response
         finally:
-            if response.content.at_eof():
-                response.release()
-            elif id(response) in self._ended:
+            if id(response) in self._ended and not response.content.at_eof():
                 task = asyncio.get_running_loop().create_task(_release_when_drained(response))
                 self._drains.add(task)
                 task.add_done_callback(self._drains.discard)
             else:
-                response.close()
+                _let_go(response)
             self._ended.discard(id(response))
 
     def ended(self, response: aiohttp.ClientResponse) -> None:
@@ -178,14 +176,20 @@ async def read_json(response: aiohttp.ClientResponse, *, label: str) -> Any:
     return decode_json(raw, label=label)
 
 
+def _let_go(response: aiohttp.ClientResponse) -> None:
+    """Back to the pool if its body was read to the end, else closed (a half-read body
+    leaves the connection unusable)."""
+    if response.content.at_eof():
+        response.release()
+    else:
+        response.close()
+
+
 async def _release_when_drained(response: aiohttp.ClientResponse) -> None:
     try:
         await drain(response)
     finally:
-        if response.content.at_eof():
-            response.release()
-        else:
-            response.close()
+        _let_go(response)
 
 
 async def drain(response: aiohttp.ClientResponse) -> None:
