@@ -7,6 +7,7 @@ dead-lettered."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Collection
 
@@ -159,10 +160,11 @@ async def test_an_abort_takes_back_only_its_own_cancel() -> None:
     assert outcomes == [True, False]
 
 
-async def _listening(cancels: Cancels, broker: FlagReads) -> asyncio.Task[None]:
-    """``cancels`` watching ``broker``, once its subscription is confirmed."""
-    stopping = asyncio.Event()
-    watcher = asyncio.create_task(cancels.watch(stopping))
+@contextlib.asynccontextmanager
+async def _listening(cancels: Cancels, broker: FlagReads) -> AsyncIterator[None]:
+    """``cancels`` watching ``broker`` inside the block, its subscription confirmed; the
+    watcher stopped on leaving it."""
+    watcher = asyncio.create_task(cancels.watch(asyncio.Event()))
 
     async def subscribed() -> bool:
         # A task submitted far ahead (past any clock margin) and never flagged: answered
@@ -170,8 +172,12 @@ async def _listening(cancels: Cancels, broker: FlagReads) -> asyncio.Task[None]:
         reads = broker.reads
         return not await cancels.cancelled("never", time.time() + 3600) and broker.reads == reads
 
-    await wait_for(subscribed)
-    return watcher
+    try:
+        await wait_for(subscribed)
+        yield
+    finally:
+        watcher.cancel()
+        await asyncio.wait([watcher])
 
 
 async def test_the_watcher_answers_for_tasks_submitted_while_it_listened() -> None:
@@ -179,8 +185,7 @@ async def test_the_watcher_answers_for_tasks_submitted_while_it_listened() -> No
     cancels = Cancels(broker, clock_margin=0.0)
     before = time.time() - 60
     await broker.raise_flag(CANCEL_FLAGS, "old", ttl=60)  # before the watcher listened
-    watcher = await _listening(cancels, broker)
-    try:
+    async with _listening(cancels, broker):
         now = time.time()
         reads = broker.reads
         assert await cancels.cancelled("kept", now) is False
@@ -196,9 +201,6 @@ async def test_the_watcher_answers_for_tasks_submitted_while_it_listened() -> No
         assert await cancels.cancelled("old", before) is True
         assert await cancels.cancelled("old-unflagged", before) is False
         assert broker.reads == reads + 3
-    finally:
-        watcher.cancel()
-        await asyncio.wait([watcher])
     # No longer listening: every check reads the broker.
     assert await cancels.cancelled("kept", time.time()) is False
     assert broker.reads == reads + 4
@@ -207,21 +209,16 @@ async def test_the_watcher_answers_for_tasks_submitted_while_it_listened() -> No
 async def test_a_task_submitted_within_the_clock_margin_reads_the_broker() -> None:
     broker = FlagReads()
     cancels = Cancels(broker, clock_margin=30.0)
-    watcher = await _listening(cancels, broker)
-    reads = broker.reads
-    try:
+    async with _listening(cancels, broker):
+        reads = broker.reads
         assert await cancels.cancelled("t", time.time()) is False
         assert broker.reads == reads + 1
-    finally:
-        watcher.cancel()
-        await asyncio.wait([watcher])
 
 
 async def test_forgetting_a_flag_moves_what_the_watcher_can_answer_for() -> None:
     broker = FlagReads()
     cancels = Cancels(broker, memory=2, clock_margin=0.0)
-    watcher = await _listening(cancels, broker)
-    try:
+    async with _listening(cancels, broker):
         submitted = time.time()
         for name in ("a", "b", "c"):  # one over the memory: "a" is forgotten
             await broker.raise_flag(CANCEL_FLAGS, name, ttl=60)
@@ -231,9 +228,6 @@ async def test_forgetting_a_flag_moves_what_the_watcher_can_answer_for() -> None
         assert await cancels.cancelled("a", submitted) is True
         assert await cancels.cancelled("z", submitted) is False
         assert broker.reads == reads + 2
-    finally:
-        watcher.cancel()
-        await asyncio.wait([watcher])
 
 
 async def test_a_worker_listening_for_flags_reads_none_for_tasks_nobody_cancelled(
