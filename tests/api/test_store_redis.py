@@ -102,6 +102,36 @@ async def test_a_subscription_outlives_its_reader_briefly_then_goes(
             await asyncio.sleep(0.05)
 
 
+async def test_each_subscription_lingers_its_own_time_after_its_reader(
+    stores: Callable[..., RedisTaskStore], redis_url: str
+) -> None:
+    """Channels leave in the order they went idle, each ``linger`` after its last reader:
+    the sweep that unsubscribes the first leaves the one that went idle later."""
+    store = stores(subscription_linger=2.0)
+    early, late = new_record(), new_record()
+    await store.create(early)
+    await store.create(late)
+    early_channel = f"orchestrator:task:{early.id}:wake"
+    late_channel = f"orchestrator:task:{late.id}:wake"
+
+    assert await store.events("acme", early.id, after="1", timeout=0.05) == []
+    await asyncio.sleep(1.0)
+    assert await store.events("acme", late.id, after="1", timeout=0.05) == []
+
+    await subscribers_gone(redis_url, early_channel)
+    # About two seconds after the early reader left, one after the late one did.
+    assert await numsub(redis_url, late_channel) == 1
+    await subscribers_gone(redis_url, late_channel)
+
+
+async def subscribers_gone(url: str, channel: str) -> None:
+    async with asyncio.timeout(HANG):
+        while True:
+            if await numsub(url, channel) == 0:
+                return
+            await asyncio.sleep(0.05)
+
+
 async def test_a_reader_returning_within_the_linger_reuses_the_subscription(
     stores: Callable[..., RedisTaskStore],
 ) -> None:
