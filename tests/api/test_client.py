@@ -59,9 +59,12 @@ class KeyRecordingStore(MemoryTaskStore):
         fingerprint: str | None = None,
         *,
         deltas: bool = True,
+        follow: bool = False,
     ) -> TaskRecord:
         self.keys.append(idempotency_key)
-        return await super().create(record, idempotency_key, cache_key, fingerprint, deltas=deltas)
+        return await super().create(
+            record, idempotency_key, cache_key, fingerprint, deltas=deltas, follow=follow
+        )
 
 
 class FlakyReadStore(MemoryTaskStore):

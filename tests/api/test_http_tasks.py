@@ -621,6 +621,7 @@ class HangingStore(MemoryTaskStore):
         fingerprint: str | None = None,
         *,
         deltas: bool = True,
+        follow: bool = False,
     ) -> TaskRecord:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")

@@ -343,6 +343,93 @@ async def test_a_reader_on_the_replica_that_applies_takes_each_entry_without_a_r
     assert reads[0] <= subscribed + 2  # (one more if the result's delivery found it reading)
 
 
+async def subscribed(store: RedisTaskStore, task_id: str) -> None:
+    """Subscribe ``store`` to the task's wake-ups ahead of its create, as ``create(...,
+    follow=True)`` does alongside its write, and wait for Redis to confirm it."""
+    channel = store._channel(task_id)
+    store._wakeups.prepare(channel)
+    async with asyncio.timeout(HANG):
+        while store._wakeups.generation(channel) is None:
+            await asyncio.sleep(0.01)
+
+
+async def test_a_task_created_to_be_followed_is_waited_on_without_a_read(
+    stores: Callable[..., RedisTaskStore], monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    store = stores()
+    for cache_key in (None, "k"):  # the plain write and the SUBMIT script
+        record = new_record()
+        await subscribed(store, record.id)
+        assert await store.create(record, cache_key=cache_key, follow=True) is record
+        reads = count_reads(store, monkeypatch)
+        waiting = asyncio.create_task(
+            store.events("acme", record.id, after="1", timeout=HANG, end_only=True)
+        )
+        await asyncio.sleep(0.1)
+        await store.apply(started(record))
+        await store.apply(succeeded(record, 1, "hi"))
+        async with asyncio.timeout(HANG):
+            assert summary(await waiting) == [("result", ("hi", 1))]
+        assert reads[0] == 0  # nothing read before the wait, nor after it: handed over
+        monkeypatch.undo()
+
+
+async def test_create_to_be_followed_subscribes_the_task_alongside(
+    stores: Callable[..., RedisTaskStore], redis_url: str
+) -> None:
+    store = stores(subscription_linger=0.3)
+    record = new_record()
+    await store.create(record, follow=True)
+    channel = store._channel(record.id)
+    async with asyncio.timeout(HANG):
+        while store._wakeups.generation(channel) is None:
+            await asyncio.sleep(0.01)
+    assert await numsub(redis_url, channel) == 1
+    await subscribers_gone(redis_url, channel)  # no reader came: it lingered, then went
+
+    plain = new_record()
+    await store.create(plain)
+    await asyncio.sleep(0.1)
+    assert await numsub(redis_url, store._channel(plain.id)) == 0
+
+
+async def test_what_another_replica_appends_before_the_first_wait_is_not_missed(
+    stores: Callable[..., RedisTaskStore],
+) -> None:
+    serving, other = stores(), stores()
+    ran, cancelled = new_record(), new_record()
+    for record in (ran, cancelled):
+        await subscribed(serving, record.id)
+        await serving.create(record, follow=True)
+    await other.apply(started(ran))
+    await other.cancel("acme", cancelled.id)
+    await asyncio.sleep(0.1)  # their wake-ups came in before anyone waits
+
+    async with asyncio.timeout(HANG):  # each found at once, not after the whole timeout
+        assert summary(await serving.events("acme", ran.id, after="1", timeout=HANG)) == [
+            ("status", ("running", 1))
+        ]
+        events = await serving.events("acme", cancelled.id, after="1", timeout=HANG)
+    assert [e.event for e in events] == ["cancelled"]
+
+
+async def test_a_followed_task_that_joins_another_follows_that_ones_log(
+    stores: Callable[..., RedisTaskStore],
+) -> None:
+    store = stores()
+    leader, follower = new_record(), new_record()
+    await store.create(leader, cache_key="same")
+    await store.confirm("acme", leader.id)
+    await subscribed(store, follower.id)
+    joined = await store.create(follower, cache_key="same", follow=True)
+    assert joined.joined == leader.id
+    waiting = asyncio.create_task(store.events("acme", follower.id, after="1", timeout=HANG))
+    await asyncio.sleep(0.1)
+    await store.apply(started(leader))
+    async with asyncio.timeout(HANG):
+        assert summary(await waiting) == [("status", ("running", 1))]
+
+
 async def test_a_reader_waiting_for_the_end_is_handed_the_terminal_entry_alone(
     stores: Callable[..., RedisTaskStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:

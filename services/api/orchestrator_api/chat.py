@@ -135,7 +135,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return _error(400, exc.message, exc.param)
     if not stream:  # nobody reads its text before the end: the worker publishes none
         submission = attrs.evolve(submission, deltas=False)
-    record, _ = await accept_submission(request, state, tenant, submission, key)
+    # The answer follows the task's events (streamed or not) from its start.
+    record, _ = await accept_submission(request, state, tenant, submission, key, follow=True)
     requested = submission.model or "default"
     if stream:
         return await _stream(request, state, tenant, record, requested, include_usage)
@@ -473,7 +474,8 @@ async def _write_events(
         state.store,
         tenant,
         record.id,
-        None,
+        # Event 1 is always the task's queued status, which the stream leaves out.
+        None if record.status.terminal else "1",
         heartbeat=state.heartbeat,
         stop=[state.streams.closing.wait()],
     )

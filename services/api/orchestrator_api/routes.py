@@ -142,13 +142,16 @@ async def accept_submission(
     tenant: str,
     submission: Submission,
     key: str | None,
+    *,
+    follow: bool = False,
 ) -> tuple[TaskRecord, bool]:
     """Submit the task (and count it): the record, and whether it is new; 503, 422 or 409
-    problems when it cannot be taken, 400 for a model no live worker serves."""
+    problems when it cannot be taken, 400 for a model no live worker serves. ``follow``:
+    the request follows the task's events next (``TaskService.submit``)."""
     if submission.model is not None:
         await _check_served(state, submission.model)
     try:
-        record, created = await state.tasks.submit(tenant, submission, key)
+        record, created = await state.tasks.submit(tenant, submission, key, follow=follow)
     except Unavailable as exc:
         raise _unavailable(exc, "; the task was not accepted") from exc
     except IdempotencyKeyReused as exc:

@@ -108,7 +108,12 @@ class TaskService:
     deadlines: Deadlines = attrs.field(factory=Deadlines, eq=False, repr=False)
 
     async def submit(
-        self, tenant: str, submission: Submission, idempotency_key: str | None = None
+        self,
+        tenant: str,
+        submission: Submission,
+        idempotency_key: str | None = None,
+        *,
+        follow: bool = False,
     ) -> tuple[TaskRecord, bool]:
         """Store the task as queued, publish it, and return ``(record, created)``.
 
@@ -126,7 +131,8 @@ class TaskService:
         even the discard fails, the record stays pending (``TaskStore.create``): nothing
         joins it, and its idempotency and cache keys are taken over once it is abandoned.
         A published task with an idempotency or cache key is confirmed before the answer,
-        so an immediate replay of the key finds it published.
+        so an immediate replay of the key finds it published. ``follow``: the caller follows
+        the task's events right away (``TaskStore.create``).
         """
         task_id = os.urandom(16).hex()  # what secrets.token_hex(16) returns, minus two calls
         now = time.time()
@@ -152,6 +158,7 @@ class TaskService:
                         None if idempotency_key is None else request_fingerprint(submission)
                     ),
                     deltas=submission.deltas,
+                    follow=follow,
                 )
         except (IdempotencyKeyInUse, IdempotencyKeyReused):
             raise

@@ -137,6 +137,23 @@ class Wakeups:
             if ended or event not in self._end_only:
                 event.set()
 
+    def prepare(self, channel: str) -> None:
+        """Subscribe to ``channel`` ahead of its first waiter, in the background: once Redis
+        confirms it, ``generation(channel)`` is a number, and the channel lingers as after
+        a waiter left. Nothing is done for a channel subscribed, or being subscribed, already;
+        a subscription that cannot be confirmed is given up (its waiter would subscribe)."""
+        key = channel.encode()
+        if self._closed or key in self._subscribed or key in self._waiters:
+            return
+        task = asyncio.get_running_loop().create_task(self._prepared(channel))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _prepared(self, channel: str) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            async with self.watch(channel):
+                pass
+
     @contextlib.asynccontextmanager
     async def watch(self, channel: str, *, end_only: bool = False) -> AsyncIterator[asyncio.Event]:
         """An event set whenever ``channel`` is published to, from confirmation until exit

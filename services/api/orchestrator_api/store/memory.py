@@ -200,6 +200,7 @@ class MemoryTaskStore:
         fingerprint: str | None = None,
         *,
         deltas: bool = True,
+        follow: bool = False,  # nothing to prepare: reading the log costs nothing here
     ) -> TaskRecord:
         if record.status is not TaskStatus.QUEUED:
             raise ValueError(f"a new task must be queued, got {record.status}")

@@ -28,6 +28,7 @@ class TaskStore(Protocol):
         fingerprint: str | None = None,
         *,
         deltas: bool = True,
+        follow: bool = False,
     ) -> TaskRecord:
         """Store a new queued task and return it as stored; with an idempotency key already
         used by the same tenant, store nothing and return the existing record instead
@@ -54,6 +55,11 @@ class TaskStore(Protocol):
         it: ``TaskMessage.deltas``). Such a task joins like any other, but a submission
         that streams does not follow it (its client would see no text until the end): it
         leads the key in its place, and the earlier leader runs on for its own followers.
+
+        ``follow``: the caller is about to follow the task from its start (``events`` after
+        its queued status, waiting), so a store may get ready for that while it stores:
+        the Redis store subscribes to the task's wake-ups alongside the write, and that
+        first call then waits without reading the log.
         """
         ...
 

@@ -72,7 +72,8 @@ from ..model import (
     TaskStatus,
 )
 from ._scripts import APPLY, CANCEL, CREATE, DISCARD, FOLLOWERS, PAGE, REQUEUE, SUBMIT, Script
-from ._sharing import ORPHANED, cache_hit, cancelled, follow, reused_events
+from ._sharing import ORPHANED, cache_hit, cancelled, reused_events
+from ._sharing import follow as following
 from ._steps import DONE_SEQ, QUEUED_DATA, step_for
 from ._wakeup import Wakeups
 from .errors import (
@@ -375,9 +376,14 @@ class RedisTaskStore:
         fingerprint: str | None = None,
         *,
         deltas: bool = True,
+        follow: bool = False,
     ) -> TaskRecord:
         if record.status is not TaskStatus.QUEUED:
             raise ValueError(f"a new task must be queued, got {record.status}")
+        if follow:
+            # Subscribed alongside the write, on the subscriber's own connection: see
+            # ``_created``.
+            self._wakeups.prepare(self._channel(record.id))
         fixed = _fixed(record)
         record_key = self._task_prefix + record.id
         index_key = self._index_key(record.tenant)
@@ -396,7 +402,7 @@ class RedisTaskStore:
                 )
             except (RedisError, OSError) as exc:
                 raise _translate("create", exc) from exc
-            return record
+            return self._created(record, follow)
         idem = "" if idempotency_key is None else self._idem_prefix + record.tenant + ":"
         idem += idempotency_key or ""
         if cache_key is None:
@@ -440,14 +446,14 @@ class RedisTaskStore:
                     raise IdempotencyKeyInUse("this idempotency key's task is being submitted")
                 if reply == 3:
                     raise IdempotencyKeyReused("this idempotency key was used by another request")
-                return record
+                return self._created(record, follow)
             if script is SUBMIT:
                 # A new follower or hit comes back as what it adds to ``record`` (the usual
                 # shared answer: no second round trip, nothing decoded twice).
                 kind = reply[0]
                 if kind in (b"j", "j"):
                     _, leader, status, started, attempts = reply
-                    return follow(
+                    return following(
                         record,
                         _text(leader),
                         TaskStatus(_text(status)),
@@ -460,6 +466,19 @@ class RedisTaskStore:
             return await self._shown(_decode_record(reply)) or record
         except (RedisError, OSError) as exc:
             raise _translate("create", exc) from exc
+
+    def _created(self, record: TaskRecord, follow: bool) -> TaskRecord:
+        """``record``, just stored to be run. For a caller about to follow it (``follow``):
+        if the subscription to its wake-ups is confirmed by now, nothing can have been
+        appended to its log (it is not published yet) and anything appended from now on
+        changes the channel's generation; so its reader's first ``events()`` from its start
+        waits without reading the log, as after a read that found nothing. (Not confirmed
+        yet: that reader reads as usual, and finds the subscription under way.)"""
+        if follow:
+            generation = self._wakeups.generation(self._channel(record.id))
+            if generation is not None:
+                self._remember((record.tenant, record.id), 1, generation)
+        return record
 
     async def confirm(self, tenant: str, task_id: str) -> None:
         # Ids are random 128-bit values: no tenant check needed to delete one flag.
@@ -478,7 +497,7 @@ class RedisTaskStore:
         tenant, status, started, finished, attempts, result, error = fields
         if tenant is None:
             return None
-        return follow(
+        return following(
             record,
             leader_id,
             TaskStatus(_text(status)),
