@@ -348,8 +348,15 @@ async def subscribed(store: RedisTaskStore, task_id: str) -> None:
     follow=True)`` does alongside its write, and wait for Redis to confirm it."""
     channel = store._channel(task_id)
     store._wakeups.prepare(channel)
+    await confirmed(store, channel)
+
+
+async def confirmed(store: RedisTaskStore, channel: str) -> None:
+    """Wait until Redis has confirmed ``store``'s subscription to ``channel``."""
     async with asyncio.timeout(HANG):
-        while store._wakeups.generation(channel) is None:
+        while True:
+            if store._wakeups.generation(channel) is not None:
+                return
             await asyncio.sleep(0.01)
 
 
@@ -381,9 +388,7 @@ async def test_create_to_be_followed_subscribes_the_task_alongside(
     record = new_record()
     await store.create(record, follow=True)
     channel = store._channel(record.id)
-    async with asyncio.timeout(HANG):
-        while store._wakeups.generation(channel) is None:
-            await asyncio.sleep(0.01)
+    await confirmed(store, channel)
     assert await numsub(redis_url, channel) == 1
     await subscribers_gone(redis_url, channel)  # no reader came: it lingered, then went
 
