@@ -71,6 +71,18 @@ async def test_a_caller_of_a_later_turn_gets_a_pipeline_of_its_own(client: Redis
     assert coalescer.round_trips == [1, 2]
 
 
+async def test_the_pipeline_goes_out_in_the_turn_after_its_first_caller(client: Redis) -> None:
+    """No turn is lost between the callers and the send: every loop turn on a busy process
+    is a wait on the way of each round trip."""
+    coalescer = CountingCoalescer(client)
+
+    first = coalescer.call("PING")
+    second = coalescer.call("ECHO", "x")
+    await asyncio.sleep(0)  # one turn
+    assert coalescer.round_trips == [2]
+    assert await settle(first, second) == [b"PONG", b"x"]
+
+
 async def test_an_error_reply_fails_only_its_own_caller(client: Redis) -> None:
     await client.set("text", "not a number")
     coalescer = PipelineCoalescer(client)

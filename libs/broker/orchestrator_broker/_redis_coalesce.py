@@ -2,8 +2,8 @@
 
 Hundreds of concurrent ``publish()``/``ack()`` calls, or HTTP requests each awaiting a store
 write, would otherwise each take a pool connection and a round trip; the round trip, not
-Redis, is the cost. Here the first caller of a turn schedules a flush with
-``loop.call_soon``; every caller of that turn joins the same non-transactional pipeline
+Redis, is the cost. Here the first caller of a turn starts the task that sends it (which
+runs in the next turn); every caller of that turn joins the same non-transactional pipeline
 (no MULTI: a caller's atomicity comes from the Lua scripts it calls) and awaits its own
 future, which gets its own replies or its own error: an error reply of one caller (a Lua
 error, a wrong type) does not fail the others; a lost connection or a timeout fails every
@@ -85,20 +85,27 @@ class PipelineCoalescer:
         loop = asyncio.get_running_loop()
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._flush)
+            self._track(loop.create_task(self._flush()))
         return loop.create_future()
 
     def _queued(self, caller: _Caller) -> asyncio.Future[Any]:
         self._queue.append(caller)
         return caller[1]
 
-    def _flush(self) -> None:
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _flush(self) -> None:
+        """Send what this turn's callers queued. The task starts in the next loop turn, so
+        every caller of this one is in; it sends the first pipeline itself (one turn
+        sooner than scheduling a callback that starts a task to send it)."""
         self._scheduled = False
         batch, self._queue = self._queue, []
-        for start in range(0, len(batch), self._max_batch):
-            task = asyncio.create_task(self._send(batch[start : start + self._max_batch]))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+        size = self._max_batch
+        for start in range(size, len(batch), size):
+            self._track(asyncio.create_task(self._send(batch[start : start + size])))
+        await self._send(batch[:size])
 
     async def _send(self, batch: list[_Caller]) -> None:
         live = [caller for caller in batch if not caller[1].done()]  # skip cancelled callers
@@ -155,8 +162,6 @@ class PipelineCoalescer:
             raise RedisTimeoutError("Redis did not answer in time") from exc
 
     async def drain(self) -> None:
-        """Flush what is queued and wait for every pipeline in flight (at close)."""
-        if self._scheduled:
-            self._flush()
+        """Wait for what is queued and every pipeline in flight (at close)."""
         while self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
