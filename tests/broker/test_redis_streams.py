@@ -20,11 +20,14 @@ from orchestrator_broker import (
     Delivery,
     LeaseLost,
     Message,
+    _redis_consumer,
 )
 from orchestrator_broker._redis_scripts import DELETED_REASON
 from orchestrator_broker.redis_streams import RedisStreamsBroker, delayed_key
 
 pytestmark = pytest.mark.redis
+
+HANG = 20.0  # hang guard, never asserted as a bound
 
 STREAM, GROUP = "tasks", "workers"
 FAST = ConsumeOptions(block=0.2, lease=30.0)
@@ -513,6 +516,39 @@ async def test_cancelling_a_consuming_task_always_ends_it(make_broker: BrokerFac
         done, _ = await asyncio.wait({task}, timeout=10)  # no second cancel to rescue it
         assert task in done, f"cancel {i} was swallowed"
         assert task.cancelled()
+
+
+async def test_a_cancel_that_the_read_swallowed_still_ends_the_consumer(
+    make_broker: BrokerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deterministically what the test above catches now and then: the cancel reaches the
+    blocking read just as its command completes, and the read returns its reply instead
+    of raising (redis-py's asyncio.wait_for on Python 3.11); the consumer still ends."""
+    broker = make_broker()
+    await broker.ensure_group(STREAM, GROUP)
+    reading = asyncio.Event()
+
+    async def swallowing(self: Any, block: float) -> Any:
+        reading.set()
+        try:
+            await asyncio.sleep(HANG)
+        except asyncio.CancelledError:
+            return []  # completed as the cancel landed: a reply, no CancelledError
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(_redis_consumer.ConsumerLoop, "_xreadgroup", swallowing)
+
+    async def consume() -> None:
+        async for _ in broker.consume(STREAM, GROUP, "c1", ConsumeOptions(block=5.0)):
+            raise AssertionError("nothing was published")
+
+    task = asyncio.create_task(consume())
+    async with asyncio.timeout(HANG):
+        await reading.wait()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=HANG)  # no second cancel to rescue it
+    assert task in done
+    assert task.cancelled()
 
 
 async def test_nacking_an_entry_deleted_meanwhile_records_it(

@@ -16,6 +16,7 @@ import random
 import time
 from collections import deque
 from collections.abc import AsyncGenerator
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ._redis_errors import is_nogroup, is_unavailable, mapped_errors
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
     from ._redis_delivery import RedisDelivery
     from ._redis_reads import RawEntry
     from .redis_streams import RedisStreamsBroker
+
+
+def _cancel(future: asyncio.Future[Any], _signal: asyncio.Future[None]) -> None:
+    future.cancel()
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
@@ -228,31 +233,37 @@ class ConsumerLoop:
         )
         self._take(await self.broker._keyed(own, self.options, claimed=True))
 
-    async def _read_new(self, block: float) -> None:
-        read = asyncio.ensure_future(
-            self.broker._reader.xreadgroup(
-                self.group,
-                self.consumer,
-                {self.stream: ">"},
-                count=self.options.batch_size,
-                block=max(1, int(block * 1000)),
-            )
+    async def _xreadgroup(self, block: float) -> Any:
+        # A coroutine of our own around redis-py's: a read cancelled before it starts then
+        # never made redis-py's inner command coroutine (it would be left unawaited).
+        return await self.broker._reader.xreadgroup(
+            self.group,
+            self.consumer,
+            {self.stream: ">"},
+            count=self.options.batch_size,
+            block=max(1, int(block * 1000)),
         )
-        waiters: set[asyncio.Future[Any]] = {read, self.broker._closed_signal()}
+
+    async def _read_new(self, block: float) -> None:
+        read = asyncio.ensure_future(self._xreadgroup(block))
+        # The broker's close cancels the read. Awaited directly, the reply resumes this
+        # consumer one loop turn after the read ends (asyncio.wait takes two); cancelled,
+        # this consumer waits for the read to end first. Either way, whatever the read
+        # would have fetched stays pending and is reclaimed when its lease runs out.
+        # (A cancel of ours that the read swallowed is raised by the next turn of ``run``.)
+        closed = self.broker._closed_signal()
+        stop = partial(_cancel, read)
+        closed.add_done_callback(stop)
         try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            with mapped_errors():
+                reply = await read
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if read.cancelled() and closed.done() and task is not None and not task.cancelling():
+                return  # closing
+            raise
         finally:
-            if not read.done():
-                # Closing (or cancelled): whatever this read would have fetched stays
-                # pending and is reclaimed when its lease runs out.
-                read.cancel()
-                await asyncio.wait({read})  # unlike await, never eats our own cancel
-                if not read.cancelled():
-                    read.exception()  # mark it retrieved: moot now
-        if read.cancelled():
-            return
-        with mapped_errors():
-            reply = read.result()
+            closed.remove_done_callback(stop)
         new = await build_deliveries(
             self.broker,
             self.stream,
