@@ -13,10 +13,12 @@ from aiohttp.test_utils import TestClient
 
 from orchestrator_api.model import StoredEvent
 from orchestrator_api.store import MemoryTaskStore, StoreUnavailable
+from orchestrator_api.streaming import follow
 from orchestrator_broker import Message
 from orchestrator_tasks.messages import ErrorInfo, EventKind, ResultEvent, Usage, converter
 from tests.api.conftest import ACME, GLOBEX, ApiClientFactory, api_state
 from tests.api.test_http_tasks import problem_of
+from tests.api.test_store import new_record
 
 HANG = 20.0  # hang guard only, never an expectation
 
@@ -376,3 +378,42 @@ async def test_websocket_closes_with_1011_when_the_store_goes_away(
     frames = await read_ws(ws)
     assert [f["event"] for f in frames] == ["status"]
     assert ws.close_code == 1011
+
+
+class _Ready(MemoryTaskStore):
+    """A store whose every read has one event at once."""
+
+    async def events(self, *args: Any, **kwargs: Any) -> list[StoredEvent]:
+        return [StoredEvent(id="2", event="status", data={"status": "running"})]
+
+
+async def test_a_follower_resumes_one_loop_turn_after_its_read() -> None:
+    """Between the store's answer and its reader, ``follow`` adds one event-loop turn, not
+    two: on a busy API each turn runs every other ready callback first, on every batch
+    of every stream and every non-streamed answer. (Counted with ``sleep(0)``, which
+    lets each ready callback run once.)"""
+    store = _Ready(60)
+    stop = asyncio.Event()
+    events = follow(store, "acme", "t", "1", heartbeat=HANG, stop=[stop.wait()])
+    reader = asyncio.ensure_future(anext(events))
+    for _ in range(3):  # the reader starts the read; the read ends; the reader resumes
+        await asyncio.sleep(0)
+    assert reader.done()
+    assert reader.result().id == "2"
+    stop.set()
+    await events.aclose()
+    await store.close()
+
+
+async def test_a_follower_stops_at_once_while_the_store_waits() -> None:
+    store = MemoryTaskStore(60)
+    record = await store.create(new_record())
+    stop = asyncio.Event()
+    events = follow(store, "acme", record.id, "1", heartbeat=HANG, stop=[stop.wait()])
+    reader = asyncio.ensure_future(anext(events, "ended"))
+    await asyncio.sleep(0.05)
+    assert not reader.done()  # waiting in the store for the task's events
+    stop.set()
+    async with asyncio.timeout(HANG):
+        assert await reader == "ended"
+    await store.close()

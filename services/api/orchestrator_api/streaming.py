@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Iterable
+from functools import partial
 from typing import Any, Final
 
 import attrs
@@ -85,18 +86,32 @@ async def follow(
     (``TaskStore.events``); the events in between still come, in batches.
     """
     stoppers = [asyncio.ensure_future(s) for s in stop]
+    task = asyncio.current_task()
     try:
         while True:
+            if any(stopper.done() for stopper in stoppers):
+                return
             fetch = asyncio.ensure_future(
                 store.events(tenant, task_id, after, heartbeat, end_only=end_only)
             )
-            done, _ = await asyncio.wait([fetch, *stoppers], return_when=asyncio.FIRST_COMPLETED)
-            if fetch not in done:
-                fetch.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await fetch
-                return
-            events = fetch.result()
+            # A stopper cancels the fetch. Awaited directly, the events resume this reader
+            # one loop turn after the fetch ends (asyncio.wait takes two, on every batch).
+            stopping = partial(_cancel, fetch)
+            for stopper in stoppers:
+                stopper.add_done_callback(stopping)
+            try:
+                events = await fetch
+            except asyncio.CancelledError:
+                if fetch.cancelled() and task is not None and not task.cancelling():
+                    return  # stopped
+                raise
+            except Exception:
+                if any(stopper.done() for stopper in stoppers):
+                    return  # stopped, and the fetch failed as it was cancelled
+                raise
+            finally:
+                for stopper in stoppers:
+                    stopper.remove_done_callback(stopping)
             if not events:
                 # Idle, or nothing left to wait for: the task expired, or it is finished and
                 # the client resumed after its terminal event. A finish that raced with the
@@ -122,6 +137,10 @@ async def follow(
     finally:
         for stopper in stoppers:
             stopper.cancel()
+
+
+def _cancel(fetch: asyncio.Future[Any], _stopper: asyncio.Future[Any]) -> None:
+    fetch.cancel()
 
 
 def last_event_id(request: web.Request) -> str | None:
