@@ -4,17 +4,19 @@ real redis-server: one pipeline per loop turn, each waiter's own replies or own 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from orchestrator_broker import BrokerError, BrokerUnavailable, PipelineCoalescer
+from orchestrator_broker import BrokerError, BrokerUnavailable, PipelineCoalescer, _redis_pipeline
 from orchestrator_broker._redis_errors import chained_broker_error
 from orchestrator_broker._redis_pipeline import CAN_READ
 from tests.support.redis_server import RedisServer
@@ -81,6 +83,31 @@ async def test_the_pipeline_goes_out_in_the_turn_after_its_first_caller(client: 
     await asyncio.sleep(0)  # one turn
     assert coalescer.round_trips == [2]
     assert await settle(first, second) == [b"PONG", b"x"]
+
+
+async def test_the_pipeline_is_on_the_wire_when_its_task_first_runs(
+    client: Redis, redis_url: str
+) -> None:
+    """Written in the sending task's first step, not from a task of its own a turn later
+    (redis-py's send goes through asyncio.wait_for)."""
+    coalescer = PipelineCoalescer(client)
+    await coalescer.call("SET", "landed", 0)  # a connection in the pool, connected
+    pending = coalescer.call("INCR", "landed")
+    await asyncio.sleep(0)  # the sending task's first step
+    # The loop must stand still now: only what was written by now reaches Redis.
+    time.sleep(0.1)  # noqa: ASYNC251
+    with SyncRedis.from_url(redis_url) as direct:
+        assert direct.get("landed") == b"1"
+    assert await settle(pending) == [1]
+
+
+async def test_without_a_stream_writer_the_pipeline_goes_through_redis_py(
+    client: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_redis_pipeline, "_writer_of", lambda conn: None)
+    coalescer = PipelineCoalescer(client)
+    calls = [coalescer.call("INCR", "fallback") for _ in range(3)]
+    assert await settle(*calls) == [1, 2, 3]
 
 
 async def test_an_error_reply_fails_only_its_own_caller(client: Redis) -> None:

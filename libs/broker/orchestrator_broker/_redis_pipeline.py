@@ -1,9 +1,10 @@
 """One pipeline round trip for the write coalescers: every command sent at once, a reply each.
 
-The fast path packs the commands with hiredis into one buffer, writes it with redis-py's
-``Connection.send_packed_command`` and reads the replies with ``read_response`` under one
-timeout for the whole batch (redis-py's ``Pipeline`` packs in Python and arms a timer per
-reply: several times the client CPU per command). Those connection methods sit below
+The fast path packs the commands with hiredis into one buffer, writes it on the
+connection's stream writer at once (``Connection.send_packed_command`` when it has none)
+and reads the replies with ``read_response`` under one timeout for the whole batch
+(redis-py's ``Pipeline`` packs in Python and arms a timer per reply: several times the
+client CPU per command). Those connection methods sit below
 redis-py's documented API, so ``fast_path_problem`` checks at import that they (and
 ``hiredis.pack_command``) are what this module calls; if not, ``round_trip`` goes through
 ``Redis.pipeline(transaction=False)`` instead, with the same replies (logged once).
@@ -113,9 +114,20 @@ async def _packed(
             # Closed by the server, or holding unread data (see the module docstring).
             await conn.disconnect()
             await conn.connect()
-        await conn.send_packed_command(payload, check_health=False)
+        writer = _writer_of(conn)
+        if writer is not None:
+            # Straight onto the socket, now: redis-py's send_packed_command writes from a
+            # task of asyncio.wait_for's (Python 3.11), which runs a loop turn later and
+            # resumes its caller two turns after that, on every round trip. Drained (a
+            # no-op unless the socket is backed up) under the batch's timeout.
+            writer.write(payload)
+        else:  # not the connection this was written against: redis-py's public way
+            await conn.send_packed_command(payload, check_health=False)
+            writer = None
         replies: list[Any] = []
         async with asyncio.timeout(timeout):
+            if writer is not None:
+                await writer.drain()
             for _ in commands:
                 try:
                     # math.inf: no per-read timer; the one above bounds the batch
@@ -128,6 +140,12 @@ async def _packed(
         raise
     finally:
         await pool.release(conn)
+
+
+def _writer_of(conn: AbstractConnection) -> asyncio.StreamWriter | None:
+    """The connection's stream writer (redis-py sets ``_writer`` when it connects)."""
+    writer = getattr(conn, "_writer", None)
+    return writer if isinstance(writer, asyncio.StreamWriter) else None
 
 
 async def _pipelined(
