@@ -387,16 +387,16 @@ class _Ready(MemoryTaskStore):
         return [StoredEvent(id="2", event="status", data={"status": "running"})]
 
 
-async def test_a_follower_resumes_one_loop_turn_after_its_read() -> None:
-    """Between the store's answer and its reader, ``follow`` adds one event-loop turn, not
-    two: on a busy API each turn runs every other ready callback first, on every batch
-    of every stream and every non-streamed answer. (Counted with ``sleep(0)``, which
-    lets each ready callback run once.)"""
+async def test_a_follower_resumes_in_the_loop_turn_of_its_read() -> None:
+    """Between the store's answer and its reader, ``follow`` adds no event-loop turn (it
+    reads in the reader's own task): on a busy API each turn runs every other ready
+    callback first, on every batch of every stream and every non-streamed answer.
+    (Counted with ``sleep(0)``, which lets each ready callback run once.)"""
     store = _Ready(60)
     stop = asyncio.Event()
     events = follow(store, "acme", "t", "1", heartbeat=HANG, stop=[stop.wait()])
     reader = asyncio.ensure_future(anext(events))
-    for _ in range(3):  # the reader starts the read; the read ends; the reader resumes
+    for _ in range(1):  # the reader reads, in its own task: the events are there at once
         await asyncio.sleep(0)
     assert reader.done()
     assert reader.result().id == "2"
@@ -416,4 +416,47 @@ async def test_a_follower_stops_at_once_while_the_store_waits() -> None:
     stop.set()
     async with asyncio.timeout(HANG):
         assert await reader == "ended"
+    await store.close()
+
+
+async def test_a_follower_stopped_in_its_wait_leaves_its_task_uncancelled() -> None:
+    store = MemoryTaskStore(60)
+    record = await store.create(new_record())
+    stop = asyncio.Event()
+
+    async def reader() -> tuple[list[Any], int]:
+        events = follow(store, "acme", record.id, "1", heartbeat=HANG, stop=[stop.wait()])
+        seen = [event async for event in events]
+        await asyncio.sleep(0.01)  # the reader's task goes on: no cancel left on it
+        task = asyncio.current_task()
+        assert task is not None
+        return seen, task.cancelling()
+
+    running = asyncio.ensure_future(reader())
+    await asyncio.sleep(0.05)
+    stop.set()
+    async with asyncio.timeout(HANG):
+        assert await running == ([], 0)
+    await store.close()
+
+
+async def test_a_follower_whose_task_is_cancelled_as_it_stops_is_cancelled() -> None:
+    """The reader's own cancel (its client went away) is never taken for the stop."""
+    store = MemoryTaskStore(60)
+    record = await store.create(new_record())
+    stop = asyncio.Event()
+
+    async def reader() -> None:
+        events = follow(store, "acme", record.id, "1", heartbeat=HANG, stop=[stop.wait()])
+        async for _ in events:
+            pass
+        await asyncio.sleep(HANG)  # not reached when cancelled
+
+    running = asyncio.ensure_future(reader())
+    await asyncio.sleep(0.05)
+    stop.set()
+    running.cancel()
+    async with asyncio.timeout(HANG):
+        with pytest.raises(asyncio.CancelledError):
+            await running
     await store.close()

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Iterable
-from functools import partial
 from typing import Any, Final
 
 import attrs
@@ -87,31 +86,32 @@ async def follow(
     """
     stoppers = [asyncio.ensure_future(s) for s in stop]
     task = asyncio.current_task()
+    assert task is not None
+    # The store is read in the caller's own task (no task per batch, and the events resume
+    # the reader in the loop turn after they are in): a stopper cancels the caller's task
+    # while it waits there, and that one cancel is taken back here.
+    interrupt = _Interrupt(task)
+    for stopper in stoppers:
+        stopper.add_done_callback(interrupt)
     try:
         while True:
-            if any(stopper.done() for stopper in stoppers):
+            if interrupt.fired:
                 return
-            fetch = asyncio.ensure_future(
-                store.events(tenant, task_id, after, heartbeat, end_only=end_only)
-            )
-            # A stopper cancels the fetch. Awaited directly, the events resume this reader
-            # one loop turn after the fetch ends (asyncio.wait takes two, on every batch).
-            stopping = partial(_cancel, fetch)
-            for stopper in stoppers:
-                stopper.add_done_callback(stopping)
+            interrupt.waiting = True
             try:
-                events = await fetch
+                events = await store.events(tenant, task_id, after, heartbeat, end_only=end_only)
             except asyncio.CancelledError:
-                if fetch.cancelled() and task is not None and not task.cancelling():
+                if interrupt.took_back():
                     return  # stopped
                 raise
             except Exception:
-                if any(stopper.done() for stopper in stoppers):
-                    return  # stopped, and the fetch failed as it was cancelled
+                if interrupt.took_back() or interrupt.fired:
+                    return  # stopped, and the read failed as it was cancelled
                 raise
             finally:
-                for stopper in stoppers:
-                    stopper.remove_done_callback(stopping)
+                interrupt.waiting = False
+            if interrupt.took_back():
+                return  # stopped as the read ended
             if not events:
                 # Idle, or nothing left to wait for: the task expired, or it is finished and
                 # the client resumed after its terminal event. A finish that raced with the
@@ -136,11 +136,37 @@ async def follow(
                     return
     finally:
         for stopper in stoppers:
+            stopper.remove_done_callback(interrupt)
             stopper.cancel()
 
 
-def _cancel(fetch: asyncio.Future[Any], _stopper: asyncio.Future[Any]) -> None:
-    fetch.cancel()
+class _Interrupt:
+    """A stopper's callback: ends a ``follow`` by cancelling its task while it waits in the
+    store (once), and by ``fired`` at its next look otherwise."""
+
+    __slots__ = ("cancelled", "fired", "task", "waiting")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.waiting = False
+        self.fired = False
+        self.cancelled = False
+
+    def __call__(self, _stopper: asyncio.Future[Any]) -> None:
+        if self.fired:
+            return
+        self.fired = True
+        if self.waiting:
+            self.cancelled = True
+            self.task.cancel()
+
+    def took_back(self) -> bool:
+        """Whether this stopped the read: its cancel is then withdrawn from the task (other
+        cancels, the client's going away, stay and are raised)."""
+        if not self.cancelled:
+            return False
+        self.cancelled = False
+        return self.task.uncancel() == 0
 
 
 def last_event_id(request: web.Request) -> str | None:
