@@ -213,3 +213,19 @@ async def test_the_commands_of_a_dispatch_do_not_grow_with_the_tenants(
     many = await commands_of_one_turn(server, tenants=10_000, dispatch=50)
     assert many == few
     assert sum(few.values()) < 50 * 20  # a handful of O(1) / O(log n) commands per entry
+
+
+async def test_what_waits_for_a_fair_consumer_that_starts_is_not_held_for_a_block(
+    broker: RedisStreamsBroker,
+) -> None:
+    """A consumer's first turn drains its own pending entries and takes nothing from the
+    waiting room; the turn after it dispatches before it blocks. (With a read that blocks
+    25 s, a task waiting meanwhile would miss this guard.)"""
+    await broker.publish(STREAM, Message("waiting"), key="acme")
+    options = ConsumeOptions(batch_size=10, block=25.0, lease=30.0, fairness=Fairness())
+    consumer = broker.consume(STREAM, GROUP, "c1", options)
+    async with asyncio.timeout(15):
+        delivery = await anext(consumer)
+    assert delivery.message.payload == "waiting"
+    await delivery.ack()
+    await consumer.aclose()

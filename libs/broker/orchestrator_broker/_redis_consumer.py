@@ -152,7 +152,10 @@ class ConsumerLoop:
             # entries (and of keyed ones, should any be published here) goes to Redis beside
             # this turn's read instead of a round trip before it. What it moves onto the
             # stream reaches this read or the next; the read blocks no longer than the
-            # previous promotion said the next delayed entry is due.
+            # previous promotion said the next delayed entry is due. (A fair consumer's
+            # dispatch stays before its read: beside it, each turn would move a batch out
+            # of the waiting room ahead of the reads, deciding the order of tasks a turn
+            # early and leaving a batch on the stream when the consumer stops.)
             promotion = asyncio.ensure_future(
                 broker._promote_dispatch(self.stream, self.consumer, options, None)
             )
@@ -171,19 +174,25 @@ class ConsumerLoop:
             self.stream, self.consumer, options, 0 if self.pel_cursor is not None else None
         )
         self._due(due_in)
+        drained = False
         if self.pel_cursor is not None:
             await self._read_own_pel()
             if self.buffer:
                 return
-        await self._fetch(time.monotonic())
+            drained = self.pel_cursor is None
+        # Just drained: this turn dispatched nothing from the waiting room, so its read
+        # takes what is on the stream without blocking, and the next turn dispatches (what
+        # waits there for this consumer would otherwise wait a whole block).
+        await self._fetch(time.monotonic(), at_most=0.0 if drained else None)
 
     def _due(self, due_in: float | None) -> None:
         """Note when the next delayed entry falls due (``inf``: none is delayed)."""
         self.due_at = math.inf if due_in is None else time.monotonic() + due_in
 
-    async def _fetch(self, now: float) -> None:
+    async def _fetch(self, now: float, *, at_most: float | None = None) -> None:
         """Reclaim expired leases when it is time, trim when it is time, else read new
-        entries, blocking no later than the next delayed entry is due (``due_at``)."""
+        entries, blocking no later than the next delayed entry is due (``due_at``), nor
+        longer than ``at_most`` seconds (0: the shortest block)."""
         broker, options = self.broker, self.options
         if now >= self.next_reclaim:
             self.next_reclaim = now + options.effective_reclaim_interval
@@ -206,6 +215,8 @@ class ConsumerLoop:
         block = min(options.block, max(0.001, self.next_reclaim - now))
         if self.due_at is not None:
             block = min(block, max(0.001, self.due_at - now))
+        if at_most is not None:
+            block = min(block, max(0.001, at_most))
         await self._read_new(block)
 
     async def _read_own_pel(self) -> None:
