@@ -41,6 +41,14 @@ class SSEDecoder:
 
     def feed(self, piece: bytes) -> list[SSEEvent]:
         """The events completed by ``piece``."""
+        if (
+            piece.endswith(b"\n\n")
+            and not self._buffer
+            and not self._data
+            and self._event == "message"
+            and b"\r" not in piece
+        ):
+            return self._whole(piece)
         self._buffer += piece
         events: list[SSEEvent] = []
         start = 0
@@ -55,6 +63,22 @@ class SSEDecoder:
         del self._buffer[:start]
         if len(self._buffer) + self._size > self._max:
             raise MalformedResponse(f"{self._label}: a stream event exceeds {self._max} bytes")
+        return events
+
+    def _whole(self, piece: bytes) -> list[SSEEvent]:
+        """The usual piece, as a provider writes one per chunk: whole events and nothing
+        before it pending. An event of one ``data:`` line is taken as it is (the same
+        event ``_line`` would make of it, without a pass over each line); others go
+        line by line."""
+        events: list[SSEEvent] = []
+        for block in piece[:-2].split(b"\n\n"):
+            if block.startswith(b"data: ") and b"\n" not in block:
+                events.append(SSEEvent(data=block[6:]))
+                continue
+            for line in (*block.split(b"\n"), b""):
+                event = self._line(line)
+                if event is not None:
+                    events.append(event)
         return events
 
     def _line(self, line: bytes) -> SSEEvent | None:
