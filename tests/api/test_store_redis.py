@@ -624,3 +624,21 @@ async def test_a_reader_waiting_through_a_redis_restart_still_wakes(
                 await asyncio.sleep(0.05)
 
         assert summary(await waiting) == [("delta", ("after the restart", 1))]
+
+
+async def test_a_replayed_key_of_a_follower_whose_leader_is_gone_returns_the_follower(
+    stores: Callable[..., RedisTaskStore], redis_url: str
+) -> None:
+    """Never the new record, which was not stored: its request would publish a task no
+    record knows and answer an id that reads as unknown."""
+    store = stores()
+    leader, follower = new_record(), new_record()
+    await store.create(leader, cache_key="same")
+    await store.confirm("acme", leader.id)
+    joined = await store.create(follower, "key", cache_key="same")
+    assert joined.joined == leader.id
+    async with aioredis.Redis.from_url(redis_url) as client:
+        await client.delete(f"orchestrator:task:{leader.id}")
+
+    replayed = await store.create(new_record(), "key", cache_key="same")
+    assert replayed.id == follower.id

@@ -463,7 +463,9 @@ class RedisTaskStore:
                 if kind in (b"h", "h"):
                     return cache_hit(record, _decode_result(reply[1]), record.created_at)
                 reply = reply[1:]
-            return await self._shown(_decode_record(reply)) or record
+            existing = _decode_record(reply)
+            # (A follower whose leader is gone is shown as it is stored.)
+            return await self._shown(existing) or existing
         except (RedisError, OSError) as exc:
             raise _translate("create", exc) from exc
 
