@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from orchestrator_api.app import create_app
 from orchestrator_api.config import ApiSettings
+from orchestrator_api.model import TaskRecord
 from orchestrator_api.state import STATE, ApiState
 from orchestrator_api.store import RedisTaskStore, TaskStore
 from orchestrator_api.store.memory import MemoryTaskStore
@@ -119,3 +120,29 @@ async def quick_store(request: pytest.FixtureRequest) -> AsyncIterator[TaskStore
     made = _make_store(request, pending_seconds=PENDING)
     yield made
     await made.close()
+
+
+class CreateRecordingStore(MemoryTaskStore):
+    """A memory store that remembers what each ``create`` was told: its Idempotency-Key
+    (``keys``) and whether its caller follows the task (``follows``)."""
+
+    def __init__(self) -> None:
+        super().__init__(60)
+        self.keys: list[str | None] = []
+        self.follows: list[bool] = []
+
+    async def create(
+        self,
+        record: TaskRecord,
+        idempotency_key: str | None = None,
+        cache_key: str | None = None,
+        fingerprint: str | None = None,
+        *,
+        deltas: bool = True,
+        follow: bool = False,
+    ) -> TaskRecord:
+        self.keys.append(idempotency_key)
+        self.follows.append(follow)
+        return await super().create(
+            record, idempotency_key, cache_key, fingerprint, deltas=deltas, follow=follow
+        )

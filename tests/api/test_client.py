@@ -22,7 +22,7 @@ from orchestrator_api.store.memory import MemoryTaskStore
 from orchestrator_broker import BrokerUnavailable, Message
 from orchestrator_broker.memory import MemoryBroker
 from orchestrator_cli.client import ClientError, _Retrier, _Transient, submit
-from tests.api.conftest import API_KEYS, ApiClientFactory
+from tests.api.conftest import API_KEYS, ApiClientFactory, CreateRecordingStore
 from tests.api.test_http_tasks import published
 from tests.api.test_store import delta, started, succeeded
 from tests.support.redis_server import free_port
@@ -42,29 +42,6 @@ class FlakyBroker(MemoryBroker):
             self.failures -= 1
             raise BrokerUnavailable("connection refused")
         return await super().publish(stream, message, **options)
-
-
-class KeyRecordingStore(MemoryTaskStore):
-    """Remembers the Idempotency-Key of every create."""
-
-    def __init__(self) -> None:
-        super().__init__(60)
-        self.keys: list[str | None] = []
-
-    async def create(
-        self,
-        record: TaskRecord,
-        idempotency_key: str | None = None,
-        cache_key: str | None = None,
-        fingerprint: str | None = None,
-        *,
-        deltas: bool = True,
-        follow: bool = False,
-    ) -> TaskRecord:
-        self.keys.append(idempotency_key)
-        return await super().create(
-            record, idempotency_key, cache_key, fingerprint, deltas=deltas, follow=follow
-        )
 
 
 class FlakyReadStore(MemoryTaskStore):
@@ -88,7 +65,7 @@ async def until(check: Any) -> None:
 async def test_a_submission_the_api_could_not_take_is_retried_with_the_same_key(
     api_client: ApiClientFactory,
 ) -> None:
-    broker, store = FlakyBroker(failures=1), KeyRecordingStore()
+    broker, store = FlakyBroker(failures=1), CreateRecordingStore()
     client = await api_client(broker=broker, store=store)
     out = io.StringIO()
 
@@ -109,7 +86,7 @@ async def test_retries_are_bounded(api_client: ApiClientFactory) -> None:
 
 
 async def test_a_refusal_is_not_retried(api_client: ApiClientFactory) -> None:
-    store = KeyRecordingStore()
+    store = CreateRecordingStore()
     client = await api_client(store=store)
 
     with pytest.raises(ClientError, match="HTTP 401"):

@@ -11,11 +11,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from orchestrator_api.model import TaskRecord
-from orchestrator_api.store import MemoryTaskStore
 from orchestrator_tasks import TaskMessage, decode_task
 from orchestrator_tasks.messages import ErrorInfo, EventKind, Usage
-from tests.api.conftest import ACME, ApiClientFactory, api_state
+from tests.api.conftest import ACME, ApiClientFactory, CreateRecordingStore, api_state
 from tests.api.test_http_streaming import HANG, result_event
 
 BODY: dict[str, Any] = {
@@ -229,35 +227,12 @@ async def test_a_non_streamed_failure_is_an_openai_error(api_client: ApiClientFa
     assert (await response.json())["error"]["message"] == "slow down"
 
 
-class _FollowRecordingStore(MemoryTaskStore):
-    """Records what each ``create`` was told about its caller following the task."""
-
-    def __init__(self) -> None:
-        super().__init__(60)
-        self.follows: list[bool] = []
-
-    async def create(
-        self,
-        record: TaskRecord,
-        idempotency_key: str | None = None,
-        cache_key: str | None = None,
-        fingerprint: str | None = None,
-        *,
-        deltas: bool = True,
-        follow: bool = False,
-    ) -> TaskRecord:
-        self.follows.append(follow)
-        return await super().create(
-            record, idempotency_key, cache_key, fingerprint, deltas=deltas, follow=follow
-        )
-
-
 async def test_a_chat_completion_tells_the_store_it_follows_its_task(
     api_client: ApiClientFactory,
 ) -> None:
     """Streamed or not, the answer follows the task from its start, so the store may get
     ready for that while it stores (``TaskStore.create``); a plain submit does not."""
-    store = _FollowRecordingStore()
+    store = CreateRecordingStore()
     client = await api_client(store=store)
     for stream in (True, False):
         body = {**BODY, "stream": stream, "messages": [{"role": "user", "content": f"{stream}"}]}
