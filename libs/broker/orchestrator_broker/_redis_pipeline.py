@@ -123,7 +123,6 @@ async def _packed(
             writer.write(payload)
         else:  # not the connection this was written against: redis-py's public way
             await conn.send_packed_command(payload, check_health=False)
-            writer = None
         replies: list[Any] = []
         async with asyncio.timeout(timeout):
             if writer is not None:

@@ -41,7 +41,7 @@ import contextlib
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
@@ -145,7 +145,11 @@ class Wakeups:
         key = channel.encode()
         if self._closed or key in self._subscribed or key in self._waiters:
             return
-        task = asyncio.get_running_loop().create_task(self._prepared(channel))
+        self._spawn(self._prepared(channel))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background (cancelled by ``close``)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -208,9 +212,7 @@ class Wakeups:
             for batch in self._unconfirmed.get(key, ()):
                 batch.joinable = False  # its SUBSCRIBE is undone by this UNSUBSCRIBE
         if expired:
-            task = asyncio.get_running_loop().create_task(self._send("UNSUBSCRIBE", *expired))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self._send("UNSUBSCRIBE", *expired))
         if self._idle:
             oldest = next(iter(self._idle.values()))
             self._schedule_sweep(max(oldest + self._linger - now, self._linger / 10))
