@@ -94,10 +94,13 @@ async def test_the_pipeline_is_on_the_wire_when_its_task_first_runs(
     await coalescer.call("SET", "landed", 0)  # a connection in the pool, connected
     pending = coalescer.call("INCR", "landed")
     await asyncio.sleep(0)  # the sending task's first step
-    # The loop must stand still now: only what was written by now reaches Redis.
-    time.sleep(0.1)  # noqa: ASYNC251
+    # The loop stands still from here (blocking calls): only what was written by now can
+    # reach Redis. Polled until it lands; the bound is a hang guard.
     with SyncRedis.from_url(redis_url) as direct:
-        assert direct.get("landed") == b"1"
+        deadline = time.monotonic() + HANG
+        while direct.get("landed") != b"1":
+            assert time.monotonic() < deadline, "the INCR was not written in the first step"
+            time.sleep(0.01)  # noqa: ASYNC251
     assert await settle(pending) == [1]
 
 
